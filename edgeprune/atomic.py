@@ -1,0 +1,62 @@
+"""Write files so that a reader never sees half of one: temp name, fsync, rename."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from edgeprune.errors import EdgepruneError
+
+
+def check_writable_target(path: Path, force: bool = False) -> None:
+    """Fail early, before any work, if ``path`` cannot be written as asked."""
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.exists():
+        raise EdgepruneError(f"output directory {parent} does not exist", "create it first")
+    if not parent.is_dir():
+        raise EdgepruneError(f"{parent} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise EdgepruneError(f"output directory {parent} is not writable")
+    if path.is_dir():
+        raise EdgepruneError(f"output {path} is a directory", "give a file path")
+    if path.exists() and not force:
+        raise EdgepruneError(f"{path} already exists", "pass --force to overwrite it")
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it into place on success,
+    remove it on any failure (including KeyboardInterrupt)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+    os.close(fd)
+    tmp_path = Path(tmp)
+    os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; finished files follow umask
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp_path, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp_path.unlink()
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    with atomic_path(Path(path)) as tmp:
+        tmp.write_text(text)
+
+
+def write_json_atomic(path: Path, obj: object) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")

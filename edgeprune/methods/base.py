@@ -1,0 +1,127 @@
+"""What a token-pruning method is, to edgeprune.
+
+A method says how tokens are scored, how many are kept, and what happens to the
+rest. Everything else (loading, FLOPs, latency, budget, export, the CLI) goes
+through this interface and the TokenPlan it produces, with no per-method branches.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
+
+from edgeprune.arch import Arch
+from edgeprune.errors import EdgepruneError
+from edgeprune.plan import TokenPlan
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+
+@dataclass
+class MethodConfig:
+    """A method's settings: pruning locations, keep ratios and method-specific options."""
+
+    prune_locs: tuple[int, ...]
+    keep_ratios: tuple[float, ...]
+    options: dict[str, object] = field(default_factory=dict)
+
+
+class Method:
+    name: ClassVar[str]
+    summary: ClassVar[str] = ""
+    default_locs: ClassVar[tuple[int, ...]] = ()
+    default_keep: ClassVar[tuple[float, ...]] = ()
+    # True when keep ratios are relative to the original token count (DynamicViT's
+    # cumulative rho); False when relative to the tokens entering that stage (EViT).
+    cumulative: ClassVar[bool] = True
+    # parameter-name prefix that marks this method's checkpoints (None: plain DeiT keys)
+    key_prefix: ClassVar[str | None] = None
+
+    # ---- configuration -------------------------------------------------------------
+    def default_config(self, arch: Arch) -> MethodConfig:
+        return MethodConfig(self.default_locs, self.default_keep)
+
+    def config_from_param(self, param: str | None, arch: Arch) -> MethodConfig:
+        """The ``@PARAM`` part of a built-in spec (``deit_small:dynamicvit@0.7``)."""
+        if param is not None:
+            raise EdgepruneError(f"method '{self.name}' takes no '@' parameter (got '@{param}')")
+        return self.default_config(arch)
+
+    def with_overrides(
+        self,
+        cfg: MethodConfig,
+        arch: Arch,
+        keep: Sequence[float] | None = None,
+        locs: Sequence[int] | None = None,
+    ) -> MethodConfig:
+        new_locs = tuple(locs) if locs is not None else cfg.prune_locs
+        new_keep = tuple(keep) if keep is not None else cfg.keep_ratios
+        if locs is not None and keep is None and len(new_locs) != len(new_keep):
+            raise EdgepruneError(
+                f"--locs gives {len(new_locs)} locations but the keep schedule has "
+                f"{len(new_keep)} ratios",
+                "pass --keep with one ratio per location",
+            )
+        out = MethodConfig(new_locs, new_keep, dict(cfg.options))
+        self.validate(out, arch)
+        return out
+
+    def validate(self, cfg: MethodConfig, arch: Arch) -> None:
+        validate_locs_and_ratios(cfg.prune_locs, cfg.keep_ratios, arch, self.cumulative)
+
+    # ---- the plan ------------------------------------------------------------------
+    def token_plan(self, arch: Arch, cfg: MethodConfig) -> TokenPlan:
+        raise NotImplementedError
+
+    # ---- the model -----------------------------------------------------------------
+    def build(self, arch: Arch, plan: TokenPlan) -> nn.Module:
+        """The static (fixed top-k) PyTorch module for this plan, timm-compatible keys."""
+        raise NotImplementedError
+
+    def selector_macs(self, arch: Arch, plan: TokenPlan) -> list[int]:
+        """Multiply-adds of each selector stage (scoring, top-k, gather, fusing)."""
+        return [0 for _ in plan.selectors]
+
+    # ---- checkpoints ---------------------------------------------------------------
+    def matches(self, keys: Sequence[str]) -> bool:
+        return self.key_prefix is not None and any(k.startswith(self.key_prefix) for k in keys)
+
+    def config_from_checkpoint(
+        self, state_dict: Mapping[str, torch.Tensor], arch: Arch, path: Path | None
+    ) -> MethodConfig:
+        return self.default_config(arch)
+
+
+def validate_locs_and_ratios(
+    locs: Sequence[int], ratios: Sequence[float], arch: Arch, cumulative: bool
+) -> None:
+    if len(locs) != len(ratios):
+        raise EdgepruneError(
+            f"{len(locs)} pruning locations but {len(ratios)} keep ratios",
+            "give one keep ratio per location",
+        )
+    for loc in locs:
+        if not 0 < loc < arch.depth:
+            raise EdgepruneError(
+                f"pruning location {loc} is outside the model",
+                f"locations are block indices 1..{arch.depth - 1} for depth {arch.depth}",
+            )
+    if len(set(locs)) != len(locs):
+        raise EdgepruneError(f"duplicated pruning location in {list(locs)}")
+    if list(locs) != sorted(locs):
+        raise EdgepruneError(f"pruning locations must increase, got {list(locs)}")
+    for r in ratios:
+        if not (isinstance(r, int | float) and math.isfinite(r) and 0 < r <= 1):
+            raise EdgepruneError(f"keep ratio {r} is outside (0, 1]")
+    if cumulative:
+        for a, b in zip(ratios, ratios[1:], strict=False):
+            if b > a:
+                raise EdgepruneError(
+                    f"keep ratios {list(ratios)} grow from {a} to {b}",
+                    "ratios are cumulative (of the original tokens), so they cannot grow",
+                )

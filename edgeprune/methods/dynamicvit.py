@@ -1,0 +1,209 @@
+"""DynamicViT (Rao et al., NeurIPS 2021; raoyongming/DynamicViT, models/dyvit.py).
+
+Scoring: a per-stage PredictorLG over the patch tokens (not CLS): LayerNorm, Linear,
+GELU; the first C/2 channels stay per token, the last C/2 are averaged over the live
+tokens and broadcast; then an MLP C -> C/2 -> C/4 -> 2 with LogSoftmax. Channel 0 is
+the keep score.
+Keeping: at inference ``int(196 * rho_s)`` patch tokens with the highest score,
+rho cumulative (default [r, r^2, r^3] at blocks [3, 6, 9]), in descending score order.
+The rest: dropped.
+
+The static rewrite replaces argsort+slice by TopK with a constant K and the
+index-select by GatherElements, which is the same computation for distinct scores.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from edgeprune.arch import Arch
+from edgeprune.errors import EdgepruneError
+from edgeprune.methods.base import Method, MethodConfig
+from edgeprune.models.deit import VisionTransformer, gather_tokens
+from edgeprune.plan import SelectorStage, TokenPlan
+
+
+class PredictorLG(nn.Module):
+    """DynamicViT's score predictor; parameter names as in the published checkpoints."""
+
+    def __init__(self, embed_dim: int):
+        super().__init__()
+        c = embed_dim
+        self.in_conv = nn.Sequential(nn.LayerNorm(c), nn.Linear(c, c), nn.GELU())
+        self.out_conv = nn.Sequential(
+            nn.Linear(c, c // 2),
+            nn.GELU(),
+            nn.Linear(c // 2, c // 4),
+            nn.GELU(),
+            nn.Linear(c // 4, 2),
+            nn.LogSoftmax(dim=-1),
+        )
+
+    def forward(self, x: torch.Tensor, policy: torch.Tensor | None = None) -> torch.Tensor:
+        """x: B×N×C patch tokens; policy: B×N×1 live mask (None: all live). -> B×N×2."""
+        x = self.in_conv(x)
+        c = x.shape[-1]
+        local_x = x[:, :, : c // 2]
+        if policy is None:
+            global_x = x[:, :, c // 2 :].mean(dim=1, keepdim=True)
+        else:
+            global_x = (x[:, :, c // 2 :] * policy).sum(dim=1, keepdim=True) / policy.sum(
+                dim=1, keepdim=True
+            )
+        x = torch.cat([local_x, global_x.expand(-1, x.shape[1], -1)], dim=-1)
+        return self.out_conv(x)
+
+
+def predictor_macs(c: int, n: int) -> int:
+    """Multiply-adds of PredictorLG on n tokens (DynamicViT's calc_flops convention:
+    LayerNorm 5, GELU 8, softmax 5 operations per element)."""
+    linear = n * (c * c + c * (c // 2) + (c // 2) * (c // 4) + (c // 4) * 2)
+    elementwise = n * (5 * c + 8 * c + 8 * (c // 2) + 8 * (c // 4) + 5 * 2)
+    return linear + elementwise + n * c // 2  # + the global average
+
+
+class StaticTopKViT(VisionTransformer):
+    """DeiT whose pre-block selectors keep a constant number of patch tokens.
+
+    Subclasses say how the patch tokens are scored (``score``) and may fold the
+    dropped tokens into extra tokens (``fold_dropped``)."""
+
+    def __init__(self, arch: Arch, plan: TokenPlan):
+        super().__init__(arch)
+        self.plan = plan
+        self.stage_of_block = {s.block: i for i, s in enumerate(plan.selectors)}
+        self.keep_counts = [self.patches_kept(s) for s in plan.selectors]
+
+    def patches_kept(self, stage: SelectorStage) -> int:
+        return stage.tokens_out - 1  # all but CLS
+
+    def score(self, stage: int, patches: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def fold_dropped(
+        self, stage: int, patches: torch.Tensor, scores: torch.Tensor, keep_idx: torch.Tensor
+    ) -> torch.Tensor | None:
+        return None
+
+    def select(self, stage: int, x: torch.Tensor) -> torch.Tensor:
+        cls, patches = x[:, :1], x[:, 1:]
+        scores = self.score(stage, patches)
+        _, idx = torch.topk(scores, self.keep_counts[stage], dim=1, largest=True, sorted=True)
+        parts = [cls, gather_tokens(patches, idx)]
+        extra = self.fold_dropped(stage, patches, scores, idx)
+        if extra is not None:
+            parts.append(extra)
+        return torch.cat(parts, dim=1)
+
+    def forward(self, img: torch.Tensor) -> torch.Tensor:
+        x = self.embed(img)
+        for i, blk in enumerate(self.blocks):
+            stage = self.stage_of_block.get(i)
+            if stage is not None:
+                x = self.select(stage, x)
+            x = blk(x)
+        return self.classify(x)
+
+
+class DynamicViTStatic(StaticTopKViT):
+    def __init__(self, arch: Arch, plan: TokenPlan):
+        super().__init__(arch, plan)
+        self.score_predictor = nn.ModuleList(PredictorLG(arch.embed_dim) for _ in plan.selectors)
+
+    def score(self, stage: int, patches: torch.Tensor) -> torch.Tensor:
+        # at inference every token still present is live, so the policy mean is a mean
+        return self.score_predictor[stage](patches)[:, :, 0]
+
+
+class DynamicViT(Method):
+    name = "dynamicvit"
+    summary = "learned predictor, top-k of int(196*rho) patch tokens, rest dropped"
+    default_locs = (3, 6, 9)
+    default_keep = (0.7, 0.49, 0.343)
+    cumulative = True
+    key_prefix = "score_predictor."
+
+    def config_from_param(self, param: str | None, arch: Arch) -> MethodConfig:
+        if param is None:
+            return self.default_config(arch)
+        r = parse_ratio(param, what="DynamicViT base keep ratio")
+        cfg = MethodConfig(
+            self.default_locs, geometric(r, len(self.default_locs)), {"base_ratio": r}
+        )
+        self.validate(cfg, arch)
+        return cfg
+
+    def matches(self, keys) -> bool:
+        # SPViT's multi-head selector shares the prefix but has senet / per-head convs
+        return any(
+            k.startswith("score_predictor.") and ".in_conv.0." in k for k in keys
+        ) and not any(".senet." in k for k in keys)
+
+    def token_plan(self, arch: Arch, cfg: MethodConfig) -> TokenPlan:
+        n0 = arch.num_patches
+        attn, stages = [], []
+        n = arch.num_tokens
+        locs = dict(zip(cfg.prune_locs, cfg.keep_ratios, strict=True))
+        for b in range(arch.depth):
+            if b in locs:
+                kept = int(n0 * locs[b])
+                if kept < 1:
+                    raise EdgepruneError(
+                        f"keep ratio {locs[b]} keeps no patch token at block {b}",
+                        f"use a ratio of at least {1 / n0:.4f}",
+                    )
+                stages.append(SelectorStage(b, "pre", n, kept + 1))
+                n = kept + 1
+            attn.append(n)
+        return TokenPlan(
+            arch,
+            self.name,
+            cfg.prune_locs,
+            cfg.keep_ratios,
+            tuple(attn),
+            tuple(attn),
+            tuple(stages),
+            tuple(sorted(cfg.options.items())),
+        )
+
+    def build(self, arch: Arch, plan: TokenPlan) -> DynamicViTStatic:
+        return DynamicViTStatic(arch, plan)
+
+    def selector_macs(self, arch: Arch, plan: TokenPlan) -> list[int]:
+        # the predictor sees the patch tokens entering the stage; top-k and gather are
+        # data movement and counted as zero multiply-adds
+        return [predictor_macs(arch.embed_dim, s.tokens_in - 1) for s in plan.selectors]
+
+    def config_from_checkpoint(
+        self, state_dict: Mapping[str, torch.Tensor], arch: Arch, path: Path | None
+    ) -> MethodConfig:
+        stages = {int(k.split(".")[1]) for k in state_dict if k.startswith("score_predictor.")}
+        n = len(stages)
+        if n == 0:
+            raise EdgepruneError("no score_predictor.* keys in a DynamicViT checkpoint")
+        # DynamicViT's released files carry the ratio in their names (…_r0.7.pth)
+        r = 0.7
+        m = re.search(r"(?:^|[_\-.])r(0?\.\d+|1(?:\.0+)?)(?=[_\-.]|$)", path.stem if path else "")
+        if m:
+            r = float(m.group(1))
+        locs = self.default_locs if n == 3 else tuple(range(3, 3 * n + 1, 3))[:n]
+        return MethodConfig(tuple(locs), geometric(r, n), {"base_ratio": r})
+
+
+def geometric(r: float, n: int) -> tuple[float, ...]:
+    return tuple(round(r ** (i + 1), 10) for i in range(n))
+
+
+def parse_ratio(text: str, what: str) -> float:
+    try:
+        r = float(text)
+    except ValueError:
+        raise EdgepruneError(f"{what} '{text}' is not a number", "e.g. 0.7") from None
+    if not (0 < r <= 1):
+        raise EdgepruneError(f"{what} {text} is outside (0, 1]")
+    return r

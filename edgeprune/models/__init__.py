@@ -1,0 +1,1 @@
+"""Models: the DeiT backbone (timm parameter names) and the static pruned graphs."""

@@ -1,0 +1,198 @@
+"""SRC -> a loaded model: a checkpoint file or a built-in spec ``ARCH[:METHOD[@PARAM]]``.
+
+Every command takes a SRC and the same overrides (--method, --keep, --locs, --heads)
+and gets back one ``Source``: its spec, its TokenPlan and, on demand, the model.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from edgeprune.arch import ARCHS, Arch, get_arch
+from edgeprune.checkpoint import (
+    arch_from_state_dict,
+    load_into,
+    load_state_dict,
+    non_finite_tensors,
+)
+from edgeprune.errors import EdgepruneError
+from edgeprune.flops import FlopReport, plan_flops
+from edgeprune.methods import Method, MethodConfig, detect_method, get_method
+from edgeprune.plan import TokenPlan
+
+BUILTIN_RE = re.compile(r"^(?P<arch>[a-z_0-9]+)(?::(?P<method>[a-z_0-9]+)(?:@(?P<param>.+))?)?$")
+BUILTIN_SEED = 0
+
+
+@dataclass
+class Source:
+    """What a SRC resolved to."""
+
+    text: str  # as the user wrote it
+    kind: str  # "builtin" or "checkpoint"
+    arch: Arch
+    method: Method
+    config: MethodConfig
+    plan: TokenPlan
+    state_dict: dict[str, torch.Tensor] | None = None
+    notes: list[str] = field(default_factory=list)
+    _model: torch.nn.Module | None = None
+
+    @property
+    def is_builtin(self) -> bool:
+        return self.kind == "builtin"
+
+    def flops(self) -> FlopReport:
+        return plan_flops(self.plan, self.method.selector_macs(self.arch, self.plan))
+
+    def model(self) -> torch.nn.Module:
+        """The static PyTorch module in eval mode, weights loaded (or seeded random)."""
+        if self._model is None:
+            m = self.method.build(self.arch, self.plan)
+            if self.state_dict is None:
+                from edgeprune.models.deit import init_random_
+
+                init_random_(m, BUILTIN_SEED)
+            else:
+                load_into(m, self.state_dict, f"checkpoint {self.text}")
+            self._model = m.eval()
+        return self._model
+
+    def describe(self) -> dict:
+        return {
+            "source": self.text,
+            "kind": self.kind,
+            "random_weights": self.is_builtin,
+            "arch": self.arch.to_dict(),
+            "method": self.method.name,
+            "prune_locs": list(self.config.prune_locs),
+            "keep_ratios": list(self.config.keep_ratios),
+            "options": dict(self.config.options),
+        }
+
+
+def parse_floats(text: str | None, what: str) -> tuple[float, ...] | None:
+    if text is None:
+        return None
+    out = []
+    for part in text.split(","):
+        part = part.strip()
+        try:
+            v = float(part)
+        except ValueError:
+            raise EdgepruneError(
+                f"{what} '{part}' is not a number", f"e.g. {what} 0.7,0.49,0.343"
+            ) from None
+        out.append(v)
+    return tuple(out)
+
+
+def parse_ints(text: str | None, what: str) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    out = []
+    for part in text.split(","):
+        part = part.strip()
+        try:
+            out.append(int(part))
+        except ValueError:
+            raise EdgepruneError(
+                f"{what} '{part}' is not an integer", f"e.g. {what} 3,6,9"
+            ) from None
+    return tuple(out)
+
+
+def looks_like_path(text: str) -> bool:
+    return (
+        "/" in text
+        or "\\" in text
+        or text.endswith((".pt", ".pth", ".bin", ".ckpt", ".tar"))
+        or Path(text).exists()
+    )
+
+
+def resolve(
+    src: str,
+    method: str | None = None,
+    keep: str | tuple[float, ...] | None = None,
+    locs: str | tuple[int, ...] | None = None,
+    heads: int | None = None,
+    method_options: dict[str, object] | None = None,
+) -> Source:
+    """Resolve a SRC and the command-line overrides into a Source."""
+    keep_t = parse_floats(keep, "--keep") if isinstance(keep, str) else keep
+    locs_t = parse_ints(locs, "--locs") if isinstance(locs, str) else locs
+    if looks_like_path(src):
+        return _from_checkpoint(src, method, keep_t, locs_t, heads, method_options)
+    m = BUILTIN_RE.match(src.strip())
+    if not m:
+        raise EdgepruneError(
+            f"'{src}' is neither an existing file nor a built-in spec",
+            "give a checkpoint path or ARCH[:METHOD[@RATIO]], e.g. deit_small:dynamicvit@0.7",
+        )
+    if m["arch"] not in ARCHS:
+        if m["method"] is None and "." in src:
+            raise EdgepruneError(f"checkpoint {src} does not exist")
+        raise EdgepruneError(
+            f"unknown arch '{m['arch']}' in '{src}'", f"built-in archs: {', '.join(ARCHS)}"
+        )
+    arch = get_arch(m["arch"])
+    if heads is not None and heads != arch.num_heads:
+        raise EdgepruneError(f"--heads {heads} does not apply to built-in {arch.name}")
+    meth_name = m["method"] or method or "dense"
+    if method and m["method"] and method != m["method"]:
+        raise EdgepruneError(f"--method {method} contradicts the spec's method '{m['method']}'")
+    meth = get_method(meth_name)
+    cfg = meth.config_from_param(m["param"], arch)
+    cfg.options.update(method_options or {})
+    cfg = meth.with_overrides(cfg, arch, keep_t, locs_t)
+    plan = meth.token_plan(arch, cfg)
+    return Source(
+        src,
+        "builtin",
+        arch,
+        meth,
+        cfg,
+        plan,
+        notes=[f"built-in spec: random weights (seed {BUILTIN_SEED}), not a trained model"],
+    )
+
+
+def _from_checkpoint(
+    src: str,
+    method: str | None,
+    keep: tuple[float, ...] | None,
+    locs: tuple[int, ...] | None,
+    heads: int | None,
+    method_options: dict[str, object] | None,
+) -> Source:
+    path = Path(src)
+    sd = load_state_dict(path)
+    arch = arch_from_state_dict(sd, heads)
+    detected = detect_method(list(sd))
+    if method is not None:
+        meth = get_method(method)
+        if meth.name != detected.name and (meth.key_prefix is not None or detected.key_prefix):
+            raise EdgepruneError(
+                f"{src} looks like a {detected.name} checkpoint, not {meth.name}",
+                f"drop --method or pass --method {detected.name}",
+            )
+    else:
+        meth = detected
+    bad = non_finite_tensors(sd)
+    if bad:
+        raise EdgepruneError(
+            f"{src} has NaN/Inf values in {len(bad)} tensor(s) (e.g. {bad[0]})",
+            "a model with non-finite weights cannot be exported or measured meaningfully",
+        )
+    cfg = meth.config_from_checkpoint(sd, arch, path)
+    cfg.options.update(method_options or {})
+    cfg = meth.with_overrides(cfg, arch, keep, locs)
+    plan = meth.token_plan(arch, cfg)
+    src_obj = Source(src, "checkpoint", arch, meth, cfg, plan, state_dict=sd)
+    src_obj.model()  # load now, so a layout/shape problem is reported before any work
+    return src_obj

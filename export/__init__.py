@@ -1,0 +1,1 @@
+"""Exporters: one module per target (onnx, tensorrt, coreml) and the artifact manifest."""

@@ -1,0 +1,1 @@
+"""Device descriptors and measured latency tables (package data)."""

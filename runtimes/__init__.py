@@ -1,0 +1,1 @@
+"""Runtime runners: one module per runtime, one interface (load, run, time)."""

@@ -1,0 +1,77 @@
+"""Shared fixtures: small checkpoints in each method's exact published key layout."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from edgeprune.arch import get_arch
+from edgeprune.cli import main
+
+
+def timm_vit_keys(depth: int) -> set[str]:
+    """timm's vision_transformer parameter names for a DeiT (no dist token)."""
+    keys = {
+        "cls_token",
+        "pos_embed",
+        "patch_embed.proj.weight",
+        "patch_embed.proj.bias",
+        "norm.weight",
+        "norm.bias",
+        "head.weight",
+        "head.bias",
+    }
+    for i in range(depth):
+        for part in ("norm1", "attn.qkv", "attn.proj", "norm2", "mlp.fc1", "mlp.fc2"):
+            keys |= {f"blocks.{i}.{part}.weight", f"blocks.{i}.{part}.bias"}
+    return keys
+
+
+def dynamicvit_predictor_keys(stages: int) -> set[str]:
+    keys = set()
+    for s in range(stages):
+        for part in ("in_conv.0", "in_conv.1", "out_conv.0", "out_conv.2", "out_conv.4"):
+            keys |= {f"score_predictor.{s}.{part}.weight", f"score_predictor.{s}.{part}.bias"}
+    return keys
+
+
+def make_state_dict(spec: str, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A state_dict in the method's layout, from our own (timm-named) modules."""
+    from edgeprune.source import resolve
+
+    src = resolve(spec)
+    torch.manual_seed(seed)
+    from edgeprune.models.deit import init_random_
+
+    model = src.method.build(src.arch, src.plan)
+    init_random_(model, seed)
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+@pytest.fixture(scope="session")
+def tiny_arch():
+    return get_arch("deit_tiny")
+
+
+@pytest.fixture
+def write_ckpt(tmp_path: Path):
+    def _write(obj, name: str = "ckpt.pth") -> Path:
+        p = tmp_path / name
+        torch.save(obj, p)
+        return p
+
+    return _write
+
+
+@pytest.fixture
+def cli(capsys):
+    """Run the CLI in-process: returns (exit code, stdout, stderr)."""
+
+    def _run(*args: str):
+        code = main([str(a) for a in args])
+        cap = capsys.readouterr()
+        return code, cap.out, cap.err
+
+    return _run
