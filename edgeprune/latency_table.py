@@ -12,9 +12,9 @@ One JSON file per (device, runtime, precision, threads, batch, arch[, method]):
         "block": {"tokens": [...increasing...], "median_ms": [...], "p90_ms": [...]},
         "attn":  {...same...},   # optional: attention half (norm1+attn+residual)
         "mlp":   {...same...},   # optional: MLP half (norm2+mlp+residual)
-        "embed": {"median_ms": x, "p90_ms": y},   # patch embedding + CLS + position
+        "embed": {"median_ms": x, "p90_ms": y},  # patch embedding + CLS + position
         "head":  {"median_ms": x, "p90_ms": y},   # final norm + classifier
-        "selectors": {"<method>": {"tokens": [...tokens_in...], "median_ms": [...], "p90_ms": [...]}}
+        "selectors": {"<method>": {"tokens": [tokens_in...], "median_ms": [...], "p90_ms": [...]}}
       }
     }
 
