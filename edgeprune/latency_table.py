@@ -166,7 +166,8 @@ def from_dict(d: dict, path: str | Path = "<dict>") -> LatencyTable:
         raise _bad(path, f"'schema' is not '{SCHEMA}'")
     if d.get("version") != VERSION:
         raise EdgepruneError(
-            f"profile {path} has version {d.get('version')!r}; this edgeprune reads version {VERSION}",
+            f"profile {path} has version {d.get('version')!r}; "
+            f"this edgeprune reads version {VERSION}",
             "re-measure it with 'edgeprune profile'",
         )
     for key in ("device", "arch", "batch", "date", "tables", "measured"):
