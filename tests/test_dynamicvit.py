@@ -101,3 +101,12 @@ def test_batch_independent_and_deterministic():
         again = model(img)
     assert (full - one_by_one).abs().max().item() <= 1e-5
     assert torch.equal(full, again)
+
+
+def test_selector_module_for_profiling():
+    src = resolve("deit_small:dynamicvit@0.7")
+    stage = src.plan.selectors[1]
+    mod = src.method.selector_module(src.arch, stage).eval()
+    with torch.no_grad():
+        y = mod(torch.randn(2, stage.tokens_in, src.arch.embed_dim))
+    assert y.shape == (2, stage.tokens_out, src.arch.embed_dim)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 from edgeprune.arch import Arch
 from edgeprune.errors import EdgepruneError
-from edgeprune.plan import TokenPlan
+from edgeprune.plan import SelectorStage, TokenPlan
 
 if TYPE_CHECKING:
     import torch
@@ -82,6 +82,13 @@ class Method:
     def build(self, arch: Arch, plan: TokenPlan) -> nn.Module:
         """The static (fixed top-k) PyTorch module for this plan, timm-compatible keys."""
         raise NotImplementedError
+
+    def selector_module(self, arch: Arch, stage: SelectorStage) -> nn.Module | None:
+        """A standalone module doing one selector stage on its own, for profiling:
+        ``forward(x: B×tokens_in×C) -> B×tokens_out×C`` with seeded random weights,
+        doing exactly the extra work the static graph does at that stage (scoring,
+        top-k, gather, fusing). None for a method without selectors."""
+        return None
 
     def selector_macs(self, arch: Arch, plan: TokenPlan) -> list[int]:
         """Multiply-adds of each selector stage (scoring, top-k, gather, fusing)."""

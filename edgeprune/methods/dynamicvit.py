@@ -120,6 +120,24 @@ class DynamicViTStatic(StaticTopKViT):
         return self.score_predictor[stage](patches)[:, :, 0]
 
 
+class _DynamicViTSelector(nn.Module):
+    """One DynamicViT stage alone: score the patch tokens, keep the top k, CLS first."""
+
+    def __init__(self, embed_dim: int, keep: int):
+        super().__init__()
+        from edgeprune.models.deit import init_random_
+
+        self.predictor = PredictorLG(embed_dim)
+        self.keep = keep
+        init_random_(self, 0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        patches = x[:, 1:]
+        scores = self.predictor(patches)[:, :, 0]
+        _, idx = torch.topk(scores, self.keep, dim=1, largest=True, sorted=True)
+        return torch.cat([x[:, :1], gather_tokens(patches, idx)], dim=1)
+
+
 class DynamicViT(Method):
     name = "dynamicvit"
     summary = "learned predictor, top-k of int(196*rho) patch tokens, rest dropped"
@@ -173,6 +191,9 @@ class DynamicViT(Method):
 
     def build(self, arch: Arch, plan: TokenPlan) -> DynamicViTStatic:
         return DynamicViTStatic(arch, plan)
+
+    def selector_module(self, arch: Arch, stage: SelectorStage) -> nn.Module:
+        return _DynamicViTSelector(arch.embed_dim, stage.tokens_out - 1)
 
     def selector_macs(self, arch: Arch, plan: TokenPlan) -> list[int]:
         # the predictor sees the patch tokens entering the stage; top-k and gather are
