@@ -42,9 +42,7 @@ def spvit_masked(model, img, ratios, locs):
                 1, keepdim=True
             ).unsqueeze(-1)
             new_alive = rest_alive & (keep | ~is_patch)
-            alive = torch.cat(
-                [alive[:, :1], new_alive, torch.ones(b, 1, dtype=torch.bool)], dim=1
-            )
+            alive = torch.cat([alive[:, :1], new_alive, torch.ones(b, 1, dtype=torch.bool)], dim=1)
             x = torch.cat([x, package], dim=1)
         x = run_block_masked(blk, x, alive)
     return model.classify(x)

@@ -49,7 +49,9 @@ class MultiheadPredictor(nn.Module):
         super().__init__()
         h, d = num_heads, embed_dim // num_heads
         self.num_heads, self.head_dim = h, d
-        self.senet = nn.Sequential(nn.Linear(h, h // 2), nn.GELU(), nn.Linear(h // 2, h), nn.Sigmoid())
+        self.senet = nn.Sequential(
+            nn.Linear(h, h // 2), nn.GELU(), nn.Linear(h // 2, h), nn.Sigmoid()
+        )
         self.in_conv = nn.ModuleList(
             nn.Sequential(nn.LayerNorm(d), nn.Linear(d, d), nn.GELU()) for _ in range(h)
         )
