@@ -72,6 +72,15 @@ def evit_reference(model, img, rates, locs):
     return model.classify(x)
 
 
+def _tome_merge(z, unm_idx, src_idx, dst_idx, rb):
+    src, dst = z[..., ::2, :], z[..., 1::2, :]
+    n, t1, c = src.shape
+    unm = src.gather(-2, unm_idx.expand(n, t1 - rb, c))
+    src = src.gather(-2, src_idx.expand(n, rb, c))
+    dst = dst.scatter_reduce(-2, dst_idx.expand(n, rb, c), src, reduce="sum")
+    return torch.cat([unm, dst], dim=1)
+
+
 def tome_reference(model, img, r):
     """ToMe's bipartite soft matching with argsort, sort and scatter_reduce."""
     x = model.embed(img)
@@ -94,16 +103,9 @@ def tome_reference(model, img, r):
             dst_idx = node_idx[..., None].gather(dim=-2, index=src_idx)
             unm_idx = unm_idx.sort(dim=1)[0]
 
-            def merge(z):
-                src, dst = z[..., ::2, :], z[..., 1::2, :]
-                n, t1, c = src.shape
-                unm = src.gather(-2, unm_idx.expand(n, t1 - rb, c))
-                src = src.gather(-2, src_idx.expand(n, rb, c))
-                dst = dst.scatter_reduce(-2, dst_idx.expand(n, rb, c), src, reduce="sum")
-                return torch.cat([unm, dst], dim=1)
-
-            x = merge(x * size)
-            size = merge(size)
+            idx = (unm_idx, src_idx, dst_idx, rb)
+            x = _tome_merge(x * size, *idx)
+            size = _tome_merge(size, *idx)
             x = x / size
         x = x + blk.mlp(blk.norm2(x))
     return model.classify(x)
