@@ -210,6 +210,7 @@ def export_onnx(
         "versions": versions(),
         "parity": parity.to_dict(),
         "notes": list(source.notes),
+        "method_report": source.method.report(source.config),
     }
     with atomic_path(out) as tmp:
         tmp.write_bytes(data)
