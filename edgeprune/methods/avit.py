@@ -189,7 +189,8 @@ class AViT(Method):
         if calib is not None:
             if keep is not None or locs is not None:
                 raise EdgepruneError(
-                    "--calibration sets the A-ViT schedule; it cannot be combined with --keep/--locs"
+                    "--calibration sets the A-ViT schedule",
+                    "drop --keep/--locs, or drop --calibration",
                 )
             data = load_calibration(str(calib), arch)
             opts.update(
