@@ -151,7 +151,7 @@ def reachability(dev: Device, timeout: float = 4.0) -> tuple[bool, str]:
     except EdgepruneError as e:
         return False, e.message
     ok, why = t.reachable(timeout=timeout)
-    return ok, f"ssh {dev.host}: {why}"
+    return ok, why
 
 
 def reachability_all(devs: list[Device], timeout: float = 4.0) -> list[tuple[bool, str]]:
