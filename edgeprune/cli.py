@@ -331,6 +331,7 @@ def profile(
     from edgeprune.bench import policy_for
     from edgeprune.methods import get_method
     from edgeprune.profile import ProfileRequest, measure, parse_grid
+    from edgeprune.runtimes.timing import TimingPolicy
 
     dev = _device_for(device, host, remote_python, here)
     a = get_arch(arch)
@@ -352,9 +353,7 @@ def profile(
         threads=threads,
         batch=batch,
         grid=parse_grid(grid, a.num_tokens),
-        policy=policy_for(runs)
-        if runs
-        else ProfileRequest.__dataclass_fields__["policy"].default_factory(),
+        policy=policy_for(runs) if runs else TimingPolicy(),
         check_points=check_points,
         halves=halves,
     )
