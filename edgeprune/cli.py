@@ -452,6 +452,29 @@ def bench(
     )
 
 
+@app.command("profile-info")
+def profile_info(
+    path: Annotated[Path, typer.Argument(help="A latency table written by 'profile'.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the validated table.")] = False,
+) -> None:
+    """Validate a latency table and summarise it."""
+    from edgeprune.latency_table import load
+
+    t = load(path)
+    if as_json:
+        print(json.dumps(t.to_dict()))
+        return
+    d = t.device
+    out.print(
+        f"{path}: {t.arch.name}{' + ' + t.method if t.method else ''} on {d['name']} "
+        f"({d['runtime']} {d.get('runtime_version', '')}, {d.get('precision', '')}, "
+        f"{d['threads']} threads, batch {t.batch}, {'measured' if t.measured else 'ESTIMATED'}, "
+        f"{t.date})"
+    )
+    for n in (t.block.tokens[0], 68, t.block.tokens[-1]):
+        out.print(f"  block @ {n:>3} tokens: {t.block.at(n):.3f} ms")
+
+
 # ---- end of issue 4 section ----------------------------------------------------------
 
 
