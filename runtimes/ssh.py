@@ -87,13 +87,21 @@ class SSHTransport:
         cmd = shlex.join(argv)
         if cwd:
             q = shlex.quote(cwd)
-            cmd = f"cd {q} && echo $$ > .edgeprune.pid && exec timeout -k 5 {int(limit) + 1} {cmd}"
+            backstop = int(limit + self.connect_timeout) + 5  # outlives the local limit
+            cmd = f"cd {q} && echo $$ > .edgeprune.pid && exec timeout -k 5 {backstop} {cmd}"
         try:
-            return self._ssh(cmd, limit + self.connect_timeout)
+            res = self._ssh(cmd, limit)
         except BaseException:
             if cwd:
                 self._stop_and_clean(cwd)
             raise
+        if cwd and res.returncode in (124, 137):  # the remote backstop fired
+            self._stop_and_clean(cwd)
+            raise EdgepruneError(
+                f"the command on {self.host} did not finish within {limit:g} s and was stopped",
+                "raise --timeout, or check that the device is not stuck",
+            )
+        return res
 
     def _stop_and_clean(self, remote_dir: str) -> None:
         q = shlex.quote(remote_dir)
