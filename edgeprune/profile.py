@@ -68,6 +68,7 @@ class ProfileRequest:
     policy: TimingPolicy = field(default_factory=TimingPolicy)
     check_points: int = 4  # off-grid block measurements to check interpolation
     halves: bool = True  # measure attn/mlp tables
+    rounds: int = 3  # passes over all pieces; a point's figure is the median over passes
 
     @property
     def threads_used(self) -> int:
@@ -187,24 +188,53 @@ def measure(
     """Run the sweep here (or through ``runner``'s transport) and return the table."""
     if req.batch < 1:
         raise EdgepruneError(f"--batch {req.batch} is not a positive batch size")
-    runner = runner or make_runner(req.device, req.threads_used)
+    factory = (
+        (lambda: runner)
+        if runner is not None
+        else (lambda: make_runner(req.device, req.threads_used))
+    )
+    first = factory()
     grid, pieces = plan_pieces(req)
     checks = check_grid_points(grid, req.check_points)
-    total = len(pieces) + len(checks)
+    rounds = max(1, req.rounds)
+    total = (len(pieces) + len(checks)) * rounds
     step = progress or (lambda _d, _i, _n: None)
     results: dict[str, dict[int | None, Timing]] = {}
-    version = runner.version()
+    version = first.version()
+    per_round = _split_policy(req.policy, rounds)
 
-    def time_piece(piece) -> Timing:
-        runner.load(piece.onnx())
-        return runner.time(req.policy)
+    # Machines are shared and noisy: a burst of load hits a stretch of time, not a token
+    # count. So every piece is loaded once and timed in ``rounds`` interleaved passes
+    # (A B C … A B C …); each point keeps the median of its passes.
+    def load_all(items):
+        loaded = []
+        for piece in items:
+            r = factory() if runner is None else runner
+            if runner is None:
+                r.load(piece.onnx())
+            loaded.append((piece, r))
+        return loaded
 
-    done = 0
-    for build in pieces:
-        piece = build()
-        step(f"{piece.table} {piece.tokens or ''}".strip(), done, total)
-        results.setdefault(piece.table, {})[piece.tokens] = time_piece(piece)
-        done += 1
+    def sweep(loaded, label: str, done: int) -> tuple[dict, int]:
+        per: dict[tuple, list[Timing]] = {}
+        for _ in range(rounds):
+            for piece, r in loaded:
+                step(f"{label}{piece.table} {piece.tokens or ''}".strip(), done, total)
+                if runner is not None:  # one shared runner (trtexec): load each time
+                    r.load(piece.onnx())
+                per.setdefault((piece.table, piece.tokens), []).append(r.time(per_round))
+                done += 1
+        return {k: _combine(v) for k, v in per.items()}, done
+
+    from edgeprune.pieces import Piece, make_block
+
+    blk = make_block(req.arch)
+    # the off-grid check points are timed in the same interleaved passes as the grid,
+    # so that drift in the machine's load cannot pass for interpolation error
+    check_items = [Piece("check", n, blk, (req.batch, n, req.arch.embed_dim)) for n in checks]
+    timed, done = sweep(load_all([b() for b in pieces] + check_items), "", 0)
+    for (table, tokens), t in timed.items():
+        results.setdefault(table, {})[tokens] = t
 
     def curve(table: str) -> Curve:
         r = results[table]
@@ -214,12 +244,8 @@ def measure(
     block = curve("block")
     interp = []
     if checks:
-        from edgeprune.pieces import Piece, make_block
-
-        blk = make_block(req.arch)
         for n in checks:
-            step(f"check block {n}", done, total)
-            t = time_piece(Piece("block", n, blk, (req.batch, n, req.arch.embed_dim)))
+            t = results["check"][n]
             est = block.at(n)
             interp.append(
                 {
@@ -229,11 +255,10 @@ def measure(
                     "rel_err": abs(est - t.median_ms) / t.median_ms if t.median_ms else 0.0,
                 }
             )
-            done += 1
     step("done", total, total)
     emb, head = results["embed"][None], next(iter(results["head"].values()))
     dev = req.device
-    runs = [t.runs for r in results.values() for t in r.values()]
+    runs = [t.runs for k, r in results.items() if k != "check" for t in r.values()]
     extra: dict = {
         "grid": list(grid),
         "timing": {
@@ -243,6 +268,7 @@ def measure(
             "min_time_s": req.policy.min_time_s,
             "max_time_s": req.policy.max_time_s,
             "runs_per_point": [min(runs), max(runs)],
+            "rounds": rounds,
         },
         "pieces": "one DeiT block (seeded random weights) exported to ONNX at each token count",
         "head_tokens": next(iter(results["head"])),
@@ -278,4 +304,37 @@ def measure(
         mlp=curve("mlp") if "mlp" in results else None,
         selectors={req.method: curve("selector")} if "selector" in results else {},
         extra=extra,
+    )
+
+
+def _split_policy(p: TimingPolicy, rounds: int) -> TimingPolicy:
+    """The per-pass share of a timing policy."""
+    if rounds == 1:
+        return p
+    return TimingPolicy(
+        warmup=max(1, p.warmup // 2) if p.warmup else 0,
+        min_runs=max(1, -(-p.min_runs // rounds)),
+        max_runs=max(1, -(-p.max_runs // rounds)),
+        min_time_s=p.min_time_s / rounds,
+        max_time_s=p.max_time_s / rounds,
+    )
+
+
+def _combine(ts: list[Timing]) -> Timing:
+    """One point from its passes: median of the pass medians (and of the p90s)."""
+    import statistics
+
+    if len(ts) == 1:
+        return ts[0]
+    t0 = ts[0]
+    return Timing(
+        median_ms=statistics.median(t.median_ms for t in ts),
+        p90_ms=statistics.median(t.p90_ms for t in ts),
+        min_ms=min(t.min_ms for t in ts),
+        max_ms=max(t.max_ms for t in ts),
+        runs=sum(t.runs for t in ts),
+        threads=t0.threads,
+        runtime=t0.runtime,
+        runtime_version=t0.runtime_version,
+        extra=t0.extra,
     )
