@@ -275,6 +275,293 @@ def calibrate(
 
 
 # ---- end issue 3 ----------------------------------------------------------------------
+# =====================================================================================
+# ---- issue 4: devices, profile, bench (runtimes, device descriptors, SSH) -----------
+# =====================================================================================
+HostOpt = Annotated[
+    str | None,
+    typer.Option("--host", help="Reach the device over SSH at user@addr (or an ssh-config alias)."),
+]
+SshConfigOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--ssh-config",
+        help="ssh config file for -F (default: $EDGEPRUNE_SSH_CONFIG, else ssh's own).",
+    ),
+]
+RemotePythonOpt = Annotated[
+    str | None,
+    typer.Option("--remote-python", help="Python with edgeprune on the remote host."),
+]
+TimeoutOpt = Annotated[
+    float,
+    typer.Option("--timeout", help="Overall limit (s) for one remote command over SSH."),
+]
+HereOpt = Annotated[
+    bool, typer.Option("--here", hidden=True, help="Measure on this machine (remote end).")
+]
+
+
+def _device_for(name: str, host: str | None, remote_python: str | None, here: bool):
+    from edgeprune.profiles.devices import get_device
+
+    dev = get_device(name).at_host(host, remote_python)
+    return dev.here() if here else dev
+
+
+def _transport(dev, ssh_config: str | None, timeout: float):
+    from edgeprune.runtimes.ssh import SSHTransport
+
+    return SSHTransport(dev.host or "", config=ssh_config, timeout=timeout)
+
+
+class _TermAsInterrupt:
+    """SIGTERM behaves like Ctrl-C while a measurement runs (nothing half-written)."""
+
+    def __enter__(self):
+        import signal
+
+        def _raise(_sig, _frm):
+            raise KeyboardInterrupt
+
+        try:
+            self._old = signal.signal(signal.SIGTERM, _raise)
+        except ValueError:  # not the main thread
+            self._old = None
+        return self
+
+    def __exit__(self, *exc):
+        import signal
+
+        if self._old is not None:
+            signal.signal(signal.SIGTERM, self._old)
+        return False
+
+
+@app.command()
+def devices(
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    timeout: Annotated[float, typer.Option("--timeout", help="Per-host check (s).")] = 4.0,
+) -> None:
+    """List the device descriptors and whether each can be reached from here."""
+    from edgeprune.profiles.devices import all_devices, reachability_all
+
+    devs = list(all_devices().values())
+    checks = reachability_all(devs, timeout)
+    rows = [
+        {**d.to_dict(), "aliases": list(d.aliases), "reachable": ok, "why": why}
+        for d, (ok, why) in zip(devs, checks, strict=True)
+    ]
+    if as_json:
+        print(json.dumps({"devices": rows}))
+        return
+    t = Table(title="devices", title_justify="left")
+    for col in ("name", "runtime", "precision", "threads", "reach", "reachable", "why"):
+        t.add_column(col)
+    for r in rows:
+        name = r["name"] + (f" ({', '.join(r['aliases'])})" if r["aliases"] else "")
+        reach = r["transport"] if r["transport"] == "local" else f"ssh {r['host']}"
+        t.add_row(
+            name,
+            r["runtime"],
+            r["precision"],
+            str(r["threads"] or "all"),
+            reach,
+            "[green]yes[/]" if r["reachable"] else "[red]no[/]",
+            r["why"],
+        )
+    out.print(t)
+
+
+@app.command()
+def profile(
+    device: Annotated[str, typer.Option("--device", "-d", help="Device name (edgeprune devices).")],
+    arch: Annotated[str, typer.Option("--arch", help="deit_tiny, deit_small, deit_base.")] = (
+        "deit_small"
+    ),
+    method: Annotated[
+        str | None, typer.Option("--method", help="Also time this method's selector.")
+    ] = None,
+    threads: Annotated[
+        int | None, typer.Option("--threads", help="Threads (default: the device's).")
+    ] = None,
+    batch: Annotated[int, typer.Option("--batch", "-b", help="Batch size.")] = 1,
+    out_path: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Output JSON (default: profile_*.json).")
+    ] = None,
+    runs: Annotated[
+        int | None, typer.Option("--runs", help="Timed runs per point (default: adaptive).")
+    ] = None,
+    grid: Annotated[
+        str | None, typer.Option("--grid", help="Token counts: 1,8,16,197 or step:8.")
+    ] = None,
+    check_points: Annotated[
+        int, typer.Option("--check-points", help="Off-grid points to check interpolation.")
+    ] = 4,
+    halves: Annotated[
+        bool, typer.Option("--halves/--no-halves", help="Also time attn and MLP halves.")
+    ] = True,
+    plot: Annotated[bool, typer.Option("--plot/--no-plot", help="Write a PNG beside it.")] = True,
+    force: Annotated[bool, typer.Option("--force", "-f", help="Overwrite --out.")] = False,
+    host: HostOpt = None,
+    remote_python: RemotePythonOpt = None,
+    ssh_config: SshConfigOpt = None,
+    timeout: TimeoutOpt = 900.0,
+    here: HereOpt = False,
+) -> None:
+    """Measure a device's latency table (block/attn/mlp vs tokens, embed, head, selectors)."""
+    import time
+
+    from edgeprune.arch import get_arch
+    from edgeprune.atomic import check_writable_target
+    from edgeprune.bench import policy_for
+    from edgeprune.methods import get_method
+    from edgeprune.profile import ProfileRequest, measure, parse_grid
+    from edgeprune.runtimes.timing import TimingPolicy
+
+    dev = _device_for(device, host, remote_python, here)
+    a = get_arch(arch)
+    if method is not None:
+        method = get_method(method).name
+    if batch < 1:
+        raise EdgepruneError(f"--batch {batch} is not a positive batch size")
+    if threads is not None and threads < 1:
+        raise EdgepruneError(f"--threads {threads} must be at least 1")
+    dest = out_path or Path(f"profile_{dev.name}_{a.name}{'_' + method if method else ''}.json")
+    check_writable_target(dest, force)
+    png = dest.with_suffix(".png")
+    if plot:
+        check_writable_target(png, True)
+    req = ProfileRequest(
+        dev,
+        a,
+        method,
+        threads=threads,
+        batch=batch,
+        grid=parse_grid(grid, a.num_tokens),
+        policy=policy_for(runs) if runs else TimingPolicy(),
+        check_points=check_points,
+        halves=halves,
+    )
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    t0 = time.perf_counter()
+    with (
+        _TermAsInterrupt(),
+        Progress(
+            TextColumn("{task.description:<18}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=err,
+            transient=True,
+            disable=not err.is_terminal,
+        ) as prog,
+    ):
+        task = prog.add_task(f"{dev.name}", total=None)
+
+        def step(desc: str, i: int, n: int) -> None:
+            prog.update(task, description=desc, completed=i, total=n)
+
+        if dev.transport == "ssh":
+            from edgeprune.remote import profile_over_ssh
+
+            table = profile_over_ssh(req, _transport(dev, ssh_config, timeout), runs, step)
+        else:
+            table = measure(req, step)
+        table.save(dest)
+    secs = time.perf_counter() - t0
+    if plot:
+        from edgeprune.plot import plot_table
+
+        plot_table(table, png)
+    d = table.device
+    out.print(
+        f"[green]wrote[/] {dest}{f' and {png}' if plot else ''}  ({secs:.0f} s; "
+        f"{d['runtime']} {d.get('runtime_version', '')}, {d.get('precision', '')}, "
+        f"{d['threads']} threads, batch {table.batch}, host {d.get('host', 'local')})"
+    )
+    n = table.block.tokens[-1]
+    out.print(
+        f"block @ {n} tokens: {table.block.at(n):.3f} ms median; embed "
+        f"{table.embed.median_ms:.3f} ms; head {table.head.median_ms:.3f} ms"
+    )
+    chk = table.extra.get("interp_check")
+    if chk:
+        out.print(
+            f"interpolation check: max error {chk['max_rel_err']:.1%} over "
+            f"{len(chk['points'])} off-grid points"
+        )
+
+
+@app.command()
+def bench(
+    artifact: Annotated[Path, typer.Argument(help="Exported artifact (.onnx, …).")],
+    device: Annotated[str, typer.Option("--device", "-d", help="Device name.")] = "cpu",
+    threads: Annotated[int | None, typer.Option("--threads", help="Threads.")] = None,
+    runs: Annotated[
+        int | None, typer.Option("--runs", help="Timed runs (default: adaptive, ≥ 20).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    host: HostOpt = None,
+    remote_python: RemotePythonOpt = None,
+    ssh_config: SshConfigOpt = None,
+    timeout: TimeoutOpt = 600.0,
+    here: HereOpt = False,
+) -> None:
+    """End-to-end latency of one artifact: median, p90, min, max, runs."""
+    from edgeprune.bench import bench as run_bench
+
+    if threads is not None and threads < 1:
+        raise EdgepruneError(f"--threads {threads} must be at least 1")
+    dev = _device_for(device, host, remote_python, here)
+    if not artifact.exists():
+        raise EdgepruneError(f"artifact {artifact} does not exist")
+    with _TermAsInterrupt():
+        if dev.transport == "ssh":
+            from edgeprune.bench import policy_for
+            from edgeprune.remote import bench_over_ssh
+
+            policy_for(runs)
+            t = bench_over_ssh(artifact, dev, _transport(dev, ssh_config, timeout), threads, runs)
+        else:
+            t = run_bench(artifact, dev, threads, runs)
+    info = {"artifact": str(artifact), "device": dev.name, "host": dev.host or "local"}
+    info.update(t.to_dict())
+    if as_json:
+        print(json.dumps(info))
+        return
+    out.print(
+        f"{artifact} on {dev.name} ({t.runtime} {t.runtime_version}, {t.threads} threads): "
+        f"median {t.median_ms:.3f} ms, p90 {t.p90_ms:.3f} ms, min {t.min_ms:.3f}, "
+        f"max {t.max_ms:.3f} over {t.runs} runs"
+    )
+
+
+@app.command("profile-info")
+def profile_info(
+    path: Annotated[Path, typer.Argument(help="A latency table written by 'profile'.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the validated table.")] = False,
+) -> None:
+    """Validate a latency table and summarise it."""
+    from edgeprune.latency_table import load
+
+    t = load(path)
+    if as_json:
+        print(json.dumps(t.to_dict()))
+        return
+    d = t.device
+    out.print(
+        f"{path}: {t.arch.name}{' + ' + t.method if t.method else ''} on {d['name']} "
+        f"({d['runtime']} {d.get('runtime_version', '')}, {d.get('precision', '')}, "
+        f"{d['threads']} threads, batch {t.batch}, {'measured' if t.measured else 'ESTIMATED'}, "
+        f"{t.date})"
+    )
+    for n in (t.block.tokens[0], 68, t.block.tokens[-1]):
+        out.print(f"  block @ {n:>3} tokens: {t.block.at(n):.3f} ms")
+
+
+# ---- end of issue 4 section ----------------------------------------------------------
 
 
 def _default_name(src: str, source) -> str:

@@ -1,10 +1,13 @@
-"""ONNX Runtime: sessions with a fixed thread count, run, and (later) timing."""
+"""ONNX Runtime: sessions with a fixed thread count, run, and timing."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+
+from edgeprune.errors import EdgepruneError, MissingRuntimeError
+from edgeprune.runtimes.timing import Timing, TimingPolicy, time_callable
 
 
 def version() -> str:
@@ -40,3 +43,94 @@ def make_session(
 def run(session, x: np.ndarray) -> np.ndarray:
     name = session.get_inputs()[0].name
     return session.run(None, {name: x})[0]
+
+
+_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64}
+
+
+class OnnxRuntimeRunner:
+    """Load an .onnx (path or bytes), run it, time it, on the chosen execution provider."""
+
+    name = "onnxruntime"
+
+    def __init__(
+        self,
+        threads: int | None = None,
+        precision: str = "fp32",
+        provider: str = "CPUExecutionProvider",
+        optimization: str = "all",
+    ):
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise MissingRuntimeError(
+                "onnxruntime is not installed", "pip install onnxruntime"
+            ) from None
+        if provider not in ort.get_available_providers():
+            raise MissingRuntimeError(
+                f"onnxruntime here has no {provider}",
+                f"available: {', '.join(ort.get_available_providers())}",
+            )
+        self.threads = threads
+        self.precision = precision
+        self.provider = provider
+        self.optimization = optimization
+        self._session = None
+
+    def version(self) -> str:
+        return version()
+
+    def load(self, artifact: str | Path | bytes) -> None:
+        if not isinstance(artifact, bytes) and not Path(artifact).is_file():
+            raise EdgepruneError(f"artifact {artifact} does not exist")
+        try:
+            self._session = make_session(artifact, self.threads, [self.provider], self.optimization)
+        except Exception as e:  # onnxruntime raises its own Fail/InvalidProtobuf types
+            msg = " ".join(str(e).split())[:200]
+            what = "the model" if isinstance(artifact, bytes) else artifact
+            raise EdgepruneError(
+                f"onnxruntime cannot load {what}: {msg}",
+                "is it an .onnx file exported by 'edgeprune export'?",
+            ) from None
+
+    @property
+    def session(self):
+        if self._session is None:
+            raise RuntimeError("load() an artifact first")
+        return self._session
+
+    def input_shapes(self) -> dict[str, tuple[int, ...]]:
+        out = {}
+        for i in self.session.get_inputs():
+            if any(not isinstance(d, int) for d in i.shape):
+                raise EdgepruneError(
+                    f"input '{i.name}' has a dynamic shape {i.shape}",
+                    "edgeprune times static graphs; export with a fixed batch",
+                )
+            out[i.name] = tuple(i.shape)
+        return out
+
+    def _inputs(self, seed: int = 0) -> dict[str, np.ndarray]:
+        rng = np.random.default_rng(seed)
+        feeds = {}
+        for i in self.session.get_inputs():
+            dt = _DTYPES.get(i.type, np.float32)
+            feeds[i.name] = rng.standard_normal(self.input_shapes()[i.name]).astype(dt)
+        return feeds
+
+    def run(self, inputs: dict[str, np.ndarray] | np.ndarray) -> list[np.ndarray]:
+        if isinstance(inputs, np.ndarray):
+            inputs = {self.session.get_inputs()[0].name: inputs}
+        return self.session.run(None, inputs)
+
+    def time(self, policy: TimingPolicy | None = None) -> Timing:
+        feeds = self._inputs()
+        sess = self.session
+        samples = time_callable(lambda: sess.run(None, feeds), policy or TimingPolicy())
+        return Timing.from_samples(
+            samples,
+            threads=self.threads,
+            runtime=self.name,
+            runtime_version=self.version(),
+            extra={"provider": self.provider},
+        )

@@ -1,0 +1,106 @@
+"""The pieces of a ViT that a latency table times, each a standalone module at a fixed
+shape, and their ONNX export (static shapes, as the deployed graph has them)."""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from edgeprune.arch import Arch
+from edgeprune.models.deit import Block, VisionTransformer, init_random_
+
+PIECE_SEED = 0
+
+
+class AttnHalf(nn.Module):
+    """norm1 + attention + residual: the first half of a block (what EViT/ToMe see
+    before they reduce tokens mid-block)."""
+
+    def __init__(self, block: Block):
+        super().__init__()
+        self.norm1, self.attn = block.norm1, block.attn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.attn(self.norm1(x))
+
+
+class MlpHalf(nn.Module):
+    """norm2 + MLP + residual: the second half of a block."""
+
+    def __init__(self, block: Block):
+        super().__init__()
+        self.norm2, self.mlp = block.norm2, block.mlp
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.mlp(self.norm2(x))
+
+
+class Embed(nn.Module):
+    """Patch embedding + CLS token + position embedding."""
+
+    def __init__(self, vit: VisionTransformer):
+        super().__init__()
+        self.vit = vit
+
+    def forward(self, img: torch.Tensor) -> torch.Tensor:
+        return self.vit.embed(img)
+
+
+class Head(nn.Module):
+    """Final norm + classifier on the CLS token."""
+
+    def __init__(self, vit: VisionTransformer):
+        super().__init__()
+        self.norm, self.head = vit.norm, vit.head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.norm(x)[:, 0])
+
+
+@dataclass(frozen=True)
+class Piece:
+    """One thing to time: which table, at how many tokens, and how to build it."""
+
+    table: str  # block | attn | mlp | embed | head | selector
+    tokens: int | None
+    module: nn.Module
+    input_shape: tuple[int, ...]
+
+    def onnx(self, opset: int = 17) -> bytes:
+        return module_to_onnx(self.module, self.input_shape, opset)
+
+
+def make_block(arch: Arch) -> Block:
+    b = Block(arch.embed_dim, arch.num_heads, arch.mlp_hidden)
+    init_random_(b, PIECE_SEED)
+    return b.eval()
+
+
+def make_vit(arch: Arch) -> VisionTransformer:
+    """A depth-0 ViT: only embed and head are used, so no blocks are built."""
+    from dataclasses import replace
+
+    return VisionTransformer(replace(arch, depth=0)).init_random(PIECE_SEED).eval()
+
+
+def module_to_onnx(module: nn.Module, input_shape: tuple[int, ...], opset: int = 17) -> bytes:
+    """Trace ``module`` at one fixed input shape into ONNX bytes (TorchScript exporter:
+    every dimension is a constant)."""
+    f = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module.eval(),
+            (torch.zeros(input_shape),),
+            f,
+            opset_version=opset,
+            input_names=["input"],
+            output_names=["output"],
+            do_constant_folding=True,
+            dynamo=False,
+        )
+    return f.getvalue()

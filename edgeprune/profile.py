@@ -1,0 +1,340 @@
+"""``edgeprune profile``: measure a device's latency table.
+
+The sweep times, in the device's runtime, ONNX exports of: one transformer block at
+token counts on a grid from 1 to 197, its attention half and MLP half (tables
+``attn``/``mlp``, for mid-block methods), the fixed parts (``embed``, ``head``) and,
+with a method, its selector at the token counts it sees. The result is a
+``LatencyTable`` saved atomically: an interrupted sweep writes nothing.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import platform
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from edgeprune.arch import Arch
+from edgeprune.errors import EdgepruneError
+from edgeprune.latency_table import Curve, LatencyTable, Point
+from edgeprune.plan import SelectorStage
+from edgeprune.profiles.devices import Device
+from edgeprune.runtimes.timing import Timing, TimingPolicy
+
+CURVE_TABLES = ("block", "attn", "mlp")
+# how selectors far from the plan's own stages are timed: this keep ratio per stage
+SELECTOR_KEEP = 0.7
+
+
+def default_grid(num_tokens: int = 197, step: int = 8) -> list[int]:
+    """1, 8, 16, …, and the full token count: dense enough that linear interpolation
+    stays within ~2 % of a measurement (checked by ``interp_check``)."""
+    return sorted({1, *range(step, num_tokens, step), num_tokens})
+
+
+def parse_grid(text: str | None, num_tokens: int) -> list[int] | None:
+    """``--grid``: ``1,8,16,197`` or ``step:N``."""
+    if text is None:
+        return None
+    text = text.strip()
+    if text.startswith("step:"):
+        try:
+            step = int(text[5:])
+        except ValueError:
+            raise EdgepruneError(f"--grid {text}: step is not an integer", "e.g. step:8") from None
+        if step < 1:
+            raise EdgepruneError(f"--grid {text}: step must be positive")
+        return default_grid(num_tokens, step)
+    try:
+        vals = sorted({int(p) for p in text.split(",") if p.strip()})
+    except ValueError:
+        raise EdgepruneError(
+            f"--grid '{text}' is not a list of integers", "e.g. --grid 1,8,16,197 or step:8"
+        ) from None
+    if not vals or vals[0] < 1 or vals[-1] > num_tokens:
+        raise EdgepruneError(f"--grid token counts must lie in 1..{num_tokens}")
+    return vals
+
+
+@dataclass
+class ProfileRequest:
+    device: Device
+    arch: Arch
+    method: str | None = None
+    threads: int | None = None  # None: the descriptor's
+    batch: int = 1
+    grid: list[int] | None = None
+    policy: TimingPolicy = field(default_factory=TimingPolicy)
+    check_points: int = 4  # off-grid block measurements to check interpolation
+    halves: bool = True  # measure attn/mlp tables
+    rounds: int = 3  # passes over all pieces; a point's figure is the median over passes
+
+    @property
+    def threads_used(self) -> int:
+        return self.threads if self.threads else self.device.resolved_threads()
+
+
+def fingerprint() -> dict:
+    """What machine this is, enough to tell two profiles' machines apart."""
+    cpu = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    import os
+
+    info = {
+        "hostname": platform.node(),
+        "system": f"{platform.system()} {platform.release()}",
+        "machine": platform.machine(),
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+    }
+    digest = hashlib.sha256(repr(sorted(info.items())).encode()).hexdigest()[:16]
+    return {"id": digest, **info}
+
+
+def _selector_stages(arch: Arch, method_name: str, grid: Sequence[int]) -> list[SelectorStage]:
+    from edgeprune.methods import get_method
+
+    method = get_method(method_name)
+    plan = method.token_plan(arch, method.default_config(arch))
+    own = {s.tokens_in: s for s in plan.selectors}
+    if not own:
+        return []
+    where = plan.selectors[0].where
+    stages = dict(own)
+    for n in grid:
+        if n >= 8 and n not in stages:
+            k = max(2, min(n, 1 + round((n - 1) * SELECTOR_KEEP)))
+            stages[n] = SelectorStage(0, where, n, k)
+    return [stages[n] for n in sorted(stages)]
+
+
+def plan_pieces(req: ProfileRequest):
+    """Every piece to time, in order, as (table, tokens, builder) with lazy builders."""
+    from edgeprune.pieces import AttnHalf, Embed, Head, MlpHalf, Piece, make_block, make_vit
+
+    arch, b, c = req.arch, req.batch, req.arch.embed_dim
+    grid = list(req.grid or default_grid(arch.num_tokens))
+    final_tokens = arch.num_tokens
+    if req.method:
+        from edgeprune.methods import get_method
+
+        m = get_method(req.method)
+        plan = m.token_plan(arch, m.default_config(arch))
+        if req.grid is None:  # the plan's own token counts are measured, not interpolated
+            grid = sorted(set(grid) | set(plan.attn_tokens) | set(plan.mlp_tokens))
+        final_tokens = plan.final_tokens
+    block = make_block(arch)
+    vit = make_vit(arch)
+    pieces: list[Callable[[], Piece]] = [
+        lambda: Piece("embed", None, Embed(vit), (b, arch.in_chans, arch.img_size, arch.img_size)),
+        lambda: Piece("head", final_tokens, Head(vit), (b, final_tokens, c)),
+    ]
+    tables = CURVE_TABLES if req.halves else ("block",)
+    mods = {"block": block, "attn": AttnHalf(block), "mlp": MlpHalf(block)}
+    for table in tables:
+        for n in grid:
+            pieces.append(lambda t=table, n=n: Piece(t, n, mods[t], (b, n, c)))
+    if req.method:
+        from edgeprune.methods import get_method
+
+        m = get_method(req.method)
+        for st in _selector_stages(arch, req.method, grid):
+            pieces.append(
+                lambda st=st: Piece(
+                    "selector",
+                    st.tokens_in,
+                    m.selector_module(arch, st).eval(),
+                    (b, st.tokens_in, c),
+                )
+            )
+    return grid, pieces
+
+
+def check_grid_points(grid: Sequence[int], k: int) -> list[int]:
+    """Up to ``k`` off-grid token counts, midway in the widest gaps spread over the grid."""
+    mids = [(a + b) // 2 for a, b in zip(grid, grid[1:], strict=False) if b - a >= 2]
+    if k <= 0 or not mids:
+        return []
+    idx = sorted({round(i * (len(mids) - 1) / max(1, k - 1)) for i in range(k)})
+    return [mids[i] for i in idx]
+
+
+def make_runner(device: Device, threads: int | None, transport=None):
+    """The runner for ``device``'s runtime, here or (trtexec) through ``transport``."""
+    from edgeprune.runtimes.base import get_runner
+
+    opts: dict = {}
+    if device.runtime == "coreml":
+        opts["compute_units"] = device.compute_units
+    if device.runtime == "tensorrt" and transport is not None:
+        opts["transport"] = transport
+    return get_runner(device.runtime, threads=threads, precision=device.precision, **opts)
+
+
+def measure(
+    req: ProfileRequest,
+    progress: Callable[[str, int, int], None] | None = None,
+    runner=None,
+) -> LatencyTable:
+    """Run the sweep here (or through ``runner``'s transport) and return the table."""
+    if req.batch < 1:
+        raise EdgepruneError(f"--batch {req.batch} is not a positive batch size")
+    factory = (
+        (lambda: runner)
+        if runner is not None
+        else (lambda: make_runner(req.device, req.threads_used))
+    )
+    first = factory()
+    grid, pieces = plan_pieces(req)
+    checks = check_grid_points(grid, req.check_points)
+    rounds = max(1, req.rounds)
+    total = (len(pieces) + len(checks)) * rounds
+    step = progress or (lambda _d, _i, _n: None)
+    results: dict[str, dict[int | None, Timing]] = {}
+    version = first.version()
+    per_round = _split_policy(req.policy, rounds)
+
+    # Machines are shared and noisy: a burst of load hits a stretch of time, not a token
+    # count. So every piece is loaded once and timed in ``rounds`` interleaved passes
+    # (A B C … A B C …); each point keeps the median of its passes.
+    def load_all(items):
+        loaded = []
+        for piece in items:
+            r = factory() if runner is None else runner
+            if runner is None:
+                r.load(piece.onnx())
+            loaded.append((piece, r))
+        return loaded
+
+    def sweep(loaded, label: str, done: int) -> tuple[dict, int]:
+        per: dict[tuple, list[Timing]] = {}
+        for _ in range(rounds):
+            for piece, r in loaded:
+                step(f"{label}{piece.table} {piece.tokens or ''}".strip(), done, total)
+                if runner is not None:  # one shared runner (trtexec): load each time
+                    r.load(piece.onnx())
+                per.setdefault((piece.table, piece.tokens), []).append(r.time(per_round))
+                done += 1
+        return {k: _combine(v) for k, v in per.items()}, done
+
+    from edgeprune.pieces import Piece, make_block
+
+    blk = make_block(req.arch)
+    # the off-grid check points are timed in the same interleaved passes as the grid,
+    # so that drift in the machine's load cannot pass for interpolation error
+    check_items = [Piece("check", n, blk, (req.batch, n, req.arch.embed_dim)) for n in checks]
+    timed, done = sweep(load_all([b() for b in pieces] + check_items), "", 0)
+    for (table, tokens), t in timed.items():
+        results.setdefault(table, {})[tokens] = t
+
+    def curve(table: str) -> Curve:
+        r = results[table]
+        ts = sorted(r)
+        return Curve(tuple(ts), tuple(r[t].median_ms for t in ts), tuple(r[t].p90_ms for t in ts))
+
+    block = curve("block")
+    interp = []
+    if checks:
+        for n in checks:
+            t = results["check"][n]
+            est = block.at(n)
+            interp.append(
+                {
+                    "tokens": n,
+                    "measured_ms": t.median_ms,
+                    "interpolated_ms": est,
+                    "rel_err": abs(est - t.median_ms) / t.median_ms if t.median_ms else 0.0,
+                }
+            )
+    step("done", total, total)
+    emb, head = results["embed"][None], next(iter(results["head"].values()))
+    dev = req.device
+    runs = [t.runs for k, r in results.items() if k != "check" for t in r.values()]
+    extra: dict = {
+        "grid": list(grid),
+        "timing": {
+            "warmup": req.policy.warmup,
+            "min_runs": req.policy.min_runs,
+            "max_runs": req.policy.max_runs,
+            "min_time_s": req.policy.min_time_s,
+            "max_time_s": req.policy.max_time_s,
+            "runs_per_point": [min(runs), max(runs)],
+            "rounds": rounds,
+        },
+        "pieces": "one DeiT block (seeded random weights) exported to ONNX at each token count",
+        "head_tokens": next(iter(results["head"])),
+    }
+    if interp:
+        extra["interp_check"] = {
+            "table": "block",
+            "points": interp,
+            "max_rel_err": max(p["rel_err"] for p in interp),
+        }
+    if "selector" in results:
+        extra["selector_keep_off_plan"] = SELECTOR_KEEP
+    return LatencyTable(
+        device={
+            "name": dev.name,
+            "runtime": dev.runtime,
+            "runtime_version": version,
+            "precision": dev.precision,
+            "threads": req.threads_used,
+            "host": dev.host or "local",
+            "transport": dev.transport,
+            "fingerprint": fingerprint(),
+        },
+        arch=req.arch,
+        method=req.method,
+        batch=req.batch,
+        date=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        measured=True,
+        block=block,
+        embed=Point(emb.median_ms, emb.p90_ms),
+        head=Point(head.median_ms, head.p90_ms),
+        attn=curve("attn") if "attn" in results else None,
+        mlp=curve("mlp") if "mlp" in results else None,
+        selectors={req.method: curve("selector")} if "selector" in results else {},
+        extra=extra,
+    )
+
+
+def _split_policy(p: TimingPolicy, rounds: int) -> TimingPolicy:
+    """The per-pass share of a timing policy."""
+    if rounds == 1:
+        return p
+    return TimingPolicy(
+        warmup=max(1, p.warmup // 2) if p.warmup else 0,
+        min_runs=max(1, -(-p.min_runs // rounds)),
+        max_runs=max(1, -(-p.max_runs // rounds)),
+        min_time_s=p.min_time_s / rounds,
+        max_time_s=p.max_time_s / rounds,
+    )
+
+
+def _combine(ts: list[Timing]) -> Timing:
+    """One point from its passes: median of the pass medians (and of the p90s)."""
+    import statistics
+
+    if len(ts) == 1:
+        return ts[0]
+    t0 = ts[0]
+    return Timing(
+        median_ms=statistics.median(t.median_ms for t in ts),
+        p90_ms=statistics.median(t.p90_ms for t in ts),
+        min_ms=min(t.min_ms for t in ts),
+        max_ms=max(t.max_ms for t in ts),
+        runs=sum(t.runs for t in ts),
+        threads=t0.threads,
+        runtime=t0.runtime,
+        runtime_version=t0.runtime_version,
+        extra=t0.extra,
+    )

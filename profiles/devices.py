@@ -1,0 +1,163 @@
+"""Device descriptors: the TOML files in ``profiles/devices/`` (package data).
+
+A descriptor names the runtime, precision and threads a device is measured with,
+and how to reach it: ``transport = "local"``, or ``"ssh"`` with a ``host`` (an ssh
+alias or user@addr) and a ``remote_runner``: ``"edgeprune"`` (run ``python -m
+edgeprune`` there; ``remote_python`` says which python) or ``"trtexec"`` (only
+TensorRT's trtexec is needed there).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import platform
+import shutil
+import tomllib
+from dataclasses import dataclass, field, replace
+from importlib import resources
+
+from edgeprune.errors import EdgepruneError
+
+RUNTIMES = ("onnxruntime", "tensorrt", "coreml")
+TRANSPORTS = ("local", "ssh")
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+@dataclass(frozen=True)
+class Device:
+    name: str
+    runtime: str
+    precision: str = "fp32"
+    threads: int = 0
+    transport: str = "local"
+    host: str | None = None
+    description: str = ""
+    aliases: tuple[str, ...] = ()
+    remote_runner: str = "edgeprune"
+    remote_python: str = "python3"
+    trtexec: str | None = None
+    compute_units: str = "ALL"
+    options: dict = field(default_factory=dict)
+
+    def resolved_threads(self) -> int:
+        """The real thread count to use and record (0 means every usable core)."""
+        if self.threads > 0:
+            return self.threads
+        try:
+            return len(os.sched_getaffinity(0))
+        except AttributeError:  # macOS
+            return os.cpu_count() or 1
+
+    def at_host(self, host: str | None, remote_python: str | None = None) -> Device:
+        """This device reached over SSH at ``host`` (``--host`` on the command line)."""
+        if host is None:
+            return self if remote_python is None else replace(self, remote_python=remote_python)
+        return replace(
+            self,
+            transport="ssh",
+            host=host,
+            remote_python=remote_python or self.remote_python,
+        )
+
+    def here(self) -> Device:
+        """This device measured on this machine (the remote end of an SSH profile)."""
+        return replace(self, transport="local", host=None)
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "runtime": self.runtime,
+            "precision": self.precision,
+            "threads": self.threads,
+            "transport": self.transport,
+            "host": self.host,
+        }
+
+
+def _from_toml(text: str, origin: str) -> Device:
+    try:
+        d = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise EdgepruneError(f"device descriptor {origin} is not valid TOML ({e})") from None
+    known = {f for f in Device.__dataclass_fields__ if f != "options"}
+    kwargs = {k: v for k, v in d.items() if k in known}
+    kwargs["options"] = {k: v for k, v in d.items() if k not in known}
+    kwargs["aliases"] = tuple(kwargs.get("aliases", ()))
+    try:
+        dev = Device(**kwargs)
+    except TypeError as e:
+        raise EdgepruneError(f"device descriptor {origin} is incomplete ({e})") from None
+    if dev.runtime not in RUNTIMES:
+        raise EdgepruneError(f"device {dev.name}: unknown runtime '{dev.runtime}'")
+    if dev.transport not in TRANSPORTS:
+        raise EdgepruneError(f"device {dev.name}: unknown transport '{dev.transport}'")
+    if dev.precision not in PRECISIONS:
+        raise EdgepruneError(f"device {dev.name}: unknown precision '{dev.precision}'")
+    if dev.transport == "ssh" and not dev.host:
+        raise EdgepruneError(f"device {dev.name}: transport ssh needs a host")
+    return dev
+
+
+def all_devices() -> dict[str, Device]:
+    out: dict[str, Device] = {}
+    folder = resources.files("edgeprune.profiles") / "devices"
+    for entry in sorted(folder.iterdir(), key=lambda p: p.name):
+        if entry.name.endswith(".toml"):
+            dev = _from_toml(entry.read_text(), f"profiles/devices/{entry.name}")
+            out[dev.name] = dev
+    return out
+
+
+def get_device(name: str) -> Device:
+    devs = all_devices()
+    if name in devs:
+        return devs[name]
+    for dev in devs.values():
+        if name in dev.aliases:
+            return dev
+    names = sorted(list(devs) + [a for d in devs.values() for a in d.aliases])
+    raise EdgepruneError(
+        f"unknown device '{name}'", f"known devices: {', '.join(names)} (see 'edgeprune devices')"
+    )
+
+
+def runtime_here(dev: Device) -> tuple[bool, str]:
+    """Whether this machine can run ``dev``'s runtime itself."""
+    if dev.runtime == "onnxruntime":
+        ok = importlib.util.find_spec("onnxruntime") is not None
+        return ok, "onnxruntime installed" if ok else "onnxruntime not installed"
+    if dev.runtime == "coreml":
+        if platform.system() != "Darwin":
+            return False, "CoreML needs macOS"
+        ok = importlib.util.find_spec("coremltools") is not None
+        return ok, "coremltools installed" if ok else "coremltools not installed"
+    if importlib.util.find_spec("tensorrt") is not None:
+        return True, "tensorrt Python package"
+    for cand in ("trtexec", dev.trtexec):
+        if cand and shutil.which(cand):
+            return True, f"trtexec at {shutil.which(cand)}"
+    return False, "no tensorrt package, no trtexec"
+
+
+def reachability(dev: Device, timeout: float = 4.0) -> tuple[bool, str]:
+    """Quick check: local runtime importable, or the SSH host answers within ``timeout``."""
+    if dev.transport == "local":
+        return runtime_here(dev)
+    from edgeprune.runtimes.ssh import SSHTransport
+
+    try:
+        t = SSHTransport(dev.host or "", connect_timeout=max(1, int(timeout) - 1))
+    except EdgepruneError as e:
+        return False, e.message
+    ok, why = t.reachable(timeout=timeout)
+    return ok, why
+
+
+def reachability_all(devs: list[Device], timeout: float = 4.0) -> list[tuple[bool, str]]:
+    """``reachability`` for every device at once (in threads: one slow host does not
+    hold the others up)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=max(1, len(devs))) as pool:
+        return list(pool.map(lambda d: reachability(d, timeout), devs))

@@ -1,0 +1,179 @@
+"""The SSH transport, through the system's OpenSSH client (``ssh``/``scp``).
+
+The user's ``~/.ssh/config``, agent and known_hosts apply. Host keys are checked
+and never accepted automatically (``StrictHostKeyChecking=yes``), nothing prompts
+(``BatchMode=yes``), connecting gives up after ``connect_timeout`` seconds, and
+every remote command runs under an overall timeout: on expiry the local client is
+killed, the remote process is stopped and the remote temporary directory removed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shlex
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edgeprune.errors import EdgepruneError, MissingRuntimeError
+from edgeprune.runtimes.local import Result, run_killable
+
+SSH_CONFIG_ENV = "EDGEPRUNE_SSH_CONFIG"
+
+
+@dataclass
+class SSHTransport:
+    host: str  # user@addr, addr, or a Host alias from the ssh config
+    config: str | None = None  # -F FILE (default: $EDGEPRUNE_SSH_CONFIG, else ssh's own)
+    connect_timeout: int = 5
+    timeout: float = 600.0  # overall limit for one remote command
+    extra_options: list[str] = field(default_factory=list)
+    name: str = "ssh"
+
+    def __post_init__(self) -> None:
+        if self.config is None:
+            self.config = os.environ.get(SSH_CONFIG_ENV) or None
+        if not self.host or self.host.startswith("-") or any(c.isspace() for c in self.host):
+            raise EdgepruneError(f"'{self.host}' is not an SSH host", "give user@addr or an alias")
+        for tool in ("ssh", "scp"):
+            if shutil.which(tool) is None:
+                raise MissingRuntimeError(
+                    f"'{tool}' is not on PATH", "install the OpenSSH client (openssh-client)"
+                )
+
+    @property
+    def where(self) -> str:
+        return self.host
+
+    def _options(self) -> list[str]:
+        opts = [
+            "-o", "BatchMode=yes",
+            "-o", "StrictHostKeyChecking=yes",
+            "-o", f"ConnectTimeout={int(self.connect_timeout)}",
+            "-o", "ServerAliveInterval=5",
+            "-o", "ServerAliveCountMax=3",
+            "-o", "LogLevel=ERROR",
+        ]  # fmt: skip
+        if self.config:
+            opts = ["-F", self.config, *opts]
+        return opts + list(self.extra_options)
+
+    # ---- primitives -----------------------------------------------------------------
+    def _ssh(self, remote_cmd: str, timeout: float | None) -> Result:
+        argv = ["ssh", *self._options(), self.host, remote_cmd]
+        res = run_killable(argv, timeout, f"ssh {self.host}")
+        if res.returncode == 255:
+            raise ssh_error(self.host, res.stderr)
+        return res
+
+    def check(self, timeout: float | None = None) -> None:
+        """Connect and run ``true``; raises one clear error when that fails."""
+        self._ssh("true", timeout or self.connect_timeout + 5)
+
+    def reachable(self, timeout: float | None = None) -> tuple[bool, str]:
+        try:
+            self.check(timeout)
+        except EdgepruneError as e:
+            return False, e.message
+        return True, "ok"
+
+    def run(self, argv: list[str], timeout: float | None = None, cwd: str | None = None) -> Result:
+        """Run ``argv`` on the host (in ``cwd``), under the overall timeout. The remote
+        side runs under coreutils ``timeout`` as well, so that a dropped connection
+        cannot leave it running; its pid is kept in ``cwd`` for a forced stop."""
+        limit = timeout or self.timeout
+        cmd = shlex.join(argv)
+        if cwd:
+            q = shlex.quote(cwd)
+            backstop = int(limit + self.connect_timeout) + 5  # outlives the local limit
+            cmd = f"cd {q} && echo $$ > .edgeprune.pid && exec timeout -k 5 {backstop} {cmd}"
+        try:
+            res = self._ssh(cmd, limit)
+        except BaseException:
+            if cwd:
+                self._stop_and_clean(cwd)
+            raise
+        if cwd and res.returncode in (124, 137):  # the remote backstop fired
+            self._stop_and_clean(cwd)
+            raise EdgepruneError(
+                f"the command on {self.host} did not finish within {limit:g} s and was stopped",
+                "raise --timeout, or check that the device is not stuck",
+            )
+        return res
+
+    def _stop_and_clean(self, remote_dir: str) -> None:
+        q = shlex.quote(remote_dir)
+        with contextlib.suppress(BaseException):
+            self._ssh(
+                f"kill -TERM $(cat {q}/.edgeprune.pid 2>/dev/null) 2>/dev/null; rm -rf {q}",
+                self.connect_timeout + 10,
+            )
+
+    @contextlib.contextmanager
+    def tempdir(self) -> Iterator[str]:
+        res = self._ssh("mktemp -d /tmp/edgeprune-XXXXXXXX", self.connect_timeout + 15)
+        d = res.stdout.strip()
+        if res.returncode != 0 or not d.startswith("/tmp/edgeprune-"):
+            raise EdgepruneError(
+                f"could not make a temporary directory on {self.host}: {res.stderr.strip()[:200]}"
+            )
+        try:
+            yield d
+        finally:
+            q = shlex.quote(d)
+            with contextlib.suppress(BaseException):
+                self._ssh(f"rm -rf {q}", self.connect_timeout + 15)
+
+    def _scp(self, src: str, dst: str) -> None:
+        argv = ["scp", "-q", "-p", *self._options(), src, dst]
+        res = run_killable(argv, self.timeout, f"scp to/from {self.host}")
+        if res.returncode != 0:
+            if "Host key verification failed" in res.stderr or "Connection" in res.stderr:
+                raise ssh_error(self.host, res.stderr)
+            raise EdgepruneError(
+                f"copying {src} -> {dst} failed: {' '.join(res.stderr.split())[:200]}"
+            )
+
+    def put(self, local: Path, remote_dir: str) -> str:
+        dest = f"{remote_dir}/{Path(local).name}"
+        self._scp(str(local), f"{self.host}:{shlex.quote(dest)}")
+        return dest
+
+    def get(self, remote: str, local: Path) -> None:
+        self._scp(f"{self.host}:{shlex.quote(remote)}", str(local))
+
+    def which(self, program: str) -> str | None:
+        res = self._ssh(f"command -v {shlex.quote(program)}", self.connect_timeout + 15)
+        return (res.stdout.strip() or None) if res.returncode == 0 else None
+
+
+def ssh_error(host: str, stderr: str) -> EdgepruneError:
+    """One clear line for the ways ``ssh`` fails before the remote command runs."""
+    text = " ".join(stderr.split())
+    low = text.lower()
+    if "host key verification failed" in low or "remote host identification has changed" in low:
+        return EdgepruneError(
+            f"host key verification failed for {host}: its key is unknown or does not "
+            "match known_hosts",
+            "check the device's key and add it with ssh-keyscan/ssh once by hand; "
+            "edgeprune never accepts host keys automatically",
+        )
+    if "connection refused" in low:
+        return EdgepruneError(
+            f"cannot reach {host}: connection refused", "is sshd running on the device?"
+        )
+    if "timed out" in low or "no route to host" in low or "network is unreachable" in low:
+        return EdgepruneError(f"cannot reach {host}: {text[:160]}", "is the device on and online?")
+    if "could not resolve" in low or "name or service not known" in low:
+        return EdgepruneError(
+            f"cannot reach {host}: unknown host name",
+            "give --host user@addr or add a Host entry to your ssh config",
+        )
+    if "permission denied" in low:
+        return EdgepruneError(
+            f"ssh to {host} was refused: permission denied",
+            "load your key into ssh-agent or set IdentityFile in your ssh config",
+        )
+    return EdgepruneError(f"ssh to {host} failed: {text[:200] or 'exit 255'}")

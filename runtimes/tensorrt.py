@@ -1,0 +1,328 @@
+"""TensorRT: the ``tensorrt`` Python API where importable, else ``trtexec``.
+
+TensorRT 10 (JetPack 6.x) builds FP16 with ``BuilderFlag.FP16`` / ``trtexec --fp16``.
+TensorRT 11 is strongly typed only: no precision flags exist, so FP16 must already be
+in the ONNX (its weights and activations typed float16). Both are handled here.
+
+``trtexec --exportTimes=FILE`` writes a JSON array with one object per inference
+(warm-up included), e.g. ``{"startEnqMs": …, "endEnqMs": …, "startH2dMs": …,
+"endH2dMs": …, "startComputeMs": …, "endComputeMs": …, "startD2hMs": …, "endD2hMs": …,
+"h2dMs": …, "computeMs": …, "d2hMs": …, "latencyMs": …, "endToEndMs": …}``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+from edgeprune.errors import EdgepruneError, MissingRuntimeError
+from edgeprune.runtimes.timing import Timing, TimingPolicy
+
+JETPACK_TRTEXEC = "/usr/src/tensorrt/bin/trtexec"
+_NONFINITE = re.compile(r"(?<![\w\"])-?(nan|inf)(?![\w\"])", re.IGNORECASE)
+
+
+# ---- trtexec output ----------------------------------------------------------------
+def parse_export_times(text: str, warmup_ms: float = 0.0, metric: str = "latencyMs") -> list[float]:
+    """Per-inference times (ms) from ``--exportTimes`` JSON, dropping the warm-up
+    (inferences whose compute started before ``warmup_ms``, as trtexec's own report does)."""
+    try:
+        data = json.loads(_NONFINITE.sub("null", text))
+    except json.JSONDecodeError as e:
+        raise EdgepruneError(f"trtexec --exportTimes output is not JSON ({e.msg})") from None
+    if not isinstance(data, list):
+        raise EdgepruneError("trtexec --exportTimes output is not a JSON array")
+    rows = [r for r in data if isinstance(r, dict) and metric in r]
+    if warmup_ms > 0:
+        rows = [r for r in rows if float(r.get("startComputeMs") or 0.0) >= warmup_ms]
+    out = [float(r[metric]) for r in rows if isinstance(r[metric], int | float)]
+    if not out:
+        raise EdgepruneError(f"trtexec --exportTimes output holds no '{metric}' values")
+    return out
+
+
+def parse_trtexec_version(text: str) -> tuple[int, int, int] | None:
+    """TensorRT version from trtexec's banner: ``[TensorRT v100300]`` is 10.3.0
+    (8.x wrote ``v8601`` for 8.6.1)."""
+    m = re.search(r"TensorRT v(\d+)", text)
+    if m:
+        n = int(m.group(1))
+        if n >= 100000:  # 10.x and later: MMmmpp
+            return n // 10000, (n // 100) % 100, n % 100
+        return n // 1000, (n // 100) % 10, n % 100
+    m = re.search(r"TensorRT version:?\s*(\d+)\.(\d+)\.(\d+)", text)
+    if m:
+        return int(m.group(1)), int(m.group(2)), int(m.group(3))
+    return None
+
+
+def trtexec_argv(
+    trtexec: str,
+    onnx: str,
+    times_file: str,
+    precision: str,
+    major: int,
+    policy: TimingPolicy,
+) -> list[str]:
+    """The trtexec command line for one timing run, for TensorRT ``major``."""
+    argv = [
+        trtexec,
+        f"--onnx={onnx}",
+        f"--exportTimes={times_file}",
+        "--warmUp=200",
+        f"--iterations={max(policy.min_runs, 1)}",
+        f"--duration={max(int(round(policy.min_time_s)), 0)}",
+        "--noDataTransfers",
+        "--useSpinWait",
+    ]
+    if precision not in ("fp32", "fp16", "int8", "best"):
+        raise EdgepruneError(f"unknown precision '{precision}'", "expected fp32 or fp16")
+    if major >= 11:
+        # strongly typed only: the ONNX carries its own types; no --fp16/--int8 flags exist
+        pass
+    elif precision == "fp16":
+        argv.append("--fp16")
+    elif precision == "int8":
+        argv.append("--int8")
+    elif precision == "best":
+        argv.append("--best")
+    return argv
+
+
+def onnx_is_fp16(path_or_bytes: str | Path | bytes) -> bool:
+    import onnx
+
+    proto = (
+        onnx.load_from_string(path_or_bytes)
+        if isinstance(path_or_bytes, bytes)
+        else onnx.load(str(path_or_bytes), load_external_data=False)
+    )
+    fp16 = onnx.TensorProto.FLOAT16
+    return any(t.data_type == fp16 for t in proto.graph.initializer)
+
+
+def _check_strong_typing(major: int, precision: str, artifact: str | Path | bytes) -> None:
+    if major >= 11 and precision == "fp16" and not onnx_is_fp16(artifact):
+        raise EdgepruneError(
+            f"TensorRT {major} is strongly typed: FP16 must be in the ONNX itself, "
+            "and this model is float32",
+            "export a float16 ONNX, or profile this device with precision fp32",
+        )
+
+
+# ---- runners -----------------------------------------------------------------------
+class TrtexecRunner:
+    """Times an ONNX with ``trtexec`` over a transport (local or SSH)."""
+
+    name = "tensorrt"
+
+    def __init__(
+        self,
+        threads: int | None = None,
+        precision: str = "fp16",
+        trtexec: str | None = None,
+        transport=None,
+        timeout: float = 600.0,
+    ):
+        from edgeprune.runtimes.local import LocalTransport
+
+        self.transport = transport or LocalTransport()
+        self.threads = threads
+        self.precision = precision
+        self.timeout = timeout
+        self.trtexec = trtexec or find_trtexec(self.transport)
+        self._artifact: str | Path | bytes | None = None
+        self._version: tuple[int, int, int] | None = None
+
+    def _probe_version(self) -> tuple[int, int, int]:
+        if self._version is None:
+            res = self.transport.run([self.trtexec, "--help"], timeout=60)
+            self._version = parse_trtexec_version(res.stdout + res.stderr) or (10, 0, 0)
+        return self._version
+
+    def version(self) -> str:
+        return ".".join(map(str, self._probe_version()))
+
+    def load(self, artifact: str | Path | bytes) -> None:
+        self._artifact = artifact
+
+    def input_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {}
+
+    def run(self, inputs):
+        raise EdgepruneError("trtexec times engines but does not return outputs")
+
+    def time(self, policy: TimingPolicy | None = None) -> Timing:
+        if self._artifact is None:
+            raise RuntimeError("load() an artifact first")
+        policy = policy or TimingPolicy()
+        major = self._probe_version()[0]
+        _check_strong_typing(major, self.precision, self._artifact)
+        with tempfile.TemporaryDirectory(prefix="edgeprune-trt-") as local_dir:
+            local = Path(local_dir) / "model.onnx"
+            if isinstance(self._artifact, bytes):
+                local.write_bytes(self._artifact)
+            else:
+                shutil.copyfile(self._artifact, local)
+            with self.transport.tempdir() as rdir:
+                remote_onnx = self.transport.put(local, rdir)
+                times = f"{rdir}/times.json"
+                argv = trtexec_argv(self.trtexec, remote_onnx, times, self.precision, major, policy)
+                res = self.transport.run(argv, timeout=self.timeout, cwd=rdir)
+                if res.returncode != 0:
+                    tail = " ".join((res.stdout + res.stderr).split())[-240:]
+                    raise EdgepruneError(f"trtexec failed (exit {res.returncode}): {tail}")
+                self.transport.get(times, Path(local_dir) / "times.json")
+            samples = parse_export_times((Path(local_dir) / "times.json").read_text(), 200.0)
+        return Timing.from_samples(
+            samples,
+            threads=self.threads,
+            runtime=self.name,
+            runtime_version=self.version(),
+            extra={"via": "trtexec", "where": self.transport.where},
+        )
+
+
+class TensorRTPythonRunner:
+    """Builds an engine with the ``tensorrt`` Python API and times it (CUDA via torch)."""
+
+    name = "tensorrt"
+
+    def __init__(self, threads: int | None = None, precision: str = "fp16"):
+        import tensorrt as trt  # noqa: F401  (checked by the caller)
+        import torch
+
+        if not torch.cuda.is_available():
+            raise MissingRuntimeError(
+                "the tensorrt package is installed but no CUDA device is visible to torch",
+                "run on the GPU machine (or a Jetson), or use trtexec",
+            )
+        self.threads = threads
+        self.precision = precision
+        self._engine = None
+        self._shapes: dict[str, tuple[int, ...]] = {}
+
+    def version(self) -> str:
+        import tensorrt as trt
+
+        return trt.__version__
+
+    def load(self, artifact: str | Path | bytes) -> None:
+        import tensorrt as trt
+
+        major = int(trt.__version__.split(".")[0])
+        _check_strong_typing(major, self.precision, artifact)
+        logger = trt.Logger(trt.Logger.ERROR)
+        builder = trt.Builder(logger)
+        flags = 0
+        if major >= 11 or hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
+            flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+        if major < 11 and self.precision != "fp32":
+            flags = 0  # TensorRT 10: weakly typed network, precision from builder flags
+        network = builder.create_network(flags)
+        parser = trt.OnnxParser(network, logger)
+        data = artifact if isinstance(artifact, bytes) else Path(artifact).read_bytes()
+        if not parser.parse(data):
+            errs = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+            raise EdgepruneError(f"TensorRT cannot parse the ONNX: {errs[:200]}")
+        config = builder.create_builder_config()
+        if major < 11 and self.precision == "fp16":
+            config.set_flag(trt.BuilderFlag.FP16)
+        blob = builder.build_serialized_network(network, config)
+        if blob is None:
+            raise EdgepruneError("TensorRT failed to build an engine from the ONNX")
+        self._engine = trt.Runtime(logger).deserialize_cuda_engine(blob)
+        self._shapes = {}
+        for i in range(self._engine.num_io_tensors):
+            name = self._engine.get_tensor_name(i)
+            self._shapes[name] = tuple(self._engine.get_tensor_shape(name))
+
+    def input_shapes(self) -> dict[str, tuple[int, ...]]:
+        import tensorrt as trt
+
+        e = self._engine
+        return {
+            n: s for n, s in self._shapes.items() if e.get_tensor_mode(n) == trt.TensorIOMode.INPUT
+        }
+
+    def _context(self):
+        import tensorrt as trt
+        import torch
+
+        ctx = self._engine.create_execution_context()
+        bufs = {}
+        for name, shape in self._shapes.items():
+            dt = trt.nptype(self._engine.get_tensor_dtype(name))
+            tdt = {"float16": torch.float16, "int64": torch.int64, "int32": torch.int32}.get(
+                dt.__name__, torch.float32
+            )
+            bufs[name] = torch.randn(shape, device="cuda").to(tdt)
+            ctx.set_tensor_address(name, bufs[name].data_ptr())
+        return ctx, bufs
+
+    def run(self, inputs):
+        import torch
+
+        ctx, bufs = self._context()
+        if not isinstance(inputs, dict):
+            inputs = {next(iter(self.input_shapes())): inputs}
+        for k, v in inputs.items():
+            bufs[k].copy_(torch.as_tensor(v))
+        stream = torch.cuda.current_stream()
+        ctx.execute_async_v3(stream.cuda_stream)
+        stream.synchronize()
+        outs = [n for n in self._shapes if n not in self.input_shapes()]
+        return [bufs[n].float().cpu().numpy() for n in outs]
+
+    def time(self, policy: TimingPolicy | None = None) -> Timing:
+        import torch
+
+        from edgeprune.runtimes.timing import time_callable
+
+        ctx, _bufs = self._context()
+        stream = torch.cuda.current_stream()
+
+        def once() -> None:
+            ctx.execute_async_v3(stream.cuda_stream)
+            stream.synchronize()
+
+        samples = time_callable(once, policy or TimingPolicy())
+        return Timing.from_samples(
+            samples,
+            threads=self.threads,
+            runtime=self.name,
+            runtime_version=self.version(),
+            extra={"via": "tensorrt-python"},
+        )
+
+
+def find_trtexec(transport=None) -> str:
+    from edgeprune.runtimes.local import LocalTransport
+
+    transport = transport or LocalTransport()
+    for cand in ("trtexec", JETPACK_TRTEXEC):
+        found = transport.which(cand)
+        if found:
+            return found
+    raise MissingRuntimeError(
+        f"TensorRT is not available on {transport.where}: no trtexec on PATH "
+        f"(nor {JETPACK_TRTEXEC})"
+        + (" and no 'tensorrt' Python package" if transport.name == "local" else ""),
+        "on a Jetson it comes with JetPack; elsewhere install TensorRT from NVIDIA, "
+        "or profile the device over SSH with --host",
+    )
+
+
+def get_tensorrt_runner(threads: int | None = None, precision: str = "fp16", transport=None, **kw):
+    """The Python API where importable (locally), else trtexec (locally or over SSH)."""
+    if transport is None or transport.name == "local":
+        try:
+            import tensorrt  # noqa: F401
+        except ImportError:
+            pass
+        else:
+            return TensorRTPythonRunner(threads=threads, precision=precision)
+    return TrtexecRunner(threads=threads, precision=precision, transport=transport, **kw)

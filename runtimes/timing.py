@@ -1,0 +1,89 @@
+"""Timing statistics and the adaptive timing loop every runner shares."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass(frozen=True)
+class TimingPolicy:
+    """How long to time one thing: warm-up runs, then timed runs until both
+    ``min_runs`` and ``min_time_s`` are reached, stopping at ``max_runs`` or
+    ``max_time_s``. A fixed count: ``TimingPolicy.fixed(n)``."""
+
+    warmup: int = 3
+    min_runs: int = 10
+    max_runs: int = 200
+    min_time_s: float = 0.25
+    max_time_s: float = 1.5
+
+    @classmethod
+    def fixed(cls, runs: int, warmup: int = 3) -> TimingPolicy:
+        return cls(warmup=warmup, min_runs=runs, max_runs=runs, min_time_s=0.0, max_time_s=1e9)
+
+
+@dataclass
+class Timing:
+    """Latency of one artifact or piece, in milliseconds."""
+
+    median_ms: float
+    p90_ms: float
+    min_ms: float
+    max_ms: float
+    runs: int
+    threads: int | None = None
+    runtime: str = ""
+    runtime_version: str = ""
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_samples(cls, samples_ms: list[float], **meta) -> Timing:
+        if not samples_ms:
+            raise ValueError("no timing samples")
+        s = sorted(samples_ms)
+        return cls(
+            median_ms=statistics.median(s),
+            p90_ms=percentile(s, 90),
+            min_ms=s[0],
+            max_ms=s[-1],
+            runs=len(s),
+            **meta,
+        )
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        if not d["extra"]:
+            d.pop("extra")
+        return d
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    """Linear-interpolated percentile of an already sorted list (numpy's default)."""
+    if len(sorted_values) == 1:
+        return sorted_values[0]
+    pos = (len(sorted_values) - 1) * q / 100.0
+    lo = int(pos)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+
+
+def time_callable(fn: Callable[[], object], policy: TimingPolicy) -> list[float]:
+    """Warm up, then time ``fn`` per ``policy``; returns the samples in ms."""
+    for _ in range(policy.warmup):
+        fn()
+    samples: list[float] = []
+    start = time.perf_counter()
+    while True:
+        t0 = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - t0) * 1e3)
+        spent = time.perf_counter() - start
+        n = len(samples)
+        if n >= policy.max_runs or spent >= policy.max_time_s:
+            break
+        if n >= policy.min_runs and spent >= policy.min_time_s:
+            break
+    return samples

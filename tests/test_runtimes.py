@@ -1,0 +1,158 @@
+"""Runners: onnxruntime for real; trtexec's output format and command line; CoreML's
+'needs macOS'; a missing TensorRT."""
+
+from __future__ import annotations
+
+import json
+import platform
+import stat
+
+import numpy as np
+import pytest
+
+from edgeprune.arch import get_arch
+from edgeprune.errors import EdgepruneError, MissingRuntimeError
+from edgeprune.pieces import make_block, module_to_onnx
+from edgeprune.runtimes.base import get_runner
+from edgeprune.runtimes.tensorrt import (
+    TrtexecRunner,
+    parse_export_times,
+    parse_trtexec_version,
+    trtexec_argv,
+)
+from edgeprune.runtimes.timing import Timing, TimingPolicy, percentile
+
+
+@pytest.fixture(scope="module")
+def block_onnx() -> bytes:
+    return module_to_onnx(make_block(get_arch("deit_tiny")), (1, 8, 192))
+
+
+def test_onnxruntime_runner_runs_and_times(block_onnx):
+    r = get_runner("onnxruntime", threads=1)
+    r.load(block_onnx)
+    assert r.input_shapes() == {"input": (1, 8, 192)}
+    (y,) = r.run(np.zeros((1, 8, 192), np.float32))
+    assert y.shape == (1, 8, 192)
+    t = r.time(TimingPolicy.fixed(5, warmup=1))
+    assert t.runs == 5 and t.threads == 1 and t.runtime == "onnxruntime"
+    assert t.runtime_version and t.min_ms <= t.median_ms <= t.p90_ms <= t.max_ms
+
+
+def test_onnxruntime_rejects_garbage(tmp_path):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not a model")
+    r = get_runner("onnxruntime")
+    with pytest.raises(EdgepruneError, match="cannot load"):
+        r.load(bad)
+
+
+def test_timing_stats():
+    t = Timing.from_samples([5.0, 1.0, 2.0, 3.0, 4.0])
+    assert (t.median_ms, t.min_ms, t.max_ms, t.runs) == (3.0, 1.0, 5.0, 5)
+    assert percentile([1.0, 2.0, 3.0, 4.0, 5.0], 90) == pytest.approx(4.6)
+
+
+def _trace(n: int, warm: int, latency: float) -> list[dict]:
+    """Rows as trtexec's exportJSONTrace writes them (samples/common/sampleReporting.cpp)."""
+    rows, t = [], 0.0
+    for i in range(n):
+        lat = 9.0 if i < warm else latency + 0.01 * (i % 3)
+        rows.append(
+            {
+                "startEnqMs": t,
+                "endEnqMs": t + 0.1,
+                "startH2dMs": t,
+                "endH2dMs": t,
+                "startComputeMs": t + 0.1,
+                "endComputeMs": t + lat,
+                "startD2hMs": t + lat,
+                "endD2hMs": t + lat,
+                "h2dMs": 0,
+                "computeMs": lat - 0.1,
+                "d2hMs": 0,
+                "latencyMs": lat,
+                "endToEndMs": lat,
+            }
+        )
+        t += 80.0 if i < warm else lat
+    return rows
+
+
+def test_parse_export_times_drops_warmup():
+    text = json.dumps(_trace(30, warm=3, latency=2.0), indent=1)
+    samples = parse_export_times(text, warmup_ms=200.0)
+    assert len(samples) == 27 and max(samples) < 2.1
+    assert len(parse_export_times(text)) == 30
+    assert parse_export_times(text, metric="computeMs")[5] == pytest.approx(1.9, abs=0.03)
+
+
+def test_parse_export_times_tolerates_nan_and_rejects_junk():
+    text = '[\n  { "latencyMs" : 1.5, "computeMs" : -nan }\n, { "latencyMs" : 2.5 }\n]\n'
+    assert parse_export_times(text) == [1.5, 2.5]
+    with pytest.raises(EdgepruneError, match="not JSON"):
+        parse_export_times("[{")
+    with pytest.raises(EdgepruneError, match="no 'latencyMs'"):
+        parse_export_times('[{"count": 3}]')
+
+
+def test_trtexec_versions_and_precision_flags(tmp_path):
+    assert parse_trtexec_version("&&&& RUNNING TensorRT.trtexec [TensorRT v100300] #") == (10, 3, 0)
+    assert parse_trtexec_version("[TensorRT v110000]") == (11, 0, 0)
+    assert parse_trtexec_version("[TensorRT v8601]") == (8, 6, 1)
+    p = TimingPolicy.fixed(50)
+    v10 = trtexec_argv("trtexec", "m.onnx", "t.json", "fp16", 10, p)
+    v11 = trtexec_argv("trtexec", "m.onnx", "t.json", "fp16", 11, p)
+    assert "--fp16" in v10 and "--exportTimes=t.json" in v10
+    assert not any(a in v11 for a in ("--fp16", "--int8", "--best"))  # strongly typed only
+
+
+FAKE_TRTEXEC = """#!/bin/sh
+# stands in for trtexec: prints its banner, writes --exportTimes in the documented format
+echo "&&&& RUNNING TensorRT.trtexec [TensorRT v{ver}] # trtexec $*"
+for a in "$@"; do case "$a" in --exportTimes=*) out="${{a#--exportTimes=}}";; esac; done
+[ -n "$out" ] && cp "{trace}" "$out"
+exit 0
+"""
+
+
+def _fake_trtexec(tmp_path, ver: str):
+    trace = tmp_path / "trace.json"
+    trace.write_text(json.dumps(_trace(20, warm=3, latency=1.25)))
+    exe = tmp_path / "trtexec"
+    exe.write_text(FAKE_TRTEXEC.format(ver=ver, trace=trace))
+    exe.chmod(exe.stat().st_mode | stat.S_IEXEC)
+    return exe
+
+
+def test_trtexec_runner_plumbing(tmp_path, block_onnx):
+    exe = _fake_trtexec(tmp_path, "100300")
+    r = TrtexecRunner(precision="fp16", trtexec=str(exe))
+    r.load(block_onnx)
+    t = r.time(TimingPolicy.fixed(10))
+    assert r.version() == "10.3.0" and t.runs == 17
+    assert t.median_ms == pytest.approx(1.26, abs=0.02) and t.extra["via"] == "trtexec"
+
+
+def test_trtexec_11_needs_fp16_in_the_onnx(tmp_path, block_onnx):
+    r = TrtexecRunner(precision="fp16", trtexec=str(_fake_trtexec(tmp_path, "110000")))
+    r.load(block_onnx)
+    with pytest.raises(EdgepruneError, match="strongly typed"):
+        r.time(TimingPolicy.fixed(5))
+
+
+def test_tensorrt_missing_says_so(monkeypatch, tmp_path):
+    pytest.importorskip("onnx")
+    monkeypatch.setenv("PATH", str(tmp_path))
+    import importlib.util
+
+    if importlib.util.find_spec("tensorrt") is not None:
+        pytest.skip("tensorrt is installed here")
+    with pytest.raises(MissingRuntimeError, match="trtexec"):
+        get_runner("tensorrt")
+
+
+@pytest.mark.skipif(platform.system() == "Darwin", reason="CoreML runs on macOS")
+def test_coreml_needs_macos():
+    with pytest.raises(MissingRuntimeError, match="needs macOS"):
+        get_runner("coreml")
