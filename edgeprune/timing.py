@@ -42,6 +42,5 @@ def time_interleaved(
             sessions[i].run(None, feeds[i])
             times[i].append((time.perf_counter() - t0) * 1e3)
     return [
-        Timing(statistics.median(t), float(np.percentile(np.asarray(t), 90)), len(t))
-        for t in times
+        Timing(statistics.median(t), float(np.percentile(np.asarray(t), 90)), len(t)) for t in times
     ]
