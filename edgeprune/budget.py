@@ -1,0 +1,478 @@
+"""Keep-ratio budgets: the schedule that meets a latency target and keeps the most.
+
+Given a latency model (a device profile), a method and its pruning locations, the
+search evaluates many keep schedules at once with the latency model (one vectorised
+call) and picks, among those whose predicted latency is ≤ the target, the one with
+the highest objective:
+
+* default: the tokens kept, ``Σ_blocks (attn_tokens + mlp_tokens) / 2`` (the accuracy
+  proxy the papers use; for pre-block methods simply the sum of tokens per block);
+* with a sensitivity file: the predicted accuracy (see ``Sensitivity``).
+
+Schedules: ``geometric`` is DynamicViT's ``[r, r², r³…]`` for cumulative methods (and
+``[r, r, r…]`` for methods whose ratios are relative to each stage's input), ``r`` on
+a 0.001 grid; ``free`` searches every stage on a grid (non-increasing ratios for
+cumulative methods), then refines around the best point at a quarter of the step.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edgeprune.arch import Arch
+from edgeprune.errors import EdgepruneError
+from edgeprune.flops import plan_flops
+from edgeprune.latency import LatencyModel
+from edgeprune.methods import Method, MethodConfig, get_method
+from edgeprune.plan import TokenPlan, dense_plan
+
+BUDGET_SCHEMA = "edgeprune.budget"
+BUDGET_VERSION = 1
+SENSITIVITY_SCHEMA = "edgeprune.sensitivity"
+SCHEDULES = ("geometric", "free")
+MAX_FREE_CANDIDATES = 25_000
+
+
+# ---- targets ---------------------------------------------------------------------------
+def target_from(target_ms: float | None, target_fps: float | None) -> float:
+    """The latency target in ms from exactly one of --target-ms / --target-fps."""
+    if (target_ms is None) == (target_fps is None):
+        raise EdgepruneError("give exactly one of --target-ms and --target-fps")
+    name, v = ("--target-ms", target_ms) if target_ms is not None else ("--target-fps", target_fps)
+    if not (isinstance(v, int | float) and math.isfinite(v) and v > 0):
+        raise EdgepruneError(f"{name} {v} is not a positive finite number")
+    return float(v) if target_ms is not None else 1000.0 / float(v)
+
+
+# ---- sensitivity -----------------------------------------------------------------------
+@dataclass(frozen=True)
+class Sensitivity:
+    """Accuracy measured at a few keep ratios per pruning stage.
+
+    File format (JSON)::
+
+        {"schema": "edgeprune.sensitivity", "metric": "top1", "dense": 72.2,
+         "stages": {"3": {"keep_ratios": [0.3, 0.5, 0.7, 1.0],
+                          "accuracy":    [66.0, 69.9, 71.5, 72.2]},
+                    "6": {...}, "9": {...}}}
+
+    ``stages`` is keyed by pruning location; each curve is the accuracy measured when
+    that stage's ratio is varied (the others at a reference schedule, or dense).
+    Predicted accuracy of a schedule = dense − Σ_stages (dense − acc_s(r_s)), each
+    ``acc_s`` read by linear interpolation (held constant past its ends): the usual
+    additive per-layer sensitivity model.
+    """
+
+    dense: float
+    stages: dict[int, tuple[tuple[float, ...], tuple[float, ...]]]
+    metric: str = "accuracy"
+
+    def predict(self, locs: tuple[int, ...], ratios: tuple[float, ...]) -> float:
+        acc = self.dense
+        for loc, r in zip(locs, ratios, strict=True):
+            xs, ys = self.stages[loc]
+            acc -= self.dense - _interp_clamped(xs, ys, r)
+        return acc
+
+    def check_locs(self, locs: tuple[int, ...], path: str) -> None:
+        missing = [loc for loc in locs if loc not in self.stages]
+        if missing:
+            raise EdgepruneError(
+                f"sensitivity file {path} has no curve for pruning location(s) {missing}",
+                f"it has: {sorted(self.stages)}",
+            )
+
+
+def _interp_clamped(xs: tuple[float, ...], ys: tuple[float, ...], x: float) -> float:
+    if x <= xs[0]:
+        return ys[0]
+    if x >= xs[-1]:
+        return ys[-1]
+    for i in range(len(xs) - 1):
+        if xs[i] <= x <= xs[i + 1]:
+            return ys[i] + (ys[i + 1] - ys[i]) * (x - xs[i]) / (xs[i + 1] - xs[i])
+    return ys[-1]
+
+
+def load_sensitivity(path: str | Path) -> Sensitivity:
+    path = Path(path)
+    if not path.exists():
+        raise EdgepruneError(f"sensitivity file {path} does not exist")
+
+    def bad(what: str) -> EdgepruneError:
+        return EdgepruneError(
+            f"sensitivity file {path} is not valid: {what}",
+            'expected {"schema": "edgeprune.sensitivity", "dense": ACC, '
+            '"stages": {"LOC": {"keep_ratios": [...], "accuracy": [...]}}}',
+        )
+
+    try:
+        d = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise bad("not JSON") from None
+    if not isinstance(d, dict) or d.get("schema") != SENSITIVITY_SCHEMA:
+        raise bad(f"'schema' is not '{SENSITIVITY_SCHEMA}'")
+    try:
+        dense = float(d["dense"])
+        stages = {}
+        for k, v in d["stages"].items():
+            xs = tuple(float(x) for x in v["keep_ratios"])
+            ys = tuple(float(y) for y in v["accuracy"])
+            if not xs or len(xs) != len(ys):
+                raise bad(f"stage {k}: keep_ratios and accuracy differ in length")
+            if any(b <= a for a, b in zip(xs, xs[1:], strict=False)):
+                raise bad(f"stage {k}: keep_ratios must strictly increase")
+            if not all(math.isfinite(v) for v in xs + ys + (dense,)):
+                raise bad(f"stage {k}: non-finite values")
+            stages[int(k)] = (xs, ys)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise bad(f"{e.__class__.__name__}: {e}") from None
+    return Sensitivity(dense, stages, str(d.get("metric", "accuracy")))
+
+
+# ---- candidates ------------------------------------------------------------------------
+@dataclass
+class Candidate:
+    keep_ratios: tuple[float, ...]
+    plan: TokenPlan
+    predicted_ms: float = math.nan
+    kept_tokens: float = 0.0
+    accuracy: float | None = None
+
+    def objective(self) -> float:
+        return self.accuracy if self.accuracy is not None else self.kept_tokens
+
+
+def kept_tokens(plan: TokenPlan) -> float:
+    """The accuracy proxy: Σ over blocks of the tokens attention and MLP see, halved."""
+    return sum(a + m for a, m in zip(plan.attn_tokens, plan.mlp_tokens, strict=True)) / 2
+
+
+def _geometric(r: float, n: int, cumulative: bool) -> tuple[float, ...]:
+    return tuple(round(r ** (i + 1), 10) if cumulative else r for i in range(n))
+
+
+def _grid(step: float) -> list[float]:
+    n = round(1 / step)
+    return [round(i * step, 6) for i in range(1, n + 1)]
+
+
+def _free_tuples(values: list[float], n: int, cumulative: bool) -> list[tuple[float, ...]]:
+    if cumulative:  # non-increasing tuples
+        return list(itertools.combinations_with_replacement(sorted(values, reverse=True), n))
+    return list(itertools.product(values, repeat=n))
+
+
+def _count(g: int, n: int, cumulative: bool) -> int:
+    return math.comb(g + n - 1, n) if cumulative else g**n
+
+
+def _plans(method: Method, arch: Arch, locs: tuple[int, ...], ratio_sets) -> dict[tuple, Candidate]:
+    """Candidates keyed by their token counts (schedules giving the same plan merge)."""
+    out: dict[tuple, Candidate] = {}
+    for ratios in ratio_sets:
+        try:
+            plan = method.token_plan(arch, MethodConfig(tuple(locs), tuple(ratios), {}))
+        except (EdgepruneError, ValueError):
+            continue
+        key = (plan.attn_tokens, plan.mlp_tokens, tuple(s.tokens_in for s in plan.selectors))
+        if key not in out:
+            out[key] = Candidate(tuple(ratios), plan)
+    return out
+
+
+def _evaluate(model: LatencyModel, cands: list[Candidate], locs, sens: Sensitivity | None) -> None:
+    ms = model.predict_many([c.plan for c in cands])
+    for c, t in zip(cands, ms.tolist(), strict=True):
+        c.predicted_ms = t
+        c.kept_tokens = kept_tokens(c.plan)
+        if sens is not None:
+            c.accuracy = sens.predict(tuple(locs), c.keep_ratios)
+
+
+def _best(cands: list[Candidate], target: float) -> Candidate | None:
+    ok = [c for c in cands if c.predicted_ms <= target]
+    if not ok:
+        return None
+    return max(ok, key=lambda c: (c.objective(), -c.predicted_ms, sum(c.keep_ratios)))
+
+
+def pareto_front(cands: list[Candidate]) -> list[Candidate]:
+    """Candidates no other beats on both latency (lower) and objective (higher)."""
+    front, best = [], -math.inf
+    for c in sorted(cands, key=lambda c: (c.predicted_ms, -c.objective())):
+        if c.objective() > best:
+            front.append(c)
+            best = c.objective()
+    return front
+
+
+# ---- the search ------------------------------------------------------------------------
+@dataclass
+class BudgetResult:
+    method: str
+    arch: Arch
+    locs: tuple[int, ...]
+    schedule: str
+    target_ms: float
+    chosen: Candidate
+    dense_ms: float
+    fastest: Candidate
+    status: str  # "ok" or "dense" (the dense model already meets the target)
+    candidates: list[Candidate] = field(default_factory=list)
+    objective: str = "kept_tokens"
+
+    @property
+    def margin_ms(self) -> float:
+        return self.target_ms - self.chosen.predicted_ms
+
+    def gflops(self) -> float:
+        m = get_method(self.chosen.plan.method)
+        return plan_flops(self.chosen.plan, m.selector_macs(self.arch, self.chosen.plan)).total
+
+
+def search(
+    model: LatencyModel,
+    target_ms: float,
+    method: str = "dynamicvit",
+    schedule: str = "geometric",
+    locs: tuple[int, ...] | None = None,
+    sensitivity: Sensitivity | None = None,
+    sensitivity_path: str = "<sensitivity>",
+) -> BudgetResult:
+    """The keep schedule with the highest objective whose predicted latency ≤ target.
+
+    Raises EdgepruneError when even the fastest schedule misses the target."""
+    if not (math.isfinite(target_ms) and target_ms > 0):
+        raise EdgepruneError(f"target {target_ms} ms is not a positive finite number")
+    if schedule not in SCHEDULES:
+        raise EdgepruneError(
+            f"unknown --schedule '{schedule}'", f"expected: {', '.join(SCHEDULES)}"
+        )
+    arch = model.arch
+    meth = get_method(method)
+    if meth.name == "dense":
+        raise EdgepruneError("the dense model has no keep ratios to budget", "pass --method")
+    locs = tuple(locs) if locs is not None else tuple(meth.default_locs)
+    meth.validate(MethodConfig(locs, tuple(1.0 for _ in locs)), arch)
+    if sensitivity is not None:
+        sensitivity.check_locs(locs, sensitivity_path)
+    n = len(locs)
+
+    if schedule == "geometric":
+        sets = [_geometric(i / 1000, n, meth.cumulative) for i in range(1, 1001)]
+        cands = list(_plans(meth, arch, locs, sets).values())
+        _evaluate(model, cands, locs, sensitivity)
+    else:
+        step = next(
+            (
+                s
+                for s in (0.02, 0.025, 0.05, 0.1, 0.125, 0.2, 0.25, 0.5)
+                if _count(round(1 / s), n, meth.cumulative) <= MAX_FREE_CANDIDATES
+            ),
+            1.0,
+        )
+        cands = list(
+            _plans(meth, arch, locs, _free_tuples(_grid(step), n, meth.cumulative)).values()
+        )
+        _evaluate(model, cands, locs, sensitivity)
+        best = _best(cands, target_ms)
+        if best is not None and 9**n <= MAX_FREE_CANDIDATES:
+            fine = step / 4
+            around = [
+                [round(r + k * fine, 6) for k in range(-4, 5) if 0 < round(r + k * fine, 6) <= 1]
+                for r in best.keep_ratios
+            ]
+            sets = [
+                t
+                for t in itertools.product(*around)
+                if not meth.cumulative or all(b <= a for a, b in zip(t, t[1:], strict=False))
+            ]
+            known = {(c.plan.attn_tokens, c.plan.mlp_tokens) for c in cands}
+            extra = [c for k, c in _plans(meth, arch, locs, sets).items() if k[:2] not in known]
+            _evaluate(model, extra, locs, sensitivity)
+            cands += extra
+    if not cands:
+        raise EdgepruneError(f"no valid keep schedule of {method} at locations {list(locs)}")
+
+    dense_ms = float(model.predict(dense_plan(arch)).total_ms)
+    fastest = min(cands, key=lambda c: c.predicted_ms)
+    objective = f"predicted {sensitivity.metric}" if sensitivity else "kept_tokens"
+    common = dict(
+        method=meth.name,
+        arch=arch,
+        locs=locs,
+        schedule=schedule,
+        target_ms=target_ms,
+        dense_ms=dense_ms,
+        fastest=fastest,
+        candidates=cands,
+        objective=objective,
+    )
+    if dense_ms <= target_ms:
+        dense = Candidate((), dense_plan(arch), dense_ms, kept_tokens(dense_plan(arch)))
+        if sensitivity is not None:
+            dense.accuracy = sensitivity.dense
+        return BudgetResult(chosen=dense, status="dense", **common)
+    best = _best(cands, target_ms)
+    if best is None:
+        raise EdgepruneError(
+            f"target {target_ms:.3f} ms is unreachable on this profile: the fastest "
+            f"{method} schedule ({_fmt(fastest.keep_ratios)} at {list(locs)}) predicts "
+            f"{fastest.predicted_ms:.3f} ms (dense {dense_ms:.3f} ms)",
+            f"ask for at least {fastest.predicted_ms:.3f} ms, or prune at more locations",
+        )
+    meth.validate(MethodConfig(locs, best.keep_ratios), arch)
+    return BudgetResult(chosen=best, status="ok", **common)
+
+
+def _fmt(ratios) -> str:
+    return "[" + ", ".join(f"{r:.4g}" for r in ratios) + "]"
+
+
+# ---- the budget file -------------------------------------------------------------------
+def budget_dict(result: BudgetResult, model: LatencyModel, profile_path: str | Path) -> dict:
+    from edgeprune.export.manifest import now_utc, sha256_file
+
+    c = result.chosen
+    p = Path(profile_path)
+    return {
+        "schema": BUDGET_SCHEMA,
+        "version": BUDGET_VERSION,
+        "created": now_utc(),
+        "method": c.plan.method,
+        "arch": result.arch.name,
+        "locs": list(c.plan.prune_locs),
+        "keep_ratios": list(c.keep_ratios),
+        "schedule": result.schedule,
+        "objective": result.objective,
+        "status": result.status,
+        "target_ms": result.target_ms,
+        "predicted_ms": c.predicted_ms,
+        "margin_ms": result.margin_ms,
+        "dense_ms": result.dense_ms,
+        "gflops": result.gflops(),
+        "tokens_per_block": list(c.plan.attn_tokens),
+        "mlp_tokens_per_block": list(c.plan.mlp_tokens),
+        "predicted_accuracy": c.accuracy,
+        "profile": {
+            "path": str(p.resolve()) if p.exists() else str(p),
+            "sha256": sha256_file(p) if p.exists() else None,
+            "device": model.table.device.get("name"),
+            "measured": model.table.measured,
+            "date": model.table.date,
+            "batch": model.table.batch,
+        },
+        # the table itself, so the budget file alone drives the loss
+        "profile_table": model.table.to_dict(),
+    }
+
+
+@dataclass(frozen=True)
+class Budget:
+    method: str
+    arch: str
+    locs: tuple[int, ...]
+    keep_ratios: tuple[float, ...]
+    target_ms: float
+    predicted_ms: float
+    data: dict
+
+    def latency_model(self) -> LatencyModel:
+        from edgeprune.latency_table import from_dict, load
+
+        if isinstance(self.data.get("profile_table"), dict):
+            return LatencyModel(from_dict(self.data["profile_table"], "budget's profile_table"))
+        path = (self.data.get("profile") or {}).get("path")
+        if not path:
+            raise EdgepruneError("the budget names no profile", "re-run 'edgeprune budget'")
+        return LatencyModel(load(path), path)
+
+
+def load_budget(path: str | Path) -> Budget:
+    path = Path(path)
+    if not path.exists():
+        raise EdgepruneError(
+            f"budget file {path} does not exist", "write one with 'edgeprune budget'"
+        )
+
+    def bad(what: str) -> EdgepruneError:
+        return EdgepruneError(
+            f"budget file {path} is not valid: {what}", "re-run 'edgeprune budget'"
+        )
+
+    try:
+        d = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise bad("not JSON") from None
+    if not isinstance(d, dict) or d.get("schema") != BUDGET_SCHEMA:
+        raise bad(f"'schema' is not '{BUDGET_SCHEMA}'")
+    if d.get("version") != BUDGET_VERSION:
+        raise bad(f"version {d.get('version')!r}, this edgeprune reads {BUDGET_VERSION}")
+    try:
+        b = Budget(
+            method=str(d["method"]),
+            arch=str(d["arch"]),
+            locs=tuple(int(x) for x in d["locs"]),
+            keep_ratios=tuple(float(x) for x in d["keep_ratios"]),
+            target_ms=float(d["target_ms"]),
+            predicted_ms=float(d["predicted_ms"]),
+            data=d,
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise bad(f"{e.__class__.__name__}: {e}") from None
+    if len(b.locs) != len(b.keep_ratios):
+        raise bad("locs and keep_ratios differ in length")
+    return b
+
+
+# ---- the plot --------------------------------------------------------------------------
+def plot_pareto(result: BudgetResult, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from edgeprune.atomic import atomic_path
+
+    cands = result.candidates
+    step = max(1, len(cands) // 4000)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.scatter(
+        [c.predicted_ms for c in cands[::step]],
+        [c.objective() for c in cands[::step]],
+        s=4,
+        c="0.75",
+        label=f"{result.schedule} schedules",
+    )
+    front = pareto_front(cands)
+    ax.plot(
+        [c.predicted_ms for c in front],
+        [c.objective() for c in front],
+        "-",
+        c="C0",
+        label="Pareto front",
+    )
+    ch = result.chosen
+    ax.plot(
+        [ch.predicted_ms],
+        [ch.objective()],
+        "*",
+        c="C3",
+        ms=14,
+        label=f"chosen {_fmt(ch.keep_ratios)}: {ch.predicted_ms:.2f} ms",
+    )
+    ax.axvline(result.target_ms, ls="--", c="C2", label=f"target {result.target_ms:.2f} ms")
+    ax.axvline(result.dense_ms, ls=":", c="0.4", label=f"dense {result.dense_ms:.2f} ms")
+    ax.set_xlabel("predicted latency (ms)")
+    ax.set_ylabel(result.objective.replace("_", " "))
+    ax.set_title(f"{result.arch.name} / {result.method}, locs {list(result.locs)}")
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    with atomic_path(Path(path)) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)

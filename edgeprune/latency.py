@@ -1,0 +1,219 @@
+"""The latency model: a device profile (LatencyTable) + a TokenPlan -> predicted ms.
+
+    predicted = embed + head + Σ_blocks block(tokens) + Σ_selectors selector(tokens_in)
+
+A block whose attention and MLP see the same token count costs ``block(n)``; a block
+split by a mid-block selector (EViT-style) costs ``attn(n_attn) + mlp(n_mlp)``.
+Every curve is read by piecewise-linear interpolation (linear extrapolation past the
+ends, clamped at zero), exactly as ``Curve.at``.
+
+There is ONE implementation, in torch (float64): ``LatencyModel.predict_tokens`` takes
+token counts as float tensors (any leading batch shape) and returns a latency tensor
+with gradients. ``predict`` (the CLI), the budget search and the training loss all
+call it, so they cannot disagree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from edgeprune.errors import EdgepruneError
+from edgeprune.latency_table import Curve, LatencyTable
+
+if TYPE_CHECKING:
+    import torch
+
+    from edgeprune.plan import TokenPlan
+
+
+def interp(curve: Curve, n: torch.Tensor) -> torch.Tensor:
+    """``curve`` at token counts ``n`` (a float tensor): differentiable in ``n``."""
+    import torch
+
+    t = torch.tensor(curve.tokens, dtype=n.dtype, device=n.device)
+    y = torch.tensor(curve.median_ms, dtype=n.dtype, device=n.device)
+    if len(curve.tokens) == 1:
+        return y[0] + 0.0 * n
+    i = torch.searchsorted(t, n.detach().contiguous(), right=True) - 1
+    i = i.clamp(0, len(curve.tokens) - 2)
+    x0, x1, y0, y1 = t[i], t[i + 1], y[i], y[i + 1]
+    return torch.clamp(y0 + (y1 - y0) * (n - x0) / (x1 - x0), min=0.0)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One plan's predicted latency and where it goes."""
+
+    total_ms: float
+    embed_ms: float
+    head_ms: float
+    blocks_ms: tuple[float, ...]
+    selectors_ms: tuple[float, ...]
+    attn_tokens: tuple[int, ...]
+    mlp_tokens: tuple[int, ...]
+    selector_tokens_in: tuple[int, ...]
+
+    def to_dict(self) -> dict:
+        return {
+            "predicted_ms": self.total_ms,
+            "embed_ms": self.embed_ms,
+            "head_ms": self.head_ms,
+            "blocks_ms": list(self.blocks_ms),
+            "selectors_ms": list(self.selectors_ms),
+            "tokens_per_block": list(self.attn_tokens),
+            "mlp_tokens_per_block": list(self.mlp_tokens),
+            "selector_tokens_in": list(self.selector_tokens_in),
+        }
+
+
+class LatencyModel:
+    """Predicts end-to-end latency from a LatencyTable."""
+
+    def __init__(self, table: LatencyTable, source: str = "<table>"):
+        self.table = table
+        self.source = source
+
+    @property
+    def arch(self):
+        return self.table.arch
+
+    # ---- checks --------------------------------------------------------------------
+    def check_arch(self, arch) -> None:
+        if arch.to_dict() != self.table.arch.to_dict():
+            raise EdgepruneError(
+                f"profile {self.source} is for {self.table.arch.name}, "
+                f"but the model is {arch.name}",
+                f"use a profile measured for {arch.name}",
+            )
+
+    def check_batch(self, batch: int) -> None:
+        if batch != self.table.batch:
+            raise EdgepruneError(
+                f"profile {self.source} was measured at batch {self.table.batch}, "
+                f"but batch {batch} was asked for",
+                f"pass --batch {self.table.batch} or re-profile at batch {batch}",
+            )
+
+    def selector_curve(self, method: str, n_selectors: int) -> Curve | None:
+        if n_selectors == 0:
+            return None
+        if self.table.method is not None and self.table.method != method:
+            raise EdgepruneError(
+                f"profile {self.source} was measured for method {self.table.method}, "
+                f"but the model is {method}",
+                f"use a profile measured with --method {method}",
+            )
+        curve = self.table.selectors.get(method)
+        if curve is None:
+            have = ", ".join(self.table.selectors) or "none"
+            raise EdgepruneError(
+                f"profile {self.source} has no selector timings for method {method} "
+                f"(it has: {have})",
+                f"re-profile with --method {method}",
+            )
+        return curve
+
+    def check_plan(self, plan: TokenPlan) -> None:
+        self.check_arch(plan.arch)
+        self.selector_curve(plan.method, len(plan.selectors))
+
+    # ---- the one implementation ------------------------------------------------------
+    def components(
+        self,
+        attn: torch.Tensor,
+        mlp: torch.Tensor,
+        selector_in: torch.Tensor,
+        method: str | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-block (``[..., depth]``) and per-selector (``[..., S]``) latencies, ms."""
+        import torch
+
+        tb = self.table
+        same = attn == mlp
+        blocks = interp(tb.block, attn)
+        if not bool(same.all()):
+            if tb.attn is None or tb.mlp is None:
+                raise EdgepruneError(
+                    f"profile {self.source} has no separate attention/MLP timings, which "
+                    "a plan with mid-block selectors needs",
+                    "re-profile with a profiler that measures the attn and mlp halves",
+                )
+            split = interp(tb.attn, attn) + interp(tb.mlp, mlp)
+            blocks = torch.where(same, blocks, split)
+        n_sel = selector_in.shape[-1]
+        curve = self.selector_curve(method or "", n_sel) if n_sel else None
+        sels = interp(curve, selector_in) if curve is not None else selector_in * 0.0
+        return blocks, sels
+
+    def predict_tokens(
+        self,
+        attn: torch.Tensor,
+        mlp: torch.Tensor | None = None,
+        selector_in: torch.Tensor | None = None,
+        method: str | None = None,
+    ) -> torch.Tensor:
+        """Predicted ms from token counts (float tensors, ``[..., depth]`` and
+        ``[..., S]``); differentiable. ``mlp`` defaults to ``attn``."""
+        import torch
+
+        mlp = attn if mlp is None else mlp
+        if selector_in is None:
+            selector_in = attn.new_zeros(attn.shape[:-1] + (0,))
+        if attn.shape[-1] != self.table.arch.depth or mlp.shape[-1] != self.table.arch.depth:
+            raise ValueError(f"token counts need {self.table.arch.depth} blocks on the last axis")
+        blocks, sels = self.components(attn, mlp, selector_in, method)
+        fixed = torch.tensor(
+            self.table.embed.median_ms + self.table.head.median_ms,
+            dtype=attn.dtype,
+            device=attn.device,
+        )
+        return fixed + blocks.sum(-1) + sels.sum(-1)
+
+    # ---- plans -------------------------------------------------------------------------
+    @staticmethod
+    def plan_tensors(plans: list[TokenPlan]) -> tuple[torch.Tensor, ...]:
+        import torch
+
+        attn = torch.tensor([p.attn_tokens for p in plans], dtype=torch.float64)
+        mlp = torch.tensor([p.mlp_tokens for p in plans], dtype=torch.float64)
+        n_sel = {len(p.selectors) for p in plans}
+        if len(n_sel) != 1:
+            raise ValueError("plans with different numbers of selectors")
+        sel = torch.tensor(
+            [[s.tokens_in for s in p.selectors] for p in plans], dtype=torch.float64
+        ).reshape(len(plans), n_sel.pop())
+        return attn, mlp, sel
+
+    def predict_many(self, plans: list[TokenPlan]) -> torch.Tensor:
+        """Predicted ms of many plans of one method at once (float64 tensor [K])."""
+        if not plans:
+            import torch
+
+            return torch.zeros(0, dtype=torch.float64)
+        self.check_plan(plans[0])
+        attn, mlp, sel = self.plan_tensors(plans)
+        return self.predict_tokens(attn, mlp, sel, plans[0].method)
+
+    def predict(self, plan: TokenPlan) -> Prediction:
+        self.check_plan(plan)
+        attn, mlp, sel = self.plan_tensors([plan])
+        blocks, sels = self.components(attn[0], mlp[0], sel[0], plan.method)
+        total = float(self.predict_tokens(attn, mlp, sel, plan.method)[0])
+        return Prediction(
+            total_ms=total,
+            embed_ms=self.table.embed.median_ms,
+            head_ms=self.table.head.median_ms,
+            blocks_ms=tuple(float(x) for x in blocks),
+            selectors_ms=tuple(float(x) for x in sels),
+            attn_tokens=tuple(plan.attn_tokens),
+            mlp_tokens=tuple(plan.mlp_tokens),
+            selector_tokens_in=tuple(s.tokens_in for s in plan.selectors),
+        )
+
+
+def load_model(path) -> LatencyModel:
+    """A LatencyModel from a profile file (validated by ``latency_table.load``)."""
+    from edgeprune.latency_table import load
+
+    return LatencyModel(load(path), str(path))

@@ -1,0 +1,185 @@
+"""Check a latency profile against end-to-end measurements of whole models.
+
+Random keep schedules of the profile's arch and method are exported to ONNX (the real
+static graphs, parity-checked), timed end-to-end with onnxruntime (interleaved, median),
+and compared with the latency model's prediction: |pred − meas| / meas.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgeprune.errors import EdgepruneError
+from edgeprune.latency import LatencyModel
+
+
+@dataclass(frozen=True)
+class ConfigResult:
+    keep_ratios: tuple[float, ...]
+    predicted_ms: float
+    measured_ms: float
+    measured_p90_ms: float
+
+    @property
+    def rel_error(self) -> float:
+        return abs(self.predicted_ms - self.measured_ms) / self.measured_ms
+
+    def to_dict(self) -> dict:
+        return {
+            "keep_ratios": list(self.keep_ratios),
+            "predicted_ms": self.predicted_ms,
+            "measured_ms": self.measured_ms,
+            "measured_p90_ms": self.measured_p90_ms,
+            "rel_error": self.rel_error,
+        }
+
+
+@dataclass(frozen=True)
+class ValidationReport:
+    profile: str
+    method: str
+    threads: int
+    rounds: int
+    results: tuple[ConfigResult, ...]
+
+    @property
+    def median_error(self) -> float:
+        return float(np.median([r.rel_error for r in self.results]))
+
+    @property
+    def p90_error(self) -> float:
+        return float(np.percentile([r.rel_error for r in self.results], 90))
+
+    def to_dict(self) -> dict:
+        return {
+            "profile": self.profile,
+            "method": self.method,
+            "threads": self.threads,
+            "rounds": self.rounds,
+            "configs": len(self.results),
+            "median_rel_error": self.median_error,
+            "p90_rel_error": self.p90_error,
+            "results": [r.to_dict() for r in self.results],
+        }
+
+
+def random_schedules(method, n_stages: int, count: int, seed: int = 0) -> list[tuple[float, ...]]:
+    """``count`` random keep schedules (non-increasing for cumulative methods);
+    the dense-most and the sparsest corners first, so the range is always covered."""
+    rng = np.random.default_rng(seed)
+    out: list[tuple[float, ...]] = []
+    for i in range(count):
+        if i == 0:
+            r = np.full(n_stages, 0.9)
+        elif i == 1:
+            r = (
+                np.full(n_stages, 0.25)
+                if not method.cumulative
+                else 0.5 ** np.arange(1, n_stages + 1)
+            )
+        else:
+            r = rng.uniform(0.1, 1.0, n_stages)
+        if method.cumulative:
+            r = np.sort(r)[::-1]
+        out.append(tuple(round(float(x), 3) for x in r))
+    return out
+
+
+def validate_profile(
+    model: LatencyModel,
+    configs: int = 20,
+    threads: int | None = None,
+    rounds: int = 30,
+    seed: int = 0,
+    progress: Callable[[str], None] | None = None,
+) -> ValidationReport:
+    from edgeprune.arch import ARCHS
+    from edgeprune.export.onnx import export_onnx
+    from edgeprune.methods import get_method
+    from edgeprune.runtimes.onnxruntime import make_session
+    from edgeprune.source import resolve
+    from edgeprune.timing import time_interleaved
+
+    tb = model.table
+    if configs < 1:
+        raise EdgepruneError(f"--configs {configs} must be at least 1")
+    if threads is not None and threads < 1:
+        raise EdgepruneError(f"--threads {threads} must be at least 1")
+    if rounds < 3:
+        raise EdgepruneError(f"--rounds {rounds} must be at least 3")
+    if tb.device.get("runtime") != "onnxruntime":
+        raise EdgepruneError(
+            f"profile {model.source} was measured with {tb.device.get('runtime')}; "
+            "validate-profile measures with onnxruntime on this machine",
+            "validate an onnxruntime profile",
+        )
+    if tb.arch.name not in ARCHS or ARCHS[tb.arch.name] != tb.arch:
+        raise EdgepruneError(f"profile arch {tb.arch.name} is not a built-in architecture")
+    method_name = tb.method or (next(iter(tb.selectors)) if len(tb.selectors) == 1 else None)
+    if method_name is None or method_name == "dense":
+        raise EdgepruneError(
+            f"profile {model.source} names no pruning method", "profile with --method"
+        )
+    meth = get_method(method_name)
+    threads = threads or int(tb.device.get("threads") or 1)
+    step = progress or (lambda _m: None)
+    schedules = random_schedules(meth, len(meth.default_locs), configs, seed)
+    sessions, preds, used = [], [], []
+    with tempfile.TemporaryDirectory(prefix="edgeprune-validate-") as tmp:
+        for i, ratios in enumerate(schedules):
+            step(f"exporting {i + 1}/{len(schedules)} keep {list(ratios)}")
+            src = resolve(f"{tb.arch.name}:{meth.name}", keep=ratios)
+            path = Path(tmp) / f"m{i}.onnx"
+            export_onnx(src, path, batch=tb.batch, n_parity_inputs=1)
+            sessions.append(make_session(path, threads))
+            preds.append(model.predict(src.plan).total_ms)
+            used.append(ratios)
+        step(f"timing {len(sessions)} models, {rounds} interleaved rounds")
+        x = np.random.default_rng(0).standard_normal(
+            (tb.batch, 3, tb.arch.img_size, tb.arch.img_size), dtype=np.float32
+        )
+        timings = time_interleaved(sessions, [x] * len(sessions), rounds=rounds)
+    results = tuple(
+        ConfigResult(r, p, t.median_ms, t.p90_ms)
+        for r, p, t in zip(used, preds, timings, strict=True)
+    )
+    return ValidationReport(model.source, meth.name, threads, rounds, results)
+
+
+def plot_validation(report: ValidationReport, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from edgeprune.atomic import atomic_path
+
+    meas = [r.measured_ms for r in report.results]
+    pred = [r.predicted_ms for r in report.results]
+    lo, hi = min(meas + pred) * 0.9, max(meas + pred) * 1.1
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.plot([lo, hi], [lo, hi], "-", c="0.5", lw=1, label="pred = meas")
+    ax.fill_between(
+        [lo, hi],
+        [lo * 0.95, hi * 0.95],
+        [lo * 1.05, hi * 1.05],
+        color="C2",
+        alpha=0.15,
+        label="±5 %",
+    )
+    ax.scatter(meas, pred, c="C0", s=18, zorder=3)
+    ax.set_xlabel("measured end-to-end (ms, median)")
+    ax.set_ylabel("predicted (ms)")
+    ax.set_title(
+        f"{report.method}: median err {report.median_error:.1%}, p90 {report.p90_error:.1%}"
+    )
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(Path(path)) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
