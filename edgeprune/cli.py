@@ -406,6 +406,12 @@ def profile(
     check_points: Annotated[
         int, typer.Option("--check-points", help="Off-grid points to check interpolation.")
     ] = 4,
+    chain: Annotated[
+        int,
+        typer.Option(
+            "--chain", help="Time blocks as a chain of N distinct blocks (as inside a model)."
+        ),
+    ] = 4,
     halves: Annotated[
         bool, typer.Option("--halves/--no-halves", help="Also time attn and MLP halves.")
     ] = True,
@@ -450,6 +456,7 @@ def profile(
         policy=policy_for(runs) if runs else TimingPolicy(),
         check_points=check_points,
         halves=halves,
+        chain=chain,
     )
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 

@@ -69,15 +69,27 @@ class Piece:
     tokens: int | None
     module: nn.Module
     input_shape: tuple[int, ...]
+    repeat: int = 1  # the module runs this many copies in a chain; time is divided by it
 
     def onnx(self, opset: int = 17) -> bytes:
         return module_to_onnx(self.module, self.input_shape, opset)
 
 
-def make_block(arch: Arch) -> Block:
+def make_block(arch: Arch, seed: int = PIECE_SEED) -> Block:
     b = Block(arch.embed_dim, arch.num_heads, arch.mlp_hidden)
-    init_random_(b, PIECE_SEED)
+    init_random_(b, seed)
     return b.eval()
+
+
+def make_chain(arch: Arch, table: str, n: int) -> nn.Module:
+    """``n`` blocks (or block halves) with distinct weights, run one after another.
+
+    One block timed alone keeps its weights in the CPU caches, which a whole model
+    does not: timed alone, a DeiT block came out at about half its cost inside the
+    model. A chain of distinct blocks streams weights as the model does."""
+    blocks = [make_block(arch, PIECE_SEED + i) for i in range(n)]
+    wrap = {"block": lambda b: b, "attn": AttnHalf, "mlp": MlpHalf}[table]
+    return nn.Sequential(*(wrap(b) for b in blocks)).eval()
 
 
 def make_vit(arch: Arch) -> VisionTransformer:

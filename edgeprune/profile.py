@@ -13,7 +13,7 @@ import datetime as _dt
 import hashlib
 import platform
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from edgeprune.arch import Arch
 from edgeprune.errors import EdgepruneError
@@ -69,6 +69,7 @@ class ProfileRequest:
     check_points: int = 4  # off-grid block measurements to check interpolation
     halves: bool = True  # measure attn/mlp tables
     rounds: int = 3  # passes over all pieces; a point's figure is the median over passes
+    chain: int = 4  # blocks are timed as a chain of this many distinct blocks (÷ chain)
 
     @property
     def threads_used(self) -> int:
@@ -119,7 +120,7 @@ def _selector_stages(arch: Arch, method_name: str, grid: Sequence[int]) -> list[
 
 def plan_pieces(req: ProfileRequest):
     """Every piece to time, in order, as (table, tokens, builder) with lazy builders."""
-    from edgeprune.pieces import AttnHalf, Embed, Head, MlpHalf, Piece, make_block, make_vit
+    from edgeprune.pieces import Embed, Head, Piece, make_chain, make_vit
 
     arch, b, c = req.arch, req.batch, req.arch.embed_dim
     grid = list(req.grid or default_grid(arch.num_tokens))
@@ -132,17 +133,18 @@ def plan_pieces(req: ProfileRequest):
         if req.grid is None:  # the plan's own token counts are measured, not interpolated
             grid = sorted(set(grid) | set(plan.attn_tokens) | set(plan.mlp_tokens))
         final_tokens = plan.final_tokens
-    block = make_block(arch)
+    if req.chain < 1:
+        raise EdgepruneError(f"--chain {req.chain} must be at least 1")
     vit = make_vit(arch)
     pieces: list[Callable[[], Piece]] = [
         lambda: Piece("embed", None, Embed(vit), (b, arch.in_chans, arch.img_size, arch.img_size)),
         lambda: Piece("head", final_tokens, Head(vit), (b, final_tokens, c)),
     ]
     tables = CURVE_TABLES if req.halves else ("block",)
-    mods = {"block": block, "attn": AttnHalf(block), "mlp": MlpHalf(block)}
+    mods = {t: make_chain(arch, t, req.chain) for t in tables}
     for table in tables:
         for n in grid:
-            pieces.append(lambda t=table, n=n: Piece(t, n, mods[t], (b, n, c)))
+            pieces.append(lambda t=table, n=n: Piece(t, n, mods[t], (b, n, c), req.chain))
     if req.method:
         from edgeprune.methods import get_method
 
@@ -222,16 +224,28 @@ def measure(
                 step(f"{label}{piece.table} {piece.tokens or ''}".strip(), done, total)
                 if runner is not None:  # one shared runner (trtexec): load each time
                     r.load(piece.onnx())
-                per.setdefault((piece.table, piece.tokens), []).append(r.time(per_round))
+                t = r.time(per_round)
+                if piece.repeat > 1:
+                    k = piece.repeat
+                    t = replace(
+                        t,
+                        median_ms=t.median_ms / k,
+                        p90_ms=t.p90_ms / k,
+                        min_ms=t.min_ms / k,
+                        max_ms=t.max_ms / k,
+                    )
+                per.setdefault((piece.table, piece.tokens), []).append(t)
                 done += 1
         return {k: _combine(v) for k, v in per.items()}, done
 
-    from edgeprune.pieces import Piece, make_block
+    from edgeprune.pieces import Piece, make_chain
 
-    blk = make_block(req.arch)
+    blk = make_chain(req.arch, "block", req.chain)
     # the off-grid check points are timed in the same interleaved passes as the grid,
     # so that drift in the machine's load cannot pass for interpolation error
-    check_items = [Piece("check", n, blk, (req.batch, n, req.arch.embed_dim)) for n in checks]
+    check_items = [
+        Piece("check", n, blk, (req.batch, n, req.arch.embed_dim), req.chain) for n in checks
+    ]
     timed, done = sweep(load_all([b() for b in pieces] + check_items), "", 0)
     for (table, tokens), t in timed.items():
         results.setdefault(table, {})[tokens] = t
@@ -270,7 +284,9 @@ def measure(
             "runs_per_point": [min(runs), max(runs)],
             "rounds": rounds,
         },
-        "pieces": "one DeiT block (seeded random weights) exported to ONNX at each token count",
+        "pieces": f"a chain of {req.chain} DeiT blocks (distinct seeded random weights) "
+        "exported to ONNX at each token count; times divided by the chain length",
+        "chain": req.chain,
         "head_tokens": next(iter(results["head"])),
     }
     if interp:

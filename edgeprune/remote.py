@@ -64,6 +64,7 @@ def profile_over_ssh(
         argv += ["--grid", ",".join(map(str, req.grid))]
     if not req.halves:
         argv += ["--no-halves"]
+    argv += ["--chain", str(req.chain)]
     argv += _policy_args(req.policy, runs)
     if progress:
         progress(f"profiling on {transport.host}", 0, 1)
