@@ -190,9 +190,7 @@ def parity_check(
     from edgeprune.runtimes.onnxruntime import make_session, run
 
     sess = make_session(onnx_bytes)
-    return compare(
-        model, lambda x: run(sess, x), batch, img_size, n_inputs, atol, min_top1, seed
-    )
+    return compare(model, lambda x: run(sess, x), batch, img_size, n_inputs, atol, min_top1, seed)
 
 
 def check_onnx_options(batch: int, opset: int) -> None:
