@@ -220,9 +220,15 @@ def _report_export(dest: Path, man: dict) -> None:
         onnx_name = dest.with_name(man["onnx"]["file"])
         out.print(f"[green]kept[/] the verified ONNX {onnx_name} (parity passed)")
         out.print("build the engine on the device (in the folder holding the files):")
-        out.print(f"  TensorRT 10: {man['trtexec_commands']['tensorrt10']}", markup=False)
+        out.print(
+            f"  TensorRT 10: {man['trtexec_commands']['tensorrt10']}", markup=False, soft_wrap=True
+        )
         if man["precision"] == "fp16":
-            out.print(f"  TensorRT 11: {man['trtexec_commands']['tensorrt11']}", markup=False)
+            out.print(
+                f"  TensorRT 11: {man['trtexec_commands']['tensorrt11']}",
+                markup=False,
+                soft_wrap=True,
+            )
         raise MissingRuntimeError(
             "neither TensorRT (Python) nor trtexec is available here; no engine was built",
             f"the trtexec line is printed above and in {dest.stem}.manifest.json",
@@ -291,10 +297,10 @@ def main(argv: list[str] | None = None) -> int:
     except EdgepruneError as e:
         if _state["debug"]:
             raise
-        err.print(f"error: {e.one_line()}", markup=False)
+        err.print(f"error: {e.one_line()}", markup=False, soft_wrap=True)
         return e.exit_code
     except (KeyboardInterrupt, typer.Abort):
-        err.print("error: interrupted; nothing was written", markup=False)
+        err.print("error: interrupted; nothing was written", markup=False, soft_wrap=True)
         return 130
     except Exception as e:
         if _state["debug"]:
@@ -305,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
             msg = " ".join(str(e.format_message()).split())
             if type(e).__name__ == "NoArgsIsHelpError":
                 return 2
-            err.print(f"error: {msg} (see 'edgeprune{cmd} --help')", markup=False)
+            err.print(f"error: {msg} (see 'edgeprune{cmd} --help')", markup=False, soft_wrap=True)
             return 2
         msg = " ".join(str(e).split())[:300]
         err.print(
