@@ -179,8 +179,12 @@ def check_graph(proto, target: str) -> list[Finding]:
                 out.append(
                     Finding("error", "int64 tensor", f"'{vi.name}'", "CoreML I/O has no int64")
                 )
+        # Slice bounds of ±INT64_MAX are ONNX's "to the end": CoreML clamps those
+        slice_bounds = {i for n in g.node if n.op_type == "Slice" for i in n.input[1:]}
         for name, arr in consts.items():
-            if arr.dtype.name == "int64" and arr.size and (abs(arr).max() > 2**31 - 1):
+            if name in slice_bounds or arr.dtype.name != "int64" or not arr.size:
+                continue
+            if abs(arr).max() > 2**31 - 1:
                 out.append(
                     Finding("error", "int64 tensor", f"'{name}'", "int64 value outside int32")
                 )
