@@ -60,3 +60,41 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 def write_json_atomic(path: Path, obj: object) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def check_writable_dir_target(path: Path, force: bool = False) -> None:
+    """Like :func:`check_writable_target`, for an artifact that is a directory
+    (a CoreML ``.mlpackage``)."""
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise EdgepruneError(f"output directory {parent} does not exist", "create it first")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise EdgepruneError(f"output directory {parent} is not writable")
+    if path.exists() and not path.is_dir():
+        raise EdgepruneError(f"output {path} exists and is not a directory")
+    if path.exists() and not force:
+        raise EdgepruneError(f"{path} already exists", "pass --force to overwrite it")
+
+
+@contextlib.contextmanager
+def atomic_dir(path: Path) -> Iterator[Path]:
+    """Yield a temporary directory beside ``path`` to build a directory artifact in
+    (its contents go *inside* the yielded path); on success it replaces ``path``
+    (an old one is moved aside first and removed after), on failure it is removed."""
+    import shutil
+
+    path = Path(path)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or "."))
+    os.chmod(tmp, 0o777 & ~_umask())
+    try:
+        yield tmp
+        old = None
+        if path.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=tmp.parent))
+            os.replace(path, old / "x")
+        os.replace(tmp, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

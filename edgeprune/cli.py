@@ -160,10 +160,11 @@ def inspect(
 def export(
     src: SrcArg,
     target: Annotated[
-        str, typer.Option("--target", "-t", help="onnx (more targets: see README).")
+        str, typer.Option("--target", "-t", help="onnx | ort | trt | coreml (see README).")
     ] = "onnx",
     out_path: Annotated[
-        Path | None, typer.Option("--out", "-o", help="Output file (default: <name>.onnx here).")
+        Path | None,
+        typer.Option("--out", "-o", help="Output (default: <name>.onnx/.ort/.engine/.mlpackage)."),
     ] = None,
     batch: Annotated[
         int, typer.Option("--batch", "-b", help="Static batch size of the graph.")
@@ -175,6 +176,33 @@ def export(
     parity_inputs: Annotated[
         int, typer.Option("--parity-inputs", help="Random inputs for the parity check.")
     ] = 16,
+    precision: Annotated[
+        str | None,
+        typer.Option(
+            "--precision", help="trt: fp32 (default) | fp16; coreml: fp16 (default) | fp32."
+        ),
+    ] = None,
+    int8: Annotated[bool, typer.Option("--int8", help="ort: dynamic int8 quantization.")] = False,
+    dynamic_batch: Annotated[
+        str | None,
+        typer.Option("--dynamic-batch", help="trt: MIN,OPT,MAX optimization profile."),
+    ] = None,
+    workspace: Annotated[
+        int | None, typer.Option("--workspace", help="trt: builder workspace in MiB (1024).")
+    ] = None,
+    timing_cache: Annotated[
+        Path | None, typer.Option("--timing-cache", help="trt: timing cache file (reused).")
+    ] = None,
+    min_target: Annotated[
+        str | None,
+        typer.Option("--min-target", help="coreml: ios15..ios18, macos12..macos15 (ios17)."),
+    ] = None,
+    compute_units: Annotated[
+        str | None,
+        typer.Option(
+            "--compute-units", help="coreml: all | cpu_only | cpu_and_gpu | cpu_and_ne (all)."
+        ),
+    ] = None,
     method: MethodOpt = None,
     keep: KeepOpt = None,
     locs: LocsOpt = None,
@@ -183,18 +211,28 @@ def export(
     tome_r: TomeROpt = None,
     budget: BudgetOpt = None,
 ) -> None:
-    """Export the static graph and check it against PyTorch; writes a manifest beside it."""
-    from edgeprune.export.onnx import export_onnx
+    """Export the static graph to a target and check it against PyTorch; writes a manifest."""
+    from edgeprune.export.targets import ExportRequest, default_out, run_export, validate
 
-    if target != "onnx":
-        raise EdgepruneError(f"unknown target '{target}'", "expected: onnx")
-    if parity_inputs < 1:
-        raise EdgepruneError(f"--parity-inputs {parity_inputs} must be at least 1")
-    if batch < 1:
-        raise EdgepruneError(f"--batch {batch} is not a positive batch size")
+    req = ExportRequest(
+        target,
+        out_path,
+        batch,
+        opset,
+        force,
+        parity_inputs,
+        precision,
+        int8,
+        dynamic_batch,
+        workspace,
+        timing_cache,
+        min_target,
+        compute_units,
+    )
+    validate(req)  # before loading anything
     source = _resolve(src, method, keep, locs, heads, _method_options(calibration, tome_r), budget)
     _note(source)
-    dest = out_path or Path(_default_name(src, source) + ".onnx")
+    dest = out_path or default_out(_default_name(src, source), target)
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     with Progress(
@@ -206,22 +244,42 @@ def export(
         disable=not err.is_terminal,
     ) as prog:
         task = prog.add_task("exporting", total=None)
-        man = export_onnx(
-            source,
-            dest,
-            batch=batch,
-            opset=opset,
-            force=force,
-            n_parity_inputs=parity_inputs,
-            progress=lambda msg: prog.update(task, description=msg),
-        )
+        man = run_export(source, req, dest, lambda msg: prog.update(task, description=msg))
+    _report_export(dest, man)
+
+
+def _report_export(dest: Path, man: dict) -> None:
+    from edgeprune.errors import MissingRuntimeError
+
     p = man["parity"]
+    if man["target"] == "trt" and man["engine"]["status"] == "not_built":
+        onnx_name = dest.with_name(man["onnx"]["file"])
+        out.print(f"[green]kept[/] the verified ONNX {onnx_name} (parity passed)")
+        out.print("build the engine on the device (in the folder holding the files):")
+        out.print(
+            f"  TensorRT 10: {man['trtexec_commands']['tensorrt10']}", markup=False, soft_wrap=True
+        )
+        if man["precision"] == "fp16":
+            out.print(
+                f"  TensorRT 11: {man['trtexec_commands']['tensorrt11']}",
+                markup=False,
+                soft_wrap=True,
+            )
+        raise MissingRuntimeError(
+            "neither TensorRT (Python) nor trtexec is available here; no engine was built",
+            f"the trtexec line is printed above and in {dest.stem}.manifest.json",
+        )
     out.print(f"[green]wrote[/] {dest}  (sha256 {man['sha256'][:12]}…)")
-    out.print(
-        f"parity vs PyTorch: max |diff| {p['max_abs_diff']:.2e}, top-1 agreement "
-        f"{p['top1_agreement']:.0%} over {p['inputs']} inputs "
-        f"(onnxruntime {man['versions']['onnxruntime']})"
-    )
+    if p.get("status") == "skipped":
+        out.print(f"[yellow]parity not checked:[/] {p['reason']} (recorded in the manifest)")
+    else:
+        out.print(
+            f"parity vs PyTorch ({p['runtime']}): max |diff| {p['max_abs_diff']:.2e}, top-1 "
+            f"agreement {p['top1_agreement']:.0%} over {p['inputs']} inputs "
+            f"(limits {p['atol']:g}, {p['min_top1_agreement']:.0%})"
+        )
+    if man["target"] == "trt" and man["engine"]["status"] == "unverified":
+        err.print("[yellow]warning:[/] the engine was built but NOT verified (parity did not run)")
     out.print(f"tokens/block: {' '.join(map(str, man['token_plan']['tokens_per_block']))}")
 
 
@@ -579,6 +637,33 @@ def profile_info(
 # ---- end of issue 4 section ----------------------------------------------------------
 
 
+@app.command()
+def check(
+    model: Annotated[Path, typer.Argument(help="An ONNX model.", show_default=False)],
+    target: Annotated[str, typer.Option("--target", "-t", help="trt | coreml | ort.")] = "trt",
+) -> None:
+    """Static report of what in an ONNX graph a target will reject or run slowly.
+    Exit 0 when clean, 1 when not."""
+    from edgeprune.export.check import check_file
+
+    findings = check_file(model, target)
+    if not findings:
+        out.print(f"[green]clean:[/] nothing in {model} that {target} rejects or runs slowly")
+        return
+    t = Table(title=f"{model} on {target}: {len(findings)} finding(s)", title_justify="left")
+    for col in ("severity", "rule", "where", "detail"):
+        t.add_column(col)
+    for f in findings:
+        t.add_row(
+            "[red]error[/]" if f.severity == "error" else "[yellow]slow[/]",
+            f.rule,
+            f.where,
+            f.detail,
+        )
+    out.print(t)
+    raise typer.Exit(1)
+
+
 def _default_name(src: str, source) -> str:
     if source.is_builtin:
         return src.replace(":", "_").replace("@", "_")
@@ -836,10 +921,10 @@ def main(argv: list[str] | None = None) -> int:
     except EdgepruneError as e:
         if _state["debug"]:
             raise
-        err.print(f"error: {e.one_line()}", markup=False)
+        err.print(f"error: {e.one_line()}", markup=False, soft_wrap=True)
         return e.exit_code
     except (KeyboardInterrupt, typer.Abort):
-        err.print("error: interrupted; nothing was written", markup=False)
+        err.print("error: interrupted; nothing was written", markup=False, soft_wrap=True)
         return 130
     except Exception as e:
         if _state["debug"]:
@@ -850,7 +935,7 @@ def main(argv: list[str] | None = None) -> int:
             msg = " ".join(str(e.format_message()).split())
             if type(e).__name__ == "NoArgsIsHelpError":
                 return 2
-            err.print(f"error: {msg} (see 'edgeprune{cmd} --help')", markup=False)
+            err.print(f"error: {msg} (see 'edgeprune{cmd} --help')", markup=False, soft_wrap=True)
             return 2
         msg = " ".join(str(e).split())[:300]
         err.print(

@@ -38,3 +38,37 @@ def versions(*extra: str) -> dict[str, str]:
 
 def now_utc() -> str:
     return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+
+
+def sha256_tree(path: Path) -> str:
+    """A digest of a directory artifact: relative names and contents, in sorted order."""
+    path = Path(path)
+    if path.is_file():
+        return sha256_file(path)
+    h = hashlib.sha256()
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        h.update(str(f.relative_to(path)).encode() + b"\0")
+        h.update(sha256_file(f).encode())
+    return h.hexdigest()
+
+
+def base_manifest(source, target: str, artifact: Path, batch: int, *extra_versions: str) -> dict:
+    """The fields every target's manifest starts with (target-specific ones are added)."""
+    return {
+        "manifest_version": MANIFEST_VERSION,
+        "target": target,
+        "artifact": Path(artifact).name,
+        "created": now_utc(),
+        "spec": source.describe(),
+        "token_plan": source.plan.to_dict(),
+        "gflops": source.flops().to_dict(),
+        "batch": batch,
+        "versions": versions(*extra_versions),
+        "notes": list(source.notes),
+        "method_report": source.method.report(source.config),
+    }
+
+
+def skipped(reason: str) -> dict:
+    """A parity entry for a check that could not run here: never a silent pass."""
+    return {"status": "skipped", "reason": reason}

@@ -13,13 +13,7 @@ import torch
 
 from edgeprune.atomic import atomic_path, check_writable_target, write_json_atomic
 from edgeprune.errors import EdgepruneError, ParityError
-from edgeprune.export.manifest import (
-    MANIFEST_VERSION,
-    manifest_path,
-    now_utc,
-    sha256_file,
-    versions,
-)
+from edgeprune.export.manifest import base_manifest, manifest_path, sha256_file
 from edgeprune.source import Source
 
 INPUT_NAME = "input"
@@ -34,25 +28,57 @@ class Parity:
     top1_agreement: float
     inputs: int
     atol: float
+    min_top1: float = 1.0
+    against: str = "pytorch fp32"
+    runtime: str = "onnxruntime"
 
     @property
     def ok(self) -> bool:
-        return self.max_abs_diff <= self.atol and self.top1_agreement >= 1.0
+        return self.max_abs_diff <= self.atol and self.top1_agreement >= self.min_top1
 
     def to_dict(self) -> dict:
         return {
+            "status": "passed" if self.ok else "failed",
+            "runtime": self.runtime,
+            "against": self.against,
             "max_abs_diff": float(self.max_abs_diff),
             "top1_agreement": float(self.top1_agreement),
             "inputs": self.inputs,
             "atol": self.atol,
+            "min_top1_agreement": self.min_top1,
             "passed": self.ok,
         }
 
 
-def to_onnx_bytes(model: torch.nn.Module, batch: int, img_size: int, opset: int) -> bytes:
+@dataclass
+class VerifiedOnnx:
+    """An ONNX graph that is static (up to the batch dim, with ``dynamic_batch``) and
+    matches PyTorch: what every target builds from."""
+
+    data: bytes
+    proto: object
+    parity: Parity
+    batch: int
+    opset: int
+    dynamic_batch: bool = False
+
+    def ops(self) -> dict[str, int]:
+        from collections import Counter
+
+        return dict(sorted(Counter(n.op_type for n in self.proto.graph.node).items()))
+
+
+def to_onnx_bytes(
+    model: torch.nn.Module, batch: int, img_size: int, opset: int, dynamic_batch: bool = False
+) -> bytes:
     """Trace ``model`` at a fixed batch size into ONNX bytes (TorchScript exporter:
-    every shape is a constant, which is what TopK/Gather on TensorRT want)."""
+    every shape is a constant, which is what TopK/Gather on TensorRT want).
+
+    ``dynamic_batch`` makes dim 0 of the input and output symbolic (``batch``), for a
+    TensorRT optimization profile; every other dimension and every TopK K stay constant.
+    """
     dummy = torch.zeros(batch, 3, img_size, img_size)
+    axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch else None
     f = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
@@ -64,6 +90,7 @@ def to_onnx_bytes(model: torch.nn.Module, batch: int, img_size: int, opset: int)
             input_names=[INPUT_NAME],
             output_names=[OUTPUT_NAME],
             do_constant_folding=True,
+            dynamic_axes=axes,
             dynamo=False,
         )
     return f.getvalue()
@@ -82,9 +109,14 @@ def simplify(model_bytes: bytes):
     return simplified
 
 
-def static_graph_problems(proto) -> list[str]:
+def static_graph_problems(proto, dynamic_batch: bool = False) -> list[str]:
     """What makes a graph not static: shape arithmetic, NonZero, a TopK without a
-    constant K, a non-constant dimension on an input or output."""
+    constant K, a non-constant dimension on an input or output.
+
+    With ``dynamic_batch`` only the batch dimension is relaxed: dim 0 of inputs and
+    outputs may be symbolic and the Shape/ConstantOfShape nodes that carry it are
+    allowed; NonZero, a computed TopK K and any other dynamic dimension still fail."""
+    allowed = {"Shape", "ConstantOfShape"} if dynamic_batch else set()
     from onnx import numpy_helper
 
     consts = {i.name for i in proto.graph.initializer}
@@ -95,7 +127,9 @@ def static_graph_problems(proto) -> list[str]:
         if node.op_type == "Constant":
             consts.update(node.output)
     problems = [
-        f"{n.op_type} node '{n.name}'" for n in proto.graph.node if n.op_type in DYNAMIC_OPS
+        f"{n.op_type} node '{n.name}'"
+        for n in proto.graph.node
+        if n.op_type in DYNAMIC_OPS and n.op_type not in allowed
     ]
     for node in proto.graph.node:
         if node.op_type == "TopK":
@@ -105,10 +139,41 @@ def static_graph_problems(proto) -> list[str]:
             elif k in values and int(values[k].reshape(-1)[0]) > 3840:
                 problems.append(f"TopK '{node.name}' has K > 3840 (TensorRT's limit)")
     for vi in list(proto.graph.input) + list(proto.graph.output):
-        dims = vi.type.tensor_type.shape.dim
+        dims = list(vi.type.tensor_type.shape.dim)[1 if dynamic_batch else 0 :]
         if any(not d.HasField("dim_value") for d in dims):
             problems.append(f"'{vi.name}' has a dynamic dimension")
     return problems
+
+
+def parity_inputs(batch: int, img_size: int, n_inputs: int, seed: int = 1234):
+    """The random images every parity check uses (same seed: same images for every
+    target, so ONNX, engine and ORT figures are comparable)."""
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(-(-n_inputs // batch)):
+        yield torch.randn(batch, 3, img_size, img_size, generator=g)
+
+
+def compare(
+    model: torch.nn.Module,
+    run_fn,
+    batch: int,
+    img_size: int,
+    n_inputs: int = 16,
+    atol: float = 1e-4,
+    min_top1: float = 1.0,
+    seed: int = 1234,
+    runtime: str = "onnxruntime",
+) -> Parity:
+    """Run PyTorch and ``run_fn`` (numpy in, numpy logits out) on the same images."""
+    max_diff, agree, seen = 0.0, 0, 0
+    with torch.no_grad():
+        for x in parity_inputs(batch, img_size, n_inputs, seed):
+            ref = model(x).numpy()
+            out = np.asarray(run_fn(x.numpy()), dtype=np.float32).reshape(ref.shape)
+            max_diff = max(max_diff, float(np.abs(ref - out).max()))
+            agree += int((ref.argmax(-1) == out.argmax(-1)).sum())
+            seen += batch
+    return Parity(max_diff, agree / seen, seen, atol, min_top1, runtime=runtime)
 
 
 def parity_check(
@@ -119,23 +184,71 @@ def parity_check(
     n_inputs: int = 16,
     atol: float = 1e-4,
     seed: int = 1234,
+    min_top1: float = 1.0,
 ) -> Parity:
     """Run PyTorch and onnxruntime on the same ``n_inputs`` random images."""
     from edgeprune.runtimes.onnxruntime import make_session, run
 
     sess = make_session(onnx_bytes)
-    g = torch.Generator().manual_seed(seed)
-    max_diff, agree, seen = 0.0, 0, 0
-    n_batches = -(-n_inputs // batch)
-    with torch.no_grad():
-        for _ in range(n_batches):
-            x = torch.randn(batch, 3, img_size, img_size, generator=g)
-            ref = model(x).numpy()
-            out = run(sess, x.numpy())
-            max_diff = max(max_diff, float(np.abs(ref - out).max()))
-            agree += int((ref.argmax(-1) == out.argmax(-1)).sum())
-            seen += batch
-    return Parity(max_diff, agree / seen, seen, atol)
+    return compare(model, lambda x: run(sess, x), batch, img_size, n_inputs, atol, min_top1, seed)
+
+
+def check_onnx_options(batch: int, opset: int) -> None:
+    if batch < 1:
+        raise EdgepruneError(f"--batch {batch} is not a positive batch size")
+    if opset < MIN_OPSET:
+        raise EdgepruneError(
+            f"--opset {opset} is too old",
+            f"edgeprune needs opset ≥ {MIN_OPSET} (LayerNormalization)",
+        )
+
+
+def verified_onnx(
+    source: Source,
+    batch: int = 1,
+    opset: int = MIN_OPSET,
+    n_parity_inputs: int = 16,
+    atol: float = 1e-4,
+    dynamic_batch: bool = False,
+    progress=None,
+) -> VerifiedOnnx:
+    """Trace, simplify, check the graph is static and matches PyTorch; in memory only.
+
+    Raises (exit 1) when the graph is not static or the parity check fails."""
+    check_onnx_options(batch, opset)
+    step = progress or (lambda _msg: None)
+    model = source.model()
+    img = source.arch.img_size
+    step("tracing")
+    raw = to_onnx_bytes(model, batch, img, opset, dynamic_batch)
+    step("simplifying (onnxsim)")
+    proto = simplify(raw)
+    problems = static_graph_problems(proto, dynamic_batch)
+    if problems:
+        raise EdgepruneError(
+            f"the exported graph is not static: {'; '.join(problems[:3])}",
+            "this is a bug in the method's rewrite; please report it",
+            exit_code=1,
+        )
+    data = proto.SerializeToString()
+    step(f"parity check ({n_parity_inputs} inputs, onnxruntime)")
+    parity = parity_check(model, data, batch, img, n_parity_inputs, atol)
+    if not parity.ok:
+        raise ParityError(
+            f"ONNX output differs from PyTorch: max |diff| {parity.max_abs_diff:.3g} "
+            f"(limit {atol:g}), top-1 agreement {parity.top1_agreement:.1%}",
+            "no file was written",
+            exit_code=1,
+        )
+    return VerifiedOnnx(data, proto, parity, batch, opset, dynamic_batch)
+
+
+def io_spec(source: Source, batch: int | str, dtype: str = "float32") -> dict:
+    img, classes = source.arch.img_size, source.arch.num_classes
+    return {
+        "inputs": [{"name": INPUT_NAME, "shape": [batch, 3, img, img], "dtype": dtype}],
+        "outputs": [{"name": OUTPUT_NAME, "shape": [batch, classes], "dtype": dtype}],
+    }
 
 
 def export_onnx(
@@ -153,67 +266,24 @@ def export_onnx(
     Nothing is left at ``out`` unless the graph is static and passes the parity check.
     """
     out = Path(out)
-    if batch < 1:
-        raise EdgepruneError(f"--batch {batch} is not a positive batch size")
-    if opset < MIN_OPSET:
-        raise EdgepruneError(
-            f"--opset {opset} is too old",
-            f"edgeprune needs opset ≥ {MIN_OPSET} (LayerNormalization)",
-        )
+    check_onnx_options(batch, opset)
     if out.suffix != ".onnx":
         raise EdgepruneError(f"--out {out} should end in .onnx")
     mpath = manifest_path(out)
     check_writable_target(out, force)
     check_writable_target(mpath, force)
-    step = progress or (lambda _msg: None)
-
-    model = source.model()
-    img = source.arch.img_size
-    step("tracing")
-    raw = to_onnx_bytes(model, batch, img, opset)
-    step("simplifying (onnxsim)")
-    proto = simplify(raw)
-    problems = static_graph_problems(proto)
-    if problems:
-        raise EdgepruneError(
-            f"the exported graph is not static: {'; '.join(problems[:3])}",
-            "this is a bug in the method's rewrite; please report it",
-            exit_code=1,
-        )
-    data = proto.SerializeToString()
-    step(f"parity check ({n_parity_inputs} inputs, onnxruntime)")
-    parity = parity_check(model, data, batch, img, n_parity_inputs, atol)
-    if not parity.ok:
-        raise ParityError(
-            f"ONNX output differs from PyTorch: max |diff| {parity.max_abs_diff:.3g} "
-            f"(limit {atol:g}), top-1 agreement {parity.top1_agreement:.1%}",
-            "no file was written",
-            exit_code=1,
-        )
-    from collections import Counter
-
-    manifest = {
-        "manifest_version": MANIFEST_VERSION,
-        "target": "onnx",
-        "artifact": out.name,
-        "created": now_utc(),
-        "spec": source.describe(),
-        "token_plan": source.plan.to_dict(),
-        "gflops": source.flops().to_dict(),
-        "batch": batch,
-        "opset": opset,
-        "inputs": [{"name": INPUT_NAME, "shape": [batch, 3, img, img], "dtype": "float32"}],
-        "outputs": [
-            {"name": OUTPUT_NAME, "shape": [batch, source.arch.num_classes], "dtype": "float32"}
-        ],
-        "ops": dict(sorted(Counter(n.op_type for n in proto.graph.node).items())),
-        "versions": versions(),
-        "parity": parity.to_dict(),
-        "notes": list(source.notes),
-        "method_report": source.method.report(source.config),
-    }
+    v = verified_onnx(source, batch, opset, n_parity_inputs, atol, progress=progress)
+    manifest = base_manifest(source, "onnx", out, batch)
+    manifest.update(
+        {
+            "opset": opset,
+            **io_spec(source, batch),
+            "ops": v.ops(),
+            "parity": v.parity.to_dict(),
+        }
+    )
     with atomic_path(out) as tmp:
-        tmp.write_bytes(data)
+        tmp.write_bytes(v.data)
         manifest["sha256"] = sha256_file(tmp)
         write_json_atomic(mpath, manifest)
     return manifest
