@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edgeprune.atomic import atomic_path, check_writable_target, write_json_atomic
+from edgeprune.atomic import atomic_path, check_writable_target, output_lock, write_json_atomic
 from edgeprune.errors import EdgepruneError, ParityError
 from edgeprune.export.manifest import (
     MANIFEST_VERSION,
@@ -165,6 +165,24 @@ def export_onnx(
     mpath = manifest_path(out)
     check_writable_target(out, force)
     check_writable_target(mpath, force)
+    with output_lock(out):
+        # re-check under the lock: a concurrent run may have finished meanwhile
+        check_writable_target(out, force)
+        return _export_onnx_locked(
+            source, out, mpath, batch, opset, n_parity_inputs, atol, progress
+        )
+
+
+def _export_onnx_locked(
+    source: Source,
+    out: Path,
+    mpath: Path,
+    batch: int,
+    opset: int,
+    n_parity_inputs: int,
+    atol: float,
+    progress,
+) -> dict:
     step = progress or (lambda _msg: None)
 
     model = source.model()
