@@ -99,17 +99,29 @@ def gflops_table(archs: list[str]) -> list[dict]:
             fl = src.flops()
             paper = PAPER_GFLOPS.get((a, m))
             value = fl.dense if m == "dense" else fl.pruned
-            rows.append({
-                "spec": spec, "dense": fl.dense, "pruned": fl.pruned, "selectors": fl.selectors,
-                "total": fl.total, "paper": paper,
-                "error": None if paper is None else (value - paper) / paper,
-                "tokens_per_block": list(src.plan.tokens_per_block),
-            })
+            rows.append(
+                {
+                    "spec": spec,
+                    "dense": fl.dense,
+                    "pruned": fl.pruned,
+                    "selectors": fl.selectors,
+                    "total": fl.total,
+                    "paper": paper,
+                    "error": None if paper is None else (value - paper) / paper,
+                    "tokens_per_block": list(src.plan.tokens_per_block),
+                }
+            )
     return rows
 
 
-def speedup_table(timer: Timer, specs: list[str], batches: list[int], threads: list[int],
-                  runs: int, budget_s: float) -> list[dict]:
+def speedup_table(
+    timer: Timer,
+    specs: list[str],
+    batches: list[int],
+    threads: list[int],
+    runs: int,
+    budget_s: float,
+) -> list[dict]:
     rows = []
     for spec in specs:
         src = resolve(spec)
@@ -117,21 +129,32 @@ def speedup_table(timer: Timer, specs: list[str], batches: list[int], threads: l
         ideal = src.flops().dense / src.flops().total
         for b in batches:
             for th in threads:
-                t = interleave({"dense": timer.runner(dense_spec, b, th),
-                                "pruned": timer.runner(spec, b, th)},
-                               runs=runs, warmup=3, max_seconds=budget_s)
+                t = interleave(
+                    {"dense": timer.runner(dense_spec, b, th), "pruned": timer.runner(spec, b, th)},
+                    runs=runs,
+                    warmup=3,
+                    max_seconds=budget_s,
+                )
                 r = pair_ratio(t["dense"], t["pruned"])
-                rows.append({
-                    "spec": spec, "batch": b, "threads": th,
-                    "dense_ms": summary(t["dense"]), "pruned_ms": summary(t["pruned"]),
-                    "speedup": r, "gflops_ratio": ideal,
-                    "share_of_ideal": (r["median"] - 1) / (ideal - 1) if ideal > 1 else None,
-                })
+                rows.append(
+                    {
+                        "spec": spec,
+                        "batch": b,
+                        "threads": th,
+                        "dense_ms": summary(t["dense"]),
+                        "pruned_ms": summary(t["pruned"]),
+                        "speedup": r,
+                        "gflops_ratio": ideal,
+                        "share_of_ideal": (r["median"] - 1) / (ideal - 1) if ideal > 1 else None,
+                    }
+                )
                 print(f"  {spec:26s} b={b} t={th}: {r['median']:.3f}x (ideal {ideal:.3f}x)")
     return rows
 
 
-def eager_vs_export(timer: Timer, specs: list[str], threads: int, runs: int, budget_s: float) -> list[dict]:
+def eager_vs_export(
+    timer: Timer, specs: list[str], threads: int, runs: int, budget_s: float
+) -> list[dict]:
     """Our exported ORT graph vs the same model run eagerly in PyTorch (same threads)."""
     rows = []
     prev = torch.get_num_threads()
@@ -145,10 +168,21 @@ def eager_vs_export(timer: Timer, specs: list[str], threads: int, runs: int, bud
                 with torch.inference_mode():
                     model(x)
 
-            t = interleave({"eager": eager, "onnx": timer.runner(spec, 1, threads)},
-                           runs=runs, warmup=3, max_seconds=budget_s)
-            rows.append({"spec": spec, "threads": threads, "eager_ms": summary(t["eager"]),
-                         "onnx_ms": summary(t["onnx"]), "speedup": pair_ratio(t["eager"], t["onnx"])})
+            t = interleave(
+                {"eager": eager, "onnx": timer.runner(spec, 1, threads)},
+                runs=runs,
+                warmup=3,
+                max_seconds=budget_s,
+            )
+            rows.append(
+                {
+                    "spec": spec,
+                    "threads": threads,
+                    "eager_ms": summary(t["eager"]),
+                    "onnx_ms": summary(t["onnx"]),
+                    "speedup": pair_ratio(t["eager"], t["onnx"]),
+                }
+            )
             print(f"  {spec:26s} eager/onnx {rows[-1]['speedup']['median']:.2f}x")
     finally:
         torch.set_num_threads(prev)
@@ -161,36 +195,62 @@ def fmt_ms(s: dict) -> str:
 
 def write_report(out: Path, data: dict) -> None:
     meta = data["meta"]
-    L = ["# edgeprune reproduction report", "",
-         f"Measured {meta['date']} on {meta['machine']} ({meta['cores']} cores), "
-         f"{meta['runtime']}, torch {meta['torch']}, Python {meta['python']}. "
-         f"Mode: {meta['mode']}. Ratios are medians of per-pair ratios from interleaved runs in one process; "
-         "latencies are median / p90 in ms.", ""]
-    L += ["## 1. GFLOPs (multiply-adds) beside the papers", "",
-          "| model | dense | pruned backbone | selectors | total | paper | error vs paper |",
-          "|---|---|---|---|---|---|---|"]
+    L = [
+        "# edgeprune reproduction report",
+        "",
+        f"Measured {meta['date']} on {meta['machine']} ({meta['cores']} cores), "
+        f"{meta['runtime']}, torch {meta['torch']}, Python {meta['python']}. "
+        f"Mode: {meta['mode']}. Ratios are medians of per-pair ratios from interleaved runs in one process; "
+        "latencies are median / p90 in ms.",
+        "",
+    ]
+    L += [
+        "## 1. GFLOPs (multiply-adds) beside the papers",
+        "",
+        "| model | dense | pruned backbone | selectors | total | paper | error vs paper |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in data["gflops"]:
         paper = "" if r["paper"] is None else f"{r['paper']}"
         err = "" if r["error"] is None else f"{r['error']:+.1%}"
-        L.append(f"| {r['spec']} | {r['dense']:.2f} | {r['pruned']:.2f} | {r['selectors']:.3f} | "
-                 f"{r['total']:.2f} | {paper} | {err} |")
-    L += ["", "## 2. Speedup: dense vs each method's default schedule (ONNX Runtime CPU)", "",
-          "| model | batch | threads | dense ms | pruned ms | speedup | GFLOPs ratio | share of ideal |",
-          "|---|---|---|---|---|---|---|---|"]
+        L.append(
+            f"| {r['spec']} | {r['dense']:.2f} | {r['pruned']:.2f} | {r['selectors']:.3f} | "
+            f"{r['total']:.2f} | {paper} | {err} |"
+        )
+    L += [
+        "",
+        "## 2. Speedup: dense vs each method's default schedule (ONNX Runtime CPU)",
+        "",
+        "| model | batch | threads | dense ms | pruned ms | speedup | GFLOPs ratio | share of ideal |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in data["speedup"]:
         share = "" if r["share_of_ideal"] is None else f"{r['share_of_ideal']:.0%}"
-        L.append(f"| {r['spec']} | {r['batch']} | {r['threads']} | {fmt_ms(r['dense_ms'])} | "
-                 f"{fmt_ms(r['pruned_ms'])} | {r['speedup']['median']:.3f}× | {r['gflops_ratio']:.3f}× | {share} |")
-    for key, title in data.get("sections", {}).items():
+        L.append(
+            f"| {r['spec']} | {r['batch']} | {r['threads']} | {fmt_ms(r['dense_ms'])} | "
+            f"{fmt_ms(r['pruned_ms'])} | {r['speedup']['median']:.3f}× | {r['gflops_ratio']:.3f}× | {share} |"
+        )
+    for title in data.get("sections", {}).values():
         L += ["", title["heading"], ""] + title["lines"]
-    L += ["", "## 5. Exported graph vs the same model in eager PyTorch (batch 1)", "",
-          "| model | threads | eager PyTorch ms | ONNX Runtime ms | speedup from exporting |",
-          "|---|---|---|---|---|"]
+    L += [
+        "",
+        "## 5. Exported graph vs the same model in eager PyTorch (batch 1)",
+        "",
+        "| model | threads | eager PyTorch ms | ONNX Runtime ms | speedup from exporting |",
+        "|---|---|---|---|---|",
+    ]
     for r in data["eager"]:
-        L.append(f"| {r['spec']} | {r['threads']} | {fmt_ms(r['eager_ms'])} | {fmt_ms(r['onnx_ms'])} | "
-                 f"{r['speedup']['median']:.2f}× |")
-    L += ["", "## 7. Export cost (wall time, includes tracing, onnxsim and the parity check)", "",
-          "| model | batch | seconds |", "|---|---|---|"]
+        L.append(
+            f"| {r['spec']} | {r['threads']} | {fmt_ms(r['eager_ms'])} | {fmt_ms(r['onnx_ms'])} | "
+            f"{r['speedup']['median']:.2f}× |"
+        )
+    L += [
+        "",
+        "## 7. Export cost (wall time, includes tracing, onnxsim and the parity check)",
+        "",
+        "| model | batch | seconds |",
+        "|---|---|---|",
+    ]
     for r in data["export_cost"]:
         L.append(f"| {r['spec']} | {r['batch']} | {r['seconds']:.1f} |")
     (out / "REPORT.md").write_text("\n".join(L) + "\n")
@@ -220,7 +280,9 @@ def plot_speedups(out: Path, rows: list[dict]) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = ap.parse_args()
@@ -234,7 +296,8 @@ def main() -> None:
         "machine": f"{platform.machine()} {platform.processor()}".strip(),
         "cores": len(__import__("os").sched_getaffinity(0)),
         "runtime": f"onnxruntime {version()} CPUExecutionProvider",
-        "torch": torch.__version__, "python": platform.python_version(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
         "mode": "quick" if quick else "full",
     }
     data: dict = {"meta": meta, "sections": {}}
@@ -245,20 +308,29 @@ def main() -> None:
         specs = default_specs(archs[:2])
         print("2. speedups")
         data["speedup"] = speedup_table(timer, specs, [1], [1, 2], runs, budget)
-        data["speedup"] += speedup_table(timer, [s for s in specs if s.startswith("deit_tiny")],
-                                         [8], [1, 2], max(10, runs // 4), budget)
+        data["speedup"] += speedup_table(
+            timer,
+            [s for s in specs if s.startswith("deit_tiny")],
+            [8],
+            [1, 2],
+            max(10, runs // 4),
+            budget,
+        )
         extra_sections(data, timer, quick, runs, budget, Path(td))
         print("5. eager vs exported")
         data["eager"] = eager_vs_export(timer, specs, 1, max(10, runs // 2), budget)
-        data["export_cost"] = [{"spec": s, "batch": b, "seconds": t}
-                               for (s, b), t in timer.export_seconds.items()]
+        data["export_cost"] = [
+            {"spec": s, "batch": b, "seconds": t} for (s, b), t in timer.export_seconds.items()
+        ]
     (out / "report.json").write_text(json.dumps(data, indent=2) + "\n")
     plot_speedups(out, data["speedup"])
     write_report(out, data)
     print(f"wrote {out / 'REPORT.md'}")
 
 
-def extra_sections(data: dict, timer: Timer, quick: bool, runs: int, budget: float, workdir: Path) -> None:
+def extra_sections(
+    data: dict, timer: Timer, quick: bool, runs: int, budget: float, workdir: Path
+) -> None:
     """Sections 3, 4 and 6: they use the profile, the latency model and the budget."""
     from report_sections import run_sections
 
