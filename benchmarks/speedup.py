@@ -22,7 +22,11 @@ from edgeprune.export.onnx import export_onnx
 from edgeprune.runtimes.onnxruntime import make_session, version
 from edgeprune.source import resolve
 
-DEFAULT_SPECS = ["deit_tiny:dynamicvit@0.7", "deit_small:dynamicvit@0.7"]
+DEFAULT_SPECS = [
+    f"{arch}:{method}"
+    for method in ("dynamicvit@0.7", "spvit", "avit", "evit@0.7", "tome@r16")
+    for arch in ("deit_tiny", "deit_small")
+]  # avit without --calibration runs its placeholder schedule
 
 
 def pct(xs: list[float], q: float) -> float:

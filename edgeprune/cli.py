@@ -53,6 +53,28 @@ HeadsOpt = Annotated[
 ]
 
 
+# ---- issue 3: method options (A-ViT calibration, ToMe r) -----------------------------
+CalibrationOpt = Annotated[
+    Path | None,
+    typer.Option("--calibration", help="A-ViT calibration JSON (from 'edgeprune calibrate')."),
+]
+TomeROpt = Annotated[
+    int | None, typer.Option("--tome-r", help="ToMe: tokens merged per block (e.g. 16).")
+]
+
+
+def _method_options(calibration: Path | None = None, tome_r: int | None = None) -> dict:
+    opts: dict[str, object] = {}
+    if calibration is not None:
+        opts["calibration"] = str(calibration)
+    if tome_r is not None:
+        opts["r"] = tome_r
+    return opts
+
+
+# ---- end issue 3 ----------------------------------------------------------------------
+
+
 @app.callback()
 def _root(
     debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
@@ -65,10 +87,12 @@ def _note(source) -> None:
         err.print(f"[yellow]note:[/] {n}")
 
 
-def _resolve(src, method, keep, locs, heads):
+def _resolve(src, method, keep, locs, heads, method_options=None):
     from edgeprune.source import resolve
 
-    return resolve(src, method=method, keep=keep, locs=locs, heads=heads)
+    return resolve(
+        src, method=method, keep=keep, locs=locs, heads=heads, method_options=method_options
+    )
 
 
 @app.command()
@@ -79,9 +103,11 @@ def inspect(
     locs: LocsOpt = None,
     heads: HeadsOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    calibration: CalibrationOpt = None,
+    tome_r: TomeROpt = None,
 ) -> None:
     """Show what a model is: method, arch, keep schedule, tokens per block, params, GFLOPs."""
-    source = _resolve(src, method, keep, locs, heads)
+    source = _resolve(src, method, keep, locs, heads, _method_options(calibration, tome_r))
     fl = source.flops()
     n_params = sum(p.numel() for p in source.model().parameters())
     info = {
@@ -146,6 +172,8 @@ def export(
     keep: KeepOpt = None,
     locs: LocsOpt = None,
     heads: HeadsOpt = None,
+    calibration: CalibrationOpt = None,
+    tome_r: TomeROpt = None,
 ) -> None:
     """Export the static graph and check it against PyTorch; writes a manifest beside it."""
     from edgeprune.export.onnx import export_onnx
@@ -156,7 +184,7 @@ def export(
         raise EdgepruneError(f"--parity-inputs {parity_inputs} must be at least 1")
     if batch < 1:
         raise EdgepruneError(f"--batch {batch} is not a positive batch size")
-    source = _resolve(src, method, keep, locs, heads)
+    source = _resolve(src, method, keep, locs, heads, _method_options(calibration, tome_r))
     _note(source)
     dest = out_path or Path(_default_name(src, source) + ".onnx")
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -187,6 +215,66 @@ def export(
         f"(onnxruntime {man['versions']['onnxruntime']})"
     )
     out.print(f"tokens/block: {' '.join(map(str, man['token_plan']['tokens_per_block']))}")
+
+
+# ---- issue 3: A-ViT calibration -------------------------------------------------------
+@app.command()
+def calibrate(
+    src: SrcArg,
+    out_path: Annotated[Path, typer.Option("--out", "-o", help="Calibration JSON to write.")],
+    images: Annotated[
+        Path | None, typer.Option("--images", help="Folder of PNG/JPEG calibration images.")
+    ] = None,
+    random: Annotated[
+        int | None, typer.Option("--random", help="Use N seeded random images instead.")
+    ] = None,
+    quantile: Annotated[
+        float, typer.Option("--quantile", help="Per block, keep this quantile of running tokens.")
+    ] = 1.0,
+    gate_scale: Annotated[float | None, typer.Option("--gate-scale")] = None,
+    gate_center: Annotated[float | None, typer.Option("--gate-center")] = None,
+    heads: HeadsOpt = None,
+    force: Annotated[bool, typer.Option("--force", "-f", help="Overwrite --out.")] = False,
+) -> None:
+    """A-ViT: run the masked (released) halting model on calibration images and record
+    how many tokens still run in each block; the JSON feeds --calibration."""
+    import torch
+
+    from edgeprune.atomic import check_writable_target, write_json_atomic
+    from edgeprune.methods.avit import calibrate as run_calibration
+    from edgeprune.methods.avit import load_images
+
+    if (images is None) == (random is None):
+        raise EdgepruneError("give exactly one of --images DIR or --random N")
+    check_writable_target(out_path, force)
+    source = _resolve(src, "avit", None, None, heads)
+    _note(source)
+    a = source.arch
+    if images is not None:
+        if not images.is_dir():
+            raise EdgepruneError(f"--images {images} is not a folder")
+        imgs = load_images(images, a.img_size)
+    else:
+        if random < 1:
+            raise EdgepruneError(f"--random {random} must be at least 1")
+        g = torch.Generator().manual_seed(0)
+        imgs = torch.randn(random, 3, a.img_size, a.img_size, generator=g)
+    opts = source.config.options
+    scale = float(gate_scale if gate_scale is not None else opts["gate_scale"])
+    center = float(gate_center if gate_center is not None else opts["gate_center"])
+    data = run_calibration(source.model(), imgs, a, scale, center, quantile)
+    data["source"] = src
+    write_json_atomic(out_path, data)
+    r = data["report"]
+    out.print(f"[green]wrote[/] {out_path}")
+    out.print(f"tokens/block: {' '.join(map(str, data['counts']))}")
+    out.print(
+        f"zipped vs masked: top-1 agreement {r['top1_agreement']:.0%}, "
+        f"max |logit diff| {r['max_logit_diff']:.3g} over {r['inputs']} inputs"
+    )
+
+
+# ---- end issue 3 ----------------------------------------------------------------------
 
 
 def _default_name(src: str, source) -> str:

@@ -228,6 +228,7 @@ def _export_onnx_locked(
         "versions": versions(),
         "parity": parity.to_dict(),
         "notes": list(source.notes),
+        "method_report": source.method.report(source.config),
     }
     with atomic_path(out) as tmp:
         tmp.write_bytes(data)

@@ -5,11 +5,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from edgeprune.errors import EdgepruneError
+from edgeprune.methods.avit import AViT
 from edgeprune.methods.base import Method, MethodConfig
 from edgeprune.methods.dense import Dense
 from edgeprune.methods.dynamicvit import DynamicViT
+from edgeprune.methods.evit import EViT
+from edgeprune.methods.spvit import SPViT
+from edgeprune.methods.tome import ToMe
 
-METHODS: dict[str, Method] = {m.name: m for m in (Dense(), DynamicViT())}
+METHODS: dict[str, Method] = {
+    m.name: m for m in (Dense(), DynamicViT(), SPViT(), EViT(), ToMe(), AViT())
+}
 
 
 def get_method(name: str) -> Method:

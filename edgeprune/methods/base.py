@@ -94,6 +94,11 @@ class Method:
         """Multiply-adds of each selector stage (scoring, top-k, gather, fusing)."""
         return [0 for _ in plan.selectors]
 
+    def report(self, cfg: MethodConfig) -> dict | None:
+        """Method-specific facts for the export manifest (``method_report``), e.g. how
+        close a calibrated rewrite is to the published model. None: nothing to say."""
+        return None
+
     # ---- checkpoints ---------------------------------------------------------------
     def matches(self, keys: Sequence[str]) -> bool:
         return self.key_prefix is not None and any(k.startswith(self.key_prefix) for k in keys)

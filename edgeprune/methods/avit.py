@@ -1,0 +1,354 @@
+"""A-ViT (Yin et al., CVPR 2022; NVlabs/A-ViT, timm/models/act_vision_transformer.py).
+
+No parameters of its own (plain timm keys). Halting score per token after each block:
+sigmoid(gate_scale * x[..., 0] - gate_center) (act_mode 4); the scores accumulate,
+and a token halts once its cumulative score exceeds 1 - eps (eps = 0.01); at the last
+block every remaining token halts (score forced to 1). The released model only
+masks: before every block halted tokens are zeroed, inside it their LayerNorm
+inputs and outputs are zeroed and they get a -1000 attention bias. The output is
+not the last block's: every token keeps a ponder-weighted sum of its block outputs
+(weight h while running, the remainder R = 1 - sum h at the block where it halts),
+and the head reads the CLS entry of that sum.
+
+Static rewrite ("token zipping", promised by the paper, never released): fixed token
+counts per block, calibrated on images with the masked model (``edgeprune
+calibrate``); before a block whose count drops, keep CLS and the patch tokens with
+the lowest cumulative halting score (the ones the masked model would still run).
+CLS is always kept (so the others can still attend to it after it would have
+halted); its output is the same ponder-weighted sum as in the released model.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from edgeprune.arch import Arch
+from edgeprune.errors import EdgepruneError
+from edgeprune.methods.base import Method, MethodConfig
+from edgeprune.models.deit import VisionTransformer, gather_tokens
+from edgeprune.plan import SelectorStage, TokenPlan
+
+EPS = 0.01
+MASK_BIAS = -1000.0
+CALIBRATION_FORMAT = "edgeprune-avit-calibration"
+# released defaults (README / file names tiny-10-30.pth); base is not released: small's
+GATES = {"deit_tiny": (10.0, 30.0), "deit_small": (10.0, 75.0), "deit_base": (10.0, 75.0)}
+GATE_RE = re.compile(r"(?:^|[-_])(\d+(?:\.\d+)?)-(\d+(?:\.\d+)?)$")
+# used when no calibration is given: a placeholder, said so in the options
+PLACEHOLDER_LOCS = (2, 4, 6, 8, 10)
+PLACEHOLDER_KEEP = (0.9, 0.75, 0.6, 0.45, 0.3)
+
+
+def halting(x: torch.Tensor, scale: float, center: float) -> torch.Tensor:
+    return torch.sigmoid(x[..., 0] * scale - center)
+
+
+def masked_forward(
+    model: VisionTransformer, img: torch.Tensor, scale: float, center: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The released (masked) A-ViT inference, in our own code.
+    Returns (logits B×classes, running tokens entering each block B×depth)."""
+    x = model.embed(img)
+    b, n, _ = x.shape
+    c = torch.zeros(b, n)
+    rem = torch.ones(b, n)
+    run = torch.ones(b, n)
+    out = torch.zeros_like(x)
+    counts = []
+    depth = len(model.blocks)
+    for i, blk in enumerate(model.blocks):
+        counts.append(run.sum(dim=1))
+        m = run.unsqueeze(-1)
+        x = x * m
+        bias = ((1.0 - run) * MASK_BIAS).view(b, 1, 1, n)
+        q, k, v = blk.attn.qkv_heads(blk.norm1(x * m) * m)
+        o, _ = blk.attn.attend(q, k, v, bias)
+        x = x + blk.attn.proj(o)
+        x = x + blk.mlp(blk.norm2(x * m) * m)
+        h = torch.ones(b, n) if i == depth - 1 else halting(x, scale, center)
+        c = c + h
+        reached = (c > 1 - EPS).float() * run
+        not_reached = (c < 1 - EPS).float()
+        out = out + x * m * (rem * reached + h * not_reached).unsqueeze(-1)
+        rem = rem - not_reached * h
+        run = (c < 1 - EPS).float()
+    return model.head(model.norm(out)[:, 0]), torch.stack(counts, dim=1)
+
+
+class AViTStatic(VisionTransformer):
+    def __init__(self, arch: Arch, plan: TokenPlan, scale: float, center: float):
+        super().__init__(arch)
+        self.plan = plan
+        self.scale, self.center = float(scale), float(center)
+        self.keep_at = {s.block: s.tokens_out - 1 for s in plan.selectors}
+
+    def forward(self, img: torch.Tensor) -> torch.Tensor:
+        x = self.embed(img)
+        c = torch.zeros_like(x[:, :, 0])  # cumulative halting score per token
+        # CLS: ponder-weighted output, as in the released model
+        c0 = torch.zeros_like(x[:, 0, :1])
+        rem, run = torch.ones_like(c0), torch.ones_like(c0)
+        out = torch.zeros_like(x[:, 0])
+        depth = len(self.blocks)
+        for i, blk in enumerate(self.blocks):
+            keep = self.keep_at.get(i)
+            if keep is not None:
+                _, idx = torch.topk(-c[:, 1:], keep, dim=1, largest=True, sorted=True)
+                x = torch.cat([x[:, :1], gather_tokens(x[:, 1:], idx)], dim=1)
+                c = torch.cat([c[:, :1], torch.gather(c[:, 1:], 1, idx)], dim=1)
+            x = blk(x)
+            h = halting(x, self.scale, self.center)
+            c = c + h
+            h0 = torch.ones_like(c0) if i == depth - 1 else h[:, :1]
+            c0 = c0 + h0
+            reached = (c0 > 1 - EPS).to(x.dtype) * run
+            not_reached = (c0 < 1 - EPS).to(x.dtype)
+            out = out + x[:, 0] * run * (rem * reached + h0 * not_reached)
+            rem = rem - not_reached * h0
+            run = not_reached
+        return self.head(self.norm(out))
+
+
+def load_calibration(path: str | Path, arch: Arch) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise EdgepruneError(
+            f"calibration file {p} does not exist", "run: edgeprune calibrate SRC --out FILE"
+        )
+    try:
+        data = json.loads(p.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        msg = " ".join(str(e).split())[:120]
+        raise EdgepruneError(f"calibration file {p} is not valid JSON ({msg})") from None
+    if not isinstance(data, dict) or data.get("format") != CALIBRATION_FORMAT:
+        raise EdgepruneError(
+            f"{p} is not an A-ViT calibration file", f"expected 'format': '{CALIBRATION_FORMAT}'"
+        )
+    counts = data.get("counts")
+    if (
+        not isinstance(counts, list)
+        or len(counts) != arch.depth
+        or not all(isinstance(k, int) and 2 <= k <= arch.num_tokens for k in counts)
+        or any(b > a for a, b in zip(counts, counts[1:], strict=False))
+        or counts[0] != arch.num_tokens
+    ):
+        raise EdgepruneError(
+            f"calibration file {p} has bad 'counts' {counts}",
+            f"expected {arch.depth} non-increasing token counts from {arch.num_tokens} down to ≥ 2",
+        )
+    if data.get("arch") != arch.name:
+        raise EdgepruneError(f"calibration file {p} is for {data.get('arch')}, not {arch.name}")
+    return data
+
+
+def schedule_from_counts(counts: list[int], n_patches: int) -> tuple[tuple, tuple]:
+    locs, ratios = [], []
+    for b in range(1, len(counts)):
+        if counts[b] < counts[b - 1]:
+            locs.append(b)
+            ratios.append((counts[b] - 1) / n_patches)
+    return tuple(locs), tuple(ratios)
+
+
+def gates_from_name(path: Path | None) -> tuple[float, float] | None:
+    m = GATE_RE.search(path.stem) if path is not None else None
+    return (float(m.group(1)), float(m.group(2))) if m else None
+
+
+class AViT(Method):
+    name = "avit"
+    summary = "halting scores; calibrated token counts per block (token zipping)"
+    default_locs = PLACEHOLDER_LOCS
+    default_keep = PLACEHOLDER_KEEP
+    cumulative = True
+
+    def default_config(self, arch: Arch) -> MethodConfig:
+        scale, center = GATES.get(arch.name, (10.0, 75.0))
+        opts = {"gate_scale": scale, "gate_center": center, "schedule": "placeholder"}
+        return MethodConfig(self.default_locs, self.default_keep, opts)
+
+    def config_from_checkpoint(
+        self, state_dict: Mapping[str, torch.Tensor], arch: Arch, path: Path | None
+    ) -> MethodConfig:
+        cfg = self.default_config(arch)
+        g = gates_from_name(path)
+        if g is not None:
+            cfg.options["gate_scale"], cfg.options["gate_center"] = g
+        return cfg
+
+    def with_overrides(self, cfg, arch, keep=None, locs=None) -> MethodConfig:
+        opts = dict(cfg.options)
+        calib = opts.get("calibration")
+        if calib is not None:
+            if keep is not None or locs is not None:
+                raise EdgepruneError(
+                    "--calibration sets the A-ViT schedule",
+                    "drop --keep/--locs, or drop --calibration",
+                )
+            data = load_calibration(str(calib), arch)
+            opts.update(
+                calibration=str(calib),
+                gate_scale=float(data["gate_scale"]),
+                gate_center=float(data["gate_center"]),
+                schedule=f"calibrated (quantile {data.get('quantile')})",
+            )
+            locs_t, keep_t = schedule_from_counts(data["counts"], arch.num_patches)
+            out = MethodConfig(locs_t, keep_t, opts)
+            self.validate(out, arch)
+            return out
+        if keep is not None or locs is not None:
+            opts["schedule"] = "given"
+        return super().with_overrides(
+            MethodConfig(cfg.prune_locs, cfg.keep_ratios, opts), arch, keep, locs
+        )
+
+    def token_plan(self, arch: Arch, cfg: MethodConfig) -> TokenPlan:
+        n0 = arch.num_patches
+        locs = dict(zip(cfg.prune_locs, cfg.keep_ratios, strict=True))
+        attn, stages, n = [], [], arch.num_tokens
+        for b in range(arch.depth):
+            if b in locs:
+                kept = max(1, round(n0 * locs[b]))
+                if kept < n - 1:
+                    stages.append(SelectorStage(b, "pre", n, kept + 1))
+                    n = kept + 1
+            attn.append(n)
+        return TokenPlan(
+            arch,
+            self.name,
+            cfg.prune_locs,
+            cfg.keep_ratios,
+            tuple(attn),
+            tuple(attn),
+            tuple(stages),
+            tuple(sorted(cfg.options.items())),
+        )
+
+    def build(self, arch: Arch, plan: TokenPlan) -> AViTStatic:
+        o = dict(plan.options)
+        default = GATES.get(arch.name, (10.0, 75.0))
+        return AViTStatic(
+            arch, plan, o.get("gate_scale", default[0]), o.get("gate_center", default[1])
+        )
+
+    def selector_module(self, arch: Arch, stage: SelectorStage) -> nn.Module:
+        return _AViTSelector(stage.tokens_out - 1)
+
+    def selector_macs(self, arch: Arch, plan: TokenPlan) -> list[int]:
+        # the halting score is computed after every block (one scale, sub, sigmoid, add
+        # per token); counted at the stages where tokens are dropped
+        per_block = [4 * n for n in plan.attn_tokens]
+        out, last = [], 0
+        for s in plan.selectors:
+            out.append(sum(per_block[last : s.block]))
+            last = s.block
+        return out
+
+    def report(self, cfg: MethodConfig) -> dict | None:
+        calib = cfg.options.get("calibration")
+        if calib is None:
+            return None
+        data = json.loads(Path(str(calib)).read_text())
+        return {"calibration": str(calib), **data.get("report", {})}
+
+
+class _AViTSelector(nn.Module):
+    """One zipping stage alone: keep CLS and the tokens with the lowest cumulative
+    halting score (a seeded random score stands in for the accumulated one)."""
+
+    def __init__(self, keep: int):
+        super().__init__()
+        self.keep = keep
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = torch.sigmoid(x[:, 1:, 0] * 10.0 - 30.0)
+        _, idx = torch.topk(-c, self.keep, dim=1, largest=True, sorted=True)
+        return torch.cat([x[:, :1], gather_tokens(x[:, 1:], idx)], dim=1)
+
+
+def calibrate(
+    model: VisionTransformer,
+    images: torch.Tensor,
+    arch: Arch,
+    scale: float,
+    center: float,
+    quantile: float,
+    batch: int = 16,
+) -> dict:
+    """Run the masked model, record running tokens per block, choose counts at the
+    quantile (rounded up), and compare the zipped model with the masked one."""
+    if not 0 < quantile <= 1:
+        raise EdgepruneError(f"--quantile {quantile} is outside (0, 1]")
+    logits, counts = [], []
+    with torch.no_grad():
+        for i in range(0, images.shape[0], batch):
+            lg, ct = masked_forward(model, images[i : i + batch], scale, center)
+            logits.append(lg)
+            counts.append(ct)
+    masked = torch.cat(logits)
+    running = torch.cat(counts)  # images × depth
+    q = torch.quantile(running, quantile, dim=0, interpolation="higher")
+    chosen = [int(math.ceil(v)) for v in q.tolist()]
+    chosen = [max(2, min(arch.num_tokens, k)) for k in chosen]
+    for b in range(1, len(chosen)):
+        chosen[b] = min(chosen[b], chosen[b - 1])
+    chosen[0] = arch.num_tokens
+    method = AViT()
+    opts = {"gate_scale": scale, "gate_center": center}
+    locs, keep = schedule_from_counts(chosen, arch.num_patches)
+    plan = method.token_plan(arch, MethodConfig(locs, keep, opts))
+    zipped_model = method.build(arch, plan)
+    zipped_model.load_state_dict(model.state_dict(), strict=False)
+    zipped_model.eval()
+    with torch.no_grad():
+        zipped = torch.cat(
+            [zipped_model(images[i : i + batch]) for i in range(0, images.shape[0], batch)]
+        )
+    return {
+        "format": CALIBRATION_FORMAT,
+        "version": 1,
+        "arch": arch.name,
+        "gate_scale": scale,
+        "gate_center": center,
+        "eps": EPS,
+        "quantile": quantile,
+        "inputs": int(images.shape[0]),
+        "counts": chosen,
+        "running_tokens_mean": [round(v, 2) for v in running.mean(dim=0).tolist()],
+        "report": {
+            "inputs": int(images.shape[0]),
+            "top1_agreement": float((zipped.argmax(-1) == masked.argmax(-1)).float().mean()),
+            "max_logit_diff": float((zipped - masked).abs().max()),
+        },
+    }
+
+
+def load_images(folder: Path, img_size: int) -> torch.Tensor:
+    """PNG/JPEG files of a folder, resized to img_size², ImageNet mean/std."""
+    from PIL import Image
+
+    files = sorted(
+        p for p in Path(folder).iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg")
+    )
+    if not files:
+        raise EdgepruneError(f"no PNG/JPEG images in {folder}")
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+    out = []
+    for f in files:
+        try:
+            with Image.open(f) as im:
+                im = im.convert("RGB").resize((img_size, img_size), Image.BICUBIC)
+                data = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8)
+        except OSError as e:
+            raise EdgepruneError(f"cannot read image {f} ({e})") from None
+        t = data.view(img_size, img_size, 3).permute(2, 0, 1).float() / 255.0
+        out.append((t - mean) / std)
+    return torch.stack(out)

@@ -1,0 +1,244 @@
+"""SPViT (Kong, Dong et al., ECCV 2022; PeiyanFlying/SPViT, vit_l2_3keep_senet*.py).
+
+Scoring: ``MultiheadPredictorLG`` per stage. Per head h, the head's channel slice
+(C/H channels) goes through its own DynamicViT-style scorer: ``in_conv.{h}`` =
+LayerNorm(d), Linear(d, d), GELU; the first d/2 channels stay per token, the last d/2
+are averaged over the live tokens; ``out_conv.{h}`` = Linear d->d/2, GELU, d/2->d/4,
+GELU, d/4->2, then LogSoftmax. The H log-probabilities are mixed per token with
+SE-style head weights ``senet`` = Linear(H, H//2), GELU, Linear(H//2, H), Sigmoid on
+the per-head channel means (AdaptiveAvgPool2d((N, H)) in the original), divided by
+the sum of the weights. Channel 0 is "keep".
+Keeping: at each stage ``int(196 * rho_s)`` patch tokens, rho cumulative of the 196
+patches as in DynamicViT (the ratio loss compares the mean keep decision over all
+196 patches); default [0.617, 0.369, 0.137] at blocks [3, 6, 9]. Package tokens of
+earlier stages are always kept and are scored (they enter the global mean) but never
+dropped.
+The rest: one package token per stage, appended at the end; it stays in the
+sequence to the head. The original's variants differ here (the inference file takes
+the plain mean of the dropped tokens; vit_l2.py weights them by keep probability and
+normalises by the sum of those weights). edgeprune uses the weighted, normalised
+form: sum_i p_i x_i / sum_i p_i over the dropped tokens, p = softmax of the mixed
+score, channel 0.
+
+Static rewrite: the published inference samples Gumbel noise at eval and keeps a
+per-image number of tokens (batch 1 only); here top-k with a constant k by keep
+probability, for any batch size, deterministic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from edgeprune.arch import Arch
+from edgeprune.errors import EdgepruneError
+from edgeprune.methods.base import Method, MethodConfig
+from edgeprune.methods.dynamicvit import StaticTopKViT, parse_ratio
+from edgeprune.methods.tokenops import weighted_rest
+from edgeprune.models.deit import gather_tokens
+from edgeprune.plan import SelectorStage, TokenPlan
+
+
+class MultiheadPredictor(nn.Module):
+    """SPViT's multi-head token selector; parameter names as in the published files."""
+
+    def __init__(self, embed_dim: int, num_heads: int):
+        super().__init__()
+        h, d = num_heads, embed_dim // num_heads
+        self.num_heads, self.head_dim = h, d
+        self.senet = nn.Sequential(
+            nn.Linear(h, h // 2), nn.GELU(), nn.Linear(h // 2, h), nn.Sigmoid()
+        )
+        self.in_conv = nn.ModuleList(
+            nn.Sequential(nn.LayerNorm(d), nn.Linear(d, d), nn.GELU()) for _ in range(h)
+        )
+        self.out_conv = nn.ModuleList(
+            nn.Sequential(
+                nn.Linear(d, d // 2),
+                nn.GELU(),
+                nn.Linear(d // 2, d // 4),
+                nn.GELU(),
+                nn.Linear(d // 4, 2),
+            )
+            for _ in range(h)
+        )
+
+    def forward(self, x: torch.Tensor, policy: torch.Tensor | None = None) -> torch.Tensor:
+        """x: B×N×C tokens to score; policy: B×N×1 live mask (None: all live).
+        Returns B×N×2, the head-weighted mean of the per-head log-probabilities."""
+        b, n, _ = x.shape
+        h, d = self.num_heads, self.head_dim
+        xh = x.reshape(b, n, h, d)
+        weights = self.senet(xh.mean(dim=-1))  # B×N×H
+        total = None
+        for i in range(h):
+            t = self.in_conv[i](xh[:, :, i])
+            local = t[:, :, : d // 2]
+            if policy is None:
+                glob = t[:, :, d // 2 :].mean(dim=1, keepdim=True)
+            else:
+                glob = (t[:, :, d // 2 :] * policy).sum(dim=1, keepdim=True) / policy.sum(
+                    dim=1, keepdim=True
+                )
+            t = torch.cat([local, glob.expand(-1, n, -1)], dim=-1)
+            s = torch.log_softmax(self.out_conv[i](t), dim=-1) * weights[:, :, i : i + 1]
+            total = s if total is None else total + s
+        return total / weights.sum(dim=-1, keepdim=True)
+
+
+def keep_probability(mixed: torch.Tensor) -> torch.Tensor:
+    """B×N×2 mixed score -> B×N keep probability (softmax, channel 0)."""
+    return torch.softmax(mixed, dim=-1)[:, :, 0]
+
+
+def multihead_predictor_macs(c: int, h: int, n: int) -> int:
+    """Multiply-adds of MultiheadPredictor on n tokens (LayerNorm 5, GELU 8, softmax 5
+    and sigmoid 4 operations per element, as in DynamicViT's calc_flops)."""
+    d = c // h
+    per_head = n * (d * d + d * (d // 2) + (d // 2) * (d // 4) + (d // 4) * 2)
+    per_head += n * (5 * d + 8 * d + 8 * (d // 2) + 8 * (d // 4) + 5 * 2 + 2) + n * d // 2
+    senet = n * (c + h * (h // 2) * 2 + 8 * (h // 2) + 4 * h)
+    return h * per_head + senet + n * (2 * h + 5 * 2)
+
+
+class SPViTStatic(StaticTopKViT):
+    def __init__(self, arch: Arch, plan: TokenPlan):
+        super().__init__(arch, plan)
+        self.score_predictor = nn.ModuleList(
+            MultiheadPredictor(arch.embed_dim, arch.num_heads) for _ in plan.selectors
+        )
+
+    def patches_kept(self, stage: SelectorStage) -> int:
+        # tokens_out = CLS + kept patches + one package token per stage so far
+        return stage.tokens_out - 1 - (self.plan.selectors.index(stage) + 1)
+
+    def select(self, stage: int, x: torch.Tensor) -> torch.Tensor:
+        cls, rest = x[:, :1], x[:, 1:]
+        n_patch = rest.shape[1] - stage  # earlier package tokens sit at the end
+        p = keep_probability(self.score_predictor[stage](rest))
+        patches, packs = rest[:, :n_patch], rest[:, n_patch:]
+        p_patch = p[:, :n_patch]
+        _, idx = torch.topk(p_patch, self.keep_counts[stage], dim=1, largest=True, sorted=True)
+        package = weighted_rest(patches, p_patch, idx, normalise=True)
+        return torch.cat([cls, gather_tokens(patches, idx), packs, package], dim=1)
+
+
+class _SPViTSelector(nn.Module):
+    """One SPViT stage alone (stage index s: s package tokens come in at the end)."""
+
+    def __init__(self, arch: Arch, stage_index: int, keep: int):
+        super().__init__()
+        from edgeprune.models.deit import init_random_
+
+        self.predictor = MultiheadPredictor(arch.embed_dim, arch.num_heads)
+        self.stage_index, self.keep = stage_index, keep
+        init_random_(self, 0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        cls, rest = x[:, :1], x[:, 1:]
+        n_patch = rest.shape[1] - self.stage_index
+        p = keep_probability(self.predictor(rest))[:, :n_patch]
+        patches = rest[:, :n_patch]
+        _, idx = torch.topk(p, self.keep, dim=1, largest=True, sorted=True)
+        package = weighted_rest(patches, p, idx, normalise=True)
+        return torch.cat([cls, gather_tokens(patches, idx), rest[:, n_patch:], package], dim=1)
+
+
+class SPViT(Method):
+    name = "spvit"
+    summary = "multi-head selector, top-k of int(196*rho) patches, rest -> one package token"
+    default_locs = (3, 6, 9)
+    default_keep = (0.617, 0.369, 0.137)
+    cumulative = True
+    key_prefix = "score_predictor."
+
+    def config_from_param(self, param: str | None, arch: Arch) -> MethodConfig:
+        if param is None:
+            return self.default_config(arch)
+        # @r scales the default schedule: deit_tiny:spvit@0.7 -> 0.7, 0.49, 0.343
+        r = parse_ratio(param, what="SPViT base keep ratio")
+        cfg = MethodConfig(self.default_locs, tuple(round(r ** (i + 1), 10) for i in range(3)))
+        self.validate(cfg, arch)
+        return cfg
+
+    def matches(self, keys: Sequence[str]) -> bool:
+        return any(k.startswith("score_predictor.") and ".senet." in k for k in keys)
+
+    def token_plan(self, arch: Arch, cfg: MethodConfig) -> TokenPlan:
+        n0 = arch.num_patches
+        locs = dict(zip(cfg.prune_locs, cfg.keep_ratios, strict=True))
+        attn, stages, n, packs = [], [], arch.num_tokens, 0
+        for b in range(arch.depth):
+            if b in locs:
+                kept = int(n0 * locs[b])
+                if kept < 1:
+                    raise EdgepruneError(
+                        f"keep ratio {locs[b]} keeps no patch token at block {b}",
+                        f"use a ratio of at least {1 / n0:.4f}",
+                    )
+                if kept >= n - 1 - packs:
+                    raise EdgepruneError(
+                        f"keep ratio {locs[b]} drops no token at block {b}",
+                        "SPViT's package token needs at least one dropped token per stage",
+                    )
+                packs += 1
+                stages.append(SelectorStage(b, "pre", n, 1 + kept + packs))
+                n = 1 + kept + packs
+            attn.append(n)
+        return TokenPlan(
+            arch,
+            self.name,
+            cfg.prune_locs,
+            cfg.keep_ratios,
+            tuple(attn),
+            tuple(attn),
+            tuple(stages),
+            tuple(sorted(cfg.options.items())),
+        )
+
+    def build(self, arch: Arch, plan: TokenPlan) -> SPViTStatic:
+        return SPViTStatic(arch, plan)
+
+    def selector_module(self, arch: Arch, stage: SelectorStage) -> nn.Module:
+        # tokens_in = 1 + patches + s packages, tokens_out = 1 + kept + s + 1
+        s = self._stage_index(arch, stage)
+        return _SPViTSelector(arch, s, stage.tokens_out - 2 - s)
+
+    def _stage_index(self, arch: Arch, stage: SelectorStage) -> int:
+        # package tokens coming in: 0 at the first stage (full sequence); later, one per
+        # earlier stage. The counts alone do not say how many, so take the default
+        # schedule's; the cost of a stage barely depends on it (they pass through)
+        if stage.tokens_in == arch.num_tokens:
+            return 0
+        s = sum(1 for loc in self.default_locs if loc < stage.block)
+        return max(1, min(s, stage.tokens_out - 3))
+
+    def selector_macs(self, arch: Arch, plan: TokenPlan) -> list[int]:
+        c, h = arch.embed_dim, arch.num_heads
+        # scoring of every non-CLS token; the package token: one weighted sum
+        return [
+            multihead_predictor_macs(c, h, s.tokens_in - 1) + (s.tokens_in - 1) * (c + 1)
+            for s in plan.selectors
+        ]
+
+    def config_from_checkpoint(
+        self, state_dict: Mapping[str, torch.Tensor], arch: Arch, path: Path | None
+    ) -> MethodConfig:
+        stages = {int(k.split(".")[1]) for k in state_dict if k.startswith("score_predictor.")}
+        heads = {
+            int(k.split(".")[3])
+            for k in state_dict
+            if k.startswith("score_predictor.0.in_conv.") and k.endswith(".1.weight")
+        }
+        if heads and len(heads) != arch.num_heads:
+            raise EdgepruneError(
+                f"SPViT selector has {len(heads)} heads but the model {arch.num_heads}",
+                "pass --heads to match the checkpoint",
+            )
+        n = len(stages)
+        locs = self.default_locs if n == 3 else tuple(range(3, 3 * n + 1, 3))[:n]
+        keep = self.default_keep if n == 3 else tuple(round(0.7 ** (i + 1), 10) for i in range(n))
+        return MethodConfig(tuple(locs), keep)

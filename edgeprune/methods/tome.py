@@ -1,0 +1,195 @@
+"""ToMe, Token Merging (Bolya et al., ICLR 2023; facebookresearch/ToMe, tome/merge.py,
+tome/patch/timm.py). Training-free: works on any DeiT checkpoint.
+
+In every block, between attention and MLP, merge r tokens by bipartite soft matching:
+tokens alternate into sets A (even positions) and B (odd); the metric is the keys
+averaged over heads, cosine similarity; CLS (position 0, in A) is protected (its row
+of scores is -inf); each A token's best B match, the r A tokens with the highest
+match are merged into their B token (sum of size-weighted features / sum of sizes),
+the rest of A stays in original order (CLS first), then B. Attention is proportional:
+log(size) is added to the attention logits. r is clamped per block to
+(N - 1) // 2 as published, so r = 16 on DeiT-S gives 197, 181, …, 21 and then 11.
+
+Static rewrite: argsort -> TopK with a constant K (all of A), the sort of the kept A
+indices -> TopK on their negation, scatter_reduce(sum) -> a one-hot matrix product
+(plain MatMul, TensorRT-friendly). Same result for distinct similarity values.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+from torch import nn
+
+from edgeprune.arch import Arch
+from edgeprune.errors import EdgepruneError
+from edgeprune.methods.base import Method, MethodConfig
+from edgeprune.models.deit import VisionTransformer, gather_tokens
+from edgeprune.plan import SelectorStage, TokenPlan
+
+DEFAULT_R = 16
+
+
+def merge_plan(n_tokens: int, depth: int, r: int) -> list[int]:
+    """Tokens merged in each block, clamped as ToMe does ((N - 1) // 2, CLS protected)."""
+    out, n = [], n_tokens
+    for _ in range(depth):
+        rb = max(0, min(r, (n - 1) // 2))
+        out.append(rb)
+        n -= rb
+    return out
+
+
+def _ascending(idx: torch.Tensor) -> torch.Tensor:
+    """Sort int64 indices ascending with TopK (float: exact below 2^24)."""
+    vals = torch.topk(-idx.to(torch.float32), idx.shape[1], dim=1, largest=True, sorted=True)[0]
+    return (-vals).to(torch.int64)
+
+
+def bipartite_merge(
+    x: torch.Tensor, size: torch.Tensor, metric: torch.Tensor, r: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """x: B×N×C, size: B×N×1, metric: B×N×D -> (B×(N-r)×C, B×(N-r)×1)."""
+    metric = metric / metric.norm(dim=-1, keepdim=True)
+    a, b = metric[:, ::2], metric[:, 1::2]
+    na, nb = a.shape[1], b.shape[1]
+    scores = a @ b.transpose(-1, -2)
+    scores = torch.cat([torch.full_like(scores[:, :1], float("-inf")), scores[:, 1:]], dim=1)
+    node_max, node_idx = scores.max(dim=-1)
+    order = torch.topk(node_max, na, dim=1, largest=True, sorted=True)[1]
+    src_idx, unm_idx = order[:, :r], _ascending(order[:, r:])
+    dst_idx = torch.gather(node_idx, 1, src_idx)
+    onehot = (dst_idx.unsqueeze(-1) == torch.arange(nb).view(1, 1, nb)).to(x.dtype)  # B×r×Nb
+
+    def merge(t: torch.Tensor) -> torch.Tensor:
+        src_all, dst = t[:, ::2], t[:, 1::2]
+        unm = gather_tokens(src_all, unm_idx)
+        dst = dst + onehot.transpose(1, 2) @ gather_tokens(src_all, src_idx)
+        return torch.cat([unm, dst], dim=1)
+
+    new_size = merge(size)
+    return merge(x * size) / new_size, new_size
+
+
+class ToMeStatic(VisionTransformer):
+    def __init__(self, arch: Arch, plan: TokenPlan):
+        super().__init__(arch)
+        self.plan = plan
+        self.r_per_block = [a - m for a, m in zip(plan.attn_tokens, plan.mlp_tokens, strict=True)]
+
+    def forward(self, img: torch.Tensor) -> torch.Tensor:
+        x = self.embed(img)
+        size = None
+        for blk, r in zip(self.blocks, self.r_per_block, strict=True):
+            bias = None if size is None else size.log().transpose(1, 2).unsqueeze(1)
+            q, k, v = blk.attn.qkv_heads(blk.norm1(x))
+            out, _ = blk.attn.attend(q, k, v, bias)
+            x = x + blk.attn.proj(out)
+            if r > 0:
+                if size is None:
+                    size = torch.ones_like(x[:, :, :1])
+                x, size = bipartite_merge(x, size, k.mean(dim=1), r)
+            x = x + blk.mlp(blk.norm2(x))
+        return self.classify(x)
+
+
+class _ToMeSelector(nn.Module):
+    """One ToMe merge alone: metric (seeded random projection standing in for the
+    keys, which the block computes anyway), matching and the size-weighted merge."""
+
+    def __init__(self, arch: Arch, r: int):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        d = arch.embed_dim // arch.num_heads
+        self.register_buffer("proj", torch.randn(arch.embed_dim, d, generator=g) * d**-0.5)
+        self.r = r
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size = torch.ones_like(x[:, :, :1])
+        out, _ = bipartite_merge(x, size, x @ self.proj, self.r)
+        return out
+
+
+def parse_r(text: str | int | None) -> int:
+    if isinstance(text, int) and not isinstance(text, bool):
+        return text
+    m = re.fullmatch(r"r?(\d+)", str(text).strip())
+    if not m:
+        raise EdgepruneError(f"ToMe r '{text}' is not a token count", "e.g. deit_small:tome@r16")
+    return int(m.group(1))
+
+
+class ToMe(Method):
+    name = "tome"
+    summary = "bipartite soft matching: merge r tokens per block (training-free)"
+    cumulative = False
+
+    def default_config(self, arch: Arch) -> MethodConfig:
+        return self.config_for(DEFAULT_R, arch)
+
+    def config_for(self, r: int, arch: Arch) -> MethodConfig:
+        n0 = arch.num_tokens
+        max_r = (n0 - 1) // 2
+        if not 1 <= r <= max_r:
+            raise EdgepruneError(
+                f"ToMe r={r} does not fit a sequence of {n0} tokens",
+                f"r merges tokens in every block: use 1 ≤ r ≤ {max_r} for {arch.name}",
+            )
+        rs = merge_plan(n0, arch.depth, r)
+        locs, ratios, n = [], [], n0
+        for b, rb in enumerate(rs):
+            if rb:
+                locs.append(b)
+                ratios.append(round((n - rb) / n, 4))
+                n -= rb
+        return MethodConfig(tuple(locs), tuple(ratios), {"r": r})
+
+    def config_from_param(self, param: str | None, arch: Arch) -> MethodConfig:
+        return self.default_config(arch) if param is None else self.config_for(parse_r(param), arch)
+
+    def with_overrides(self, cfg, arch, keep=None, locs=None) -> MethodConfig:
+        if keep is not None or locs is not None:
+            raise EdgepruneError(
+                "ToMe has no keep ratios or locations", "set the merge count with --tome-r"
+            )
+        return self.config_for(parse_r(cfg.options.get("r", DEFAULT_R)), arch)
+
+    def validate(self, cfg: MethodConfig, arch: Arch) -> None:
+        self.config_for(parse_r(cfg.options.get("r", DEFAULT_R)), arch)
+
+    def token_plan(self, arch: Arch, cfg: MethodConfig) -> TokenPlan:
+        rs = merge_plan(arch.num_tokens, arch.depth, parse_r(cfg.options.get("r", DEFAULT_R)))
+        attn, mlp, stages, n = [], [], [], arch.num_tokens
+        for b, rb in enumerate(rs):
+            attn.append(n)
+            if rb:
+                stages.append(SelectorStage(b, "mid", n, n - rb))
+                n -= rb
+            mlp.append(n)
+        return TokenPlan(
+            arch,
+            self.name,
+            cfg.prune_locs,
+            cfg.keep_ratios,
+            tuple(attn),
+            tuple(mlp),
+            tuple(stages),
+            tuple(sorted(cfg.options.items())),
+        )
+
+    def build(self, arch: Arch, plan: TokenPlan) -> ToMeStatic:
+        return ToMeStatic(arch, plan)
+
+    def selector_module(self, arch: Arch, stage: SelectorStage) -> nn.Module:
+        return _ToMeSelector(arch, stage.tokens_in - stage.tokens_out)
+
+    def selector_macs(self, arch: Arch, plan: TokenPlan) -> list[int]:
+        c, d = arch.embed_dim, arch.embed_dim // arch.num_heads
+        out = []
+        for s in plan.selectors:
+            n, r = s.tokens_in, s.tokens_in - s.tokens_out
+            na, nb = (n + 1) // 2, n // 2
+            # mean of keys over heads, L2 normalise, A·Bᵀ, size weighting and the merge
+            out.append(n * c + 3 * n * d + na * nb * d + 2 * n * c + r * c + (n - r) * c)
+        return out
