@@ -47,6 +47,44 @@ def atomic_path(path: Path) -> Iterator[Path]:
         raise
 
 
+@contextlib.contextmanager
+def output_lock(path: Path, wait: bool = False) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` while it is being produced, so that two runs
+    writing the same output never interleave: the second fails cleanly (or waits).
+
+    The lock is ``flock`` on a hidden ``.<name>.lock`` beside the output; it is
+    released when the process ends, however it ends."""
+    import fcntl
+
+    path = Path(path)
+    lock = path.parent / f".{path.name}.lock"
+    for _attempt in range(5):
+        fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            os.close(fd)
+            raise EdgepruneError(
+                f"another edgeprune process is writing {path}",
+                "wait for it to finish, or choose another --out",
+            ) from None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(lock).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)  # the previous holder removed the file as we locked it: retry
+    else:
+        raise EdgepruneError(f"could not lock {path} for writing", "try again")
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            lock.unlink()
+        os.close(fd)
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -904,6 +904,20 @@ def validate_profile_cmd(
 # ---- end of latency section ---------------------------------------------------------
 
 
+def _install_signal_handlers() -> None:
+    """SIGTERM unwinds like Ctrl-C, so temporary outputs are removed on the way out."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def _terminate(signum, frame):  # noqa: ARG001
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, _terminate)
+
+
 def _usage_error(e: Exception) -> bool:
     """typer vendors click; recognise its usage errors without importing private modules."""
     return hasattr(e, "format_message") and hasattr(e, "exit_code")
@@ -912,9 +926,12 @@ def _usage_error(e: Exception) -> bool:
 def main(argv: list[str] | None = None) -> int:
     """Entry point: runs the app and turns every failure into one line and an exit code."""
     args = list(sys.argv[1:] if argv is None else argv)
+    _install_signal_handlers()
     _state["debug"] = "--debug" in args or os.environ.get("EDGEPRUNE_DEBUG") == "1"
     try:
         rv = app(args=args, prog_name="edgeprune", standalone_mode=False)
+        if rv == 130:  # typer turns KeyboardInterrupt (and our SIGTERM) into exit code 130
+            err.print("error: interrupted; nothing was written", markup=False)
         return rv if isinstance(rv, int) else 0
     except typer.Exit as e:
         return int(e.exit_code)

@@ -147,6 +147,7 @@ def resolve(
     if method and m["method"] and method != m["method"]:
         raise EdgepruneError(f"--method {method} contradicts the spec's method '{m['method']}'")
     meth = get_method(meth_name)
+    _check_options(meth, method_options)
     cfg = meth.config_from_param(m["param"], arch)
     cfg.options.update(method_options or {})
     cfg = meth.with_overrides(cfg, arch, keep_t, locs_t)
@@ -160,6 +161,17 @@ def resolve(
         plan,
         notes=[f"built-in spec: random weights (seed {BUILTIN_SEED}), not a trained model"],
     )
+
+
+def _check_options(meth: Method, options: dict[str, object] | None) -> None:
+    flags = {"r": "--tome-r", "calibration": "--calibration"}
+    unused = sorted(k for k in (options or {}) if k not in meth.user_options)
+    if unused:
+        names = ", ".join(flags.get(k, k) for k in unused)
+        raise EdgepruneError(
+            f"{names} does not apply to method '{meth.name}'",
+            "drop it, or pick the method it is for",
+        )
 
 
 def _from_checkpoint(
@@ -189,6 +201,7 @@ def _from_checkpoint(
             f"{src} has NaN/Inf values in {len(bad)} tensor(s) (e.g. {bad[0]})",
             "a model with non-finite weights cannot be exported or measured meaningfully",
         )
+    _check_options(meth, method_options)
     cfg = meth.config_from_checkpoint(sd, arch, path)
     cfg.options.update(method_options or {})
     cfg = meth.with_overrides(cfg, arch, keep, locs)

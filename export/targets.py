@@ -3,6 +3,7 @@ default output name, and the call into that target's module. No per-method code.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,6 +103,19 @@ def default_out(name: str, target: str) -> Path:
 
 
 def run_export(source: Source, req: ExportRequest, out: Path, progress=None) -> dict:
+    """Export under a lock on ``out``: two runs writing the same output never interleave;
+    the second fails cleanly (each exporter re-checks ``--force`` under the lock)."""
+    from edgeprune.atomic import output_lock
+
+    out = Path(out)
+    parent = out.parent if str(out.parent) else Path(".")
+    if not (parent.is_dir() and os.access(parent, os.W_OK)):
+        return _run_export(source, req, out, progress)  # the exporter reports the bad --out
+    with output_lock(out):
+        return _run_export(source, req, out, progress)
+
+
+def _run_export(source: Source, req: ExportRequest, out: Path, progress=None) -> dict:
     precision = validate(req)
     common = {"force": req.force, "n_parity_inputs": req.parity_inputs, "progress": progress}
     if req.target == "onnx":

@@ -41,6 +41,8 @@ class Method:
     cumulative: ClassVar[bool] = True
     # parameter-name prefix that marks this method's checkpoints (None: plain DeiT keys)
     key_prefix: ClassVar[str | None] = None
+    # command-line method options this method reads (e.g. ToMe's "r", A-ViT's "calibration")
+    user_options: ClassVar[frozenset[str]] = frozenset()
 
     # ---- configuration -------------------------------------------------------------
     def default_config(self, arch: Arch) -> MethodConfig:

@@ -122,6 +122,7 @@ def parse_r(text: str | int | None) -> int:
 
 class ToMe(Method):
     name = "tome"
+    user_options = frozenset({"r"})
     summary = "bipartite soft matching: merge r tokens per block (training-free)"
     cumulative = False
 
