@@ -89,7 +89,7 @@ def convert(
     ):
         warnings.simplefilter("ignore")
         try:
-            ep = torch.export.export(model, (dummy,)).run_decompositions({})
+            ep = _drop_aliases(torch.export.export(model, (dummy,)).run_decompositions({}))
         except Exception as e:  # noqa: BLE001  (torch.export raises many kinds)
             raise EdgepruneError(
                 f"torch.export failed: {' '.join(str(e).split())[:200]}", exit_code=1
@@ -202,3 +202,20 @@ def export_coreml(
         pkg.rmdir()
         write_json_atomic(mpath, manifest)
     return manifest
+
+
+def _drop_aliases(ep):
+    """Remove ``aten.alias`` nodes (identity views that coremltools cannot convert),
+    wiring their users to the aliased tensor."""
+    import torch
+
+    aliases = {torch.ops.aten.alias.default}
+    if hasattr(torch.ops.aten, "alias_copy"):
+        aliases.add(torch.ops.aten.alias_copy.default)
+    g = ep.graph_module.graph
+    for node in list(g.nodes):
+        if node.op == "call_function" and node.target in aliases:
+            node.replace_all_uses_with(node.args[0])
+            g.erase_node(node)
+    ep.graph_module.recompile()
+    return ep

@@ -1,0 +1,247 @@
+"""A corpus of bad inputs across every command: each ends with exit code 2 (1 where the
+command's own answer is "no", as for `check`), one line on stderr naming the problem,
+no traceback, nothing new left behind and nothing previously there changed."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import make_state_dict
+
+
+class _Evil:
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.fixture(scope="module")
+def corpus_dir(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("corpus")
+    (d / "empty.pth").write_bytes(b"")
+    (d / "random.pth").write_bytes(bytes(range(256)) * 64)
+    good = {"model": make_state_dict("deit_tiny:dynamicvit@0.7")}
+    torch.save(good, d / "dyvit.pth")
+    raw = (d / "dyvit.pth").read_bytes()
+    (d / "trunc.pth").write_bytes(raw[: len(raw) // 3])
+    with open(d / "evil.pth", "wb") as f:
+        pickle.dump({"model": _Evil(str(d / "PWNED"))}, f)
+    sd = make_state_dict("deit_tiny")
+    torch.save({"encoder.weight": torch.zeros(3)}, d / "layout.pth")
+    torch.save({k: v for k, v in sd.items() if not k.startswith("blocks.2.")}, d / "missing.pth")
+    torch.save({**sd, "blocks.0.extra.weight": torch.zeros(3)}, d / "extra.pth")
+    torch.save({**sd, "blocks.1.mlp.fc2.weight": torch.zeros(192, 10)}, d / "shape.pth")
+    nan = dict(sd)
+    nan["blocks.0.attn.qkv.weight"] = torch.full_like(sd["blocks.0.attn.qkv.weight"], float("nan"))
+    torch.save(nan, d / "nan.pth")
+    small = make_state_dict("deit_small")
+    torch.save(small, d / "small.pth")
+    (d / "existing.onnx").write_bytes(b"previous artifact")
+    (d / "bad.onnx").write_bytes(b"not an onnx model")
+    # profiles
+    tbl = {
+        "schema": "edgeprune.profile",
+        "version": 1,
+        "measured": True,
+        "device": {"name": "cpu", "runtime": "onnxruntime", "threads": 1},
+        "arch": {"name": "deit_tiny", "embed_dim": 192, "num_heads": 3},
+        "method": "dynamicvit",
+        "batch": 1,
+        "date": "2026-11-21",
+        "tables": {
+            "block": {"tokens": [1, 100, 197], "median_ms": [0.1, 0.8, 1.5]},
+            "embed": {"median_ms": 0.3},
+            "head": {"median_ms": 0.02},
+            "selectors": {"dynamicvit": {"tokens": [1, 197], "median_ms": [0.01, 0.1]}},
+        },
+    }
+    (d / "profile.json").write_text(json.dumps(tbl))
+    (d / "corrupt.json").write_text("{not json")
+    (d / "truncated.json").write_text(json.dumps(tbl)[:120])
+    (d / "v99.json").write_text(json.dumps({**tbl, "version": 99}))
+    (d / "small_profile.json").write_text(
+        json.dumps({**tbl, "arch": {"name": "deit_small", "embed_dim": 384, "num_heads": 6}})
+    )
+    return d
+
+
+P = "{d}"  # placeholder for the corpus folder
+
+CASES: dict[str, tuple[list[str], str, int]] = {
+    # checkpoints
+    "missing checkpoint": (["inspect", f"{P}/nope.pth"], "does not exist", 2),
+    "empty checkpoint": (["inspect", f"{P}/empty.pth"], "empty", 2),
+    "random-byte checkpoint": (["inspect", f"{P}/random.pth"], "not a readable", 2),
+    "truncated checkpoint": (
+        ["export", f"{P}/trunc.pth", "--out", f"{P}/t.onnx"],
+        "not a readable",
+        2,
+    ),
+    "code-running pickle": (["export", f"{P}/evil.pth", "--out", f"{P}/e.onnx"], "refused", 2),
+    "unknown key layout": (["inspect", f"{P}/layout.pth"], "unknown key layout", 2),
+    "missing keys": (["inspect", f"{P}/missing.pth"], "missing", 2),
+    "extra keys": (["inspect", f"{P}/extra.pth"], "unexpected", 2),
+    "wrong shapes": (["inspect", f"{P}/shape.pth"], "wrong shape", 2),
+    "NaN weights": (["export", f"{P}/nan.pth", "--out", f"{P}/n.onnx"], "NaN", 2),
+    "dynamicvit ckpt as spvit": (
+        ["inspect", f"{P}/dyvit.pth", "--method", "spvit"],
+        "dynamicvit",
+        2,
+    ),
+    # ratios and locations
+    "ratio 0": (["inspect", "deit_small:dynamicvit", "--keep", "0,0.5,0.2"], "outside", 2),
+    "ratio negative": (
+        ["inspect", "deit_small:dynamicvit", "--keep", "-0.5,0.4,0.2"],
+        "outside",
+        2,
+    ),
+    "ratio > 1": (["inspect", "deit_small:dynamicvit@1.5"], "outside", 2),
+    "ratio NaN": (["inspect", "deit_small:dynamicvit", "--keep", "nan,0.5,0.2"], "outside", 2),
+    "ratio not a number": (
+        ["inspect", "deit_small:dynamicvit", "--keep", "a,b,c"],
+        "not a number",
+        2,
+    ),
+    "locs out of range": (["inspect", "deit_small:dynamicvit", "--locs", "3,6,40"], "outside", 2),
+    "locs duplicated": (["inspect", "deit_small:dynamicvit", "--locs", "3,3,9"], "duplicated", 2),
+    "tome r too large": (["inspect", "deit_small:tome@r200"], "r", 2),
+    "option for another method": (
+        ["inspect", "deit_small:dynamicvit", "--tome-r", "8"],
+        "does not apply",
+        2,
+    ),
+    "missing calibration": (
+        ["inspect", "deit_tiny:avit", "--calibration", f"{P}/nope.json"],
+        "calibration",
+        2,
+    ),
+    # export
+    "batch 0": (["export", "deit_tiny", "--batch", "0", "--out", f"{P}/b.onnx"], "batch", 2),
+    "unknown target": (
+        ["export", "deit_tiny", "--target", "tflite", "--out", f"{P}/x.onnx"],
+        "target",
+        2,
+    ),
+    "unknown method": (["inspect", "deit_tiny:dropit"], "unknown method", 2),
+    "unknown arch": (["inspect", "deit_huge"], "unknown arch", 2),
+    "missing output dir": (
+        ["export", "deit_tiny", "--out", f"{P}/no/such/m.onnx"],
+        "does not exist",
+        2,
+    ),
+    "output dir is a file": (
+        ["export", "deit_tiny", "--out", f"{P}/existing.onnx/m.onnx"],
+        "not a directory",
+        2,
+    ),
+    "existing output": (["export", "deit_tiny", "--out", f"{P}/existing.onnx"], "--force", 2),
+    "bad precision for target": (
+        [
+            "export",
+            "deit_tiny",
+            "--target",
+            "coreml",
+            "--precision",
+            "int8",
+            "--out",
+            f"{P}/m.mlpackage",
+        ],
+        "precision",
+        2,
+    ),
+    # devices and profiles
+    "unknown device": (
+        ["profile", "--device", "toaster", "--arch", "deit_tiny", "--out", f"{P}/p.json"],
+        "toaster",
+        2,
+    ),
+    "runtime not installed": (
+        ["profile", "--device", "iphone", "--arch", "deit_tiny", "--out", f"{P}/p.json"],
+        "macOS",
+        2,
+    ),
+    "corrupt profile": (
+        ["predict", "deit_tiny:dynamicvit", "--profile", f"{P}/corrupt.json"],
+        "not JSON",
+        2,
+    ),
+    "truncated profile": (
+        ["predict", "deit_tiny:dynamicvit", "--profile", f"{P}/truncated.json"],
+        "profile",
+        2,
+    ),
+    "wrong-version profile": (
+        ["predict", "deit_tiny:dynamicvit", "--profile", f"{P}/v99.json"],
+        "version",
+        2,
+    ),
+    "wrong-arch profile": (
+        ["predict", "deit_tiny:dynamicvit", "--profile", f"{P}/small_profile.json"],
+        "deit_small",
+        2,
+    ),
+    "missing profile": (
+        ["budget", "--profile", f"{P}/nope.json", "--target-ms", "10"],
+        "does not exist",
+        2,
+    ),
+    # budget targets
+    "budget target 0": (
+        ["budget", "--profile", f"{P}/profile.json", "--target-ms", "0", "--out", f"{P}/b.json"],
+        "target",
+        2,
+    ),
+    "budget target negative": (
+        ["budget", "--profile", f"{P}/profile.json", "--target-ms", "-5", "--out", f"{P}/b.json"],
+        "target",
+        2,
+    ),
+    "budget target NaN": (
+        ["budget", "--profile", f"{P}/profile.json", "--target-ms", "nan", "--out", f"{P}/b.json"],
+        "target",
+        2,
+    ),
+    "missing budget file": (
+        ["export", "deit_tiny", "--budget", f"{P}/nope.json", "--out", f"{P}/m.onnx"],
+        "budget",
+        2,
+    ),
+    # bench and check
+    "bench corrupt artifact": (["bench", f"{P}/bad.onnx"], "bad.onnx", 2),
+    "check corrupt model": (["check", f"{P}/bad.onnx", "--target", "trt"], "bad.onnx", 2),
+    "check unknown target": (["check", f"{P}/bad.onnx", "--target", "tpu"], "tpu", 2),
+}
+
+
+def _snapshot(d: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(d)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+        for p in sorted(d.rglob("*"))
+    }
+
+
+def test_corpus_size():
+    assert len(CASES) >= 30
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_bad_input(name, corpus_dir, cli):
+    args, needle, want = CASES[name]
+    args = [a.replace(P, str(corpus_dir)) for a in args]
+    before = _snapshot(corpus_dir)
+    code, _out, err = cli(*args)
+    lines = [ln for ln in err.strip().splitlines() if not ln.startswith(("note:", "warning:"))]
+    assert code == want, (name, code, err)
+    assert len(lines) == 1 and lines[0].startswith("error:"), (name, err)
+    assert needle.lower() in lines[0].lower(), (name, lines[0])
+    assert "Traceback" not in err
+    assert _snapshot(corpus_dir) == before, name
+    assert not (corpus_dir / "PWNED").exists()
