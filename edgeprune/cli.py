@@ -723,7 +723,7 @@ def predict(
     from edgeprune.latency import load_model
 
     model = load_model(profile)
-    source = _resolve(src, method, keep, locs, heads, budget)
+    source = _resolve(src, method, keep, locs, heads, budget=budget)
     model.check_batch(batch)
     pred = model.predict(source.plan)
     info = {
