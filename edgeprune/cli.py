@@ -475,6 +475,14 @@ def profile(
     ] = True,
     plot: Annotated[bool, typer.Option("--plot/--no-plot", help="Write a PNG beside it.")] = True,
     force: Annotated[bool, typer.Option("--force", "-f", help="Overwrite --out.")] = False,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume",
+            help="Save progress to <out>.partial.json after every piece and continue "
+            "from it if present (same options needed).",
+        ),
+    ] = False,
     host: HostOpt = None,
     remote_python: RemotePythonOpt = None,
     ssh_config: SshConfigOpt = None,
@@ -536,13 +544,25 @@ def profile(
         def step(desc: str, i: int, n: int) -> None:
             prog.update(task, description=desc, completed=i, total=n)
 
+        partial = dest.with_name(dest.name + ".partial.json") if resume else None
         if dev.transport == "ssh":
+            if resume:
+                raise EdgepruneError("--resume is not supported over SSH yet", "drop --resume")
             from edgeprune.remote import profile_over_ssh
 
             table = profile_over_ssh(req, _transport(dev, ssh_config, timeout), runs, step)
         else:
-            table = measure(req, step)
+            try:
+                table = measure(req, step, resume=partial)
+            except KeyboardInterrupt:
+                if partial is not None and partial.exists():
+                    err.print(
+                        f"note: progress kept in {partial}; rerun with --resume", markup=False
+                    )
+                raise
         table.save(dest)
+        if partial is not None:
+            partial.unlink(missing_ok=True)
     secs = time.perf_counter() - t0
     if plot:
         from edgeprune.plot import plot_table

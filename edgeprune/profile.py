@@ -14,6 +14,7 @@ import hashlib
 import platform
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 from edgeprune.arch import Arch
 from edgeprune.errors import EdgepruneError
@@ -182,10 +183,81 @@ def make_runner(device: Device, threads: int | None, transport=None):
     return get_runner(device.runtime, threads=threads, precision=device.precision, **opts)
 
 
+def _request_key(req: ProfileRequest, grid: Sequence[int]) -> dict:
+    """What must match for saved timings to be reused by --resume."""
+    p = req.policy
+    return {
+        "device": req.device.name,
+        "arch": req.arch.name,
+        "method": req.method,
+        "batch": req.batch,
+        "threads": req.threads_used,
+        "grid": list(grid),
+        "chain": req.chain,
+        "halves": req.halves,
+        "check_points": req.check_points,
+        "rounds": req.rounds,
+        "policy": [p.warmup, p.min_runs, p.max_runs, p.min_time_s, p.max_time_s],
+    }
+
+
+class Checkpoint:
+    """--resume: every timed piece is saved (atomically) to a partial file; a rerun of
+    the same request reuses those timings. Removed once the table is written."""
+
+    def __init__(self, path: Path, key: dict):
+        import json
+
+        self.path, self.key = Path(path), key
+        self.timings: dict[tuple, dict] = {}
+        if self.path.exists():
+            try:
+                data = json.loads(self.path.read_text())
+            except (OSError, ValueError):
+                raise EdgepruneError(
+                    f"resume file {self.path} is corrupt", "delete it to start the sweep afresh"
+                ) from None
+            if data.get("request") != key:
+                raise EdgepruneError(
+                    f"resume file {self.path} is for a different sweep",
+                    "rerun with the same options, or delete it to start afresh",
+                )
+            for table, tokens, rnd, t in data.get("timings", []):
+                self.timings[(table, tokens, rnd)] = t
+
+    def get(self, table: str, tokens, rnd: int):
+        from dataclasses import fields
+
+        d = self.timings.get((table, tokens, rnd))
+        if d is None:
+            return None
+        names = {f.name for f in fields(Timing)}
+        return Timing(**{k: v for k, v in d.items() if k in names})
+
+    def put(self, table: str, tokens, rnd: int, t) -> None:
+        from dataclasses import asdict
+
+        self.timings[(table, tokens, rnd)] = asdict(t)
+        self.save()
+
+    def save(self) -> None:
+        from edgeprune.atomic import write_json_atomic
+
+        rows = [[k[0], k[1], k[2], v] for k, v in self.timings.items()]
+        write_json_atomic(self.path, {"request": self.key, "timings": rows})
+
+    def done(self) -> None:
+        import contextlib
+
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+
 def measure(
     req: ProfileRequest,
     progress: Callable[[str, int, int], None] | None = None,
     runner=None,
+    resume: Path | None = None,
 ) -> LatencyTable:
     """Run the sweep here (or through ``runner``'s transport) and return the table."""
     if req.batch < 1:
@@ -217,11 +289,18 @@ def measure(
             loaded.append((piece, r))
         return loaded
 
+    ckpt = Checkpoint(resume, _request_key(req, grid)) if resume is not None else None
+
     def sweep(loaded, label: str, done: int) -> tuple[dict, int]:
         per: dict[tuple, list[Timing]] = {}
-        for _ in range(rounds):
+        for rnd in range(rounds):
             for piece, r in loaded:
                 step(f"{label}{piece.table} {piece.tokens or ''}".strip(), done, total)
+                saved = ckpt.get(piece.table, piece.tokens, rnd) if ckpt else None
+                if saved is not None:  # measured before an interruption (--resume)
+                    per.setdefault((piece.table, piece.tokens), []).append(saved)
+                    done += 1
+                    continue
                 if runner is not None:  # one shared runner (trtexec): load each time
                     r.load(piece.onnx())
                 t = r.time(per_round)
@@ -235,6 +314,8 @@ def measure(
                         max_ms=t.max_ms / k,
                     )
                 per.setdefault((piece.table, piece.tokens), []).append(t)
+                if ckpt is not None:
+                    ckpt.put(piece.table, piece.tokens, rnd, t)
                 done += 1
         return {k: _combine(v) for k, v in per.items()}, done
 

@@ -132,3 +132,44 @@ def test_corrupt_profile(cli, tmp_path):
     p.write_text('{"schema": "edgeprune.profile", "version": 1, "tab')
     code, _, err = cli("profile-info", p)
     assert code == 2 and "not a valid latency table" in err
+
+
+def test_profile_resume_after_interrupt(cli, tmp_path, monkeypatch):
+    """Ctrl-C mid-sweep with --resume keeps the timed pieces; the rerun times only the
+    rest, writes the table and removes the partial file."""
+    from edgeprune.runtimes.onnxruntime import OnnxRuntimeRunner
+
+    real, calls, fired = OnnxRuntimeRunner.time, [], []
+
+    def flaky(self, policy=None):
+        calls.append(1)
+        if len(calls) == 4 and not fired:
+            fired.append(1)
+            raise KeyboardInterrupt
+        return real(self, policy)
+
+    out = tmp_path / "p.json"
+    monkeypatch.setattr(OnnxRuntimeRunner, "time", flaky)
+    code, _, err = cli("profile", "--device", "cpu", *FAST, "--out", out, "--resume", "--no-plot")
+    assert code == 130 and "--resume" in err
+    partial = tmp_path / "p.json.partial.json"
+    assert not out.exists() and partial.exists()
+    import json
+
+    assert len(json.loads(partial.read_text())["timings"]) == 3
+    first_run = len(calls)
+    code, o2, err = cli("profile", "--device", "cpu", *FAST, "--out", out, "--resume", "--no-plot")
+    assert code == 0, (o2, err, len(calls))
+    assert out.exists() and not partial.exists()
+    second_run = len(calls) - first_run
+    # a fresh sweep of the same request, to count how many pieces it times
+    calls.clear()
+    code, _, _ = cli("profile", "--device", "cpu", *FAST, "--out", tmp_path / "q.json", "--no-plot")
+    assert code == 0 and second_run == len(calls) - 3
+
+
+def test_profile_resume_refuses_other_request(cli, tmp_path):
+    out = tmp_path / "p.json"
+    (tmp_path / "p.json.partial.json").write_text('{"request": {"arch": "other"}, "timings": []}')
+    code, _, err = cli("profile", "--device", "cpu", *FAST, "--out", out, "--resume")
+    assert code == 2 and "different sweep" in err
