@@ -81,6 +81,9 @@ def sshd(tmp_path_factory):
         f"Host edgeprune-test\n  Port {port}\n{common}  UserKnownHostsFile {d / 'known_hosts'}\n"
         f"Host wrong-key\n  Port {port}\n{common}  UserKnownHostsFile {d / 'wrong_known_hosts'}\n"
         f"Host closed-port\n  Port {closed}\n{common}  UserKnownHostsFile {d / 'known_hosts'}\n"
+        f"Host wrong-user-key\n  Port {port}\n  HostName 127.0.0.1\n  User {user}\n"
+        f"  IdentityFile {d / 'other_key'}\n  IdentitiesOnly yes\n"
+        f"  UserKnownHostsFile {d / 'known_hosts'}\n"
     )
     try:
         ok = SSHTransport("edgeprune-test", config=str(d / "ssh_config")).reachable(10)
@@ -120,7 +123,11 @@ def test_bench_over_ssh(cli, sshd, tmp_path):
 
 @pytest.mark.parametrize(
     "host, needle",
-    [("wrong-key", "host key verification failed"), ("closed-port", "connection refused")],
+    [
+        ("wrong-key", "host key verification failed"),
+        ("closed-port", "connection refused"),
+        ("wrong-user-key", "permission denied"),
+    ],
 )
 def test_ssh_failures_one_line(cli, sshd, tmp_path, host, needle):
     out = tmp_path / "p.json"
