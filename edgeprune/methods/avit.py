@@ -221,16 +221,7 @@ class AViT(Method):
                     stages.append(SelectorStage(b, "pre", n, kept + 1))
                     n = kept + 1
             attn.append(n)
-        return TokenPlan(
-            arch,
-            self.name,
-            cfg.prune_locs,
-            cfg.keep_ratios,
-            tuple(attn),
-            tuple(attn),
-            tuple(stages),
-            tuple(sorted(cfg.options.items())),
-        )
+        return self.make_plan(arch, cfg, attn, attn, stages)
 
     def build(self, arch: Arch, plan: TokenPlan) -> AViTStatic:
         o = dict(plan.options)

@@ -80,6 +80,26 @@ class Method:
     def token_plan(self, arch: Arch, cfg: MethodConfig) -> TokenPlan:
         raise NotImplementedError
 
+    def make_plan(
+        self,
+        arch: Arch,
+        cfg: MethodConfig,
+        attn: Sequence[int],
+        mlp: Sequence[int],
+        stages: Sequence[SelectorStage],
+    ) -> TokenPlan:
+        """The TokenPlan of ``cfg``, from the token counts a method worked out."""
+        return TokenPlan(
+            arch,
+            self.name,
+            cfg.prune_locs,
+            cfg.keep_ratios,
+            tuple(attn),
+            tuple(mlp),
+            tuple(stages),
+            tuple(sorted(cfg.options.items())),
+        )
+
     # ---- the model -----------------------------------------------------------------
     def build(self, arch: Arch, plan: TokenPlan) -> nn.Module:
         """The static (fixed top-k) PyTorch module for this plan, timm-compatible keys."""

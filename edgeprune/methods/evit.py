@@ -119,16 +119,7 @@ class EViT(Method):
                 stages.append(SelectorStage(b, "mid", n, keep + 2))
                 n = keep + 2
             mlp.append(n)
-        return TokenPlan(
-            arch,
-            self.name,
-            cfg.prune_locs,
-            cfg.keep_ratios,
-            tuple(attn),
-            tuple(mlp),
-            tuple(stages),
-            tuple(sorted(cfg.options.items())),
-        )
+        return self.make_plan(arch, cfg, attn, mlp, stages)
 
     def build(self, arch: Arch, plan: TokenPlan) -> EViTStatic:
         return EViTStatic(arch, plan)

@@ -188,16 +188,7 @@ class SPViT(Method):
                 stages.append(SelectorStage(b, "pre", n, 1 + kept + packs))
                 n = 1 + kept + packs
             attn.append(n)
-        return TokenPlan(
-            arch,
-            self.name,
-            cfg.prune_locs,
-            cfg.keep_ratios,
-            tuple(attn),
-            tuple(attn),
-            tuple(stages),
-            tuple(sorted(cfg.options.items())),
-        )
+        return self.make_plan(arch, cfg, attn, attn, stages)
 
     def build(self, arch: Arch, plan: TokenPlan) -> SPViTStatic:
         return SPViTStatic(arch, plan)

@@ -168,16 +168,7 @@ class ToMe(Method):
                 stages.append(SelectorStage(b, "mid", n, n - rb))
                 n -= rb
             mlp.append(n)
-        return TokenPlan(
-            arch,
-            self.name,
-            cfg.prune_locs,
-            cfg.keep_ratios,
-            tuple(attn),
-            tuple(mlp),
-            tuple(stages),
-            tuple(sorted(cfg.options.items())),
-        )
+        return self.make_plan(arch, cfg, attn, mlp, stages)
 
     def build(self, arch: Arch, plan: TokenPlan) -> ToMeStatic:
         return ToMeStatic(arch, plan)
