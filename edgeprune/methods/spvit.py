@@ -36,7 +36,7 @@ from torch import nn
 from edgeprune.arch import Arch
 from edgeprune.errors import EdgepruneError
 from edgeprune.methods.base import Method, MethodConfig
-from edgeprune.methods.dynamicvit import StaticTopKViT, parse_ratio
+from edgeprune.methods.dynamicvit import StaticTopKViT, geometric, parse_ratio
 from edgeprune.methods.tokenops import weighted_rest
 from edgeprune.models.deit import gather_tokens
 from edgeprune.plan import SelectorStage, TokenPlan
@@ -160,7 +160,7 @@ class SPViT(Method):
             return self.default_config(arch)
         # @r scales the default schedule: deit_tiny:spvit@0.7 -> 0.7, 0.49, 0.343
         r = parse_ratio(param, what="SPViT base keep ratio")
-        cfg = MethodConfig(self.default_locs, tuple(round(r ** (i + 1), 10) for i in range(3)))
+        cfg = MethodConfig(self.default_locs, geometric(r, len(self.default_locs)))
         self.validate(cfg, arch)
         return cfg
 
