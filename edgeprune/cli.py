@@ -473,6 +473,14 @@ def profile(
     halves: Annotated[
         bool, typer.Option("--halves/--no-halves", help="Also time attn and MLP halves.")
     ] = True,
+    e2e: Annotated[
+        bool,
+        typer.Option(
+            "--e2e/--no-e2e",
+            help="Also time whole models (dense, the method's schedules) and fit the "
+            "end-to-end correction of the sum of pieces.",
+        ),
+    ] = True,
     plot: Annotated[bool, typer.Option("--plot/--no-plot", help="Write a PNG beside it.")] = True,
     force: Annotated[bool, typer.Option("--force", "-f", help="Overwrite --out.")] = False,
     resume: Annotated[
@@ -523,6 +531,7 @@ def profile(
         check_points=check_points,
         halves=halves,
         chain=chain,
+        e2e=e2e,
     )
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -584,6 +593,14 @@ def profile(
         out.print(
             f"interpolation check: max error {chk['max_rel_err']:.1%} over "
             f"{len(chk['points'])} off-grid points"
+        )
+    if table.e2e is not None:
+        fit = table.extra.get("e2e_fit", [])
+        worst = max((abs(r["corrected_ms"] / r["measured_ms"] - 1) for r in fit), default=0.0)
+        out.print(
+            f"end-to-end: {len(table.e2e.anchors)} whole models; predicted = "
+            f"{table.e2e.offset_ms:+.3f} ms + {table.e2e.scale:.3f} × pieces "
+            f"(anchors within {worst:.1%})"
         )
 
 
@@ -780,6 +797,8 @@ def predict(
         a, m = pred.attn_tokens[b], pred.mlp_tokens[b]
         t.add_row(f"block {b}", str(a) if a == m else f"{a}/{m}", f"{ms:.3f}")
     t.add_row("head", "", f"{pred.head_ms:.3f}")
+    if pred.overhead_ms or pred.scale != 1.0:
+        t.add_row(f"end-to-end offset (parts × {pred.scale:.3f})", "", f"{pred.overhead_ms:.3f}")
     t.add_row("[bold]total[/]", "", f"[bold]{pred.total_ms:.3f}[/]")
     out.print(t)
 
@@ -866,6 +885,13 @@ def validate_profile_cmd(
         int | None, typer.Option("--threads", help="Threads (default: the profile's).")
     ] = None,
     rounds: Annotated[int, typer.Option("--rounds", help="Interleaved timing rounds.")] = 30,
+    burst: Annotated[
+        int,
+        typer.Option(
+            "--burst",
+            help="Runs per model per round, the first discarded (1: single cold runs).",
+        ),
+    ] = 3,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the random schedules.")] = 0,
     plot: Annotated[
         Path | None, typer.Option("--plot", help="Scatter PNG (default: <profile>.validate.png).")
@@ -898,6 +924,7 @@ def validate_profile_cmd(
             rounds,
             seed,
             progress=lambda m: prog.update(task, description=m),
+            burst=burst,
         )
     plot_validation(rep, plot_path)
     if as_json:
@@ -918,6 +945,11 @@ def validate_profile_cmd(
         f"|pred − meas| / meas: median {rep.median_error:.1%} (target ≤ 5 %), "
         f"p90 {rep.p90_error:.1%} (target ≤ 10 %) over {len(rep.results)} models"
     )
+    if rep.drift is not None:
+        out.print(
+            f"machine drift since profiling: {rep.drift:+.1%} (the profile's "
+            f"{len(rep.anchors)} whole-model anchors re-timed now; included in the error)"
+        )
     out.print(f"[green]wrote[/] {plot_path}")
 
 

@@ -1,6 +1,12 @@
 """The latency model: a device profile (LatencyTable) + a TokenPlan -> predicted ms.
 
-    predicted = embed + head + Σ_blocks block(tokens) + Σ_selectors selector(tokens_in)
+    pieces    = embed + head + Σ_blocks block(tokens) + Σ_selectors selector(tokens_in)
+    predicted = offset + scale · pieces
+
+``offset`` and ``scale`` are the end-to-end correction the profile fitted on whole
+models timed in the same sweep (``tables.e2e``; 0 and 1 for a profile without it): the
+pieces, timed alone, miss what only a whole model has (the ops between blocks, the
+cache state of a deep graph, the session's per-run overhead).
 
 A block whose attention and MLP see the same token count costs ``block(n)``; a block
 split by a mid-block selector (EViT-style) costs ``attn(n_attn) + mlp(n_mlp)``.
@@ -53,10 +59,14 @@ class Prediction:
     attn_tokens: tuple[int, ...]
     mlp_tokens: tuple[int, ...]
     selector_tokens_in: tuple[int, ...]
+    overhead_ms: float = 0.0  # the end-to-end offset; the parts above are already scaled
+    scale: float = 1.0  # the end-to-end scale applied to every part
 
     def to_dict(self) -> dict:
         return {
             "predicted_ms": self.total_ms,
+            "overhead_ms": self.overhead_ms,
+            "e2e_scale": self.scale,
             "embed_ms": self.embed_ms,
             "head_ms": self.head_ms,
             "blocks_ms": list(self.blocks_ms),
@@ -70,9 +80,16 @@ class Prediction:
 class LatencyModel:
     """Predicts end-to-end latency from a LatencyTable."""
 
-    def __init__(self, table: LatencyTable, source: str = "<table>"):
+    def __init__(self, table: LatencyTable, source: str = "<table>", corrected: bool = True):
         self.table = table
         self.source = source
+        e2e = table.e2e if corrected else None
+        self.offset_ms = e2e.offset_ms if e2e is not None else 0.0
+        self.scale = e2e.scale if e2e is not None else 1.0
+
+    def uncorrected(self) -> LatencyModel:
+        """The same table without the end-to-end correction: the plain sum of pieces."""
+        return LatencyModel(self.table, self.source, corrected=False)
 
     @property
     def arch(self):
@@ -168,7 +185,7 @@ class LatencyModel:
             dtype=attn.dtype,
             device=attn.device,
         )
-        return fixed + blocks.sum(-1) + sels.sum(-1)
+        return self.offset_ms + self.scale * (fixed + blocks.sum(-1) + sels.sum(-1))
 
     # ---- plans -------------------------------------------------------------------------
     @staticmethod
@@ -200,15 +217,18 @@ class LatencyModel:
         attn, mlp, sel = self.plan_tensors([plan])
         blocks, sels = self.components(attn[0], mlp[0], sel[0], plan.method)
         total = float(self.predict_tokens(attn, mlp, sel, plan.method)[0])
+        k = self.scale
         return Prediction(
             total_ms=total,
-            embed_ms=self.table.embed.median_ms,
-            head_ms=self.table.head.median_ms,
-            blocks_ms=tuple(float(x) for x in blocks),
-            selectors_ms=tuple(float(x) for x in sels),
+            embed_ms=k * self.table.embed.median_ms,
+            head_ms=k * self.table.head.median_ms,
+            blocks_ms=tuple(k * float(x) for x in blocks),
+            selectors_ms=tuple(k * float(x) for x in sels),
             attn_tokens=tuple(plan.attn_tokens),
             mlp_tokens=tuple(plan.mlp_tokens),
             selector_tokens_in=tuple(s.tokens_in for s in plan.selectors),
+            overhead_ms=self.offset_ms,
+            scale=k,
         )
 
 

@@ -14,12 +14,20 @@ One JSON file per (device, runtime, precision, threads, batch, arch[, method]):
         "mlp":   {...same...},   # optional: MLP half (norm2+mlp+residual)
         "embed": {"median_ms": x, "p90_ms": y},  # patch embedding + CLS + position
         "head":  {"median_ms": x, "p90_ms": y},   # final norm + classifier
-        "selectors": {"<method>": {"tokens": [tokens_in...], "median_ms": [...], "p90_ms": [...]}}
+        "selectors": {"<method>": {"tokens": [tokens_in...], "median_ms": [...], "p90_ms": [...]}},
+        "e2e": {                                  # optional: whole models timed in the sweep
+          "anchors": [{"label", "attn_tokens", "mlp_tokens", "selector_tokens_in",
+                       "median_ms", "p90_ms"}, ...],
+          "offset_ms": a, "scale": b              # predicted = a + b * Σ pieces
+        }
       }
     }
 
 Latency at a token count between grid points is linear interpolation (see
-``Curve.at``); the latency model (edgeprune.latency) builds on these curves.
+``Curve.at``); the latency model (edgeprune.latency) builds on these curves. Pieces
+timed alone do not add up exactly to a whole model (inter-op overhead, cache state,
+gathers between blocks), so the sweep also times a few whole models ("anchors") and
+stores an affine end-to-end correction fitted on them (``tables.e2e``).
 """
 
 from __future__ import annotations
@@ -82,6 +90,62 @@ class Point:
         return {"median_ms": self.median_ms, "p90_ms": self.p90_ms}
 
 
+@dataclass(frozen=True)
+class Anchor:
+    """A whole model timed end-to-end in the profile sweep, with its token counts."""
+
+    label: str
+    attn_tokens: tuple[int, ...]
+    mlp_tokens: tuple[int, ...]
+    selector_tokens_in: tuple[int, ...]
+    median_ms: float
+    p90_ms: float
+
+    def to_dict(self) -> dict:
+        return {
+            "label": self.label,
+            "attn_tokens": list(self.attn_tokens),
+            "mlp_tokens": list(self.mlp_tokens),
+            "selector_tokens_in": list(self.selector_tokens_in),
+            "median_ms": self.median_ms,
+            "p90_ms": self.p90_ms,
+        }
+
+
+@dataclass(frozen=True)
+class EndToEnd:
+    """The end-to-end correction: predicted = offset_ms + scale * (sum of the pieces)."""
+
+    anchors: tuple[Anchor, ...]
+    offset_ms: float = 0.0
+    scale: float = 1.0
+
+    def to_dict(self) -> dict:
+        return {
+            "anchors": [a.to_dict() for a in self.anchors],
+            "offset_ms": self.offset_ms,
+            "scale": self.scale,
+        }
+
+
+def fit_correction(raw_ms: list[float], measured_ms: list[float]) -> tuple[float, float]:
+    """(offset, scale) with measured ≈ offset + scale * raw, least squares.
+
+    Two or more anchors that span at least 20 % of the range fit both terms; otherwise
+    (or when the affine fit comes out implausible: scale outside 0.5–2, or an offset
+    larger than half the smallest anchor) only a scale is fitted through zero."""
+    import numpy as np
+
+    if not raw_ms or len(raw_ms) != len(measured_ms) or min(raw_ms) <= 0:
+        raise ValueError("anchors need positive predicted latencies")
+    x, y = np.asarray(raw_ms, float), np.asarray(measured_ms, float)
+    if len(x) >= 2 and (x.max() - x.min()) >= 0.2 * x.max():
+        b, a = np.polyfit(x, y, 1)
+        if 0.5 <= b <= 2.0 and abs(a) <= 0.5 * y.min():
+            return float(a), float(b)
+    return 0.0, float((x * y).sum() / (x * x).sum())
+
+
 @dataclass
 class LatencyTable:
     device: dict
@@ -96,6 +160,7 @@ class LatencyTable:
     attn: Curve | None = None
     mlp: Curve | None = None
     selectors: dict[str, Curve] = field(default_factory=dict)
+    e2e: EndToEnd | None = None  # whole-model anchors and the correction fitted on them
     extra: dict = field(default_factory=dict)  # anything else the producer recorded
 
     def to_dict(self) -> dict:
@@ -109,6 +174,8 @@ class LatencyTable:
             tables["attn"] = self.attn.to_dict()
         if self.mlp is not None:
             tables["mlp"] = self.mlp.to_dict()
+        if self.e2e is not None:
+            tables["e2e"] = self.e2e.to_dict()
         return {
             "schema": SCHEMA,
             "version": VERSION,
@@ -161,6 +228,35 @@ def _point(d, path, name: str) -> Point:
     return Point(m, p)
 
 
+def _e2e(d, path, depth: int) -> EndToEnd:
+    if not isinstance(d, dict) or not isinstance(d.get("anchors"), list):
+        raise _bad(path, "tables.e2e needs a list of anchors")
+    anchors = []
+    try:
+        for a in d["anchors"]:
+            anchors.append(
+                Anchor(
+                    str(a["label"]),
+                    tuple(int(x) for x in a["attn_tokens"]),
+                    tuple(int(x) for x in a["mlp_tokens"]),
+                    tuple(int(x) for x in a.get("selector_tokens_in", [])),
+                    float(a["median_ms"]),
+                    float(a.get("p90_ms", a["median_ms"])),
+                )
+            )
+        offset, scale = float(d.get("offset_ms", 0.0)), float(d.get("scale", 1.0))
+    except (KeyError, TypeError, ValueError) as e:
+        raise _bad(path, f"tables.e2e has a malformed anchor ({e})") from None
+    for a in anchors:
+        if len(a.attn_tokens) != depth or len(a.mlp_tokens) != depth:
+            raise _bad(path, f"tables.e2e anchor {a.label} needs {depth} token counts")
+        if not (math.isfinite(a.median_ms) and a.median_ms > 0):
+            raise _bad(path, f"tables.e2e anchor {a.label} has a non-positive latency")
+    if not (math.isfinite(offset) and math.isfinite(scale) and scale > 0):
+        raise _bad(path, "tables.e2e needs a finite offset_ms and a positive scale")
+    return EndToEnd(tuple(anchors), offset, scale)
+
+
 def from_dict(d: dict, path: str | Path = "<dict>") -> LatencyTable:
     if not isinstance(d, dict) or d.get("schema") != SCHEMA:
         raise _bad(path, f"'schema' is not '{SCHEMA}'")
@@ -203,6 +299,7 @@ def from_dict(d: dict, path: str | Path = "<dict>") -> LatencyTable:
         selectors={
             k: _curve(v, path, f"selectors.{k}") for k, v in tb.get("selectors", {}).items()
         },
+        e2e=_e2e(tb["e2e"], path, arch.depth) if "e2e" in tb else None,
         extra=d.get("extra", {}),
     )
 

@@ -3,8 +3,11 @@
 The sweep times, in the device's runtime, ONNX exports of: one transformer block at
 token counts on a grid from 1 to 197, its attention half and MLP half (tables
 ``attn``/``mlp``, for mid-block methods), the fixed parts (``embed``, ``head``) and,
-with a method, its selector at the token counts it sees. The result is a
-``LatencyTable`` saved atomically: an interrupted sweep writes nothing.
+with a method, its selector at the token counts it sees. With ``e2e`` (the default)
+it also times a few whole models (dense, the method's default schedule, a sparse one)
+in the same interleaved passes and fits the end-to-end correction the latency model
+applies to the sum of pieces. The result is a ``LatencyTable`` saved atomically: an
+interrupted sweep writes nothing.
 """
 
 from __future__ import annotations
@@ -18,14 +21,16 @@ from pathlib import Path
 
 from edgeprune.arch import Arch
 from edgeprune.errors import EdgepruneError
-from edgeprune.latency_table import Curve, LatencyTable, Point
-from edgeprune.plan import SelectorStage
+from edgeprune.latency_table import Anchor, Curve, EndToEnd, LatencyTable, Point, fit_correction
+from edgeprune.plan import SelectorStage, TokenPlan
 from edgeprune.profiles.devices import Device
 from edgeprune.runtimes.timing import Timing, TimingPolicy
 
 CURVE_TABLES = ("block", "attn", "mlp")
 # how selectors far from the plan's own stages are timed: this keep ratio per stage
 SELECTOR_KEEP = 0.7
+# the keep ratio per stage of the sparse whole-model anchor
+SPARSE_ANCHOR = 0.6
 
 
 def default_grid(num_tokens: int = 197, step: int = 8) -> list[int]:
@@ -71,6 +76,7 @@ class ProfileRequest:
     halves: bool = True  # measure attn/mlp tables
     rounds: int = 3  # passes over all pieces; a point's figure is the median over passes
     chain: int = 4  # blocks are timed as a chain of this many distinct blocks (÷ chain)
+    e2e: bool = True  # also time whole models and fit the end-to-end correction
 
     @property
     def threads_used(self) -> int:
@@ -119,6 +125,57 @@ def _selector_stages(arch: Arch, method_name: str, grid: Sequence[int]) -> list[
     return [stages[n] for n in sorted(stages)]
 
 
+@dataclass(frozen=True)
+class ModelPiece:
+    """A whole model (random weights) exported as ``export`` does: an e2e anchor."""
+
+    table: str
+    tokens: int  # the anchor's index
+    label: str
+    plan: TokenPlan
+    build: Callable[[], bytes]
+    repeat: int = 1
+
+    def onnx(self, opset: int = 17) -> bytes:
+        return self.build()
+
+
+def anchor_specs(arch: Arch, method: str | None) -> list[tuple[str, tuple[float, ...] | None]]:
+    """The whole models a profile times: dense, the method's default schedule and, for
+    methods with keep ratios, a sparse one (0.6 per stage; cumulative: 0.6, 0.36, …).
+    None of them is among validate-profile's schedules, so its check stays out of sample."""
+    specs: list[tuple[str, tuple[float, ...] | None]] = [(f"{arch.name}:dense", None)]
+    if method and method != "dense":
+        from edgeprune.methods import get_method
+
+        m = get_method(method)
+        specs.append((f"{arch.name}:{method}", None))
+        n = len(m.default_locs)
+        if n:
+            keep = tuple(
+                round(SPARSE_ANCHOR ** (i + 1 if m.cumulative else 1), 4) for i in range(n)
+            )
+            specs.append((f"{arch.name}:{method}", keep))
+    return specs
+
+
+def anchor_pieces(req: ProfileRequest) -> list[ModelPiece]:
+    from edgeprune.export.onnx import simplify, to_onnx_bytes
+    from edgeprune.source import resolve
+
+    out = []
+    for i, (spec, keep) in enumerate(anchor_specs(req.arch, req.method)):
+        src = resolve(spec, keep=keep)
+        label = spec if keep is None else f"{spec} keep {list(keep)}"
+
+        def build(src=src) -> bytes:
+            raw = to_onnx_bytes(src.model(), req.batch, req.arch.img_size, 17)
+            return simplify(raw).SerializeToString()
+
+        out.append(ModelPiece("e2e", i, label, src.plan, build))
+    return out
+
+
 def plan_pieces(req: ProfileRequest):
     """Every piece to time, in order, as (table, tokens, builder) with lazy builders."""
     from edgeprune.pieces import Embed, Head, Piece, make_chain, make_vit
@@ -159,6 +216,9 @@ def plan_pieces(req: ProfileRequest):
                     (b, st.tokens_in, c),
                 )
             )
+    if req.e2e:
+        for mp in anchor_pieces(req):
+            pieces.append(lambda mp=mp: mp)
     return grid, pieces
 
 
@@ -195,6 +255,7 @@ def _request_key(req: ProfileRequest, grid: Sequence[int]) -> dict:
         "grid": list(grid),
         "chain": req.chain,
         "halves": req.halves,
+        "e2e": req.e2e,
         "check_points": req.check_points,
         "rounds": req.rounds,
         "policy": [p.warmup, p.min_runs, p.max_runs, p.min_time_s, p.max_time_s],
@@ -327,7 +388,9 @@ def measure(
     check_items = [
         Piece("check", n, blk, (req.batch, n, req.arch.embed_dim), req.chain) for n in checks
     ]
-    timed, done = sweep(load_all([b() for b in pieces] + check_items), "", 0)
+    built = [b() for b in pieces]
+    anchors = [p for p in built if isinstance(p, ModelPiece)]
+    timed, done = sweep(load_all(built + check_items), "", 0)
     for (table, tokens), t in timed.items():
         results.setdefault(table, {})[tokens] = t
 
@@ -353,7 +416,7 @@ def measure(
     step("done", total, total)
     emb, head = results["embed"][None], next(iter(results["head"].values()))
     dev = req.device
-    runs = [t.runs for k, r in results.items() if k != "check" for t in r.values()]
+    runs = [t.runs for k, r in results.items() if k not in ("check", "e2e") for t in r.values()]
     extra: dict = {
         "grid": list(grid),
         "timing": {
@@ -378,7 +441,7 @@ def measure(
         }
     if "selector" in results:
         extra["selector_keep_off_plan"] = SELECTOR_KEEP
-    return LatencyTable(
+    table = LatencyTable(
         device={
             "name": dev.name,
             "runtime": dev.runtime,
@@ -402,6 +465,54 @@ def measure(
         selectors={req.method: curve("selector")} if "selector" in results else {},
         extra=extra,
     )
+    if anchors:
+        table.e2e = fit_e2e(table, anchors, results["e2e"])
+    return table
+
+
+def fit_e2e(table: LatencyTable, anchors: Sequence[ModelPiece], timed: dict) -> EndToEnd:
+    """The end-to-end correction from the anchors' measured latencies."""
+    import torch
+
+    from edgeprune.latency import LatencyModel
+
+    raw_model = LatencyModel(table, corrected=False)
+    rows, raw = [], []
+    for a in anchors:
+        t = timed[a.tokens]
+        p = a.plan
+        rows.append(
+            Anchor(
+                a.label,
+                tuple(p.attn_tokens),
+                tuple(p.mlp_tokens),
+                tuple(s.tokens_in for s in p.selectors),
+                t.median_ms,
+                t.p90_ms,
+            )
+        )
+        f64 = torch.float64
+        raw.append(
+            float(
+                raw_model.predict_tokens(
+                    torch.tensor(p.attn_tokens, dtype=f64),
+                    torch.tensor(p.mlp_tokens, dtype=f64),
+                    torch.tensor([s.tokens_in for s in p.selectors], dtype=f64),
+                    p.method,
+                )
+            )
+        )
+    offset, scale = fit_correction(raw, [r.median_ms for r in rows])
+    table.extra["e2e_fit"] = [
+        {
+            "label": r.label,
+            "pieces_ms": x,
+            "measured_ms": r.median_ms,
+            "corrected_ms": offset + scale * x,
+        }
+        for r, x in zip(rows, raw, strict=True)
+    ]
+    return EndToEnd(tuple(rows), offset, scale)
 
 
 def _split_policy(p: TimingPolicy, rounds: int) -> TimingPolicy:

@@ -64,6 +64,8 @@ def profile_over_ssh(
         argv += ["--grid", ",".join(map(str, req.grid))]
     if not req.halves:
         argv += ["--no-halves"]
+    if not req.e2e:
+        argv += ["--no-e2e"]
     argv += ["--chain", str(req.chain)]
     argv += _policy_args(req.policy, runs)
     if progress:

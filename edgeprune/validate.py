@@ -1,8 +1,10 @@
 """Check a latency profile against end-to-end measurements of whole models.
 
 Random keep schedules of the profile's arch and method are exported to ONNX (the real
-static graphs, parity-checked), timed end-to-end with onnxruntime (interleaved, median),
-and compared with the latency model's prediction: |pred − meas| / meas.
+static graphs, parity-checked), timed end-to-end with onnxruntime and compared with the
+latency model's prediction: |pred − meas| / meas. Models are timed interleaved (drift
+hits all alike) in short bursts whose first run is discarded, so each figure is the
+steady state a model sees running back to back, as the profile's pieces were timed.
 """
 
 from __future__ import annotations
@@ -46,6 +48,17 @@ class ValidationReport:
     threads: int
     rounds: int
     results: tuple[ConfigResult, ...]
+    burst: int = 1
+    # the profile's whole-model anchors re-timed here: (label, in the profile, now) ms
+    anchors: tuple[tuple[str, float, float], ...] = ()
+
+    @property
+    def drift(self) -> float | None:
+        """How much faster (<0) or slower (>0) the machine runs now than when profiled:
+        the median ratio of the anchors' latencies now / then, minus 1."""
+        if not self.anchors:
+            return None
+        return float(np.median([now / then for _, then, now in self.anchors])) - 1.0
 
     @property
     def median_error(self) -> float:
@@ -61,6 +74,11 @@ class ValidationReport:
             "method": self.method,
             "threads": self.threads,
             "rounds": self.rounds,
+            "burst": self.burst,
+            "anchors": [
+                {"label": lb, "profile_ms": then, "now_ms": now} for lb, then, now in self.anchors
+            ],
+            "drift": self.drift,
             "configs": len(self.results),
             "median_rel_error": self.median_error,
             "p90_rel_error": self.p90_error,
@@ -97,13 +115,15 @@ def validate_profile(
     rounds: int = 30,
     seed: int = 0,
     progress: Callable[[str], None] | None = None,
+    burst: int = 3,
 ) -> ValidationReport:
     from edgeprune.arch import ARCHS
     from edgeprune.export.onnx import export_onnx
     from edgeprune.methods import get_method
+    from edgeprune.profile import anchor_specs
     from edgeprune.runtimes.onnxruntime import make_session
+    from edgeprune.runtimes.timing import time_interleaved
     from edgeprune.source import resolve
-    from edgeprune.timing import time_interleaved
 
     tb = model.table
     if configs < 1:
@@ -112,6 +132,8 @@ def validate_profile(
         raise EdgepruneError(f"--threads {threads} must be at least 1")
     if rounds < 3:
         raise EdgepruneError(f"--rounds {rounds} must be at least 3")
+    if burst < 1:
+        raise EdgepruneError(f"--burst {burst} must be at least 1")
     if tb.device.get("runtime") != "onnxruntime":
         raise EdgepruneError(
             f"profile {model.source} was measured with {tb.device.get('runtime')}; "
@@ -139,16 +161,27 @@ def validate_profile(
             sessions.append(make_session(path, threads))
             preds.append(model.predict(src.plan).total_ms)
             used.append(ratios)
+        # the profile's anchors, timed alongside (not part of the error): machine drift
+        anchors = tb.e2e.anchors if tb.e2e is not None else ()
+        for (spec, keep), a in zip(anchor_specs(tb.arch, tb.method), anchors, strict=False):
+            step(f"exporting anchor {a.label}")
+            path = Path(tmp) / f"a{len(sessions)}.onnx"
+            export_onnx(resolve(spec, keep=keep), path, batch=tb.batch, n_parity_inputs=1)
+            sessions.append(make_session(path, threads))
         step(f"timing {len(sessions)} models, {rounds} interleaved rounds")
         x = np.random.default_rng(0).standard_normal(
             (tb.batch, 3, tb.arch.img_size, tb.arch.img_size), dtype=np.float32
         )
-        timings = time_interleaved(sessions, [x] * len(sessions), rounds=rounds)
+        timings = time_interleaved(sessions, [x] * len(sessions), rounds=rounds, burst=burst)
     results = tuple(
         ConfigResult(r, p, t.median_ms, t.p90_ms)
-        for r, p, t in zip(used, preds, timings, strict=True)
+        for r, p, t in zip(used, preds, timings[: len(used)], strict=True)
     )
-    return ValidationReport(model.source, meth.name, threads, rounds, results)
+    again = tuple(
+        (a.label, a.median_ms, t.median_ms)
+        for a, t in zip(anchors, timings[len(used) :], strict=False)
+    )
+    return ValidationReport(model.source, meth.name, threads, rounds, results, burst, again)
 
 
 def plot_validation(report: ValidationReport, path: Path) -> None:

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 @dataclass(frozen=True)
@@ -87,3 +91,36 @@ def time_callable(fn: Callable[[], object], policy: TimingPolicy) -> list[float]
         if n >= policy.min_runs and spent >= policy.min_time_s:
             break
     return samples
+
+
+def time_interleaved(
+    sessions: Sequence,
+    inputs: Sequence[np.ndarray],
+    rounds: int = 30,
+    warmup: int = 3,
+    burst: int = 1,
+) -> list[Timing]:
+    """Time onnxruntime ``sessions[i].run`` on ``inputs[i]``, interleaved: one Timing each.
+
+    Every round runs each session (the order rotating each round), so the machine's
+    drift hits all of them alike. With ``burst`` > 1 a session runs ``burst`` times in
+    a row per round and the first of those is discarded: what is kept is the steady
+    state that a model running back to back sees (as ``bench`` and a deployment do),
+    not the cold start right after a different model evicted its weights."""
+    if burst < 1:
+        raise ValueError("burst must be at least 1")
+    feeds = [{s.get_inputs()[0].name: x} for s, x in zip(sessions, inputs, strict=True)]
+    for _ in range(warmup):
+        for s, f in zip(sessions, feeds, strict=True):
+            s.run(None, f)
+    times: list[list[float]] = [[] for _ in sessions]
+    k = len(sessions)
+    for r in range(rounds):
+        for j in range(k):
+            i = (j + r) % k
+            for b in range(burst):
+                t0 = time.perf_counter()
+                sessions[i].run(None, feeds[i])
+                if burst == 1 or b > 0:
+                    times[i].append((time.perf_counter() - t0) * 1e3)
+    return [Timing.from_samples(t) for t in times]

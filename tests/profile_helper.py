@@ -17,12 +17,12 @@ import torch
 from torch import nn
 
 from edgeprune.arch import Arch, get_arch
-from edgeprune.latency_table import Curve, LatencyTable, Point
+from edgeprune.latency_table import Curve, EndToEnd, LatencyTable, Point
 from edgeprune.methods import get_method
 from edgeprune.models.deit import Block, VisionTransformer, init_random_
 from edgeprune.plan import SelectorStage
 from edgeprune.runtimes.onnxruntime import make_session, version
-from edgeprune.timing import time_interleaved
+from edgeprune.runtimes.timing import time_interleaved
 
 
 class _Embed(nn.Module):
@@ -121,9 +121,13 @@ def measure_table(
 
 
 def synthetic_table(
-    arch: str = "deit_tiny", method: str | None = "dynamicvit", split: bool = False
+    arch: str = "deit_tiny",
+    method: str | None = "dynamicvit",
+    split: bool = False,
+    e2e: tuple[float, float] | None = None,
 ) -> LatencyTable:
-    """Made-up numbers (measured: false): a block that costs a + b·n + c·n² ms."""
+    """Made-up numbers (measured: false): a block that costs a + b·n + c·n² ms; with
+    ``e2e`` = (offset, scale), an end-to-end correction as a profile's anchors give."""
     a = get_arch(arch)
     ns = (1, 50, 100, 150, 197)
 
@@ -144,6 +148,7 @@ def synthetic_table(
         attn=cv(0.03, 0.0015, 1e-5) if split else None,
         mlp=cv(0.02, 0.0025, 0.0) if split else None,
         selectors={method: cv(0.02, 0.001, 0.0)} if method else {},
+        e2e=EndToEnd((), *e2e) if e2e else None,
         extra={"note": "synthetic numbers for tests, not a measurement"},
     )
 

@@ -10,10 +10,12 @@ import pytest
 from edgeprune.arch import get_arch
 from edgeprune.latency_table import load
 from edgeprune.pieces import make_block, module_to_onnx
-from edgeprune.profile import check_grid_points, default_grid, parse_grid
+from edgeprune.profile import anchor_specs, check_grid_points, default_grid, parse_grid
 from edgeprune.profiles.devices import all_devices, get_device
 
-FAST = ("--arch", "deit_tiny", "--grid", "1,32,197", "--runs", "3", "--check-points", "1")
+FAST = ("--arch", "deit_tiny", "--grid", "1,32,197", "--runs", "3", "--check-points", "1",
+        "--no-e2e")  # fmt: skip
+FAST_E2E = FAST[:-1]
 
 
 def test_descriptors_and_alias():
@@ -44,7 +46,7 @@ def test_grid():
 
 def test_profile_writes_valid_table_and_plot(cli, tmp_path):
     out = tmp_path / "p.json"
-    code, stdout, err = cli("profile", "--device", "cpu", *FAST, "--method", "dynamicvit",
+    code, stdout, err = cli("profile", "--device", "cpu", *FAST_E2E, "--method", "dynamicvit",
                             "--threads", "1", "--out", out)  # fmt: skip
     assert code == 0, err
     t = load(out)
@@ -55,10 +57,34 @@ def test_profile_writes_valid_table_and_plot(cli, tmp_path):
     assert set(t.selectors["dynamicvit"].tokens) >= {197, 138, 97}  # its own stages
     assert t.embed.median_ms > 0 and t.head.median_ms > 0
     assert "interp_check" in t.extra
+    # whole models timed in the same sweep: dense, the default schedule, the sparse corner
+    from edgeprune.latency import LatencyModel
+    from edgeprune.source import resolve
+
+    labels = [a.label for a in t.e2e.anchors]
+    assert labels[:2] == ["deit_tiny:dense", "deit_tiny:dynamicvit"] and len(labels) == 3
+    assert t.e2e.anchors[1].attn_tokens == resolve("deit_tiny:dynamicvit").plan.attn_tokens
+    assert all(a.median_ms > 0 for a in t.e2e.anchors) and t.e2e.scale > 0
+    raw, fitted = LatencyModel(t, corrected=False), LatencyModel(t)
+    specs = anchor_specs(t.arch, "dynamicvit")
+    for (spec, keep), row in zip(specs, t.extra["e2e_fit"], strict=True):
+        plan = resolve(spec, keep=keep).plan
+        assert raw.predict(plan).total_ms == pytest.approx(row["pieces_ms"], rel=1e-9)
+        assert fitted.predict(plan).total_ms == pytest.approx(row["corrected_ms"], rel=1e-9)
+    assert "end-to-end: 3 whole models" in stdout
     assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
     # refuses to overwrite without --force
     code, _, err = cli("profile", "--device", "cpu", *FAST, "--out", out)
     assert code == 2 and "--force" in err
+    # validate-profile re-times the anchors beside its random schedules: machine drift
+    png = tmp_path / "v.png"
+    code, vout, err = cli("validate-profile", out, "--configs", "1", "--rounds", "3",
+                          "--burst", "2", "--plot", png, "--json")  # fmt: skip
+    assert code == 0, err
+    rep = json.loads(vout)
+    assert rep["burst"] == 2 and [a["label"] for a in rep["anchors"]] == labels
+    assert all(a["now_ms"] > 0 for a in rep["anchors"]) and rep["drift"] > -1
+    assert rep["configs"] == 1 and png.read_bytes()[:4] == b"\x89PNG"
 
 
 def test_profile_interrupted_writes_nothing(cli, tmp_path, monkeypatch):
