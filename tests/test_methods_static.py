@@ -155,7 +155,9 @@ def test_tome_equals_reference(img):
     assert (ours - ref).abs().max().item() <= 1e-5
 
 
-@pytest.mark.parametrize("spec", ["deit_tiny:spvit", "deit_tiny:evit@0.7", "deit_tiny:tome@r8"])
+@pytest.mark.parametrize(
+    "spec", ["deit_tiny:spvit", "deit_tiny:evit@0.7", "deit_tiny:tome@r8", "deit_tiny:avit"]
+)
 def test_selector_module_shapes(spec):
     src = resolve(spec)
     for stage in src.plan.selectors[:2]:

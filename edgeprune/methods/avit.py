@@ -16,6 +16,18 @@ calibrate``); before a block whose count drops, keep CLS and the patch tokens wi
 the lowest cumulative halting score (the ones the masked model would still run).
 CLS is always kept (so the others can still attend to it after it would have
 halted); its output is the same ponder-weighted sum as in the released model.
+
+Numerics of the static graph: the ranking key is the *logarithm* of the cumulative
+score, log sum_b sigmoid(z_b), kept as a running log-add-exp of log-sigmoids, built
+from Exp/Log/Abs/Min/Max only. Ranking by it is the same order as ranking by the
+plain sum, but it does not saturate: with untrained gates (z ~ -30..-100) the plain
+sum is ~1e-9..1e-40 and onnxruntime's Sigmoid (MLAS) returns 0 below z ~ -18 and has
+~1e-7 absolute error above, so the ranks of most tokens were ties or noise and
+torch/ORT kept different tokens. The CLS ponder weight is exp(log-sigmoid) for the
+same reason. (Bit-equal keys of different tokens would be ties that torch.topk and
+ONNX TopK may break differently; in log space they no longer arise from saturation.)
+The CLS halting threshold (c0 > 1 - eps) stays: it is A-ViT's semantics, and with an
+accurately computed c0 the runtimes disagree only if c0 is within ~1e-7 of 1 - eps.
 """
 
 from __future__ import annotations
@@ -48,6 +60,24 @@ PLACEHOLDER_KEEP = (0.9, 0.75, 0.6, 0.45, 0.3)
 
 def halting(x: torch.Tensor, scale: float, center: float) -> torch.Tensor:
     return torch.sigmoid(x[..., 0] * scale - center)
+
+
+def _log1p_exp_neg_abs(d: torch.Tensor) -> torch.Tensor:
+    """log(1 + exp(-|d|)), in [0, log 2]: no overflow, exports as Abs/Neg/Exp/Add/Log
+    (onnxruntime's Exp and Log are accurate to ~1e-7 relative, its Sigmoid is not)."""
+    return torch.log(1.0 + torch.exp(-d.abs()))
+
+
+def log_halting(x: torch.Tensor, scale: float, center: float) -> torch.Tensor:
+    """log sigmoid(scale * x[..., 0] - center), without saturating for very negative
+    logits (log sigmoid(z) = min(z, 0) - log(1 + exp(-|z|)))."""
+    z = x[..., 0] * scale - center
+    return torch.clamp(z, max=0.0) - _log1p_exp_neg_abs(z)
+
+
+def log_add(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """log(exp(a) + exp(b)), stable."""
+    return torch.maximum(a, b) + _log1p_exp_neg_abs(a - b)
 
 
 def masked_forward(
@@ -91,22 +121,31 @@ class AViTStatic(VisionTransformer):
 
     def forward(self, img: torch.Tensor) -> torch.Tensor:
         x = self.embed(img)
-        c = torch.zeros_like(x[:, :, 0])  # cumulative halting score per token
+        # log of the cumulative halting score per patch token (the ranking key); set
+        # after block 0 (no selector sits before it)
+        lc = None
         # CLS: ponder-weighted output, as in the released model
         c0 = torch.zeros_like(x[:, 0, :1])
         rem, run = torch.ones_like(c0), torch.ones_like(c0)
         out = torch.zeros_like(x[:, 0])
         depth = len(self.blocks)
+        last_sel = max(self.keep_at, default=-1)
         for i, blk in enumerate(self.blocks):
             keep = self.keep_at.get(i)
             if keep is not None:
-                _, idx = torch.topk(-c[:, 1:], keep, dim=1, largest=True, sorted=True)
+                # keep the tokens with the lowest cumulative halting score
+                _, idx = torch.topk(lc, keep, dim=1, largest=False, sorted=True)
                 x = torch.cat([x[:, :1], gather_tokens(x[:, 1:], idx)], dim=1)
-                c = torch.cat([c[:, :1], torch.gather(c[:, 1:], 1, idx)], dim=1)
+                lc = torch.gather(lc, 1, idx)
             x = blk(x)
-            h = halting(x, self.scale, self.center)
-            c = c + h
-            h0 = torch.ones_like(c0) if i == depth - 1 else h[:, :1]
+            if i == depth - 1:
+                h0 = torch.ones_like(c0)
+            elif i < last_sel:  # the patch scores are needed by a later selector
+                lh = log_halting(x, self.scale, self.center)
+                lc = lh[:, 1:] if lc is None else log_add(lc, lh[:, 1:])
+                h0 = torch.exp(lh[:, :1])
+            else:
+                h0 = torch.exp(log_halting(x[:, :1], self.scale, self.center))
             c0 = c0 + h0
             reached = (c0 > 1 - EPS).to(x.dtype) * run
             not_reached = (c0 < 1 - EPS).to(x.dtype)
@@ -234,9 +273,11 @@ class AViT(Method):
         return _AViTSelector(stage.tokens_out - 1)
 
     def selector_macs(self, arch: Arch, plan: TokenPlan) -> list[int]:
-        # the halting score is computed after every block (one scale, sub, sigmoid, add
-        # per token); counted at the stages where tokens are dropped
-        per_block = [4 * n for n in plan.attn_tokens]
+        # the log cumulative halting score is updated after every block before the
+        # last stage: log-sigmoid (scale, sub, min, abs, neg, exp, add, log, sub) and
+        # log-add (max, sub, abs, neg, exp, add, log, add), 17 ops per token; counted at
+        # the stages where tokens are dropped
+        per_block = [17 * n for n in plan.attn_tokens]
         out, last = [], 0
         for s in plan.selectors:
             out.append(sum(per_block[last : s.block]))
@@ -252,16 +293,18 @@ class AViT(Method):
 
 
 class _AViTSelector(nn.Module):
-    """One zipping stage alone: keep CLS and the tokens with the lowest cumulative
-    halting score (a seeded random score stands in for the accumulated one)."""
+    """One zipping stage alone: one update of the log cumulative halting score, then
+    keep CLS and the tokens with the lowest (the input's channel 1 stands in for the
+    score accumulated so far)."""
 
     def __init__(self, keep: int):
         super().__init__()
         self.keep = keep
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        c = torch.sigmoid(x[:, 1:, 0] * 10.0 - 30.0)
-        _, idx = torch.topk(-c, self.keep, dim=1, largest=True, sorted=True)
+        # one block's update of the log cumulative score (channel 1 stands in for it)
+        lc = log_add(x[:, 1:, 1], log_halting(x[:, 1:], 10.0, 30.0))
+        _, idx = torch.topk(lc, self.keep, dim=1, largest=False, sorted=True)
         return torch.cat([x[:, :1], gather_tokens(x[:, 1:], idx)], dim=1)
 
 
@@ -324,10 +367,17 @@ def calibrate(
 
 def load_images(folder: Path, img_size: int) -> torch.Tensor:
     """PNG/JPEG files of a folder, resized to img_size², ImageNet mean/std."""
-    from PIL import Image
+    try:
+        from PIL import Image
+    except ImportError:
+        raise EdgepruneError(
+            "--images needs Pillow, which is not installed", "pip install pillow"
+        ) from None
 
     files = sorted(
-        p for p in Path(folder).iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg")
+        p
+        for p in Path(folder).iterdir()
+        if p.suffix.lower() in (".png", ".jpg", ".jpeg") and p.is_file()
     )
     if not files:
         raise EdgepruneError(f"no PNG/JPEG images in {folder}")
@@ -339,8 +389,11 @@ def load_images(folder: Path, img_size: int) -> torch.Tensor:
             with Image.open(f) as im:
                 im = im.convert("RGB").resize((img_size, img_size), Image.BICUBIC)
                 data = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8)
-        except OSError as e:
-            raise EdgepruneError(f"cannot read image {f} ({e})") from None
+        # a broken file: OSError (unidentified, truncated), SyntaxError/ValueError
+        # (broken PNG chunks), DecompressionBombError (absurd declared size)
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+            msg = " ".join(str(e).split())[:160]
+            raise EdgepruneError(f"cannot read image {f} ({msg})") from None
         t = data.view(img_size, img_size, 3).permute(2, 0, 1).float() / 255.0
         out.append((t - mean) / std)
     return torch.stack(out)
