@@ -250,13 +250,13 @@ def _build(builder, onnx_file: Path, engine_tmp: Path, opts: TrtOptions, chw):
         )
         engine_tmp.write_bytes(data)
         return ApiRunner(data, INPUT_NAME, OUTPUT_NAME)
-    from edgeprune.runtimes.trt_engine import TrtexecRunner, run_trtexec
+    from edgeprune.runtimes.trt_engine import TrtexecEngineRunner, run_trtexec
 
     cmd = trtexec_command(onnx_file, engine_tmp, opts, chw, builder.major, builder.path)
     run_trtexec(cmd, "building the engine")
     if engine_tmp.stat().st_size == 0:
         raise EdgepruneError("trtexec reported success but wrote no engine", exit_code=1)
-    return TrtexecRunner(
+    return TrtexecEngineRunner(
         builder.path, engine_tmp, INPUT_NAME, OUTPUT_NAME, opts.dynamic_batch is not None
     )
 

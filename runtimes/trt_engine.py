@@ -1,6 +1,7 @@
 """TensorRT engines for export: find a builder (the ``tensorrt`` Python API, else
 ``trtexec``), build a serialized engine, and run it for parity. Every TensorRT import is
-lazy. (The profiler's timing runner is runtimes/tensorrt.py.)
+lazy. The profiler's timing runner is runtimes/tensorrt.py; finding trtexec and reading
+its version are shared with it (one implementation, there).
 
 TensorRT 10 builds FP16 from a float32 ONNX with ``BuilderFlag.FP16`` (``--fp16``);
 TensorRT 11 is strongly typed only, so FP16 must already be in the ONNX.
@@ -9,8 +10,6 @@ TensorRT 11 is strongly typed only, so FP16 must already be in the ONNX.
 from __future__ import annotations
 
 import json
-import re
-import shutil
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -18,9 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeprune.errors import EdgepruneError
-
-VERSION_RE = re.compile(r"TensorRT v(\d+)")
+from edgeprune.errors import EdgepruneError, MissingRuntimeError
+from edgeprune.runtimes.tensorrt import find_trtexec, parse_trtexec_version
 
 
 @dataclass(frozen=True)
@@ -39,32 +37,31 @@ class Builder:
 
 
 def find_builder() -> Builder | None:
-    """The TensorRT Python API if it imports, else ``trtexec`` on the PATH, else None."""
+    """The TensorRT Python API if it imports, else ``trtexec`` (on the PATH or where
+    JetPack puts it), else None."""
     try:
         import tensorrt as trt  # noqa: F401  (optional, heavy)
 
         return Builder("api", str(getattr(trt, "__version__", "unknown")))
     except ImportError:
         pass
-    path = shutil.which("trtexec")
-    if path is None:
+    try:
+        path = find_trtexec()
+    except MissingRuntimeError:
         return None
     return Builder("trtexec", trtexec_version(path), path)
 
 
 def trtexec_version(path: str) -> str:
-    """From trtexec's banner: ``[TensorRT v100300]`` → ``10.3.0``."""
+    """From trtexec's banner (``[TensorRT v100300]`` → ``10.3.0``), or ``unknown``."""
     try:
         res = subprocess.run(
             [path, "--help"], capture_output=True, text=True, timeout=60, check=False
         )
     except (OSError, subprocess.TimeoutExpired):
         return "unknown"
-    m = VERSION_RE.search(res.stdout + res.stderr)
-    if not m:
-        return "unknown"
-    v = int(m.group(1))
-    return f"{v // 10000}.{v // 100 % 100}.{v % 100}"
+    v = parse_trtexec_version(res.stdout + res.stderr)
+    return ".".join(map(str, v)) if v else "unknown"
 
 
 # ---- trtexec --------------------------------------------------------------------------
@@ -81,7 +78,7 @@ def run_trtexec(cmd: list[str], what: str, timeout: float = 3600) -> str:
     return res.stdout
 
 
-class TrtexecRunner:
+class TrtexecEngineRunner:
     """Runs an engine through ``trtexec --loadInputs --exportOutput`` (no Python API
     needed); returns None from ``__call__`` when this trtexec produced no output file."""
 

@@ -156,3 +156,20 @@ def test_tensorrt_missing_says_so(monkeypatch, tmp_path):
 def test_coreml_needs_macos():
     with pytest.raises(MissingRuntimeError, match="needs macOS"):
         get_runner("coreml")
+
+
+def test_export_builder_shares_trtexec_lookup_and_version(tmp_path, monkeypatch):
+    """The export side finds trtexec and reads its version with the profiler's code
+    (TensorRT 8's v8601 banner is 8.6.1, not 0.86.1)."""
+    import importlib.util
+
+    if importlib.util.find_spec("tensorrt") is not None:
+        pytest.skip("the tensorrt Python API is installed: find_builder prefers it")
+    from edgeprune.runtimes.trt_engine import find_builder
+
+    exe = _fake_trtexec(tmp_path, "8601")
+    monkeypatch.setenv("PATH", str(tmp_path))
+    b = find_builder()
+    assert b.kind == "trtexec" and b.path == str(exe) and b.version == "8.6.1" and b.major == 8
+    monkeypatch.setenv("PATH", str(tmp_path / "none"))
+    assert find_builder() is None
