@@ -20,12 +20,10 @@ import torch
 
 from edgeprune.atomic import (
     atomic_dir,
-    check_writable_dir_target,
-    check_writable_target,
     write_json_atomic,
 )
 from edgeprune.errors import EdgepruneError, ParityError
-from edgeprune.export.manifest import base_manifest, manifest_path, sha256_tree, skipped
+from edgeprune.export.manifest import base_manifest, prepare_outputs, sha256_tree, skipped
 from edgeprune.export.onnx import INPUT_NAME, OUTPUT_NAME, compare, io_spec
 from edgeprune.source import Source
 
@@ -139,11 +137,7 @@ def export_coreml(
     validate(precision, min_target, compute_units)
     if batch < 1:
         raise EdgepruneError(f"--batch {batch} is not a positive batch size")
-    if out.suffix != ".mlpackage":
-        raise EdgepruneError(f"--out {out} should end in .mlpackage")
-    mpath = manifest_path(out)
-    check_writable_dir_target(out, force)
-    check_writable_target(mpath, force)
+    mpath = prepare_outputs(out, (".mlpackage",), force, directory=True)
     step = progress or (lambda _msg: None)
     img = source.arch.img_size
     step("converting (torch.export → coremltools ML Program)")

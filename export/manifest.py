@@ -17,6 +17,30 @@ def manifest_path(artifact: Path) -> Path:
     return artifact.with_name(artifact.stem + ".manifest.json")
 
 
+def prepare_outputs(
+    out: Path,
+    suffixes: tuple[str, ...],
+    force: bool,
+    side_files: tuple[Path, ...] = (),
+    directory: bool = False,
+) -> Path:
+    """Every exporter's first step: ``out`` has the target's suffix, and it, its manifest
+    and any side files may be written (absent, or ``force``). Returns the manifest path.
+
+    ``directory``: ``out`` is a bundle directory (an .mlpackage), checked as one."""
+    from edgeprune.atomic import check_writable_dir_target, check_writable_target
+    from edgeprune.errors import EdgepruneError
+
+    out = Path(out)
+    if out.suffix not in suffixes:
+        raise EdgepruneError(f"--out {out} should end in {suffixes[0]}")
+    mpath = manifest_path(out)
+    (check_writable_dir_target if directory else check_writable_target)(out, force)
+    for p in (mpath, *side_files):
+        check_writable_target(p, force)
+    return mpath
+
+
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

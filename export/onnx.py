@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edgeprune.atomic import atomic_path, check_writable_target, write_json_atomic
+from edgeprune.atomic import atomic_path, write_json_atomic
 from edgeprune.errors import EdgepruneError, ParityError
-from edgeprune.export.manifest import base_manifest, manifest_path, sha256_file
+from edgeprune.export.manifest import base_manifest, prepare_outputs, sha256_file
 from edgeprune.source import Source
 
 INPUT_NAME = "input"
@@ -267,11 +267,7 @@ def export_onnx(
     """
     out = Path(out)
     check_onnx_options(batch, opset)
-    if out.suffix != ".onnx":
-        raise EdgepruneError(f"--out {out} should end in .onnx")
-    mpath = manifest_path(out)
-    check_writable_target(out, force)
-    check_writable_target(mpath, force)
+    mpath = prepare_outputs(out, (".onnx",), force)
     v = verified_onnx(source, batch, opset, n_parity_inputs, atol, progress=progress)
     manifest = base_manifest(source, "onnx", out, batch)
     manifest.update(

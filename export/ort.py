@@ -17,9 +17,9 @@ import logging
 import tempfile
 from pathlib import Path
 
-from edgeprune.atomic import atomic_path, check_writable_target, write_json_atomic
+from edgeprune.atomic import atomic_path, write_json_atomic
 from edgeprune.errors import EdgepruneError, ParityError
-from edgeprune.export.manifest import base_manifest, manifest_path, sha256_file
+from edgeprune.export.manifest import base_manifest, prepare_outputs, sha256_file
 from edgeprune.export.onnx import MIN_OPSET, compare, io_spec, verified_onnx
 from edgeprune.source import Source
 
@@ -65,11 +65,7 @@ def export_ort(
     from edgeprune.runtimes.onnxruntime import make_session, run
 
     out = Path(out)
-    if out.suffix != ".ort":
-        raise EdgepruneError(f"--out {out} should end in .ort")
-    mpath = manifest_path(out)
-    check_writable_target(out, force)
-    check_writable_target(mpath, force)
+    mpath = prepare_outputs(out, (".ort",), force)
     step = progress or (lambda _msg: None)
     v = verified_onnx(source, batch, opset, n_parity_inputs, progress=step)
     precision = "int8" if int8 else "fp32"

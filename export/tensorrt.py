@@ -13,9 +13,9 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgeprune.atomic import atomic_path, check_writable_target, write_json_atomic
+from edgeprune.atomic import atomic_path, write_json_atomic
 from edgeprune.errors import EdgepruneError, ParityError
-from edgeprune.export.manifest import base_manifest, manifest_path, sha256_file, skipped
+from edgeprune.export.manifest import base_manifest, prepare_outputs, sha256_file, skipped
 from edgeprune.export.onnx import (
     INPUT_NAME,
     MIN_OPSET,
@@ -122,13 +122,10 @@ def export_trt(
 
     out = Path(out)
     opts.validate()
-    if out.suffix not in (".engine", ".plan", ".trt"):
-        raise EdgepruneError(f"--out {out} should end in .engine")
     onnx_path = out.with_suffix(".onnx")
     fp16_path = out.with_suffix(".fp16.onnx")
-    mpath = manifest_path(out)
-    for p in (out, onnx_path, mpath) + ((fp16_path,) if opts.precision == "fp16" else ()):
-        check_writable_target(p, force)
+    side = (onnx_path,) + ((fp16_path,) if opts.precision == "fp16" else ())
+    mpath = prepare_outputs(out, (".engine", ".plan", ".trt"), force, side)
     step = progress or (lambda _msg: None)
     dyn = opts.dynamic_batch
     if dyn is not None:
