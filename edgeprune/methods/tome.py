@@ -16,7 +16,9 @@ sorted unmerged rest -> one ScatterElements (-inf at the merged rows of a consta
 GatherND (see ``gather_tokens``); scatter_reduce(sum) -> a one-hot r×Nb matrix
 product (plain MatMul, TensorRT-friendly; r·Nb·C multiply-adds, ~10 µs a block on
 DeiT-T, not the N²·C of a dense merge matrix). CLS protection is one Add of a
-constant -inf column. Same result for distinct similarity values.
+constant -inf column; the best match is an ArgMax over the r merged rows only; the
+size-weighted average touches the B rows only (unmerged A tokens are copied, not
+multiplied and divided by their size). Same result for distinct similarity values.
 """
 
 from __future__ import annotations
@@ -67,20 +69,22 @@ def bipartite_merge(
     # CLS (row 0 of A) never merges: -inf on its row, as one Add of a constant column
     protect = torch.tensor([float("-inf")] + [0.0] * (na - 1), dtype=x.dtype, device=x.device)
     scores = a @ b.transpose(-1, -2) + protect.view(1, na, 1)
-    node_max, node_idx = scores.max(dim=-1)
-    src_idx = torch.topk(node_max, r, dim=1, largest=True, sorted=True)[1]
+    src_idx = torch.topk(scores.amax(dim=-1), r, dim=1, largest=True, sorted=True)[1]
     unm_idx = _complement_ascending(src_idx, na)
-    dst_idx = torch.gather(node_idx, 1, src_idx)
+    # each merged token's best match: argmax over its own row of scores only (r rows,
+    # not all of A)
+    dst_idx = gather_tokens(scores, src_idx).argmax(dim=-1)
     onehot = (dst_idx.unsqueeze(-1) == torch.arange(nb).view(1, 1, nb)).to(x.dtype)  # B×r×Nb
 
-    def merge(t: torch.Tensor) -> torch.Tensor:
-        src_all, dst = t[:, ::2], t[:, 1::2]
-        unm = gather_tokens(src_all, unm_idx)
-        dst = dst + onehot.transpose(1, 2) @ gather_tokens(src_all, src_idx)
-        return torch.cat([unm, dst], dim=1)
-
-    new_size = merge(size)
-    return merge(x * size) / new_size, new_size
+    # size-weighted average, computed on the B rows only: unmerged tokens keep x as is
+    xa, xb = x[:, ::2], x[:, 1::2]
+    sa, sb = size[:, ::2], size[:, 1::2]
+    into = onehot.transpose(1, 2)  # B×Nb×r
+    src_s = gather_tokens(sa, src_idx)
+    new_sb = sb + into @ src_s
+    new_xb = (xb * sb + into @ (gather_tokens(xa, src_idx) * src_s)) / new_sb
+    x = torch.cat([gather_tokens(xa, unm_idx), new_xb], dim=1)
+    return x, torch.cat([gather_tokens(sa, unm_idx), new_sb], dim=1)
 
 
 class ToMeStatic(VisionTransformer):
