@@ -141,7 +141,10 @@ def run_sections(data: dict, timer, quick: bool, runs: int, budget: float, workd
     }
     # ---- 6. selector overhead ----------------------------------------------------------
     print("6. selector overhead")
-    lines = ["| model | predicted total ms | selectors ms | share |", "|---|---|---|---|"]
+    lines = [
+        "| model | predicted total ms | selectors ms | selectors' share of latency |",
+        "|---|---|---|---|",
+    ]
     data["selector_overhead"] = []
     for mdl, spec in ((model, "deit_tiny:spvit"), (tiny_model, "deit_tiny:dynamicvit@0.7")):
         p = mdl.predict(resolve(spec).plan)

@@ -46,3 +46,18 @@ def pair_ratio(a: list[float], b: list[float]) -> dict:
     """Median and spread of a[i]/b[i] over interleaved rounds."""
     r = [x / y for x, y in zip(a, b, strict=True)]
     return {"median": statistics.median(r), "p10": pct(r, 10), "p90": pct(r, 90)}
+
+
+IDEAL_SHARE_TARGET = 0.9  # issue #7: a pruned model should reach 90 % of its GFLOPs ratio
+
+
+def share_of_ideal(speedup: float, gflops_ratio: float) -> float:
+    """Measured speedup as a share of the ideal one: speedup / GFLOPs ratio (issue #7's
+    criterion is >= 0.9)."""
+    return speedup / gflops_ratio
+
+
+def gain_share(speedup: float, gflops_ratio: float) -> float | None:
+    """The saving as a share of the ideal saving: (speedup - 1) / (GFLOPs ratio - 1).
+    Harsher than ``share_of_ideal``; None when the ratio is 1 (nothing to gain)."""
+    return (speedup - 1) / (gflops_ratio - 1) if gflops_ratio > 1 else None

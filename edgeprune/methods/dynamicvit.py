@@ -9,7 +9,8 @@ rho cumulative (default [r, r^2, r^3] at blocks [3, 6, 9]), in descending score 
 The rest: dropped.
 
 The static rewrite replaces argsort+slice by TopK with a constant K and the
-index-select by GatherElements, which is the same computation for distinct scores.
+index-select by a row gather (GatherND in ONNX), which is the same computation for
+distinct scores.
 """
 
 from __future__ import annotations
@@ -55,8 +56,13 @@ class PredictorLG(nn.Module):
             global_x = (x[:, :, c // 2 :] * policy).sum(dim=1, keepdim=True) / policy.sum(
                 dim=1, keepdim=True
             )
-        x = torch.cat([local_x, global_x.expand(-1, x.shape[1], -1)], dim=-1)
-        return self.out_conv(x)
+        # out_conv[0] on cat([local, global broadcast over N]) computed as
+        # local·W_localᵀ + (global·W_globalᵀ + b): the global half is one row, so the
+        # graph has no Expand/Concat of N×C/2 and half the MACs in that layer
+        first = self.out_conv[0]
+        w_local, w_global = first.weight[:, : c // 2], first.weight[:, c // 2 :]
+        h = local_x @ w_local.t() + (global_x @ w_global.t() + first.bias)
+        return self.out_conv[1:](h)
 
 
 def predictor_macs(c: int, n: int) -> int:

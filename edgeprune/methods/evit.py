@@ -10,8 +10,9 @@ The rest: fused into one token, sum of the tokens weighted by their CLS attentio
 (not normalised, as published), appended at the end.
 
 Static rewrite: the published code already keeps a fixed count per stage; TopK with a
-constant K, GatherElements, and the complement as a scattered mask instead of an
-index complement. Same result for distinct attention values.
+constant K, a row gather (GatherND in ONNX), and the complement as a scattered mask
+instead of an index complement (the fused token is one MatMul of the masked weights
+with the tokens). Same result for distinct attention values.
 """
 
 from __future__ import annotations

@@ -16,8 +16,8 @@ def weighted_rest(
 ) -> torch.Tensor:
     """One token from the tokens *not* kept: sum of x_i · w_i over them (B×1×C), divided
     by the sum of their weights when ``normalise``."""
-    w = weights * drop_mask(weights, keep_idx)
-    out = (x * w.unsqueeze(-1)).sum(dim=1, keepdim=True)
+    w = (weights * drop_mask(weights, keep_idx)).unsqueeze(1)  # B×1×N
+    out = w @ x  # one MatMul, not a B×N×C product and a reduction over N
     if normalise:
-        out = out / w.sum(dim=1, keepdim=True).unsqueeze(-1).clamp_min(1e-12)
+        out = out / w.sum(dim=-1, keepdim=True).clamp_min(1e-12)
     return out

@@ -131,6 +131,31 @@ def init_random_(module: nn.Module, seed: int = 0) -> None:
                 p.copy_(0.02 * torch.randn(p.shape, generator=g))
 
 
+class _GatherRows(torch.autograd.Function):
+    """Row gather that exports as one ONNX ``GatherND(batch_dims=1)`` on a B×K×1 index.
+
+    ``torch.gather`` exports as GatherElements on an index expanded to B×K×C (Unsqueeze,
+    Expand, GatherElements): an index per element, C times the work of copying rows.
+    On ONNX Runtime CPU (1 thread, DeiT-T, 196 → 120 tokens) that is 28 µs against
+    7 µs for GatherND, ~42 µs / 236 µs at batch 8. GatherND with batch_dims=1 keeps
+    any batch size (static or the symbolic one of ``--dynamic-batch``) with no index
+    arithmetic; TensorRT and CoreML both take it."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        return torch.gather(x, 1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+
+    @staticmethod
+    def symbolic(g, x, idx):
+        axes = g.op("Constant", value_t=torch.tensor([-1], dtype=torch.int64))
+        return g.op("GatherND", x, g.op("Unsqueeze", idx, axes), batch_dims_i=1)
+
+
 def gather_tokens(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """x: B×N×C, idx: B×K (int64) -> B×K×C. Exports as ONNX GatherElements."""
+    """x: B×N×C, idx: B×K (int64) -> B×K×C, rows in the order of ``idx``.
+
+    Eager, torch.export (CoreML) and training: ``torch.gather``. ONNX export: one
+    GatherND with batch_dims=1 (see ``_GatherRows``)."""
+    if torch.onnx.is_in_onnx_export():
+        return _GatherRows.apply(x, idx)
     return torch.gather(x, 1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))

@@ -1,0 +1,153 @@
+"""Where a pruned graph loses time against its GFLOPs ratio (issue #7).
+
+    taskset -c 1 python benchmarks/overhead.py [--specs deit_tiny:spvit,...] [--rounds 150]
+
+For every spec, three ONNX graphs are timed interleaved in one process (ONNX Runtime
+CPU, batch 1, fixed threads): dense, the pruned model, and a *slice reference*: the
+same backbone at the plan's token counts, tokens dropped by plain slicing, no
+selector. The slice reference is what the pruned graph would cost if selecting,
+gathering and merging were free, so
+
+    speedup = dense / pruned = (dense / slice) × (slice / pruned)
+              backbone part ─┘                └─ selector part
+
+"backbone share" is dense/slice over the backbone-only GFLOPs ratio (how close smaller
+blocks come to their FLOPs), "selectors" is (pruned − slice) / pruned, their share of
+the pruned latency. --profile adds ONNX Runtime's per-op-type kernel times of the
+pruned graph minus the slice reference. Not part of the test run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import io
+import json
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from timing import interleave, pair_ratio, share_of_ideal  # noqa: E402
+
+from edgeprune.export.onnx import export_onnx, simplify  # noqa: E402
+from edgeprune.models.deit import VisionTransformer  # noqa: E402
+from edgeprune.runtimes.onnxruntime import make_session  # noqa: E402
+from edgeprune.source import resolve  # noqa: E402
+
+DEFAULT_SPECS = "deit_tiny:spvit,deit_tiny:tome@r16,deit_tiny:dynamicvit@0.7,deit_tiny:evit@0.7"
+
+
+class SliceReference(VisionTransformer):
+    """The backbone at a plan's token counts, reduced by slicing: zero-cost selectors."""
+
+    def __init__(self, arch, plan):
+        super().__init__(arch)
+        self.plan = plan
+
+    def forward(self, img: torch.Tensor) -> torch.Tensor:
+        x = self.embed(img)
+        for blk, n_attn, n_mlp in zip(
+            self.blocks, self.plan.attn_tokens, self.plan.mlp_tokens, strict=True
+        ):
+            x = x[:, :n_attn]
+            x = x + blk.attn(blk.norm1(x))
+            x = x[:, :n_mlp]
+            x = x + blk.mlp(blk.norm2(x))
+        return self.classify(x)
+
+
+def slice_reference_onnx(spec: str, out: Path) -> None:
+    src = resolve(spec)
+    model = SliceReference(src.arch, src.plan).init_random(0).eval()
+    f = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model,
+            (torch.zeros(1, 3, src.arch.img_size, src.arch.img_size),),
+            f,
+            opset_version=17,
+            dynamo=False,
+        )
+    out.write_bytes(simplify(f.getvalue()).SerializeToString())
+
+
+def op_times(path: Path, threads: int, runs: int = 60) -> collections.Counter:
+    """Median kernel time per node from ONNX Runtime's profiler, summed per op type (µs)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    so.enable_profiling = True
+    so.profile_file_prefix = str(Path(tempfile.mkdtemp()) / "prof")
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).standard_normal((1, 3, 224, 224), dtype=np.float32)
+    feeds = {sess.get_inputs()[0].name: x}
+    for _ in range(runs + 10):
+        sess.run(None, feeds)
+    trace = Path(sess.end_profiling())
+    per_node: dict[tuple[str, str], list[float]] = collections.defaultdict(list)
+    for e in json.loads(trace.read_text()):
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            per_node[(e["args"]["op_name"], e["name"])].append(e["dur"])
+    trace.unlink()
+    out: collections.Counter = collections.Counter()
+    for (op, _), d in per_node.items():
+        out[op] += float(np.median(d[-runs:]))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--specs", default=DEFAULT_SPECS)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--rounds", type=int, default=150)
+    ap.add_argument("--profile", action="store_true", help="per-op-type kernel time deltas")
+    args = ap.parse_args()
+    x = np.random.default_rng(0).standard_normal((1, 3, 224, 224), dtype=np.float32)
+    with tempfile.TemporaryDirectory() as td:
+        for spec in args.specs.split(","):
+            src = resolve(spec)
+            paths = {k: Path(td) / f"{k}.onnx" for k in ("dense", "pruned", "slice")}
+            export_onnx(resolve(src.arch.name), paths["dense"], force=True, n_parity_inputs=1)
+            export_onnx(src, paths["pruned"], force=True, n_parity_inputs=1)
+            slice_reference_onnx(spec, paths["slice"])
+            runners = {}
+            for k, p in paths.items():
+                sess = make_session(p, threads=args.threads)
+                feeds = {sess.get_inputs()[0].name: x}
+                runners[k] = lambda sess=sess, feeds=feeds: sess.run(None, feeds)
+            t = interleave(runners, runs=args.rounds, warmup=10)
+            fl = src.flops()
+            total_ratio, backbone_ratio = fl.dense / fl.total, fl.dense / fl.pruned
+            speedup = pair_ratio(t["dense"], t["pruned"])["median"]
+            backbone = pair_ratio(t["dense"], t["slice"])["median"]
+            pairs = zip(t["pruned"], t["slice"], strict=True)
+            sel = float(np.median([(p - s) / p for p, s in pairs]))
+            print(
+                f"{spec:26s} speedup {speedup:.3f}× of {total_ratio:.3f}× "
+                f"({share_of_ideal(speedup, total_ratio):.1%} of ideal) | slice reference "
+                f"{backbone:.3f}× of backbone-only {backbone_ratio:.3f}× "
+                f"({share_of_ideal(backbone, backbone_ratio):.1%}) | selectors {sel:.1%} of "
+                f"pruned latency, {fl.selectors / fl.total:.1%} of its GFLOPs"
+            )
+            if args.profile:
+                pruned = op_times(paths["pruned"], args.threads)
+                ref = op_times(paths["slice"], args.threads)
+                delta = {op: pruned[op] - ref[op] for op in set(pruned) | set(ref)}
+                top = sorted(delta.items(), key=lambda kv: -abs(kv[1]))[:12]
+                print("   kernel µs pruned − slice:", ", ".join(f"{o} {d:+.0f}" for o, d in top))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+"""The cheaper graph layouts (issue #7) compute the same function as the plain forms."""
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from edgeprune.export.onnx import verified_onnx
+from edgeprune.methods.dynamicvit import PredictorLG
+from edgeprune.methods.spvit import MultiheadPredictor
+from edgeprune.methods.tome import _complement_ascending, bipartite_merge
+from edgeprune.models.deit import init_random_
+from edgeprune.runtimes.onnxruntime import make_session, run
+from edgeprune.source import resolve
+
+
+def _per_head_loop(m: MultiheadPredictor, x, policy=None):
+    """SPViT's MultiheadPredictorLG as published: one scorer per head, in a loop."""
+    b, n, _ = x.shape
+    h, d = m.num_heads, m.head_dim
+    xh = x.reshape(b, n, h, d)
+    weights = m.senet(xh.mean(dim=-1))
+    total = 0
+    for i in range(h):
+        t = m.in_conv[i](xh[:, :, i])
+        if policy is None:
+            glob = t[:, :, d // 2 :].mean(dim=1, keepdim=True)
+        else:
+            glob = (t[:, :, d // 2 :] * policy).sum(1, keepdim=True) / policy.sum(1, keepdim=True)
+        t = torch.cat([t[:, :, : d // 2], glob.expand(-1, n, -1)], dim=-1)
+        total = total + torch.log_softmax(m.out_conv[i](t), dim=-1) * weights[:, :, i : i + 1]
+    return total / weights.sum(dim=-1, keepdim=True)
+
+
+def _concat_form(m: PredictorLG, x, policy=None):
+    """DynamicViT's PredictorLG as published: local and broadcast global, concatenated."""
+    x = m.in_conv(x)
+    c = x.shape[-1]
+    if policy is None:
+        glob = x[:, :, c // 2 :].mean(dim=1, keepdim=True)
+    else:
+        glob = (x[:, :, c // 2 :] * policy).sum(1, keepdim=True) / policy.sum(1, keepdim=True)
+    return m.out_conv(torch.cat([x[:, :, : c // 2], glob.expand(-1, x.shape[1], -1)], dim=-1))
+
+
+@pytest.mark.parametrize("dim,heads", [(192, 3), (384, 6)])
+def test_multihead_predictor_equals_per_head_loop(dim, heads):
+    m = MultiheadPredictor(dim, heads)
+    init_random_(m, 3)
+    x = torch.randn(2, 150, dim)
+    policy = (torch.rand(2, 150, 1) > 0.4).float()
+    with torch.no_grad():
+        assert (m(x) - _per_head_loop(m, x)).abs().max().item() <= 1e-5
+        assert (m(x, policy) - _per_head_loop(m, x, policy)).abs().max().item() <= 1e-5
+
+
+def test_predictor_lg_equals_concat_form():
+    m = PredictorLG(192)
+    init_random_(m, 4)
+    x = torch.randn(3, 196, 192)
+    policy = (torch.rand(3, 196, 1) > 0.3).float()
+    with torch.no_grad():
+        assert (m(x) - _concat_form(m, x)).abs().max().item() <= 1e-5
+        assert (m(x, policy) - _concat_form(m, x, policy)).abs().max().item() <= 1e-5
+
+
+def test_complement_ascending():
+    g = torch.Generator().manual_seed(0)
+    src = torch.stack([torch.randperm(40, generator=g)[:9] for _ in range(4)])
+    got = _complement_ascending(src, 40)
+    for row, s in zip(got.tolist(), src.tolist(), strict=True):
+        assert row == sorted(set(range(40)) - set(s))
+
+
+def test_tome_merge_with_tied_scores_is_a_partition():
+    """Identical tokens (flat image regions) tie in the matching scores: the merge must
+    still use every token exactly once, so sizes and size-weighted sums are conserved."""
+    x = torch.randn(2, 61, 8)
+    x[:, 10:40] = x[:, 10:11]  # 30 identical tokens
+    size = torch.rand(2, 61, 1) + 0.5
+    out, new_size = bipartite_merge(x, size, x, r=20)
+    assert out.shape == (2, 41, 8) and new_size.shape == (2, 41, 1)
+    assert torch.allclose(new_size.sum(1), size.sum(1), atol=1e-5)
+    assert torch.allclose((out * new_size).sum(1), (x * size).sum(1), atol=1e-4)
+
+
+@pytest.mark.parametrize("spec", ["deit_tiny:spvit", "deit_tiny:tome@r16"])
+def test_row_gathers_are_gathernd_and_dynamic_batch_runs_any_batch(spec):
+    src = resolve(spec)
+    v = verified_onnx(src, batch=2, n_parity_inputs=2, dynamic_batch=True)
+    ops = [n.op_type for n in v.proto.graph.node]
+    assert "GatherND" in ops
+    gathers = [n for n in v.proto.graph.node if n.op_type == "GatherND"]
+    assert all(a.i == 1 for n in gathers for a in n.attribute if a.name == "batch_dims") and gathers
+    if spec.endswith("spvit"):
+        assert "GatherElements" not in ops
+    sess = make_session(onnx.load_from_string(v.data).SerializeToString())
+    x = torch.randn(3, 3, 224, 224)
+    with torch.no_grad():
+        ref = src.model()(x).numpy()
+    assert np.abs(run(sess, x.numpy()) - ref).max() <= 1e-4
