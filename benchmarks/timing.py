@@ -22,9 +22,14 @@ def interleave(
     runs: int,
     warmup: int = 5,
     max_seconds: float | None = None,
+    burst: int = 1,
 ) -> dict[str, list[float]]:
     """Run every fn once per round, rotating who goes first (A B C, B C A, ...).
-    Returns per-fn lists of milliseconds, one entry per round."""
+    Returns per-fn lists of milliseconds, one entry per round.
+
+    ``burst`` > 1: each fn runs that many times in a row per round and the last run is
+    kept (the steady state of a model running back to back, as ``edgeprune bench`` and a
+    deployment see it, rather than a cold start right after another model)."""
     names = list(fns)
     for _ in range(warmup):
         for n in names:
@@ -34,6 +39,8 @@ def interleave(
     for i in range(runs):
         k = i % len(names)
         for n in names[k:] + names[:k]:
+            for _ in range(burst - 1):
+                fns[n]()
             t0 = time.perf_counter()
             fns[n]()
             out[n].append((time.perf_counter() - t0) * 1e3)
