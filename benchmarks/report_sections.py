@@ -58,7 +58,7 @@ def run_sections(data: dict, timer, quick: bool, runs: int, budget: float, workd
     export_onnx(src, path, force=True, n_parity_inputs=2)
     timer.paths[(spec, 1)] = path
     # the budget promises what ``edgeprune bench`` measures: a model running back to
-    # back. So this check times steady-state bursts (3 runs, the last kept), interleaved.
+    # back. So this check times steady-state bursts (3 runs, the first discarded), interleaved.
     tb = interleave(
         {"dense": timer.runner("deit_tiny", 1, 1), "budget": timer.runner(spec, 1, 1)},
         runs=max(runs, 60),
@@ -96,7 +96,7 @@ def run_sections(data: dict, timer, quick: bool, runs: int, budget: float, workd
             f"Budget on a profile of this machine (deit_tiny/spvit, 1 thread) with target = 26/44 × measured dense "
             f"= {target:.2f} ms: `free` schedule keep ratios {[round(x, 3) for x in res.chosen.keep_ratios]}, "
             f"predicted {res.chosen.predicted_ms:.2f} ms; exported and measured (steady state: interleaved "
-            f"bursts of 3 runs, the last kept) {meas['median']:.2f} ms "
+            f"bursts of 3 runs, the first discarded) {meas['median']:.2f} ms "
             f"(p90 {meas['p90']:.2f}) against dense {dense_again['median']:.2f} ms in the same run "
             f"(target in that run {target_again:.2f} ms): "
             f"{'meets' if meas['median'] <= target_again else 'misses'} the target by "

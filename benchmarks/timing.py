@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import statistics
-import time
 from collections.abc import Callable
 
 import numpy as np
+
+from edgeprune.runtimes.timing import interleave_samples
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -24,29 +25,15 @@ def interleave(
     max_seconds: float | None = None,
     burst: int = 1,
 ) -> dict[str, list[float]]:
-    """Run every fn once per round, rotating who goes first (A B C, B C A, ...).
-    Returns per-fn lists of milliseconds, one entry per round.
-
-    ``burst`` > 1: each fn runs that many times in a row per round and the last run is
-    kept (the steady state of a model running back to back, as ``edgeprune bench`` and a
-    deployment see it, rather than a cold start right after another model)."""
+    """``edgeprune.runtimes.timing.interleave_samples`` over named fns: runs rotate who
+    goes first (A B C, B C A, ...); with ``burst`` > 1 each fn runs that many times in a
+    row per round and the first of those is discarded (the steady state of a model
+    running back to back). Returns per-fn lists of milliseconds, paired by index."""
     names = list(fns)
-    for _ in range(warmup):
-        for n in names:
-            fns[n]()
-    out: dict[str, list[float]] = {n: [] for n in names}
-    t_start = time.perf_counter()
-    for i in range(runs):
-        k = i % len(names)
-        for n in names[k:] + names[:k]:
-            for _ in range(burst - 1):
-                fns[n]()
-            t0 = time.perf_counter()
-            fns[n]()
-            out[n].append((time.perf_counter() - t0) * 1e3)
-        if max_seconds is not None and time.perf_counter() - t_start > max_seconds and i >= 9:
-            break
-    return out
+    samples = interleave_samples(
+        [fns[n] for n in names], runs, warmup, burst, max_seconds, min_rounds=10
+    )
+    return dict(zip(names, samples, strict=True))
 
 
 def pair_ratio(a: list[float], b: list[float]) -> dict:

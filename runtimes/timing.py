@@ -93,6 +93,44 @@ def time_callable(fn: Callable[[], object], policy: TimingPolicy) -> list[float]
     return samples
 
 
+def interleave_samples(
+    fns: Sequence[Callable[[], object]],
+    rounds: int = 30,
+    warmup: int = 3,
+    burst: int = 1,
+    max_seconds: float | None = None,
+    min_rounds: int = 10,
+) -> list[list[float]]:
+    """Run every fn once per round, the order rotating each round (A B C, B C A, …), so
+    the machine's drift hits all of them alike; per-fn samples in ms.
+
+    With ``burst`` > 1 a fn runs ``burst`` times in a row per round and the first of
+    those is discarded: what is kept is the steady state that a model running back to
+    back sees (as ``bench`` and a deployment do), not the cold start right after a
+    different model evicted its weights. ``max_seconds`` stops early, after at least
+    ``min_rounds`` rounds."""
+    if burst < 1:
+        raise ValueError("burst must be at least 1")
+    for _ in range(warmup):
+        for fn in fns:
+            fn()
+    times: list[list[float]] = [[] for _ in fns]
+    k = len(fns)
+    start = time.perf_counter()
+    for r in range(rounds):
+        for j in range(k):
+            i = (j + r) % k
+            for b in range(burst):
+                t0 = time.perf_counter()
+                fns[i]()
+                if burst == 1 or b > 0:
+                    times[i].append((time.perf_counter() - t0) * 1e3)
+        late = max_seconds is not None and time.perf_counter() - start > max_seconds
+        if late and r + 1 >= min_rounds:
+            break
+    return times
+
+
 def time_interleaved(
     sessions: Sequence,
     inputs: Sequence[np.ndarray],
@@ -100,27 +138,8 @@ def time_interleaved(
     warmup: int = 3,
     burst: int = 1,
 ) -> list[Timing]:
-    """Time onnxruntime ``sessions[i].run`` on ``inputs[i]``, interleaved: one Timing each.
-
-    Every round runs each session (the order rotating each round), so the machine's
-    drift hits all of them alike. With ``burst`` > 1 a session runs ``burst`` times in
-    a row per round and the first of those is discarded: what is kept is the steady
-    state that a model running back to back sees (as ``bench`` and a deployment do),
-    not the cold start right after a different model evicted its weights."""
-    if burst < 1:
-        raise ValueError("burst must be at least 1")
+    """Time onnxruntime ``sessions[i].run`` on ``inputs[i]`` with ``interleave_samples``:
+    one Timing each."""
     feeds = [{s.get_inputs()[0].name: x} for s, x in zip(sessions, inputs, strict=True)]
-    for _ in range(warmup):
-        for s, f in zip(sessions, feeds, strict=True):
-            s.run(None, f)
-    times: list[list[float]] = [[] for _ in sessions]
-    k = len(sessions)
-    for r in range(rounds):
-        for j in range(k):
-            i = (j + r) % k
-            for b in range(burst):
-                t0 = time.perf_counter()
-                sessions[i].run(None, feeds[i])
-                if burst == 1 or b > 0:
-                    times[i].append((time.perf_counter() - t0) * 1e3)
-    return [Timing.from_samples(t) for t in times]
+    fns = [lambda s=s, f=f: s.run(None, f) for s, f in zip(sessions, feeds, strict=True)]
+    return [Timing.from_samples(t) for t in interleave_samples(fns, rounds, warmup, burst)]

@@ -8,9 +8,7 @@ made-up table, marked ``measured: false``, for pure-math tests.
 
 from __future__ import annotations
 
-import io
 import platform
-import warnings
 
 import numpy as np
 import torch
@@ -19,36 +17,10 @@ from torch import nn
 from edgeprune.arch import Arch, get_arch
 from edgeprune.latency_table import Curve, EndToEnd, LatencyTable, Point
 from edgeprune.methods import get_method
-from edgeprune.models.deit import Block, VisionTransformer, init_random_
+from edgeprune.pieces import Embed, Head, make_chain, make_vit, module_to_onnx
 from edgeprune.plan import SelectorStage
 from edgeprune.runtimes.onnxruntime import make_session, version
 from edgeprune.runtimes.timing import time_interleaved
-
-
-class _Embed(nn.Module):
-    def __init__(self, vit: VisionTransformer):
-        super().__init__()
-        self.vit = vit
-
-    def forward(self, img: torch.Tensor) -> torch.Tensor:
-        return self.vit.embed(img)
-
-
-class _Head(nn.Module):
-    def __init__(self, vit: VisionTransformer):
-        super().__init__()
-        self.vit = vit
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.vit.classify(x)
-
-
-def _onnx(module: nn.Module, x: torch.Tensor) -> bytes:
-    f = io.BytesIO()
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(module.eval(), (x,), f, opset_version=17, dynamo=False)
-    return f.getvalue()
 
 
 def measure_table(
@@ -67,10 +39,8 @@ def measure_table(
     arch = get_arch(arch) if isinstance(arch, str) else arch
     c = arch.embed_dim
     meth = get_method(method)
-    vit = VisionTransformer(arch)
-    init_random_(vit, 0)
-    blk = nn.Sequential(*(Block(c, arch.num_heads, arch.mlp_hidden) for _ in range(chain)))
-    init_random_(blk, 0)
+    vit = make_vit(arch)
+    blk = make_chain(arch, "block", chain)
     mods: list[tuple[str, nn.Module, torch.Tensor]] = []
     for n in block_tokens:
         mods.append((f"block{n}", blk, torch.randn(batch, n, c)))
@@ -81,9 +51,9 @@ def measure_table(
         if sm is not None:
             mods.append((f"sel{n}", sm, torch.randn(batch, n, c)))
     img = torch.randn(batch, 3, arch.img_size, arch.img_size)
-    mods.append(("embed", _Embed(vit), img))
-    mods.append(("head", _Head(vit), torch.randn(batch, arch.num_tokens, c)))
-    sessions = [make_session(_onnx(m, x), threads) for _, m, x in mods]
+    mods.append(("embed", Embed(vit), img))
+    mods.append(("head", Head(vit), torch.randn(batch, arch.num_tokens, c)))
+    sessions = [make_session(module_to_onnx(m, tuple(x.shape)), threads) for _, m, x in mods]
     timings = time_interleaved(sessions, [x.numpy() for _, _, x in mods], rounds=rounds)
     t = {name: tm for (name, _, _), tm in zip(mods, timings, strict=True)}
 
