@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -54,6 +56,13 @@ HeadsOpt = Annotated[
     typer.Option(
         "--heads", help="Attention heads, when the checkpoint's embed dim is not a DeiT's."
     ),
+]
+
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
+ForceOpt = Annotated[bool, typer.Option("--force", "-f", help="Overwrite outputs.")]
+ThreadsOpt = Annotated[
+    int | None, typer.Option("--threads", help="Threads (default: the device's).")
 ]
 
 
@@ -375,68 +384,43 @@ def _device_for(name: str, host: str | None, remote_python: str | None, here: bo
     return dev.here() if here else dev
 
 
-def _transport(dev, ssh_config: str | None, timeout: float):
-    from edgeprune.runtimes.ssh import SSHTransport
+@contextmanager
+def _progress(label: str, bar: bool = False) -> Iterator[Callable[..., None]]:
+    """A transient progress display on stderr (a terminal only); yields
+    ``update(description, done=None, total=None)``."""
+    from rich import progress as rp
 
-    return SSHTransport(dev.host or "", config=ssh_config, timeout=timeout)
+    cols = (
+        [rp.TextColumn("{task.description:<18}"), rp.BarColumn(), rp.MofNCompleteColumn()]
+        if bar
+        else [rp.SpinnerColumn(), rp.TextColumn("{task.description}")]
+    )
+    with rp.Progress(
+        *cols, rp.TimeElapsedColumn(), console=err, transient=True, disable=not err.is_terminal
+    ) as prog:
+        task = prog.add_task(label, total=None)
 
+        def update(desc: str, done: int | None = None, total: int | None = None) -> None:
+            prog.update(task, description=desc, completed=done, total=total)
 
-class _TermAsInterrupt:
-    """SIGTERM behaves like Ctrl-C while a measurement runs (nothing half-written)."""
-
-    def __enter__(self):
-        import signal
-
-        def _raise(_sig, _frm):
-            raise KeyboardInterrupt
-
-        try:
-            self._old = signal.signal(signal.SIGTERM, _raise)
-        except ValueError:  # not the main thread
-            self._old = None
-        return self
-
-    def __exit__(self, *exc):
-        import signal
-
-        if self._old is not None:
-            signal.signal(signal.SIGTERM, self._old)
-        return False
+        yield update
 
 
 @app.command()
 def devices(
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    as_json: JsonOpt = False,
     timeout: Annotated[float, typer.Option("--timeout", help="Per-host check (s).")] = 4.0,
 ) -> None:
     """List the device descriptors and whether each can be reached from here."""
-    from edgeprune.profiles.devices import all_devices, reachability_all
+    from edgeprune.profiles.devices import device_rows
 
-    devs = list(all_devices().values())
-    checks = reachability_all(devs, timeout)
-    rows = [
-        {**d.to_dict(), "aliases": list(d.aliases), "reachable": ok, "why": why}
-        for d, (ok, why) in zip(devs, checks, strict=True)
-    ]
+    rows = device_rows(timeout)
     if as_json:
         print(json.dumps({"devices": rows}))
         return
-    t = Table(title="devices", title_justify="left")
-    for col in ("name", "runtime", "precision", "threads", "reach", "reachable", "why"):
-        t.add_column(col)
-    for r in rows:
-        name = r["name"] + (f" ({', '.join(r['aliases'])})" if r["aliases"] else "")
-        reach = r["transport"] if r["transport"] == "local" else f"ssh {r['host']}"
-        t.add_row(
-            name,
-            r["runtime"],
-            r["precision"],
-            str(r["threads"] or "all"),
-            reach,
-            "[green]yes[/]" if r["reachable"] else "[red]no[/]",
-            r["why"],
-        )
-    out.print(t)
+    from edgeprune.render import devices_table
+
+    out.print(devices_table(rows))
 
 
 @app.command()
@@ -448,9 +432,7 @@ def profile(
     method: Annotated[
         str | None, typer.Option("--method", help="Also time this method's selector.")
     ] = None,
-    threads: Annotated[
-        int | None, typer.Option("--threads", help="Threads (default: the device's).")
-    ] = None,
+    threads: ThreadsOpt = None,
     batch: Annotated[int, typer.Option("--batch", "-b", help="Batch size.")] = 1,
     out_path: Annotated[
         Path | None, typer.Option("--out", "-o", help="Output JSON (default: profile_*.json).")
@@ -482,7 +464,7 @@ def profile(
         ),
     ] = True,
     plot: Annotated[bool, typer.Option("--plot/--no-plot", help="Write a PNG beside it.")] = True,
-    force: Annotated[bool, typer.Option("--force", "-f", help="Overwrite --out.")] = False,
+    force: ForceOpt = False,
     resume: Annotated[
         bool,
         typer.Option(
@@ -498,121 +480,36 @@ def profile(
     here: HereOpt = False,
 ) -> None:
     """Measure a device's latency table (block/attn/mlp vs tokens, embed, head, selectors)."""
-    import time
+    from edgeprune.measure import ProfileJob, profile_device
 
-    from edgeprune.arch import get_arch
-    from edgeprune.atomic import check_writable_target
-    from edgeprune.bench import policy_for
-    from edgeprune.methods import get_method
-    from edgeprune.profile import ProfileRequest, measure, parse_grid
-    from edgeprune.runtimes.timing import TimingPolicy
+    job = ProfileJob(
+        _device_for(device, host, remote_python, here),
+        arch, method, threads, batch, out_path, runs, grid, check_points, chain, halves, e2e,
+        plot, force, resume, {"config": ssh_config, "timeout": timeout},
+    )  # fmt: skip
+    try:
+        with _progress(job.device.name, bar=True) as step:
+            res = profile_device(job, step)
+    except KeyboardInterrupt:
+        kept = job.resume_file()
+        if kept is not None and kept.exists():
+            err.print(f"note: progress kept in {kept}; rerun with --resume", markup=False)
+        raise
+    from edgeprune.render import profile_lines
 
-    dev = _device_for(device, host, remote_python, here)
-    a = get_arch(arch)
-    if method is not None:
-        method = get_method(method).name
-    if batch < 1:
-        raise EdgepruneError(f"--batch {batch} is not a positive batch size")
-    if threads is not None and threads < 1:
-        raise EdgepruneError(f"--threads {threads} must be at least 1")
-    dest = out_path or Path(f"profile_{dev.name}_{a.name}{'_' + method if method else ''}.json")
-    check_writable_target(dest, force)
-    png = dest.with_suffix(".png")
-    if plot:
-        check_writable_target(png, True)
-    req = ProfileRequest(
-        dev,
-        a,
-        method,
-        threads=threads,
-        batch=batch,
-        grid=parse_grid(grid, a.num_tokens),
-        policy=policy_for(runs) if runs else TimingPolicy(),
-        check_points=check_points,
-        halves=halves,
-        chain=chain,
-        e2e=e2e,
-    )
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    t0 = time.perf_counter()
-    with (
-        _TermAsInterrupt(),
-        Progress(
-            TextColumn("{task.description:<18}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=err,
-            transient=True,
-            disable=not err.is_terminal,
-        ) as prog,
-    ):
-        task = prog.add_task(f"{dev.name}", total=None)
-
-        def step(desc: str, i: int, n: int) -> None:
-            prog.update(task, description=desc, completed=i, total=n)
-
-        partial = dest.with_name(dest.name + ".partial.json") if resume else None
-        if dev.transport == "ssh":
-            if resume:
-                raise EdgepruneError("--resume is not supported over SSH yet", "drop --resume")
-            from edgeprune.remote import profile_over_ssh
-
-            table = profile_over_ssh(req, _transport(dev, ssh_config, timeout), runs, step)
-        else:
-            try:
-                table = measure(req, step, resume=partial)
-            except KeyboardInterrupt:
-                if partial is not None and partial.exists():
-                    err.print(
-                        f"note: progress kept in {partial}; rerun with --resume", markup=False
-                    )
-                raise
-        table.save(dest)
-        if partial is not None:
-            partial.unlink(missing_ok=True)
-    secs = time.perf_counter() - t0
-    if plot:
-        from edgeprune.plot import plot_table
-
-        plot_table(table, png)
-    d = table.device
-    out.print(
-        f"[green]wrote[/] {dest}{f' and {png}' if plot else ''}  ({secs:.0f} s; "
-        f"{d['runtime']} {d.get('runtime_version', '')}, {d.get('precision', '')}, "
-        f"{d['threads']} threads, batch {table.batch}, host {d.get('host', 'local')})"
-    )
-    n = table.block.tokens[-1]
-    out.print(
-        f"block @ {n} tokens: {table.block.at(n):.3f} ms median; embed "
-        f"{table.embed.median_ms:.3f} ms; head {table.head.median_ms:.3f} ms"
-    )
-    chk = table.extra.get("interp_check")
-    if chk:
-        out.print(
-            f"interpolation check: max error {chk['max_rel_err']:.1%} over "
-            f"{len(chk['points'])} off-grid points"
-        )
-    if table.e2e is not None:
-        fit = table.extra.get("e2e_fit", [])
-        worst = max((abs(r["corrected_ms"] / r["measured_ms"] - 1) for r in fit), default=0.0)
-        out.print(
-            f"end-to-end: {len(table.e2e.anchors)} whole models; predicted = "
-            f"{table.e2e.offset_ms:+.3f} ms + {table.e2e.scale:.3f} × pieces "
-            f"(anchors within {worst:.1%})"
-        )
+    for line in profile_lines(res):
+        out.print(line)
 
 
 @app.command()
 def bench(
     artifact: Annotated[Path, typer.Argument(help="Exported artifact (.onnx, …).")],
     device: Annotated[str, typer.Option("--device", "-d", help="Device name.")] = "cpu",
-    threads: Annotated[int | None, typer.Option("--threads", help="Threads.")] = None,
+    threads: ThreadsOpt = None,
     runs: Annotated[
         int | None, typer.Option("--runs", help="Timed runs (default: adaptive, ≥ 20).")
     ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    as_json: JsonOpt = False,
     host: HostOpt = None,
     remote_python: RemotePythonOpt = None,
     ssh_config: SshConfigOpt = None,
@@ -622,20 +519,8 @@ def bench(
     """End-to-end latency of one artifact: median, p90, min, max, runs."""
     from edgeprune.bench import bench as run_bench
 
-    if threads is not None and threads < 1:
-        raise EdgepruneError(f"--threads {threads} must be at least 1")
     dev = _device_for(device, host, remote_python, here)
-    if not artifact.exists():
-        raise EdgepruneError(f"artifact {artifact} does not exist")
-    with _TermAsInterrupt():
-        if dev.transport == "ssh":
-            from edgeprune.bench import policy_for
-            from edgeprune.remote import bench_over_ssh
-
-            policy_for(runs)
-            t = bench_over_ssh(artifact, dev, _transport(dev, ssh_config, timeout), threads, runs)
-        else:
-            t = run_bench(artifact, dev, threads, runs)
+    t = run_bench(artifact, dev, threads, runs, config=ssh_config, timeout=timeout)
     info = {"artifact": str(artifact), "device": dev.name, "host": dev.host or "local"}
     info.update(t.to_dict())
     if as_json:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from edgeprune.errors import EdgepruneError
-from edgeprune.latency_table import Curve, LatencyTable
+from edgeprune.latency_table import Anchor, Curve, EndToEnd, LatencyTable
 
 if TYPE_CHECKING:
     import torch
@@ -230,6 +230,56 @@ class LatencyModel:
             overhead_ms=self.offset_ms,
             scale=k,
         )
+
+
+def fit_correction(raw_ms: list[float], measured_ms: list[float]) -> tuple[float, float]:
+    """(offset, scale) with measured ≈ offset + scale * raw, least squares.
+
+    Two or more anchors that span at least 20 % of the range fit both terms; otherwise
+    (or when the affine fit comes out implausible: scale outside 0.5–2, or an offset
+    larger than half the smallest anchor) only a scale is fitted through zero."""
+    import numpy as np
+
+    if not raw_ms or len(raw_ms) != len(measured_ms) or min(raw_ms) <= 0:
+        raise ValueError("anchors need positive predicted latencies")
+    x, y = np.asarray(raw_ms, float), np.asarray(measured_ms, float)
+    if len(x) >= 2 and (x.max() - x.min()) >= 0.2 * x.max():
+        b, a = np.polyfit(x, y, 1)
+        if 0.5 <= b <= 2.0 and abs(a) <= 0.5 * y.min():
+            return float(a), float(b)
+    return 0.0, float((x * y).sum() / (x * x).sum())
+
+
+def fit_end_to_end(
+    table: LatencyTable, measured: list[tuple[str, TokenPlan, float, float]]
+) -> EndToEnd:
+    """The end-to-end correction of ``table`` from whole models timed in its sweep:
+    ``measured`` holds (label, plan, median ms, p90 ms) per anchor. Records the fit
+    per anchor in ``table.extra["e2e_fit"]``."""
+    raw_model = LatencyModel(table, corrected=False)
+    rows = [
+        Anchor(
+            label,
+            tuple(p.attn_tokens),
+            tuple(p.mlp_tokens),
+            tuple(s.tokens_in for s in p.selectors),
+            median,
+            p90,
+        )
+        for label, p, median, p90 in measured
+    ]
+    raw = [float(raw_model.predict_many([p])[0]) for _, p, _, _ in measured]
+    offset, scale = fit_correction(raw, [r.median_ms for r in rows])
+    table.extra["e2e_fit"] = [
+        {
+            "label": r.label,
+            "pieces_ms": x,
+            "measured_ms": r.median_ms,
+            "corrected_ms": offset + scale * x,
+        }
+        for r, x in zip(rows, raw, strict=True)
+    ]
+    return EndToEnd(tuple(rows), offset, scale)
 
 
 def load_model(path) -> LatencyModel:

@@ -128,24 +128,6 @@ class EndToEnd:
         }
 
 
-def fit_correction(raw_ms: list[float], measured_ms: list[float]) -> tuple[float, float]:
-    """(offset, scale) with measured ≈ offset + scale * raw, least squares.
-
-    Two or more anchors that span at least 20 % of the range fit both terms; otherwise
-    (or when the affine fit comes out implausible: scale outside 0.5–2, or an offset
-    larger than half the smallest anchor) only a scale is fitted through zero."""
-    import numpy as np
-
-    if not raw_ms or len(raw_ms) != len(measured_ms) or min(raw_ms) <= 0:
-        raise ValueError("anchors need positive predicted latencies")
-    x, y = np.asarray(raw_ms, float), np.asarray(measured_ms, float)
-    if len(x) >= 2 and (x.max() - x.min()) >= 0.2 * x.max():
-        b, a = np.polyfit(x, y, 1)
-        if 0.5 <= b <= 2.0 and abs(a) <= 0.5 * y.min():
-            return float(a), float(b)
-    return 0.0, float((x * y).sum() / (x * x).sum())
-
-
 @dataclass
 class LatencyTable:
     device: dict

@@ -120,9 +120,9 @@ def validate_profile(
     from edgeprune.arch import ARCHS
     from edgeprune.export.onnx import export_onnx
     from edgeprune.methods import get_method
-    from edgeprune.profile import anchor_specs
-    from edgeprune.runtimes.onnxruntime import make_session
+    from edgeprune.runtimes.base import get_runner
     from edgeprune.runtimes.timing import time_interleaved
+    from edgeprune.sweep import anchor_specs
     from edgeprune.source import resolve
 
     tb = model.table
@@ -151,28 +151,34 @@ def validate_profile(
     threads = threads or int(tb.device.get("threads") or 1)
     step = progress or (lambda _m: None)
     schedules = random_schedules(meth, len(meth.default_locs), configs, seed)
-    sessions, preds, used = [], [], []
+    runners, preds, used = [], [], []
+
+    def runner_for(path: Path):
+        r = get_runner("onnxruntime", threads=threads)
+        r.load(path)
+        return r
+
     with tempfile.TemporaryDirectory(prefix="edgeprune-validate-") as tmp:
         for i, ratios in enumerate(schedules):
             step(f"exporting {i + 1}/{len(schedules)} keep {list(ratios)}")
             src = resolve(f"{tb.arch.name}:{meth.name}", keep=ratios)
             path = Path(tmp) / f"m{i}.onnx"
             export_onnx(src, path, batch=tb.batch, n_parity_inputs=1)
-            sessions.append(make_session(path, threads))
+            runners.append(runner_for(path))
             preds.append(model.predict(src.plan).total_ms)
             used.append(ratios)
         # the profile's anchors, timed alongside (not part of the error): machine drift
         anchors = tb.e2e.anchors if tb.e2e is not None else ()
         for (spec, keep), a in zip(anchor_specs(tb.arch, tb.method), anchors, strict=False):
             step(f"exporting anchor {a.label}")
-            path = Path(tmp) / f"a{len(sessions)}.onnx"
+            path = Path(tmp) / f"a{len(runners)}.onnx"
             export_onnx(resolve(spec, keep=keep), path, batch=tb.batch, n_parity_inputs=1)
-            sessions.append(make_session(path, threads))
-        step(f"timing {len(sessions)} models, {rounds} interleaved rounds")
+            runners.append(runner_for(path))
+        step(f"timing {len(runners)} models, {rounds} interleaved rounds")
         x = np.random.default_rng(0).standard_normal(
             (tb.batch, 3, tb.arch.img_size, tb.arch.img_size), dtype=np.float32
         )
-        timings = time_interleaved(sessions, [x] * len(sessions), rounds=rounds, burst=burst)
+        timings = time_interleaved(runners, [x] * len(runners), rounds=rounds, burst=burst)
     results = tuple(
         ConfigResult(r, p, t.median_ms, t.p90_ms)
         for r, p, t in zip(used, preds, timings[: len(used)], strict=True)
