@@ -313,33 +313,12 @@ def calibrate(
 ) -> None:
     """A-ViT: run the masked (released) halting model on calibration images and record
     how many tokens still run in each block; the JSON feeds --calibration."""
-    import torch
+    from edgeprune.methods.avit_calibration import calibrate_source
 
-    from edgeprune.atomic import check_writable_target, write_json_atomic
-    from edgeprune.methods.avit import calibrate as run_calibration
-    from edgeprune.methods.avit import load_images
-
-    if (images is None) == (random is None):
-        raise EdgepruneError("give exactly one of --images DIR or --random N")
-    check_writable_target(out_path, force)
-    source = _resolve(src, "avit", None, None, heads)
+    source, data = calibrate_source(
+        src, out_path, images, random, quantile, gate_scale, gate_center, heads, force
+    )
     _note(source)
-    a = source.arch
-    if images is not None:
-        if not images.is_dir():
-            raise EdgepruneError(f"--images {images} is not a folder")
-        imgs = load_images(images, a.img_size)
-    else:
-        if random < 1:
-            raise EdgepruneError(f"--random {random} must be at least 1")
-        g = torch.Generator().manual_seed(0)
-        imgs = torch.randn(random, 3, a.img_size, a.img_size, generator=g)
-    opts = source.config.options
-    scale = float(gate_scale if gate_scale is not None else opts["gate_scale"])
-    center = float(gate_center if gate_center is not None else opts["gate_center"])
-    data = run_calibration(source.model(), imgs, a, scale, center, quantile)
-    data["source"] = src
-    write_json_atomic(out_path, data)
     r = data["report"]
     out.print(f"[green]wrote[/] {out_path}")
     out.print(f"tokens/block: {' '.join(map(str, data['counts']))}")

@@ -122,8 +122,8 @@ def validate_profile(
     from edgeprune.methods import get_method
     from edgeprune.runtimes.base import get_runner
     from edgeprune.runtimes.timing import time_interleaved
-    from edgeprune.sweep import anchor_specs
     from edgeprune.source import resolve
+    from edgeprune.sweep import anchor_specs
 
     tb = model.table
     if configs < 1:

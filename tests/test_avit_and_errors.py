@@ -5,7 +5,8 @@ import json
 import pytest
 import torch
 
-from edgeprune.methods.avit import AViT, masked_forward
+from edgeprune.methods.avit import AViT
+from edgeprune.methods.avit_calibration import masked_forward
 from edgeprune.source import resolve
 
 
