@@ -103,11 +103,7 @@ def _note(source) -> None:
 def _resolve(src, method, keep, locs, heads, method_options=None, budget=None):
     from edgeprune.source import resolve
 
-    if budget is not None:  # --budget FILE sets method, keep and locs (see "latency" below)
-        return _resolve_with_budget(src, method, keep, locs, heads, budget, method_options)
-    return resolve(
-        src, method=method, keep=keep, locs=locs, heads=heads, method_options=method_options
-    )
+    return resolve(src, method, keep, locs, heads, method_options, budget)
 
 
 @app.command()
@@ -124,45 +120,14 @@ def inspect(
 ) -> None:
     """Show what a model is: method, arch, keep schedule, tokens per block, params, GFLOPs."""
     source = _resolve(src, method, keep, locs, heads, _method_options(calibration, tome_r), budget)
-    fl = source.flops()
-    n_params = sum(p.numel() for p in source.model().parameters())
-    info = {
-        **source.describe(),
-        "arch": source.arch.name,
-        "arch_config": source.arch.to_dict(),
-        "tokens_per_block": list(source.plan.tokens_per_block),
-        "mlp_tokens_per_block": list(source.plan.mlp_tokens),
-        "token_plan": source.plan.to_dict(),
-        "params": n_params,
-        "gflops": fl.to_dict(),
-        "gflops_convention": "multiply-adds (DeiT/DynamicViT papers); selectors counted apart",
-    }
+    info = source.inspect()
     if as_json:
         print(json.dumps(info))
         return
     _note(source)
-    a = source.arch
-    t = Table(title=f"{src}", show_header=False, title_justify="left")
-    t.add_row("method", source.method.name)
-    t.add_row(
-        "arch",
-        f"{a.name} (embed {a.embed_dim}, heads {a.num_heads}, depth {a.depth}, "
-        f"patch {a.patch_size}, {a.img_size}²)",
-    )
-    t.add_row("weights", "random (built-in spec)" if source.is_builtin else "checkpoint")
-    t.add_row("prune locs", ", ".join(map(str, source.config.prune_locs)) or "—")
-    t.add_row("keep ratios", ", ".join(f"{r:g}" for r in source.config.keep_ratios) or "—")
-    if source.config.options:
-        t.add_row("options", ", ".join(f"{k}={v}" for k, v in source.config.options.items()))
-    t.add_row("tokens/block", " ".join(map(str, source.plan.tokens_per_block)))
-    if source.plan.mlp_tokens != source.plan.attn_tokens:
-        t.add_row("tokens/MLP", " ".join(map(str, source.plan.mlp_tokens)))
-    t.add_row("params", f"{n_params / 1e6:.2f} M")
-    t.add_row("GFLOPs dense", f"{fl.dense:.2f}")
-    t.add_row("GFLOPs pruned", f"{fl.pruned:.2f}  (backbone at the token plan)")
-    t.add_row("GFLOPs selectors", f"{fl.selectors:.3f}  (scoring; top-k and gather are free)")
-    t.add_row("GFLOPs total", f"{fl.total:.2f}  ({fl.total / fl.dense:.0%} of dense)")
-    out.print(t)
+    from edgeprune.render import inspect_table
+
+    out.print(inspect_table(src, source, info["params"]))
 
 
 @app.command()
@@ -582,32 +547,6 @@ ProfileOpt = Annotated[
 ]
 
 
-def _resolve_with_budget(src, method, keep, locs, heads, budget_path: Path, method_options=None):
-    from edgeprune.budget import load_budget
-    from edgeprune.source import resolve
-
-    b = load_budget(budget_path)
-    if keep is not None or locs is not None:
-        raise EdgepruneError("--budget sets the keep ratios and locations", "drop --keep/--locs")
-    if method is not None and method != b.method:
-        raise EdgepruneError(f"--method {method} contradicts the budget's method {b.method}")
-    pruned = bool(b.locs)
-    source = resolve(
-        src,
-        method=b.method,
-        keep=b.keep_ratios if pruned else None,
-        locs=b.locs if pruned else None,
-        heads=heads,
-        method_options=method_options,
-    )
-    if source.arch.name != b.arch:
-        raise EdgepruneError(
-            f"budget {budget_path} is for {b.arch}, but {src} is {source.arch.name}",
-            f"use a {b.arch} model or a budget made for {source.arch.name}",
-        )
-    return source
-
-
 @app.command()
 def predict(
     src: SrcArg,
@@ -621,50 +560,19 @@ def predict(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Predicted latency of a model on a profiled device, with the per-block breakdown."""
-    from edgeprune.latency import load_model
+    from edgeprune.latency import predict_source
 
-    model = load_model(profile)
     source = _resolve(src, method, keep, locs, heads, budget=budget)
-    model.check_batch(batch)
-    pred = model.predict(source.plan)
-    info = {
-        "source": src,
-        "method": source.method.name,
-        "arch": source.arch.name,
-        "keep_ratios": list(source.config.keep_ratios),
-        "prune_locs": list(source.config.prune_locs),
-        "profile": str(profile),
-        "device": model.table.device.get("name"),
-        "measured": model.table.measured,
-        "batch": model.table.batch,
-        **pred.to_dict(),
-        "gflops": source.flops().total,
-    }
+    model, pred, info = predict_source(profile, source, batch)
     if as_json:
         print(json.dumps(info))
         return
     _note(source)
     if not model.table.measured:
         err.print("[yellow]note:[/] this profile is estimated, not measured")
-    t = Table(title=f"{src} on {info['device']} (profile {profile})", title_justify="left")
-    t.add_column("part")
-    t.add_column("tokens", justify="right")
-    t.add_column("ms", justify="right")
-    t.add_row("embed", "", f"{pred.embed_ms:.3f}")
-    sel_at = {
-        s.block: (s, ms) for s, ms in zip(source.plan.selectors, pred.selectors_ms, strict=True)
-    }
-    for b, ms in enumerate(pred.blocks_ms):
-        if b in sel_at:
-            s, sms = sel_at[b]
-            t.add_row(f"selector ({s.where} {b})", f"{s.tokens_in}→{s.tokens_out}", f"{sms:.3f}")
-        a, m = pred.attn_tokens[b], pred.mlp_tokens[b]
-        t.add_row(f"block {b}", str(a) if a == m else f"{a}/{m}", f"{ms:.3f}")
-    t.add_row("head", "", f"{pred.head_ms:.3f}")
-    if pred.overhead_ms or pred.scale != 1.0:
-        t.add_row(f"end-to-end offset (parts × {pred.scale:.3f})", "", f"{pred.overhead_ms:.3f}")
-    t.add_row("[bold]total[/]", "", f"[bold]{pred.total_ms:.3f}[/]")
-    out.print(t)
+    from edgeprune.render import predict_table
+
+    out.print(predict_table(source, pred, f"{src} on {info['device']} (profile {profile})"))
 
 
 @app.command("budget")
@@ -698,47 +606,21 @@ def budget_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Keep ratios that meet a latency target and keep the most tokens (or accuracy)."""
-    from edgeprune.atomic import check_writable_target, write_json_atomic
-    from edgeprune.budget import budget_dict, load_sensitivity, plot_pareto, search, target_from
-    from edgeprune.latency import load_model
-    from edgeprune.source import parse_ints
+    from edgeprune.budget_file import make_budget
 
-    target = target_from(target_ms, target_fps)
-    model = load_model(profile)
-    sens = load_sensitivity(sensitivity) if sensitivity is not None else None
-    plot_path = None if no_plot else (plot or out_path.with_name(out_path.stem + ".pareto.png"))
-    check_writable_target(out_path, force)
-    if plot_path is not None:
-        check_writable_target(plot_path, force)
-    meth = method or model.table.method or "dynamicvit"
-    res = search(model, target, meth, schedule, parse_ints(locs, "--locs"), sens, str(sensitivity))
-    d = budget_dict(res, model, profile)
-    write_json_atomic(out_path, d)
-    if plot_path is not None:
-        plot_pareto(res, plot_path)
+    run = make_budget(
+        profile, target_ms, target_fps, method, schedule, locs, sensitivity, out_path, plot,
+        no_plot, force,
+    )  # fmt: skip
     if as_json:
-        print(json.dumps({k: v for k, v in d.items() if k != "profile_table"}))
+        print(json.dumps({k: v for k, v in run.data.items() if k != "profile_table"}))
         return
-    if not model.table.measured:
+    if not run.model.table.measured:
         err.print("[yellow]note:[/] this profile is estimated, not measured")
-    c = res.chosen
-    if res.status == "dense":
-        out.print(
-            f"the dense model already meets the target: {res.dense_ms:.3f} ms ≤ "
-            f"{target:.3f} ms, no pruning needed (the fastest {res.method} schedule "
-            f"{[round(r, 4) for r in res.fastest.keep_ratios]} would predict "
-            f"{res.fastest.predicted_ms:.3f} ms)"
-        )
-    else:
-        out.print(
-            f"keep ratios {[round(r, 4) for r in c.keep_ratios]} at blocks {list(res.locs)} "
-            f"({res.method}, {res.schedule}): predicted {c.predicted_ms:.3f} ms ≤ target "
-            f"{target:.3f} ms (margin {res.margin_ms:.3f} ms; dense {res.dense_ms:.3f} ms)"
-        )
-    out.print(f"tokens/block: {' '.join(map(str, c.plan.attn_tokens))}")
-    extra = f", predicted {sens.metric} {c.accuracy:.2f}" if c.accuracy is not None else ""
-    out.print(f"GFLOPs {res.gflops():.3f}, kept tokens {c.kept_tokens:g}{extra}")
-    out.print(f"[green]wrote[/] {out_path}" + (f" and {plot_path}" if plot_path else ""))
+    from edgeprune.render import budget_lines
+
+    for line in budget_lines(run):
+        out.print(line)
 
 
 @app.command("validate-profile")
@@ -763,57 +645,20 @@ def validate_profile_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Export random schedules, measure them end-to-end, report the prediction error."""
-    from edgeprune.atomic import check_writable_target
-    from edgeprune.latency import load_model
-    from edgeprune.validate import plot_validation, validate_profile
+    from edgeprune.validate import validate_to_plot
 
-    model = load_model(profile_file)
-    plot_path = plot or Path(profile_file.stem + ".validate.png")
-    check_writable_target(plot_path, force=True)
-    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
-    with Progress(
-        SpinnerColumn(),
-        TextColumn("{task.description}"),
-        TimeElapsedColumn(),
-        console=err,
-        transient=True,
-        disable=not err.is_terminal,
-    ) as prog:
-        task = prog.add_task("validating", total=None)
-        rep = validate_profile(
-            model,
-            configs,
-            threads,
-            rounds,
-            seed,
-            progress=lambda m: prog.update(task, description=m),
-            burst=burst,
+    with _progress("validating") as step:
+        rep, plot_path = validate_to_plot(
+            profile_file, configs, threads, rounds, seed, burst, plot, progress=step
         )
-    plot_validation(rep, plot_path)
     if as_json:
         print(json.dumps({**rep.to_dict(), "plot": str(plot_path)}))
         return
-    t = Table(title=f"{profile_file}: {rep.method}, {rep.threads} thread(s)", title_justify="left")
-    for col in ("keep ratios", "predicted ms", "measured ms", "error"):
-        t.add_column(col, justify="right")
-    for r in rep.results:
-        t.add_row(
-            ", ".join(f"{x:g}" for x in r.keep_ratios),
-            f"{r.predicted_ms:.3f}",
-            f"{r.measured_ms:.3f}",
-            f"{r.rel_error:.1%}",
-        )
-    out.print(t)
-    out.print(
-        f"|pred − meas| / meas: median {rep.median_error:.1%} (target ≤ 5 %), "
-        f"p90 {rep.p90_error:.1%} (target ≤ 10 %) over {len(rep.results)} models"
-    )
-    if rep.drift is not None:
-        out.print(
-            f"machine drift since profiling: {rep.drift:+.1%} (the profile's "
-            f"{len(rep.anchors)} whole-model anchors re-timed now; included in the error)"
-        )
+    from edgeprune.render import validation_lines, validation_table
+
+    out.print(validation_table(profile_file, rep))
+    for line in validation_lines(rep):
+        out.print(line)
     out.print(f"[green]wrote[/] {plot_path}")
 
 

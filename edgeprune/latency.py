@@ -287,3 +287,25 @@ def load_model(path) -> LatencyModel:
     from edgeprune.latency_table import load
 
     return LatencyModel(load(path), str(path))
+
+
+def predict_source(profile, source, batch: int = 1) -> tuple[LatencyModel, Prediction, dict]:
+    """``edgeprune predict``: the latency table at ``profile``, the prediction for the
+    resolved ``source`` at ``batch``, and the facts reported about it."""
+    model = load_model(profile)
+    model.check_batch(batch)
+    pred = model.predict(source.plan)
+    info = {
+        "source": source.text,
+        "method": source.method.name,
+        "arch": source.arch.name,
+        "keep_ratios": list(source.config.keep_ratios),
+        "prune_locs": list(source.config.prune_locs),
+        "profile": str(profile),
+        "device": model.table.device.get("name"),
+        "measured": model.table.measured,
+        "batch": model.table.batch,
+        **pred.to_dict(),
+        "gflops": source.flops().total,
+    }
+    return model, pred, info

@@ -8,7 +8,9 @@ from typing import TYPE_CHECKING
 from rich.table import Table
 
 if TYPE_CHECKING:
+    from edgeprune.budget_file import BudgetRun
     from edgeprune.measure import ProfileOutcome
+    from edgeprune.validate import ValidationReport
 
 
 def devices_table(rows: list[dict]) -> Table:
@@ -54,3 +56,102 @@ def profile_lines(res: ProfileOutcome) -> list[str]:
             f"{e['scale']:.3f} × pieces (anchors within {e['worst_rel_err']:.1%})"
         )
     return lines
+
+
+def budget_lines(run: BudgetRun) -> list[str]:
+    res, c = run.result, run.result.chosen
+    target = res.target_ms
+    if res.status == "dense":
+        head = (
+            f"the dense model already meets the target: {res.dense_ms:.3f} ms ≤ "
+            f"{target:.3f} ms, no pruning needed (the fastest {res.method} schedule "
+            f"{[round(r, 4) for r in res.fastest.keep_ratios]} would predict "
+            f"{res.fastest.predicted_ms:.3f} ms)"
+        )
+    else:
+        head = (
+            f"keep ratios {[round(r, 4) for r in c.keep_ratios]} at blocks {list(res.locs)} "
+            f"({res.method}, {res.schedule}): predicted {c.predicted_ms:.3f} ms ≤ target "
+            f"{target:.3f} ms (margin {res.margin_ms:.3f} ms; dense {res.dense_ms:.3f} ms)"
+        )
+    extra = f", predicted {run.metric} {c.accuracy:.2f}" if c.accuracy is not None else ""
+    return [
+        head,
+        f"tokens/block: {' '.join(map(str, c.plan.attn_tokens))}",
+        f"GFLOPs {res.gflops():.3f}, kept tokens {c.kept_tokens:g}{extra}",
+        f"[green]wrote[/] {run.path}" + (f" and {run.plot}" if run.plot else ""),
+    ]
+
+
+def validation_table(profile, rep: ValidationReport) -> Table:
+    t = Table(title=f"{profile}: {rep.method}, {rep.threads} thread(s)", title_justify="left")
+    for col in ("keep ratios", "predicted ms", "measured ms", "error"):
+        t.add_column(col, justify="right")
+    for r in rep.results:
+        t.add_row(
+            ", ".join(f"{x:g}" for x in r.keep_ratios),
+            f"{r.predicted_ms:.3f}",
+            f"{r.measured_ms:.3f}",
+            f"{r.rel_error:.1%}",
+        )
+    return t
+
+
+def validation_lines(rep: ValidationReport) -> list[str]:
+    lines = [
+        f"|pred − meas| / meas: median {rep.median_error:.1%} (target ≤ 5 %), "
+        f"p90 {rep.p90_error:.1%} (target ≤ 10 %) over {len(rep.results)} models"
+    ]
+    if rep.drift is not None:
+        lines.append(
+            f"machine drift since profiling: {rep.drift:+.1%} (the profile's "
+            f"{len(rep.anchors)} whole-model anchors re-timed now; included in the error)"
+        )
+    return lines
+
+
+def inspect_table(src: str, source, n_params: int) -> Table:
+    a, fl, cfg, plan = source.arch, source.flops(), source.config, source.plan
+    t = Table(title=f"{src}", show_header=False, title_justify="left")
+    t.add_row("method", source.method.name)
+    t.add_row(
+        "arch",
+        f"{a.name} (embed {a.embed_dim}, heads {a.num_heads}, depth {a.depth}, "
+        f"patch {a.patch_size}, {a.img_size}²)",
+    )
+    t.add_row("weights", "random (built-in spec)" if source.is_builtin else "checkpoint")
+    t.add_row("prune locs", ", ".join(map(str, cfg.prune_locs)) or "—")
+    t.add_row("keep ratios", ", ".join(f"{r:g}" for r in cfg.keep_ratios) or "—")
+    if cfg.options:
+        t.add_row("options", ", ".join(f"{k}={v}" for k, v in cfg.options.items()))
+    t.add_row("tokens/block", " ".join(map(str, plan.tokens_per_block)))
+    if plan.mlp_tokens != plan.attn_tokens:
+        t.add_row("tokens/MLP", " ".join(map(str, plan.mlp_tokens)))
+    t.add_row("params", f"{n_params / 1e6:.2f} M")
+    t.add_row("GFLOPs dense", f"{fl.dense:.2f}")
+    t.add_row("GFLOPs pruned", f"{fl.pruned:.2f}  (backbone at the token plan)")
+    t.add_row("GFLOPs selectors", f"{fl.selectors:.3f}  (scoring; top-k and gather are free)")
+    t.add_row("GFLOPs total", f"{fl.total:.2f}  ({fl.total / fl.dense:.0%} of dense)")
+    return t
+
+
+def predict_table(source, pred, title: str) -> Table:
+    t = Table(title=title, title_justify="left")
+    t.add_column("part")
+    t.add_column("tokens", justify="right")
+    t.add_column("ms", justify="right")
+    t.add_row("embed", "", f"{pred.embed_ms:.3f}")
+    sel_at = {
+        s.block: (s, ms) for s, ms in zip(source.plan.selectors, pred.selectors_ms, strict=True)
+    }
+    for b, ms in enumerate(pred.blocks_ms):
+        if b in sel_at:
+            s, sms = sel_at[b]
+            t.add_row(f"selector ({s.where} {b})", f"{s.tokens_in}→{s.tokens_out}", f"{sms:.3f}")
+        a, m = pred.attn_tokens[b], pred.mlp_tokens[b]
+        t.add_row(f"block {b}", str(a) if a == m else f"{a}/{m}", f"{ms:.3f}")
+    t.add_row("head", "", f"{pred.head_ms:.3f}")
+    if pred.overhead_ms or pred.scale != 1.0:
+        t.add_row(f"end-to-end offset (parts × {pred.scale:.3f})", "", f"{pred.overhead_ms:.3f}")
+    t.add_row("[bold]total[/]", "", f"[bold]{pred.total_ms:.3f}[/]")
+    return t

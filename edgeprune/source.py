@@ -74,6 +74,22 @@ class Source:
             "options": dict(self.config.options),
         }
 
+    def inspect(self) -> dict:
+        """What ``edgeprune inspect`` reports: the description, the token plan, the
+        parameter count and GFLOPs."""
+        fl = self.flops()
+        return {
+            **self.describe(),
+            "arch": self.arch.name,
+            "arch_config": self.arch.to_dict(),
+            "tokens_per_block": list(self.plan.tokens_per_block),
+            "mlp_tokens_per_block": list(self.plan.mlp_tokens),
+            "token_plan": self.plan.to_dict(),
+            "params": sum(p.numel() for p in self.model().parameters()),
+            "gflops": fl.to_dict(),
+            "gflops_convention": "multiply-adds (DeiT/DynamicViT papers); selectors counted apart",
+        }
+
 
 def parse_floats(text: str | None, what: str) -> tuple[float, ...] | None:
     if text is None:
@@ -122,8 +138,12 @@ def resolve(
     locs: str | tuple[int, ...] | None = None,
     heads: int | None = None,
     method_options: dict[str, object] | None = None,
+    budget: str | Path | None = None,
 ) -> Source:
-    """Resolve a SRC and the command-line overrides into a Source."""
+    """Resolve a SRC and the command-line overrides into a Source. ``budget``: a budget
+    file (``edgeprune budget``) that sets the method, keep ratios and locations."""
+    if budget is not None:
+        return resolve_with_budget(src, budget, method, keep, locs, heads, method_options)
     keep_t = parse_floats(keep, "--keep") if isinstance(keep, str) else keep
     locs_t = parse_ints(locs, "--locs") if isinstance(locs, str) else locs
     if looks_like_path(src):
@@ -209,3 +229,38 @@ def _from_checkpoint(
     src_obj = Source(src, "checkpoint", arch, meth, cfg, plan, state_dict=sd)
     src_obj.model()  # load now, so a layout/shape problem is reported before any work
     return src_obj
+
+
+def resolve_with_budget(
+    src: str,
+    budget_path: str | Path,
+    method: str | None = None,
+    keep=None,
+    locs=None,
+    heads: int | None = None,
+    method_options: dict[str, object] | None = None,
+) -> Source:
+    """SRC at the budget's method, keep ratios and locations (refusing --keep/--locs,
+    a contradicting --method, and a budget made for another arch)."""
+    from edgeprune.budget_file import load_budget
+
+    b = load_budget(budget_path)
+    if keep is not None or locs is not None:
+        raise EdgepruneError("--budget sets the keep ratios and locations", "drop --keep/--locs")
+    if method is not None and method != b.method:
+        raise EdgepruneError(f"--method {method} contradicts the budget's method {b.method}")
+    pruned = bool(b.locs)
+    source = resolve(
+        src,
+        method=b.method,
+        keep=b.keep_ratios if pruned else None,
+        locs=b.locs if pruned else None,
+        heads=heads,
+        method_options=method_options,
+    )
+    if source.arch.name != b.arch:
+        raise EdgepruneError(
+            f"budget {budget_path} is for {b.arch}, but {src} is {source.arch.name}",
+            f"use a {b.arch} model or a budget made for {source.arch.name}",
+        )
+    return source

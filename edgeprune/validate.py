@@ -190,35 +190,25 @@ def validate_profile(
     return ValidationReport(model.source, meth.name, threads, rounds, results, burst, again)
 
 
-def plot_validation(report: ValidationReport, path: Path) -> None:
-    import matplotlib
+def validate_to_plot(
+    profile: Path,
+    configs: int = 20,
+    threads: int | None = None,
+    rounds: int = 30,
+    seed: int = 0,
+    burst: int = 3,
+    plot: Path | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> tuple[ValidationReport, Path]:
+    """``edgeprune validate-profile``: validate the latency table ``profile`` and write
+    the scatter plot (default ``<profile stem>.validate.png`` here)."""
+    from edgeprune.atomic import check_writable_target
+    from edgeprune.latency import load_model
+    from edgeprune.plot import plot_validation
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from edgeprune.atomic import atomic_path
-
-    meas = [r.measured_ms for r in report.results]
-    pred = [r.predicted_ms for r in report.results]
-    lo, hi = min(meas + pred) * 0.9, max(meas + pred) * 1.1
-    fig, ax = plt.subplots(figsize=(5, 5))
-    ax.plot([lo, hi], [lo, hi], "-", c="0.5", lw=1, label="pred = meas")
-    ax.fill_between(
-        [lo, hi],
-        [lo * 0.95, hi * 0.95],
-        [lo * 1.05, hi * 1.05],
-        color="C2",
-        alpha=0.15,
-        label="±5 %",
-    )
-    ax.scatter(meas, pred, c="C0", s=18, zorder=3)
-    ax.set_xlabel("measured end-to-end (ms, median)")
-    ax.set_ylabel("predicted (ms)")
-    ax.set_title(
-        f"{report.method}: median err {report.median_error:.1%}, p90 {report.p90_error:.1%}"
-    )
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_path(Path(path)) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    model = load_model(profile)
+    plot_path = plot or Path(Path(profile).stem + ".validate.png")
+    check_writable_target(plot_path, force=True)
+    rep = validate_profile(model, configs, threads, rounds, seed, progress=progress, burst=burst)
+    plot_validation(rep, plot_path)
+    return rep, plot_path
