@@ -28,6 +28,7 @@ from edgeprune.errors import EdgepruneError
 from edgeprune.flops import plan_flops
 from edgeprune.latency import LatencyModel
 from edgeprune.methods import Method, MethodConfig, get_method
+from edgeprune.methods.base import geometric
 from edgeprune.plan import TokenPlan, dense_plan
 
 SENSITIVITY_SCHEMA = "edgeprune.sensitivity"
@@ -150,10 +151,6 @@ def kept_tokens(plan: TokenPlan) -> float:
     return sum(a + m for a, m in zip(plan.attn_tokens, plan.mlp_tokens, strict=True)) / 2
 
 
-def _geometric(r: float, n: int, cumulative: bool) -> tuple[float, ...]:
-    return tuple(round(r ** (i + 1), 10) if cumulative else r for i in range(n))
-
-
 def _grid(step: float) -> list[float]:
     n = round(1 / step)
     return [round(i * step, 6) for i in range(1, n + 1)]
@@ -262,7 +259,7 @@ def search(
     n = len(locs)
 
     if schedule == "geometric":
-        sets = [_geometric(i / 1000, n, meth.cumulative) for i in range(1, 1001)]
+        sets = [geometric(i / 1000, n, meth.cumulative) for i in range(1, 1001)]
         cands = list(_plans(meth, arch, locs, sets).values())
         _evaluate(model, cands, locs, sensitivity)
     else:

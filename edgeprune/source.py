@@ -40,6 +40,7 @@ class Source:
     plan: TokenPlan
     state_dict: dict[str, torch.Tensor] | None = None
     notes: list[str] = field(default_factory=list)
+    seed: int = BUILTIN_SEED  # of the random weights of a built-in spec
     _model: torch.nn.Module | None = None
 
     @property
@@ -56,7 +57,7 @@ class Source:
             if self.state_dict is None:
                 from edgeprune.models.deit import init_random_
 
-                init_random_(m, BUILTIN_SEED)
+                init_random_(m, self.seed)
             else:
                 load_into(m, self.state_dict, f"checkpoint {self.text}")
             self._model = m.eval()

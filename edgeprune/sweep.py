@@ -151,14 +151,13 @@ def anchor_specs(arch: Arch, method: str | None) -> list[tuple[str, tuple[float,
     specs: list[tuple[str, tuple[float, ...] | None]] = [(f"{arch.name}:dense", None)]
     if method and method != "dense":
         from edgeprune.methods import get_method
+        from edgeprune.methods.base import geometric
 
         m = get_method(method)
         specs.append((f"{arch.name}:{method}", None))
         n = len(m.default_locs)
         if n:
-            keep = tuple(
-                round(SPARSE_ANCHOR ** (i + 1 if m.cumulative else 1), 4) for i in range(n)
-            )
+            keep = tuple(round(r, 4) for r in geometric(SPARSE_ANCHOR, n, m.cumulative))
             specs.append((f"{arch.name}:{method}", keep))
     return specs
 

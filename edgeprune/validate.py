@@ -18,6 +18,7 @@ import numpy as np
 
 from edgeprune.errors import EdgepruneError
 from edgeprune.latency import LatencyModel
+from edgeprune.methods.base import geometric
 
 
 @dataclass(frozen=True)
@@ -95,11 +96,7 @@ def random_schedules(method, n_stages: int, count: int, seed: int = 0) -> list[t
         if i == 0:
             r = np.full(n_stages, 0.9)
         elif i == 1:
-            r = (
-                np.full(n_stages, 0.25)
-                if not method.cumulative
-                else 0.5 ** np.arange(1, n_stages + 1)
-            )
+            r = np.array(geometric(0.5, n_stages)) if method.cumulative else np.full(n_stages, 0.25)
         else:
             r = rng.uniform(0.1, 1.0, n_stages)
         if method.cumulative:

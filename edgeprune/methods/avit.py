@@ -174,7 +174,6 @@ def gates_from_name(path: Path | None) -> tuple[float, float] | None:
 class AViT(Method):
     name = "avit"
     user_options = frozenset({"calibration", "gate_scale", "gate_center"})
-    summary = "halting scores; calibrated token counts per block (token zipping)"
     default_locs = PLACEHOLDER_LOCS
     default_keep = PLACEHOLDER_KEEP
     cumulative = True

@@ -13,12 +13,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
+import torch
+
 from edgeprune.arch import Arch
 from edgeprune.errors import EdgepruneError
+from edgeprune.models.deit import VisionTransformer, gather_tokens
 from edgeprune.plan import SelectorStage, TokenPlan
 
 if TYPE_CHECKING:
-    import torch
     from torch import nn
 
 
@@ -33,7 +35,6 @@ class MethodConfig:
 
 class Method:
     name: ClassVar[str]
-    summary: ClassVar[str] = ""
     default_locs: ClassVar[tuple[int, ...]] = ()
     default_keep: ClassVar[tuple[float, ...]] = ()
     # True when keep ratios are relative to the original token count (DynamicViT's
@@ -159,3 +160,64 @@ def validate_locs_and_ratios(
                     f"keep ratios {list(ratios)} grow from {a} to {b}",
                     "ratios are cumulative (of the original tokens), so they cannot grow",
                 )
+
+
+# ---- pieces several methods share ---------------------------------------------------
+def geometric(r: float, n: int, cumulative: bool = True) -> tuple[float, ...]:
+    """The geometric keep schedule of ``n`` stages: ``[r, r², r³…]`` for cumulative
+    ratios (DynamicViT's rho), ``[r, r, r…]`` for ratios relative to each stage's input."""
+    return tuple(round(r ** (i + 1), 10) if cumulative else r for i in range(n))
+
+
+def parse_ratio(text: str, what: str) -> float:
+    """A keep ratio in (0, 1] from the ``@PARAM`` of a built-in spec."""
+    try:
+        r = float(text)
+    except ValueError:
+        raise EdgepruneError(f"{what} '{text}' is not a number", "e.g. 0.7") from None
+    if not (0 < r <= 1):
+        raise EdgepruneError(f"{what} {text} is outside (0, 1]")
+    return r
+
+
+class StaticTopKViT(VisionTransformer):
+    """DeiT whose pre-block selectors keep a constant number of patch tokens.
+
+    Subclasses say how the patch tokens are scored (``score``) and may fold the
+    dropped tokens into extra tokens (``fold_dropped``)."""
+
+    def __init__(self, arch: Arch, plan: TokenPlan):
+        super().__init__(arch)
+        self.plan = plan
+        self.stage_of_block = {s.block: i for i, s in enumerate(plan.selectors)}
+        self.keep_counts = [self.patches_kept(s) for s in plan.selectors]
+
+    def patches_kept(self, stage: SelectorStage) -> int:
+        return stage.tokens_out - 1  # all but CLS
+
+    def score(self, stage: int, patches: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def fold_dropped(
+        self, stage: int, patches: torch.Tensor, scores: torch.Tensor, keep_idx: torch.Tensor
+    ) -> torch.Tensor | None:
+        return None
+
+    def select(self, stage: int, x: torch.Tensor) -> torch.Tensor:
+        cls, patches = x[:, :1], x[:, 1:]
+        scores = self.score(stage, patches)
+        _, idx = torch.topk(scores, self.keep_counts[stage], dim=1, largest=True, sorted=True)
+        parts = [cls, gather_tokens(patches, idx)]
+        extra = self.fold_dropped(stage, patches, scores, idx)
+        if extra is not None:
+            parts.append(extra)
+        return torch.cat(parts, dim=1)
+
+    def forward(self, img: torch.Tensor) -> torch.Tensor:
+        x = self.embed(img)
+        for i, blk in enumerate(self.blocks):
+            stage = self.stage_of_block.get(i)
+            if stage is not None:
+                x = self.select(stage, x)
+            x = blk(x)
+        return self.classify(x)

@@ -24,8 +24,8 @@ from torch import nn
 
 from edgeprune.arch import Arch
 from edgeprune.errors import EdgepruneError
-from edgeprune.methods.base import Method, MethodConfig
-from edgeprune.models.deit import VisionTransformer, gather_tokens
+from edgeprune.methods.base import Method, MethodConfig, StaticTopKViT, geometric, parse_ratio
+from edgeprune.models.deit import gather_tokens
 from edgeprune.plan import SelectorStage, TokenPlan
 
 
@@ -73,49 +73,6 @@ def predictor_macs(c: int, n: int) -> int:
     return linear + elementwise + n * c // 2  # + the global average
 
 
-class StaticTopKViT(VisionTransformer):
-    """DeiT whose pre-block selectors keep a constant number of patch tokens.
-
-    Subclasses say how the patch tokens are scored (``score``) and may fold the
-    dropped tokens into extra tokens (``fold_dropped``)."""
-
-    def __init__(self, arch: Arch, plan: TokenPlan):
-        super().__init__(arch)
-        self.plan = plan
-        self.stage_of_block = {s.block: i for i, s in enumerate(plan.selectors)}
-        self.keep_counts = [self.patches_kept(s) for s in plan.selectors]
-
-    def patches_kept(self, stage: SelectorStage) -> int:
-        return stage.tokens_out - 1  # all but CLS
-
-    def score(self, stage: int, patches: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    def fold_dropped(
-        self, stage: int, patches: torch.Tensor, scores: torch.Tensor, keep_idx: torch.Tensor
-    ) -> torch.Tensor | None:
-        return None
-
-    def select(self, stage: int, x: torch.Tensor) -> torch.Tensor:
-        cls, patches = x[:, :1], x[:, 1:]
-        scores = self.score(stage, patches)
-        _, idx = torch.topk(scores, self.keep_counts[stage], dim=1, largest=True, sorted=True)
-        parts = [cls, gather_tokens(patches, idx)]
-        extra = self.fold_dropped(stage, patches, scores, idx)
-        if extra is not None:
-            parts.append(extra)
-        return torch.cat(parts, dim=1)
-
-    def forward(self, img: torch.Tensor) -> torch.Tensor:
-        x = self.embed(img)
-        for i, blk in enumerate(self.blocks):
-            stage = self.stage_of_block.get(i)
-            if stage is not None:
-                x = self.select(stage, x)
-            x = blk(x)
-        return self.classify(x)
-
-
 class DynamicViTStatic(StaticTopKViT):
     def __init__(self, arch: Arch, plan: TokenPlan):
         super().__init__(arch, plan)
@@ -146,7 +103,6 @@ class _DynamicViTSelector(nn.Module):
 
 class DynamicViT(Method):
     name = "dynamicvit"
-    summary = "learned predictor, top-k of int(196*rho) patch tokens, rest dropped"
     default_locs = (3, 6, 9)
     default_keep = (0.7, 0.49, 0.343)
     cumulative = True
@@ -211,17 +167,3 @@ class DynamicViT(Method):
             r = float(m.group(1))
         locs = self.default_locs if n == 3 else tuple(range(3, 3 * n + 1, 3))[:n]
         return MethodConfig(tuple(locs), geometric(r, n), {"base_ratio": r})
-
-
-def geometric(r: float, n: int) -> tuple[float, ...]:
-    return tuple(round(r ** (i + 1), 10) for i in range(n))
-
-
-def parse_ratio(text: str, what: str) -> float:
-    try:
-        r = float(text)
-    except ValueError:
-        raise EdgepruneError(f"{what} '{text}' is not a number", "e.g. 0.7") from None
-    if not (0 < r <= 1):
-        raise EdgepruneError(f"{what} {text} is outside (0, 1]")
-    return r

@@ -24,8 +24,7 @@ from torch import nn
 
 from edgeprune.arch import Arch
 from edgeprune.errors import EdgepruneError
-from edgeprune.methods.base import Method, MethodConfig
-from edgeprune.methods.dynamicvit import parse_ratio
+from edgeprune.methods.base import Method, MethodConfig, parse_ratio
 from edgeprune.methods.tokenops import weighted_rest
 from edgeprune.models.deit import Block, VisionTransformer, gather_tokens
 from edgeprune.plan import SelectorStage, TokenPlan
@@ -92,7 +91,6 @@ class _EViTSelector(nn.Module):
 
 class EViT(Method):
     name = "evit"
-    summary = "CLS attention top-k between attention and MLP, rest fused into one token"
     default_locs = (3, 6, 9)
     default_keep = (0.7, 0.7, 0.7)
     cumulative = False

@@ -35,8 +35,7 @@ from torch import nn
 
 from edgeprune.arch import Arch
 from edgeprune.errors import EdgepruneError
-from edgeprune.methods.base import Method, MethodConfig
-from edgeprune.methods.dynamicvit import StaticTopKViT, geometric, parse_ratio
+from edgeprune.methods.base import Method, MethodConfig, StaticTopKViT, geometric, parse_ratio
 from edgeprune.methods.tokenops import weighted_rest
 from edgeprune.models.deit import gather_tokens
 from edgeprune.plan import SelectorStage, TokenPlan
@@ -178,7 +177,6 @@ class _SPViTSelector(nn.Module):
 
 class SPViT(Method):
     name = "spvit"
-    summary = "multi-head selector, top-k of int(196*rho) patches, rest -> one package token"
     default_locs = (3, 6, 9)
     default_keep = (0.617, 0.369, 0.137)
     cumulative = True
@@ -260,5 +258,5 @@ class SPViT(Method):
             )
         n = len(stages)
         locs = self.default_locs if n == 3 else tuple(range(3, 3 * n + 1, 3))[:n]
-        keep = self.default_keep if n == 3 else tuple(round(0.7 ** (i + 1), 10) for i in range(n))
+        keep = self.default_keep if n == 3 else geometric(0.7, n)
         return MethodConfig(tuple(locs), keep)

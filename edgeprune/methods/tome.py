@@ -138,7 +138,6 @@ def parse_r(text: str | int | None) -> int:
 class ToMe(Method):
     name = "tome"
     user_options = frozenset({"r"})
-    summary = "bipartite soft matching: merge r tokens per block (training-free)"
     cumulative = False
 
     def default_config(self, arch: Arch) -> MethodConfig:
