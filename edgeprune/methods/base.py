@@ -221,3 +221,29 @@ class StaticTopKViT(VisionTransformer):
                 x = self.select(stage, x)
             x = blk(x)
         return self.classify(x)
+
+
+class StageAlone(torch.nn.Module):
+    """One selector stage of a static model run alone, for the profile: ``forward`` is
+    that model's own ``select`` at ``stage``, so the timed selector cannot drift from
+    the one the model runs."""
+
+    def __init__(self, model: StaticTopKViT, stage: int, seed: int = 0):
+        super().__init__()
+        from edgeprune.models.deit import init_random_
+
+        init_random_(model, seed)
+        self.model, self.stage = model.eval(), stage
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.select(self.stage, x)
+
+
+def stage_alone(method: Method, arch: Arch, stages: Sequence[SelectorStage]) -> StageAlone:
+    """The last of ``stages`` of ``method``'s static model, alone (a depth-0 model:
+    no blocks; the earlier stages only shape the model, e.g. SPViT's package tokens)."""
+    from dataclasses import replace
+
+    a0 = replace(arch, depth=0)
+    plan = TokenPlan(a0, method.name, (), (), (), (), tuple(stages))
+    return StageAlone(method.build(a0, plan), len(stages) - 1)

@@ -24,8 +24,14 @@ from torch import nn
 
 from edgeprune.arch import Arch
 from edgeprune.errors import EdgepruneError
-from edgeprune.methods.base import Method, MethodConfig, StaticTopKViT, geometric, parse_ratio
-from edgeprune.models.deit import gather_tokens
+from edgeprune.methods.base import (
+    Method,
+    MethodConfig,
+    StaticTopKViT,
+    geometric,
+    parse_ratio,
+    stage_alone,
+)
 from edgeprune.plan import SelectorStage, TokenPlan
 
 
@@ -83,24 +89,6 @@ class DynamicViTStatic(StaticTopKViT):
         return self.score_predictor[stage](patches)[:, :, 0]
 
 
-class _DynamicViTSelector(nn.Module):
-    """One DynamicViT stage alone: score the patch tokens, keep the top k, CLS first."""
-
-    def __init__(self, embed_dim: int, keep: int):
-        super().__init__()
-        from edgeprune.models.deit import init_random_
-
-        self.predictor = PredictorLG(embed_dim)
-        self.keep = keep
-        init_random_(self, 0)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        patches = x[:, 1:]
-        scores = self.predictor(patches)[:, :, 0]
-        _, idx = torch.topk(scores, self.keep, dim=1, largest=True, sorted=True)
-        return torch.cat([x[:, :1], gather_tokens(patches, idx)], dim=1)
-
-
 class DynamicViT(Method):
     name = "dynamicvit"
     default_locs = (3, 6, 9)
@@ -146,7 +134,7 @@ class DynamicViT(Method):
         return DynamicViTStatic(arch, plan)
 
     def selector_module(self, arch: Arch, stage: SelectorStage) -> nn.Module:
-        return _DynamicViTSelector(arch.embed_dim, stage.tokens_out - 1)
+        return stage_alone(self, arch, [stage])
 
     def selector_macs(self, arch: Arch, plan: TokenPlan) -> list[int]:
         # the predictor sees the patch tokens entering the stage; top-k and gather are

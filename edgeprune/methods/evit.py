@@ -80,13 +80,9 @@ class _EViTSelector(nn.Module):
         self.keep = keep
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # the CLS row of the attention, as the block would hand it over
-        attn = self.cls_row.expand(x.shape[0], -1, -1, -1)
-        cls_attn = attn[:, :, 0, 1:].mean(dim=1)
-        rest = x[:, 1:]
-        _, idx = torch.topk(cls_attn, self.keep, dim=1, largest=True, sorted=True)
-        fused = weighted_rest(rest, cls_attn, idx, normalise=False)
-        return torch.cat([x[:, :1], gather_tokens(rest, idx), fused], dim=1)
+        # the CLS row of the attention, as the block would hand it over, then the very
+        # selection the model's EViT block runs
+        return cls_attention_select(x, self.cls_row.expand(x.shape[0], -1, -1, -1), self.keep)
 
 
 class EViT(Method):

@@ -35,7 +35,14 @@ from torch import nn
 
 from edgeprune.arch import Arch
 from edgeprune.errors import EdgepruneError
-from edgeprune.methods.base import Method, MethodConfig, StaticTopKViT, geometric, parse_ratio
+from edgeprune.methods.base import (
+    Method,
+    MethodConfig,
+    StaticTopKViT,
+    geometric,
+    parse_ratio,
+    stage_alone,
+)
 from edgeprune.methods.tokenops import weighted_rest
 from edgeprune.models.deit import gather_tokens
 from edgeprune.plan import SelectorStage, TokenPlan
@@ -154,27 +161,6 @@ class SPViTStatic(StaticTopKViT):
         return torch.cat([cls, gather_tokens(patches, idx), packs, package], dim=1)
 
 
-class _SPViTSelector(nn.Module):
-    """One SPViT stage alone (stage index s: s package tokens come in at the end)."""
-
-    def __init__(self, arch: Arch, stage_index: int, keep: int):
-        super().__init__()
-        from edgeprune.models.deit import init_random_
-
-        self.predictor = MultiheadPredictor(arch.embed_dim, arch.num_heads)
-        self.stage_index, self.keep = stage_index, keep
-        init_random_(self, 0)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        cls, rest = x[:, :1], x[:, 1:]
-        n_patch = rest.shape[1] - self.stage_index
-        p = keep_probability(self.predictor(rest))[:, :n_patch]
-        patches = rest[:, :n_patch]
-        _, idx = torch.topk(p, self.keep, dim=1, largest=True, sorted=True)
-        package = weighted_rest(patches, p, idx, normalise=True)
-        return torch.cat([cls, gather_tokens(patches, idx), rest[:, n_patch:], package], dim=1)
-
-
 class SPViT(Method):
     name = "spvit"
     default_locs = (3, 6, 9)
@@ -223,7 +209,10 @@ class SPViT(Method):
     def selector_module(self, arch: Arch, stage: SelectorStage) -> nn.Module:
         # tokens_in = 1 + patches + s packages, tokens_out = 1 + kept + s + 1
         s = self._stage_index(arch, stage)
-        return _SPViTSelector(arch, s, stage.tokens_out - 2 - s)
+        earlier = [
+            SelectorStage(-1 - i, "pre", stage.tokens_in, stage.tokens_out) for i in range(s)
+        ]
+        return stage_alone(self, arch, [*earlier, stage])
 
     def _stage_index(self, arch: Arch, stage: SelectorStage) -> int:
         # package tokens coming in: 0 at the first stage (full sequence); later, one per
