@@ -71,11 +71,21 @@ class Sensitivity:
     metric: str = "accuracy"
 
     def predict(self, locs: tuple[int, ...], ratios: tuple[float, ...]) -> float:
-        acc = self.dense
-        for loc, r in zip(locs, ratios, strict=True):
+        return self.predict_many(locs, [ratios])[0]
+
+    def predict_many(self, locs: tuple[int, ...], schedules: list[tuple[float, ...]]) -> list:
+        """Predicted accuracy of many schedules at once (each curve held constant past
+        its ends)."""
+        import torch
+
+        from edgeprune.latency_table import piecewise_linear
+
+        r = torch.tensor(schedules, dtype=torch.float64).reshape(len(schedules), len(locs))
+        acc = torch.full((len(schedules),), float(self.dense), dtype=torch.float64)
+        for j, loc in enumerate(locs):
             xs, ys = self.stages[loc]
-            acc -= self.dense - _interp_clamped(xs, ys, r)
-        return acc
+            acc -= self.dense - piecewise_linear(xs, ys, r[:, j], extrapolate=False)
+        return acc.tolist()
 
     def check_locs(self, locs: tuple[int, ...], path: str) -> None:
         missing = [loc for loc in locs if loc not in self.stages]
@@ -84,17 +94,6 @@ class Sensitivity:
                 f"sensitivity file {path} has no curve for pruning location(s) {missing}",
                 f"it has: {sorted(self.stages)}",
             )
-
-
-def _interp_clamped(xs: tuple[float, ...], ys: tuple[float, ...], x: float) -> float:
-    if x <= xs[0]:
-        return ys[0]
-    if x >= xs[-1]:
-        return ys[-1]
-    for i in range(len(xs) - 1):
-        if xs[i] <= x <= xs[i + 1]:
-            return ys[i] + (ys[i + 1] - ys[i]) * (x - xs[i]) / (xs[i + 1] - xs[i])
-    return ys[-1]
 
 
 def load_sensitivity(path: str | Path) -> Sensitivity:
@@ -182,11 +181,12 @@ def _plans(method: Method, arch: Arch, locs: tuple[int, ...], ratio_sets) -> dic
 
 def _evaluate(model: LatencyModel, cands: list[Candidate], locs, sens: Sensitivity | None) -> None:
     ms = model.predict_many([c.plan for c in cands])
-    for c, t in zip(cands, ms.tolist(), strict=True):
+    acc = sens.predict_many(tuple(locs), [c.keep_ratios for c in cands]) if sens else None
+    for i, (c, t) in enumerate(zip(cands, ms.tolist(), strict=True)):
         c.predicted_ms = t
         c.kept_tokens = kept_tokens(c.plan)
-        if sens is not None:
-            c.accuracy = sens.predict(tuple(locs), c.keep_ratios)
+        if acc is not None:
+            c.accuracy = acc[i]
 
 
 def _best(cands: list[Candidate], target: float) -> Candidate | None:

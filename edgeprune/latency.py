@@ -10,8 +10,8 @@ cache state of a deep graph, the session's per-run overhead).
 
 A block whose attention and MLP see the same token count costs ``block(n)``; a block
 split by a mid-block selector (EViT-style) costs ``attn(n_attn) + mlp(n_mlp)``.
-Every curve is read by piecewise-linear interpolation (linear extrapolation past the
-ends, clamped at zero), exactly as ``Curve.at``.
+Every curve is read by ``latency_table.piecewise_linear`` (linear extrapolation past
+the ends, clamped at zero), the one interpolation, which ``Curve.at`` uses too.
 
 There is ONE implementation, in torch (float64): ``LatencyModel.predict_tokens`` takes
 token counts as float tensors (any leading batch shape) and returns a latency tensor
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from edgeprune.errors import EdgepruneError
-from edgeprune.latency_table import Anchor, Curve, EndToEnd, LatencyTable
+from edgeprune.latency_table import Anchor, Curve, EndToEnd, LatencyTable, piecewise_linear
 
 if TYPE_CHECKING:
     import torch
@@ -35,16 +35,7 @@ if TYPE_CHECKING:
 
 def interp(curve: Curve, n: torch.Tensor) -> torch.Tensor:
     """``curve`` at token counts ``n`` (a float tensor): differentiable in ``n``."""
-    import torch
-
-    t = torch.tensor(curve.tokens, dtype=n.dtype, device=n.device)
-    y = torch.tensor(curve.median_ms, dtype=n.dtype, device=n.device)
-    if len(curve.tokens) == 1:
-        return y[0] + 0.0 * n
-    i = torch.searchsorted(t, n.detach().contiguous(), right=True) - 1
-    i = i.clamp(0, len(curve.tokens) - 2)
-    x0, x1, y0, y1 = t[i], t[i + 1], y[i], y[i + 1]
-    return torch.clamp(y0 + (y1 - y0) * (n - x0) / (x1 - x0), min=0.0)
+    return piecewise_linear(curve.tokens, curve.median_ms, n).clamp(min=0.0)
 
 
 @dataclass(frozen=True)
