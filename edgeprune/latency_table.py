@@ -27,7 +27,8 @@ Latency at a token count between grid points is linear interpolation
 (``piecewise_linear``, the one implementation; ``Curve.at``); the latency model
 (edgeprune.latency) builds on these curves. Pieces timed alone do not add up exactly
 to a whole model (inter-op overhead, cache state, gathers between blocks), so the
-sweep also times a few whole models ("anchors") and stores an affine end-to-end correction fitted on them (``tables.e2e``).
+sweep also times a few whole models ("anchors") and stores an affine end-to-end
+correction fitted on them (``tables.e2e``).
 """
 
 from __future__ import annotations
