@@ -140,7 +140,7 @@ def make_budget(
     from edgeprune.atomic import check_writable_target, write_json_atomic
     from edgeprune.budget import load_sensitivity, search, target_from
     from edgeprune.latency import load_model
-    from edgeprune.source import parse_ints
+    from edgeprune.parsing import parse_ints
 
     target = target_from(target_ms, target_fps)
     model = load_model(profile)

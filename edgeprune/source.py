@@ -22,6 +22,7 @@ from edgeprune.checkpoint import (
 from edgeprune.errors import EdgepruneError
 from edgeprune.flops import FlopReport, plan_flops
 from edgeprune.methods import Method, MethodConfig, detect_method, get_method
+from edgeprune.parsing import parse_floats, parse_ints
 from edgeprune.plan import TokenPlan
 
 BUILTIN_RE = re.compile(r"^(?P<arch>[a-z_0-9]+)(?::(?P<method>[a-z_0-9]+)(?:@(?P<param>.+))?)?$")
@@ -90,37 +91,6 @@ class Source:
             "gflops": fl.to_dict(),
             "gflops_convention": "multiply-adds (DeiT/DynamicViT papers); selectors counted apart",
         }
-
-
-def parse_floats(text: str | None, what: str) -> tuple[float, ...] | None:
-    if text is None:
-        return None
-    out = []
-    for part in text.split(","):
-        part = part.strip()
-        try:
-            v = float(part)
-        except ValueError:
-            raise EdgepruneError(
-                f"{what} '{part}' is not a number", f"e.g. {what} 0.7,0.49,0.343"
-            ) from None
-        out.append(v)
-    return tuple(out)
-
-
-def parse_ints(text: str | None, what: str) -> tuple[int, ...] | None:
-    if text is None:
-        return None
-    out = []
-    for part in text.split(","):
-        part = part.strip()
-        try:
-            out.append(int(part))
-        except ValueError:
-            raise EdgepruneError(
-                f"{what} '{part}' is not an integer", f"e.g. {what} 3,6,9"
-            ) from None
-    return tuple(out)
 
 
 def looks_like_path(text: str) -> bool:
