@@ -44,6 +44,10 @@ class Method:
     key_prefix: ClassVar[str | None] = None
     # command-line method options this method reads (e.g. ToMe's "r", A-ViT's "calibration")
     user_options: ClassVar[frozenset[str]] = frozenset()
+    # the static model class, built as static_model(arch, plan) (see ``build``)
+    static_model: ClassVar[type | None] = None
+    # what the ``@PARAM`` keep ratio of a built-in spec is called in messages
+    ratio_name: ClassVar[str] = "keep ratio"
 
     # ---- configuration -------------------------------------------------------------
     def default_config(self, arch: Arch) -> MethodConfig:
@@ -54,6 +58,17 @@ class Method:
         if param is not None:
             raise EdgepruneError(f"method '{self.name}' takes no '@' parameter (got '@{param}')")
         return self.default_config(arch)
+
+    def config_from_ratio(self, param: str | None, arch: Arch, **options) -> MethodConfig:
+        """``@r``: the geometric schedule of ``r`` at the default locations."""
+        if param is None:
+            return self.default_config(arch)
+        r = parse_ratio(param, what=self.ratio_name)
+        n = len(self.default_locs)
+        opts = {k: (r if v is RATIO else v) for k, v in options.items()}
+        cfg = MethodConfig(self.default_locs, geometric(r, n, self.cumulative), opts)
+        self.validate(cfg, arch)
+        return cfg
 
     def with_overrides(
         self,
@@ -104,7 +119,9 @@ class Method:
     # ---- the model -----------------------------------------------------------------
     def build(self, arch: Arch, plan: TokenPlan) -> nn.Module:
         """The static (fixed top-k) PyTorch module for this plan, timm-compatible keys."""
-        raise NotImplementedError
+        if self.static_model is None:
+            raise NotImplementedError
+        return self.static_model(arch, plan)
 
     def selector_module(self, arch: Arch, stage: SelectorStage) -> nn.Module | None:
         """A standalone module doing one selector stage on its own, for profiling:
@@ -163,6 +180,28 @@ def validate_locs_and_ratios(
 
 
 # ---- pieces several methods share ---------------------------------------------------
+RATIO = object()  # config_from_ratio(..., base_ratio=RATIO) records r itself
+
+
+def kept_patches(arch: Arch, ratio: float, block: int) -> int:
+    """Patch tokens kept at ``block`` by a ratio of the original patches (DynamicViT's
+    and SPViT's ``int(196 * rho)``); at least one."""
+    kept = int(arch.num_patches * ratio)
+    if kept < 1:
+        raise EdgepruneError(
+            f"keep ratio {ratio} keeps no patch token at block {block}",
+            f"use a ratio of at least {1 / arch.num_patches:.4f}",
+        )
+    return kept
+
+
+def predictor_stages(state_dict: Mapping[str, torch.Tensor]) -> tuple[int, tuple[int, ...]]:
+    """Selector stages in a ``score_predictor.{s}.*`` checkpoint, and their default
+    locations (3, 6, 9 for three; every third block otherwise)."""
+    n = len({int(k.split(".")[1]) for k in state_dict if k.startswith("score_predictor.")})
+    return n, (3, 6, 9) if n == 3 else tuple(range(3, 3 * n + 1, 3))[:n]
+
+
 def geometric(r: float, n: int, cumulative: bool = True) -> tuple[float, ...]:
     """The geometric keep schedule of ``n`` stages: ``[r, r², r³…]`` for cumulative
     ratios (DynamicViT's rho), ``[r, r, r…]`` for ratios relative to each stage's input."""

@@ -25,11 +25,13 @@ from torch import nn
 from edgeprune.arch import Arch
 from edgeprune.errors import EdgepruneError
 from edgeprune.methods.base import (
+    RATIO,
     Method,
     MethodConfig,
     StaticTopKViT,
     geometric,
-    parse_ratio,
+    kept_patches,
+    predictor_stages,
     stage_alone,
 )
 from edgeprune.plan import SelectorStage, TokenPlan
@@ -95,16 +97,11 @@ class DynamicViT(Method):
     default_keep = (0.7, 0.49, 0.343)
     cumulative = True
     key_prefix = "score_predictor."
+    static_model = DynamicViTStatic
+    ratio_name = "DynamicViT base keep ratio"
 
     def config_from_param(self, param: str | None, arch: Arch) -> MethodConfig:
-        if param is None:
-            return self.default_config(arch)
-        r = parse_ratio(param, what="DynamicViT base keep ratio")
-        cfg = MethodConfig(
-            self.default_locs, geometric(r, len(self.default_locs)), {"base_ratio": r}
-        )
-        self.validate(cfg, arch)
-        return cfg
+        return self.config_from_ratio(param, arch, base_ratio=RATIO)
 
     def matches(self, keys) -> bool:
         # SPViT's multi-head selector shares the prefix but has senet / per-head convs
@@ -113,25 +110,16 @@ class DynamicViT(Method):
         ) and not any(".senet." in k for k in keys)
 
     def token_plan(self, arch: Arch, cfg: MethodConfig) -> TokenPlan:
-        n0 = arch.num_patches
         attn, stages = [], []
         n = arch.num_tokens
         locs = dict(zip(cfg.prune_locs, cfg.keep_ratios, strict=True))
         for b in range(arch.depth):
             if b in locs:
-                kept = int(n0 * locs[b])
-                if kept < 1:
-                    raise EdgepruneError(
-                        f"keep ratio {locs[b]} keeps no patch token at block {b}",
-                        f"use a ratio of at least {1 / n0:.4f}",
-                    )
+                kept = kept_patches(arch, locs[b], b)
                 stages.append(SelectorStage(b, "pre", n, kept + 1))
                 n = kept + 1
             attn.append(n)
         return self.make_plan(arch, cfg, attn, attn, stages)
-
-    def build(self, arch: Arch, plan: TokenPlan) -> DynamicViTStatic:
-        return DynamicViTStatic(arch, plan)
 
     def selector_module(self, arch: Arch, stage: SelectorStage) -> nn.Module:
         return stage_alone(self, arch, [stage])
@@ -144,8 +132,7 @@ class DynamicViT(Method):
     def config_from_checkpoint(
         self, state_dict: Mapping[str, torch.Tensor], arch: Arch, path: Path | None
     ) -> MethodConfig:
-        stages = {int(k.split(".")[1]) for k in state_dict if k.startswith("score_predictor.")}
-        n = len(stages)
+        n, locs = predictor_stages(state_dict)
         if n == 0:
             raise EdgepruneError("no score_predictor.* keys in a DynamicViT checkpoint")
         # DynamicViT's released files carry the ratio in their names (…_r0.7.pth)
@@ -153,5 +140,4 @@ class DynamicViT(Method):
         m = re.search(r"(?:^|[_\-.])r(0?\.\d+|1(?:\.0+)?)(?=[_\-.]|$)", path.stem if path else "")
         if m:
             r = float(m.group(1))
-        locs = self.default_locs if n == 3 else tuple(range(3, 3 * n + 1, 3))[:n]
-        return MethodConfig(tuple(locs), geometric(r, n), {"base_ratio": r})
+        return MethodConfig(locs, geometric(r, n), {"base_ratio": r})

@@ -24,7 +24,7 @@ from torch import nn
 
 from edgeprune.arch import Arch
 from edgeprune.errors import EdgepruneError
-from edgeprune.methods.base import Method, MethodConfig, parse_ratio
+from edgeprune.methods.base import Method, MethodConfig
 from edgeprune.methods.tokenops import weighted_rest
 from edgeprune.models.deit import Block, VisionTransformer, gather_tokens
 from edgeprune.plan import SelectorStage, TokenPlan
@@ -90,14 +90,11 @@ class EViT(Method):
     default_locs = (3, 6, 9)
     default_keep = (0.7, 0.7, 0.7)
     cumulative = False
+    static_model = EViTStatic
+    ratio_name = "EViT keep rate"
 
     def config_from_param(self, param: str | None, arch: Arch) -> MethodConfig:
-        if param is None:
-            return self.default_config(arch)
-        r = parse_ratio(param, what="EViT keep rate")
-        cfg = MethodConfig(self.default_locs, (r,) * len(self.default_locs))
-        self.validate(cfg, arch)
-        return cfg
+        return self.config_from_ratio(param, arch)
 
     def token_plan(self, arch: Arch, cfg: MethodConfig) -> TokenPlan:
         locs = dict(zip(cfg.prune_locs, cfg.keep_ratios, strict=True))
@@ -115,9 +112,6 @@ class EViT(Method):
                 n = keep + 2
             mlp.append(n)
         return self.make_plan(arch, cfg, attn, mlp, stages)
-
-    def build(self, arch: Arch, plan: TokenPlan) -> EViTStatic:
-        return EViTStatic(arch, plan)
 
     def selector_module(self, arch: Arch, stage: SelectorStage) -> nn.Module:
         return _EViTSelector(arch, stage.tokens_in, stage.tokens_out - 2)

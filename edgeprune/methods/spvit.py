@@ -40,7 +40,8 @@ from edgeprune.methods.base import (
     MethodConfig,
     StaticTopKViT,
     geometric,
-    parse_ratio,
+    kept_patches,
+    predictor_stages,
     stage_alone,
 )
 from edgeprune.methods.tokenops import weighted_rest
@@ -167,31 +168,22 @@ class SPViT(Method):
     default_keep = (0.617, 0.369, 0.137)
     cumulative = True
     key_prefix = "score_predictor."
+    static_model = SPViTStatic
+    ratio_name = "SPViT base keep ratio"
 
     def config_from_param(self, param: str | None, arch: Arch) -> MethodConfig:
-        if param is None:
-            return self.default_config(arch)
         # @r scales the default schedule: deit_tiny:spvit@0.7 -> 0.7, 0.49, 0.343
-        r = parse_ratio(param, what="SPViT base keep ratio")
-        cfg = MethodConfig(self.default_locs, geometric(r, len(self.default_locs)))
-        self.validate(cfg, arch)
-        return cfg
+        return self.config_from_ratio(param, arch)
 
     def matches(self, keys: Sequence[str]) -> bool:
         return any(k.startswith("score_predictor.") and ".senet." in k for k in keys)
 
     def token_plan(self, arch: Arch, cfg: MethodConfig) -> TokenPlan:
-        n0 = arch.num_patches
         locs = dict(zip(cfg.prune_locs, cfg.keep_ratios, strict=True))
         attn, stages, n, packs = [], [], arch.num_tokens, 0
         for b in range(arch.depth):
             if b in locs:
-                kept = int(n0 * locs[b])
-                if kept < 1:
-                    raise EdgepruneError(
-                        f"keep ratio {locs[b]} keeps no patch token at block {b}",
-                        f"use a ratio of at least {1 / n0:.4f}",
-                    )
+                kept = kept_patches(arch, locs[b], b)
                 if kept >= n - 1 - packs:
                     raise EdgepruneError(
                         f"keep ratio {locs[b]} drops no token at block {b}",
@@ -202,9 +194,6 @@ class SPViT(Method):
                 n = 1 + kept + packs
             attn.append(n)
         return self.make_plan(arch, cfg, attn, attn, stages)
-
-    def build(self, arch: Arch, plan: TokenPlan) -> SPViTStatic:
-        return SPViTStatic(arch, plan)
 
     def selector_module(self, arch: Arch, stage: SelectorStage) -> nn.Module:
         # tokens_in = 1 + patches + s packages, tokens_out = 1 + kept + s + 1
@@ -234,7 +223,7 @@ class SPViT(Method):
     def config_from_checkpoint(
         self, state_dict: Mapping[str, torch.Tensor], arch: Arch, path: Path | None
     ) -> MethodConfig:
-        stages = {int(k.split(".")[1]) for k in state_dict if k.startswith("score_predictor.")}
+        n, locs = predictor_stages(state_dict)
         heads = {
             int(k.split(".")[3])
             for k in state_dict
@@ -245,7 +234,5 @@ class SPViT(Method):
                 f"SPViT selector has {len(heads)} heads but the model {arch.num_heads}",
                 "pass --heads to match the checkpoint",
             )
-        n = len(stages)
-        locs = self.default_locs if n == 3 else tuple(range(3, 3 * n + 1, 3))[:n]
         keep = self.default_keep if n == 3 else geometric(0.7, n)
-        return MethodConfig(tuple(locs), keep)
+        return MethodConfig(locs, keep)

@@ -139,6 +139,7 @@ class ToMe(Method):
     name = "tome"
     user_options = frozenset({"r"})
     cumulative = False
+    static_model = ToMeStatic
 
     def default_config(self, arch: Arch) -> MethodConfig:
         return self.config_for(DEFAULT_R, arch)
@@ -183,9 +184,6 @@ class ToMe(Method):
                 n -= rb
             mlp.append(n)
         return self.make_plan(arch, cfg, attn, mlp, stages)
-
-    def build(self, arch: Arch, plan: TokenPlan) -> ToMeStatic:
-        return ToMeStatic(arch, plan)
 
     def selector_module(self, arch: Arch, stage: SelectorStage) -> nn.Module:
         return _ToMeSelector(arch, stage.tokens_in - stage.tokens_out)
