@@ -18,7 +18,6 @@ cumulative methods), then refines around the best point at a quarter of the step
 from __future__ import annotations
 
 import itertools
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -108,12 +107,9 @@ def load_sensitivity(path: str | Path) -> Sensitivity:
             '"stages": {"LOC": {"keep_ratios": [...], "accuracy": [...]}}}',
         )
 
-    try:
-        d = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise bad("not JSON") from None
-    if not isinstance(d, dict) or d.get("schema") != SENSITIVITY_SCHEMA:
-        raise bad(f"'schema' is not '{SENSITIVITY_SCHEMA}'")
+    from edgeprune.atomic import read_json_file
+
+    d = read_json_file(path, bad, SENSITIVITY_SCHEMA)
     try:
         dense = float(d["dense"])
         stages = {}

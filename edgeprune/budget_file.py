@@ -3,7 +3,6 @@ it was made on, so that the file alone drives ``--budget`` and the training loss
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,12 +84,9 @@ def load_budget(path: str | Path) -> Budget:
             f"budget file {path} is not valid: {what}", "re-run 'edgeprune budget'"
         )
 
-    try:
-        d = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise bad("not JSON") from None
-    if not isinstance(d, dict) or d.get("schema") != BUDGET_SCHEMA:
-        raise bad(f"'schema' is not '{BUDGET_SCHEMA}'")
+    from edgeprune.atomic import read_json_file
+
+    d = read_json_file(path, bad, BUDGET_SCHEMA)
     if d.get("version") != BUDGET_VERSION:
         raise bad(f"version {d.get('version')!r}, this edgeprune reads {BUDGET_VERSION}")
     try:

@@ -180,6 +180,19 @@ def validate_locs_and_ratios(
 
 
 # ---- pieces several methods share ---------------------------------------------------
+class PredictorMethod(Method):
+    """A learned ``score_predictor.{stage}`` before blocks 3, 6, 9 that keeps
+    ``int(196 * rho)`` patch tokens, rho cumulative (DynamicViT, SPViT); ``@r`` of a
+    built-in spec is the geometric schedule ``[r, r², r³]``."""
+
+    default_locs = (3, 6, 9)
+    cumulative = True
+    key_prefix = "score_predictor."
+
+    def config_from_param(self, param: str | None, arch: Arch) -> MethodConfig:
+        return self.config_from_ratio(param, arch)
+
+
 RATIO = object()  # config_from_ratio(..., base_ratio=RATIO) records r itself
 
 

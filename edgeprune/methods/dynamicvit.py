@@ -26,8 +26,8 @@ from edgeprune.arch import Arch
 from edgeprune.errors import EdgepruneError
 from edgeprune.methods.base import (
     RATIO,
-    Method,
     MethodConfig,
+    PredictorMethod,
     StaticTopKViT,
     geometric,
     kept_patches,
@@ -91,12 +91,9 @@ class DynamicViTStatic(StaticTopKViT):
         return self.score_predictor[stage](patches)[:, :, 0]
 
 
-class DynamicViT(Method):
+class DynamicViT(PredictorMethod):
     name = "dynamicvit"
-    default_locs = (3, 6, 9)
     default_keep = (0.7, 0.49, 0.343)
-    cumulative = True
-    key_prefix = "score_predictor."
     static_model = DynamicViTStatic
     ratio_name = "DynamicViT base keep ratio"
 

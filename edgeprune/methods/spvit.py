@@ -36,8 +36,8 @@ from torch import nn
 from edgeprune.arch import Arch
 from edgeprune.errors import EdgepruneError
 from edgeprune.methods.base import (
-    Method,
     MethodConfig,
+    PredictorMethod,
     StaticTopKViT,
     geometric,
     kept_patches,
@@ -162,18 +162,12 @@ class SPViTStatic(StaticTopKViT):
         return torch.cat([cls, gather_tokens(patches, idx), packs, package], dim=1)
 
 
-class SPViT(Method):
+class SPViT(PredictorMethod):
+    # @r scales the default schedule: deit_tiny:spvit@0.7 -> 0.7, 0.49, 0.343
     name = "spvit"
-    default_locs = (3, 6, 9)
     default_keep = (0.617, 0.369, 0.137)
-    cumulative = True
-    key_prefix = "score_predictor."
     static_model = SPViTStatic
     ratio_name = "SPViT base keep ratio"
-
-    def config_from_param(self, param: str | None, arch: Arch) -> MethodConfig:
-        # @r scales the default schedule: deit_tiny:spvit@0.7 -> 0.7, 0.49, 0.343
-        return self.config_from_ratio(param, arch)
 
     def matches(self, keys: Sequence[str]) -> bool:
         return any(k.startswith("score_predictor.") and ".senet." in k for k in keys)
