@@ -1,4 +1,6 @@
-"""The ``edgeprune`` command line. Thin: every command parses, calls the library, prints."""
+"""The ``edgeprune`` command line. Thin: every command parses its options, calls one
+library function and renders the result (``render.py``); option types in
+``cli_options.py``."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from edgeprune import cli_options as o
 from edgeprune.errors import EdgepruneError
 
 app = typer.Typer(
@@ -27,65 +30,6 @@ app = typer.Typer(
 out = Console()
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 _state = {"debug": False}
-
-# ---- options shared by every command that takes a SRC -------------------------------
-SrcArg = Annotated[
-    str,
-    typer.Argument(
-        help="Checkpoint file (.pth/.pt) or built-in spec ARCH[:METHOD[@RATIO]], "
-        "e.g. deit_small:dynamicvit@0.7 (random weights).",
-        show_default=False,
-    ),
-]
-MethodOpt = Annotated[
-    str | None,
-    typer.Option("--method", help="Force the method (default: from the checkpoint keys)."),
-]
-KeepOpt = Annotated[
-    str | None, typer.Option("--keep", help="Per-stage keep ratios, e.g. 0.7,0.49,0.343.")
-]
-LocsOpt = Annotated[
-    str | None, typer.Option("--locs", help="Pruning locations (block indices), e.g. 3,6,9.")
-]
-BudgetOpt = Annotated[
-    Path | None,
-    typer.Option("--budget", help="A budget file from 'edgeprune budget': sets method/keep/locs."),
-]
-HeadsOpt = Annotated[
-    int | None,
-    typer.Option(
-        "--heads", help="Attention heads, when the checkpoint's embed dim is not a DeiT's."
-    ),
-]
-
-
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
-ForceOpt = Annotated[bool, typer.Option("--force", "-f", help="Overwrite outputs.")]
-ThreadsOpt = Annotated[
-    int | None, typer.Option("--threads", help="Threads (default: the device's).")
-]
-
-
-# ---- issue 3: method options (A-ViT calibration, ToMe r) -----------------------------
-CalibrationOpt = Annotated[
-    Path | None,
-    typer.Option("--calibration", help="A-ViT calibration JSON (from 'edgeprune calibrate')."),
-]
-TomeROpt = Annotated[
-    int | None, typer.Option("--tome-r", help="ToMe: tokens merged per block (e.g. 16).")
-]
-
-
-def _method_options(calibration: Path | None = None, tome_r: int | None = None) -> dict:
-    opts: dict[str, object] = {}
-    if calibration is not None:
-        opts["calibration"] = str(calibration)
-    if tome_r is not None:
-        opts["r"] = tome_r
-    return opts
-
-
-# ---- end issue 3 ----------------------------------------------------------------------
 
 
 @app.callback()
@@ -106,20 +50,47 @@ def _resolve(src, method, keep, locs, heads, method_options=None, budget=None):
     return resolve(src, method, keep, locs, heads, method_options, budget)
 
 
+@contextmanager
+def _progress(label: str, bar: bool = False) -> Iterator[Callable[..., None]]:
+    """A transient progress display on stderr (a terminal only); yields
+    ``update(description, done=None, total=None)``."""
+    from rich import progress as rp
+
+    cols = (
+        [rp.TextColumn("{task.description:<18}"), rp.BarColumn(), rp.MofNCompleteColumn()]
+        if bar
+        else [rp.SpinnerColumn(), rp.TextColumn("{task.description}")]
+    )
+    with rp.Progress(
+        *cols, rp.TimeElapsedColumn(), console=err, transient=True, disable=not err.is_terminal
+    ) as prog:
+        task = prog.add_task(label, total=None)
+
+        def update(desc: str, done: int | None = None, total: int | None = None) -> None:
+            prog.update(task, description=desc, completed=done, total=total)
+
+        yield update
+
+
+def _lines(lines: list[str]) -> None:
+    for line in lines:
+        out.print(line)
+
+
 @app.command()
 def inspect(
-    src: SrcArg,
-    method: MethodOpt = None,
-    keep: KeepOpt = None,
-    locs: LocsOpt = None,
-    heads: HeadsOpt = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
-    calibration: CalibrationOpt = None,
-    tome_r: TomeROpt = None,
-    budget: BudgetOpt = None,
+    src: o.SrcArg,
+    method: o.MethodOpt = None,
+    keep: o.KeepOpt = None,
+    locs: o.LocsOpt = None,
+    heads: o.HeadsOpt = None,
+    as_json: o.JsonOpt = False,
+    calibration: o.CalibrationOpt = None,
+    tome_r: o.TomeROpt = None,
+    budget: o.BudgetOpt = None,
 ) -> None:
     """Show what a model is: method, arch, keep schedule, tokens per block, params, GFLOPs."""
-    source = _resolve(src, method, keep, locs, heads, _method_options(calibration, tome_r), budget)
+    source = _resolve(src, method, keep, locs, heads, o.method_options(calibration, tome_r), budget)
     info = source.inspect()
     if as_json:
         print(json.dumps(info))
@@ -132,7 +103,7 @@ def inspect(
 
 @app.command()
 def export(
-    src: SrcArg,
+    src: o.SrcArg,
     target: Annotated[
         str, typer.Option("--target", "-t", help="onnx | ort | trt | coreml (see README).")
     ] = "onnx",
@@ -177,13 +148,13 @@ def export(
             "--compute-units", help="coreml: all | cpu_only | cpu_and_gpu | cpu_and_ne (all)."
         ),
     ] = None,
-    method: MethodOpt = None,
-    keep: KeepOpt = None,
-    locs: LocsOpt = None,
-    heads: HeadsOpt = None,
-    calibration: CalibrationOpt = None,
-    tome_r: TomeROpt = None,
-    budget: BudgetOpt = None,
+    method: o.MethodOpt = None,
+    keep: o.KeepOpt = None,
+    locs: o.LocsOpt = None,
+    heads: o.HeadsOpt = None,
+    calibration: o.CalibrationOpt = None,
+    tome_r: o.TomeROpt = None,
+    budget: o.BudgetOpt = None,
 ) -> None:
     """Export the static graph to a target and check it against PyTorch; writes a manifest."""
     from edgeprune.export.targets import ExportRequest, default_out, run_export, validate
@@ -204,7 +175,7 @@ def export(
         compute_units,
     )
     validate(req)  # before loading anything
-    source = _resolve(src, method, keep, locs, heads, _method_options(calibration, tome_r), budget)
+    source = _resolve(src, method, keep, locs, heads, o.method_options(calibration, tome_r), budget)
     _note(source)
     dest = out_path or default_out(_default_name(src, source), target)
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -257,24 +228,17 @@ def _report_export(dest: Path, man: dict) -> None:
     out.print(f"tokens/block: {' '.join(map(str, man['token_plan']['tokens_per_block']))}")
 
 
-# ---- issue 3: A-ViT calibration -------------------------------------------------------
 @app.command()
 def calibrate(
-    src: SrcArg,
-    out_path: Annotated[Path, typer.Option("--out", "-o", help="Calibration JSON to write.")],
-    images: Annotated[
-        Path | None, typer.Option("--images", help="Folder of PNG/JPEG calibration images.")
-    ] = None,
-    random: Annotated[
-        int | None, typer.Option("--random", help="Use N seeded random images instead.")
-    ] = None,
-    quantile: Annotated[
-        float, typer.Option("--quantile", help="Per block, keep this quantile of running tokens.")
-    ] = 1.0,
-    gate_scale: Annotated[float | None, typer.Option("--gate-scale")] = None,
-    gate_center: Annotated[float | None, typer.Option("--gate-center")] = None,
-    heads: HeadsOpt = None,
-    force: Annotated[bool, typer.Option("--force", "-f", help="Overwrite --out.")] = False,
+    src: o.SrcArg,
+    out_path: o.CalibOutOpt,
+    images: o.ImagesOpt = None,
+    random: o.RandomOpt = None,
+    quantile: o.QuantileOpt = 1.0,
+    gate_scale: o.GateScaleOpt = None,
+    gate_center: o.GateCenterOpt = None,
+    heads: o.HeadsOpt = None,
+    force: o.ForceOpt = False,
 ) -> None:
     """A-ViT: run the masked (released) halting model on calibration images and record
     how many tokens still run in each block; the JSON feeds --calibration."""
@@ -284,41 +248,9 @@ def calibrate(
         src, out_path, images, random, quantile, gate_scale, gate_center, heads, force
     )
     _note(source)
-    r = data["report"]
-    out.print(f"[green]wrote[/] {out_path}")
-    out.print(f"tokens/block: {' '.join(map(str, data['counts']))}")
-    out.print(
-        f"zipped vs masked: top-1 agreement {r['top1_agreement']:.0%}, "
-        f"max |logit diff| {r['max_logit_diff']:.3g} over {r['inputs']} inputs"
-    )
+    from edgeprune.render import calibration_lines
 
-
-# ---- end issue 3 ----------------------------------------------------------------------
-# =====================================================================================
-# ---- issue 4: devices, profile, bench (runtimes, device descriptors, SSH) -----------
-# =====================================================================================
-HostOpt = Annotated[
-    str | None,
-    typer.Option("--host", help="Reach the device over SSH at user@addr (or an ssh-config alias)."),
-]
-SshConfigOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--ssh-config",
-        help="ssh config file for -F (default: $EDGEPRUNE_SSH_CONFIG, else ssh's own).",
-    ),
-]
-RemotePythonOpt = Annotated[
-    str | None,
-    typer.Option("--remote-python", help="Python with edgeprune on the remote host."),
-]
-TimeoutOpt = Annotated[
-    float,
-    typer.Option("--timeout", help="Overall limit (s) for one remote command over SSH."),
-]
-HereOpt = Annotated[
-    bool, typer.Option("--here", hidden=True, help="Measure on this machine (remote end).")
-]
+    _lines(calibration_lines(out_path, data))
 
 
 def _device_for(name: str, host: str | None, remote_python: str | None, here: bool):
@@ -328,31 +260,9 @@ def _device_for(name: str, host: str | None, remote_python: str | None, here: bo
     return dev.here() if here else dev
 
 
-@contextmanager
-def _progress(label: str, bar: bool = False) -> Iterator[Callable[..., None]]:
-    """A transient progress display on stderr (a terminal only); yields
-    ``update(description, done=None, total=None)``."""
-    from rich import progress as rp
-
-    cols = (
-        [rp.TextColumn("{task.description:<18}"), rp.BarColumn(), rp.MofNCompleteColumn()]
-        if bar
-        else [rp.SpinnerColumn(), rp.TextColumn("{task.description}")]
-    )
-    with rp.Progress(
-        *cols, rp.TimeElapsedColumn(), console=err, transient=True, disable=not err.is_terminal
-    ) as prog:
-        task = prog.add_task(label, total=None)
-
-        def update(desc: str, done: int | None = None, total: int | None = None) -> None:
-            prog.update(task, description=desc, completed=done, total=total)
-
-        yield update
-
-
 @app.command()
 def devices(
-    as_json: JsonOpt = False,
+    as_json: o.JsonOpt = False,
     timeout: Annotated[float, typer.Option("--timeout", help="Per-host check (s).")] = 4.0,
 ) -> None:
     """List the device descriptors and whether each can be reached from here."""
@@ -369,59 +279,26 @@ def devices(
 
 @app.command()
 def profile(
-    device: Annotated[str, typer.Option("--device", "-d", help="Device name (edgeprune devices).")],
-    arch: Annotated[str, typer.Option("--arch", help="deit_tiny, deit_small, deit_base.")] = (
-        "deit_small"
-    ),
-    method: Annotated[
-        str | None, typer.Option("--method", help="Also time this method's selector.")
-    ] = None,
-    threads: ThreadsOpt = None,
-    batch: Annotated[int, typer.Option("--batch", "-b", help="Batch size.")] = 1,
-    out_path: Annotated[
-        Path | None, typer.Option("--out", "-o", help="Output JSON (default: profile_*.json).")
-    ] = None,
-    runs: Annotated[
-        int | None, typer.Option("--runs", help="Timed runs per point (default: adaptive).")
-    ] = None,
-    grid: Annotated[
-        str | None, typer.Option("--grid", help="Token counts: 1,8,16,197 or step:8.")
-    ] = None,
-    check_points: Annotated[
-        int, typer.Option("--check-points", help="Off-grid points to check interpolation.")
-    ] = 4,
-    chain: Annotated[
-        int,
-        typer.Option(
-            "--chain", help="Time blocks as a chain of N distinct blocks (as inside a model)."
-        ),
-    ] = 4,
-    halves: Annotated[
-        bool, typer.Option("--halves/--no-halves", help="Also time attn and MLP halves.")
-    ] = True,
-    e2e: Annotated[
-        bool,
-        typer.Option(
-            "--e2e/--no-e2e",
-            help="Also time whole models (dense, the method's schedules) and fit the "
-            "end-to-end correction of the sum of pieces.",
-        ),
-    ] = True,
-    plot: Annotated[bool, typer.Option("--plot/--no-plot", help="Write a PNG beside it.")] = True,
-    force: ForceOpt = False,
-    resume: Annotated[
-        bool,
-        typer.Option(
-            "--resume",
-            help="Save progress to <out>.partial.json after every piece and continue "
-            "from it if present (same options needed).",
-        ),
-    ] = False,
-    host: HostOpt = None,
-    remote_python: RemotePythonOpt = None,
-    ssh_config: SshConfigOpt = None,
-    timeout: TimeoutOpt = 900.0,
-    here: HereOpt = False,
+    device: o.DeviceOpt,
+    arch: o.ArchOpt = "deit_small",
+    method: o.SweepMethodOpt = None,
+    threads: o.ThreadsOpt = None,
+    batch: o.BatchOpt = 1,
+    out_path: o.TableOutOpt = None,
+    runs: o.SweepRunsOpt = None,
+    grid: o.GridOpt = None,
+    check_points: o.CheckPointsOpt = 4,
+    chain: o.ChainOpt = 4,
+    halves: o.HalvesOpt = True,
+    e2e: o.E2eOpt = True,
+    plot: o.PlotFlagOpt = True,
+    force: o.ForceOpt = False,
+    resume: o.ResumeOpt = False,
+    host: o.HostOpt = None,
+    remote_python: o.RemotePythonOpt = None,
+    ssh_config: o.SshConfigOpt = None,
+    timeout: o.TimeoutOpt = 900.0,
+    here: o.HereOpt = False,
 ) -> None:
     """Measure a device's latency table (block/attn/mlp vs tokens, embed, head, selectors)."""
     from edgeprune.measure import ProfileJob, profile_device
@@ -441,24 +318,21 @@ def profile(
         raise
     from edgeprune.render import profile_lines
 
-    for line in profile_lines(res):
-        out.print(line)
+    _lines(profile_lines(res))
 
 
 @app.command()
 def bench(
-    artifact: Annotated[Path, typer.Argument(help="Exported artifact (.onnx, …).")],
-    device: Annotated[str, typer.Option("--device", "-d", help="Device name.")] = "cpu",
-    threads: ThreadsOpt = None,
-    runs: Annotated[
-        int | None, typer.Option("--runs", help="Timed runs (default: adaptive, ≥ 20).")
-    ] = None,
-    as_json: JsonOpt = False,
-    host: HostOpt = None,
-    remote_python: RemotePythonOpt = None,
-    ssh_config: SshConfigOpt = None,
-    timeout: TimeoutOpt = 600.0,
-    here: HereOpt = False,
+    artifact: o.ArtifactArg,
+    device: o.DeviceOpt = "cpu",
+    threads: o.ThreadsOpt = None,
+    runs: o.BenchRunsOpt = None,
+    as_json: o.JsonOpt = False,
+    host: o.HostOpt = None,
+    remote_python: o.RemotePythonOpt = None,
+    ssh_config: o.SshConfigOpt = None,
+    timeout: o.TimeoutOpt = 600.0,
+    here: o.HereOpt = False,
 ) -> None:
     """End-to-end latency of one artifact: median, p90, min, max, runs."""
     from edgeprune.bench import bench as run_bench
@@ -470,16 +344,14 @@ def bench(
     if as_json:
         print(json.dumps(info))
         return
-    out.print(
-        f"{artifact} on {dev.name} ({t.runtime} {t.runtime_version}, {t.threads} threads): "
-        f"median {t.median_ms:.3f} ms, p90 {t.p90_ms:.3f} ms, min {t.min_ms:.3f}, "
-        f"max {t.max_ms:.3f} over {t.runs} runs"
-    )
+    from edgeprune.render import bench_line
+
+    out.print(bench_line(artifact, dev, t))
 
 
 @app.command("profile-info")
 def profile_info(
-    path: Annotated[Path, typer.Argument(help="A latency table written by 'profile'.")],
+    path: o.TableArg,
     as_json: Annotated[bool, typer.Option("--json", help="Print the validated table.")] = False,
 ) -> None:
     """Validate a latency table and summarise it."""
@@ -489,18 +361,9 @@ def profile_info(
     if as_json:
         print(json.dumps(t.to_dict()))
         return
-    d = t.device
-    out.print(
-        f"{path}: {t.arch.name}{' + ' + t.method if t.method else ''} on {d['name']} "
-        f"({d['runtime']} {d.get('runtime_version', '')}, {d.get('precision', '')}, "
-        f"{d['threads']} threads, batch {t.batch}, {'measured' if t.measured else 'ESTIMATED'}, "
-        f"{t.date})"
-    )
-    for n in (t.block.tokens[0], 68, t.block.tokens[-1]):
-        out.print(f"  block @ {n:>3} tokens: {t.block.at(n):.3f} ms")
+    from edgeprune.render import table_lines
 
-
-# ---- end of issue 4 section ----------------------------------------------------------
+    _lines(table_lines(path, t))
 
 
 @app.command()
@@ -536,28 +399,17 @@ def _default_name(src: str, source) -> str:
     return Path(src).stem
 
 
-# =====================================================================================
-# ---- latency: predict, budget, validate-profile (issue 5) ---------------------------
-# =====================================================================================
-ProfileOpt = Annotated[
-    Path,
-    typer.Option(
-        "--profile", "-p", help="A latency table (from 'edgeprune profile').", show_default=False
-    ),
-]
-
-
 @app.command()
 def predict(
-    src: SrcArg,
-    profile: ProfileOpt,
-    method: MethodOpt = None,
-    keep: KeepOpt = None,
-    locs: LocsOpt = None,
-    heads: HeadsOpt = None,
-    batch: Annotated[int, typer.Option("--batch", "-b", help="Batch size to predict for.")] = 1,
-    budget: BudgetOpt = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    src: o.SrcArg,
+    profile: o.ProfileOpt,
+    method: o.MethodOpt = None,
+    keep: o.KeepOpt = None,
+    locs: o.LocsOpt = None,
+    heads: o.HeadsOpt = None,
+    batch: o.PredictBatchOpt = 1,
+    budget: o.BudgetOpt = None,
+    as_json: o.JsonOpt = False,
 ) -> None:
     """Predicted latency of a model on a profiled device, with the per-block breakdown."""
     from edgeprune.latency import predict_source
@@ -577,33 +429,18 @@ def predict(
 
 @app.command("budget")
 def budget_cmd(
-    profile: ProfileOpt,
-    target_ms: Annotated[
-        float | None, typer.Option("--target-ms", help="Latency target in ms.")
-    ] = None,
-    target_fps: Annotated[
-        float | None, typer.Option("--target-fps", help="Target frame rate (30 → 33.3 ms).")
-    ] = None,
-    method: Annotated[
-        str | None, typer.Option("--method", help="Pruning method (default: the profile's).")
-    ] = None,
-    schedule: Annotated[
-        str, typer.Option("--schedule", help="geometric ([r, r², r³]) or free (per stage).")
-    ] = "geometric",
-    locs: LocsOpt = None,
-    sensitivity: Annotated[
-        Path | None,
-        typer.Option("--sensitivity", help="Accuracy per stage and ratio (JSON; see README)."),
-    ] = None,
-    out_path: Annotated[Path, typer.Option("--out", "-o", help="Budget file to write.")] = Path(
-        "budget.json"
-    ),
-    plot: Annotated[
-        Path | None, typer.Option("--plot", help="Pareto plot PNG (default: <out>.pareto.png).")
-    ] = None,
-    no_plot: Annotated[bool, typer.Option("--no-plot", help="Do not write the plot.")] = False,
-    force: Annotated[bool, typer.Option("--force", "-f", help="Overwrite outputs.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    profile: o.ProfileOpt,
+    target_ms: o.TargetMsOpt = None,
+    target_fps: o.TargetFpsOpt = None,
+    method: o.BudgetMethodOpt = None,
+    schedule: o.ScheduleOpt = "geometric",
+    locs: o.LocsOpt = None,
+    sensitivity: o.SensitivityOpt = None,
+    out_path: o.BudgetOutOpt = Path("budget.json"),
+    plot: o.ParetoOpt = None,
+    no_plot: o.NoPlotOpt = False,
+    force: o.ForceOpt = False,
+    as_json: o.JsonOpt = False,
 ) -> None:
     """Keep ratios that meet a latency target and keep the most tokens (or accuracy)."""
     from edgeprune.budget_file import make_budget
@@ -619,30 +456,19 @@ def budget_cmd(
         err.print("[yellow]note:[/] this profile is estimated, not measured")
     from edgeprune.render import budget_lines
 
-    for line in budget_lines(run):
-        out.print(line)
+    _lines(budget_lines(run))
 
 
 @app.command("validate-profile")
 def validate_profile_cmd(
     profile_file: Annotated[Path, typer.Argument(help="The latency table to check.")],
-    configs: Annotated[int, typer.Option("--configs", help="Random keep schedules.")] = 20,
-    threads: Annotated[
-        int | None, typer.Option("--threads", help="Threads (default: the profile's).")
-    ] = None,
-    rounds: Annotated[int, typer.Option("--rounds", help="Interleaved timing rounds.")] = 30,
-    burst: Annotated[
-        int,
-        typer.Option(
-            "--burst",
-            help="Runs per model per round, the first discarded (1: single cold runs).",
-        ),
-    ] = 3,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the random schedules.")] = 0,
-    plot: Annotated[
-        Path | None, typer.Option("--plot", help="Scatter PNG (default: <profile>.validate.png).")
-    ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    configs: o.ConfigsOpt = 20,
+    threads: o.ValThreadsOpt = None,
+    rounds: o.RoundsOpt = 30,
+    burst: o.BurstOpt = 3,
+    seed: o.SeedOpt = 0,
+    plot: o.ScatterOpt = None,
+    as_json: o.JsonOpt = False,
 ) -> None:
     """Export random schedules, measure them end-to-end, report the prediction error."""
     from edgeprune.validate import validate_to_plot
@@ -657,12 +483,8 @@ def validate_profile_cmd(
     from edgeprune.render import validation_lines, validation_table
 
     out.print(validation_table(profile_file, rep))
-    for line in validation_lines(rep):
-        out.print(line)
+    _lines(validation_lines(rep))
     out.print(f"[green]wrote[/] {plot_path}")
-
-
-# ---- end of latency section ---------------------------------------------------------
 
 
 def _install_signal_handlers() -> None:

@@ -155,3 +155,36 @@ def predict_table(source, pred, title: str) -> Table:
         t.add_row(f"end-to-end offset (parts × {pred.scale:.3f})", "", f"{pred.overhead_ms:.3f}")
     t.add_row("[bold]total[/]", "", f"[bold]{pred.total_ms:.3f}[/]")
     return t
+
+
+def calibration_lines(path, data: dict) -> list[str]:
+    r = data["report"]
+    return [
+        f"[green]wrote[/] {path}",
+        f"tokens/block: {' '.join(map(str, data['counts']))}",
+        f"zipped vs masked: top-1 agreement {r['top1_agreement']:.0%}, "
+        f"max |logit diff| {r['max_logit_diff']:.3g} over {r['inputs']} inputs",
+    ]
+
+
+def bench_line(artifact, dev, t) -> str:
+    return (
+        f"{artifact} on {dev.name} ({t.runtime} {t.runtime_version}, {t.threads} threads): "
+        f"median {t.median_ms:.3f} ms, p90 {t.p90_ms:.3f} ms, min {t.min_ms:.3f}, "
+        f"max {t.max_ms:.3f} over {t.runs} runs"
+    )
+
+
+def table_lines(path, t) -> list[str]:
+    """``profile-info``: one line about the latency table, then the block curve at its
+    ends and at 68 tokens."""
+    d = t.device
+    lines = [
+        f"{path}: {t.arch.name}{' + ' + t.method if t.method else ''} on {d['name']} "
+        f"({d['runtime']} {d.get('runtime_version', '')}, {d.get('precision', '')}, "
+        f"{d['threads']} threads, batch {t.batch}, {'measured' if t.measured else 'ESTIMATED'}, "
+        f"{t.date})"
+    ]
+    for n in (t.block.tokens[0], 68, t.block.tokens[-1]):
+        lines.append(f"  block @ {n:>3} tokens: {t.block.at(n):.3f} ms")
+    return lines
