@@ -212,27 +212,30 @@ def export(
     budget: BudgetOpt = None,
 ) -> None:
     """Export the static graph to a target and check it against PyTorch; writes a manifest."""
-    from edgeprune.export.targets import ExportRequest, default_out, run_export, validate
+    from edgeprune.export.targets import ExportRequest, export_source, validate
 
-    req = ExportRequest(
-        target,
-        out_path,
-        batch,
-        opset,
-        force,
-        parity_inputs,
-        precision,
-        int8,
-        dynamic_batch,
-        workspace,
-        timing_cache,
-        min_target,
-        compute_units,
+    options = {
+        "dynamic_batch": dynamic_batch,
+        "workspace_mib": workspace,
+        "timing_cache": timing_cache,
+        "int8": int8,
+        "min_target": min_target,
+        "compute_units": compute_units,
+    }
+    req = validate(  # before loading anything
+        ExportRequest(
+            target=target,
+            out=out_path,
+            batch=batch,
+            opset=opset,
+            force=force,
+            parity_inputs=parity_inputs,
+            precision=precision,
+            options=options,
+        )
     )
-    validate(req)  # before loading anything
     source = _resolve(src, method, keep, locs, heads, _method_options(calibration, tome_r), budget)
     _note(source)
-    dest = out_path or default_out(_default_name(src, source), target)
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     with Progress(
@@ -244,32 +247,24 @@ def export(
         disable=not err.is_terminal,
     ) as prog:
         task = prog.add_task("exporting", total=None)
-        man = run_export(source, req, dest, lambda msg: prog.update(task, description=msg))
-    _report_export(dest, man)
+        step = lambda msg: prog.update(task, description=msg)  # noqa: E731
+        result = export_source(source, req, _default_name(src, source), step)
+    _report_export(result)
+    if result.error is not None:
+        raise result.error
 
 
-def _report_export(dest: Path, man: dict) -> None:
-    from edgeprune.errors import MissingRuntimeError
+def _report_export(result) -> None:
+    from rich.markup import escape
 
-    p = man["parity"]
-    if man["target"] == "trt" and man["engine"]["status"] == "not_built":
-        onnx_name = dest.with_name(man["onnx"]["file"])
-        out.print(f"[green]kept[/] the verified ONNX {onnx_name} (parity passed)")
-        out.print("build the engine on the device (in the folder holding the files):")
-        out.print(
-            f"  TensorRT 10: {man['trtexec_commands']['tensorrt10']}", markup=False, soft_wrap=True
-        )
-        if man["precision"] == "fp16":
-            out.print(
-                f"  TensorRT 11: {man['trtexec_commands']['tensorrt11']}",
-                markup=False,
-                soft_wrap=True,
-            )
-        raise MissingRuntimeError(
-            "neither TensorRT (Python) nor trtexec is available here; no engine was built",
-            f"the trtexec line is printed above and in {dest.stem}.manifest.json",
-        )
-    out.print(f"[green]wrote[/] {dest}  (sha256 {man['sha256'][:12]}…)")
+    for what in result.kept:
+        out.print(f"[green]kept[/] {escape(what)}")
+    for line in result.next_steps:
+        out.print(line, markup=False, soft_wrap=True)
+    if not result.written:
+        return
+    man, p = result.manifest, result.parity
+    out.print(f"[green]wrote[/] {result.artifact}  (sha256 {man['sha256'][:12]}…)")
     if p.get("status") == "skipped":
         out.print(f"[yellow]parity not checked:[/] {p['reason']} (recorded in the manifest)")
     else:
@@ -278,8 +273,8 @@ def _report_export(dest: Path, man: dict) -> None:
             f"agreement {p['top1_agreement']:.0%} over {p['inputs']} inputs "
             f"(limits {p['atol']:g}, {p['min_top1_agreement']:.0%})"
         )
-    if man["target"] == "trt" and man["engine"]["status"] == "unverified":
-        err.print("[yellow]warning:[/] the engine was built but NOT verified (parity did not run)")
+    for w in result.warnings:
+        err.print(f"[yellow]warning:[/] {w}")
     out.print(f"tokens/block: {' '.join(map(str, man['token_plan']['tokens_per_block']))}")
 
 

@@ -3,8 +3,6 @@ shape, and their ONNX export (static shapes, as the deployed graph has them)."""
 
 from __future__ import annotations
 
-import io
-import warnings
 from dataclasses import dataclass
 
 import torch
@@ -100,19 +98,8 @@ def make_vit(arch: Arch) -> VisionTransformer:
 
 
 def module_to_onnx(module: nn.Module, input_shape: tuple[int, ...], opset: int = 17) -> bytes:
-    """Trace ``module`` at one fixed input shape into ONNX bytes (TorchScript exporter:
-    every dimension is a constant)."""
-    f = io.BytesIO()
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            module.eval(),
-            (torch.zeros(input_shape),),
-            f,
-            opset_version=opset,
-            input_names=["input"],
-            output_names=["output"],
-            do_constant_folding=True,
-            dynamo=False,
-        )
-    return f.getvalue()
+    """A piece traced at one fixed input shape by the exporter's own tracer
+    (``trace_to_onnx``: every dimension a constant); its output is named ``output``."""
+    from edgeprune.export.onnx import trace_to_onnx
+
+    return trace_to_onnx(module, input_shape, opset, output_name="output")

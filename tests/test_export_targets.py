@@ -14,7 +14,8 @@ from edgeprune.arch import get_arch
 from edgeprune.errors import EdgepruneError
 from edgeprune.export import ort as ort_mod
 from edgeprune.export import tensorrt as trt_mod
-from edgeprune.export.onnx import compare, verified_onnx
+from edgeprune.export.onnx import verified_onnx
+from edgeprune.export.parity import compare
 from edgeprune.methods import METHODS
 from edgeprune.source import resolve
 
@@ -93,8 +94,8 @@ def test_trt_missing_runtime_keeps_onnx_and_prints_command(cli, tmp_path, no_ten
     assert len(errors) == 1 and errors[0].startswith("error: neither TensorRT")
     assert not out.exists()
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == ["emptybin", "m.fp16.onnx", "m.manifest.json", "m.onnx"]
-    man = json.loads((tmp_path / "m.manifest.json").read_text())
+    assert names == ["emptybin", "m.engine.manifest.json", "m.fp16.onnx", "m.onnx"]
+    man = json.loads((tmp_path / "m.engine.manifest.json").read_text())
     assert man["engine"]["status"] == "not_built"
     assert man["parity"] == {
         "status": "skipped",
@@ -230,7 +231,7 @@ def test_ort_format_model_loads_and_matches(tmp_path, monkeypatch, dyvit, int8):
         assert man["precision"] == "int8" and p["atol"] == 1.0 and p["max_abs_diff"] > 1e-4
     else:
         assert p["max_abs_diff"] <= 1e-4 and p["top1_agreement"] == 1.0
-    assert json.loads((tmp_path / "m.manifest.json").read_text()) == man
+    assert json.loads((tmp_path / "m.ort.manifest.json").read_text()) == man
 
 
 # ---- CoreML ---------------------------------------------------------------------------
@@ -260,7 +261,10 @@ def test_coreml_conversion_every_method(tmp_path, name):
     assert inp.name == "input" and list(inp.type.multiArrayType.shape) == [1, 3, 224, 224]
     assert spec.description.output[0].name == "logits"
     assert man["precision"] == "fp16" and man["minimum_deployment_target"] == "iOS17"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.manifest.json", "m.mlpackage"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "m.mlpackage",
+        "m.mlpackage.manifest.json",
+    ]
     with pytest.raises(EdgepruneError, match="already exists") as e:
         export_coreml(src, out)
     assert "--force" in e.value.one_line()
@@ -285,3 +289,24 @@ def test_atomic_dir_replaces_an_old_package(tmp_path):
         (d / "new").write_text("new")
     assert [p.name for p in target.iterdir()] == ["new"]
     assert [p.name for p in tmp_path.iterdir()] == ["x.mlpackage"]
+
+
+# ---- one model, every target, one folder ----------------------------------------------
+def test_every_target_side_by_side_with_default_names(cli, tmp_path, monkeypatch):
+    """Each artifact has its own manifest (`<artifact name>.manifest.json`), so exporting
+    one spec to several targets in one folder with default names works."""
+    monkeypatch.chdir(tmp_path)
+    stem = SPEC.replace(":", "_").replace("@", "_")
+    for target in ("onnx", "ort", "coreml"):
+        code, _, err = cli("export", SPEC, "-t", target, "--parity-inputs", "2")
+        assert code == 0, err
+    artifacts = {"onnx": f"{stem}.onnx", "ort": f"{stem}.ort", "coreml": f"{stem}.mlpackage"}
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == sorted(
+        [*artifacts.values(), *(a + ".manifest.json" for a in artifacts.values())]
+    )
+    for target, artifact in artifacts.items():
+        man = json.loads((tmp_path / f"{artifact}.manifest.json").read_text())
+        assert man["target"] == target and man["artifact"] == artifact
+    code, _, err = cli("export", SPEC, "-t", "onnx", "--parity-inputs", "2")
+    assert code == 2 and f"{stem}.onnx" in err and "--force" in err  # still refuses to overwrite
