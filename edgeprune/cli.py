@@ -676,7 +676,7 @@ def check(
 ) -> None:
     """Static report of what in an ONNX graph a target will reject or run slowly.
     Exit 0 when clean, 1 when not."""
-    from edgeprune.export.check import check_file
+    from edgeprune.export.targets import check_file
 
     findings = check_file(model, target)
     if not findings:

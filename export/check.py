@@ -1,19 +1,17 @@
 """``edgeprune check`` and the export's static-graph test: one rule set over an ONNX graph.
 
-A static read of the graph, no runtime needed. Each rule gives findings with a
-severity: ``error`` (the target refuses it) or ``slow`` (it runs, but badly). The
-shared rules read what each target declares (``supported_ops``, ``slow_ops``,
-``computed_topk``, ``dynamic_dim``…, see ``export/registry.py``); rules only one
-target has live in that target's ``graph_rules``. ``static_problems`` is the same
-rules read as "what makes this graph not static", which every export refuses.
+A static read of the graph, no runtime needed (``targets.check_file`` is the entry).
+Each rule gives findings with a severity: ``error`` (the target refuses it) or
+``slow`` (it runs, but badly). The shared rules read what each target declares
+(``supported_ops``, ``slow_ops``, ``computed_topk``, ``dynamic_dim``…, see
+``export/registry.py``); rules only one target has live in that target's
+``graph_rules``. ``static_problems`` reads the same graph facts as "what makes this
+graph not static", which every export refuses.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
-
-from edgeprune.errors import EdgepruneError
 
 DYNAMIC_OPS = ("Shape", "ConstantOfShape", "NonZero")
 
@@ -153,32 +151,10 @@ class Graph:
                 yield vi, bad
 
 
-def check_targets() -> dict:
-    from edgeprune.export.targets import load_targets
-
-    return {n: t for n, t in load_targets().items() if t.checkable}
-
-
-def check_file(path: Path, target: str) -> list[Finding]:
-    import onnx
-
-    targets = check_targets()
-    if target not in targets:
-        raise EdgepruneError(f"unknown target '{target}'", f"expected one of: {', '.join(targets)}")
-    path = Path(path)
-    if not path.is_file():
-        raise EdgepruneError(f"{path} does not exist")
-    try:
-        proto = onnx.load(str(path))
-    except Exception as e:  # noqa: BLE001  (protobuf raises various errors)
-        raise EdgepruneError(f"{path} is not an ONNX model ({type(e).__name__})") from None
-    return check_graph(proto, target)
-
-
 def check_graph(proto, target) -> list[Finding]:
-    """What in ``proto`` ``target`` (a name or a registered Target) rejects or runs slowly."""
-    if isinstance(target, str):
-        target = check_targets()[target]
+    """What in ``proto`` (an ONNX ModelProto) ``target`` (a registered ``Target``: this
+    module reads its declared rules, it does not import the registry) rejects or runs
+    slowly."""
     graph = Graph(proto)
     out: list[Finding] = []
     for node in graph.nodes:

@@ -14,9 +14,7 @@ import logging
 import sys
 import warnings
 from pathlib import Path
-
-import numpy as np
-import torch
+from typing import TYPE_CHECKING
 
 from edgeprune.atomic import atomic_dir, write_json_atomic
 from edgeprune.errors import EdgepruneError
@@ -24,15 +22,13 @@ from edgeprune.export.check import COMMON_OPS, Finding, Graph
 from edgeprune.export.manifest import base_manifest, prepare_outputs, sha256_tree, skipped
 from edgeprune.export.onnx import INPUT_NAME, OUTPUT_NAME, io_spec
 from edgeprune.export.parity import check_parity
-from edgeprune.export.registry import (
-    ExportRequest,
-    ExportResult,
-    Target,
-    TargetOption,
-    Tolerance,
-    register,
-)
-from edgeprune.source import Source
+from edgeprune.export.registry import Target, TargetOption, Tolerance, register
+
+if TYPE_CHECKING:
+    import torch
+
+    from edgeprune.export.registry import ExportRequest, ExportResult
+    from edgeprune.source import Source
 
 PRECISIONS = ("fp16", "fp32")
 COMPUTE_UNITS = {
@@ -58,22 +54,20 @@ TOLERANCE = {"fp32": Tolerance(1e-3, 1.0), "fp16": Tolerance(0.5, 0.9)}  # as Te
 SUPPORTED_OPS = COMMON_OPS | {"ConstantOfShape", "CumSum", "ScatterElements", "GatherND", "Mod"}
 
 
+def _one_of(value: str, allowed: dict, message: str) -> str:
+    if value not in allowed:
+        raise EdgepruneError(message, f"expected one of: {', '.join(allowed)}")
+    return value
+
+
 def check_min_target(min_target: str) -> str:
-    if min_target not in MIN_TARGETS:
-        raise EdgepruneError(
-            f"--min-target {min_target} is not an ML Program target",
-            f"expected one of: {', '.join(MIN_TARGETS)}",
-        )
-    return min_target
+    return _one_of(
+        min_target, MIN_TARGETS, f"--min-target {min_target} is not an ML Program target"
+    )
 
 
-def check_compute_units(compute_units: str) -> str:
-    if compute_units not in COMPUTE_UNITS:
-        raise EdgepruneError(
-            f"--compute-units {compute_units} is unknown",
-            f"expected one of: {', '.join(COMPUTE_UNITS)}",
-        )
-    return compute_units
+def check_compute_units(units: str) -> str:
+    return _one_of(units, COMPUTE_UNITS, f"--compute-units {units} is unknown")
 
 
 def validate(precision: str, min_target: str, compute_units: str) -> None:
@@ -97,6 +91,8 @@ def convert(
     """The ``ct.models.MLModel`` (not loaded for prediction off macOS)."""
     logging.getLogger("coremltools").setLevel(logging.ERROR)  # before the import: it warns
     import coremltools as ct
+    import numpy as np
+    import torch
 
     dummy = torch.zeros(batch, 3, img, img)
     sink = io.StringIO()
@@ -195,15 +191,12 @@ def export_coreml(
 
 def _parity(source: Source, pkg: Path, batch: int, precision: str, units: str, n: int) -> dict:
     """The saved package, loaded in the CoreML runner, against PyTorch."""
-    from edgeprune.runtimes.base import get_runner
-
-    runner = get_runner("coreml", precision=precision, compute_units=COMPUTE_UNITS[units])
-    runner.load(pkg)
-    label = f"coreml ({units})"
-    tol = TOLERANCE[precision]
-    return check_parity(
-        "the CoreML model", source, runner, batch, n, tol, label, "nothing was written"
-    ).to_dict()
+    p = check_parity(
+        "the CoreML model", source, pkg, batch, n, TOLERANCE[precision], "coreml",
+        "nothing was written", f"coreml ({units})",
+        precision=precision, compute_units=COMPUTE_UNITS[units],
+    )  # fmt: skip
+    return p.to_dict()
 
 
 def _drop_aliases(ep):

@@ -14,19 +14,13 @@ from typing import TYPE_CHECKING
 
 from edgeprune.errors import EdgepruneError
 from edgeprune.export.manifest import base_manifest, prepare_outputs, write_file_artifact
-from edgeprune.export.parity import Parity, check_artifact
-from edgeprune.export.registry import (
-    MIN_OPSET,
-    ExportRequest,
-    ExportResult,
-    Target,
-    Tolerance,
-    register,
-)
+from edgeprune.export.parity import Parity, check_parity
+from edgeprune.export.registry import MIN_OPSET, Target, Tolerance, register
 
 if TYPE_CHECKING:
     import torch
 
+    from edgeprune.export.registry import ExportRequest, ExportResult
     from edgeprune.source import Source
 
 INPUT_NAME = "input"
@@ -141,7 +135,7 @@ def verified_onnx(
     data = proto.SerializeToString()
     step(f"parity check ({n_parity_inputs} inputs, onnxruntime)")
     tol = Tolerance(atol, TOLERANCE["fp32"].min_top1)
-    parity = check_artifact("ONNX output", source, data, batch, n_parity_inputs, tol)
+    parity = check_parity("ONNX output", source, data, batch, n_parity_inputs, tol)
     return VerifiedOnnx(data, proto, parity, batch, opset, dynamic_batch)
 
 

@@ -16,26 +16,22 @@ import io
 import logging
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edgeprune.errors import EdgepruneError
 from edgeprune.export.manifest import base_manifest, prepare_outputs, write_file_artifact
 from edgeprune.export.onnx import io_spec, verified_onnx
-from edgeprune.export.parity import check_artifact
-from edgeprune.export.registry import (
-    MIN_OPSET,
-    ExportRequest,
-    ExportResult,
-    Target,
-    TargetOption,
-    Tolerance,
-    register,
-)
-from edgeprune.source import Source
+from edgeprune.export.parity import check_parity
+from edgeprune.export.registry import Target, TargetOption, Tolerance, register
 
 # int8's top-1 agreement is recorded, not enforced
 TOLERANCE = {"fp32": Tolerance(1e-4, 1.0), "int8": Tolerance(1.0, 0.0)}
 # ONNX Runtime (Mobile) runs every standard op; only foreign domains are a problem
 ORT_DOMAINS = frozenset({"", "ai.onnx", "com.microsoft", "ai.onnx.ml"})
+
+if TYPE_CHECKING:
+    from edgeprune.export.registry import ExportRequest, ExportResult
+    from edgeprune.source import Source
 
 
 def quantize_int8(onnx_file: Path, out_file: Path) -> None:
@@ -63,17 +59,10 @@ def to_ort_format(onnx_file: Path, out_dir: Path) -> Path:
     return made[0]
 
 
-def export_ort(
-    source: Source,
-    out: Path,
-    batch: int = 1,
-    opset: int = MIN_OPSET,
-    int8: bool = False,
-    force: bool = False,
-    n_parity_inputs: int = 16,
-    progress=None,
-) -> dict:
-    out = Path(out)
+def export_ort(source: Source, out: Path, req: ExportRequest, progress=None) -> dict:
+    """The verified ONNX as an ORT-format model (``req.option("int8")``: quantized)."""
+    out, int8 = Path(out), req.option("int8")
+    batch, opset, force, n_parity_inputs = req.batch, req.opset, req.force, req.parity_inputs
     mpath = prepare_outputs(out, OrtTarget.accepted_suffixes(), force)
     step = progress or (lambda _msg: None)
     v = verified_onnx(source, batch, opset, n_parity_inputs, progress=step)
@@ -92,9 +81,7 @@ def export_ort(
         ort_file = to_ort_format(model_file, work / "ort")
         step(f"parity check ({n_parity_inputs} inputs, the .ort file in onnxruntime)")
         what = f"the {precision} ORT model"
-        parity = check_artifact(
-            what, source, ort_file, batch, n_parity_inputs, TOLERANCE[precision]
-        )
+        parity = check_parity(what, source, ort_file, batch, n_parity_inputs, TOLERANCE[precision])
         manifest = base_manifest(source, "ort", out, batch)
         manifest.update(
             {
@@ -128,6 +115,4 @@ class OrtTarget(Target):
         return super().precision_hint(precision)
 
     def export(self, source: Source, req: ExportRequest, out: Path, progress=None) -> ExportResult:
-        int8 = req.option("int8")
-        man = export_ort(source, out, req.batch, req.opset, int8, **req.common(progress))
-        return self.result(out, man)
+        return self.result(out, export_ort(source, out, req, progress))

@@ -103,34 +103,28 @@ def require(parity: Parity, what: str, hint: str = "no file was written") -> Par
 def check_parity(
     what: str,
     source,
-    runner,
+    artifact,
     batch: int,
     n_inputs: int,
     tol: Tolerance,
     runtime: str = "onnxruntime",
     hint: str = "no file was written",
-) -> Parity:
-    """Compare ``runner`` (loaded) with ``source``'s PyTorch model; raise when it differs."""
-    p = compare(
-        source.model(), runner, batch, source.arch.img_size, n_inputs, *tol, runtime=runtime
-    )
-    return require(p, what, hint)
-
-
-def check_artifact(
-    what: str,
-    source,
-    artifact: Path | bytes,
-    batch: int,
-    n_inputs: int,
-    tol: Tolerance,
-    runtime: str = "onnxruntime",
-    hint: str = "no file was written",
+    label: str | None = None,
     **runner_options,
 ) -> Parity:
-    """Load ``artifact`` in ``runtime``'s runner (``get_runner``) and check its parity."""
-    from edgeprune.runtimes.base import get_runner
+    """``artifact`` against ``source``'s PyTorch model on the seeded inputs; raises the one
+    ``ParityError`` when it is outside ``tol``.
 
-    runner = get_runner(runtime, **runner_options)
-    runner.load(artifact)
-    return check_parity(what, source, runner, batch, n_inputs, tol, runtime, hint)
+    ``artifact``: a path or bytes, loaded here in ``runtime``'s runner
+    (``edgeprune.runtimes.base.get_runner(runtime, **runner_options)``), or a runner
+    already loaded (or a function of one array). ``label`` names the runtime in the
+    figures (default ``runtime``)."""
+    if isinstance(artifact, str | Path | bytes):
+        from edgeprune.runtimes.base import get_runner
+
+        runner = get_runner(runtime, **runner_options)
+        runner.load(artifact)
+        artifact = runner
+    img = source.arch.img_size
+    p = compare(source.model(), artifact, batch, img, n_inputs, *tol, runtime=label or runtime)
+    return require(p, what, hint)

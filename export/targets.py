@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from edgeprune.errors import EdgepruneError
+from edgeprune.export.check import Finding, check_graph
 from edgeprune.export.registry import (
     TARGETS,
     ExportRequest,
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
 # the registry line: the modules under export/ that register a target, in --target order
 TARGET_MODULES = ("onnx", "ort", "tensorrt", "coreml")
 
-__all__ = ["ExportRequest", "ExportResult", "export_source", "get_target", "validate"]
+__all__ = ["ExportRequest", "ExportResult", "check_file", "export_source", "get_target", "validate"]
 
 
 def load_targets() -> dict[str, Target]:
@@ -64,6 +65,34 @@ def validate(req: ExportRequest) -> ExportRequest:
     if req.batch < 1:
         raise EdgepruneError(f"--batch {req.batch} is not a positive batch size")
     return parse_options(target, replace(req, precision=precision))
+
+
+def checkable_target(name: str) -> Target:
+    """A target ``edgeprune check --target`` offers (one line when it is not one)."""
+    targets = {n: t for n, t in load_targets().items() if t.checkable}
+    if name not in targets:
+        raise EdgepruneError(f"unknown target '{name}'", f"expected one of: {', '.join(targets)}")
+    return targets[name]
+
+
+def check_onnx(proto, target: str) -> list[Finding]:
+    """``edgeprune check``'s findings for an ONNX ModelProto on ``target`` (by name)."""
+    return check_graph(proto, checkable_target(target))
+
+
+def check_file(path: Path, target: str) -> list[Finding]:
+    """``edgeprune check``: what in the ONNX file ``path`` ``target`` rejects or runs slowly."""
+    import onnx
+
+    rules = checkable_target(target)
+    path = Path(path)
+    if not path.is_file():
+        raise EdgepruneError(f"{path} does not exist")
+    try:
+        proto = onnx.load(str(path))
+    except Exception as e:  # noqa: BLE001  (protobuf raises various errors)
+        raise EdgepruneError(f"{path} is not an ONNX model ({type(e).__name__})") from None
+    return check_graph(proto, rules)
 
 
 def default_out(name: str, target: str) -> Path:

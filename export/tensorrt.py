@@ -26,18 +26,11 @@ from edgeprune.export.manifest import (
     skipped,
 )
 from edgeprune.export.onnx import INPUT_NAME, OUTPUT_NAME, io_spec, verified_onnx
-from edgeprune.export.parity import check_artifact, compare, parity_inputs, require
-from edgeprune.export.registry import (
-    MIN_OPSET,
-    ExportRequest,
-    ExportResult,
-    Target,
-    TargetOption,
-    Tolerance,
-    register,
-)
+from edgeprune.export.parity import check_parity, parity_inputs
+from edgeprune.export.registry import Target, TargetOption, Tolerance, register
 
 if TYPE_CHECKING:
+    from edgeprune.export.registry import ExportRequest, ExportResult
     from edgeprune.source import Source
 
 PRECISIONS = ("fp32", "fp16")
@@ -135,14 +128,7 @@ def trtexec_command(
 
 
 def export_trt(
-    source: Source,
-    out: Path,
-    opts: TrtOptions,
-    batch: int = 1,
-    opset: int = MIN_OPSET,
-    force: bool = False,
-    n_parity_inputs: int = 16,
-    progress=None,
+    source: Source, out: Path, opts: TrtOptions, req: ExportRequest, progress=None
 ) -> dict:
     """Build and check an engine; returns the manifest. ``manifest["engine"]["status"]``
     is ``"verified"``, ``"unverified"`` (built, parity could not run) or
@@ -151,6 +137,7 @@ def export_trt(
 
     out = Path(out)
     opts.validate()
+    batch, opset, force, n_parity_inputs = req.batch, req.opset, req.force, req.parity_inputs
     onnx_path = out.with_suffix(".onnx")
     fp16_path = out.with_suffix(".fp16.onnx")
     side = (onnx_path,) + ((fp16_path,) if opts.precision == "fp16" else ())
@@ -177,7 +164,7 @@ def export_trt(
 
         step("converting the ONNX to FP16 (for TensorRT 11)")
         fp16_bytes = to_fp16(v.proto).SerializeToString()
-        fp16_parity = check_artifact(
+        fp16_parity = check_parity(
             "the FP16 ONNX", source, fp16_bytes, batch, n_parity_inputs, TOLERANCE["fp16"],
             hint="no file was written; try --precision fp32",
         )  # fmt: skip
@@ -273,13 +260,13 @@ def _build(builder, onnx_file: Path, engine_tmp: Path, opts: TrtOptions, chw):
 
 
 def _engine_parity(source: Source, runner, opts: TrtOptions, batch: int, n: int) -> dict:
-    img = source.arch.img_size
-    first = runner(next(iter(parity_inputs(batch, img, 1, seed=99))).numpy())
+    first = runner(next(iter(parity_inputs(batch, source.arch.img_size, 1, seed=99))).numpy())
     if first is None:
         return skipped("this trtexec wrote no --exportOutput file; the engine was not run")
     tol = TOLERANCE[opts.precision]
-    p = compare(source.model(), runner, batch, img, n, *tol, runtime="tensorrt")
-    return require(p, "the engine", "nothing was written").to_dict()
+    return check_parity(
+        "the engine", source, runner, batch, n, tol, "tensorrt", "nothing was written"
+    ).to_dict()
 
 
 def _write(tmp: Path, data: bytes, record: dict) -> None:
@@ -331,7 +318,7 @@ class TrtTarget(Target):
     def export(self, source: Source, req: ExportRequest, out: Path, progress=None) -> ExportResult:
         o = req.options
         opts = TrtOptions(req.precision, o["workspace_mib"], o["dynamic_batch"], o["timing_cache"])
-        man = export_trt(source, out, opts, req.batch, req.opset, **req.common(progress))
+        man = export_trt(source, out, opts, req, progress)
         result = self.result(out, man)
         status = man["engine"]["status"]
         if status == "unverified":

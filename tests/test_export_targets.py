@@ -16,6 +16,7 @@ from edgeprune.export import ort as ort_mod
 from edgeprune.export import tensorrt as trt_mod
 from edgeprune.export.onnx import verified_onnx
 from edgeprune.export.parity import compare
+from edgeprune.export.targets import ExportRequest, export_source
 from edgeprune.methods import METHODS
 from edgeprune.source import resolve
 
@@ -162,7 +163,7 @@ def test_trt_subprocess_path_with_stand_in_trtexec_runs_parity(tmp_path, monkeyp
     monkeypatch.setattr(trt_mod, "verified_onnx", lambda *a, **k: v)
     exe = _stand_in(tmp_path, monkeypatch, export=True)
     out = tmp_path / "m.engine"
-    man = trt_mod.export_trt(src, out, trt_mod.TrtOptions(), n_parity_inputs=2)
+    man = export_source(src, ExportRequest("trt", out, parity_inputs=2)).manifest
     assert man["builder"] == {"kind": "trtexec", "version": "10.3.0", "path": str(exe)}
     # the stand-in computes with onnxruntime, so this checks the plumbing, not TensorRT
     assert man["parity"]["status"] == "passed" and man["parity"]["runtime"] == "tensorrt"
@@ -177,7 +178,7 @@ def test_trt_stand_in_trtexec_without_output_is_unverified(tmp_path, monkeypatch
     src, v = dyvit
     monkeypatch.setattr(trt_mod, "verified_onnx", lambda *a, **k: v)
     _stand_in(tmp_path, monkeypatch, export=False, version="110000")
-    man = trt_mod.export_trt(src, tmp_path / "m.engine", trt_mod.TrtOptions(), n_parity_inputs=2)
+    man = export_source(src, ExportRequest("trt", tmp_path / "m.engine", parity_inputs=2)).manifest
     assert man["engine"]["status"] == "unverified"  # never claimed verified without parity
     assert man["parity"]["status"] == "skipped" and "exportOutput" in man["parity"]["reason"]
 
@@ -222,7 +223,8 @@ def test_ort_format_model_loads_and_matches(tmp_path, monkeypatch, dyvit, int8):
     src, v = dyvit
     monkeypatch.setattr(ort_mod, "verified_onnx", lambda *a, **k: v)
     out = tmp_path / "m.ort"
-    man = ort_mod.export_ort(src, out, int8=int8, n_parity_inputs=4)
+    req = ExportRequest("ort", out, parity_inputs=4, options={"int8": int8})
+    man = export_source(src, req).manifest
     assert out.read_bytes()[4:8] == b"ORTM"  # flatbuffer identifier of the ORT format
     make_session(out)
     p = man["parity"]
