@@ -156,53 +156,63 @@ def inspect(
     out.print(t)
 
 
+# `export` options. Common ones are ExportRequest fields; a target-only option is named
+# as its TargetOption (export/<target>.py), and the registry refuses it off that target.
+TargetOpt = Annotated[
+    str, typer.Option("--target", "-t", help="onnx | ort | trt | coreml (see README).")
+]
+OutOpt = Annotated[
+    Path | None,
+    typer.Option("--out", "-o", help="Output (default: <name>.onnx/.ort/.engine/.mlpackage)."),
+]
+BatchOpt = Annotated[int, typer.Option("--batch", "-b", help="Static batch size of the graph.")]
+OpsetOpt = Annotated[int, typer.Option("--opset", help="ONNX opset (≥ 17).")]
+ForceOpt = Annotated[bool, typer.Option("--force", "-f", help="Overwrite an existing output.")]
+ParityOpt = Annotated[
+    int, typer.Option("--parity-inputs", help="Random inputs for the parity check.")
+]
+PrecisionOpt = Annotated[
+    str | None,
+    typer.Option("--precision", help="trt: fp32 (default) | fp16; coreml: fp16 (default) | fp32."),
+]
+Int8Opt = Annotated[bool, typer.Option("--int8", help="ort: dynamic int8 quantization.")]
+DynBatchOpt = Annotated[
+    str | None, typer.Option("--dynamic-batch", help="trt: MIN,OPT,MAX optimization profile.")
+]
+WorkspaceOpt = Annotated[
+    int | None, typer.Option("--workspace", help="trt: builder workspace in MiB (1024).")
+]
+CacheOpt = Annotated[
+    Path | None, typer.Option("--timing-cache", help="trt: timing cache file (reused).")
+]
+MinTargetOpt = Annotated[
+    str | None,
+    typer.Option("--min-target", help="coreml: ios15..ios18, macos12..macos15 (ios17)."),
+]
+UnitsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--compute-units", help="coreml: all | cpu_only | cpu_and_gpu | cpu_and_ne (all)."
+    ),
+]
+
+
 @app.command()
 def export(
     src: SrcArg,
-    target: Annotated[
-        str, typer.Option("--target", "-t", help="onnx | ort | trt | coreml (see README).")
-    ] = "onnx",
-    out_path: Annotated[
-        Path | None,
-        typer.Option("--out", "-o", help="Output (default: <name>.onnx/.ort/.engine/.mlpackage)."),
-    ] = None,
-    batch: Annotated[
-        int, typer.Option("--batch", "-b", help="Static batch size of the graph.")
-    ] = 1,
-    opset: Annotated[int, typer.Option("--opset", help="ONNX opset (≥ 17).")] = 17,
-    force: Annotated[
-        bool, typer.Option("--force", "-f", help="Overwrite an existing output.")
-    ] = False,
-    parity_inputs: Annotated[
-        int, typer.Option("--parity-inputs", help="Random inputs for the parity check.")
-    ] = 16,
-    precision: Annotated[
-        str | None,
-        typer.Option(
-            "--precision", help="trt: fp32 (default) | fp16; coreml: fp16 (default) | fp32."
-        ),
-    ] = None,
-    int8: Annotated[bool, typer.Option("--int8", help="ort: dynamic int8 quantization.")] = False,
-    dynamic_batch: Annotated[
-        str | None,
-        typer.Option("--dynamic-batch", help="trt: MIN,OPT,MAX optimization profile."),
-    ] = None,
-    workspace: Annotated[
-        int | None, typer.Option("--workspace", help="trt: builder workspace in MiB (1024).")
-    ] = None,
-    timing_cache: Annotated[
-        Path | None, typer.Option("--timing-cache", help="trt: timing cache file (reused).")
-    ] = None,
-    min_target: Annotated[
-        str | None,
-        typer.Option("--min-target", help="coreml: ios15..ios18, macos12..macos15 (ios17)."),
-    ] = None,
-    compute_units: Annotated[
-        str | None,
-        typer.Option(
-            "--compute-units", help="coreml: all | cpu_only | cpu_and_gpu | cpu_and_ne (all)."
-        ),
-    ] = None,
+    target: TargetOpt = "onnx",
+    out_path: OutOpt = None,
+    batch: BatchOpt = 1,
+    opset: OpsetOpt = 17,
+    force: ForceOpt = False,
+    parity_inputs: ParityOpt = 16,
+    precision: PrecisionOpt = None,
+    int8: Int8Opt = False,
+    dynamic_batch: DynBatchOpt = None,
+    workspace_mib: WorkspaceOpt = None,
+    timing_cache: CacheOpt = None,
+    min_target: MinTargetOpt = None,
+    compute_units: UnitsOpt = None,
     method: MethodOpt = None,
     keep: KeepOpt = None,
     locs: LocsOpt = None,
@@ -212,28 +222,9 @@ def export(
     budget: BudgetOpt = None,
 ) -> None:
     """Export the static graph to a target and check it against PyTorch; writes a manifest."""
-    from edgeprune.export.targets import ExportRequest, export_source, validate
+    from edgeprune.export.targets import export_source, request_from, validate
 
-    options = {
-        "dynamic_batch": dynamic_batch,
-        "workspace_mib": workspace,
-        "timing_cache": timing_cache,
-        "int8": int8,
-        "min_target": min_target,
-        "compute_units": compute_units,
-    }
-    req = validate(  # before loading anything
-        ExportRequest(
-            target=target,
-            out=out_path,
-            batch=batch,
-            opset=opset,
-            force=force,
-            parity_inputs=parity_inputs,
-            precision=precision,
-            options=options,
-        )
-    )
+    req = validate(request_from(dict(locals()), out=out_path))  # before loading anything
     source = _resolve(src, method, keep, locs, heads, _method_options(calibration, tome_r), budget)
     _note(source)
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import importlib
 import os
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from edgeprune.errors import EdgepruneError
 from edgeprune.export.check import Finding, check_graph
@@ -45,6 +45,17 @@ def get_target(name: str) -> Target:
     if name not in targets:
         raise EdgepruneError(f"unknown target '{name}'", f"expected: {', '.join(targets)}")
     return targets[name]
+
+
+def request_from(values: dict[str, Any], **overrides: Any) -> ExportRequest:
+    """An ExportRequest from named values (the CLI's parameters): the ExportRequest
+    fields by name, and every registered target's options (``TargetOption.name``) into
+    ``options``; other names are ignored. ``overrides`` win over ``values``."""
+    values = {**values, **overrides}
+    common = {f.name: values[f.name] for f in fields(ExportRequest) if f.name in values}
+    common.pop("options", None)
+    names = {o.name for t in load_targets().values() for o in t.options}
+    return ExportRequest(**common, options={n: values[n] for n in names if n in values})
 
 
 def validate(req: ExportRequest) -> ExportRequest:
