@@ -153,7 +153,8 @@ def export_coreml(
     validate(precision, min_target, compute_units)
     if batch < 1:
         raise EdgepruneError(f"--batch {batch} is not a positive batch size")
-    mpath = prepare_outputs(out, CoreMLTarget.accepted_suffixes(), force, directory=True)
+    suffixes, bundle = CoreMLTarget.accepted_suffixes(), CoreMLTarget.directory
+    mpath = prepare_outputs(out, suffixes, force, directory=bundle)
     step = progress or (lambda _msg: None)
     img = source.arch.img_size
     step("converting (torch.export → coremltools ML Program)")

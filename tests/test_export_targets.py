@@ -312,3 +312,70 @@ def test_every_target_side_by_side_with_default_names(cli, tmp_path, monkeypatch
         assert man["target"] == target and man["artifact"] == artifact
     code, _, err = cli("export", SPEC, "-t", "onnx", "--parity-inputs", "2")
     assert code == 2 and f"{stem}.onnx" in err and "--force" in err  # still refuses to overwrite
+
+
+# ---- the registry ---------------------------------------------------------------------
+def test_every_target_declares_a_tolerance_for_each_precision():
+    from edgeprune.export.targets import load_targets
+
+    targets = load_targets()
+    assert list(targets) == ["onnx", "ort", "trt", "coreml"]
+    for t in targets.values():
+        assert t.default_precision in t.precisions
+        assert set(t.precisions) <= set(t.tolerances), t.name
+        assert t.suffix in t.accepted_suffixes()
+
+
+def test_a_new_target_is_one_registered_class(tmp_path):
+    """What a new target module does, in a test: its option and precision checks, its
+    default name and its export all come from the class it registers."""
+    from edgeprune.export.registry import TARGETS, Target, TargetOption, Tolerance, register
+    from edgeprune.export.targets import ExportRequest, export_source, load_targets, validate
+
+    def backend(value: str) -> str:
+        if value not in ("xnnpack", "portable"):
+            raise EdgepruneError(f"--backend {value} is unknown")
+        return value
+
+    load_targets()
+
+    @register
+    class Toy(Target):
+        name = "toy"
+        suffix = ".toy"
+        tolerances = {"fp32": Tolerance(1e-4)}
+        options = (TargetOption("backend", "--backend", default="xnnpack", parse=backend),)
+
+        def export(self, source, req, out, progress=None):
+            out.write_text(req.option("backend"))
+            return self.result(out, {"target": self.name, "parity": {"status": "skipped"}})
+
+    try:
+        with pytest.raises(EdgepruneError, match="--backend does not apply to --target onnx"):
+            validate(ExportRequest("onnx", options={"backend": "portable"}))
+        with pytest.raises(EdgepruneError, match="--int8 does not apply to --target toy"):
+            validate(ExportRequest("toy", options={"int8": True}))
+        with pytest.raises(EdgepruneError, match="--backend npu is unknown"):
+            validate(ExportRequest("toy", options={"backend": "npu"}))
+        with pytest.raises(EdgepruneError, match="--precision fp16 is not supported") as e:
+            validate(ExportRequest("toy", precision="fp16"))
+        assert "--target toy takes --precision fp32" in e.value.one_line()
+        res = export_source(None, ExportRequest("toy"), name=str(tmp_path / "m"))
+        assert res.artifact == tmp_path / "m.toy" and res.artifact.read_text() == "xnnpack"
+        assert res.manifest_path.name == "m.toy.manifest.json" and res.exit_code == 0
+    finally:
+        del TARGETS["toy"]
+
+
+def test_unbuilt_engine_is_an_error_of_the_result(tmp_path, monkeypatch, no_tensorrt, dyvit):
+    """The library, not the CLI, says that no engine here is an error (exit 2)."""
+    from edgeprune.errors import MissingRuntimeError
+
+    src, v = dyvit
+    monkeypatch.setattr(trt_mod, "verified_onnx", lambda *a, **k: v)
+    res = export_source(src, ExportRequest("trt", tmp_path / "m.engine", parity_inputs=2))
+    assert isinstance(res.error, MissingRuntimeError) and res.exit_code == 2
+    assert not res.written and not (tmp_path / "m.engine").exists()
+    assert res.kept == [f"the verified ONNX {tmp_path / 'm.onnx'} (parity passed)"]
+    assert res.next_steps[1].startswith("  TensorRT 10: trtexec --onnx=m.onnx")
+    assert "m.engine.manifest.json" in res.error.one_line()
