@@ -7,14 +7,10 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from edgeprune import cli_options as o
 from edgeprune.errors import EdgepruneError
@@ -34,7 +30,7 @@ _state = {"debug": False}
 
 @app.callback()
 def _root(
-    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
+    debug: o.DebugOpt = False,
 ) -> None:
     _state["debug"] = _state["debug"] or debug
 
@@ -50,26 +46,10 @@ def _resolve(src, method, keep, locs, heads, method_options=None, budget=None):
     return resolve(src, method, keep, locs, heads, method_options, budget)
 
 
-@contextmanager
-def _progress(label: str, bar: bool = False) -> Iterator[Callable[..., None]]:
-    """A transient progress display on stderr (a terminal only); yields
-    ``update(description, done=None, total=None)``."""
-    from rich import progress as rp
+def _progress(label: str, bar: bool = False):
+    from edgeprune.render import progress
 
-    cols = (
-        [rp.TextColumn("{task.description:<18}"), rp.BarColumn(), rp.MofNCompleteColumn()]
-        if bar
-        else [rp.SpinnerColumn(), rp.TextColumn("{task.description}")]
-    )
-    with rp.Progress(
-        *cols, rp.TimeElapsedColumn(), console=err, transient=True, disable=not err.is_terminal
-    ) as prog:
-        task = prog.add_task(label, total=None)
-
-        def update(desc: str, done: int | None = None, total: int | None = None) -> None:
-            prog.update(task, description=desc, completed=done, total=total)
-
-        yield update
+    return progress(err, label, bar)
 
 
 def _lines(lines: list[str]) -> None:
@@ -104,50 +84,19 @@ def inspect(
 @app.command()
 def export(
     src: o.SrcArg,
-    target: Annotated[
-        str, typer.Option("--target", "-t", help="onnx | ort | trt | coreml (see README).")
-    ] = "onnx",
-    out_path: Annotated[
-        Path | None,
-        typer.Option("--out", "-o", help="Output (default: <name>.onnx/.ort/.engine/.mlpackage)."),
-    ] = None,
-    batch: Annotated[
-        int, typer.Option("--batch", "-b", help="Static batch size of the graph.")
-    ] = 1,
-    opset: Annotated[int, typer.Option("--opset", help="ONNX opset (≥ 17).")] = 17,
-    force: Annotated[
-        bool, typer.Option("--force", "-f", help="Overwrite an existing output.")
-    ] = False,
-    parity_inputs: Annotated[
-        int, typer.Option("--parity-inputs", help="Random inputs for the parity check.")
-    ] = 16,
-    precision: Annotated[
-        str | None,
-        typer.Option(
-            "--precision", help="trt: fp32 (default) | fp16; coreml: fp16 (default) | fp32."
-        ),
-    ] = None,
-    int8: Annotated[bool, typer.Option("--int8", help="ort: dynamic int8 quantization.")] = False,
-    dynamic_batch: Annotated[
-        str | None,
-        typer.Option("--dynamic-batch", help="trt: MIN,OPT,MAX optimization profile."),
-    ] = None,
-    workspace: Annotated[
-        int | None, typer.Option("--workspace", help="trt: builder workspace in MiB (1024).")
-    ] = None,
-    timing_cache: Annotated[
-        Path | None, typer.Option("--timing-cache", help="trt: timing cache file (reused).")
-    ] = None,
-    min_target: Annotated[
-        str | None,
-        typer.Option("--min-target", help="coreml: ios15..ios18, macos12..macos15 (ios17)."),
-    ] = None,
-    compute_units: Annotated[
-        str | None,
-        typer.Option(
-            "--compute-units", help="coreml: all | cpu_only | cpu_and_gpu | cpu_and_ne (all)."
-        ),
-    ] = None,
+    target: o.TargetOpt = "onnx",
+    out_path: o.OutOpt = None,
+    batch: o.ExportBatchOpt = 1,
+    opset: o.OpsetOpt = 17,
+    force: o.ExportForceOpt = False,
+    parity_inputs: o.ParityOpt = 16,
+    precision: o.PrecisionOpt = None,
+    int8: o.Int8Opt = False,
+    dynamic_batch: o.DynBatchOpt = None,
+    workspace_mib: o.WorkspaceOpt = None,
+    timing_cache: o.CacheOpt = None,
+    min_target: o.MinTargetOpt = None,
+    compute_units: o.UnitsOpt = None,
     method: o.MethodOpt = None,
     keep: o.KeepOpt = None,
     locs: o.LocsOpt = None,
@@ -157,75 +106,18 @@ def export(
     budget: o.BudgetOpt = None,
 ) -> None:
     """Export the static graph to a target and check it against PyTorch; writes a manifest."""
-    from edgeprune.export.targets import ExportRequest, default_out, run_export, validate
+    from edgeprune.export.targets import export_source, request_from, validate
 
-    req = ExportRequest(
-        target,
-        out_path,
-        batch,
-        opset,
-        force,
-        parity_inputs,
-        precision,
-        int8,
-        dynamic_batch,
-        workspace,
-        timing_cache,
-        min_target,
-        compute_units,
-    )
-    validate(req)  # before loading anything
+    req = validate(request_from(dict(locals()), out=out_path))  # before loading anything
     source = _resolve(src, method, keep, locs, heads, o.method_options(calibration, tome_r), budget)
     _note(source)
-    dest = out_path or default_out(_default_name(src, source), target)
-    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+    with _progress("exporting") as step:
+        result = export_source(source, req, source.default_name(), step)
+    from edgeprune.render import print_export
 
-    with Progress(
-        SpinnerColumn(),
-        TextColumn("{task.description}"),
-        TimeElapsedColumn(),
-        console=err,
-        transient=True,
-        disable=not err.is_terminal,
-    ) as prog:
-        task = prog.add_task("exporting", total=None)
-        man = run_export(source, req, dest, lambda msg: prog.update(task, description=msg))
-    _report_export(dest, man)
-
-
-def _report_export(dest: Path, man: dict) -> None:
-    from edgeprune.errors import MissingRuntimeError
-
-    p = man["parity"]
-    if man["target"] == "trt" and man["engine"]["status"] == "not_built":
-        onnx_name = dest.with_name(man["onnx"]["file"])
-        out.print(f"[green]kept[/] the verified ONNX {onnx_name} (parity passed)")
-        out.print("build the engine on the device (in the folder holding the files):")
-        out.print(
-            f"  TensorRT 10: {man['trtexec_commands']['tensorrt10']}", markup=False, soft_wrap=True
-        )
-        if man["precision"] == "fp16":
-            out.print(
-                f"  TensorRT 11: {man['trtexec_commands']['tensorrt11']}",
-                markup=False,
-                soft_wrap=True,
-            )
-        raise MissingRuntimeError(
-            "neither TensorRT (Python) nor trtexec is available here; no engine was built",
-            f"the trtexec line is printed above and in {dest.stem}.manifest.json",
-        )
-    out.print(f"[green]wrote[/] {dest}  (sha256 {man['sha256'][:12]}…)")
-    if p.get("status") == "skipped":
-        out.print(f"[yellow]parity not checked:[/] {p['reason']} (recorded in the manifest)")
-    else:
-        out.print(
-            f"parity vs PyTorch ({p['runtime']}): max |diff| {p['max_abs_diff']:.2e}, top-1 "
-            f"agreement {p['top1_agreement']:.0%} over {p['inputs']} inputs "
-            f"(limits {p['atol']:g}, {p['min_top1_agreement']:.0%})"
-        )
-    if man["target"] == "trt" and man["engine"]["status"] == "unverified":
-        err.print("[yellow]warning:[/] the engine was built but NOT verified (parity did not run)")
-    out.print(f"tokens/block: {' '.join(map(str, man['token_plan']['tokens_per_block']))}")
+    print_export(result, out, err)
+    if result.error is not None:
+        raise result.error
 
 
 @app.command()
@@ -254,16 +146,15 @@ def calibrate(
 
 
 def _device_for(name: str, host: str | None, remote_python: str | None, here: bool):
-    from edgeprune.profiles.devices import get_device
+    from edgeprune.profiles.devices import device_for
 
-    dev = get_device(name).at_host(host, remote_python)
-    return dev.here() if here else dev
+    return device_for(name, host, remote_python, here)
 
 
 @app.command()
 def devices(
     as_json: o.JsonOpt = False,
-    timeout: Annotated[float, typer.Option("--timeout", help="Per-host check (s).")] = 4.0,
+    timeout: o.CheckTimeoutOpt = 4.0,
 ) -> None:
     """List the device descriptors and whether each can be reached from here."""
     from edgeprune.profiles.devices import device_rows
@@ -352,7 +243,7 @@ def bench(
 @app.command("profile-info")
 def profile_info(
     path: o.TableArg,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the validated table.")] = False,
+    as_json: o.InfoJsonOpt = False,
 ) -> None:
     """Validate a latency table and summarise it."""
     from edgeprune.latency_table import load
@@ -368,35 +259,21 @@ def profile_info(
 
 @app.command()
 def check(
-    model: Annotated[Path, typer.Argument(help="An ONNX model.", show_default=False)],
-    target: Annotated[str, typer.Option("--target", "-t", help="trt | coreml | ort.")] = "trt",
+    model: o.OnnxArg,
+    target: o.CheckTargetOpt = "trt",
 ) -> None:
     """Static report of what in an ONNX graph a target will reject or run slowly.
     Exit 0 when clean, 1 when not."""
-    from edgeprune.export.check import check_file
+    from edgeprune.export.targets import check_file
 
     findings = check_file(model, target)
     if not findings:
         out.print(f"[green]clean:[/] nothing in {model} that {target} rejects or runs slowly")
         return
-    t = Table(title=f"{model} on {target}: {len(findings)} finding(s)", title_justify="left")
-    for col in ("severity", "rule", "where", "detail"):
-        t.add_column(col)
-    for f in findings:
-        t.add_row(
-            "[red]error[/]" if f.severity == "error" else "[yellow]slow[/]",
-            f.rule,
-            f.where,
-            f.detail,
-        )
-    out.print(t)
+    from edgeprune.render import findings_table
+
+    out.print(findings_table(model, target, findings))
     raise typer.Exit(1)
-
-
-def _default_name(src: str, source) -> str:
-    if source.is_builtin:
-        return src.replace(":", "_").replace("@", "_")
-    return Path(src).stem
 
 
 @app.command()
@@ -461,7 +338,7 @@ def budget_cmd(
 
 @app.command("validate-profile")
 def validate_profile_cmd(
-    profile_file: Annotated[Path, typer.Argument(help="The latency table to check.")],
+    profile_file: o.ValidateArg,
     configs: o.ConfigsOpt = 20,
     threads: o.ValThreadsOpt = None,
     rounds: o.RoundsOpt = 30,

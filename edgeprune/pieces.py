@@ -3,8 +3,6 @@ shape, and their ONNX export (static shapes, as the deployed graph has them)."""
 
 from __future__ import annotations
 
-import io
-import warnings
 from dataclasses import dataclass
 
 import torch
@@ -16,9 +14,10 @@ from edgeprune.models.deit import Block, VisionTransformer, init_random_
 PIECE_SEED = 0
 
 
-class Residual(nn.Module):
-    """``x + fn(norm(x))``: one half of a block. Attention half (norm1 + attention: what
-    EViT/ToMe see before they reduce tokens mid-block) or MLP half (norm2 + MLP)."""
+class HalfBlock(nn.Module):
+    """One residual half of a block: ``x + fn(norm(x))``. ``attn_half`` is norm1 +
+    attention (what EViT/ToMe see before they reduce tokens mid-block), ``mlp_half``
+    norm2 + MLP."""
 
     def __init__(self, norm: nn.Module, fn: nn.Module):
         super().__init__()
@@ -28,12 +27,12 @@ class Residual(nn.Module):
         return x + self.fn(self.norm(x))
 
 
-def attn_half(block: Block) -> Residual:
-    return Residual(block.norm1, block.attn)
+def attn_half(block: Block) -> HalfBlock:
+    return HalfBlock(block.norm1, block.attn)
 
 
-def mlp_half(block: Block) -> Residual:
-    return Residual(block.norm2, block.mlp)
+def mlp_half(block: Block) -> HalfBlock:
+    return HalfBlock(block.norm2, block.mlp)
 
 
 class Embed(nn.Module):
@@ -97,19 +96,8 @@ def make_vit(arch: Arch) -> VisionTransformer:
 
 
 def module_to_onnx(module: nn.Module, input_shape: tuple[int, ...], opset: int = 17) -> bytes:
-    """Trace ``module`` at one fixed input shape into ONNX bytes (TorchScript exporter:
-    every dimension is a constant)."""
-    f = io.BytesIO()
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            module.eval(),
-            (torch.zeros(input_shape),),
-            f,
-            opset_version=opset,
-            input_names=["input"],
-            output_names=["output"],
-            do_constant_folding=True,
-            dynamo=False,
-        )
-    return f.getvalue()
+    """A piece traced at one fixed input shape by the exporter's own tracer
+    (``trace_to_onnx``: every dimension a constant); its output is named ``output``."""
+    from edgeprune.export.onnx import trace_to_onnx
+
+    return trace_to_onnx(module, input_shape, opset, output_name="output")

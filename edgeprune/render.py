@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from rich.table import Table
@@ -188,3 +190,65 @@ def table_lines(path, t) -> list[str]:
     for n in (t.block.tokens[0], 68, t.block.tokens[-1]):
         lines.append(f"  block @ {n:>3} tokens: {t.block.at(n):.3f} ms")
     return lines
+
+
+def findings_table(model, target: str, findings) -> Table:
+    """``edgeprune check``: what in the graph the target rejects (error) or runs slowly."""
+    t = Table(title=f"{model} on {target}: {len(findings)} finding(s)", title_justify="left")
+    for col in ("severity", "rule", "where", "detail"):
+        t.add_column(col)
+    for f in findings:
+        severity = "[red]error[/]" if f.severity == "error" else "[yellow]slow[/]"
+        t.add_row(severity, f.rule, f.where, f.detail)
+    return t
+
+
+def print_export(result, out, err) -> None:
+    """What ``export`` did: kept files, next steps, the artifact, parity, warnings."""
+    from rich.markup import escape
+
+    for what in result.kept:
+        out.print(f"[green]kept[/] {escape(what)}")
+    for line in result.next_steps:
+        out.print(line, markup=False, soft_wrap=True)
+    if not result.written:
+        return
+    man, p = result.manifest, result.parity
+    out.print(f"[green]wrote[/] {result.artifact}  (sha256 {man['sha256'][:12]}…)")
+    if p.get("status") == "skipped":
+        out.print(f"[yellow]parity not checked:[/] {p['reason']} (recorded in the manifest)")
+    else:
+        out.print(
+            f"parity vs PyTorch ({p['runtime']}): max |diff| {p['max_abs_diff']:.2e}, top-1 "
+            f"agreement {p['top1_agreement']:.0%} over {p['inputs']} inputs "
+            f"(limits {p['atol']:g}, {p['min_top1_agreement']:.0%})"
+        )
+    for w in result.warnings:
+        err.print(f"[yellow]warning:[/] {w}")
+    out.print(f"tokens/block: {' '.join(map(str, man['token_plan']['tokens_per_block']))}")
+
+
+@contextmanager
+def progress(console, label: str, bar: bool = False) -> Iterator[Callable[..., None]]:
+    """A transient progress display on stderr (a terminal only); yields
+    ``update(description, done=None, total=None)``."""
+    from rich import progress as rp
+
+    cols = (
+        [rp.TextColumn("{task.description:<18}"), rp.BarColumn(), rp.MofNCompleteColumn()]
+        if bar
+        else [rp.SpinnerColumn(), rp.TextColumn("{task.description}")]
+    )
+    with rp.Progress(
+        *cols,
+        rp.TimeElapsedColumn(),
+        console=console,
+        transient=True,
+        disable=not console.is_terminal,
+    ) as prog:
+        task = prog.add_task(label, total=None)
+
+        def update(desc: str, done: int | None = None, total: int | None = None) -> None:
+            prog.update(task, description=desc, completed=done, total=total)
+
+        yield update

@@ -76,6 +76,13 @@ class Source:
             "options": dict(self.config.options),
         }
 
+    def default_name(self) -> str:
+        """The stem of default output names: the spec (``deit_s_dynamicvit_0.7``) or
+        the checkpoint's file name."""
+        if self.is_builtin:
+            return self.text.replace(":", "_").replace("@", "_")
+        return Path(self.text).stem
+
     def inspect(self) -> dict:
         """What ``edgeprune inspect`` reports: the description, the token plan, the
         parameter count and GFLOPs."""

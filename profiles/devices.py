@@ -123,6 +123,15 @@ def get_device(name: str) -> Device:
     )
 
 
+def device_for(
+    name: str, host: str | None = None, remote_python: str | None = None, here: bool = False
+) -> Device:
+    """The device ``name`` as the command line asks for it: at ``--host`` (over SSH),
+    with ``--remote-python``, or (``--here``) measured on this machine."""
+    dev = get_device(name).at_host(host, remote_python)
+    return dev.here() if here else dev
+
+
 def reachability(dev: Device, timeout: float = 4.0) -> tuple[bool, str]:
     """Quick check: the runtime runs here (local), or the transport answers within
     ``timeout``."""
