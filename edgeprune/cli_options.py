@@ -57,48 +57,29 @@ ProfileOpt = opt(
 
 # ---- export: common ones are ExportRequest fields; a target-only option is named as its
 # TargetOption (export/<target>.py), and the registry refuses it off that target.
-TargetOpt = Annotated[
-    str, typer.Option("--target", "-t", help="onnx | ort | trt | coreml (see README).")
-]
-OutOpt = Annotated[
-    Path | None,
-    typer.Option("--out", "-o", help="Output (default: <name>.onnx/.ort/.engine/.mlpackage)."),
-]
-ExportBatchOpt = Annotated[
-    int, typer.Option("--batch", "-b", help="Static batch size of the graph.")
-]
-OpsetOpt = Annotated[int, typer.Option("--opset", help="ONNX opset (≥ 17).")]
-ExportForceOpt = Annotated[
-    bool, typer.Option("--force", "-f", help="Overwrite an existing output.")
-]
-ParityOpt = Annotated[
-    int, typer.Option("--parity-inputs", help="Random inputs for the parity check.")
-]
-PrecisionOpt = Annotated[
-    str | None,
-    typer.Option("--precision", help="trt: fp32 (default) | fp16; coreml: fp16 (default) | fp32."),
-]
-Int8Opt = Annotated[bool, typer.Option("--int8", help="ort: dynamic int8 quantization.")]
-DynExportBatchOpt = Annotated[
-    str | None, typer.Option("--dynamic-batch", help="trt: MIN,OPT,MAX optimization profile.")
-]
-WorkspaceOpt = Annotated[
-    int | None, typer.Option("--workspace", help="trt: builder workspace in MiB (1024).")
-]
-CacheOpt = Annotated[
-    Path | None, typer.Option("--timing-cache", help="trt: timing cache file (reused).")
-]
-MinTargetOpt = Annotated[
-    str | None,
-    typer.Option("--min-target", help="coreml: ios15..ios18, macos12..macos15 (ios17)."),
-]
-UnitsOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--compute-units", help="coreml: all | cpu_only | cpu_and_gpu | cpu_and_ne (all)."
-    ),
-]
-
+TargetOpt = opt(str, "--target", "-t", help="onnx | ort | trt | coreml (see README).")
+OutOpt = opt(
+    Path | None, "--out", "-o", help="Output (default: <name>.onnx/.ort/.engine/.mlpackage)."
+)
+ExportBatchOpt = opt(int, "--batch", "-b", help="Static batch size of the graph.")
+OpsetOpt = opt(int, "--opset", help="ONNX opset (≥ 17).")
+ExportForceOpt = opt(bool, "--force", "-f", help="Overwrite an existing output.")
+ParityOpt = opt(int, "--parity-inputs", help="Random inputs for the parity check.")
+PrecisionOpt = opt(
+    str | None, "--precision", help="trt: fp32 (default) | fp16; coreml: fp16 (default) | fp32."
+)
+Int8Opt = opt(bool, "--int8", help="ort: dynamic int8 quantization.")
+DynBatchOpt = opt(
+    str | None, "--dynamic-batch", help="trt: MIN,OPT,MAX optimization profile."
+)
+WorkspaceOpt = opt(int | None, "--workspace", help="trt: builder workspace in MiB (1024).")
+CacheOpt = opt(Path | None, "--timing-cache", help="trt: timing cache file (reused).")
+MinTargetOpt = opt(
+    str | None, "--min-target", help="coreml: ios15..ios18, macos12..macos15 (ios17)."
+)
+UnitsOpt = opt(
+    str | None, "--compute-units", help="coreml: all | cpu_only | cpu_and_gpu | cpu_and_ne (all)."
+)
 
 # ---- calibrate --------------------------------------------------------------------------
 CalibOutOpt = opt(Path, "--out", "-o", help="Calibration JSON to write.")
