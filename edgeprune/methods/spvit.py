@@ -7,7 +7,9 @@ are averaged over the live tokens; ``out_conv.{h}`` = Linear d->d/2, GELU, d/2->
 GELU, d/4->2, then LogSoftmax. The H log-probabilities are mixed per token with
 SE-style head weights ``senet`` = Linear(H, H//2), GELU, Linear(H//2, H), Sigmoid on
 the per-head channel means (AdaptiveAvgPool2d((N, H)) in the original), divided by
-the sum of the weights. Channel 0 is "keep".
+the sum of the weights. Channel 0 is "keep". (The released class lists one
+in_conv/out_conv module H times, so its checkpoints hold H equal copies; loaded per
+head here, which also takes untied heads.)
 Keeping: at each stage ``int(196 * rho_s)`` patch tokens, rho cumulative of the 196
 patches as in DynamicViT (the ratio loss compares the mean keep decision over all
 196 patches); default [0.617, 0.369, 0.137] at blocks [3, 6, 9]. Package tokens of
