@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from edgeprune.export.onnx import export_onnx
-from edgeprune.methods.avit import calibrate, masked_forward
+from edgeprune.methods.avit_calibration import calibrate, masked_forward
 from edgeprune.runtimes.onnxruntime import make_session, run
 from edgeprune.source import resolve
 
