@@ -12,7 +12,7 @@ segments (LayerNorm ×25, the ``select`` of q/k/v ×36 and the no-op ``expand`` 
 confined to this target (the ONNX graph and the other targets do not see them) and
 keep the function: LayerNorm as mean/sub/mul/rsqrt with the means as 4-D inner-dim
 means, other means and sums the same way, ``log_softmax`` as ``log(softmax)``,
-``select`` as ``slice`` + ``view``, no-op ``expand`` removed, and every computation on
+``select`` as ``slice`` + ``view``, ``unsqueeze``/``squeeze`` as views, no-op ``expand`` removed, and every computation on
 weights alone (SPViT's stacked per-head weights, DynamicViT's split first layer)
 folded into constants. What stays outside is what XNNPACK has no kernel for: TopK,
 the gather and the mask scatter of the selectors.
@@ -117,6 +117,19 @@ def _select(x, dim, index):
     return x.narrow(dim, index, 1).reshape(shape)
 
 
+def _unsqueeze(x, dim):
+    dim %= x.dim() + 1
+    shape = list(x.shape)
+    shape.insert(dim, 1)
+    return x.reshape(shape)
+
+
+def _squeeze(x, dims):
+    dims = [dims] if isinstance(dims, int) else list(dims)
+    dims = {d % max(x.dim(), 1) for d in dims}
+    return x.reshape([s for d, s in enumerate(x.shape) if not (d in dims and s == 1)])
+
+
 def decompositions() -> dict:
     a = _aten()
     return {
@@ -128,6 +141,9 @@ def decompositions() -> dict:
         ),
         a._log_softmax.default: _log_softmax,
         a.select.int: _select,
+        # XNNPACK takes unsqueeze on the last dim only, and no squeeze: both as views
+        a.unsqueeze.default: _unsqueeze,
+        a.squeeze.dims: _squeeze,
     }
 
 

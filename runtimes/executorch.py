@@ -87,7 +87,9 @@ class ExecuTorchRunner:
     def __init__(self, threads: int | None = None, precision: str = "fp32", **_options):
         ok, why = available()
         if not ok:
-            raise MissingRuntimeError(f"the ExecuTorch runtime cannot run here: {why}", INSTALL_HINT)
+            raise MissingRuntimeError(
+                f"the ExecuTorch runtime cannot run here: {why}", INSTALL_HINT
+            )
         self.threads = threads
         self.precision = precision
         self._method = None
@@ -173,3 +175,159 @@ class ExecuTorchRunner:
             runtime_version=self.version(),
             extra={"backend": BACKEND},
         )
+
+
+# ---- on a device: ExecuTorch's executor_runner, driven through a transport (adb) ------
+ITERATION_RE = r"Iteration (\d+) of (\d+): ([0-9.]+) ms"
+TOTAL_RE = r"Model executed successfully (\d+) time\(s\) in ([0-9.]+) ms"
+BUILD_HINT = (
+    "build executor_runner for Android with XNNPACK (ExecuTorch's "
+    "examples/xnnpack build, -DANDROID_ABI=arm64-v8a) and pass its path on the device "
+    "with --executor-runner or the descriptor's executor_runner"
+)
+
+
+class ExecutorRunnerRunner:
+    """Time/run a .pte with ExecuTorch's ``executor_runner`` on the far side of a
+    transport: the program is pushed to a fresh temporary folder, run there
+    (``--num_executions``, ``--cpu_threads``), its per-iteration times are parsed from
+    the log, outputs pulled back, and the folder removed."""
+
+    name = "executorch"
+
+    def __init__(
+        self,
+        transport,
+        executor_runner: str | None,
+        threads: int | None = None,
+        precision: str = "fp32",
+    ):
+        if not executor_runner:
+            raise MissingRuntimeError("no executor_runner given for the device", BUILD_HINT)
+        self.transport = transport
+        self.executor_runner = executor_runner
+        self.threads = threads
+        self.precision = precision
+        self._pte: bytes | None = None
+        self._checked = False
+
+    def version(self) -> str:
+        return "executor_runner"
+
+    def _check_binary(self) -> None:
+        if self._checked:
+            return
+        path = self.executor_runner
+        found = self.transport.which(path) if "/" not in path else None
+        if found is None:
+            res = self.transport.run(["test", "-x", path], timeout=30)
+            if res.returncode != 0:
+                raise MissingRuntimeError(
+                    f"executor_runner not found at {path} on {self.transport.where}", BUILD_HINT
+                )
+        self._checked = True
+
+    def load(self, artifact: str | Path | bytes) -> None:
+        if not isinstance(artifact, bytes | bytearray):
+            p = Path(artifact)
+            if not p.is_file():
+                raise EdgepruneError(f"artifact {artifact} does not exist")
+            artifact = p.read_bytes()
+        if bytes(artifact[4:8]) != b"ET12":
+            raise EdgepruneError(
+                "the model is not an ExecuTorch program",
+                "give a .pte file exported with 'edgeprune export --target executorch'",
+            )
+        self._pte = bytes(artifact)
+
+    def input_shapes(self) -> dict[str, tuple[int, ...]]:
+        if self._pte is None:
+            raise RuntimeError("load() an artifact first")
+        if installed():  # read from the program itself when ExecuTorch is here
+            local = ExecuTorchRunner()
+            local.load(self._pte)
+            return local.input_shapes()
+        return {}
+
+    def _invoke(self, extra: list[str], files: dict[str, bytes], pull: list[str]):
+        import tempfile
+
+        self._check_binary()
+        if self._pte is None:
+            raise RuntimeError("load() an artifact first")
+        t = self.transport
+        with tempfile.TemporaryDirectory(prefix="edgeprune-et-") as ldir, t.tempdir() as rdir:
+            local = Path(ldir)
+            (local / "model.pte").write_bytes(self._pte)
+            t.put(local / "model.pte", rdir)
+            for name, data in files.items():
+                (local / name).write_bytes(data)
+                t.put(local / name, rdir)
+            argv = [self.executor_runner, f"--model_path={rdir}/model.pte", *extra]
+            if self.threads:
+                argv.append(f"--cpu_threads={int(self.threads)}")
+            res = t.run(argv, cwd=rdir)
+            if res.returncode != 0:
+                text = (res.stderr or res.stdout).strip().splitlines()
+                raise EdgepruneError(
+                    f"executor_runner failed on {t.where}: "
+                    f"{text[-1][:200] if text else f'exit {res.returncode}'}"
+                )
+            pulled = {}
+            for name in pull:
+                t.get(f"{rdir}/{name}", local / name)
+                pulled[name] = (local / name).read_bytes()
+        return res, pulled
+
+    def run(self, inputs: dict[str, np.ndarray] | np.ndarray) -> list[np.ndarray]:
+        arrays = [inputs] if isinstance(inputs, np.ndarray) else list(inputs.values())
+        files = {f"input{i}.bin": np.ascontiguousarray(a).tobytes() for i, a in enumerate(arrays)}
+        extra = [
+            "--inputs=" + ",".join(f"input{i}.bin" for i in range(len(arrays))),
+            "--output_file=output",
+            "--print_output=none",
+        ]
+        _, pulled = self._invoke(extra, files, ["output-0.bin"])
+        return [np.frombuffer(pulled["output-0.bin"], dtype=np.float32).copy()]
+
+    def time(self, policy: TimingPolicy | None = None) -> Timing:
+        p = policy or TimingPolicy()
+        n = max(p.min_runs, 1)
+        res, _ = self._invoke([f"--num_executions={p.warmup + n}", "--print_output=none"], {}, [])
+        samples = parse_iterations(res.stdout + "\n" + res.stderr)[p.warmup :]
+        extra = {"backend": BACKEND, "where": self.transport.where}
+        if not samples:
+            total = parse_total(res.stdout + "\n" + res.stderr)
+            if total is None:
+                raise EdgepruneError("executor_runner printed no timing")
+            runs, ms = total
+            samples = [ms / runs]
+            extra["note"] = "mean over runs (this executor_runner logs no per-iteration times)"
+        return Timing.from_samples(
+            samples,
+            threads=self.threads,
+            runtime=self.name,
+            runtime_version=self.version(),
+            extra=extra,
+        )
+
+
+def parse_iterations(log: str) -> list[float]:
+    """The per-iteration times (ms) of an executor_runner log, in order."""
+    import re
+
+    return [float(m.group(3)) for m in re.finditer(ITERATION_RE, log)]
+
+
+def parse_total(log: str) -> tuple[int, float] | None:
+    import re
+
+    m = re.search(TOTAL_RE, log)
+    return (int(m.group(1)), float(m.group(2))) if m else None
+
+
+def make(threads=None, precision="fp32", transport=None, executor_runner=None, **_options):
+    """The runner: in this process, or ``executor_runner`` through a non-local transport."""
+    if transport is not None and getattr(transport, "name", "local") != "local":
+        return ExecutorRunnerRunner(transport, executor_runner, threads, precision)
+    return ExecuTorchRunner(threads=threads, precision=precision)
