@@ -12,10 +12,10 @@ segments (LayerNorm ×25, the ``select`` of q/k/v ×36 and the no-op ``expand`` 
 confined to this target (the ONNX graph and the other targets do not see them) and
 keep the function: LayerNorm as mean/sub/mul/rsqrt with the means as 4-D inner-dim
 means, other means and sums the same way, ``log_softmax`` as ``log(softmax)``,
-``select`` as ``slice`` + ``view``, ``unsqueeze``/``squeeze`` as views, no-op ``expand`` removed, and every computation on
-weights alone (SPViT's stacked per-head weights, DynamicViT's split first layer)
-folded into constants. What stays outside is what XNNPACK has no kernel for: TopK,
-the gather and the mask scatter of the selectors.
+``select`` as ``slice`` + ``view``, ``unsqueeze``/``squeeze`` as views, no-op
+``expand`` removed, and every computation on weights alone (SPViT's stacked per-head
+weights, DynamicViT's split first layer) folded into constants. What stays outside is
+what XNNPACK has no kernel for: TopK, the gather and the mask scatter of the selectors.
 """
 
 from __future__ import annotations

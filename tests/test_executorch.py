@@ -54,6 +54,7 @@ def test_export_writes_pte_and_manifest_with_parity_and_segments(spvit_pte):
     # two selector stages: TopK cannot be delegated, so at best 3 segments
     assert x["delegate_segments"] == 3, x
     assert set(x["ops_outside_delegates"]) <= {
+        "alias_copy",
         "topk",
         "gather",
         "scatter.value",
