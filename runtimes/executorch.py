@@ -215,8 +215,12 @@ class ExecutorRunnerRunner:
         return "executor_runner"
 
     def _check_binary(self) -> None:
+        """The device is there and ready (one line if not) and has the binary."""
         if self._checked:
             return
+        check = getattr(self.transport, "check", None)
+        if check is not None:
+            check()
         path = self.executor_runner
         found = self.transport.which(path) if "/" not in path else None
         if found is None:

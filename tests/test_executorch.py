@@ -20,14 +20,15 @@ from edgeprune.source import Source
 et = pytest.importorskip("executorch", reason='needs pip install "edgeprune[executorch]"')
 
 TINY = Arch("custom", embed_dim=48, num_heads=3, depth=3, img_size=64, num_classes=10)
+TINY2 = Arch("custom", embed_dim=48, num_heads=3, depth=2, img_size=64, num_classes=10)
 
 
-def tiny_source(method: str, locs=(1, 2), keep=(0.5, 0.25)) -> Source:
+def tiny_source(method: str, locs=(1, 2), keep=(0.5, 0.25), arch: Arch = TINY) -> Source:
     m = get_method(method)
-    cfg = m.default_config(TINY)
-    if method != "dense":
-        cfg = m.with_overrides(cfg, TINY, keep=keep, locs=locs)
-    return Source(f"tiny:{method}", "builtin", TINY, m, cfg, m.token_plan(TINY, cfg))
+    cfg = m.config_for(2, arch) if method == "tome" else m.default_config(arch)
+    if method not in ("dense", "tome"):
+        cfg = m.with_overrides(cfg, arch, keep=keep, locs=locs)
+    return Source(f"tiny:{method}", "builtin", arch, m, cfg, m.token_plan(arch, cfg))
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +36,7 @@ def spvit_pte(tmp_path_factory):
     from edgeprune.export.executorch import export_executorch
 
     out = tmp_path_factory.mktemp("et") / "m.pte"
-    man = export_executorch(tiny_source("spvit"), out, n_parity_inputs=4)
+    man = export_executorch(tiny_source("spvit"), out, n_parity_inputs=2)
     return out, man
 
 
@@ -49,7 +50,7 @@ def test_export_writes_pte_and_manifest_with_parity_and_segments(spvit_pte):
     assert man["target"] == "executorch" and man["backend"] == "XnnpackBackend"
     p = man["parity"]
     assert p["status"] == "passed" and p["runtime"] == "executorch (xnnpack)"
-    assert p["max_abs_diff"] <= 1e-4 and p["top1_agreement"] == 1.0 and p["inputs"] == 4
+    assert p["max_abs_diff"] <= 1e-4 and p["top1_agreement"] == 1.0 and p["inputs"] == 2
     x = man["xnnpack"]
     # two selector stages: TopK cannot be delegated, so at best 3 segments
     assert x["delegate_segments"] == 3, x
@@ -74,12 +75,12 @@ def test_rewrites_remove_segments_and_keep_the_function():
     from edgeprune.export.executorch import lower
     from edgeprune.runtimes.executorch import ExecuTorchRunner
 
-    src = tiny_source("dense")
+    src = tiny_source("dense", arch=TINY2)
     model, x = src.model(), torch.randn(1, 3, 64, 64)
     raw = lower(model, torch.zeros(1, 3, 64, 64), friendly=False)
     good = lower(model, torch.zeros(1, 3, 64, 64))
     assert good.segments == 1 and good.outside == {}
-    assert raw.segments > 3 * TINY.depth and "native_layer_norm" in raw.outside
+    assert raw.segments > 3 * TINY2.depth and "native_layer_norm" in raw.outside
     r = ExecuTorchRunner(threads=1)
     with torch.no_grad():
         ref = model(x).numpy()
