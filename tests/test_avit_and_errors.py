@@ -63,7 +63,7 @@ def test_calibrate_cli_then_inspect_and_export(cli, tmp_path):
         "2",
     )
     assert code == 0, err
-    man = json.loads((tmp_path / "a.manifest.json").read_text())
+    man = json.loads((tmp_path / "a.onnx.manifest.json").read_text())
     assert man["method_report"]["top1_agreement"] == data["report"]["top1_agreement"]
     assert man["method_report"]["max_logit_diff"] == data["report"]["max_logit_diff"]
 
