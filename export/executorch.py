@@ -31,11 +31,12 @@ from pathlib import Path
 
 import torch
 
-from edgeprune.errors import EdgepruneError, MissingRuntimeError, ParityError
+from edgeprune.errors import EdgepruneError, MissingRuntimeError
+from edgeprune.export.registry import ExportRequest, ExportResult, Target, Tolerance, register
 from edgeprune.source import Source
 
 INSTALL_HINT = 'pip install "edgeprune[executorch]"  (executorch 1.4.x, built against torch 2.13)'
-TOLERANCE = {"fp32": (1e-4, 1.0)}
+TOLERANCE = {"fp32": Tolerance(1e-4, 1.0)}
 SUFFIX = ".pte"
 
 
@@ -278,42 +279,32 @@ def export_executorch(
     """Export ``source`` to ``out`` (``.pte``) and its manifest; returns the manifest.
 
     Nothing is written unless the program matches PyTorch in the ExecuTorch runtime."""
-    from edgeprune.atomic import atomic_path, write_json_atomic
-    from edgeprune.export.manifest import base_manifest, prepare_outputs, sha256_file
-    from edgeprune.export.onnx import compare, io_spec
+    from edgeprune.export.manifest import base_manifest, prepare_outputs, write_file_artifact
+    from edgeprune.export.onnx import io_spec
+    from edgeprune.export.parity import check_parity
     from edgeprune.runtimes.executorch import ExecuTorchRunner
 
     require_executorch()
     out = Path(out)
     if batch < 1:
         raise EdgepruneError(f"--batch {batch} is not a positive batch size")
-    mpath = prepare_outputs(out, (SUFFIX,), force)
+    mpath = prepare_outputs(out, ExecuTorchTarget.accepted_suffixes(), force)
     step = progress or (lambda _msg: None)
     img = source.arch.img_size
-    model = source.model()
-    low = lower(model, torch.zeros(batch, 3, img, img), friendly, step)
+    low = lower(source.model(), torch.zeros(batch, 3, img, img), friendly, step)
     step(f"parity check ({n_parity_inputs} inputs, ExecuTorch runtime)")
     runner = ExecuTorchRunner()
     runner.load(low.buffer)
-    atol, min_top1 = TOLERANCE["fp32"]
-    parity = compare(
-        model,
-        lambda x: runner.run(x)[0],
+    parity = check_parity(
+        "the ExecuTorch program",
+        source,
+        runner,
         batch,
-        img,
         n_parity_inputs,
-        atol,
-        min_top1,
-        runtime="executorch (xnnpack)",
+        TOLERANCE["fp32"],
+        hint="nothing was written",
+        label="executorch (xnnpack)",
     )
-    if not parity.ok:
-        raise ParityError(
-            f"the ExecuTorch program differs from PyTorch: max |diff| "
-            f"{parity.max_abs_diff:.3g} (limit {atol:g}), top-1 agreement "
-            f"{parity.top1_agreement:.0%}",
-            "nothing was written",
-            exit_code=1,
-        )
     manifest = base_manifest(source, "executorch", out, batch, "executorch")
     manifest.update(
         {
@@ -325,8 +316,19 @@ def export_executorch(
             "parity": parity.to_dict(),
         }
     )
-    with atomic_path(out) as tmp:
-        tmp.write_bytes(low.buffer)
-        manifest["sha256"] = sha256_file(tmp)
-        write_json_atomic(mpath, manifest)
-    return manifest
+    return write_file_artifact(out, low.buffer, manifest, mpath)
+
+
+@register
+class ExecuTorchTarget(Target):
+    """ExecuTorch: an XNNPACK-delegated ``.pte`` (fp32), lowered from ``torch.export``."""
+
+    name = "executorch"
+    suffix = SUFFIX
+    precisions = ("fp32",)
+    tolerances = TOLERANCE
+    checkable = False  # lowered from torch, not from the ONNX graph that `check` reads
+
+    def export(self, source: Source, req: ExportRequest, out: Path, progress=None) -> ExportResult:
+        man = export_executorch(source, out, req.batch, **req.common(progress))
+        return self.result(out, man)

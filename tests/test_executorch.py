@@ -147,3 +147,36 @@ def test_executor_runner_log_parsing():
     assert parse_iterations(log) == [12.5, 10.25, 10.0]
     assert parse_total(log) == (3, 32.75)
     assert parse_iterations("nothing") == [] and parse_total("nothing") is None
+
+
+def test_cli_target_without_the_extra_is_one_line(cli, monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "executorch", None)
+    code, _, err = cli("export", "deit_tiny", "-t", "executorch", "-o", tmp_path / "m.pte")
+    errors = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert code == 2 and len(errors) == 1 and "Traceback" not in err
+    assert 'pip install "edgeprune[executorch]"' in errors[0]
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--precision", "fp16"], "--precision fp16 is not supported"),
+        (["--int8"], "--int8 does not apply"),
+        (["-o", "m.onnx"], "should end in .pte"),
+    ],
+)
+def test_cli_bad_options_for_executorch(cli, tmp_path, monkeypatch, args, needle):
+    monkeypatch.chdir(tmp_path)
+    out = [] if "-o" in args else ["-o", "m.pte"]
+    code, _, err = cli("export", "deit_tiny", "-t", "executorch", *out, *args)
+    errors = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert code == 2 and len(errors) == 1 and needle in errors[0]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_registered_as_a_target():
+    from edgeprune.export.targets import get_target
+
+    t = get_target("executorch")
+    assert t.suffix == ".pte" and t.precisions == ("fp32",) and not t.checkable
