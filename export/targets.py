@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from edgeprune.source import Source
 
 # the registry line: the modules under export/ that register a target, in --target order
-TARGET_MODULES = ("onnx", "ort", "tensorrt", "coreml")
+TARGET_MODULES = ("onnx", "ort", "tensorrt", "coreml", "executorch")
 
 __all__ = ["ExportRequest", "ExportResult", "check_file", "export_source", "get_target", "validate"]
 
