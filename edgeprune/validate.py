@@ -10,7 +10,7 @@ steady state a model sees running back to back, as the profile's pieces were tim
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +19,7 @@ import numpy as np
 from edgeprune.errors import EdgepruneError
 from edgeprune.latency import LatencyModel
 from edgeprune.methods.base import geometric
+from edgeprune.runtimes.timing import Timing
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,51 @@ def random_schedules(method, n_stages: int, count: int, seed: int = 0) -> list[t
     return out
 
 
+def check_local_runtime(model: LatencyModel, what: str) -> str:
+    """The runtime the table was measured with, refused unless it runs models here."""
+    runtime = str(model.table.device.get("runtime"))
+    if runtime != "onnxruntime":
+        raise EdgepruneError(
+            f"profile {model.source} was measured with {runtime}; "
+            f"{what} measures with onnxruntime on this machine",
+            "use an onnxruntime profile",
+        )
+    return runtime
+
+
+def time_sources(
+    sources: Sequence,
+    runtime: str,
+    threads: int,
+    batch: int,
+    rounds: int = 30,
+    burst: int = 3,
+    progress: Callable[[str], None] | None = None,
+    labels: Sequence[str] | None = None,
+) -> list[Timing]:
+    """Export every source (the real static graph, parity-checked on one input) for
+    ``runtime`` into a temporary folder, load each in that runtime's runner and time
+    them all interleaved in one process: one Timing per source."""
+    from edgeprune.export.onnx import export_onnx
+    from edgeprune.runtimes.base import get_runner
+    from edgeprune.runtimes.timing import time_interleaved
+
+    step = progress or (lambda _m: None)
+    runners = []
+    with tempfile.TemporaryDirectory(prefix="edgeprune-time-") as tmp:
+        for i, src in enumerate(sources):
+            step(f"exporting {labels[i] if labels else f'{i + 1}/{len(sources)}'}")
+            path = Path(tmp) / f"m{i}.onnx"
+            export_onnx(src, path, batch=batch, n_parity_inputs=1)
+            r = get_runner(runtime, threads=threads)
+            r.load(path)
+            runners.append(r)
+        step(f"timing {len(runners)} models, {rounds} interleaved rounds")
+        img = sources[0].arch.img_size
+        x = np.random.default_rng(0).standard_normal((batch, 3, img, img), dtype=np.float32)
+        return time_interleaved(runners, [x] * len(runners), rounds=rounds, burst=burst)
+
+
 def validate_profile(
     model: LatencyModel,
     configs: int = 20,
@@ -115,10 +161,7 @@ def validate_profile(
     burst: int = 3,
 ) -> ValidationReport:
     from edgeprune.arch import ARCHS
-    from edgeprune.export.onnx import export_onnx
     from edgeprune.methods import get_method
-    from edgeprune.runtimes.base import get_runner
-    from edgeprune.runtimes.timing import time_interleaved
     from edgeprune.source import resolve
     from edgeprune.sweep import anchor_specs
 
@@ -131,12 +174,7 @@ def validate_profile(
         raise EdgepruneError(f"--rounds {rounds} must be at least 3")
     if burst < 1:
         raise EdgepruneError(f"--burst {burst} must be at least 1")
-    if tb.device.get("runtime") != "onnxruntime":
-        raise EdgepruneError(
-            f"profile {model.source} was measured with {tb.device.get('runtime')}; "
-            "validate-profile measures with onnxruntime on this machine",
-            "validate an onnxruntime profile",
-        )
+    runtime = check_local_runtime(model, "validate-profile")
     if tb.arch.name not in ARCHS or ARCHS[tb.arch.name] != tb.arch:
         raise EdgepruneError(f"profile arch {tb.arch.name} is not a built-in architecture")
     method_name = tb.method or (next(iter(tb.selectors)) if len(tb.selectors) == 1 else None)
@@ -146,36 +184,16 @@ def validate_profile(
         )
     meth = get_method(method_name)
     threads = threads or int(tb.device.get("threads") or 1)
-    step = progress or (lambda _m: None)
-    schedules = random_schedules(meth, len(meth.default_locs), configs, seed)
-    runners, preds, used = [], [], []
-
-    def runner_for(path: Path):
-        r = get_runner("onnxruntime", threads=threads)
-        r.load(path)
-        return r
-
-    with tempfile.TemporaryDirectory(prefix="edgeprune-validate-") as tmp:
-        for i, ratios in enumerate(schedules):
-            step(f"exporting {i + 1}/{len(schedules)} keep {list(ratios)}")
-            src = resolve(f"{tb.arch.name}:{meth.name}", keep=ratios)
-            path = Path(tmp) / f"m{i}.onnx"
-            export_onnx(src, path, batch=tb.batch, n_parity_inputs=1)
-            runners.append(runner_for(path))
-            preds.append(model.predict(src.plan).total_ms)
-            used.append(ratios)
-        # the profile's anchors, timed alongside (not part of the error): machine drift
-        anchors = tb.e2e.anchors if tb.e2e is not None else ()
-        for (spec, keep), a in zip(anchor_specs(tb.arch, tb.method), anchors, strict=False):
-            step(f"exporting anchor {a.label}")
-            path = Path(tmp) / f"a{len(runners)}.onnx"
-            export_onnx(resolve(spec, keep=keep), path, batch=tb.batch, n_parity_inputs=1)
-            runners.append(runner_for(path))
-        step(f"timing {len(runners)} models, {rounds} interleaved rounds")
-        x = np.random.default_rng(0).standard_normal(
-            (tb.batch, 3, tb.arch.img_size, tb.arch.img_size), dtype=np.float32
-        )
-        timings = time_interleaved(runners, [x] * len(runners), rounds=rounds, burst=burst)
+    used = random_schedules(meth, len(meth.default_locs), configs, seed)
+    sources = [resolve(f"{tb.arch.name}:{meth.name}", keep=r) for r in used]
+    preds = [model.predict(src.plan).total_ms for src in sources]
+    labels = [f"{i + 1}/{len(used)} keep {list(r)}" for i, r in enumerate(used)]
+    # the profile's anchors, timed alongside (not part of the error): machine drift
+    anchors = tb.e2e.anchors if tb.e2e is not None else ()
+    for (spec, keep), a in zip(anchor_specs(tb.arch, tb.method), anchors, strict=False):
+        sources.append(resolve(spec, keep=keep))
+        labels.append(f"anchor {a.label}")
+    timings = time_sources(sources, runtime, threads, tb.batch, rounds, burst, progress, labels)
     results = tuple(
         ConfigResult(r, p, t.median_ms, t.p90_ms)
         for r, p, t in zip(used, preds, timings[: len(used)], strict=True)
