@@ -307,8 +307,8 @@ def calibrate(
     import torch
 
     from edgeprune.atomic import check_writable_target, write_json_atomic
+    from edgeprune.images import load_images
     from edgeprune.methods.avit import calibrate as run_calibration
-    from edgeprune.methods.avit import load_images
 
     if (images is None) == (random is None):
         raise EdgepruneError("give exactly one of --images DIR or --random N")
@@ -954,6 +954,155 @@ def validate_profile_cmd(
 
 
 # ---- end of latency section ---------------------------------------------------------
+
+
+# =====================================================================================
+# ---- accuracy: evaluate, sensitivity, finetune, demo-images (issue 15) --------------
+# =====================================================================================
+ImagesOpt = Annotated[
+    Path,
+    typer.Option(
+        "--images",
+        help="Image folder: class sub-folders (labelled, sorted names = class index) or "
+        "flat (unlabelled). 'edgeprune demo-images DIR' writes one.",
+        show_default=False,
+    ),
+]
+LimitOpt = Annotated[int | None, typer.Option("--limit", help="Use only the first N images.")]
+ResizeOpt = Annotated[
+    int | None,
+    typer.Option("--resize", help="Shorter side before the center crop (default crop/0.875)."),
+]
+MeanOpt = Annotated[str | None, typer.Option("--mean", help="Normalisation mean (ImageNet's).")]
+StdOpt = Annotated[str | None, typer.Option("--std", help="Normalisation std (ImageNet's).")]
+
+
+def _triple(text: str | None, what: str) -> tuple[float, ...] | None:
+    from edgeprune.source import parse_floats
+
+    v = parse_floats(text, what)
+    if v is not None and len(v) != 3:
+        raise EdgepruneError(f"{what} needs three numbers (R,G,B), got {len(v)}")
+    return v
+
+
+def _bar(what: str):
+    """A rich progress bar on stderr (hidden when stderr is not a terminal)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(
+        TextColumn(f"{what:<12}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+        disable=not err.is_terminal,
+    )
+
+
+@app.command("demo-images")
+def demo_images(
+    folder: Annotated[Path, typer.Argument(help="New folder to write.", show_default=False)],
+    classes: Annotated[int, typer.Option("--classes", help="Class sub-folders.")] = 4,
+    per_class: Annotated[int, typer.Option("--per-class", help="Images per class.")] = 8,
+    size: Annotated[int, typer.Option("--size", help="Image side in pixels.")] = 256,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+) -> None:
+    """Write a small ImageNet-style folder of synthetic images (no dataset download)."""
+    from edgeprune.images import write_demo_images
+
+    imgs = write_demo_images(folder, classes, per_class, size, seed)
+    out.print(f"[green]wrote[/] {len(imgs.files)} images in {len(imgs.classes)} classes: {folder}")
+
+
+@app.command()
+def evaluate(
+    model: Annotated[
+        str,
+        typer.Argument(help="SRC, or an exported artifact (.onnx, .ort, …).", show_default=False),
+    ],
+    images: ImagesOpt,
+    reference: Annotated[
+        str | None,
+        typer.Option("--reference", help="Compare with this SRC (default: the artifact's source)."),
+    ] = None,
+    limit: LimitOpt = None,
+    batch: Annotated[int, typer.Option("--batch", "-b", help="Images per forward pass.")] = 16,
+    runtime: Annotated[
+        str | None, typer.Option("--runtime", help="Runtime for an artifact (default: by suffix).")
+    ] = None,
+    threads: Annotated[int | None, typer.Option("--threads", help="Runtime threads.")] = None,
+    heads: HeadsOpt = None,
+    resize: ResizeOpt = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Top-1/top-5 on an image folder and agreement (top-1, KL, max logit diff) with references."""
+    from edgeprune.evaluate import EvalRequest
+    from edgeprune.evaluate import evaluate as run_evaluate
+
+    req = EvalRequest(
+        model,
+        images,
+        reference,
+        limit,
+        batch,
+        runtime,
+        threads,
+        heads,
+        resize,
+        _triple(mean, "--mean"),
+        _triple(std, "--std"),
+    )
+    with _bar("evaluating") as prog:
+        task = prog.add_task("evaluating", total=None)
+        rep = run_evaluate(req, lambda i, n: prog.update(task, completed=i, total=n))
+    d = rep.to_dict()
+    if as_json:
+        print(json.dumps(d))
+        return
+    _render_evaluation(d)
+
+
+def _render_evaluation(d: dict) -> None:
+    from edgeprune.evaluate import fmt_pct
+
+    for n in d["notes"]:
+        err.print(f"[yellow]note:[/] {n}")
+    acc = d["accuracy"]
+    label = "labelled" if d["labelled"] else "unlabelled"
+    out.print(
+        f"{d['model']} on {d['images_read']} images ({label}, {d['folder']}; "
+        f"{d['skipped_unreadable']} unreadable skipped)"
+    )
+    t = Table(title_justify="left")
+    for col in ("compared with", "top-1", "top-5", "top-1 agreement", "KL (nats)", "max |Δlogit|"):
+        t.add_column(col, justify="right")
+    t.add_row(
+        "labels" if acc else "—",
+        fmt_pct(acc and acc["top1"]),
+        fmt_pct(acc and acc["top5"]),
+        "",
+        "",
+        "",
+    )
+    for name, r in d["references"].items():
+        a = r["accuracy"] or {}
+        out.print(f"{name}: {r['what']}")
+        t.add_row(
+            name,
+            fmt_pct(a.get("top1")),
+            fmt_pct(a.get("top5")),
+            fmt_pct(r["top1_agreement"]),
+            f"{r['kl']:.3g}",
+            f"{r['max_logit_diff']:.3g}",
+        )
+    out.print(t)
+
+
+# ---- end of accuracy section -----------------------------------------------------------
 
 
 def _install_signal_handlers() -> None:
