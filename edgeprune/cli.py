@@ -850,7 +850,11 @@ def budget_cmd(
     res = search(model, target, meth, schedule, parse_ints(locs, "--locs"), sens, str(sensitivity))
     d = budget_dict(res, model, profile)
     write_json_atomic(out_path, d)
-    if plot_path is not None:
+    if plot_path is not None and sens is not None:
+        from edgeprune.sensitivity import measured_curves, plot_accuracy_pareto
+
+        plot_accuracy_pareto(res, sens, model, plot_path, measured_curves(res, sens, model))
+    elif plot_path is not None:
         plot_pareto(res, plot_path)
     if as_json:
         print(json.dumps({k: v for k, v in d.items() if k != "profile_table"}))
@@ -1100,6 +1104,171 @@ def _render_evaluation(d: dict) -> None:
             f"{r['max_logit_diff']:.3g}",
         )
     out.print(t)
+
+
+@app.command()
+def sensitivity(
+    src: SrcArg,
+    images: ImagesOpt,
+    out_path: Annotated[
+        Path, typer.Option("--out", "-o", help="Sensitivity JSON to write.")
+    ] = Path("sensitivity.json"),
+    grid: Annotated[
+        str | None, typer.Option("--grid", help="Keep ratios per stage (0.1,0.2,…,1.0).")
+    ] = None,
+    limit: LimitOpt = None,
+    batch: Annotated[int, typer.Option("--batch", "-b", help="Images per forward pass.")] = 16,
+    method: MethodOpt = None,
+    locs: LocsOpt = None,
+    heads: HeadsOpt = None,
+    resize: ResizeOpt = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Keep progress in <out>.partial.json; continue it.")
+    ] = False,
+    force: Annotated[bool, typer.Option("--force", "-f", help="Overwrite --out.")] = False,
+) -> None:
+    """Accuracy per pruning stage and keep ratio (others not pruning): the file that
+    'budget --sensitivity' reads. Top-1 when labelled, else agreement with dense."""
+    from edgeprune.atomic import check_writable_target, write_json_atomic
+    from edgeprune.sensitivity import SensitivityRequest, measure, parse_grid
+    from edgeprune.source import parse_ints
+
+    check_writable_target(out_path, force)
+    req = SensitivityRequest(
+        src,
+        images,
+        parse_grid(grid),
+        limit,
+        batch,
+        heads,
+        resize,
+        _triple(mean, "--mean"),
+        _triple(std, "--std"),
+        method,
+        parse_ints(locs, "--locs"),
+    )
+    partial = out_path.with_name(out_path.name + ".partial.json") if resume else None
+    with _TermAsInterrupt(), _bar("sensitivity") as prog:
+        task = prog.add_task("sensitivity", total=None)
+        try:
+            data = measure(req, partial, lambda d, i, n: prog.update(task, completed=i, total=n))
+        except KeyboardInterrupt:
+            if partial is not None and partial.exists():
+                err.print(f"note: progress kept in {partial}; rerun with --resume", markup=False)
+            raise
+    write_json_atomic(out_path, data)
+    for n in data["notes"]:
+        err.print(f"[yellow]note:[/] {n}")
+    out.print(f"{data['metric_description']}; dense {data['dense']:.2f}")
+    for loc, st in data["stages"].items():
+        pts = ", ".join(
+            f"{r:g}: {a:.1f}" for r, a in zip(st["keep_ratios"], st["accuracy"], strict=True)
+        )
+        out.print(f"stage {loc}: {pts}")
+    out.print(f"[green]wrote[/] {out_path}")
+
+
+@app.command()
+def finetune(
+    src: SrcArg,
+    images: ImagesOpt,
+    out_path: Annotated[Path, typer.Option("--out", "-o", help="Checkpoint to write (.pth).")],
+    profile: Annotated[
+        Path | None, typer.Option("--profile", "-p", help="Latency profile (with --target-ms).")
+    ] = None,
+    target_ms: Annotated[float | None, typer.Option("--target-ms", help="Latency target.")] = None,
+    budget: BudgetOpt = None,
+    steps: Annotated[int, typer.Option("--steps", help="Optimizer steps.")] = 100,
+    batch: Annotated[int, typer.Option("--batch", "-b", help="Images per step.")] = 8,
+    lr: Annotated[float, typer.Option("--lr", help="Predictor learning rate (cosine).")] = 3e-3,
+    backbone_lr_scale: Annotated[
+        float, typer.Option("--backbone-lr-scale", help="Backbone lr = lr × this (0: frozen).")
+    ] = 0.01,
+    latency_weight: Annotated[
+        float, typer.Option("--latency-weight", help="Weight of the latency-aware loss.")
+    ] = 10.0,
+    shape: Annotated[
+        str, typer.Option("--shape", help="Loss shape: squared | hinge | squared_hinge.")
+    ] = "squared",
+    locs: LocsOpt = None,
+    device: Annotated[str, typer.Option("--device", help="cpu or cuda.")] = "cpu",
+    threads: Annotated[int | None, typer.Option("--threads", help="torch CPU threads.")] = None,
+    limit: LimitOpt = None,
+    heads: HeadsOpt = None,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    force: Annotated[bool, typer.Option("--force", "-f", help="Overwrite --out.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """DynamicViT fine-tuning (dense teacher, KL distillation, Gumbel keep masks) with the
+    latency-aware sparsity loss in place of the keep-ratio MSE; logs predicted ms per step."""
+    from edgeprune.atomic import check_writable_target
+    from edgeprune.finetune import FinetuneRequest, save_checkpoint
+    from edgeprune.finetune import finetune as run_finetune
+
+    check_writable_target(out_path, force)
+    req = FinetuneRequest(
+        src,
+        images,
+        profile,
+        budget,
+        target_ms,
+        steps,
+        batch,
+        lr,
+        backbone_lr_scale,
+        latency_weight,
+        shape,
+        locs=_ints(locs),
+        device=device,
+        seed=seed,
+        limit=limit,
+        heads=heads,
+        threads=threads,
+    )
+    every = max(1, steps // 20)
+
+    def log(st, n: int) -> None:
+        if not as_json and (st.step % every == 0 or st.step == n - 1):
+            ce = f" ce {st.ce:.3f}" if st.ce is not None else ""
+            out.print(
+                f"step {st.step + 1:>4}/{n}: distill {st.distill:.4f} tokens "
+                f"{st.token_distill:.4f}{ce} latency-loss {st.latency_loss:.4f}  predicted "
+                f"{st.predicted_ms:.3f} ms  keep {[round(k, 3) for k in st.keep]}"
+            )
+
+    with _TermAsInterrupt():
+        res, model = run_finetune(req, log)
+    save_checkpoint(model, res, out_path)
+    d = {
+        **res.to_dict(),
+        "checkpoint": str(out_path),
+        "predicted_ms_per_step": [s.predicted_ms for s in res.steps],
+    }
+    if as_json:
+        print(json.dumps(d))
+        return
+    for n in res.notes:
+        err.print(f"[yellow]note:[/] {n}")
+    out.print(
+        f"predicted {res.start_ms:.3f} ms at the start (dense {res.dense_ms:.3f}) → "
+        f"{res.final_ms:.3f} ms for the learned keep ratios "
+        f"{list(res.keep_ratios)} (target {res.target_ms:.3f} ms; {res.seconds:.1f} s)"
+    )
+    keep = ",".join(f"{r:g}" for r in res.keep_ratios)
+    locs_s = ",".join(map(str, res.locs))
+    out.print(
+        f"[green]wrote[/] {out_path}; export it with: edgeprune export {out_path} "
+        f"--keep {keep} --locs {locs_s}",
+        soft_wrap=True,
+    )
+
+
+def _ints(text: str | None):
+    from edgeprune.source import parse_ints
+
+    return parse_ints(text, "--locs")
 
 
 # ---- end of accuracy section -----------------------------------------------------------
