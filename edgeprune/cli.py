@@ -1037,6 +1037,9 @@ def evaluate(
         str | None, typer.Option("--runtime", help="Runtime for an artifact (default: by suffix).")
     ] = None,
     threads: Annotated[int | None, typer.Option("--threads", help="Runtime threads.")] = None,
+    method: MethodOpt = None,
+    keep: KeepOpt = None,
+    locs: LocsOpt = None,
     heads: HeadsOpt = None,
     resize: ResizeOpt = None,
     mean: MeanOpt = None,
@@ -1059,6 +1062,9 @@ def evaluate(
         resize,
         _triple(mean, "--mean"),
         _triple(std, "--std"),
+        method=method,
+        keep=keep,
+        locs=locs,
     )
     with _bar("evaluating") as prog:
         task = prog.add_task("evaluating", total=None)

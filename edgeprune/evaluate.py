@@ -275,6 +275,9 @@ class EvalRequest:
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
     dense_reference: bool = True
+    method: str | None = None  # overrides for a SRC (as every command's --method/--keep/--locs)
+    keep: tuple[float, ...] | str | None = None
+    locs: tuple[int, ...] | str | None = None
 
 
 def build_predictors(req: EvalRequest) -> tuple[Predictor, list[Predictor], Source, list[str]]:
@@ -285,13 +288,18 @@ def build_predictors(req: EvalRequest) -> tuple[Predictor, list[Predictor], Sour
     if req.reference is not None:
         ref_src = resolve(req.reference, heads=req.heads)
     if is_artifact(req.model):
+        if (req.method, req.keep, req.locs) != (None, None, None):
+            raise EdgepruneError(
+                "--method/--keep/--locs apply to a SRC, not to an exported artifact",
+                "an artifact's schedule is fixed; give --reference SRC to compare with another",
+            )
         model = load_artifact(Path(req.model), req.runtime, req.threads)
         src = ref_src if ref_src is not None else source_from_manifest(Path(req.model), req.heads)
         refs.append(TorchPredictor("source", src.model(), f"{src.text} in PyTorch"))
     else:
         if req.runtime is not None:
             raise EdgepruneError("--runtime applies to an exported artifact, not a SRC")
-        src = resolve(req.model, heads=req.heads)
+        src = resolve(req.model, req.method, req.keep, req.locs, heads=req.heads)
         model = TorchPredictor(f"{src.text} (PyTorch)", src.model())
         if ref_src is not None:
             refs.append(TorchPredictor("reference", ref_src.model(), f"{ref_src.text} in PyTorch"))
