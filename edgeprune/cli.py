@@ -878,6 +878,10 @@ def budget_cmd(
     out.print(f"tokens/block: {' '.join(map(str, c.plan.attn_tokens))}")
     extra = f", predicted {sens.metric} {c.accuracy:.2f}" if c.accuracy is not None else ""
     out.print(f"GFLOPs {res.gflops():.3f}, kept tokens {c.kept_tokens:g}{extra}")
+    if sens is not None:
+        from edgeprune.sensitivity import chosen_summary
+
+        out.print(chosen_summary(res, sens), soft_wrap=True)
     out.print(f"[green]wrote[/] {out_path}" + (f" and {plot_path}" if plot_path else ""))
 
 

@@ -331,3 +331,20 @@ def measured_curves(result, sens, model) -> list[tuple[int, list[float], list[fl
         if plans:
             out.append((loc, [float(v) for v in model.predict_many(plans)], acc))
     return out
+
+
+def chosen_summary(result, sens) -> str:
+    """One line naming the point ``budget --sensitivity`` chose on the front."""
+    from edgeprune.budget import pareto_front
+
+    ch = result.chosen
+    front = pareto_front(result.candidates)
+    on = any(c.keep_ratios == ch.keep_ratios for c in front) or result.status == "dense"
+    name = (
+        "dense" if not ch.keep_ratios else "[" + ", ".join(f"{r:.3g}" for r in ch.keep_ratios) + "]"
+    )
+    return (
+        f"chosen point: {name} at {ch.predicted_ms:.3f} ms, predicted {sens.metric} "
+        f"{ch.objective():.2f} (dense {sens.dense:.2f} at {result.dense_ms:.3f} ms); "
+        f"{'on' if on else 'off'} the Pareto front of {len(front)} schedules"
+    )
