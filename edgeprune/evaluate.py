@@ -293,8 +293,10 @@ def build_predictors(req: EvalRequest) -> tuple[Predictor, list[Predictor], Sour
                 "--method/--keep/--locs apply to a SRC, not to an exported artifact",
                 "an artifact's schedule is fixed; give --reference SRC to compare with another",
             )
-        model = load_artifact(Path(req.model), req.runtime, req.threads)
+        if not Path(req.model).exists():
+            raise EdgepruneError(f"artifact {req.model} does not exist")
         src = ref_src if ref_src is not None else source_from_manifest(Path(req.model), req.heads)
+        model = load_artifact(Path(req.model), req.runtime, req.threads)
         refs.append(TorchPredictor("source", src.model(), f"{src.text} in PyTorch"))
     else:
         if req.runtime is not None:
