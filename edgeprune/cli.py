@@ -1054,22 +1054,9 @@ def evaluate(
     from edgeprune.evaluate import EvalRequest
     from edgeprune.evaluate import evaluate as run_evaluate
 
-    req = EvalRequest(
-        model,
-        images,
-        reference,
-        limit,
-        batch,
-        runtime,
-        threads,
-        heads,
-        resize,
-        _triple(mean, "--mean"),
-        _triple(std, "--std"),
-        method=method,
-        keep=keep,
-        locs=locs,
-    )
+    req = EvalRequest(model, images, reference, limit, batch, runtime, threads, heads, resize)
+    req.mean, req.std = _triple(mean, "--mean"), _triple(std, "--std")
+    req.method, req.keep, req.locs = method, keep, locs
     with _bar("evaluating") as prog:
         task = prog.add_task("evaluating", total=None)
         rep = run_evaluate(req, lambda i, n: prog.update(task, completed=i, total=n))
@@ -1134,6 +1121,10 @@ def sensitivity(
     resize: ResizeOpt = None,
     mean: MeanOpt = None,
     std: StdOpt = None,
+    metric: Annotated[
+        str | None,
+        typer.Option("--metric", help="top1 | agreement (default: top1 when labelled)."),
+    ] = None,
     resume: Annotated[
         bool, typer.Option("--resume", help="Keep progress in <out>.partial.json; continue it.")
     ] = False,
@@ -1146,19 +1137,9 @@ def sensitivity(
     from edgeprune.source import parse_ints
 
     check_writable_target(out_path, force)
-    req = SensitivityRequest(
-        src,
-        images,
-        parse_grid(grid),
-        limit,
-        batch,
-        heads,
-        resize,
-        _triple(mean, "--mean"),
-        _triple(std, "--std"),
-        method,
-        parse_ints(locs, "--locs"),
-    )
+    req = SensitivityRequest(src, images, parse_grid(grid), limit, batch, heads, resize)
+    req.mean, req.std = _triple(mean, "--mean"), _triple(std, "--std")
+    req.method, req.locs, req.metric = method, parse_ints(locs, "--locs"), metric
     partial = out_path.with_name(out_path.name + ".partial.json") if resume else None
     with _TermAsInterrupt(), _bar("sensitivity") as prog:
         task = prog.add_task("sensitivity", total=None)
@@ -1218,61 +1199,47 @@ def finetune(
     from edgeprune.finetune import finetune as run_finetune
 
     check_writable_target(out_path, force)
-    req = FinetuneRequest(
-        src,
-        images,
-        profile,
-        budget,
-        target_ms,
-        steps,
-        batch,
-        lr,
-        backbone_lr_scale,
-        latency_weight,
-        shape,
-        locs=_ints(locs),
-        device=device,
-        seed=seed,
-        limit=limit,
-        heads=heads,
-        threads=threads,
-    )
-    every = max(1, steps // 20)
-
-    def log(st, n: int) -> None:
-        if not as_json and (st.step % every == 0 or st.step == n - 1):
-            ce = f" ce {st.ce:.3f}" if st.ce is not None else ""
-            out.print(
-                f"step {st.step + 1:>4}/{n}: distill {st.distill:.4f} tokens "
-                f"{st.token_distill:.4f}{ce} latency-loss {st.latency_loss:.4f}  predicted "
-                f"{st.predicted_ms:.3f} ms  keep {[round(k, 3) for k in st.keep]}"
-            )
-
+    req = FinetuneRequest(src, images, profile, budget, target_ms, steps, batch, lr)
+    req.backbone_lr_scale, req.latency_weight, req.shape = backbone_lr_scale, latency_weight, shape
+    req.locs, req.device, req.seed, req.limit = _ints(locs), device, seed, limit
+    req.heads, req.threads = heads, threads
     with _TermAsInterrupt():
-        res, model = run_finetune(req, log)
+        res, model = run_finetune(req, None if as_json else _step_logger(steps))
     save_checkpoint(model, res, out_path)
-    d = {
-        **res.to_dict(),
-        "checkpoint": str(out_path),
-        "predicted_ms_per_step": [s.predicted_ms for s in res.steps],
-    }
     if as_json:
-        print(json.dumps(d))
+        d = {**res.to_dict(), "checkpoint": str(out_path)}
+        print(json.dumps({**d, "predicted_ms_per_step": [s.predicted_ms for s in res.steps]}))
         return
     for n in res.notes:
         err.print(f"[yellow]note:[/] {n}")
     out.print(
         f"predicted {res.start_ms:.3f} ms at the start (dense {res.dense_ms:.3f}) → "
-        f"{res.final_ms:.3f} ms for the learned keep ratios "
-        f"{list(res.keep_ratios)} (target {res.target_ms:.3f} ms; {res.seconds:.1f} s)"
+        f"{res.final_ms:.3f} ms for the learned keep ratios {list(res.keep_ratios)} "
+        f"(target {res.target_ms:.3f} ms; {len(res.steps)} steps in {res.seconds:.1f} s)"
     )
     keep = ",".join(f"{r:g}" for r in res.keep_ratios)
-    locs_s = ",".join(map(str, res.locs))
     out.print(
         f"[green]wrote[/] {out_path}; export it with: edgeprune export {out_path} "
-        f"--keep {keep} --locs {locs_s}",
+        f"--keep {keep} --locs {','.join(map(str, res.locs))}",
         soft_wrap=True,
     )
+
+
+def _step_logger(steps: int):
+    """Prints the predicted ms (and the losses) every steps/20 steps and at the end."""
+    every = max(1, steps // 20)
+
+    def log(st, n: int) -> None:
+        if st.step % every == 0 or st.step == n - 1:
+            ce = f" ce {st.ce:.3f}" if st.ce is not None else ""
+            out.print(
+                f"step {st.step + 1:>4}/{n}  predicted {st.predicted_ms:.3f} ms  keep "
+                f"{[round(k, 2) for k in st.keep]}  kl {st.distill:.4f} tok {st.token_distill:.4f}"
+                f"{ce} lat {st.latency_loss:.4f}",
+                soft_wrap=True,
+            )
+
+    return log
 
 
 def _ints(text: str | None):

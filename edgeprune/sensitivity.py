@@ -56,6 +56,7 @@ class SensitivityRequest:
     std: tuple[float, ...] | None = None
     method: str | None = None
     locs: tuple[int, ...] | None = None
+    metric: str | None = None  # "top1" | "agreement"; None: top1 when labelled
 
 
 def parse_grid(text: str | None) -> tuple[float, ...]:
@@ -172,7 +173,11 @@ def measure(
     x = torch.cat([b.images for b in parts])
     labels = np.concatenate([b.labels.numpy() for b in parts]) if images.labelled else None
     dense_logits = _logits(dense_backbone(source), x, req.batch)
-    labelled = labels is not None
+    if req.metric not in (None, "top1", "agreement"):
+        raise EdgepruneError(f"--metric {req.metric} is unknown", "expected top1 or agreement")
+    if req.metric == "top1" and labels is None:
+        raise EdgepruneError(f"--metric top1 needs labels: {req.images} has no class folders")
+    labelled = labels is not None and req.metric != "agreement"
 
     def metric(logits: np.ndarray) -> float:
         if labelled:
@@ -219,7 +224,8 @@ def measure(
         "metric_description": (
             "top-1 accuracy (%) on the labelled image folder"
             if labelled
-            else "top-1 agreement (%) with the dense backbone (no labels in the folder)"
+            else "top-1 agreement (%) with the dense backbone"
+            + (" (no labels in the folder)" if labels is None else " (--metric agreement)")
         ),
         "dense": metric(dense_logits),
         "stages": stages,
