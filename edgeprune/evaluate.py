@@ -113,9 +113,8 @@ def manifest_of(artifact: Path) -> tuple[Path, dict] | None:
                 data = json.loads(p.read_text())
             except (OSError, ValueError):
                 raise EdgepruneError(f"manifest {p} is not valid JSON") from None
-            if isinstance(data, dict) and (
-                data.get("artifact") in (None, artifact.name) or "spec" in data
-            ):
+            # a stem-named manifest may belong to another artifact of the same stem
+            if isinstance(data, dict) and data.get("artifact") in (None, artifact.name):
                 return p, data
     return None
 

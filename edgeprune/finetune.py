@@ -221,7 +221,12 @@ def _finetune(
     images = scan(req.images).limit(req.limit)
     source = resolve(req.src, heads=req.heads)
     torch.manual_seed(req.seed)
-    student, fresh = _student(source, req.locs, req.seed)
+    locs = req.locs
+    if locs is None and req.budget is not None:
+        from edgeprune.budget import load_budget
+
+        locs = load_budget(req.budget).locs or None  # train the stages the budget names
+    student, fresh = _student(source, locs, req.seed)
     locs = tuple(student.plan.prune_locs)
     crit = _latency_loss(req, locs)
     crit.latency.check_arch(source.arch)

@@ -161,3 +161,25 @@ def test_finetune_cli_logs_predicted_ms(cli, setup, tmp_path):
     rep = json.loads(out)
     assert len(rep["predicted_ms_per_step"]) == 4 and rep["target_ms"] == 3.0
     assert (tmp_path / "c.pth").exists()
+
+
+def test_budget_file_sets_target_and_stages(setup, tmp_path):
+    from edgeprune.atomic import write_json_atomic
+    from edgeprune.budget import budget_dict, search
+    from edgeprune.latency import load_model
+
+    d = setup
+    model = load_model(d / "profile.json")
+    res = search(model, 3.2, "dynamicvit", "geometric", LOCS)
+    write_json_atomic(tmp_path / "b.json", budget_dict(res, model, d / "profile.json"))
+    req = FinetuneRequest(
+        str(d / "dense.pth"),
+        d / "imgs",
+        budget=tmp_path / "b.json",
+        steps=3,
+        batch=4,
+        heads=HEADS,
+        threads=1,
+    )
+    out, _ = finetune(req)
+    assert out.target_ms == 3.2 and out.locs == LOCS and len(out.steps) == 3
