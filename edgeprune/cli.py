@@ -1040,7 +1040,9 @@ def evaluate(
     runtime: Annotated[
         str | None, typer.Option("--runtime", help="Runtime for an artifact (default: by suffix).")
     ] = None,
-    threads: Annotated[int | None, typer.Option("--threads", help="Runtime threads.")] = None,
+    threads: Annotated[
+        int | None, typer.Option("--threads", help="Runtime (and PyTorch) threads.")
+    ] = None,
     method: MethodOpt = None,
     keep: KeepOpt = None,
     locs: LocsOpt = None,
@@ -1125,6 +1127,7 @@ def sensitivity(
         str | None,
         typer.Option("--metric", help="top1 | agreement (default: top1 when labelled)."),
     ] = None,
+    threads: Annotated[int | None, typer.Option("--threads", help="torch CPU threads.")] = None,
     resume: Annotated[
         bool, typer.Option("--resume", help="Keep progress in <out>.partial.json; continue it.")
     ] = False,
@@ -1140,6 +1143,7 @@ def sensitivity(
     req = SensitivityRequest(src, images, parse_grid(grid), limit, batch, heads, resize)
     req.mean, req.std = _triple(mean, "--mean"), _triple(std, "--std")
     req.method, req.locs, req.metric = method, parse_ints(locs, "--locs"), metric
+    req.threads = threads
     partial = out_path.with_name(out_path.name + ".partial.json") if resume else None
     with _TermAsInterrupt(), _bar("sensitivity") as prog:
         task = prog.add_task("sensitivity", total=None)

@@ -22,9 +22,10 @@ weights with no token pruning). A PyTorch SRC is not compared with itself.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,6 +47,20 @@ ARTIFACT_RUNTIMES = {
 
 
 # ---- models ---------------------------------------------------------------------------
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run PyTorch on ``n`` intra-op threads inside the block (None: leave it)."""
+    if n is not None and n < 1:
+        raise EdgepruneError(f"--threads {n} must be at least 1")
+    old = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
 class Predictor:
     """Something that turns a batch of images into logits (numpy float32, B×classes)."""
 
@@ -322,6 +337,11 @@ def evaluate(req: EvalRequest, progress: Callable[[int, int], None] | None = Non
         raise EdgepruneError(f"--limit {req.limit} must be at least 1")
     if req.batch < 1:
         raise EdgepruneError(f"--batch {req.batch} must be at least 1")
+    with torch_threads(req.threads):
+        return _evaluate(req, progress)
+
+
+def _evaluate(req: EvalRequest, progress: Callable[[int, int], None] | None) -> EvalReport:
     images = scan(req.images)  # before loading any model: an empty folder fails fast
     model, refs, src, notes = build_predictors(req)
     pre = preprocess_for(src.arch.img_size, req.resize, req.mean, req.std)

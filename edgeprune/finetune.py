@@ -194,15 +194,10 @@ def finetune(
     req: FinetuneRequest, progress: Callable[[Step, int], None] | None = None
 ) -> tuple[FinetuneResult, torch.nn.Module]:
     """Train; returns the result and the trained static model (DynamicViT layout)."""
-    if req.threads is not None and req.threads < 1:
-        raise EdgepruneError(f"--threads {req.threads} must be at least 1")
-    old = torch.get_num_threads()
-    if req.threads is not None:
-        torch.set_num_threads(req.threads)
-    try:
+    from edgeprune.evaluate import torch_threads
+
+    with torch_threads(req.threads):
         return _finetune(req, progress)
-    finally:
-        torch.set_num_threads(old)
 
 
 def _finetune(

@@ -57,6 +57,7 @@ class SensitivityRequest:
     method: str | None = None
     locs: tuple[int, ...] | None = None
     metric: str | None = None  # "top1" | "agreement"; None: top1 when labelled
+    threads: int | None = None  # torch intra-op threads (None: torch's default)
 
 
 def parse_grid(text: str | None) -> tuple[float, ...]:
@@ -152,6 +153,13 @@ def measure(
     progress: Callable[[str, int, int], None] | None = None,
 ) -> dict:
     """Measure the curves; returns the ``edgeprune.sensitivity`` dict."""
+    from edgeprune.evaluate import torch_threads
+
+    with torch_threads(req.threads):
+        return _measure(req, resume, progress)
+
+
+def _measure(req: SensitivityRequest, resume: Path | None, progress) -> dict:
     from edgeprune.export.manifest import now_utc
 
     images = scan(req.images)

@@ -30,7 +30,7 @@ def setup(tmp_path_factory):
 
 def _req(d, images="imgs", **kw):
     return SensitivityRequest(
-        str(d / "dyvit.pth"), d / images, GRID, heads=HEADS, locs=LOCS, batch=4, **kw
+        str(d / "dyvit.pth"), d / images, GRID, heads=HEADS, locs=LOCS, batch=4, threads=1, **kw
     )
 
 
@@ -122,6 +122,8 @@ def test_budget_with_sensitivity_draws_the_pareto_png(cli, setup, tmp_path):
         "1,2,3",
         "--grid",
         "0.25,0.5,0.75,1",
+        "--threads",
+        "1",
         "--out",
         tmp_path / "s.json",
     )
