@@ -311,7 +311,8 @@ def build_predictors(req: EvalRequest) -> tuple[Predictor, list[Predictor], Sour
             raise EdgepruneError(f"artifact {req.model} does not exist")
         src = ref_src if ref_src is not None else source_from_manifest(Path(req.model), req.heads)
         model = load_artifact(Path(req.model), req.runtime, req.threads)
-        refs.append(TorchPredictor("source", src.model(), f"{src.text} in PyTorch"))
+        key = "source" if ref_src is None else "reference"
+        refs.append(TorchPredictor(key, src.model(), f"{src.text} in PyTorch"))
     else:
         if req.runtime is not None:
             raise EdgepruneError("--runtime applies to an exported artifact, not a SRC")

@@ -97,8 +97,8 @@ def test_manifest_per_artifact_name_and_reference(setup, tmp_path):
     dense = write_dense(tmp_path / "dense.pth")
     rep = evaluate(_req(art, d / "imgs", limit=6, reference=str(dense))).to_dict()
     # another model as the reference: compared with it, not with the artifact's source
-    assert set(rep["references"]) == {"source"}
-    assert rep["references"]["source"]["max_logit_diff"] > 0
+    assert set(rep["references"]) == {"reference"}
+    assert rep["references"]["reference"]["max_logit_diff"] > 0
 
 
 def test_evaluate_cli_json_and_errors(cli, setup, tmp_path):
