@@ -156,53 +156,63 @@ def inspect(
     out.print(t)
 
 
+# `export` options. Common ones are ExportRequest fields; a target-only option is named
+# as its TargetOption (export/<target>.py), and the registry refuses it off that target.
+TargetOpt = Annotated[
+    str, typer.Option("--target", "-t", help="onnx | ort | trt | coreml (see README).")
+]
+OutOpt = Annotated[
+    Path | None,
+    typer.Option("--out", "-o", help="Output (default: <name>.onnx/.ort/.engine/.mlpackage)."),
+]
+BatchOpt = Annotated[int, typer.Option("--batch", "-b", help="Static batch size of the graph.")]
+OpsetOpt = Annotated[int, typer.Option("--opset", help="ONNX opset (≥ 17).")]
+ForceOpt = Annotated[bool, typer.Option("--force", "-f", help="Overwrite an existing output.")]
+ParityOpt = Annotated[
+    int, typer.Option("--parity-inputs", help="Random inputs for the parity check.")
+]
+PrecisionOpt = Annotated[
+    str | None,
+    typer.Option("--precision", help="trt: fp32 (default) | fp16; coreml: fp16 (default) | fp32."),
+]
+Int8Opt = Annotated[bool, typer.Option("--int8", help="ort: dynamic int8 quantization.")]
+DynBatchOpt = Annotated[
+    str | None, typer.Option("--dynamic-batch", help="trt: MIN,OPT,MAX optimization profile.")
+]
+WorkspaceOpt = Annotated[
+    int | None, typer.Option("--workspace", help="trt: builder workspace in MiB (1024).")
+]
+CacheOpt = Annotated[
+    Path | None, typer.Option("--timing-cache", help="trt: timing cache file (reused).")
+]
+MinTargetOpt = Annotated[
+    str | None,
+    typer.Option("--min-target", help="coreml: ios15..ios18, macos12..macos15 (ios17)."),
+]
+UnitsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--compute-units", help="coreml: all | cpu_only | cpu_and_gpu | cpu_and_ne (all)."
+    ),
+]
+
+
 @app.command()
 def export(
     src: SrcArg,
-    target: Annotated[
-        str, typer.Option("--target", "-t", help="onnx | ort | trt | coreml (see README).")
-    ] = "onnx",
-    out_path: Annotated[
-        Path | None,
-        typer.Option("--out", "-o", help="Output (default: <name>.onnx/.ort/.engine/.mlpackage)."),
-    ] = None,
-    batch: Annotated[
-        int, typer.Option("--batch", "-b", help="Static batch size of the graph.")
-    ] = 1,
-    opset: Annotated[int, typer.Option("--opset", help="ONNX opset (≥ 17).")] = 17,
-    force: Annotated[
-        bool, typer.Option("--force", "-f", help="Overwrite an existing output.")
-    ] = False,
-    parity_inputs: Annotated[
-        int, typer.Option("--parity-inputs", help="Random inputs for the parity check.")
-    ] = 16,
-    precision: Annotated[
-        str | None,
-        typer.Option(
-            "--precision", help="trt: fp32 (default) | fp16; coreml: fp16 (default) | fp32."
-        ),
-    ] = None,
-    int8: Annotated[bool, typer.Option("--int8", help="ort: dynamic int8 quantization.")] = False,
-    dynamic_batch: Annotated[
-        str | None,
-        typer.Option("--dynamic-batch", help="trt: MIN,OPT,MAX optimization profile."),
-    ] = None,
-    workspace: Annotated[
-        int | None, typer.Option("--workspace", help="trt: builder workspace in MiB (1024).")
-    ] = None,
-    timing_cache: Annotated[
-        Path | None, typer.Option("--timing-cache", help="trt: timing cache file (reused).")
-    ] = None,
-    min_target: Annotated[
-        str | None,
-        typer.Option("--min-target", help="coreml: ios15..ios18, macos12..macos15 (ios17)."),
-    ] = None,
-    compute_units: Annotated[
-        str | None,
-        typer.Option(
-            "--compute-units", help="coreml: all | cpu_only | cpu_and_gpu | cpu_and_ne (all)."
-        ),
-    ] = None,
+    target: TargetOpt = "onnx",
+    out_path: OutOpt = None,
+    batch: BatchOpt = 1,
+    opset: OpsetOpt = 17,
+    force: ForceOpt = False,
+    parity_inputs: ParityOpt = 16,
+    precision: PrecisionOpt = None,
+    int8: Int8Opt = False,
+    dynamic_batch: DynBatchOpt = None,
+    workspace_mib: WorkspaceOpt = None,
+    timing_cache: CacheOpt = None,
+    min_target: MinTargetOpt = None,
+    compute_units: UnitsOpt = None,
     method: MethodOpt = None,
     keep: KeepOpt = None,
     locs: LocsOpt = None,
@@ -212,27 +222,11 @@ def export(
     budget: BudgetOpt = None,
 ) -> None:
     """Export the static graph to a target and check it against PyTorch; writes a manifest."""
-    from edgeprune.export.targets import ExportRequest, default_out, run_export, validate
+    from edgeprune.export.targets import export_source, request_from, validate
 
-    req = ExportRequest(
-        target,
-        out_path,
-        batch,
-        opset,
-        force,
-        parity_inputs,
-        precision,
-        int8,
-        dynamic_batch,
-        workspace,
-        timing_cache,
-        min_target,
-        compute_units,
-    )
-    validate(req)  # before loading anything
+    req = validate(request_from(dict(locals()), out=out_path))  # before loading anything
     source = _resolve(src, method, keep, locs, heads, _method_options(calibration, tome_r), budget)
     _note(source)
-    dest = out_path or default_out(_default_name(src, source), target)
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     with Progress(
@@ -244,32 +238,24 @@ def export(
         disable=not err.is_terminal,
     ) as prog:
         task = prog.add_task("exporting", total=None)
-        man = run_export(source, req, dest, lambda msg: prog.update(task, description=msg))
-    _report_export(dest, man)
+        step = lambda msg: prog.update(task, description=msg)  # noqa: E731
+        result = export_source(source, req, _default_name(src, source), step)
+    _report_export(result)
+    if result.error is not None:
+        raise result.error
 
 
-def _report_export(dest: Path, man: dict) -> None:
-    from edgeprune.errors import MissingRuntimeError
+def _report_export(result) -> None:
+    from rich.markup import escape
 
-    p = man["parity"]
-    if man["target"] == "trt" and man["engine"]["status"] == "not_built":
-        onnx_name = dest.with_name(man["onnx"]["file"])
-        out.print(f"[green]kept[/] the verified ONNX {onnx_name} (parity passed)")
-        out.print("build the engine on the device (in the folder holding the files):")
-        out.print(
-            f"  TensorRT 10: {man['trtexec_commands']['tensorrt10']}", markup=False, soft_wrap=True
-        )
-        if man["precision"] == "fp16":
-            out.print(
-                f"  TensorRT 11: {man['trtexec_commands']['tensorrt11']}",
-                markup=False,
-                soft_wrap=True,
-            )
-        raise MissingRuntimeError(
-            "neither TensorRT (Python) nor trtexec is available here; no engine was built",
-            f"the trtexec line is printed above and in {dest.stem}.manifest.json",
-        )
-    out.print(f"[green]wrote[/] {dest}  (sha256 {man['sha256'][:12]}…)")
+    for what in result.kept:
+        out.print(f"[green]kept[/] {escape(what)}")
+    for line in result.next_steps:
+        out.print(line, markup=False, soft_wrap=True)
+    if not result.written:
+        return
+    man, p = result.manifest, result.parity
+    out.print(f"[green]wrote[/] {result.artifact}  (sha256 {man['sha256'][:12]}…)")
     if p.get("status") == "skipped":
         out.print(f"[yellow]parity not checked:[/] {p['reason']} (recorded in the manifest)")
     else:
@@ -278,8 +264,8 @@ def _report_export(dest: Path, man: dict) -> None:
             f"agreement {p['top1_agreement']:.0%} over {p['inputs']} inputs "
             f"(limits {p['atol']:g}, {p['min_top1_agreement']:.0%})"
         )
-    if man["target"] == "trt" and man["engine"]["status"] == "unverified":
-        err.print("[yellow]warning:[/] the engine was built but NOT verified (parity did not run)")
+    for w in result.warnings:
+        err.print(f"[yellow]warning:[/] {w}")
     out.print(f"tokens/block: {' '.join(map(str, man['token_plan']['tokens_per_block']))}")
 
 
@@ -681,7 +667,7 @@ def check(
 ) -> None:
     """Static report of what in an ONNX graph a target will reject or run slowly.
     Exit 0 when clean, 1 when not."""
-    from edgeprune.export.check import check_file
+    from edgeprune.export.targets import check_file
 
     findings = check_file(model, target)
     if not findings:

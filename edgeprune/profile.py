@@ -160,7 +160,7 @@ def anchor_specs(arch: Arch, method: str | None) -> list[tuple[str, tuple[float,
 
 
 def anchor_pieces(req: ProfileRequest) -> list[ModelPiece]:
-    from edgeprune.export.onnx import simplify, to_onnx_bytes
+    from edgeprune.export.onnx import simplify, trace_to_onnx
     from edgeprune.source import resolve
 
     out = []
@@ -169,7 +169,8 @@ def anchor_pieces(req: ProfileRequest) -> list[ModelPiece]:
         label = spec if keep is None else f"{spec} keep {list(keep)}"
 
         def build(src=src) -> bytes:
-            raw = to_onnx_bytes(src.model(), req.batch, req.arch.img_size, 17)
+            img = req.arch.img_size
+            raw = trace_to_onnx(src.model(), (req.batch, 3, img, img), 17)
             return simplify(raw).SerializeToString()
 
         out.append(ModelPiece("e2e", i, label, src.plan, build))

@@ -22,6 +22,7 @@ from edgeprune.checkpoint import (
 from edgeprune.errors import EdgepruneError
 from edgeprune.flops import FlopReport, plan_flops
 from edgeprune.methods import Method, MethodConfig, detect_method, get_method
+from edgeprune.methods.avit import released_name_gates
 from edgeprune.plan import TokenPlan
 
 BUILTIN_RE = re.compile(r"^(?P<arch>[a-z_0-9]+)(?::(?P<method>[a-z_0-9]+)(?:@(?P<param>.+))?)?$")
@@ -174,6 +175,26 @@ def _check_options(meth: Method, options: dict[str, object] | None) -> None:
         )
 
 
+KEYLESS_HINT = (
+    "methods without parameters of their own are chosen with --method: "
+    "--method avit (with --calibration FILE), --method evit or --method tome"
+)
+
+
+def _keyless_notes(path: Path, detected: Method, method: str | None) -> list[str]:
+    """What to tell the user when a checkpoint holds no pruning-method keys."""
+    if detected.key_prefix is not None or (method is not None and method != "dense"):
+        return []
+    gates = released_name_gates(path)
+    if method is None and gates is not None:
+        return [
+            f"{path.name}: plain DeiT keys, named as the released A-ViT checkpoints "
+            f"([model]-[scale]-[center].pth): read as A-ViT with gate_scale {gates[0]:g}, "
+            f"gate_center {gates[1]:g} (--method dense for the unpruned model)"
+        ]
+    return [f"{path.name} holds no pruning-method keys: read as dense; {KEYLESS_HINT}"]
+
+
 def _from_checkpoint(
     src: str,
     method: str | None,
@@ -195,6 +216,9 @@ def _from_checkpoint(
             )
     else:
         meth = detected
+    notes = _keyless_notes(path, detected, method)
+    if notes and method is None and released_name_gates(path) is not None:
+        meth = get_method("avit")
     bad = non_finite_tensors(sd)
     if bad:
         raise EdgepruneError(
@@ -206,6 +230,6 @@ def _from_checkpoint(
     cfg.options.update(method_options or {})
     cfg = meth.with_overrides(cfg, arch, keep, locs)
     plan = meth.token_plan(arch, cfg)
-    src_obj = Source(src, "checkpoint", arch, meth, cfg, plan, state_dict=sd)
+    src_obj = Source(src, "checkpoint", arch, meth, cfg, plan, state_dict=sd, notes=notes)
     src_obj.model()  # load now, so a layout/shape problem is reported before any work
     return src_obj

@@ -53,6 +53,10 @@ CALIBRATION_FORMAT = "edgeprune-avit-calibration"
 # released defaults (README / file names tiny-10-30.pth); base is not released: small's
 GATES = {"deit_tiny": (10.0, 30.0), "deit_small": (10.0, 75.0), "deit_base": (10.0, 75.0)}
 GATE_RE = re.compile(r"(?:^|[-_])(\d+(?:\.\d+)?)-(\d+(?:\.\d+)?)$")
+# the released checkpoints' own names, [model]-[scale]-[center].pth: enough to detect A-ViT
+RELEASED_NAME_RE = re.compile(
+    r"(?:^|[-_])(?:tiny|small|base)-(\d+(?:\.\d+)?)-(\d+(?:\.\d+)?)$", re.IGNORECASE
+)
 # used when no calibration is given: a placeholder, said so in the options
 PLACEHOLDER_LOCS = (2, 4, 6, 8, 10)
 PLACEHOLDER_KEEP = (0.9, 0.75, 0.6, 0.45, 0.3)
@@ -198,6 +202,13 @@ def schedule_from_counts(counts: list[int], n_patches: int) -> tuple[tuple, tupl
 
 def gates_from_name(path: Path | None) -> tuple[float, float] | None:
     m = GATE_RE.search(path.stem) if path is not None else None
+    return (float(m.group(1)), float(m.group(2))) if m else None
+
+
+def released_name_gates(path: Path | None) -> tuple[float, float] | None:
+    """Gates from a file named as the released A-ViT checkpoints (tiny-10-30.pth), else
+    None. Such a file holds plain DeiT keys; its name is what says it is A-ViT."""
+    m = RELEASED_NAME_RE.search(path.stem) if path is not None else None
     return (float(m.group(1)), float(m.group(2))) if m else None
 
 

@@ -7,22 +7,27 @@ are averaged over the live tokens; ``out_conv.{h}`` = Linear d->d/2, GELU, d/2->
 GELU, d/4->2, then LogSoftmax. The H log-probabilities are mixed per token with
 SE-style head weights ``senet`` = Linear(H, H//2), GELU, Linear(H//2, H), Sigmoid on
 the per-head channel means (AdaptiveAvgPool2d((N, H)) in the original), divided by
-the sum of the weights. Channel 0 is "keep".
+the sum of the weights. Channel 0 is "keep". (The released class lists one
+in_conv/out_conv module H times, so its checkpoints hold H equal copies; loaded per
+head here, which also takes untied heads.)
 Keeping: at each stage ``int(196 * rho_s)`` patch tokens, rho cumulative of the 196
 patches as in DynamicViT (the ratio loss compares the mean keep decision over all
 196 patches); default [0.617, 0.369, 0.137] at blocks [3, 6, 9]. Package tokens of
 earlier stages are always kept and are scored (they enter the global mean) but never
 dropped.
 The rest: one package token per stage, appended at the end; it stays in the
-sequence to the head. The original's variants differ here (the inference file takes
-the plain mean of the dropped tokens; vit_l2.py weights them by keep probability and
-normalises by the sum of those weights). edgeprune uses the weighted, normalised
-form: sum_i p_i x_i / sum_i p_i over the dropped tokens, p = softmax of the mixed
-score, channel 0.
+sequence to the head. As in the released model (vit_l2_3keep_senet.py, the file the
+training script and infer.py use): package = sum_i p_i x_i over the tokens dropped at
+that stage, *not* divided by sum_i p_i (the division is commented out there; only the
+older vit_l2.py / vit_l2_3keep.py divide), with p_i the selector's second output: the
+head-weight-averaged per-head softmax keep probability (channel 0), not the softmax of
+the mixed log-scores. The ranking uses the mixed log-scores (what the released model
+samples its Gumbel decision from). Golden outputs of the released class:
+tests/golden/spvit.
 
 Static rewrite: the published inference samples Gumbel noise at eval and keeps a
 per-image number of tokens (batch 1 only); here top-k with a constant k by keep
-probability, for any batch size, deterministic.
+probability softmax(mixed)[0], for any batch size, deterministic.
 """
 
 from __future__ import annotations
@@ -66,9 +71,13 @@ class MultiheadPredictor(nn.Module):
             for _ in range(h)
         )
 
-    def forward(self, x: torch.Tensor, policy: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, policy: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """x: B×N×C tokens to score; policy: B×N×1 live mask (None: all live).
-        Returns B×N×2, the head-weighted mean of the per-head log-probabilities.
+        Returns, as the published selector: B×N×2, the head-weighted mean of the per-head
+        log-probabilities (the ranking score), and B×N, the head-weighted mean of the
+        per-head keep probabilities (softmax channel 0, the package-token weights).
 
         All heads at once: the per-head Linear layers run as one batched MatMul over a
         B×H×N×d tensor (weights stacked H×d×d'), the per-head LayerNorm affine is
@@ -94,8 +103,11 @@ class MultiheadPredictor(nn.Module):
         u = torch.nn.functional.gelu(u)
         u = torch.nn.functional.gelu(u @ w2 + b2)
         s = torch.log_softmax(u @ w4 + b4, dim=-1)  # B×H×N×2
-        total = (s * weights.transpose(1, 2).unsqueeze(-1)).sum(dim=1)  # B×N×2
-        return total / weights.sum(dim=-1, keepdim=True)
+        wt = weights.transpose(1, 2)  # B×H×N
+        wsum = weights.sum(dim=-1)  # B×N
+        mixed = (s * wt.unsqueeze(-1)).sum(dim=1) / wsum.unsqueeze(-1)  # B×N×2
+        soft = (torch.exp(s[..., 0]) * wt).sum(dim=1) / wsum  # B×N
+        return mixed, soft
 
     def _in_weight(self) -> torch.Tensor:
         """H×d×d: in_conv.{h}.1 transposed, LayerNorm weight folded in."""
@@ -147,11 +159,11 @@ class SPViTStatic(StaticTopKViT):
     def select(self, stage: int, x: torch.Tensor) -> torch.Tensor:
         cls, rest = x[:, :1], x[:, 1:]
         n_patch = rest.shape[1] - stage  # earlier package tokens sit at the end
-        p = keep_probability(self.score_predictor[stage](rest))
+        mixed, soft = self.score_predictor[stage](rest)
         patches, packs = rest[:, :n_patch], rest[:, n_patch:]
-        p_patch = p[:, :n_patch]
+        p_patch = keep_probability(mixed)[:, :n_patch]
         _, idx = torch.topk(p_patch, self.keep_counts[stage], dim=1, largest=True, sorted=True)
-        package = weighted_rest(patches, p_patch, idx, normalise=True)
+        package = weighted_rest(patches, soft[:, :n_patch], idx, normalise=False)
         return torch.cat([cls, gather_tokens(patches, idx), packs, package], dim=1)
 
 
@@ -169,10 +181,11 @@ class _SPViTSelector(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         cls, rest = x[:, :1], x[:, 1:]
         n_patch = rest.shape[1] - self.stage_index
-        p = keep_probability(self.predictor(rest))[:, :n_patch]
+        mixed, soft = self.predictor(rest)
+        p = keep_probability(mixed)[:, :n_patch]
         patches = rest[:, :n_patch]
         _, idx = torch.topk(p, self.keep, dim=1, largest=True, sorted=True)
-        package = weighted_rest(patches, p, idx, normalise=True)
+        package = weighted_rest(patches, soft[:, :n_patch], idx, normalise=False)
         return torch.cat([cls, gather_tokens(patches, idx), rest[:, n_patch:], package], dim=1)
 
 
