@@ -84,8 +84,18 @@ def test_manifest_per_artifact_name_and_reference(setup, tmp_path):
     d, ckpt, onnx = setup
     art = tmp_path / "copy.onnx"
     shutil.copy(onnx, art)
-    # the per-artifact manifest name (<artifact>.manifest.json)
-    man = json.loads((d / "m.manifest.json").read_text())
+    # export writes the per-artifact manifest name (<artifact>.manifest.json)
+    man = json.loads((d / "m.onnx.manifest.json").read_text())
+    assert man["spec"]["source"] == str(ckpt)
+    # the older stem name (<stem>.manifest.json) is read too
+    (tmp_path / "copy.manifest.json").write_text(json.dumps({**man, "artifact": art.name}))
+    rep = evaluate(_req(art, d / "imgs", limit=6)).to_dict()
+    assert rep["references"]["source"]["top1_agreement"] == 100.0
+    # a stem-named manifest of another artifact (copy.ort) is not taken for copy.onnx's
+    (tmp_path / "copy.manifest.json").write_text(json.dumps({**man, "artifact": "copy.ort"}))
+    with pytest.raises(EdgepruneError, match="no manifest"):
+        evaluate(_req(art, d / "imgs", limit=6))
+    (tmp_path / "copy.manifest.json").unlink()
     (tmp_path / "copy.onnx.manifest.json").write_text(json.dumps({**man, "artifact": art.name}))
     rep = evaluate(_req(art, d / "imgs", limit=6)).to_dict()
     assert rep["references"]["source"]["top1_agreement"] == 100.0
