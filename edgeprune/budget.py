@@ -74,7 +74,8 @@ class Sensitivity:
 
     def predict_many(self, locs: tuple[int, ...], schedules: list[tuple[float, ...]]) -> list:
         """Predicted accuracy of many schedules at once (each curve held constant past
-        its ends)."""
+        its ends). The additive model can fall below 0 for aggressive schedules; accuracy
+        and agreement cannot, so the prediction is floored at 0."""
         import torch
 
         from edgeprune.latency_table import piecewise_linear
@@ -84,7 +85,7 @@ class Sensitivity:
         for j, loc in enumerate(locs):
             xs, ys = self.stages[loc]
             acc -= self.dense - piecewise_linear(xs, ys, r[:, j], extrapolate=False)
-        return acc.tolist()
+        return acc.clamp(min=0.0).tolist()
 
     def check_locs(self, locs: tuple[int, ...], path: str) -> None:
         missing = [loc for loc in locs if loc not in self.stages]
@@ -323,3 +324,47 @@ def search(
 
 def fmt_ratios(ratios) -> str:
     return "[" + ", ".join(f"{r:.4g}" for r in ratios) + "]"
+
+
+def stage_schedule(n: int, s: int, r: float, cumulative: bool) -> tuple[float, ...]:
+    """Keep ratios with stage ``s`` at ``r`` and the other stages not pruning."""
+    if cumulative:
+        return tuple(1.0 if i < s else r for i in range(n))
+    return tuple(r if i == s else 1.0 for i in range(n))
+
+
+# ---- budget --sensitivity: its plot's measured points (edgeprune.plot) and summary ------
+def measured_curves(result, sens, model) -> list[tuple[int, list[float], list[float]]]:
+    """Per stage: the predicted latency and measured accuracy of its single-stage
+    schedules (the points the sensitivity file holds)."""
+    meth = get_method(result.method)
+    out = []
+    n = len(result.locs)
+    for s, loc in enumerate(result.locs):
+        xs, ys = sens.stages[loc]
+        plans, acc = [], []
+        for r, y in zip(xs, ys, strict=True):
+            keep = stage_schedule(n, s, r, meth.cumulative)
+            try:
+                plans.append(meth.token_plan(result.arch, MethodConfig(result.locs, keep, {})))
+            except EdgepruneError:
+                continue
+            acc.append(y)
+        if plans:
+            out.append((loc, [float(v) for v in model.predict_many(plans)], acc))
+    return out
+
+
+def chosen_summary(result, sens) -> str:
+    """One line naming the point ``budget --sensitivity`` chose on the front."""
+    ch = result.chosen
+    front = pareto_front(result.candidates)
+    on = any(c.keep_ratios == ch.keep_ratios for c in front) or result.status == "dense"
+    name = (
+        "dense" if not ch.keep_ratios else "[" + ", ".join(f"{r:.3g}" for r in ch.keep_ratios) + "]"
+    )
+    return (
+        f"chosen point: {name} at {ch.predicted_ms:.3f} ms, predicted {sens.metric} "
+        f"{ch.objective():.2f} (dense {sens.dense:.2f} at {result.dense_ms:.3f} ms); "
+        f"{'on' if on else 'off'} the Pareto front of {len(front)} schedules"
+    )

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgeprune.budget import BudgetResult
+from edgeprune.budget import BudgetResult, Sensitivity
 from edgeprune.errors import EdgepruneError
 from edgeprune.latency import LatencyModel
 
@@ -116,6 +116,7 @@ class BudgetRun:
     path: Path
     plot: Path | None
     metric: str | None  # the sensitivity file's metric (None: kept tokens)
+    sensitivity: Sensitivity | None = None
 
 
 def make_budget(
@@ -132,7 +133,8 @@ def make_budget(
     force: bool = False,
 ) -> BudgetRun:
     """Search the keep schedule for a target on a latency table and write the budget
-    file (and, unless ``no_plot``, its Pareto plot, default ``<out>.pareto.png``)."""
+    file (and, unless ``no_plot``, its Pareto plot, default ``<out>.pareto.png``; with
+    a sensitivity file, predicted accuracy vs latency with the measured stage curves)."""
     from edgeprune.atomic import check_writable_target, write_json_atomic
     from edgeprune.budget import load_sensitivity, search, target_from
     from edgeprune.latency import load_model
@@ -149,8 +151,13 @@ def make_budget(
     res = search(model, target, meth, schedule, parse_ints(locs, "--locs"), sens, str(sensitivity))
     data = budget_dict(res, model, profile)
     write_json_atomic(out, data)
-    if plot_path is not None:
+    if plot_path is not None and sens is not None:
+        from edgeprune.budget import measured_curves
+        from edgeprune.plot import plot_accuracy_pareto
+
+        plot_accuracy_pareto(res, sens, model, plot_path, measured_curves(res, sens, model))
+    elif plot_path is not None:
         from edgeprune.plot import plot_pareto
 
         plot_pareto(res, plot_path)
-    return BudgetRun(res, data, model, out, plot_path, sens.metric if sens else None)
+    return BudgetRun(res, data, model, out, plot_path, sens.metric if sens else None, sens)

@@ -364,6 +364,17 @@ def validate_profile_cmd(
     out.print(f"[green]wrote[/] {plot_path}")
 
 
+# accuracy commands (issue 15) live in cli_accuracy.py: cli.py stays under its line budget
+def _register_accuracy() -> None:
+    from edgeprune import cli_accuracy
+
+    for name, fn in cli_accuracy.COMMANDS.items():
+        app.command(name)(fn)
+
+
+_register_accuracy()
+
+
 def _install_signal_handlers() -> None:
     """SIGTERM unwinds like Ctrl-C, so temporary outputs are removed on the way out."""
     import signal

@@ -152,6 +152,47 @@ SeedOpt = opt(int, "--seed", help="Seed of the random schedules.")
 ScatterOpt = opt(Path | None, "--plot", help="Scatter PNG (default: <profile>.validate.png).")
 
 
+# accuracy: demo-images, evaluate, sensitivity, finetune (issue 15)
+EvalImagesOpt = opt(
+    Path,
+    "--images",
+    help="Image folder: class sub-folders (labelled, sorted names = class index) or "
+    "flat (unlabelled). 'edgeprune demo-images DIR' writes one.",
+    show_default=False,
+)
+LimitOpt = opt(int | None, "--limit", help="Use only the first N images.")
+ResizeOpt = opt(int | None, "--resize", help="Shorter side before the center crop (crop/0.875).")
+MeanOpt = opt(str | None, "--mean", help="Normalisation mean (ImageNet's).")
+StdOpt = opt(str | None, "--std", help="Normalisation std (ImageNet's).")
+EvalBatchOpt = opt(int, "--batch", "-b", help="Images per forward pass.")
+TorchThreadsOpt = opt(int | None, "--threads", help="PyTorch CPU threads.")
+EvalThreadsOpt = opt(int | None, "--threads", help="Runtime (and PyTorch) threads.")
+DemoFolderArg = arg(Path, "New folder to write.", show_default=False)
+ClassesOpt = opt(int, "--classes", help="Class sub-folders.")
+PerClassOpt = opt(int, "--per-class", help="Images per class.")
+SizeOpt = opt(int, "--size", help="Image side in pixels.")
+DemoSeedOpt = opt(int, "--seed", help="Seed of the synthetic images.")
+ModelArg = arg(str, "SRC, or an exported artifact (.onnx, .ort, …).", show_default=False)
+ReferenceOpt = opt(
+    str | None, "--reference", help="Compare with this SRC (default: the artifact's source)."
+)
+RuntimeOpt = opt(str | None, "--runtime", help="Runtime for an artifact (default: by suffix).")
+SensOutOpt = opt(Path, "--out", "-o", help="Sensitivity JSON to write.")
+SensGridOpt = opt(str | None, "--grid", help="Keep ratios per stage (0.1,0.2,…,1.0).")
+MetricOpt = opt(str | None, "--metric", help="top1 | agreement (default: top1 when labelled).")
+SensResumeOpt = opt(bool, "--resume", help="Keep progress in <out>.partial.json; continue it.")
+CkptOutOpt = opt(Path, "--out", "-o", help="Checkpoint to write (.pth).")
+FtProfileOpt = opt(Path | None, "--profile", "-p", help="Latency profile (with --target-ms).")
+StepsOpt = opt(int, "--steps", help="Optimizer steps.")
+StepBatchOpt = opt(int, "--batch", "-b", help="Images per step.")
+LrOpt = opt(float, "--lr", help="Predictor learning rate (cosine).")
+BackboneLrOpt = opt(float, "--backbone-lr-scale", help="Backbone lr = lr × this (0: frozen).")
+LatWeightOpt = opt(float, "--latency-weight", help="Weight of the latency-aware loss.")
+ShapeOpt = opt(str, "--shape", help="Loss shape: squared | hinge | squared_hinge.")
+TrainDeviceOpt = opt(str, "--device", help="cpu or cuda.")
+TrainSeedOpt = opt(int, "--seed", help="Training seed.")
+
+
 def method_options(calibration: Path | None = None, tome_r: int | None = None) -> dict:
     """--calibration / --tome-r as the method options ``source.resolve`` takes."""
     opts: dict[str, object] = {}

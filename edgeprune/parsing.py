@@ -28,3 +28,11 @@ def parse_floats(text: str | None, what: str) -> tuple[float, ...] | None:
 
 def parse_ints(text: str | None, what: str) -> tuple[int, ...] | None:
     return _parse_list(text, what, int, "an integer", "3,6,9")
+
+
+def parse_triple(text: str | None, what: str) -> tuple[float, ...] | None:
+    """Three numbers (R,G,B), e.g. --mean / --std."""
+    v = parse_floats(text, what)
+    if v is not None and len(v) != 3:
+        raise EdgepruneError(f"{what} needs three numbers (R,G,B), got {len(v)}")
+    return v

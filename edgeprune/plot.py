@@ -1,5 +1,6 @@
 """The PNGs edgeprune writes (matplotlib, imported lazily, set up in ``_pyplot`` only):
-a latency table's curves, a budget's Pareto front, validate-profile's scatter."""
+a latency table's curves, a budget's Pareto front (latency, or accuracy with
+``--sensitivity``), validate-profile's scatter."""
 
 from __future__ import annotations
 
@@ -127,3 +128,64 @@ def plot_validation(report: ValidationReport, path: Path) -> None:
     ax.legend(fontsize=8)
     fig.tight_layout()
     _save(fig, path, dpi=110)
+
+
+def plot_accuracy_pareto(result, sens, model, path: Path, measured_points=None) -> Path:
+    """Predicted accuracy vs predicted latency of every searched schedule, the Pareto
+    front, the chosen point (named), the target, and — from the sensitivity file — the
+    measured single-stage schedules at their predicted latency."""
+    from edgeprune.budget import pareto_front
+
+    cands = result.candidates
+    step = max(1, len(cands) // 4000)
+    fig, ax = _pyplot().subplots(figsize=(7.5, 4.8))
+    ax.scatter(
+        [c.predicted_ms for c in cands[::step]],
+        [c.objective() for c in cands[::step]],
+        s=4,
+        c="0.78",
+        label=f"{result.schedule} schedules (additive model)",
+    )
+    front = pareto_front(cands)
+    ax.plot(
+        [c.predicted_ms for c in front],
+        [c.objective() for c in front],
+        "-",
+        c="C0",
+        label="Pareto front",
+    )
+    for i, (loc, lat, acc) in enumerate(measured_points or []):
+        ax.plot(lat, acc, "o-", ms=4, c=f"C{(i % 6) + 4}", label=f"measured, stage {loc} alone")
+    ch = result.chosen
+    name = (
+        "dense" if not ch.keep_ratios else "[" + ", ".join(f"{r:.3g}" for r in ch.keep_ratios) + "]"
+    )
+    ax.plot(
+        [ch.predicted_ms],
+        [ch.objective()],
+        "*",
+        c="C3",
+        ms=15,
+        label=f"chosen {name}: {ch.predicted_ms:.2f} ms, {ch.objective():.2f}",
+    )
+    ax.annotate(
+        f"chosen {name}",
+        (ch.predicted_ms, ch.objective()),
+        textcoords="offset points",
+        xytext=(-10, -18),
+        ha="right",
+        fontsize=8,
+        color="C3",
+    )
+    ax.axvline(result.target_ms, ls="--", c="C2", label=f"target {result.target_ms:.2f} ms")
+    ax.axvline(result.dense_ms, ls=":", c="0.4", label=f"dense {result.dense_ms:.2f} ms")
+    ax.set_xlabel(f"predicted latency (ms), {model.table.device.get('name')}")
+    ax.set_ylabel(f"{sens.metric} (%)")
+    ax.set_title(
+        f"{result.arch.name} / {result.method}, locs {list(result.locs)}: accuracy vs latency",
+        fontsize=10,
+    )
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return _save(fig, path, dpi=110)

@@ -77,12 +77,17 @@ def budget_lines(run: BudgetRun) -> list[str]:
             f"{target:.3f} ms (margin {res.margin_ms:.3f} ms; dense {res.dense_ms:.3f} ms)"
         )
     extra = f", predicted {run.metric} {c.accuracy:.2f}" if c.accuracy is not None else ""
-    return [
+    lines = [
         head,
         f"tokens/block: {' '.join(map(str, c.plan.attn_tokens))}",
         f"GFLOPs {res.gflops():.3f}, kept tokens {c.kept_tokens:g}{extra}",
-        f"[green]wrote[/] {run.path}" + (f" and {run.plot}" if run.plot else ""),
     ]
+    if run.sensitivity is not None:
+        from edgeprune.budget import chosen_summary
+
+        lines.append(chosen_summary(res, run.sensitivity))
+    lines.append(f"[green]wrote[/] {run.path}" + (f" and {run.plot}" if run.plot else ""))
+    return lines
 
 
 def validation_table(profile, rep: ValidationReport) -> Table:
@@ -252,3 +257,77 @@ def progress(console, label: str, bar: bool = False) -> Iterator[Callable[..., N
             prog.update(task, description=desc, completed=done, total=total)
 
         yield update
+
+
+# ---- accuracy: evaluate, sensitivity, finetune (issue 15) ----------------------------
+def print_evaluation(d: dict, out, err) -> None:
+    """``evaluate``'s report: notes, what was read, and one row per comparison."""
+    from edgeprune.evaluate import fmt_pct
+
+    for n in d["notes"]:
+        err.print(f"[yellow]note:[/] {n}")
+    acc = d["accuracy"]
+    label = "labelled" if d["labelled"] else "unlabelled"
+    out.print(
+        f"{d['model']} on {d['images_read']} images ({label}, {d['folder']}; "
+        f"{d['skipped_unreadable']} unreadable skipped)"
+    )
+    t = Table(title_justify="left")
+    for col in ("compared with", "top-1", "top-5", "top-1 agreement", "KL (nats)", "max |Δlogit|"):
+        t.add_column(col, justify="right")
+    t.add_row(
+        "labels" if acc else "—", fmt_pct(acc and acc["top1"]), fmt_pct(acc and acc["top5"]),
+        "", "", "",
+    )  # fmt: skip
+    for name, r in d["references"].items():
+        a = r["accuracy"] or {}
+        out.print(f"{name}: {r['what']}")
+        t.add_row(
+            name,
+            fmt_pct(a.get("top1")),
+            fmt_pct(a.get("top5")),
+            fmt_pct(r["top1_agreement"]),
+            f"{r['kl']:.3g}",
+            f"{r['max_logit_diff']:.3g}",
+        )
+    out.print(t)
+
+
+def sensitivity_lines(path, data: dict) -> list[str]:
+    lines = [f"{data['metric_description']}; dense {data['dense']:.2f}"]
+    for loc, st in data["stages"].items():
+        pts = ", ".join(
+            f"{r:g}: {a:.1f}" for r, a in zip(st["keep_ratios"], st["accuracy"], strict=True)
+        )
+        lines.append(f"stage {loc}: {pts}")
+    lines.append(f"[green]wrote[/] {path}")
+    return lines
+
+
+def finetune_lines(res, path) -> list[str]:
+    keep = ",".join(f"{r:g}" for r in res.keep_ratios)
+    return [
+        f"predicted {res.start_ms:.3f} ms at the start (dense {res.dense_ms:.3f}) → "
+        f"{res.final_ms:.3f} ms for the learned keep ratios {list(res.keep_ratios)} "
+        f"(target {res.target_ms:.3f} ms; {len(res.steps)} steps in {res.seconds:.1f} s)",
+        f"[green]wrote[/] {path}; export it with: edgeprune export {path} "
+        f"--keep {keep} --locs {','.join(map(str, res.locs))}",
+    ]
+
+
+def step_logger(out, steps: int) -> Callable:
+    """``finetune``'s log: the predicted ms (and the losses) every steps/20 steps and at
+    the end."""
+    every = max(1, steps // 20)
+
+    def log(st, n: int) -> None:
+        if st.step % every == 0 or st.step == n - 1:
+            ce = f" ce {st.ce:.3f}" if st.ce is not None else ""
+            out.print(
+                f"step {st.step + 1:>4}/{n}  predicted {st.predicted_ms:.3f} ms  keep "
+                f"{[round(k, 2) for k in st.keep]}  kl {st.distill:.4f} tok {st.token_distill:.4f}"
+                f"{ce} lat {st.latency_loss:.4f}",
+                soft_wrap=True,
+            )
+
+    return log

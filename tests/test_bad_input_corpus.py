@@ -67,6 +67,14 @@ def corpus_dir(tmp_path_factory) -> Path:
     (d / "corrupt.json").write_text("{not json")
     (d / "truncated.json").write_text(json.dumps(tbl)[:120])
     (d / "v99.json").write_text(json.dumps({**tbl, "version": 99}))
+    from edgeprune.images import write_demo_images
+
+    write_demo_images(d / "demo_imgs", classes=2, per_class=1, size=16)
+    (d / "tiny.onnx").write_bytes(b"an artifact with no manifest beside it")
+    (d / "noimages").mkdir()
+    (d / "noimages" / "readme.txt").write_text("no images here")
+    (d / "demo").mkdir()
+    (d / "demo" / "keep.txt").write_text("a folder that is not empty")
     (d / "small_profile.json").write_text(
         json.dumps({**tbl, "arch": {"name": "deit_small", "embed_dim": 384, "num_heads": 6}})
     )
@@ -218,6 +226,142 @@ CASES: dict[str, tuple[list[str], str, int]] = {
     "bench corrupt artifact": (["bench", f"{P}/bad.onnx"], "bad.onnx", 2),
     "check corrupt model": (["check", f"{P}/bad.onnx", "--target", "trt"], "bad.onnx", 2),
     "check unknown target": (["check", f"{P}/bad.onnx", "--target", "tpu"], "tpu", 2),
+    # accuracy: evaluate, sensitivity, finetune, demo-images (issue 15)
+    "evaluate empty folder": (["evaluate", "deit_tiny", "--images", f"{P}/noimages"], "no PNG", 2),
+    "evaluate missing folder": (
+        ["evaluate", "deit_tiny", "--images", f"{P}/nope"],
+        "not a folder",
+        2,
+    ),
+    "evaluate corrupt artifact": (
+        ["evaluate", f"{P}/bad.onnx", "--images", f"{P}/demo_imgs", "--reference", "deit_tiny"],
+        "bad.onnx",
+        2,
+    ),
+    "evaluate artifact without manifest": (
+        ["evaluate", f"{P}/tiny.onnx", "--images", f"{P}/demo_imgs"],
+        "--reference",
+        2,
+    ),
+    "evaluate limit 0": (
+        ["evaluate", "deit_tiny", "--images", f"{P}/demo_imgs", "--limit", "0"],
+        "--limit",
+        2,
+    ),
+    "evaluate bad mean": (
+        ["evaluate", "deit_tiny", "--images", f"{P}/demo_imgs", "--mean", "0.5,0.5"],
+        "three",
+        2,
+    ),
+    "sensitivity of a dense model": (
+        ["sensitivity", "deit_tiny", "--images", f"{P}/demo_imgs", "--out", f"{P}/s.json"],
+        "prunes no tokens",
+        2,
+    ),
+    "sensitivity bad grid": (
+        [
+            "sensitivity",
+            "deit_tiny:dynamicvit",
+            "--images",
+            f"{P}/demo_imgs",
+            "--grid",
+            "0,0.5",
+            "--out",
+            f"{P}/s.json",
+        ],
+        "--grid",
+        2,
+    ),
+    "sensitivity existing output": (
+        [
+            "sensitivity",
+            "deit_tiny:dynamicvit",
+            "--images",
+            f"{P}/demo_imgs",
+            "--out",
+            f"{P}/profile.json",
+        ],
+        "--force",
+        2,
+    ),
+    "budget corrupt sensitivity": (
+        [
+            "budget",
+            "--profile",
+            f"{P}/profile.json",
+            "--target-ms",
+            "10",
+            "--sensitivity",
+            f"{P}/corrupt.json",
+            "--out",
+            f"{P}/b.json",
+        ],
+        "sensitivity",
+        2,
+    ),
+    "finetune without a target": (
+        [
+            "finetune",
+            "deit_tiny",
+            "--images",
+            f"{P}/demo_imgs",
+            "--profile",
+            f"{P}/profile.json",
+            "--out",
+            f"{P}/f.pth",
+        ],
+        "--target-ms",
+        2,
+    ),
+    "finetune missing profile": (
+        [
+            "finetune",
+            "deit_tiny",
+            "--images",
+            f"{P}/demo_imgs",
+            "--profile",
+            f"{P}/nope.json",
+            "--target-ms",
+            "5",
+            "--out",
+            f"{P}/f.pth",
+        ],
+        "does not exist",
+        2,
+    ),
+    "finetune of another method": (
+        [
+            "finetune",
+            "deit_tiny:evit",
+            "--images",
+            f"{P}/demo_imgs",
+            "--profile",
+            f"{P}/profile.json",
+            "--target-ms",
+            "5",
+            "--out",
+            f"{P}/f.pth",
+        ],
+        "evit",
+        2,
+    ),
+    "finetune empty folder": (
+        [
+            "finetune",
+            "deit_tiny",
+            "--images",
+            f"{P}/noimages",
+            "--profile",
+            f"{P}/profile.json",
+            "--target-ms",
+            "5",
+            "--out",
+            f"{P}/f.pth",
+        ],
+        "no PNG",
+        2,
+    ),
+    "demo-images into a non-empty folder": (["demo-images", f"{P}/demo"], "not empty", 2),
 }
 
 

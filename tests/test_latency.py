@@ -139,6 +139,19 @@ def test_sensitivity_changes_the_choice(model):
     assert acc.keep_ratios[0] >= plain.keep_ratios[0]
 
 
+
+def test_sensitivity_prediction_is_floored_at_zero(model):
+    # three sensitive stages: the additive model alone would predict 80 - 3*70 = -130 %
+    sens = Sensitivity(80.0, {loc: ((0.1, 1.0), (10.0, 80.0)) for loc in (3, 6, 9)})
+    assert sens.predict((3, 6, 9), (0.1, 0.1, 0.1)) == 0.0
+    assert sens.predict((3, 6, 9), (0.1, 1.0, 1.0)) == pytest.approx(10.0)
+    preds = sens.predict_many((3, 6, 9), [(0.1, 0.1, 0.1), (0.8, 0.8, 0.8), (1.0, 1.0, 1.0)])
+    assert preds[0] == 0.0 and 0.0 < preds[1] < 80.0 and preds[2] == pytest.approx(80.0)
+    # the search sees the floored value too: nothing it chooses predicts below 0 %
+    res = search(model, 7.0, "dynamicvit", "free", sensitivity=sens)
+    assert min(c.accuracy for c in res.candidates) == 0.0
+
+
 # ---- loss -----------------------------------------------------------------------
 def _hard_masks(plan, batch=2):
     masks = []

@@ -286,37 +286,3 @@ class _AViTSelector(nn.Module):
         lc = log_add(x[:, 1:, 1], log_halting(x[:, 1:], 10.0, 30.0))
         _, idx = torch.topk(lc, self.keep, dim=1, largest=False, sorted=True)
         return torch.cat([x[:, :1], gather_tokens(x[:, 1:], idx)], dim=1)
-
-
-def load_images(folder: Path, img_size: int) -> torch.Tensor:
-    """PNG/JPEG files of a folder, resized to img_size², ImageNet mean/std."""
-    try:
-        from PIL import Image
-    except ImportError:
-        raise EdgepruneError(
-            "--images needs Pillow, which is not installed", "pip install pillow"
-        ) from None
-
-    files = sorted(
-        p
-        for p in Path(folder).iterdir()
-        if p.suffix.lower() in (".png", ".jpg", ".jpeg") and p.is_file()
-    )
-    if not files:
-        raise EdgepruneError(f"no PNG/JPEG images in {folder}")
-    mean = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
-    std = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
-    out = []
-    for f in files:
-        try:
-            with Image.open(f) as im:
-                im = im.convert("RGB").resize((img_size, img_size), Image.BICUBIC)
-                data = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8)
-        # a broken file: OSError (unidentified, truncated), SyntaxError/ValueError
-        # (broken PNG chunks), DecompressionBombError (absurd declared size)
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-            msg = " ".join(str(e).split())[:160]
-            raise EdgepruneError(f"cannot read image {f} ({msg})") from None
-        t = data.view(img_size, img_size, 3).permute(2, 0, 1).float() / 255.0
-        out.append((t - mean) / std)
-    return torch.stack(out)

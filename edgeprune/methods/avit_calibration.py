@@ -120,7 +120,7 @@ def calibration_inputs(arch: Arch, images: Path | None, random: int | None) -> t
     if (images is None) == (random is None):
         raise EdgepruneError("give exactly one of --images DIR or --random N")
     if images is not None:
-        from edgeprune.methods.avit import load_images
+        from edgeprune.images import load_images
 
         if not images.is_dir():
             raise EdgepruneError(f"--images {images} is not a folder")

@@ -1,0 +1,63 @@
+"""A tiny DeiT-shaped model, its synthetic latency profile and image folders, for the
+accuracy tests (evaluate, sensitivity, finetune): 32×32 images, patch 8 (16 patches),
+embed 64, 2 heads, depth 4, 4 classes — fast enough to train for a few dozen steps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from edgeprune.arch import Arch
+from edgeprune.latency_table import Curve, LatencyTable, Point
+
+TINY = Arch("custom", 64, 2, depth=4, patch_size=8, img_size=32, num_classes=4)
+HEADS = 2
+LOCS = (1, 2, 3)
+
+
+def write_dense(path: Path, seed: int = 0) -> Path:
+    """A dense tiny DeiT checkpoint in timm's key layout (seeded random weights)."""
+    from edgeprune.models.deit import VisionTransformer
+
+    torch.save({"model": VisionTransformer(TINY).init_random(seed).state_dict()}, path)
+    return path
+
+
+def write_dynamicvit(path: Path, seed: int = 0) -> Path:
+    """A tiny DynamicViT checkpoint (predictor keys ``score_predictor.{0,1,2}``)."""
+    from edgeprune.methods import MethodConfig, get_method
+    from edgeprune.models.deit import init_random_
+
+    m = get_method("dynamicvit")
+    model = m.build(TINY, m.token_plan(TINY, MethodConfig(LOCS, (0.75, 0.5, 0.25), {})))
+    init_random_(model, seed)
+    torch.save({"model": model.state_dict()}, path)
+    return path
+
+
+def tiny_table() -> LatencyTable:
+    """Made-up latencies (measured: false) for TINY: block a + b·n ms."""
+    ns = (1, 5, 9, 13, 17)
+
+    def cv(a: float, b: float) -> Curve:
+        return Curve(ns, tuple(a + b * n for n in ns), tuple(1.1 * (a + b * n) for n in ns))
+
+    return LatencyTable(
+        device={"name": "synthetic", "runtime": "none", "threads": 1},
+        arch=TINY,
+        method="dynamicvit",
+        batch=1,
+        date="synthetic",
+        measured=False,
+        block=cv(0.1, 0.05),
+        embed=Point(0.2, 0.22),
+        head=Point(0.05, 0.06),
+        selectors={"dynamicvit": cv(0.01, 0.001)},
+        extra={"note": "synthetic numbers for tests, not a measurement"},
+    )
+
+
+def write_profile(path: Path) -> Path:
+    tiny_table().save(path)
+    return path
