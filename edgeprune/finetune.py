@@ -218,7 +218,7 @@ def _finetune(
     torch.manual_seed(req.seed)
     locs = req.locs
     if locs is None and req.budget is not None:
-        from edgeprune.budget import load_budget
+        from edgeprune.budget_file import load_budget
 
         locs = load_budget(req.budget).locs or None  # train the stages the budget names
     student, fresh = _student(source, locs, req.seed)

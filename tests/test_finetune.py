@@ -165,7 +165,8 @@ def test_finetune_cli_logs_predicted_ms(cli, setup, tmp_path):
 
 def test_budget_file_sets_target_and_stages(setup, tmp_path):
     from edgeprune.atomic import write_json_atomic
-    from edgeprune.budget import budget_dict, search
+    from edgeprune.budget import search
+    from edgeprune.budget_file import budget_dict
     from edgeprune.latency import load_model
 
     d = setup

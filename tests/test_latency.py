@@ -139,7 +139,6 @@ def test_sensitivity_changes_the_choice(model):
     assert acc.keep_ratios[0] >= plain.keep_ratios[0]
 
 
-
 def test_sensitivity_prediction_is_floored_at_zero(model):
     # three sensitive stages: the additive model alone would predict 80 - 3*70 = -130 %
     sens = Sensitivity(80.0, {loc: ((0.1, 1.0), (10.0, 80.0)) for loc in (3, 6, 9)})
