@@ -21,11 +21,9 @@ from __future__ import annotations
 
 import argparse
 import collections
-import io
 import json
 import sys
 import tempfile
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from timing import interleave, pair_ratio, share_of_ideal  # noqa: E402
 
-from edgeprune.export.onnx import export_onnx, simplify  # noqa: E402
+from edgeprune.export.onnx import export_onnx, simplify, trace_to_onnx  # noqa: E402
 from edgeprune.models.deit import VisionTransformer  # noqa: E402
 from edgeprune.runtimes.onnxruntime import make_session  # noqa: E402
 from edgeprune.source import resolve  # noqa: E402
@@ -65,17 +63,8 @@ class SliceReference(VisionTransformer):
 def slice_reference_onnx(spec: str, out: Path) -> None:
     src = resolve(spec)
     model = SliceReference(src.arch, src.plan).init_random(0).eval()
-    f = io.BytesIO()
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            model,
-            (torch.zeros(1, 3, src.arch.img_size, src.arch.img_size),),
-            f,
-            opset_version=17,
-            dynamo=False,
-        )
-    out.write_bytes(simplify(f.getvalue()).SerializeToString())
+    img = src.arch.img_size
+    out.write_bytes(simplify(trace_to_onnx(model, (1, 3, img, img))).SerializeToString())
 
 
 def op_times(path: Path, threads: int, runs: int = 60) -> collections.Counter:

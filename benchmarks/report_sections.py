@@ -10,8 +10,8 @@ from timing import interleave, pair_ratio, summary
 
 from edgeprune.budget import search
 from edgeprune.latency import LatencyModel
-from edgeprune.profile import ProfileRequest, measure
 from edgeprune.source import resolve
+from edgeprune.sweep import ProfileRequest, measure
 
 SPVIT_PAPER = {"dense_ms": 44.0, "spvit_ms": 26.0}
 

@@ -136,3 +136,15 @@ def atomic_dir(path: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def read_json_file(path: Path, bad, schema: str) -> dict:
+    """A JSON object whose ``schema`` is ``schema``, from ``path``; ``bad(what)`` makes
+    the error (one line, what the file should be) for a file that is not."""
+    try:
+        d = json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise bad("not JSON") from None
+    if not isinstance(d, dict) or d.get("schema") != schema:
+        raise bad(f"'schema' is not '{schema}'")
+    return d

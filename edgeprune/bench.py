@@ -1,4 +1,5 @@
-"""``edgeprune bench``: end-to-end latency of one exported artifact."""
+"""``edgeprune bench``: end-to-end latency of one exported artifact, on a device here
+or through the device's transport."""
 
 from __future__ import annotations
 
@@ -6,34 +7,35 @@ from pathlib import Path
 
 from edgeprune.errors import EdgepruneError
 from edgeprune.profiles.devices import Device
-from edgeprune.runtimes.timing import Timing, TimingPolicy
-
-
-def policy_for(runs: int | None) -> TimingPolicy:
-    if runs is not None and runs < 1:
-        raise EdgepruneError(f"--runs {runs} must be at least 1")
-    return TimingPolicy.fixed(runs) if runs else TimingPolicy(min_runs=20, min_time_s=1.0)
-
-
-def bench_with_runner(runner, artifact: Path | str, runs: int | None = None) -> Timing:
-    runner.load(artifact)
-    return runner.time(policy_for(runs))
+from edgeprune.runtimes.base import runner_for_device
+from edgeprune.runtimes.timing import Timing, policy_for
+from edgeprune.runtimes.transports import open_transport
 
 
 def bench(
-    artifact: Path, device: Device, threads: int | None = None, runs: int | None = None
+    artifact: Path,
+    device: Device,
+    threads: int | None = None,
+    runs: int | None = None,
+    **transport_options,
 ) -> Timing:
-    """Time ``artifact`` on ``device`` (here, or over SSH when the device says so)."""
+    """Time ``artifact`` on ``device``: here, through its transport with the runtime's
+    own runner (e.g. trtexec over SSH), or with edgeprune on the far side
+    (``remote_runner = "edgeprune"``). ``transport_options``: e.g. ``config``/``timeout``."""
     artifact = Path(artifact)
+    if threads is not None and threads < 1:
+        raise EdgepruneError(f"--threads {threads} must be at least 1")
     if not artifact.exists():
         raise EdgepruneError(f"artifact {artifact} does not exist")
-    policy_for(runs)
-    if device.transport == "ssh":
-        from edgeprune.remote import bench_over_ssh
-        from edgeprune.runtimes.ssh import SSHTransport
+    policy = policy_for(runs)
+    if device.transport == "local":
+        runner = runner_for_device(device, threads or device.resolved_threads())
+    else:
+        transport = open_transport(device, **transport_options)
+        if device.remote_runner == "edgeprune":
+            from edgeprune.remote import bench_remote
 
-        return bench_over_ssh(artifact, device, SSHTransport(device.host or ""), threads, runs)
-    from edgeprune.profile import make_runner
-
-    runner = make_runner(device, threads or device.resolved_threads())
-    return bench_with_runner(runner, artifact, runs)
+            return bench_remote(artifact, device, transport, threads, runs)
+        runner = runner_for_device(device, threads, transport)
+    runner.load(artifact)
+    return runner.time(policy)

@@ -18,7 +18,6 @@ cumulative methods), then refines around the best point at a quarter of the step
 from __future__ import annotations
 
 import itertools
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,10 +27,9 @@ from edgeprune.errors import EdgepruneError
 from edgeprune.flops import plan_flops
 from edgeprune.latency import LatencyModel
 from edgeprune.methods import Method, MethodConfig, get_method
+from edgeprune.methods.base import geometric
 from edgeprune.plan import TokenPlan, dense_plan
 
-BUDGET_SCHEMA = "edgeprune.budget"
-BUDGET_VERSION = 1
 SENSITIVITY_SCHEMA = "edgeprune.sensitivity"
 SCHEDULES = ("geometric", "free")
 MAX_FREE_CANDIDATES = 25_000
@@ -72,11 +70,21 @@ class Sensitivity:
     metric: str = "accuracy"
 
     def predict(self, locs: tuple[int, ...], ratios: tuple[float, ...]) -> float:
-        acc = self.dense
-        for loc, r in zip(locs, ratios, strict=True):
+        return self.predict_many(locs, [ratios])[0]
+
+    def predict_many(self, locs: tuple[int, ...], schedules: list[tuple[float, ...]]) -> list:
+        """Predicted accuracy of many schedules at once (each curve held constant past
+        its ends)."""
+        import torch
+
+        from edgeprune.latency_table import piecewise_linear
+
+        r = torch.tensor(schedules, dtype=torch.float64).reshape(len(schedules), len(locs))
+        acc = torch.full((len(schedules),), float(self.dense), dtype=torch.float64)
+        for j, loc in enumerate(locs):
             xs, ys = self.stages[loc]
-            acc -= self.dense - _interp_clamped(xs, ys, r)
-        return acc
+            acc -= self.dense - piecewise_linear(xs, ys, r[:, j], extrapolate=False)
+        return acc.tolist()
 
     def check_locs(self, locs: tuple[int, ...], path: str) -> None:
         missing = [loc for loc in locs if loc not in self.stages]
@@ -85,17 +93,6 @@ class Sensitivity:
                 f"sensitivity file {path} has no curve for pruning location(s) {missing}",
                 f"it has: {sorted(self.stages)}",
             )
-
-
-def _interp_clamped(xs: tuple[float, ...], ys: tuple[float, ...], x: float) -> float:
-    if x <= xs[0]:
-        return ys[0]
-    if x >= xs[-1]:
-        return ys[-1]
-    for i in range(len(xs) - 1):
-        if xs[i] <= x <= xs[i + 1]:
-            return ys[i] + (ys[i + 1] - ys[i]) * (x - xs[i]) / (xs[i + 1] - xs[i])
-    return ys[-1]
 
 
 def load_sensitivity(path: str | Path) -> Sensitivity:
@@ -110,12 +107,9 @@ def load_sensitivity(path: str | Path) -> Sensitivity:
             '"stages": {"LOC": {"keep_ratios": [...], "accuracy": [...]}}}',
         )
 
-    try:
-        d = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise bad("not JSON") from None
-    if not isinstance(d, dict) or d.get("schema") != SENSITIVITY_SCHEMA:
-        raise bad(f"'schema' is not '{SENSITIVITY_SCHEMA}'")
+    from edgeprune.atomic import read_json_file
+
+    d = read_json_file(path, bad, SENSITIVITY_SCHEMA)
     try:
         dense = float(d["dense"])
         stages = {}
@@ -152,10 +146,6 @@ def kept_tokens(plan: TokenPlan) -> float:
     return sum(a + m for a, m in zip(plan.attn_tokens, plan.mlp_tokens, strict=True)) / 2
 
 
-def _geometric(r: float, n: int, cumulative: bool) -> tuple[float, ...]:
-    return tuple(round(r ** (i + 1), 10) if cumulative else r for i in range(n))
-
-
 def _grid(step: float) -> list[float]:
     n = round(1 / step)
     return [round(i * step, 6) for i in range(1, n + 1)]
@@ -187,11 +177,12 @@ def _plans(method: Method, arch: Arch, locs: tuple[int, ...], ratio_sets) -> dic
 
 def _evaluate(model: LatencyModel, cands: list[Candidate], locs, sens: Sensitivity | None) -> None:
     ms = model.predict_many([c.plan for c in cands])
-    for c, t in zip(cands, ms.tolist(), strict=True):
+    acc = sens.predict_many(tuple(locs), [c.keep_ratios for c in cands]) if sens else None
+    for i, (c, t) in enumerate(zip(cands, ms.tolist(), strict=True)):
         c.predicted_ms = t
         c.kept_tokens = kept_tokens(c.plan)
-        if sens is not None:
-            c.accuracy = sens.predict(tuple(locs), c.keep_ratios)
+        if acc is not None:
+            c.accuracy = acc[i]
 
 
 def _best(cands: list[Candidate], target: float) -> Candidate | None:
@@ -264,7 +255,7 @@ def search(
     n = len(locs)
 
     if schedule == "geometric":
-        sets = [_geometric(i / 1000, n, meth.cumulative) for i in range(1, 1001)]
+        sets = [geometric(i / 1000, n, meth.cumulative) for i in range(1, 1001)]
         cands = list(_plans(meth, arch, locs, sets).values())
         _evaluate(model, cands, locs, sensitivity)
     else:
@@ -322,7 +313,7 @@ def search(
     if best is None:
         raise EdgepruneError(
             f"target {target_ms:.3f} ms is unreachable on this profile: the fastest "
-            f"{method} schedule ({_fmt(fastest.keep_ratios)} at {list(locs)}) predicts "
+            f"{method} schedule ({fmt_ratios(fastest.keep_ratios)} at {list(locs)}) predicts "
             f"{fastest.predicted_ms:.3f} ms (dense {dense_ms:.3f} ms)",
             f"ask for at least {fastest.predicted_ms:.3f} ms, or prune at more locations",
         )
@@ -330,149 +321,5 @@ def search(
     return BudgetResult(chosen=best, status="ok", **common)
 
 
-def _fmt(ratios) -> str:
+def fmt_ratios(ratios) -> str:
     return "[" + ", ".join(f"{r:.4g}" for r in ratios) + "]"
-
-
-# ---- the budget file -------------------------------------------------------------------
-def budget_dict(result: BudgetResult, model: LatencyModel, profile_path: str | Path) -> dict:
-    from edgeprune.export.manifest import now_utc, sha256_file
-
-    c = result.chosen
-    p = Path(profile_path)
-    return {
-        "schema": BUDGET_SCHEMA,
-        "version": BUDGET_VERSION,
-        "created": now_utc(),
-        "method": c.plan.method,
-        "arch": result.arch.name,
-        "locs": list(c.plan.prune_locs),
-        "keep_ratios": list(c.keep_ratios),
-        "schedule": result.schedule,
-        "objective": result.objective,
-        "status": result.status,
-        "target_ms": result.target_ms,
-        "predicted_ms": c.predicted_ms,
-        "margin_ms": result.margin_ms,
-        "dense_ms": result.dense_ms,
-        "gflops": result.gflops(),
-        "tokens_per_block": list(c.plan.attn_tokens),
-        "mlp_tokens_per_block": list(c.plan.mlp_tokens),
-        "predicted_accuracy": c.accuracy,
-        "profile": {
-            "path": str(p.resolve()) if p.exists() else str(p),
-            "sha256": sha256_file(p) if p.exists() else None,
-            "device": model.table.device.get("name"),
-            "measured": model.table.measured,
-            "date": model.table.date,
-            "batch": model.table.batch,
-        },
-        # the table itself, so the budget file alone drives the loss
-        "profile_table": model.table.to_dict(),
-    }
-
-
-@dataclass(frozen=True)
-class Budget:
-    method: str
-    arch: str
-    locs: tuple[int, ...]
-    keep_ratios: tuple[float, ...]
-    target_ms: float
-    predicted_ms: float
-    data: dict
-
-    def latency_model(self) -> LatencyModel:
-        from edgeprune.latency_table import from_dict, load
-
-        if isinstance(self.data.get("profile_table"), dict):
-            return LatencyModel(from_dict(self.data["profile_table"], "budget's profile_table"))
-        path = (self.data.get("profile") or {}).get("path")
-        if not path:
-            raise EdgepruneError("the budget names no profile", "re-run 'edgeprune budget'")
-        return LatencyModel(load(path), path)
-
-
-def load_budget(path: str | Path) -> Budget:
-    path = Path(path)
-    if not path.exists():
-        raise EdgepruneError(
-            f"budget file {path} does not exist", "write one with 'edgeprune budget'"
-        )
-
-    def bad(what: str) -> EdgepruneError:
-        return EdgepruneError(
-            f"budget file {path} is not valid: {what}", "re-run 'edgeprune budget'"
-        )
-
-    try:
-        d = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise bad("not JSON") from None
-    if not isinstance(d, dict) or d.get("schema") != BUDGET_SCHEMA:
-        raise bad(f"'schema' is not '{BUDGET_SCHEMA}'")
-    if d.get("version") != BUDGET_VERSION:
-        raise bad(f"version {d.get('version')!r}, this edgeprune reads {BUDGET_VERSION}")
-    try:
-        b = Budget(
-            method=str(d["method"]),
-            arch=str(d["arch"]),
-            locs=tuple(int(x) for x in d["locs"]),
-            keep_ratios=tuple(float(x) for x in d["keep_ratios"]),
-            target_ms=float(d["target_ms"]),
-            predicted_ms=float(d["predicted_ms"]),
-            data=d,
-        )
-    except (KeyError, TypeError, ValueError) as e:
-        raise bad(f"{e.__class__.__name__}: {e}") from None
-    if len(b.locs) != len(b.keep_ratios):
-        raise bad("locs and keep_ratios differ in length")
-    return b
-
-
-# ---- the plot --------------------------------------------------------------------------
-def plot_pareto(result: BudgetResult, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from edgeprune.atomic import atomic_path
-
-    cands = result.candidates
-    step = max(1, len(cands) // 4000)
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    ax.scatter(
-        [c.predicted_ms for c in cands[::step]],
-        [c.objective() for c in cands[::step]],
-        s=4,
-        c="0.75",
-        label=f"{result.schedule} schedules",
-    )
-    front = pareto_front(cands)
-    ax.plot(
-        [c.predicted_ms for c in front],
-        [c.objective() for c in front],
-        "-",
-        c="C0",
-        label="Pareto front",
-    )
-    ch = result.chosen
-    ax.plot(
-        [ch.predicted_ms],
-        [ch.objective()],
-        "*",
-        c="C3",
-        ms=14,
-        label=f"chosen {_fmt(ch.keep_ratios)}: {ch.predicted_ms:.2f} ms",
-    )
-    ax.axvline(result.target_ms, ls="--", c="C2", label=f"target {result.target_ms:.2f} ms")
-    ax.axvline(result.dense_ms, ls=":", c="0.4", label=f"dense {result.dense_ms:.2f} ms")
-    ax.set_xlabel("predicted latency (ms)")
-    ax.set_ylabel(result.objective.replace("_", " "))
-    ax.set_title(f"{result.arch.name} / {result.method}, locs {list(result.locs)}")
-    ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    with atomic_path(Path(path)) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)

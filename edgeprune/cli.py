@@ -1,4 +1,6 @@
-"""The ``edgeprune`` command line. Thin: every command parses, calls the library, prints."""
+"""The ``edgeprune`` command line. Thin: every command parses its options, calls one
+library function and renders the result (``render.py``); option types in
+``cli_options.py``."""
 
 from __future__ import annotations
 
@@ -6,12 +8,11 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
+from edgeprune import cli_options as o
 from edgeprune.errors import EdgepruneError
 
 app = typer.Typer(
@@ -26,62 +27,10 @@ out = Console()
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 _state = {"debug": False}
 
-# ---- options shared by every command that takes a SRC -------------------------------
-SrcArg = Annotated[
-    str,
-    typer.Argument(
-        help="Checkpoint file (.pth/.pt) or built-in spec ARCH[:METHOD[@RATIO]], "
-        "e.g. deit_small:dynamicvit@0.7 (random weights).",
-        show_default=False,
-    ),
-]
-MethodOpt = Annotated[
-    str | None,
-    typer.Option("--method", help="Force the method (default: from the checkpoint keys)."),
-]
-KeepOpt = Annotated[
-    str | None, typer.Option("--keep", help="Per-stage keep ratios, e.g. 0.7,0.49,0.343.")
-]
-LocsOpt = Annotated[
-    str | None, typer.Option("--locs", help="Pruning locations (block indices), e.g. 3,6,9.")
-]
-BudgetOpt = Annotated[
-    Path | None,
-    typer.Option("--budget", help="A budget file from 'edgeprune budget': sets method/keep/locs."),
-]
-HeadsOpt = Annotated[
-    int | None,
-    typer.Option(
-        "--heads", help="Attention heads, when the checkpoint's embed dim is not a DeiT's."
-    ),
-]
-
-
-# ---- issue 3: method options (A-ViT calibration, ToMe r) -----------------------------
-CalibrationOpt = Annotated[
-    Path | None,
-    typer.Option("--calibration", help="A-ViT calibration JSON (from 'edgeprune calibrate')."),
-]
-TomeROpt = Annotated[
-    int | None, typer.Option("--tome-r", help="ToMe: tokens merged per block (e.g. 16).")
-]
-
-
-def _method_options(calibration: Path | None = None, tome_r: int | None = None) -> dict:
-    opts: dict[str, object] = {}
-    if calibration is not None:
-        opts["calibration"] = str(calibration)
-    if tome_r is not None:
-        opts["r"] = tome_r
-    return opts
-
-
-# ---- end issue 3 ----------------------------------------------------------------------
-
 
 @app.callback()
 def _root(
-    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
+    debug: o.DebugOpt = False,
 ) -> None:
     _state["debug"] = _state["debug"] or debug
 
@@ -94,564 +43,207 @@ def _note(source) -> None:
 def _resolve(src, method, keep, locs, heads, method_options=None, budget=None):
     from edgeprune.source import resolve
 
-    if budget is not None:  # --budget FILE sets method, keep and locs (see "latency" below)
-        return _resolve_with_budget(src, method, keep, locs, heads, budget, method_options)
-    return resolve(
-        src, method=method, keep=keep, locs=locs, heads=heads, method_options=method_options
-    )
+    return resolve(src, method, keep, locs, heads, method_options, budget)
+
+
+def _progress(label: str, bar: bool = False):
+    from edgeprune.render import progress
+
+    return progress(err, label, bar)
+
+
+def _lines(lines: list[str]) -> None:
+    for line in lines:
+        out.print(line)
 
 
 @app.command()
 def inspect(
-    src: SrcArg,
-    method: MethodOpt = None,
-    keep: KeepOpt = None,
-    locs: LocsOpt = None,
-    heads: HeadsOpt = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
-    calibration: CalibrationOpt = None,
-    tome_r: TomeROpt = None,
-    budget: BudgetOpt = None,
+    src: o.SrcArg,
+    method: o.MethodOpt = None,
+    keep: o.KeepOpt = None,
+    locs: o.LocsOpt = None,
+    heads: o.HeadsOpt = None,
+    as_json: o.JsonOpt = False,
+    calibration: o.CalibrationOpt = None,
+    tome_r: o.TomeROpt = None,
+    budget: o.BudgetOpt = None,
 ) -> None:
     """Show what a model is: method, arch, keep schedule, tokens per block, params, GFLOPs."""
-    source = _resolve(src, method, keep, locs, heads, _method_options(calibration, tome_r), budget)
-    fl = source.flops()
-    n_params = sum(p.numel() for p in source.model().parameters())
-    info = {
-        **source.describe(),
-        "arch": source.arch.name,
-        "arch_config": source.arch.to_dict(),
-        "tokens_per_block": list(source.plan.tokens_per_block),
-        "mlp_tokens_per_block": list(source.plan.mlp_tokens),
-        "token_plan": source.plan.to_dict(),
-        "params": n_params,
-        "gflops": fl.to_dict(),
-        "gflops_convention": "multiply-adds (DeiT/DynamicViT papers); selectors counted apart",
-    }
+    source = _resolve(src, method, keep, locs, heads, o.method_options(calibration, tome_r), budget)
+    info = source.inspect()
     if as_json:
         print(json.dumps(info))
         return
     _note(source)
-    a = source.arch
-    t = Table(title=f"{src}", show_header=False, title_justify="left")
-    t.add_row("method", source.method.name)
-    t.add_row(
-        "arch",
-        f"{a.name} (embed {a.embed_dim}, heads {a.num_heads}, depth {a.depth}, "
-        f"patch {a.patch_size}, {a.img_size}²)",
-    )
-    t.add_row("weights", "random (built-in spec)" if source.is_builtin else "checkpoint")
-    t.add_row("prune locs", ", ".join(map(str, source.config.prune_locs)) or "—")
-    t.add_row("keep ratios", ", ".join(f"{r:g}" for r in source.config.keep_ratios) or "—")
-    if source.config.options:
-        t.add_row("options", ", ".join(f"{k}={v}" for k, v in source.config.options.items()))
-    t.add_row("tokens/block", " ".join(map(str, source.plan.tokens_per_block)))
-    if source.plan.mlp_tokens != source.plan.attn_tokens:
-        t.add_row("tokens/MLP", " ".join(map(str, source.plan.mlp_tokens)))
-    t.add_row("params", f"{n_params / 1e6:.2f} M")
-    t.add_row("GFLOPs dense", f"{fl.dense:.2f}")
-    t.add_row("GFLOPs pruned", f"{fl.pruned:.2f}  (backbone at the token plan)")
-    t.add_row("GFLOPs selectors", f"{fl.selectors:.3f}  (scoring; top-k and gather are free)")
-    t.add_row("GFLOPs total", f"{fl.total:.2f}  ({fl.total / fl.dense:.0%} of dense)")
-    out.print(t)
+    from edgeprune.render import inspect_table
+
+    out.print(inspect_table(src, source, info["params"]))
 
 
 @app.command()
 def export(
-    src: SrcArg,
-    target: Annotated[
-        str, typer.Option("--target", "-t", help="onnx | ort | trt | coreml (see README).")
-    ] = "onnx",
-    out_path: Annotated[
-        Path | None,
-        typer.Option("--out", "-o", help="Output (default: <name>.onnx/.ort/.engine/.mlpackage)."),
-    ] = None,
-    batch: Annotated[
-        int, typer.Option("--batch", "-b", help="Static batch size of the graph.")
-    ] = 1,
-    opset: Annotated[int, typer.Option("--opset", help="ONNX opset (≥ 17).")] = 17,
-    force: Annotated[
-        bool, typer.Option("--force", "-f", help="Overwrite an existing output.")
-    ] = False,
-    parity_inputs: Annotated[
-        int, typer.Option("--parity-inputs", help="Random inputs for the parity check.")
-    ] = 16,
-    precision: Annotated[
-        str | None,
-        typer.Option(
-            "--precision", help="trt: fp32 (default) | fp16; coreml: fp16 (default) | fp32."
-        ),
-    ] = None,
-    int8: Annotated[bool, typer.Option("--int8", help="ort: dynamic int8 quantization.")] = False,
-    dynamic_batch: Annotated[
-        str | None,
-        typer.Option("--dynamic-batch", help="trt: MIN,OPT,MAX optimization profile."),
-    ] = None,
-    workspace: Annotated[
-        int | None, typer.Option("--workspace", help="trt: builder workspace in MiB (1024).")
-    ] = None,
-    timing_cache: Annotated[
-        Path | None, typer.Option("--timing-cache", help="trt: timing cache file (reused).")
-    ] = None,
-    min_target: Annotated[
-        str | None,
-        typer.Option("--min-target", help="coreml: ios15..ios18, macos12..macos15 (ios17)."),
-    ] = None,
-    compute_units: Annotated[
-        str | None,
-        typer.Option(
-            "--compute-units", help="coreml: all | cpu_only | cpu_and_gpu | cpu_and_ne (all)."
-        ),
-    ] = None,
-    method: MethodOpt = None,
-    keep: KeepOpt = None,
-    locs: LocsOpt = None,
-    heads: HeadsOpt = None,
-    calibration: CalibrationOpt = None,
-    tome_r: TomeROpt = None,
-    budget: BudgetOpt = None,
+    src: o.SrcArg,
+    target: o.TargetOpt = "onnx",
+    out_path: o.OutOpt = None,
+    batch: o.ExportBatchOpt = 1,
+    opset: o.OpsetOpt = 17,
+    force: o.ExportForceOpt = False,
+    parity_inputs: o.ParityOpt = 16,
+    precision: o.PrecisionOpt = None,
+    int8: o.Int8Opt = False,
+    dynamic_batch: o.DynBatchOpt = None,
+    workspace_mib: o.WorkspaceOpt = None,
+    timing_cache: o.CacheOpt = None,
+    min_target: o.MinTargetOpt = None,
+    compute_units: o.UnitsOpt = None,
+    method: o.MethodOpt = None,
+    keep: o.KeepOpt = None,
+    locs: o.LocsOpt = None,
+    heads: o.HeadsOpt = None,
+    calibration: o.CalibrationOpt = None,
+    tome_r: o.TomeROpt = None,
+    budget: o.BudgetOpt = None,
 ) -> None:
     """Export the static graph to a target and check it against PyTorch; writes a manifest."""
-    from edgeprune.export.targets import ExportRequest, default_out, run_export, validate
+    from edgeprune.export.targets import export_source, request_from, validate
 
-    req = ExportRequest(
-        target,
-        out_path,
-        batch,
-        opset,
-        force,
-        parity_inputs,
-        precision,
-        int8,
-        dynamic_batch,
-        workspace,
-        timing_cache,
-        min_target,
-        compute_units,
-    )
-    validate(req)  # before loading anything
-    source = _resolve(src, method, keep, locs, heads, _method_options(calibration, tome_r), budget)
+    req = validate(request_from(dict(locals()), out=out_path))  # before loading anything
+    source = _resolve(src, method, keep, locs, heads, o.method_options(calibration, tome_r), budget)
     _note(source)
-    dest = out_path or default_out(_default_name(src, source), target)
-    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+    with _progress("exporting") as step:
+        result = export_source(source, req, source.default_name(), step)
+    from edgeprune.render import print_export
 
-    with Progress(
-        SpinnerColumn(),
-        TextColumn("{task.description}"),
-        TimeElapsedColumn(),
-        console=err,
-        transient=True,
-        disable=not err.is_terminal,
-    ) as prog:
-        task = prog.add_task("exporting", total=None)
-        man = run_export(source, req, dest, lambda msg: prog.update(task, description=msg))
-    _report_export(dest, man)
+    print_export(result, out, err)
+    if result.error is not None:
+        raise result.error
 
 
-def _report_export(dest: Path, man: dict) -> None:
-    from edgeprune.errors import MissingRuntimeError
-
-    p = man["parity"]
-    if man["target"] == "trt" and man["engine"]["status"] == "not_built":
-        onnx_name = dest.with_name(man["onnx"]["file"])
-        out.print(f"[green]kept[/] the verified ONNX {onnx_name} (parity passed)")
-        out.print("build the engine on the device (in the folder holding the files):")
-        out.print(
-            f"  TensorRT 10: {man['trtexec_commands']['tensorrt10']}", markup=False, soft_wrap=True
-        )
-        if man["precision"] == "fp16":
-            out.print(
-                f"  TensorRT 11: {man['trtexec_commands']['tensorrt11']}",
-                markup=False,
-                soft_wrap=True,
-            )
-        raise MissingRuntimeError(
-            "neither TensorRT (Python) nor trtexec is available here; no engine was built",
-            f"the trtexec line is printed above and in {dest.stem}.manifest.json",
-        )
-    out.print(f"[green]wrote[/] {dest}  (sha256 {man['sha256'][:12]}…)")
-    if p.get("status") == "skipped":
-        out.print(f"[yellow]parity not checked:[/] {p['reason']} (recorded in the manifest)")
-    else:
-        out.print(
-            f"parity vs PyTorch ({p['runtime']}): max |diff| {p['max_abs_diff']:.2e}, top-1 "
-            f"agreement {p['top1_agreement']:.0%} over {p['inputs']} inputs "
-            f"(limits {p['atol']:g}, {p['min_top1_agreement']:.0%})"
-        )
-    if man["target"] == "trt" and man["engine"]["status"] == "unverified":
-        err.print("[yellow]warning:[/] the engine was built but NOT verified (parity did not run)")
-    out.print(f"tokens/block: {' '.join(map(str, man['token_plan']['tokens_per_block']))}")
-
-
-# ---- issue 3: A-ViT calibration -------------------------------------------------------
 @app.command()
 def calibrate(
-    src: SrcArg,
-    out_path: Annotated[Path, typer.Option("--out", "-o", help="Calibration JSON to write.")],
-    images: Annotated[
-        Path | None, typer.Option("--images", help="Folder of PNG/JPEG calibration images.")
-    ] = None,
-    random: Annotated[
-        int | None, typer.Option("--random", help="Use N seeded random images instead.")
-    ] = None,
-    quantile: Annotated[
-        float, typer.Option("--quantile", help="Per block, keep this quantile of running tokens.")
-    ] = 1.0,
-    gate_scale: Annotated[float | None, typer.Option("--gate-scale")] = None,
-    gate_center: Annotated[float | None, typer.Option("--gate-center")] = None,
-    heads: HeadsOpt = None,
-    force: Annotated[bool, typer.Option("--force", "-f", help="Overwrite --out.")] = False,
+    src: o.SrcArg,
+    out_path: o.CalibOutOpt,
+    images: o.ImagesOpt = None,
+    random: o.RandomOpt = None,
+    quantile: o.QuantileOpt = 1.0,
+    gate_scale: o.GateScaleOpt = None,
+    gate_center: o.GateCenterOpt = None,
+    heads: o.HeadsOpt = None,
+    force: o.ForceOpt = False,
 ) -> None:
     """A-ViT: run the masked (released) halting model on calibration images and record
     how many tokens still run in each block; the JSON feeds --calibration."""
-    import torch
+    from edgeprune.methods.avit_calibration import calibrate_source
 
-    from edgeprune.atomic import check_writable_target, write_json_atomic
-    from edgeprune.methods.avit import calibrate as run_calibration
-    from edgeprune.methods.avit import load_images
-
-    if (images is None) == (random is None):
-        raise EdgepruneError("give exactly one of --images DIR or --random N")
-    check_writable_target(out_path, force)
-    source = _resolve(src, "avit", None, None, heads)
-    _note(source)
-    a = source.arch
-    if images is not None:
-        if not images.is_dir():
-            raise EdgepruneError(f"--images {images} is not a folder")
-        imgs = load_images(images, a.img_size)
-    else:
-        if random < 1:
-            raise EdgepruneError(f"--random {random} must be at least 1")
-        g = torch.Generator().manual_seed(0)
-        imgs = torch.randn(random, 3, a.img_size, a.img_size, generator=g)
-    opts = source.config.options
-    scale = float(gate_scale if gate_scale is not None else opts["gate_scale"])
-    center = float(gate_center if gate_center is not None else opts["gate_center"])
-    data = run_calibration(source.model(), imgs, a, scale, center, quantile)
-    data["source"] = src
-    write_json_atomic(out_path, data)
-    r = data["report"]
-    out.print(f"[green]wrote[/] {out_path}")
-    out.print(f"tokens/block: {' '.join(map(str, data['counts']))}")
-    out.print(
-        f"zipped vs masked: top-1 agreement {r['top1_agreement']:.0%}, "
-        f"max |logit diff| {r['max_logit_diff']:.3g} over {r['inputs']} inputs"
+    source, data = calibrate_source(
+        src, out_path, images, random, quantile, gate_scale, gate_center, heads, force
     )
+    _note(source)
+    from edgeprune.render import calibration_lines
 
-
-# ---- end issue 3 ----------------------------------------------------------------------
-# =====================================================================================
-# ---- issue 4: devices, profile, bench (runtimes, device descriptors, SSH) -----------
-# =====================================================================================
-HostOpt = Annotated[
-    str | None,
-    typer.Option("--host", help="Reach the device over SSH at user@addr (or an ssh-config alias)."),
-]
-SshConfigOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--ssh-config",
-        help="ssh config file for -F (default: $EDGEPRUNE_SSH_CONFIG, else ssh's own).",
-    ),
-]
-RemotePythonOpt = Annotated[
-    str | None,
-    typer.Option("--remote-python", help="Python with edgeprune on the remote host."),
-]
-TimeoutOpt = Annotated[
-    float,
-    typer.Option("--timeout", help="Overall limit (s) for one remote command over SSH."),
-]
-HereOpt = Annotated[
-    bool, typer.Option("--here", hidden=True, help="Measure on this machine (remote end).")
-]
+    _lines(calibration_lines(out_path, data))
 
 
 def _device_for(name: str, host: str | None, remote_python: str | None, here: bool):
-    from edgeprune.profiles.devices import get_device
+    from edgeprune.profiles.devices import device_for
 
-    dev = get_device(name).at_host(host, remote_python)
-    return dev.here() if here else dev
-
-
-def _transport(dev, ssh_config: str | None, timeout: float):
-    from edgeprune.runtimes.ssh import SSHTransport
-
-    return SSHTransport(dev.host or "", config=ssh_config, timeout=timeout)
-
-
-class _TermAsInterrupt:
-    """SIGTERM behaves like Ctrl-C while a measurement runs (nothing half-written)."""
-
-    def __enter__(self):
-        import signal
-
-        def _raise(_sig, _frm):
-            raise KeyboardInterrupt
-
-        try:
-            self._old = signal.signal(signal.SIGTERM, _raise)
-        except ValueError:  # not the main thread
-            self._old = None
-        return self
-
-    def __exit__(self, *exc):
-        import signal
-
-        if self._old is not None:
-            signal.signal(signal.SIGTERM, self._old)
-        return False
+    return device_for(name, host, remote_python, here)
 
 
 @app.command()
 def devices(
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
-    timeout: Annotated[float, typer.Option("--timeout", help="Per-host check (s).")] = 4.0,
+    as_json: o.JsonOpt = False,
+    timeout: o.CheckTimeoutOpt = 4.0,
 ) -> None:
     """List the device descriptors and whether each can be reached from here."""
-    from edgeprune.profiles.devices import all_devices, reachability_all
+    from edgeprune.profiles.devices import device_rows
 
-    devs = list(all_devices().values())
-    checks = reachability_all(devs, timeout)
-    rows = [
-        {**d.to_dict(), "aliases": list(d.aliases), "reachable": ok, "why": why}
-        for d, (ok, why) in zip(devs, checks, strict=True)
-    ]
+    rows = device_rows(timeout)
     if as_json:
         print(json.dumps({"devices": rows}))
         return
-    t = Table(title="devices", title_justify="left")
-    for col in ("name", "runtime", "precision", "threads", "reach", "reachable", "why"):
-        t.add_column(col)
-    for r in rows:
-        name = r["name"] + (f" ({', '.join(r['aliases'])})" if r["aliases"] else "")
-        reach = r["transport"] if r["transport"] == "local" else f"ssh {r['host']}"
-        t.add_row(
-            name,
-            r["runtime"],
-            r["precision"],
-            str(r["threads"] or "all"),
-            reach,
-            "[green]yes[/]" if r["reachable"] else "[red]no[/]",
-            r["why"],
-        )
-    out.print(t)
+    from edgeprune.render import devices_table
+
+    out.print(devices_table(rows))
 
 
 @app.command()
 def profile(
-    device: Annotated[str, typer.Option("--device", "-d", help="Device name (edgeprune devices).")],
-    arch: Annotated[str, typer.Option("--arch", help="deit_tiny, deit_small, deit_base.")] = (
-        "deit_small"
-    ),
-    method: Annotated[
-        str | None, typer.Option("--method", help="Also time this method's selector.")
-    ] = None,
-    threads: Annotated[
-        int | None, typer.Option("--threads", help="Threads (default: the device's).")
-    ] = None,
-    batch: Annotated[int, typer.Option("--batch", "-b", help="Batch size.")] = 1,
-    out_path: Annotated[
-        Path | None, typer.Option("--out", "-o", help="Output JSON (default: profile_*.json).")
-    ] = None,
-    runs: Annotated[
-        int | None, typer.Option("--runs", help="Timed runs per point (default: adaptive).")
-    ] = None,
-    grid: Annotated[
-        str | None, typer.Option("--grid", help="Token counts: 1,8,16,197 or step:8.")
-    ] = None,
-    check_points: Annotated[
-        int, typer.Option("--check-points", help="Off-grid points to check interpolation.")
-    ] = 4,
-    chain: Annotated[
-        int,
-        typer.Option(
-            "--chain", help="Time blocks as a chain of N distinct blocks (as inside a model)."
-        ),
-    ] = 4,
-    halves: Annotated[
-        bool, typer.Option("--halves/--no-halves", help="Also time attn and MLP halves.")
-    ] = True,
-    e2e: Annotated[
-        bool,
-        typer.Option(
-            "--e2e/--no-e2e",
-            help="Also time whole models (dense, the method's schedules) and fit the "
-            "end-to-end correction of the sum of pieces.",
-        ),
-    ] = True,
-    plot: Annotated[bool, typer.Option("--plot/--no-plot", help="Write a PNG beside it.")] = True,
-    force: Annotated[bool, typer.Option("--force", "-f", help="Overwrite --out.")] = False,
-    resume: Annotated[
-        bool,
-        typer.Option(
-            "--resume",
-            help="Save progress to <out>.partial.json after every piece and continue "
-            "from it if present (same options needed).",
-        ),
-    ] = False,
-    host: HostOpt = None,
-    remote_python: RemotePythonOpt = None,
-    ssh_config: SshConfigOpt = None,
-    timeout: TimeoutOpt = 900.0,
-    here: HereOpt = False,
+    device: o.DeviceOpt,
+    arch: o.ArchOpt = "deit_small",
+    method: o.SweepMethodOpt = None,
+    threads: o.ThreadsOpt = None,
+    batch: o.BatchOpt = 1,
+    out_path: o.TableOutOpt = None,
+    runs: o.SweepRunsOpt = None,
+    grid: o.GridOpt = None,
+    check_points: o.CheckPointsOpt = 4,
+    chain: o.ChainOpt = 4,
+    halves: o.HalvesOpt = True,
+    e2e: o.E2eOpt = True,
+    plot: o.PlotFlagOpt = True,
+    force: o.ForceOpt = False,
+    resume: o.ResumeOpt = False,
+    host: o.HostOpt = None,
+    remote_python: o.RemotePythonOpt = None,
+    ssh_config: o.SshConfigOpt = None,
+    timeout: o.TimeoutOpt = 900.0,
+    here: o.HereOpt = False,
 ) -> None:
     """Measure a device's latency table (block/attn/mlp vs tokens, embed, head, selectors)."""
-    import time
+    from edgeprune.measure import ProfileJob, profile_device
 
-    from edgeprune.arch import get_arch
-    from edgeprune.atomic import check_writable_target
-    from edgeprune.bench import policy_for
-    from edgeprune.methods import get_method
-    from edgeprune.profile import ProfileRequest, measure, parse_grid
-    from edgeprune.runtimes.timing import TimingPolicy
+    job = ProfileJob(
+        _device_for(device, host, remote_python, here),
+        arch, method, threads, batch, out_path, runs, grid, check_points, chain, halves, e2e,
+        plot, force, resume, {"config": ssh_config, "timeout": timeout},
+    )  # fmt: skip
+    try:
+        with _progress(job.device.name, bar=True) as step:
+            res = profile_device(job, step)
+    except KeyboardInterrupt:
+        kept = job.resume_file()
+        if kept is not None and kept.exists():
+            err.print(f"note: progress kept in {kept}; rerun with --resume", markup=False)
+        raise
+    from edgeprune.render import profile_lines
 
-    dev = _device_for(device, host, remote_python, here)
-    a = get_arch(arch)
-    if method is not None:
-        method = get_method(method).name
-    if batch < 1:
-        raise EdgepruneError(f"--batch {batch} is not a positive batch size")
-    if threads is not None and threads < 1:
-        raise EdgepruneError(f"--threads {threads} must be at least 1")
-    dest = out_path or Path(f"profile_{dev.name}_{a.name}{'_' + method if method else ''}.json")
-    check_writable_target(dest, force)
-    png = dest.with_suffix(".png")
-    if plot:
-        check_writable_target(png, True)
-    req = ProfileRequest(
-        dev,
-        a,
-        method,
-        threads=threads,
-        batch=batch,
-        grid=parse_grid(grid, a.num_tokens),
-        policy=policy_for(runs) if runs else TimingPolicy(),
-        check_points=check_points,
-        halves=halves,
-        chain=chain,
-        e2e=e2e,
-    )
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    t0 = time.perf_counter()
-    with (
-        _TermAsInterrupt(),
-        Progress(
-            TextColumn("{task.description:<18}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=err,
-            transient=True,
-            disable=not err.is_terminal,
-        ) as prog,
-    ):
-        task = prog.add_task(f"{dev.name}", total=None)
-
-        def step(desc: str, i: int, n: int) -> None:
-            prog.update(task, description=desc, completed=i, total=n)
-
-        partial = dest.with_name(dest.name + ".partial.json") if resume else None
-        if dev.transport == "ssh":
-            if resume:
-                raise EdgepruneError("--resume is not supported over SSH yet", "drop --resume")
-            from edgeprune.remote import profile_over_ssh
-
-            table = profile_over_ssh(req, _transport(dev, ssh_config, timeout), runs, step)
-        else:
-            try:
-                table = measure(req, step, resume=partial)
-            except KeyboardInterrupt:
-                if partial is not None and partial.exists():
-                    err.print(
-                        f"note: progress kept in {partial}; rerun with --resume", markup=False
-                    )
-                raise
-        table.save(dest)
-        if partial is not None:
-            partial.unlink(missing_ok=True)
-    secs = time.perf_counter() - t0
-    if plot:
-        from edgeprune.plot import plot_table
-
-        plot_table(table, png)
-    d = table.device
-    out.print(
-        f"[green]wrote[/] {dest}{f' and {png}' if plot else ''}  ({secs:.0f} s; "
-        f"{d['runtime']} {d.get('runtime_version', '')}, {d.get('precision', '')}, "
-        f"{d['threads']} threads, batch {table.batch}, host {d.get('host', 'local')})"
-    )
-    n = table.block.tokens[-1]
-    out.print(
-        f"block @ {n} tokens: {table.block.at(n):.3f} ms median; embed "
-        f"{table.embed.median_ms:.3f} ms; head {table.head.median_ms:.3f} ms"
-    )
-    chk = table.extra.get("interp_check")
-    if chk:
-        out.print(
-            f"interpolation check: max error {chk['max_rel_err']:.1%} over "
-            f"{len(chk['points'])} off-grid points"
-        )
-    if table.e2e is not None:
-        fit = table.extra.get("e2e_fit", [])
-        worst = max((abs(r["corrected_ms"] / r["measured_ms"] - 1) for r in fit), default=0.0)
-        out.print(
-            f"end-to-end: {len(table.e2e.anchors)} whole models; predicted = "
-            f"{table.e2e.offset_ms:+.3f} ms + {table.e2e.scale:.3f} × pieces "
-            f"(anchors within {worst:.1%})"
-        )
+    _lines(profile_lines(res))
 
 
 @app.command()
 def bench(
-    artifact: Annotated[Path, typer.Argument(help="Exported artifact (.onnx, …).")],
-    device: Annotated[str, typer.Option("--device", "-d", help="Device name.")] = "cpu",
-    threads: Annotated[int | None, typer.Option("--threads", help="Threads.")] = None,
-    runs: Annotated[
-        int | None, typer.Option("--runs", help="Timed runs (default: adaptive, ≥ 20).")
-    ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
-    host: HostOpt = None,
-    remote_python: RemotePythonOpt = None,
-    ssh_config: SshConfigOpt = None,
-    timeout: TimeoutOpt = 600.0,
-    here: HereOpt = False,
+    artifact: o.ArtifactArg,
+    device: o.DeviceOpt = "cpu",
+    threads: o.ThreadsOpt = None,
+    runs: o.BenchRunsOpt = None,
+    as_json: o.JsonOpt = False,
+    host: o.HostOpt = None,
+    remote_python: o.RemotePythonOpt = None,
+    ssh_config: o.SshConfigOpt = None,
+    timeout: o.TimeoutOpt = 600.0,
+    here: o.HereOpt = False,
 ) -> None:
     """End-to-end latency of one artifact: median, p90, min, max, runs."""
     from edgeprune.bench import bench as run_bench
 
-    if threads is not None and threads < 1:
-        raise EdgepruneError(f"--threads {threads} must be at least 1")
     dev = _device_for(device, host, remote_python, here)
-    if not artifact.exists():
-        raise EdgepruneError(f"artifact {artifact} does not exist")
-    with _TermAsInterrupt():
-        if dev.transport == "ssh":
-            from edgeprune.bench import policy_for
-            from edgeprune.remote import bench_over_ssh
-
-            policy_for(runs)
-            t = bench_over_ssh(artifact, dev, _transport(dev, ssh_config, timeout), threads, runs)
-        else:
-            t = run_bench(artifact, dev, threads, runs)
+    t = run_bench(artifact, dev, threads, runs, config=ssh_config, timeout=timeout)
     info = {"artifact": str(artifact), "device": dev.name, "host": dev.host or "local"}
     info.update(t.to_dict())
     if as_json:
         print(json.dumps(info))
         return
-    out.print(
-        f"{artifact} on {dev.name} ({t.runtime} {t.runtime_version}, {t.threads} threads): "
-        f"median {t.median_ms:.3f} ms, p90 {t.p90_ms:.3f} ms, min {t.min_ms:.3f}, "
-        f"max {t.max_ms:.3f} over {t.runs} runs"
-    )
+    from edgeprune.render import bench_line
+
+    out.print(bench_line(artifact, dev, t))
 
 
 @app.command("profile-info")
 def profile_info(
-    path: Annotated[Path, typer.Argument(help="A latency table written by 'profile'.")],
-    as_json: Annotated[bool, typer.Option("--json", help="Print the validated table.")] = False,
+    path: o.TableArg,
+    as_json: o.InfoJsonOpt = False,
 ) -> None:
     """Validate a latency table and summarise it."""
     from edgeprune.latency_table import load
@@ -660,300 +252,116 @@ def profile_info(
     if as_json:
         print(json.dumps(t.to_dict()))
         return
-    d = t.device
-    out.print(
-        f"{path}: {t.arch.name}{' + ' + t.method if t.method else ''} on {d['name']} "
-        f"({d['runtime']} {d.get('runtime_version', '')}, {d.get('precision', '')}, "
-        f"{d['threads']} threads, batch {t.batch}, {'measured' if t.measured else 'ESTIMATED'}, "
-        f"{t.date})"
-    )
-    for n in (t.block.tokens[0], 68, t.block.tokens[-1]):
-        out.print(f"  block @ {n:>3} tokens: {t.block.at(n):.3f} ms")
+    from edgeprune.render import table_lines
 
-
-# ---- end of issue 4 section ----------------------------------------------------------
+    _lines(table_lines(path, t))
 
 
 @app.command()
 def check(
-    model: Annotated[Path, typer.Argument(help="An ONNX model.", show_default=False)],
-    target: Annotated[str, typer.Option("--target", "-t", help="trt | coreml | ort.")] = "trt",
+    model: o.OnnxArg,
+    target: o.CheckTargetOpt = "trt",
 ) -> None:
     """Static report of what in an ONNX graph a target will reject or run slowly.
     Exit 0 when clean, 1 when not."""
-    from edgeprune.export.check import check_file
+    from edgeprune.export.targets import check_file
 
     findings = check_file(model, target)
     if not findings:
         out.print(f"[green]clean:[/] nothing in {model} that {target} rejects or runs slowly")
         return
-    t = Table(title=f"{model} on {target}: {len(findings)} finding(s)", title_justify="left")
-    for col in ("severity", "rule", "where", "detail"):
-        t.add_column(col)
-    for f in findings:
-        t.add_row(
-            "[red]error[/]" if f.severity == "error" else "[yellow]slow[/]",
-            f.rule,
-            f.where,
-            f.detail,
-        )
-    out.print(t)
+    from edgeprune.render import findings_table
+
+    out.print(findings_table(model, target, findings))
     raise typer.Exit(1)
-
-
-def _default_name(src: str, source) -> str:
-    if source.is_builtin:
-        return src.replace(":", "_").replace("@", "_")
-    return Path(src).stem
-
-
-# =====================================================================================
-# ---- latency: predict, budget, validate-profile (issue 5) ---------------------------
-# =====================================================================================
-ProfileOpt = Annotated[
-    Path,
-    typer.Option(
-        "--profile", "-p", help="A latency table (from 'edgeprune profile').", show_default=False
-    ),
-]
-
-
-def _resolve_with_budget(src, method, keep, locs, heads, budget_path: Path, method_options=None):
-    from edgeprune.budget import load_budget
-    from edgeprune.source import resolve
-
-    b = load_budget(budget_path)
-    if keep is not None or locs is not None:
-        raise EdgepruneError("--budget sets the keep ratios and locations", "drop --keep/--locs")
-    if method is not None and method != b.method:
-        raise EdgepruneError(f"--method {method} contradicts the budget's method {b.method}")
-    pruned = bool(b.locs)
-    source = resolve(
-        src,
-        method=b.method,
-        keep=b.keep_ratios if pruned else None,
-        locs=b.locs if pruned else None,
-        heads=heads,
-        method_options=method_options,
-    )
-    if source.arch.name != b.arch:
-        raise EdgepruneError(
-            f"budget {budget_path} is for {b.arch}, but {src} is {source.arch.name}",
-            f"use a {b.arch} model or a budget made for {source.arch.name}",
-        )
-    return source
 
 
 @app.command()
 def predict(
-    src: SrcArg,
-    profile: ProfileOpt,
-    method: MethodOpt = None,
-    keep: KeepOpt = None,
-    locs: LocsOpt = None,
-    heads: HeadsOpt = None,
-    batch: Annotated[int, typer.Option("--batch", "-b", help="Batch size to predict for.")] = 1,
-    budget: BudgetOpt = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    src: o.SrcArg,
+    profile: o.ProfileOpt,
+    method: o.MethodOpt = None,
+    keep: o.KeepOpt = None,
+    locs: o.LocsOpt = None,
+    heads: o.HeadsOpt = None,
+    batch: o.PredictBatchOpt = 1,
+    budget: o.BudgetOpt = None,
+    as_json: o.JsonOpt = False,
 ) -> None:
     """Predicted latency of a model on a profiled device, with the per-block breakdown."""
-    from edgeprune.latency import load_model
+    from edgeprune.latency import predict_source
 
-    model = load_model(profile)
     source = _resolve(src, method, keep, locs, heads, budget=budget)
-    model.check_batch(batch)
-    pred = model.predict(source.plan)
-    info = {
-        "source": src,
-        "method": source.method.name,
-        "arch": source.arch.name,
-        "keep_ratios": list(source.config.keep_ratios),
-        "prune_locs": list(source.config.prune_locs),
-        "profile": str(profile),
-        "device": model.table.device.get("name"),
-        "measured": model.table.measured,
-        "batch": model.table.batch,
-        **pred.to_dict(),
-        "gflops": source.flops().total,
-    }
+    model, pred, info = predict_source(profile, source, batch)
     if as_json:
         print(json.dumps(info))
         return
     _note(source)
     if not model.table.measured:
         err.print("[yellow]note:[/] this profile is estimated, not measured")
-    t = Table(title=f"{src} on {info['device']} (profile {profile})", title_justify="left")
-    t.add_column("part")
-    t.add_column("tokens", justify="right")
-    t.add_column("ms", justify="right")
-    t.add_row("embed", "", f"{pred.embed_ms:.3f}")
-    sel_at = {
-        s.block: (s, ms) for s, ms in zip(source.plan.selectors, pred.selectors_ms, strict=True)
-    }
-    for b, ms in enumerate(pred.blocks_ms):
-        if b in sel_at:
-            s, sms = sel_at[b]
-            t.add_row(f"selector ({s.where} {b})", f"{s.tokens_in}→{s.tokens_out}", f"{sms:.3f}")
-        a, m = pred.attn_tokens[b], pred.mlp_tokens[b]
-        t.add_row(f"block {b}", str(a) if a == m else f"{a}/{m}", f"{ms:.3f}")
-    t.add_row("head", "", f"{pred.head_ms:.3f}")
-    if pred.overhead_ms or pred.scale != 1.0:
-        t.add_row(f"end-to-end offset (parts × {pred.scale:.3f})", "", f"{pred.overhead_ms:.3f}")
-    t.add_row("[bold]total[/]", "", f"[bold]{pred.total_ms:.3f}[/]")
-    out.print(t)
+    from edgeprune.render import predict_table
+
+    out.print(predict_table(source, pred, f"{src} on {info['device']} (profile {profile})"))
 
 
 @app.command("budget")
 def budget_cmd(
-    profile: ProfileOpt,
-    target_ms: Annotated[
-        float | None, typer.Option("--target-ms", help="Latency target in ms.")
-    ] = None,
-    target_fps: Annotated[
-        float | None, typer.Option("--target-fps", help="Target frame rate (30 → 33.3 ms).")
-    ] = None,
-    method: Annotated[
-        str | None, typer.Option("--method", help="Pruning method (default: the profile's).")
-    ] = None,
-    schedule: Annotated[
-        str, typer.Option("--schedule", help="geometric ([r, r², r³]) or free (per stage).")
-    ] = "geometric",
-    locs: LocsOpt = None,
-    sensitivity: Annotated[
-        Path | None,
-        typer.Option("--sensitivity", help="Accuracy per stage and ratio (JSON; see README)."),
-    ] = None,
-    out_path: Annotated[Path, typer.Option("--out", "-o", help="Budget file to write.")] = Path(
-        "budget.json"
-    ),
-    plot: Annotated[
-        Path | None, typer.Option("--plot", help="Pareto plot PNG (default: <out>.pareto.png).")
-    ] = None,
-    no_plot: Annotated[bool, typer.Option("--no-plot", help="Do not write the plot.")] = False,
-    force: Annotated[bool, typer.Option("--force", "-f", help="Overwrite outputs.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    profile: o.ProfileOpt,
+    target_ms: o.TargetMsOpt = None,
+    target_fps: o.TargetFpsOpt = None,
+    method: o.BudgetMethodOpt = None,
+    schedule: o.ScheduleOpt = "geometric",
+    locs: o.LocsOpt = None,
+    sensitivity: o.SensitivityOpt = None,
+    out_path: o.BudgetOutOpt = Path("budget.json"),
+    plot: o.ParetoOpt = None,
+    no_plot: o.NoPlotOpt = False,
+    force: o.ForceOpt = False,
+    as_json: o.JsonOpt = False,
 ) -> None:
     """Keep ratios that meet a latency target and keep the most tokens (or accuracy)."""
-    from edgeprune.atomic import check_writable_target, write_json_atomic
-    from edgeprune.budget import budget_dict, load_sensitivity, plot_pareto, search, target_from
-    from edgeprune.latency import load_model
-    from edgeprune.source import parse_ints
+    from edgeprune.budget_file import make_budget
 
-    target = target_from(target_ms, target_fps)
-    model = load_model(profile)
-    sens = load_sensitivity(sensitivity) if sensitivity is not None else None
-    plot_path = None if no_plot else (plot or out_path.with_name(out_path.stem + ".pareto.png"))
-    check_writable_target(out_path, force)
-    if plot_path is not None:
-        check_writable_target(plot_path, force)
-    meth = method or model.table.method or "dynamicvit"
-    res = search(model, target, meth, schedule, parse_ints(locs, "--locs"), sens, str(sensitivity))
-    d = budget_dict(res, model, profile)
-    write_json_atomic(out_path, d)
-    if plot_path is not None:
-        plot_pareto(res, plot_path)
+    run = make_budget(
+        profile, target_ms, target_fps, method, schedule, locs, sensitivity, out_path, plot,
+        no_plot, force,
+    )  # fmt: skip
     if as_json:
-        print(json.dumps({k: v for k, v in d.items() if k != "profile_table"}))
+        print(json.dumps({k: v for k, v in run.data.items() if k != "profile_table"}))
         return
-    if not model.table.measured:
+    if not run.model.table.measured:
         err.print("[yellow]note:[/] this profile is estimated, not measured")
-    c = res.chosen
-    if res.status == "dense":
-        out.print(
-            f"the dense model already meets the target: {res.dense_ms:.3f} ms ≤ "
-            f"{target:.3f} ms, no pruning needed (the fastest {res.method} schedule "
-            f"{[round(r, 4) for r in res.fastest.keep_ratios]} would predict "
-            f"{res.fastest.predicted_ms:.3f} ms)"
-        )
-    else:
-        out.print(
-            f"keep ratios {[round(r, 4) for r in c.keep_ratios]} at blocks {list(res.locs)} "
-            f"({res.method}, {res.schedule}): predicted {c.predicted_ms:.3f} ms ≤ target "
-            f"{target:.3f} ms (margin {res.margin_ms:.3f} ms; dense {res.dense_ms:.3f} ms)"
-        )
-    out.print(f"tokens/block: {' '.join(map(str, c.plan.attn_tokens))}")
-    extra = f", predicted {sens.metric} {c.accuracy:.2f}" if c.accuracy is not None else ""
-    out.print(f"GFLOPs {res.gflops():.3f}, kept tokens {c.kept_tokens:g}{extra}")
-    out.print(f"[green]wrote[/] {out_path}" + (f" and {plot_path}" if plot_path else ""))
+    from edgeprune.render import budget_lines
+
+    _lines(budget_lines(run))
 
 
 @app.command("validate-profile")
 def validate_profile_cmd(
-    profile_file: Annotated[Path, typer.Argument(help="The latency table to check.")],
-    configs: Annotated[int, typer.Option("--configs", help="Random keep schedules.")] = 20,
-    threads: Annotated[
-        int | None, typer.Option("--threads", help="Threads (default: the profile's).")
-    ] = None,
-    rounds: Annotated[int, typer.Option("--rounds", help="Interleaved timing rounds.")] = 30,
-    burst: Annotated[
-        int,
-        typer.Option(
-            "--burst",
-            help="Runs per model per round, the first discarded (1: single cold runs).",
-        ),
-    ] = 3,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the random schedules.")] = 0,
-    plot: Annotated[
-        Path | None, typer.Option("--plot", help="Scatter PNG (default: <profile>.validate.png).")
-    ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    profile_file: o.ValidateArg,
+    configs: o.ConfigsOpt = 20,
+    threads: o.ValThreadsOpt = None,
+    rounds: o.RoundsOpt = 30,
+    burst: o.BurstOpt = 3,
+    seed: o.SeedOpt = 0,
+    plot: o.ScatterOpt = None,
+    as_json: o.JsonOpt = False,
 ) -> None:
     """Export random schedules, measure them end-to-end, report the prediction error."""
-    from edgeprune.atomic import check_writable_target
-    from edgeprune.latency import load_model
-    from edgeprune.validate import plot_validation, validate_profile
+    from edgeprune.validate import validate_to_plot
 
-    model = load_model(profile_file)
-    plot_path = plot or Path(profile_file.stem + ".validate.png")
-    check_writable_target(plot_path, force=True)
-    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
-    with Progress(
-        SpinnerColumn(),
-        TextColumn("{task.description}"),
-        TimeElapsedColumn(),
-        console=err,
-        transient=True,
-        disable=not err.is_terminal,
-    ) as prog:
-        task = prog.add_task("validating", total=None)
-        rep = validate_profile(
-            model,
-            configs,
-            threads,
-            rounds,
-            seed,
-            progress=lambda m: prog.update(task, description=m),
-            burst=burst,
+    with _progress("validating") as step:
+        rep, plot_path = validate_to_plot(
+            profile_file, configs, threads, rounds, seed, burst, plot, progress=step
         )
-    plot_validation(rep, plot_path)
     if as_json:
         print(json.dumps({**rep.to_dict(), "plot": str(plot_path)}))
         return
-    t = Table(title=f"{profile_file}: {rep.method}, {rep.threads} thread(s)", title_justify="left")
-    for col in ("keep ratios", "predicted ms", "measured ms", "error"):
-        t.add_column(col, justify="right")
-    for r in rep.results:
-        t.add_row(
-            ", ".join(f"{x:g}" for x in r.keep_ratios),
-            f"{r.predicted_ms:.3f}",
-            f"{r.measured_ms:.3f}",
-            f"{r.rel_error:.1%}",
-        )
-    out.print(t)
-    out.print(
-        f"|pred − meas| / meas: median {rep.median_error:.1%} (target ≤ 5 %), "
-        f"p90 {rep.p90_error:.1%} (target ≤ 10 %) over {len(rep.results)} models"
-    )
-    if rep.drift is not None:
-        out.print(
-            f"machine drift since profiling: {rep.drift:+.1%} (the profile's "
-            f"{len(rep.anchors)} whole-model anchors re-timed now; included in the error)"
-        )
+    from edgeprune.render import validation_lines, validation_table
+
+    out.print(validation_table(profile_file, rep))
+    _lines(validation_lines(rep))
     out.print(f"[green]wrote[/] {plot_path}")
-
-
-# ---- end of latency section ---------------------------------------------------------
 
 
 def _install_signal_handlers() -> None:

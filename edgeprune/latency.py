@@ -10,8 +10,8 @@ cache state of a deep graph, the session's per-run overhead).
 
 A block whose attention and MLP see the same token count costs ``block(n)``; a block
 split by a mid-block selector (EViT-style) costs ``attn(n_attn) + mlp(n_mlp)``.
-Every curve is read by piecewise-linear interpolation (linear extrapolation past the
-ends, clamped at zero), exactly as ``Curve.at``.
+Every curve is read by ``latency_table.piecewise_linear`` (linear extrapolation past
+the ends, clamped at zero), the one interpolation, which ``Curve.at`` uses too.
 
 There is ONE implementation, in torch (float64): ``LatencyModel.predict_tokens`` takes
 token counts as float tensors (any leading batch shape) and returns a latency tensor
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from edgeprune.errors import EdgepruneError
-from edgeprune.latency_table import Curve, LatencyTable
+from edgeprune.latency_table import Anchor, Curve, EndToEnd, LatencyTable, piecewise_linear
 
 if TYPE_CHECKING:
     import torch
@@ -35,16 +35,7 @@ if TYPE_CHECKING:
 
 def interp(curve: Curve, n: torch.Tensor) -> torch.Tensor:
     """``curve`` at token counts ``n`` (a float tensor): differentiable in ``n``."""
-    import torch
-
-    t = torch.tensor(curve.tokens, dtype=n.dtype, device=n.device)
-    y = torch.tensor(curve.median_ms, dtype=n.dtype, device=n.device)
-    if len(curve.tokens) == 1:
-        return y[0] + 0.0 * n
-    i = torch.searchsorted(t, n.detach().contiguous(), right=True) - 1
-    i = i.clamp(0, len(curve.tokens) - 2)
-    x0, x1, y0, y1 = t[i], t[i + 1], y[i], y[i + 1]
-    return torch.clamp(y0 + (y1 - y0) * (n - x0) / (x1 - x0), min=0.0)
+    return piecewise_linear(curve.tokens, curve.median_ms, n).clamp(min=0.0)
 
 
 @dataclass(frozen=True)
@@ -232,8 +223,80 @@ class LatencyModel:
         )
 
 
+def fit_correction(raw_ms: list[float], measured_ms: list[float]) -> tuple[float, float]:
+    """(offset, scale) with measured ≈ offset + scale * raw, least squares.
+
+    Two or more anchors that span at least 20 % of the range fit both terms; otherwise
+    (or when the affine fit comes out implausible: scale outside 0.5–2, or an offset
+    larger than half the smallest anchor) only a scale is fitted through zero."""
+    import numpy as np
+
+    if not raw_ms or len(raw_ms) != len(measured_ms) or min(raw_ms) <= 0:
+        raise ValueError("anchors need positive predicted latencies")
+    x, y = np.asarray(raw_ms, float), np.asarray(measured_ms, float)
+    if len(x) >= 2 and (x.max() - x.min()) >= 0.2 * x.max():
+        b, a = np.polyfit(x, y, 1)
+        if 0.5 <= b <= 2.0 and abs(a) <= 0.5 * y.min():
+            return float(a), float(b)
+    return 0.0, float((x * y).sum() / (x * x).sum())
+
+
+def fit_end_to_end(
+    table: LatencyTable, measured: list[tuple[str, TokenPlan, float, float]]
+) -> EndToEnd:
+    """The end-to-end correction of ``table`` from whole models timed in its sweep:
+    ``measured`` holds (label, plan, median ms, p90 ms) per anchor. Records the fit
+    per anchor in ``table.extra["e2e_fit"]``."""
+    raw_model = LatencyModel(table, corrected=False)
+    rows = [
+        Anchor(
+            label,
+            tuple(p.attn_tokens),
+            tuple(p.mlp_tokens),
+            tuple(s.tokens_in for s in p.selectors),
+            median,
+            p90,
+        )
+        for label, p, median, p90 in measured
+    ]
+    raw = [float(raw_model.predict_many([p])[0]) for _, p, _, _ in measured]
+    offset, scale = fit_correction(raw, [r.median_ms for r in rows])
+    table.extra["e2e_fit"] = [
+        {
+            "label": r.label,
+            "pieces_ms": x,
+            "measured_ms": r.median_ms,
+            "corrected_ms": offset + scale * x,
+        }
+        for r, x in zip(rows, raw, strict=True)
+    ]
+    return EndToEnd(tuple(rows), offset, scale)
+
+
 def load_model(path) -> LatencyModel:
     """A LatencyModel from a profile file (validated by ``latency_table.load``)."""
     from edgeprune.latency_table import load
 
     return LatencyModel(load(path), str(path))
+
+
+def predict_source(profile, source, batch: int = 1) -> tuple[LatencyModel, Prediction, dict]:
+    """``edgeprune predict``: the latency table at ``profile``, the prediction for the
+    resolved ``source`` at ``batch``, and the facts reported about it."""
+    model = load_model(profile)
+    model.check_batch(batch)
+    pred = model.predict(source.plan)
+    info = {
+        "source": source.text,
+        "method": source.method.name,
+        "arch": source.arch.name,
+        "keep_ratios": list(source.config.keep_ratios),
+        "prune_locs": list(source.config.prune_locs),
+        "profile": str(profile),
+        "device": model.table.device.get("name"),
+        "measured": model.table.measured,
+        "batch": model.table.batch,
+        **pred.to_dict(),
+        "gflops": source.flops().total,
+    }
+    return model, pred, info

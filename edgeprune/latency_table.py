@@ -23,11 +23,12 @@ One JSON file per (device, runtime, precision, threads, batch, arch[, method]):
       }
     }
 
-Latency at a token count between grid points is linear interpolation (see
-``Curve.at``); the latency model (edgeprune.latency) builds on these curves. Pieces
-timed alone do not add up exactly to a whole model (inter-op overhead, cache state,
-gathers between blocks), so the sweep also times a few whole models ("anchors") and
-stores an affine end-to-end correction fitted on them (``tables.e2e``).
+Latency at a token count between grid points is linear interpolation
+(``piecewise_linear``, the one implementation; ``Curve.at``); the latency model
+(edgeprune.latency) builds on these curves. Pieces timed alone do not add up exactly
+to a whole model (inter-op overhead, cache state, gathers between blocks), so the
+sweep also times a few whole models ("anchors") and stores an affine end-to-end
+correction fitted on them (``tables.e2e``).
 """
 
 from __future__ import annotations
@@ -36,13 +37,35 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edgeprune.arch import Arch
 from edgeprune.atomic import write_json_atomic
 from edgeprune.errors import EdgepruneError
 
+if TYPE_CHECKING:
+    import torch
+
 SCHEMA = "edgeprune.profile"
 VERSION = 1
+
+
+def piecewise_linear(xs, ys, x: torch.Tensor, extrapolate: bool = True) -> torch.Tensor:
+    """The one linear interpolation: ``ys`` at ``x`` (a float tensor of any shape,
+    differentiable in ``x``) between the increasing knots ``xs``; past the ends, linear
+    extrapolation from the two nearest knots, or (``extrapolate=False``) the end value."""
+    import torch
+
+    t = torch.tensor(xs, dtype=x.dtype, device=x.device)
+    y = torch.tensor(ys, dtype=x.dtype, device=x.device)
+    if len(xs) == 1:
+        return y[0] + 0.0 * x
+    if not extrapolate:
+        x = torch.minimum(torch.maximum(x, t[0]), t[-1])
+    i = torch.searchsorted(t, x.detach().contiguous(), right=True) - 1
+    i = i.clamp(0, len(xs) - 2)
+    x0, x1, y0, y1 = t[i], t[i + 1], y[i], y[i + 1]
+    return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
 
 
 @dataclass(frozen=True)
@@ -52,26 +75,11 @@ class Curve:
     p90_ms: tuple[float, ...]
 
     def at(self, n: float) -> float:
-        """Median latency at n tokens: linear interpolation; linear extrapolation past
-        the ends from the two nearest points (clamped at zero)."""
-        t, y = self.tokens, self.median_ms
-        if len(t) == 1:
-            return y[0]
-        if n <= t[0]:
-            i = 0
-        elif n >= t[-1]:
-            i = len(t) - 2
-        else:
-            lo, hi = 0, len(t) - 1
-            while hi - lo > 1:
-                mid = (lo + hi) // 2
-                if t[mid] <= n:
-                    lo = mid
-                else:
-                    hi = mid
-            i = lo
-        x0, x1, y0, y1 = t[i], t[i + 1], y[i], y[i + 1]
-        return max(0.0, y0 + (y1 - y0) * (n - x0) / (x1 - x0))
+        """Median latency at n tokens: ``piecewise_linear``, clamped at zero."""
+        import torch
+
+        x = torch.tensor(float(n), dtype=torch.float64)
+        return float(piecewise_linear(self.tokens, self.median_ms, x).clamp(min=0.0))
 
     def to_dict(self) -> dict:
         return {
@@ -126,24 +134,6 @@ class EndToEnd:
             "offset_ms": self.offset_ms,
             "scale": self.scale,
         }
-
-
-def fit_correction(raw_ms: list[float], measured_ms: list[float]) -> tuple[float, float]:
-    """(offset, scale) with measured ≈ offset + scale * raw, least squares.
-
-    Two or more anchors that span at least 20 % of the range fit both terms; otherwise
-    (or when the affine fit comes out implausible: scale outside 0.5–2, or an offset
-    larger than half the smallest anchor) only a scale is fitted through zero."""
-    import numpy as np
-
-    if not raw_ms or len(raw_ms) != len(measured_ms) or min(raw_ms) <= 0:
-        raise ValueError("anchors need positive predicted latencies")
-    x, y = np.asarray(raw_ms, float), np.asarray(measured_ms, float)
-    if len(x) >= 2 and (x.max() - x.min()) >= 0.2 * x.max():
-        b, a = np.polyfit(x, y, 1)
-        if 0.5 <= b <= 2.0 and abs(a) <= 0.5 * y.min():
-            return float(a), float(b)
-    return 0.0, float((x * y).sum() / (x * x).sum())
 
 
 @dataclass

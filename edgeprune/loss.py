@@ -33,7 +33,7 @@ SHAPES = ("hinge", "squared", "squared_hinge")
 
 def _open(obj, method, locs, target_ms):
     """(LatencyModel, method, locs, target) from a profile / budget (object or path)."""
-    from edgeprune.budget import BUDGET_SCHEMA, Budget, load_budget
+    from edgeprune.budget_file import BUDGET_SCHEMA, Budget, load_budget
 
     if isinstance(obj, str | Path):
         import json

@@ -3,8 +3,6 @@ shape, and their ONNX export (static shapes, as the deployed graph has them)."""
 
 from __future__ import annotations
 
-import io
-import warnings
 from dataclasses import dataclass
 
 import torch
@@ -16,27 +14,25 @@ from edgeprune.models.deit import Block, VisionTransformer, init_random_
 PIECE_SEED = 0
 
 
-class AttnHalf(nn.Module):
-    """norm1 + attention + residual: the first half of a block (what EViT/ToMe see
-    before they reduce tokens mid-block)."""
+class HalfBlock(nn.Module):
+    """One residual half of a block: ``x + fn(norm(x))``. ``attn_half`` is norm1 +
+    attention (what EViT/ToMe see before they reduce tokens mid-block), ``mlp_half``
+    norm2 + MLP."""
 
-    def __init__(self, block: Block):
+    def __init__(self, norm: nn.Module, fn: nn.Module):
         super().__init__()
-        self.norm1, self.attn = block.norm1, block.attn
+        self.norm, self.fn = norm, fn
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.attn(self.norm1(x))
+        return x + self.fn(self.norm(x))
 
 
-class MlpHalf(nn.Module):
-    """norm2 + MLP + residual: the second half of a block."""
+def attn_half(block: Block) -> HalfBlock:
+    return HalfBlock(block.norm1, block.attn)
 
-    def __init__(self, block: Block):
-        super().__init__()
-        self.norm2, self.mlp = block.norm2, block.mlp
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.mlp(self.norm2(x))
+def mlp_half(block: Block) -> HalfBlock:
+    return HalfBlock(block.norm2, block.mlp)
 
 
 class Embed(nn.Module):
@@ -88,7 +84,7 @@ def make_chain(arch: Arch, table: str, n: int) -> nn.Module:
     does not: timed alone, a DeiT block came out at about half its cost inside the
     model. A chain of distinct blocks streams weights as the model does."""
     blocks = [make_block(arch, PIECE_SEED + i) for i in range(n)]
-    wrap = {"block": lambda b: b, "attn": AttnHalf, "mlp": MlpHalf}[table]
+    wrap = {"block": lambda b: b, "attn": attn_half, "mlp": mlp_half}[table]
     return nn.Sequential(*(wrap(b) for b in blocks)).eval()
 
 
@@ -100,19 +96,8 @@ def make_vit(arch: Arch) -> VisionTransformer:
 
 
 def module_to_onnx(module: nn.Module, input_shape: tuple[int, ...], opset: int = 17) -> bytes:
-    """Trace ``module`` at one fixed input shape into ONNX bytes (TorchScript exporter:
-    every dimension is a constant)."""
-    f = io.BytesIO()
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            module.eval(),
-            (torch.zeros(input_shape),),
-            f,
-            opset_version=opset,
-            input_names=["input"],
-            output_names=["output"],
-            do_constant_folding=True,
-            dynamo=False,
-        )
-    return f.getvalue()
+    """A piece traced at one fixed input shape by the exporter's own tracer
+    (``trace_to_onnx``: every dimension a constant); its output is named ``output``."""
+    from edgeprune.export.onnx import trace_to_onnx
+
+    return trace_to_onnx(module, input_shape, opset, output_name="output")

@@ -41,11 +41,6 @@ class TokenPlan:
     def final_tokens(self) -> int:
         return self.mlp_tokens[-1]
 
-    @property
-    def is_dense(self) -> bool:
-        n = self.arch.num_tokens
-        return all(t == n for t in self.attn_tokens + self.mlp_tokens)
-
     def to_dict(self) -> dict:
         return {
             "arch": self.arch.name,

@@ -1,24 +1,40 @@
-"""A PNG of a latency table: latency vs tokens per curve (matplotlib, imported lazily)."""
+"""The PNGs edgeprune writes (matplotlib, imported lazily, set up in ``_pyplot`` only):
+a latency table's curves, a budget's Pareto front, validate-profile's scatter."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edgeprune.atomic import atomic_path
 from edgeprune.latency_table import LatencyTable
 
+if TYPE_CHECKING:
+    from edgeprune.budget import BudgetResult
+    from edgeprune.validate import ValidationReport
 
-def plot_path(table_path: Path) -> Path:
-    return Path(table_path).with_suffix(".png")
 
-
-def plot_table(table: LatencyTable, path: Path) -> Path:
+def _pyplot():
+    """matplotlib's pyplot on the non-interactive Agg backend."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    return plt
+
+
+def _save(fig, path: Path, dpi: int | None = None) -> Path:
+    """Write ``fig`` as a PNG atomically and close it."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi or "figure")
+    _pyplot().close(fig)
+    return path
+
+
+def plot_table(table: LatencyTable, path: Path) -> Path:
+    fig, ax = _pyplot().subplots(figsize=(7, 4.5), dpi=110)
     curves = {"block": table.block, "attn": table.attn, "mlp": table.mlp}
     curves.update({f"selector ({k})": v for k, v in table.selectors.items()})
     for name, c in curves.items():
@@ -43,8 +59,71 @@ def plot_table(table: LatencyTable, path: Path) -> Path:
         fontsize=7,
     )
     fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return path
+    return _save(fig, path)
+
+
+def plot_pareto(result: BudgetResult, path: Path) -> None:
+    """The candidates, their Pareto front, the chosen schedule, target and dense."""
+    from edgeprune.budget import fmt_ratios, pareto_front
+
+    cands = result.candidates
+    step = max(1, len(cands) // 4000)
+    fig, ax = _pyplot().subplots(figsize=(7, 4.5))
+    ax.scatter(
+        [c.predicted_ms for c in cands[::step]],
+        [c.objective() for c in cands[::step]],
+        s=4,
+        c="0.75",
+        label=f"{result.schedule} schedules",
+    )
+    front = pareto_front(cands)
+    ax.plot(
+        [c.predicted_ms for c in front],
+        [c.objective() for c in front],
+        "-",
+        c="C0",
+        label="Pareto front",
+    )
+    ch = result.chosen
+    ax.plot(
+        [ch.predicted_ms],
+        [ch.objective()],
+        "*",
+        c="C3",
+        ms=14,
+        label=f"chosen {fmt_ratios(ch.keep_ratios)}: {ch.predicted_ms:.2f} ms",
+    )
+    ax.axvline(result.target_ms, ls="--", c="C2", label=f"target {result.target_ms:.2f} ms")
+    ax.axvline(result.dense_ms, ls=":", c="0.4", label=f"dense {result.dense_ms:.2f} ms")
+    ax.set_xlabel("predicted latency (ms)")
+    ax.set_ylabel(result.objective.replace("_", " "))
+    ax.set_title(f"{result.arch.name} / {result.method}, locs {list(result.locs)}")
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    _save(fig, path, dpi=110)
+
+
+def plot_validation(report: ValidationReport, path: Path) -> None:
+    """Predicted vs measured per schedule, with the ±5 % band."""
+    meas = [r.measured_ms for r in report.results]
+    pred = [r.predicted_ms for r in report.results]
+    lo, hi = min(meas + pred) * 0.9, max(meas + pred) * 1.1
+    fig, ax = _pyplot().subplots(figsize=(5, 5))
+    ax.plot([lo, hi], [lo, hi], "-", c="0.5", lw=1, label="pred = meas")
+    ax.fill_between(
+        [lo, hi],
+        [lo * 0.95, hi * 0.95],
+        [lo * 1.05, hi * 1.05],
+        color="C2",
+        alpha=0.15,
+        label="±5 %",
+    )
+    ax.scatter(meas, pred, c="C0", s=18, zorder=3)
+    ax.set_xlabel("measured end-to-end (ms, median)")
+    ax.set_ylabel("predicted (ms)")
+    ax.set_title(
+        f"{report.method}: median err {report.median_error:.1%}, p90 {report.p90_error:.1%}"
+    )
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    _save(fig, path, dpi=110)

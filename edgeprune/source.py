@@ -22,6 +22,8 @@ from edgeprune.checkpoint import (
 from edgeprune.errors import EdgepruneError
 from edgeprune.flops import FlopReport, plan_flops
 from edgeprune.methods import Method, MethodConfig, detect_method, get_method
+from edgeprune.methods.avit import released_name_gates
+from edgeprune.parsing import parse_floats, parse_ints
 from edgeprune.plan import TokenPlan
 
 BUILTIN_RE = re.compile(r"^(?P<arch>[a-z_0-9]+)(?::(?P<method>[a-z_0-9]+)(?:@(?P<param>.+))?)?$")
@@ -40,6 +42,7 @@ class Source:
     plan: TokenPlan
     state_dict: dict[str, torch.Tensor] | None = None
     notes: list[str] = field(default_factory=list)
+    seed: int = BUILTIN_SEED  # of the random weights of a built-in spec
     _model: torch.nn.Module | None = None
 
     @property
@@ -56,7 +59,7 @@ class Source:
             if self.state_dict is None:
                 from edgeprune.models.deit import init_random_
 
-                init_random_(m, BUILTIN_SEED)
+                init_random_(m, self.seed)
             else:
                 load_into(m, self.state_dict, f"checkpoint {self.text}")
             self._model = m.eval()
@@ -74,36 +77,28 @@ class Source:
             "options": dict(self.config.options),
         }
 
+    def default_name(self) -> str:
+        """The stem of default output names: the spec (``deit_s_dynamicvit_0.7``) or
+        the checkpoint's file name."""
+        if self.is_builtin:
+            return self.text.replace(":", "_").replace("@", "_")
+        return Path(self.text).stem
 
-def parse_floats(text: str | None, what: str) -> tuple[float, ...] | None:
-    if text is None:
-        return None
-    out = []
-    for part in text.split(","):
-        part = part.strip()
-        try:
-            v = float(part)
-        except ValueError:
-            raise EdgepruneError(
-                f"{what} '{part}' is not a number", f"e.g. {what} 0.7,0.49,0.343"
-            ) from None
-        out.append(v)
-    return tuple(out)
-
-
-def parse_ints(text: str | None, what: str) -> tuple[int, ...] | None:
-    if text is None:
-        return None
-    out = []
-    for part in text.split(","):
-        part = part.strip()
-        try:
-            out.append(int(part))
-        except ValueError:
-            raise EdgepruneError(
-                f"{what} '{part}' is not an integer", f"e.g. {what} 3,6,9"
-            ) from None
-    return tuple(out)
+    def inspect(self) -> dict:
+        """What ``edgeprune inspect`` reports: the description, the token plan, the
+        parameter count and GFLOPs."""
+        fl = self.flops()
+        return {
+            **self.describe(),
+            "arch": self.arch.name,
+            "arch_config": self.arch.to_dict(),
+            "tokens_per_block": list(self.plan.tokens_per_block),
+            "mlp_tokens_per_block": list(self.plan.mlp_tokens),
+            "token_plan": self.plan.to_dict(),
+            "params": sum(p.numel() for p in self.model().parameters()),
+            "gflops": fl.to_dict(),
+            "gflops_convention": "multiply-adds (DeiT/DynamicViT papers); selectors counted apart",
+        }
 
 
 def looks_like_path(text: str) -> bool:
@@ -122,8 +117,12 @@ def resolve(
     locs: str | tuple[int, ...] | None = None,
     heads: int | None = None,
     method_options: dict[str, object] | None = None,
+    budget: str | Path | None = None,
 ) -> Source:
-    """Resolve a SRC and the command-line overrides into a Source."""
+    """Resolve a SRC and the command-line overrides into a Source. ``budget``: a budget
+    file (``edgeprune budget``) that sets the method, keep ratios and locations."""
+    if budget is not None:
+        return resolve_with_budget(src, budget, method, keep, locs, heads, method_options)
     keep_t = parse_floats(keep, "--keep") if isinstance(keep, str) else keep
     locs_t = parse_ints(locs, "--locs") if isinstance(locs, str) else locs
     if looks_like_path(src):
@@ -174,6 +173,26 @@ def _check_options(meth: Method, options: dict[str, object] | None) -> None:
         )
 
 
+KEYLESS_HINT = (
+    "methods without parameters of their own are chosen with --method: "
+    "--method avit (with --calibration FILE), --method evit or --method tome"
+)
+
+
+def _keyless_notes(path: Path, detected: Method, method: str | None) -> list[str]:
+    """What to tell the user when a checkpoint holds no pruning-method keys."""
+    if detected.key_prefix is not None or (method is not None and method != "dense"):
+        return []
+    gates = released_name_gates(path)
+    if method is None and gates is not None:
+        return [
+            f"{path.name}: plain DeiT keys, named as the released A-ViT checkpoints "
+            f"([model]-[scale]-[center].pth): read as A-ViT with gate_scale {gates[0]:g}, "
+            f"gate_center {gates[1]:g} (--method dense for the unpruned model)"
+        ]
+    return [f"{path.name} holds no pruning-method keys: read as dense; {KEYLESS_HINT}"]
+
+
 def _from_checkpoint(
     src: str,
     method: str | None,
@@ -195,6 +214,9 @@ def _from_checkpoint(
             )
     else:
         meth = detected
+    notes = _keyless_notes(path, detected, method)
+    if notes and method is None and released_name_gates(path) is not None:
+        meth = get_method("avit")
     bad = non_finite_tensors(sd)
     if bad:
         raise EdgepruneError(
@@ -206,6 +228,41 @@ def _from_checkpoint(
     cfg.options.update(method_options or {})
     cfg = meth.with_overrides(cfg, arch, keep, locs)
     plan = meth.token_plan(arch, cfg)
-    src_obj = Source(src, "checkpoint", arch, meth, cfg, plan, state_dict=sd)
+    src_obj = Source(src, "checkpoint", arch, meth, cfg, plan, state_dict=sd, notes=notes)
     src_obj.model()  # load now, so a layout/shape problem is reported before any work
     return src_obj
+
+
+def resolve_with_budget(
+    src: str,
+    budget_path: str | Path,
+    method: str | None = None,
+    keep=None,
+    locs=None,
+    heads: int | None = None,
+    method_options: dict[str, object] | None = None,
+) -> Source:
+    """SRC at the budget's method, keep ratios and locations (refusing --keep/--locs,
+    a contradicting --method, and a budget made for another arch)."""
+    from edgeprune.budget_file import load_budget
+
+    b = load_budget(budget_path)
+    if keep is not None or locs is not None:
+        raise EdgepruneError("--budget sets the keep ratios and locations", "drop --keep/--locs")
+    if method is not None and method != b.method:
+        raise EdgepruneError(f"--method {method} contradicts the budget's method {b.method}")
+    pruned = bool(b.locs)
+    source = resolve(
+        src,
+        method=b.method,
+        keep=b.keep_ratios if pruned else None,
+        locs=b.locs if pruned else None,
+        heads=heads,
+        method_options=method_options,
+    )
+    if source.arch.name != b.arch:
+        raise EdgepruneError(
+            f"budget {budget_path} is for {b.arch}, but {src} is {source.arch.name}",
+            f"use a {b.arch} model or a budget made for {source.arch.name}",
+        )
+    return source

@@ -10,7 +10,7 @@ steady state a model sees running back to back, as the profile's pieces were tim
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +18,8 @@ import numpy as np
 
 from edgeprune.errors import EdgepruneError
 from edgeprune.latency import LatencyModel
+from edgeprune.methods.base import geometric
+from edgeprune.runtimes.timing import Timing
 
 
 @dataclass(frozen=True)
@@ -95,17 +97,58 @@ def random_schedules(method, n_stages: int, count: int, seed: int = 0) -> list[t
         if i == 0:
             r = np.full(n_stages, 0.9)
         elif i == 1:
-            r = (
-                np.full(n_stages, 0.25)
-                if not method.cumulative
-                else 0.5 ** np.arange(1, n_stages + 1)
-            )
+            r = np.array(geometric(0.5, n_stages)) if method.cumulative else np.full(n_stages, 0.25)
         else:
             r = rng.uniform(0.1, 1.0, n_stages)
         if method.cumulative:
             r = np.sort(r)[::-1]
         out.append(tuple(round(float(x), 3) for x in r))
     return out
+
+
+def check_local_runtime(model: LatencyModel, what: str) -> str:
+    """The runtime the table was measured with, refused unless it runs models here."""
+    runtime = str(model.table.device.get("runtime"))
+    if runtime != "onnxruntime":
+        raise EdgepruneError(
+            f"profile {model.source} was measured with {runtime}; "
+            f"{what} measures with onnxruntime on this machine",
+            "use an onnxruntime profile",
+        )
+    return runtime
+
+
+def time_sources(
+    sources: Sequence,
+    runtime: str,
+    threads: int,
+    batch: int,
+    rounds: int = 30,
+    burst: int = 3,
+    progress: Callable[[str], None] | None = None,
+    labels: Sequence[str] | None = None,
+) -> list[Timing]:
+    """Export every source (the real static graph, parity-checked on one input) for
+    ``runtime`` into a temporary folder, load each in that runtime's runner and time
+    them all interleaved in one process: one Timing per source."""
+    from edgeprune.export.onnx import export_onnx
+    from edgeprune.runtimes.base import get_runner
+    from edgeprune.runtimes.timing import time_interleaved
+
+    step = progress or (lambda _m: None)
+    runners = []
+    with tempfile.TemporaryDirectory(prefix="edgeprune-time-") as tmp:
+        for i, src in enumerate(sources):
+            step(f"exporting {labels[i] if labels else f'{i + 1}/{len(sources)}'}")
+            path = Path(tmp) / f"m{i}.onnx"
+            export_onnx(src, path, batch=batch, n_parity_inputs=1)
+            r = get_runner(runtime, threads=threads)
+            r.load(path)
+            runners.append(r)
+        step(f"timing {len(runners)} models, {rounds} interleaved rounds")
+        img = sources[0].arch.img_size
+        x = np.random.default_rng(0).standard_normal((batch, 3, img, img), dtype=np.float32)
+        return time_interleaved(runners, [x] * len(runners), rounds=rounds, burst=burst)
 
 
 def validate_profile(
@@ -118,12 +161,9 @@ def validate_profile(
     burst: int = 3,
 ) -> ValidationReport:
     from edgeprune.arch import ARCHS
-    from edgeprune.export.onnx import export_onnx
     from edgeprune.methods import get_method
-    from edgeprune.profile import anchor_specs
-    from edgeprune.runtimes.onnxruntime import make_session
-    from edgeprune.runtimes.timing import time_interleaved
     from edgeprune.source import resolve
+    from edgeprune.sweep import anchor_specs
 
     tb = model.table
     if configs < 1:
@@ -134,12 +174,7 @@ def validate_profile(
         raise EdgepruneError(f"--rounds {rounds} must be at least 3")
     if burst < 1:
         raise EdgepruneError(f"--burst {burst} must be at least 1")
-    if tb.device.get("runtime") != "onnxruntime":
-        raise EdgepruneError(
-            f"profile {model.source} was measured with {tb.device.get('runtime')}; "
-            "validate-profile measures with onnxruntime on this machine",
-            "validate an onnxruntime profile",
-        )
+    runtime = check_local_runtime(model, "validate-profile")
     if tb.arch.name not in ARCHS or ARCHS[tb.arch.name] != tb.arch:
         raise EdgepruneError(f"profile arch {tb.arch.name} is not a built-in architecture")
     method_name = tb.method or (next(iter(tb.selectors)) if len(tb.selectors) == 1 else None)
@@ -149,30 +184,16 @@ def validate_profile(
         )
     meth = get_method(method_name)
     threads = threads or int(tb.device.get("threads") or 1)
-    step = progress or (lambda _m: None)
-    schedules = random_schedules(meth, len(meth.default_locs), configs, seed)
-    sessions, preds, used = [], [], []
-    with tempfile.TemporaryDirectory(prefix="edgeprune-validate-") as tmp:
-        for i, ratios in enumerate(schedules):
-            step(f"exporting {i + 1}/{len(schedules)} keep {list(ratios)}")
-            src = resolve(f"{tb.arch.name}:{meth.name}", keep=ratios)
-            path = Path(tmp) / f"m{i}.onnx"
-            export_onnx(src, path, batch=tb.batch, n_parity_inputs=1)
-            sessions.append(make_session(path, threads))
-            preds.append(model.predict(src.plan).total_ms)
-            used.append(ratios)
-        # the profile's anchors, timed alongside (not part of the error): machine drift
-        anchors = tb.e2e.anchors if tb.e2e is not None else ()
-        for (spec, keep), a in zip(anchor_specs(tb.arch, tb.method), anchors, strict=False):
-            step(f"exporting anchor {a.label}")
-            path = Path(tmp) / f"a{len(sessions)}.onnx"
-            export_onnx(resolve(spec, keep=keep), path, batch=tb.batch, n_parity_inputs=1)
-            sessions.append(make_session(path, threads))
-        step(f"timing {len(sessions)} models, {rounds} interleaved rounds")
-        x = np.random.default_rng(0).standard_normal(
-            (tb.batch, 3, tb.arch.img_size, tb.arch.img_size), dtype=np.float32
-        )
-        timings = time_interleaved(sessions, [x] * len(sessions), rounds=rounds, burst=burst)
+    used = random_schedules(meth, len(meth.default_locs), configs, seed)
+    sources = [resolve(f"{tb.arch.name}:{meth.name}", keep=r) for r in used]
+    preds = [model.predict(src.plan).total_ms for src in sources]
+    labels = [f"{i + 1}/{len(used)} keep {list(r)}" for i, r in enumerate(used)]
+    # the profile's anchors, timed alongside (not part of the error): machine drift
+    anchors = tb.e2e.anchors if tb.e2e is not None else ()
+    for (spec, keep), a in zip(anchor_specs(tb.arch, tb.method), anchors, strict=False):
+        sources.append(resolve(spec, keep=keep))
+        labels.append(f"anchor {a.label}")
+    timings = time_sources(sources, runtime, threads, tb.batch, rounds, burst, progress, labels)
     results = tuple(
         ConfigResult(r, p, t.median_ms, t.p90_ms)
         for r, p, t in zip(used, preds, timings[: len(used)], strict=True)
@@ -184,35 +205,25 @@ def validate_profile(
     return ValidationReport(model.source, meth.name, threads, rounds, results, burst, again)
 
 
-def plot_validation(report: ValidationReport, path: Path) -> None:
-    import matplotlib
+def validate_to_plot(
+    profile: Path,
+    configs: int = 20,
+    threads: int | None = None,
+    rounds: int = 30,
+    seed: int = 0,
+    burst: int = 3,
+    plot: Path | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> tuple[ValidationReport, Path]:
+    """``edgeprune validate-profile``: validate the latency table ``profile`` and write
+    the scatter plot (default ``<profile stem>.validate.png`` here)."""
+    from edgeprune.atomic import check_writable_target
+    from edgeprune.latency import load_model
+    from edgeprune.plot import plot_validation
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from edgeprune.atomic import atomic_path
-
-    meas = [r.measured_ms for r in report.results]
-    pred = [r.predicted_ms for r in report.results]
-    lo, hi = min(meas + pred) * 0.9, max(meas + pred) * 1.1
-    fig, ax = plt.subplots(figsize=(5, 5))
-    ax.plot([lo, hi], [lo, hi], "-", c="0.5", lw=1, label="pred = meas")
-    ax.fill_between(
-        [lo, hi],
-        [lo * 0.95, hi * 0.95],
-        [lo * 1.05, hi * 1.05],
-        color="C2",
-        alpha=0.15,
-        label="±5 %",
-    )
-    ax.scatter(meas, pred, c="C0", s=18, zorder=3)
-    ax.set_xlabel("measured end-to-end (ms, median)")
-    ax.set_ylabel("predicted (ms)")
-    ax.set_title(
-        f"{report.method}: median err {report.median_error:.1%}, p90 {report.p90_error:.1%}"
-    )
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_path(Path(path)) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    model = load_model(profile)
+    plot_path = plot or Path(Path(profile).stem + ".validate.png")
+    check_writable_target(plot_path, force=True)
+    rep = validate_profile(model, configs, threads, rounds, seed, progress=progress, burst=burst)
+    plot_validation(rep, plot_path)
+    return rep, plot_path

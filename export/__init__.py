@@ -1,1 +1,3 @@
-"""Exporters: one module per target (onnx, tensorrt, coreml) and the artifact manifest."""
+"""Export targets: one module per target (onnx, ort, tensorrt, coreml), each registering
+a ``registry.Target``; ``targets`` lists them and dispatches; ``parity``, ``check`` and
+``manifest`` serve every target."""

@@ -1,129 +1,106 @@
-"""``edgeprune check``: what in an ONNX graph a target will reject or run slowly.
+"""``edgeprune check`` and the export's static-graph test: one rule set over an ONNX graph.
 
-A static read of the graph, no runtime needed. Each rule gives findings with a
-severity: ``error`` (the target refuses it) or ``slow`` (it runs, but badly).
+A static read of the graph, no runtime needed (``targets.check_file`` is the entry).
+Each rule gives findings with a severity: ``error`` (the target refuses it) or
+``slow`` (it runs, but badly). The shared rules read what each target declares
+(``supported_ops``, ``slow_ops``, ``computed_topk``, ``dynamic_dim``…, see
+``export/registry.py``); rules only one target has live in that target's
+``graph_rules``. ``static_problems`` reads the same graph facts as "what makes this
+graph not static", which every export refuses.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
-from edgeprune.errors import EdgepruneError
+DYNAMIC_OPS = ("Shape", "ConstantOfShape", "NonZero")
 
-TARGETS = ("trt", "coreml", "ort")
-TOPK_MAX = 3840  # TensorRT's limit on K
-
-_COMMON = {
-    "Abs",
-    "Add",
-    "And",
-    "ArgMax",
-    "ArgMin",
-    "AveragePool",
-    "BatchNormalization",
-    "Cast",
-    "Ceil",
-    "Clip",
-    "Concat",
-    "Constant",
-    "Conv",
-    "ConvTranspose",
-    "Cos",
-    "Div",
-    "Einsum",
-    "Elu",
-    "Equal",
-    "Erf",
-    "Exp",
-    "Expand",
-    "Flatten",
-    "Floor",
-    "Gather",
-    "GatherElements",
-    "Gelu",
-    "Gemm",
-    "GlobalAveragePool",
-    "Greater",
-    "GreaterOrEqual",
-    "HardSigmoid",
-    "Identity",
-    "InstanceNormalization",
-    "LayerNormalization",
-    "LeakyRelu",
-    "Less",
-    "LessOrEqual",
-    "Log",
-    "LogSoftmax",
-    "MatMul",
-    "Max",
-    "MaxPool",
-    "Min",
-    "Mul",
-    "Neg",
-    "Not",
-    "Or",
-    "Pad",
-    "Pow",
-    "PRelu",
-    "Range",
-    "Reciprocal",
-    "ReduceL2",
-    "ReduceMax",
-    "ReduceMean",
-    "ReduceMin",
-    "ReduceProd",
-    "ReduceSum",
-    "Relu",
-    "Reshape",
-    "Resize",
-    "Shape",
-    "Sigmoid",
-    "Sign",
-    "Sin",
-    "Slice",
-    "Softmax",
-    "Softplus",
-    "Split",
-    "Sqrt",
-    "Squeeze",
-    "Sub",
-    "Sum",
-    "Tanh",
-    "Tile",
-    "TopK",
-    "Transpose",
-    "Unsqueeze",
-    "Where",
-}
-SUPPORTED = {
-    # TensorRT 10 ONNX parser (onnx-tensorrt docs/operators.md), the ops a ViT may use
-    "trt": _COMMON
-    | {
-        "ConstantOfShape",
-        "CumSum",
-        "DequantizeLinear",
-        "GatherND",
-        "NonZero",
-        "QuantizeLinear",
-        "ScatterElements",
-        "ScatterND",
-        "Trilu",
-        "OneHot",
-        "Mod",
-    },
-    # ops CoreML's converters map to MIL (the ONNX graph is a proxy: the real path is
-    # torch.export → coremltools, which sees the same aten ops)
-    "coreml": _COMMON | {"ConstantOfShape", "CumSum", "ScatterElements", "GatherND", "Mod"},
-    # ONNX Runtime (Mobile) runs every standard op; only foreign domains are a problem
-    "ort": set(),
-}
-ORT_DOMAINS = {"", "ai.onnx", "com.microsoft", "ai.onnx.ml"}
-SLOW = {
-    "trt": {"NonZero": "data-dependent shape: breaks static engines, runs on the host"},
-    "coreml": {},
-    "ort": {"NonZero": "data-dependent shape: blocks memory planning"},
-}
+# ops every graph target's converter maps (TensorRT 10's ONNX parser, CoreML's MIL);
+# the target modules add their own on top
+COMMON_OPS = frozenset(
+    {
+        "Abs",
+        "Add",
+        "And",
+        "ArgMax",
+        "ArgMin",
+        "AveragePool",
+        "BatchNormalization",
+        "Cast",
+        "Ceil",
+        "Clip",
+        "Concat",
+        "Constant",
+        "Conv",
+        "ConvTranspose",
+        "Cos",
+        "Div",
+        "Einsum",
+        "Elu",
+        "Equal",
+        "Erf",
+        "Exp",
+        "Expand",
+        "Flatten",
+        "Floor",
+        "Gather",
+        "GatherElements",
+        "Gelu",
+        "Gemm",
+        "GlobalAveragePool",
+        "Greater",
+        "GreaterOrEqual",
+        "HardSigmoid",
+        "Identity",
+        "InstanceNormalization",
+        "LayerNormalization",
+        "LeakyRelu",
+        "Less",
+        "LessOrEqual",
+        "Log",
+        "LogSoftmax",
+        "MatMul",
+        "Max",
+        "MaxPool",
+        "Min",
+        "Mul",
+        "Neg",
+        "Not",
+        "Or",
+        "Pad",
+        "Pow",
+        "PRelu",
+        "Range",
+        "Reciprocal",
+        "ReduceL2",
+        "ReduceMax",
+        "ReduceMean",
+        "ReduceMin",
+        "ReduceProd",
+        "ReduceSum",
+        "Relu",
+        "Reshape",
+        "Resize",
+        "Shape",
+        "Sigmoid",
+        "Sign",
+        "Sin",
+        "Slice",
+        "Softmax",
+        "Softplus",
+        "Split",
+        "Sqrt",
+        "Squeeze",
+        "Sub",
+        "Sum",
+        "Tanh",
+        "Tile",
+        "TopK",
+        "Transpose",
+        "Unsqueeze",
+        "Where",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -134,94 +111,92 @@ class Finding:
     detail: str
 
 
-def check_file(path: Path, target: str) -> list[Finding]:
-    import onnx
+class Graph:
+    """An ONNX graph read once for the rules: its nodes, I/O and constant values."""
 
-    if target not in TARGETS:
-        raise EdgepruneError(f"unknown target '{target}'", f"expected one of: {', '.join(TARGETS)}")
-    path = Path(path)
-    if not path.is_file():
-        raise EdgepruneError(f"{path} does not exist")
-    try:
-        proto = onnx.load(str(path))
-    except Exception as e:  # noqa: BLE001  (protobuf raises various errors)
-        raise EdgepruneError(f"{path} is not an ONNX model ({type(e).__name__})") from None
-    return check_graph(proto, target)
+    def __init__(self, proto):
+        from onnx import numpy_helper
+
+        self.proto = proto
+        g = proto.graph
+        self.nodes = list(g.node)
+        self.io = list(g.input) + list(g.output)
+        self.consts = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+        for node in g.node:
+            if node.op_type == "Constant":
+                for a in node.attribute:
+                    if a.name == "value":
+                        self.consts[node.output[0]] = numpy_helper.to_array(a.t)
+                self.consts.setdefault(node.output[0], None)
+
+    @staticmethod
+    def where(node) -> str:
+        return f"{node.op_type} '{node.name or node.output[0]}'"
+
+    def topk_k(self, node) -> int | None:
+        """K of a TopK node when it is a constant (``None``: computed at run time)."""
+        k = node.input[1] if len(node.input) > 1 else ""
+        if k not in self.consts:
+            return None
+        value = self.consts[k]
+        return -1 if value is None else int(value.reshape(-1)[0])
+
+    def dynamic_dims(self, skip_batch: bool = False):
+        """(value info, indices of its non-constant dims) for every graph input/output."""
+        for vi in self.io:
+            dims = vi.type.tensor_type.shape.dim
+            bad = [i for i, d in enumerate(dims) if not d.HasField("dim_value")]
+            bad = [i for i in bad if not (skip_batch and i == 0)]
+            if bad:
+                yield vi, bad
 
 
-def check_graph(proto, target: str) -> list[Finding]:
-    from onnx import TensorProto, numpy_helper
-
-    g = proto.graph
-    consts = {i.name: numpy_helper.to_array(i) for i in g.initializer}
-    for node in g.node:
-        if node.op_type == "Constant":
-            for a in node.attribute:
-                if a.name == "value":
-                    consts[node.output[0]] = numpy_helper.to_array(a.t)
+def check_graph(proto, target) -> list[Finding]:
+    """What in ``proto`` (an ONNX ModelProto) ``target`` (a registered ``Target``: this
+    module reads its declared rules, it does not import the registry) rejects or runs
+    slowly."""
+    graph = Graph(proto)
     out: list[Finding] = []
-    for node in g.node:
-        where = f"{node.op_type} '{node.name or node.output[0]}'"
-        if target == "ort":
-            if node.domain not in ORT_DOMAINS:
-                out.append(Finding("error", "unsupported op", where, f"domain '{node.domain}'"))
-        elif node.domain not in ("", "ai.onnx") or node.op_type not in SUPPORTED[target]:
-            out.append(Finding("error", "unsupported op", where, f"not supported by {target}"))
-        if node.op_type in SLOW[target]:
-            out.append(Finding("slow", "slow op", where, SLOW[target][node.op_type]))
-        if node.op_type == "TopK":
-            out.extend(_topk(node, where, consts, target))
-    out.extend(_dynamic_dims(g, target))
-    if target == "coreml":
-        io = list(g.input) + list(g.output)
-        for vi in io:
-            if vi.type.tensor_type.elem_type == TensorProto.INT64:
-                out.append(
-                    Finding("error", "int64 tensor", f"'{vi.name}'", "CoreML I/O has no int64")
-                )
-        # Slice bounds of ±INT64_MAX are ONNX's "to the end": CoreML clamps those
-        slice_bounds = {i for n in g.node if n.op_type == "Slice" for i in n.input[1:]}
-        for name, arr in consts.items():
-            if name in slice_bounds or arr.dtype.name != "int64" or not arr.size:
-                continue
-            if abs(arr).max() > 2**31 - 1:
-                out.append(
-                    Finding("error", "int64 tensor", f"'{name}'", "int64 value outside int32")
-                )
-    return out
+    for node in graph.nodes:
+        where = graph.where(node)
+        ops = target.supported_ops
+        if node.domain not in target.op_domains or (ops is not None and node.op_type not in ops):
+            detail = f"domain '{node.domain}'" if ops is None else f"not supported by {target.name}"
+            out.append(Finding("error", "unsupported op", where, detail))
+        if node.op_type in target.slow_ops:
+            out.append(Finding("slow", "slow op", where, target.slow_ops[node.op_type]))
+        if node.op_type == "TopK" and graph.topk_k(node) is None:
+            detail = "K is computed at run time"
+            out.append(Finding(target.computed_topk, "TopK K not constant", where, detail))
+    for vi, bad in graph.dynamic_dims():
+        detail = f"dims {bad} are not constant{target.dynamic_dim_note}"
+        out.append(Finding(target.dynamic_dim, "dynamic dimension", f"'{vi.name}'", detail))
+    return out + target.graph_rules(graph)
 
 
-def _topk(node, where: str, consts: dict, target: str) -> list[Finding]:
-    out = []
-    k = node.input[1] if len(node.input) > 1 else ""
-    if k not in consts:
-        sev = "error" if target in ("trt", "coreml") else "slow"
-        out.append(Finding(sev, "TopK K not constant", where, "K is computed at run time"))
-    elif int(consts[k].reshape(-1)[0]) > TOPK_MAX and target == "trt":
-        out.append(
-            Finding(
-                "error",
-                "TopK K too large",
-                where,
-                f"K={int(consts[k].reshape(-1)[0])} > {TOPK_MAX}",
-            )
-        )
-    if target == "trt":
-        sorted_ = next((a.i for a in node.attribute if a.name == "sorted"), 1)
-        if not sorted_:
-            out.append(Finding("error", "unsorted TopK", where, "TensorRT needs sorted=1"))
-    return out
+def static_problems(proto, dynamic_batch: bool = False) -> list[str]:
+    """What makes a graph not static: shape arithmetic, NonZero, a TopK without a
+    constant K, a non-constant dimension on an input or output.
+
+    With ``dynamic_batch`` only the batch dimension is relaxed: dim 0 of inputs and
+    outputs may be symbolic and the Shape/ConstantOfShape nodes that carry it are
+    allowed; NonZero, a computed TopK K and any other dynamic dimension still fail."""
+    allowed = {"Shape", "ConstantOfShape"} if dynamic_batch else set()
+    graph = Graph(proto)
+    problems = [
+        f"{n.op_type} node '{n.name}'"
+        for n in graph.nodes
+        if n.op_type in DYNAMIC_OPS and n.op_type not in allowed
+    ]
+    problems += [
+        f"TopK '{n.name}' has a computed K"
+        for n in graph.nodes
+        if n.op_type == "TopK" and graph.topk_k(n) is None
+    ]
+    dims = graph.dynamic_dims(skip_batch=dynamic_batch)
+    problems += [f"'{vi.name}' has a dynamic dimension" for vi, _ in dims]
+    return problems
 
 
-def _dynamic_dims(g, target: str) -> list[Finding]:
-    out = []
-    for vi in list(g.input) + list(g.output):
-        dims = vi.type.tensor_type.shape.dim
-        bad = [i for i, d in enumerate(dims) if not d.HasField("dim_value")]
-        if bad:
-            sev = "error" if target == "coreml" else "slow"
-            detail = f"dims {bad} are not constant" + (
-                " (needs an optimization profile)" if target == "trt" else ""
-            )
-            out.append(Finding(sev, "dynamic dimension", f"'{vi.name}'", detail))
-    return out
+def errors_of(findings: list[Finding]) -> list[str]:
+    return [f"{f.rule}: {f.where} ({f.detail})" for f in findings if f.severity == "error"]

@@ -14,18 +14,21 @@ import logging
 import sys
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-import torch
-
-from edgeprune.atomic import (
-    atomic_dir,
-    write_json_atomic,
-)
-from edgeprune.errors import EdgepruneError, ParityError
+from edgeprune.atomic import atomic_dir, write_json_atomic
+from edgeprune.errors import EdgepruneError
+from edgeprune.export.check import COMMON_OPS, Finding, Graph
 from edgeprune.export.manifest import base_manifest, prepare_outputs, sha256_tree, skipped
-from edgeprune.export.onnx import INPUT_NAME, OUTPUT_NAME, compare, io_spec
-from edgeprune.source import Source
+from edgeprune.export.onnx import INPUT_NAME, OUTPUT_NAME, io_spec
+from edgeprune.export.parity import check_parity
+from edgeprune.export.registry import Target, TargetOption, Tolerance, register
+
+if TYPE_CHECKING:
+    import torch
+
+    from edgeprune.export.registry import ExportRequest, ExportResult
+    from edgeprune.source import Source
 
 PRECISIONS = ("fp16", "fp32")
 COMPUTE_UNITS = {
@@ -45,7 +48,26 @@ MIN_TARGETS = {
     "macos14": "macOS14",
     "macos15": "macOS15",
 }
-TOLERANCE = {"fp32": (1e-3, 1.0), "fp16": (0.5, 0.9)}  # same reasoning as TensorRT's
+TOLERANCE = {"fp32": Tolerance(1e-3, 1.0), "fp16": Tolerance(0.5, 0.9)}  # as TensorRT's
+# ops CoreML's converters map to MIL (the ONNX graph is a proxy: the real path is
+# torch.export → coremltools, which sees the same aten ops)
+SUPPORTED_OPS = COMMON_OPS | {"ConstantOfShape", "CumSum", "ScatterElements", "GatherND", "Mod"}
+
+
+def _one_of(value: str, allowed: dict, message: str) -> str:
+    if value not in allowed:
+        raise EdgepruneError(message, f"expected one of: {', '.join(allowed)}")
+    return value
+
+
+def check_min_target(min_target: str) -> str:
+    return _one_of(
+        min_target, MIN_TARGETS, f"--min-target {min_target} is not an ML Program target"
+    )
+
+
+def check_compute_units(units: str) -> str:
+    return _one_of(units, COMPUTE_UNITS, f"--compute-units {units} is unknown")
 
 
 def validate(precision: str, min_target: str, compute_units: str) -> None:
@@ -54,16 +76,8 @@ def validate(precision: str, min_target: str, compute_units: str) -> None:
             f"--precision {precision} is not supported for --target coreml",
             "use fp16 (default) or fp32; int8 weight compression is not supported yet",
         )
-    if min_target not in MIN_TARGETS:
-        raise EdgepruneError(
-            f"--min-target {min_target} is not an ML Program target",
-            f"expected one of: {', '.join(MIN_TARGETS)}",
-        )
-    if compute_units not in COMPUTE_UNITS:
-        raise EdgepruneError(
-            f"--compute-units {compute_units} is unknown",
-            f"expected one of: {', '.join(COMPUTE_UNITS)}",
-        )
+    check_min_target(min_target)
+    check_compute_units(compute_units)
 
 
 def convert(
@@ -77,6 +91,8 @@ def convert(
     """The ``ct.models.MLModel`` (not loaded for prediction off macOS)."""
     logging.getLogger("coremltools").setLevel(logging.ERROR)  # before the import: it warns
     import coremltools as ct
+    import numpy as np
+    import torch
 
     dummy = torch.zeros(batch, 3, img, img)
     sink = io.StringIO()
@@ -137,39 +153,13 @@ def export_coreml(
     validate(precision, min_target, compute_units)
     if batch < 1:
         raise EdgepruneError(f"--batch {batch} is not a positive batch size")
-    mpath = prepare_outputs(out, (".mlpackage",), force, directory=True)
+    suffixes, bundle = CoreMLTarget.accepted_suffixes(), CoreMLTarget.directory
+    mpath = prepare_outputs(out, suffixes, force, directory=bundle)
     step = progress or (lambda _msg: None)
     img = source.arch.img_size
     step("converting (torch.export → coremltools ML Program)")
     mlmodel = convert(source.model(), batch, img, precision, min_target, compute_units)
     add_metadata(mlmodel, source)
-    if sys.platform == "darwin":
-        step(f"parity check ({n_parity_inputs} inputs, CoreML)")
-        atol, min_top1 = TOLERANCE[precision]
-
-        def run(x: np.ndarray) -> np.ndarray:
-            return mlmodel.predict({INPUT_NAME: x})[OUTPUT_NAME]
-
-        p = compare(
-            source.model(),
-            run,
-            batch,
-            img,
-            n_parity_inputs,
-            atol,
-            min_top1,
-            runtime=f"coreml ({compute_units})",
-        )
-        if not p.ok:
-            raise ParityError(
-                f"the CoreML model differs from PyTorch: max |diff| {p.max_abs_diff:.3g}, "
-                f"top-1 agreement {p.top1_agreement:.0%}",
-                "nothing was written",
-                exit_code=1,
-            )
-        parity = p.to_dict()
-    else:
-        parity = skipped("needs macOS")
     manifest = base_manifest(source, "coreml", out, batch, "coremltools")
     manifest.update(
         {
@@ -178,11 +168,8 @@ def export_coreml(
             "minimum_deployment_target": MIN_TARGETS[min_target],
             "compute_units": compute_units,
             **io_spec(source, batch),
-            "tolerance": {
-                "atol": TOLERANCE[precision][0],
-                "min_top1_agreement": TOLERANCE[precision][1],
-            },
-            "parity": parity,
+            "tolerance": TOLERANCE[precision].to_dict(),
+            "parity": skipped("needs macOS"),
         }
     )
     with atomic_dir(out) as tmp:
@@ -190,12 +177,27 @@ def export_coreml(
         step("saving the .mlpackage")
         mlmodel.save(str(pkg))
         manifest["sha256"] = sha256_tree(pkg)
+        if sys.platform == "darwin":  # prediction runs on macOS only
+            step(f"parity check ({n_parity_inputs} inputs, CoreML)")
+            manifest["parity"] = _parity(
+                source, pkg, batch, precision, compute_units, n_parity_inputs
+            )
         # the package becomes the directory itself: move its contents up one level
         for child in pkg.iterdir():
             child.rename(tmp / child.name)
         pkg.rmdir()
         write_json_atomic(mpath, manifest)
     return manifest
+
+
+def _parity(source: Source, pkg: Path, batch: int, precision: str, units: str, n: int) -> dict:
+    """The saved package, loaded in the CoreML runner, against PyTorch."""
+    p = check_parity(
+        "the CoreML model", source, pkg, batch, n, TOLERANCE[precision], "coreml",
+        "nothing was written", f"coreml ({units})",
+        precision=precision, compute_units=COMPUTE_UNITS[units],
+    )  # fmt: skip
+    return p.to_dict()
 
 
 def _drop_aliases(ep):
@@ -213,3 +215,45 @@ def _drop_aliases(ep):
             g.erase_node(node)
     ep.graph_module.recompile()
     return ep
+
+
+@register
+class CoreMLTarget(Target):
+    """CoreML: an ML Program ``.mlpackage`` (converted here; run on macOS only)."""
+
+    name = "coreml"
+    suffix = ".mlpackage"
+    directory = True
+    precisions = PRECISIONS
+    tolerances = TOLERANCE
+    options = (
+        TargetOption("min_target", "--min-target", default="ios17", parse=check_min_target),
+        TargetOption("compute_units", "--compute-units", default="all", parse=check_compute_units),
+    )
+    supported_ops = SUPPORTED_OPS
+    computed_topk = "error"
+    dynamic_dim = "error"
+
+    def graph_rules(self, graph: Graph) -> list[Finding]:
+        from onnx import TensorProto
+
+        out = []
+        for vi in graph.io:
+            if vi.type.tensor_type.elem_type == TensorProto.INT64:
+                out.append(
+                    Finding("error", "int64 tensor", f"'{vi.name}'", "CoreML I/O has no int64")
+                )
+        # Slice bounds of ±INT64_MAX are ONNX's "to the end": CoreML clamps those
+        slice_bounds = {i for n in graph.nodes if n.op_type == "Slice" for i in n.input[1:]}
+        for name, arr in graph.consts.items():
+            if name in slice_bounds or arr is None or arr.dtype.name != "int64" or not arr.size:
+                continue
+            if abs(arr).max() > 2**31 - 1:
+                detail = "int64 value outside int32"
+                out.append(Finding("error", "int64 tensor", f"'{name}'", detail))
+        return out
+
+    def export(self, source: Source, req: ExportRequest, out: Path, progress=None) -> ExportResult:
+        o = req.options
+        args = (req.batch, req.precision, o["min_target"], o["compute_units"])
+        return self.result(out, export_coreml(source, out, *args, **req.common(progress)))

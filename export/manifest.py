@@ -13,8 +13,11 @@ MANIFEST_VERSION = 1
 
 
 def manifest_path(artifact: Path) -> Path:
+    """``<artifact name>.manifest.json`` beside it (``m.onnx.manifest.json``,
+    ``m.engine.manifest.json``…): one manifest per artifact, so one model exported to
+    every target in one folder keeps every manifest."""
     artifact = Path(artifact)
-    return artifact.with_name(artifact.stem + ".manifest.json")
+    return artifact.with_name(artifact.name + ".manifest.json")
 
 
 def prepare_outputs(
@@ -91,6 +94,18 @@ def base_manifest(source, target: str, artifact: Path, batch: int, *extra_versio
         "notes": list(source.notes),
         "method_report": source.method.report(source.config),
     }
+
+
+def write_file_artifact(out: Path, data: bytes, manifest: dict, mpath: Path) -> dict:
+    """Write ``data`` to ``out`` and the manifest (with the file's sha256) beside it, each
+    under a temporary name renamed into place; returns the manifest."""
+    from edgeprune.atomic import atomic_path, write_json_atomic
+
+    with atomic_path(out) as tmp:
+        tmp.write_bytes(data)
+        manifest["sha256"] = sha256_file(tmp)
+        write_json_atomic(mpath, manifest)
+    return manifest
 
 
 def skipped(reason: str) -> dict:

@@ -16,15 +16,22 @@ import io
 import logging
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from edgeprune.atomic import atomic_path, write_json_atomic
-from edgeprune.errors import EdgepruneError, ParityError
-from edgeprune.export.manifest import base_manifest, prepare_outputs, sha256_file
-from edgeprune.export.onnx import MIN_OPSET, compare, io_spec, verified_onnx
-from edgeprune.source import Source
+from edgeprune.errors import EdgepruneError
+from edgeprune.export.manifest import base_manifest, prepare_outputs, write_file_artifact
+from edgeprune.export.onnx import io_spec, verified_onnx
+from edgeprune.export.parity import check_parity
+from edgeprune.export.registry import Target, TargetOption, Tolerance, register
 
-# (atol, min top-1 agreement); int8's top-1 agreement is recorded, not enforced
-TOLERANCE = {"fp32": (1e-4, 1.0), "int8": (1.0, 0.0)}
+# int8's top-1 agreement is recorded, not enforced
+TOLERANCE = {"fp32": Tolerance(1e-4, 1.0), "int8": Tolerance(1.0, 0.0)}
+# ONNX Runtime (Mobile) runs every standard op; only foreign domains are a problem
+ORT_DOMAINS = frozenset({"", "ai.onnx", "com.microsoft", "ai.onnx.ml"})
+
+if TYPE_CHECKING:
+    from edgeprune.export.registry import ExportRequest, ExportResult
+    from edgeprune.source import Source
 
 
 def quantize_int8(onnx_file: Path, out_file: Path) -> None:
@@ -52,20 +59,11 @@ def to_ort_format(onnx_file: Path, out_dir: Path) -> Path:
     return made[0]
 
 
-def export_ort(
-    source: Source,
-    out: Path,
-    batch: int = 1,
-    opset: int = MIN_OPSET,
-    int8: bool = False,
-    force: bool = False,
-    n_parity_inputs: int = 16,
-    progress=None,
-) -> dict:
-    from edgeprune.runtimes.onnxruntime import make_session, run
-
-    out = Path(out)
-    mpath = prepare_outputs(out, (".ort",), force)
+def export_ort(source: Source, out: Path, req: ExportRequest, progress=None) -> dict:
+    """The verified ONNX as an ORT-format model (``req.option("int8")``: quantized)."""
+    out, int8 = Path(out), req.option("int8")
+    batch, opset, force, n_parity_inputs = req.batch, req.opset, req.force, req.parity_inputs
+    mpath = prepare_outputs(out, OrtTarget.accepted_suffixes(), force)
     step = progress or (lambda _msg: None)
     v = verified_onnx(source, batch, opset, n_parity_inputs, progress=step)
     precision = "int8" if int8 else "fp32"
@@ -82,20 +80,8 @@ def export_ort(
         step("converting to ORT format")
         ort_file = to_ort_format(model_file, work / "ort")
         step(f"parity check ({n_parity_inputs} inputs, the .ort file in onnxruntime)")
-        sess = make_session(ort_file)
-        atol, min_top1 = TOLERANCE[precision]
-        parity = compare(
-            source.model(), lambda x: run(sess, x), batch, source.arch.img_size,
-            n_parity_inputs, atol, min_top1,
-        )  # fmt: skip
-        if not parity.ok:
-            raise ParityError(
-                f"the {precision} ORT model differs from PyTorch: max |diff| "
-                f"{parity.max_abs_diff:.3g} (limit {atol:g}), top-1 agreement "
-                f"{parity.top1_agreement:.0%}",
-                "no file was written",
-                exit_code=1,
-            )
+        what = f"the {precision} ORT model"
+        parity = check_parity(what, source, ort_file, batch, n_parity_inputs, TOLERANCE[precision])
         manifest = base_manifest(source, "ort", out, batch)
         manifest.update(
             {
@@ -108,8 +94,25 @@ def export_ort(
                 "parity": parity.to_dict(),
             }
         )
-        with atomic_path(out) as tmp:
-            tmp.write_bytes(ort_file.read_bytes())
-            manifest["sha256"] = sha256_file(tmp)
-            write_json_atomic(mpath, manifest)
-    return manifest
+        return write_file_artifact(out, ort_file.read_bytes(), manifest, mpath)
+
+
+@register
+class OrtTarget(Target):
+    """ONNX Runtime Mobile: an ORT-format model, optionally int8-quantized."""
+
+    name = "ort"
+    suffix = ".ort"
+    tolerances = TOLERANCE
+    options = (TargetOption("int8", "--int8", default=False, parse=bool),)
+    supported_ops = None
+    op_domains = ORT_DOMAINS
+    slow_ops = {"NonZero": "data-dependent shape: blocks memory planning"}
+
+    def precision_hint(self, precision: str) -> str:
+        if precision == "int8":
+            return "use --int8 for dynamic int8 quantization"
+        return super().precision_hint(precision)
+
+    def export(self, source: Source, req: ExportRequest, out: Path, progress=None) -> ExportResult:
+        return self.result(out, export_ort(source, out, req, progress))

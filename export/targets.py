@@ -1,144 +1,128 @@
-"""Target dispatch for ``edgeprune export``: which options each target takes, the
-default output name, and the call into that target's module. No per-method code."""
+"""``edgeprune export``: the target registry and the one dispatch.
+
+Every target is one module under ``export/`` that defines a ``Target`` subclass
+(``export/registry.py``) and registers it with ``@register``. To add a target, write
+its module and add its name to ``TARGET_MODULES`` below: nothing else changes.
+"""
 
 from __future__ import annotations
 
+import importlib
 import os
-from dataclasses import dataclass
+from dataclasses import fields, replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from edgeprune.errors import EdgepruneError
-from edgeprune.source import Source
+from edgeprune.export.check import Finding, check_graph
+from edgeprune.export.registry import (
+    TARGETS,
+    ExportRequest,
+    ExportResult,
+    Target,
+    parse_options,
+    refuse_foreign_options,
+)
 
-TARGETS = {"onnx": ".onnx", "ort": ".ort", "trt": ".engine", "coreml": ".mlpackage"}
-PRECISIONS = {
-    "onnx": ("fp32",),
-    "ort": ("fp32",),
-    "trt": ("fp32", "fp16"),
-    "coreml": ("fp16", "fp32"),
-}
-DEFAULT_PRECISION = {"onnx": "fp32", "ort": "fp32", "trt": "fp32", "coreml": "fp16"}
-# options that only make sense for one target: option -> targets that take it
-ONLY_FOR = {
-    "--dynamic-batch": ("trt",),
-    "--workspace": ("trt",),
-    "--timing-cache": ("trt",),
-    "--int8": ("ort",),
-    "--min-target": ("coreml",),
-    "--compute-units": ("coreml",),
-}
+if TYPE_CHECKING:
+    from edgeprune.source import Source
+
+# the registry line: the modules under export/ that register a target, in --target order
+TARGET_MODULES = ("onnx", "ort", "tensorrt", "coreml", "executorch")
+
+__all__ = ["ExportRequest", "ExportResult", "check_file", "export_source", "get_target", "validate"]
 
 
-@dataclass
-class ExportRequest:
-    target: str = "onnx"
-    out: Path | None = None
-    batch: int = 1
-    opset: int = 17
-    force: bool = False
-    parity_inputs: int = 16
-    precision: str | None = None
-    int8: bool = False
-    dynamic_batch: str | None = None
-    workspace_mib: int | None = None
-    timing_cache: Path | None = None
-    min_target: str | None = None
-    compute_units: str | None = None
-
-    def given(self) -> dict[str, bool]:
-        return {
-            "--dynamic-batch": self.dynamic_batch is not None,
-            "--workspace": self.workspace_mib is not None,
-            "--timing-cache": self.timing_cache is not None,
-            "--int8": self.int8,
-            "--min-target": self.min_target is not None,
-            "--compute-units": self.compute_units is not None,
-        }
+def load_targets() -> dict[str, Target]:
+    """Every registered target by name (importing the target modules on first use)."""
+    for module in TARGET_MODULES:
+        importlib.import_module(f"edgeprune.export.{module}")
+    return TARGETS
 
 
-def validate(req: ExportRequest) -> str:
-    """Check the target and option combination before any work; returns the precision."""
-    if req.target not in TARGETS:
-        raise EdgepruneError(f"unknown target '{req.target}'", f"expected: {', '.join(TARGETS)}")
-    for opt, used in req.given().items():
-        if used and req.target not in ONLY_FOR[opt]:
-            raise EdgepruneError(
-                f"{opt} does not apply to --target {req.target}",
-                f"it is for --target {' or '.join(ONLY_FOR[opt])}",
-            )
-    precision = req.precision or DEFAULT_PRECISION[req.target]
-    if precision not in PRECISIONS[req.target]:
-        hint = f"--target {req.target} takes --precision {' or '.join(PRECISIONS[req.target])}"
-        if req.target == "ort" and precision == "int8":
-            hint = "use --int8 for dynamic int8 quantization"
+def get_target(name: str) -> Target:
+    targets = load_targets()
+    if name not in targets:
+        raise EdgepruneError(f"unknown target '{name}'", f"expected: {', '.join(targets)}")
+    return targets[name]
+
+
+def request_from(values: dict[str, Any], **overrides: Any) -> ExportRequest:
+    """An ExportRequest from named values (the CLI's parameters): the ExportRequest
+    fields by name, and every registered target's options (``TargetOption.name``) into
+    ``options``; other names are ignored. ``overrides`` win over ``values``."""
+    values = {**values, **overrides}
+    common = {f.name: values[f.name] for f in fields(ExportRequest) if f.name in values}
+    common.pop("options", None)
+    names = {o.name for t in load_targets().values() for o in t.options}
+    return ExportRequest(**common, options={n: values[n] for n in names if n in values})
+
+
+def validate(req: ExportRequest) -> ExportRequest:
+    """Check the target and option combination before any work (one line, exit 2);
+    returns the request with its precision resolved and its target options parsed."""
+    if req.checked:
+        return req
+    target = get_target(req.target)
+    refuse_foreign_options(target, req)
+    precision = req.precision or target.default_precision
+    if precision not in target.precisions:
         raise EdgepruneError(
-            f"--precision {precision} is not supported with --target {req.target}", hint
+            f"--precision {precision} is not supported with --target {req.target}",
+            target.precision_hint(precision),
         )
     if req.parity_inputs < 1:
         raise EdgepruneError(f"--parity-inputs {req.parity_inputs} must be at least 1")
     if req.batch < 1:
         raise EdgepruneError(f"--batch {req.batch} is not a positive batch size")
-    if req.target == "trt":
-        trt_options(req, precision).validate()
-    if req.target == "coreml":
-        from edgeprune.export.coreml import validate as coreml_validate
-
-        coreml_validate(precision, req.min_target or "ios17", req.compute_units or "all")
-    return precision
+    return parse_options(target, replace(req, precision=precision))
 
 
-def trt_options(req: ExportRequest, precision: str):
-    from edgeprune.export.tensorrt import TrtOptions, parse_dynamic_batch
+def checkable_target(name: str) -> Target:
+    """A target ``edgeprune check --target`` offers (one line when it is not one)."""
+    targets = {n: t for n, t in load_targets().items() if t.checkable}
+    if name not in targets:
+        raise EdgepruneError(f"unknown target '{name}'", f"expected one of: {', '.join(targets)}")
+    return targets[name]
 
-    return TrtOptions(
-        precision,
-        1024 if req.workspace_mib is None else req.workspace_mib,
-        parse_dynamic_batch(req.dynamic_batch),
-        req.timing_cache,
-    )
+
+def check_onnx(proto, target: str) -> list[Finding]:
+    """``edgeprune check``'s findings for an ONNX ModelProto on ``target`` (by name)."""
+    return check_graph(proto, checkable_target(target))
+
+
+def check_file(path: Path, target: str) -> list[Finding]:
+    """``edgeprune check``: what in the ONNX file ``path`` ``target`` rejects or runs slowly."""
+    import onnx
+
+    rules = checkable_target(target)
+    path = Path(path)
+    if not path.is_file():
+        raise EdgepruneError(f"{path} does not exist")
+    try:
+        proto = onnx.load(str(path))
+    except Exception as e:  # noqa: BLE001  (protobuf raises various errors)
+        raise EdgepruneError(f"{path} is not an ONNX model ({type(e).__name__})") from None
+    return check_graph(proto, rules)
 
 
 def default_out(name: str, target: str) -> Path:
-    return Path(name + TARGETS[target])
+    return Path(name + get_target(target).suffix)
 
 
-def run_export(source: Source, req: ExportRequest, out: Path, progress=None) -> dict:
-    """Export under a lock on ``out``: two runs writing the same output never interleave;
-    the second fails cleanly (each exporter re-checks ``--force`` under the lock)."""
+def export_source(
+    source: Source, req: ExportRequest, name: str = "model", progress=None
+) -> ExportResult:
+    """Export ``source`` as ``req`` asks (to ``req.out``, else ``<name><suffix>``), under a
+    lock on the output: two runs writing the same output never interleave; the second
+    fails cleanly (each exporter re-checks ``--force`` under the lock)."""
     from edgeprune.atomic import output_lock
 
-    out = Path(out)
+    req = validate(req)
+    target = get_target(req.target)
+    out = Path(req.out) if req.out is not None else default_out(name, req.target)
     parent = out.parent if str(out.parent) else Path(".")
     if not (parent.is_dir() and os.access(parent, os.W_OK)):
-        return _run_export(source, req, out, progress)  # the exporter reports the bad --out
+        return target.export(source, req, out, progress)  # the exporter reports the bad --out
     with output_lock(out):
-        return _run_export(source, req, out, progress)
-
-
-def _run_export(source: Source, req: ExportRequest, out: Path, progress=None) -> dict:
-    precision = validate(req)
-    common = {"force": req.force, "n_parity_inputs": req.parity_inputs, "progress": progress}
-    if req.target == "onnx":
-        from edgeprune.export.onnx import export_onnx
-
-        return export_onnx(source, out, batch=req.batch, opset=req.opset, **common)
-    if req.target == "ort":
-        from edgeprune.export.ort import export_ort
-
-        return export_ort(source, out, req.batch, req.opset, int8=req.int8, **common)
-    if req.target == "trt":
-        from edgeprune.export.tensorrt import export_trt
-
-        opts = trt_options(req, precision)
-        return export_trt(source, out, opts, req.batch, req.opset, **common)
-    from edgeprune.export.coreml import export_coreml
-
-    return export_coreml(
-        source,
-        out,
-        req.batch,
-        precision,
-        req.min_target or "ios17",
-        req.compute_units or "all",
-        **common,
-    )
+        return target.export(source, req, out, progress)

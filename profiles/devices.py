@@ -1,26 +1,25 @@
 """Device descriptors: the TOML files in ``profiles/devices/`` (package data).
 
-A descriptor names the runtime, precision and threads a device is measured with,
-and how to reach it: ``transport = "local"``, or ``"ssh"`` with a ``host`` (an ssh
-alias or user@addr) and a ``remote_runner``: ``"edgeprune"`` (run ``python -m
-edgeprune`` there; ``remote_python`` says which python) or ``"trtexec"`` (only
-TensorRT's trtexec is needed there).
+A descriptor names the runtime (a name in ``edgeprune.runtimes.base.RUNTIMES``),
+precision and threads a device is measured with, and how to reach it: ``transport``
+names a transport of ``edgeprune.runtimes.transports.TRANSPORTS`` (``"local"``, or
+``"ssh"`` with a ``host``: an ssh alias or user@addr). On a transport other than
+local, ``remote_runner`` says what runs there: ``"edgeprune"`` (``python -m
+edgeprune``; ``remote_python`` says which python) or anything else (e.g.
+``"trtexec"``): the runtime's own runner, driven from here through the transport
+(only for runtimes that shell out, such as TensorRT's trtexec). Keys the dataclass
+does not name land in ``options`` (a runtime reads the ones it declares).
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import platform
-import shutil
 import tomllib
 from dataclasses import dataclass, field, replace
 from importlib import resources
 
 from edgeprune.errors import EdgepruneError
 
-RUNTIMES = ("onnxruntime", "tensorrt", "coreml")
-TRANSPORTS = ("local", "ssh")
 PRECISIONS = ("fp32", "fp16", "int8")
 
 
@@ -88,14 +87,16 @@ def _from_toml(text: str, origin: str) -> Device:
         dev = Device(**kwargs)
     except TypeError as e:
         raise EdgepruneError(f"device descriptor {origin} is incomplete ({e})") from None
+    from edgeprune.runtimes.base import RUNTIMES
+    from edgeprune.runtimes.transports import TRANSPORTS, check_device
+
     if dev.runtime not in RUNTIMES:
         raise EdgepruneError(f"device {dev.name}: unknown runtime '{dev.runtime}'")
     if dev.transport not in TRANSPORTS:
         raise EdgepruneError(f"device {dev.name}: unknown transport '{dev.transport}'")
     if dev.precision not in PRECISIONS:
         raise EdgepruneError(f"device {dev.name}: unknown precision '{dev.precision}'")
-    if dev.transport == "ssh" and not dev.host:
-        raise EdgepruneError(f"device {dev.name}: transport ssh needs a host")
+    check_device(dev)
     return dev
 
 
@@ -122,36 +123,28 @@ def get_device(name: str) -> Device:
     )
 
 
-def runtime_here(dev: Device) -> tuple[bool, str]:
-    """Whether this machine can run ``dev``'s runtime itself."""
-    if dev.runtime == "onnxruntime":
-        ok = importlib.util.find_spec("onnxruntime") is not None
-        return ok, "onnxruntime installed" if ok else "onnxruntime not installed"
-    if dev.runtime == "coreml":
-        if platform.system() != "Darwin":
-            return False, "CoreML needs macOS"
-        ok = importlib.util.find_spec("coremltools") is not None
-        return ok, "coremltools installed" if ok else "coremltools not installed"
-    if importlib.util.find_spec("tensorrt") is not None:
-        return True, "tensorrt Python package"
-    for cand in ("trtexec", dev.trtexec):
-        if cand and shutil.which(cand):
-            return True, f"trtexec at {shutil.which(cand)}"
-    return False, "no tensorrt package, no trtexec"
+def device_for(
+    name: str, host: str | None = None, remote_python: str | None = None, here: bool = False
+) -> Device:
+    """The device ``name`` as the command line asks for it: at ``--host`` (over SSH),
+    with ``--remote-python``, or (``--here``) measured on this machine."""
+    dev = get_device(name).at_host(host, remote_python)
+    return dev.here() if here else dev
 
 
 def reachability(dev: Device, timeout: float = 4.0) -> tuple[bool, str]:
-    """Quick check: local runtime importable, or the SSH host answers within ``timeout``."""
+    """Quick check: the runtime runs here (local), or the transport answers within
+    ``timeout``."""
+    from edgeprune.runtimes.base import runtime_here
+    from edgeprune.runtimes.transports import open_transport
+
     if dev.transport == "local":
         return runtime_here(dev)
-    from edgeprune.runtimes.ssh import SSHTransport
-
     try:
-        t = SSHTransport(dev.host or "", connect_timeout=max(1, int(timeout) - 1))
+        t = open_transport(dev, connect_timeout=max(1, int(timeout) - 1))
     except EdgepruneError as e:
         return False, e.message
-    ok, why = t.reachable(timeout=timeout)
-    return ok, why
+    return t.reachable(timeout=timeout)
 
 
 def reachability_all(devs: list[Device], timeout: float = 4.0) -> list[tuple[bool, str]]:
@@ -161,3 +154,13 @@ def reachability_all(devs: list[Device], timeout: float = 4.0) -> list[tuple[boo
 
     with ThreadPoolExecutor(max_workers=max(1, len(devs))) as pool:
         return list(pool.map(lambda d: reachability(d, timeout), devs))
+
+
+def device_rows(timeout: float = 4.0) -> list[dict]:
+    """Every descriptor with its aliases and whether it can be reached from here."""
+    devs = list(all_devices().values())
+    checks = reachability_all(devs, timeout)
+    return [
+        {**d.to_dict(), "aliases": list(d.aliases), "reachable": ok, "why": why}
+        for d, (ok, why) in zip(devs, checks, strict=True)
+    ]

@@ -1,15 +1,22 @@
-"""The one interface every runtime offers (after Polygraphy: a loader and a runner).
+"""The one interface every runtime offers (after Polygraphy: a loader and a runner),
+and the registry of runtimes.
 
     runner = get_runner("onnxruntime", threads=2)
     runner.load(artifact)              # path or bytes
     outputs = runner.run({"input": x}) # or runner.run(x) for one input
     timing = runner.time(policy)       # warm-up + timed runs on random inputs
 
-Heavy runtime packages are imported inside each module's functions, never here.
+A new runtime is one module that defines its runner and ``RUNTIME = Runtime(...)``
+(name, factory, availability check, the descriptor keys it reads), plus one line in
+``RUNTIMES`` below. Heavy runtime packages are imported inside each module's
+functions, never here.
 """
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -18,7 +25,12 @@ import numpy as np
 from edgeprune.errors import EdgepruneError
 from edgeprune.runtimes.timing import Timing, TimingPolicy
 
-RUNTIMES = ("onnxruntime", "tensorrt", "coreml")
+# name -> the module that defines RUNTIME (imported when used)
+RUNTIMES: dict[str, str] = {
+    "onnxruntime": "edgeprune.runtimes.onnxruntime",
+    "tensorrt": "edgeprune.runtimes.tensorrt",
+    "coreml": "edgeprune.runtimes.coreml",
+}
 
 
 class Runner(Protocol):
@@ -37,25 +49,68 @@ class Runner(Protocol):
     def time(self, policy: TimingPolicy | None = None) -> Timing: ...
 
 
-def random_inputs(shapes: dict[str, tuple[int, ...]], seed: int = 0) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    return {k: rng.standard_normal(v).astype(np.float32) for k, v in shapes.items()}
+@dataclass(frozen=True)
+class Runtime:
+    """A registered runtime.
+
+    ``make(threads=, precision=, **options)`` builds a runner and raises
+    ``MissingRuntimeError`` when it cannot run; ``available(**options)`` says cheaply
+    (no model loaded) whether it can run on this machine, and why not.
+    ``device_options``: descriptor keys passed on as options (e.g. ``compute_units``).
+    ``shells_out``: its runner takes ``transport=`` and runs through any transport
+    (local, ssh, adb…); the others run in this process."""
+
+    name: str
+    make: Callable[..., Runner]
+    available: Callable[..., tuple[bool, str]]
+    device_options: tuple[str, ...] = ()
+    shells_out: bool = False
+
+
+def runtime(name: str) -> Runtime:
+    if name not in RUNTIMES:
+        raise EdgepruneError(f"unknown runtime '{name}'", f"expected one of: {', '.join(RUNTIMES)}")
+    return importlib.import_module(RUNTIMES[name]).RUNTIME
 
 
 def get_runner(
-    runtime: str, threads: int | None = None, precision: str = "fp32", **options
+    runtime_name: str, threads: int | None = None, precision: str = "fp32", **options
 ) -> Runner:
-    """A runner for ``runtime``; raises MissingRuntimeError when it cannot run here."""
-    if runtime == "onnxruntime":
-        from edgeprune.runtimes.onnxruntime import OnnxRuntimeRunner
+    """A runner for ``runtime_name``; raises MissingRuntimeError when it cannot run here.
+    ``transport=`` (a runtime that shells out) runs it through that transport."""
+    rt = runtime(runtime_name)
+    transport = options.get("transport")
+    if transport is not None and transport.name != "local" and not rt.shells_out:
+        raise EdgepruneError(
+            f"the {rt.name} runner runs in this process and cannot go through "
+            f"transport {transport.name}",
+            'use remote_runner = "edgeprune" in the device descriptor',
+        )
+    if not rt.shells_out:
+        options.pop("transport", None)
+    return rt.make(threads=threads, precision=precision, **options)
 
-        return OnnxRuntimeRunner(threads=threads, precision=precision, **options)
-    if runtime == "tensorrt":
-        from edgeprune.runtimes.tensorrt import get_tensorrt_runner
 
-        return get_tensorrt_runner(threads=threads, precision=precision, **options)
-    if runtime == "coreml":
-        from edgeprune.runtimes.coreml import CoreMLRunner
+def device_options(device) -> dict:
+    """The options ``device``'s descriptor sets for its runtime."""
+    out = {}
+    for key in runtime(device.runtime).device_options:
+        value = getattr(device, key, None)
+        if value is None:
+            value = device.options.get(key)
+        if value is not None:
+            out[key] = value
+    return out
 
-        return CoreMLRunner(threads=threads, precision=precision, **options)
-    raise EdgepruneError(f"unknown runtime '{runtime}'", f"expected one of: {', '.join(RUNTIMES)}")
+
+def runner_for_device(device, threads: int | None = None, transport=None) -> Runner:
+    """The runner for ``device``'s runtime and precision, here or through ``transport``."""
+    opts = device_options(device)
+    if transport is not None:
+        opts["transport"] = transport
+    return get_runner(device.runtime, threads=threads, precision=device.precision, **opts)
+
+
+def runtime_here(device) -> tuple[bool, str]:
+    """Whether this machine can run ``device``'s runtime itself, and why (not)."""
+    return runtime(device.runtime).available(**device_options(device))

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeprune.errors import EdgepruneError, MissingRuntimeError
+from edgeprune.runtimes.base import Runtime
 from edgeprune.runtimes.timing import Timing, TimingPolicy, time_callable
 
 
@@ -95,3 +96,14 @@ class CoreMLRunner:
             runtime_version=self.version(),
             extra={"via": via, "compute_units": self.compute_units},
         )
+
+
+def available(**_options) -> tuple[bool, str]:
+    try:
+        check_available()
+    except MissingRuntimeError as e:
+        return False, e.message
+    return True, "coremltools installed"
+
+
+RUNTIME = Runtime("coreml", CoreMLRunner, available, device_options=("compute_units",))

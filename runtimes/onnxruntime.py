@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeprune.errors import EdgepruneError, MissingRuntimeError
+from edgeprune.runtimes.base import Runtime
 from edgeprune.runtimes.timing import Timing, TimingPolicy, time_callable
 
 
@@ -134,3 +135,13 @@ class OnnxRuntimeRunner:
             runtime_version=self.version(),
             extra={"provider": self.provider},
         )
+
+
+def available(**_options) -> tuple[bool, str]:
+    import importlib.util
+
+    ok = importlib.util.find_spec("onnxruntime") is not None
+    return ok, "onnxruntime installed" if ok else "onnxruntime not installed"
+
+
+RUNTIME = Runtime("onnxruntime", OnnxRuntimeRunner, available)

@@ -19,9 +19,10 @@ import tempfile
 from pathlib import Path
 
 from edgeprune.errors import EdgepruneError, MissingRuntimeError
-from edgeprune.runtimes.timing import Timing, TimingPolicy
+from edgeprune.runtimes.base import Runtime
+from edgeprune.runtimes.timing import Timing, TimingPolicy, time_callable
+from edgeprune.runtimes.trtexec import find_trtexec, probe_version
 
-JETPACK_TRTEXEC = "/usr/src/tensorrt/bin/trtexec"
 _NONFINITE = re.compile(r"(?<![\w\"])-?(nan|inf)(?![\w\"])", re.IGNORECASE)
 
 
@@ -42,21 +43,6 @@ def parse_export_times(text: str, warmup_ms: float = 0.0, metric: str = "latency
     if not out:
         raise EdgepruneError(f"trtexec --exportTimes output holds no '{metric}' values")
     return out
-
-
-def parse_trtexec_version(text: str) -> tuple[int, int, int] | None:
-    """TensorRT version from trtexec's banner: ``[TensorRT v100300]`` is 10.3.0
-    (8.x wrote ``v8601`` for 8.6.1)."""
-    m = re.search(r"TensorRT v(\d+)", text)
-    if m:
-        n = int(m.group(1))
-        if n >= 100000:  # 10.x and later: MMmmpp
-            return n // 10000, (n // 100) % 100, n % 100
-        return n // 1000, (n // 100) % 10, n % 100
-    m = re.search(r"TensorRT version:?\s*(\d+)\.(\d+)\.(\d+)", text)
-    if m:
-        return int(m.group(1)), int(m.group(2)), int(m.group(3))
-    return None
 
 
 def trtexec_argv(
@@ -127,7 +113,7 @@ class TrtexecRunner:
         transport=None,
         timeout: float = 600.0,
     ):
-        from edgeprune.runtimes.local import LocalTransport
+        from edgeprune.runtimes.transports.local import LocalTransport
 
         self.transport = transport or LocalTransport()
         self.threads = threads
@@ -139,8 +125,7 @@ class TrtexecRunner:
 
     def _probe_version(self) -> tuple[int, int, int]:
         if self._version is None:
-            res = self.transport.run([self.trtexec, "--help"], timeout=60)
-            self._version = parse_trtexec_version(res.stdout + res.stderr) or (10, 0, 0)
+            self._version = probe_version(self.trtexec, self.transport) or (10, 0, 0)
         return self._version
 
     def version(self) -> str:
@@ -213,28 +198,16 @@ class TensorRTPythonRunner:
     def load(self, artifact: str | Path | bytes) -> None:
         import tensorrt as trt
 
+        from edgeprune.runtimes.trt_engine import build_engine_api
+
         major = int(trt.__version__.split(".")[0])
         _check_strong_typing(major, self.precision, artifact)
-        logger = trt.Logger(trt.Logger.ERROR)
-        builder = trt.Builder(logger)
-        flags = 0
-        if major >= 11 or hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
-            flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
-        if major < 11 and self.precision != "fp32":
-            flags = 0  # TensorRT 10: weakly typed network, precision from builder flags
-        network = builder.create_network(flags)
-        parser = trt.OnnxParser(network, logger)
         data = artifact if isinstance(artifact, bytes) else Path(artifact).read_bytes()
-        if not parser.parse(data):
-            errs = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-            raise EdgepruneError(f"TensorRT cannot parse the ONNX: {errs[:200]}")
-        config = builder.create_builder_config()
-        if major < 11 and self.precision == "fp16":
-            config.set_flag(trt.BuilderFlag.FP16)
-        blob = builder.build_serialized_network(network, config)
-        if blob is None:
-            raise EdgepruneError("TensorRT failed to build an engine from the ONNX")
+        blob = build_engine_api(data, self.precision, workspace_mib=1024)
+        logger = trt.Logger(trt.Logger.ERROR)
         self._engine = trt.Runtime(logger).deserialize_cuda_engine(blob)
+        if self._engine is None:
+            raise EdgepruneError("TensorRT could not load the engine it built")
         self._shapes = {}
         for i in range(self._engine.num_io_tensors):
             name = self._engine.get_tensor_name(i)
@@ -280,8 +253,6 @@ class TensorRTPythonRunner:
     def time(self, policy: TimingPolicy | None = None) -> Timing:
         import torch
 
-        from edgeprune.runtimes.timing import time_callable
-
         ctx, _bufs = self._context()
         stream = torch.cuda.current_stream()
 
@@ -299,23 +270,6 @@ class TensorRTPythonRunner:
         )
 
 
-def find_trtexec(transport=None) -> str:
-    from edgeprune.runtimes.local import LocalTransport
-
-    transport = transport or LocalTransport()
-    for cand in ("trtexec", JETPACK_TRTEXEC):
-        found = transport.which(cand)
-        if found:
-            return found
-    raise MissingRuntimeError(
-        f"TensorRT is not available on {transport.where}: no trtexec on PATH "
-        f"(nor {JETPACK_TRTEXEC})"
-        + (" and no 'tensorrt' Python package" if transport.name == "local" else ""),
-        "on a Jetson it comes with JetPack; elsewhere install TensorRT from NVIDIA, "
-        "or profile the device over SSH with --host",
-    )
-
-
 def get_tensorrt_runner(threads: int | None = None, precision: str = "fp16", transport=None, **kw):
     """The Python API where importable (locally), else trtexec (locally or over SSH)."""
     if transport is None or transport.name == "local":
@@ -326,3 +280,20 @@ def get_tensorrt_runner(threads: int | None = None, precision: str = "fp16", tra
         else:
             return TensorRTPythonRunner(threads=threads, precision=precision)
     return TrtexecRunner(threads=threads, precision=precision, transport=transport, **kw)
+
+
+def available(trtexec: str | None = None, **_options) -> tuple[bool, str]:
+    import importlib.util
+    import shutil
+
+    if importlib.util.find_spec("tensorrt") is not None:
+        return True, "tensorrt Python package"
+    for cand in ("trtexec", trtexec):
+        if cand and shutil.which(cand):
+            return True, f"trtexec at {shutil.which(cand)}"
+    return False, "no tensorrt package, no trtexec"
+
+
+RUNTIME = Runtime(
+    "tensorrt", get_tensorrt_runner, available, device_options=("trtexec",), shells_out=True
+)

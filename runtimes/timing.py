@@ -29,6 +29,18 @@ class TimingPolicy:
         return cls(warmup=warmup, min_runs=runs, max_runs=runs, min_time_s=0.0, max_time_s=1e9)
 
 
+BENCH_POLICY = TimingPolicy(min_runs=20, min_time_s=1.0)
+
+
+def policy_for(runs: int | None, default: TimingPolicy = BENCH_POLICY) -> TimingPolicy:
+    """``--runs N``: exactly N timed runs; None: ``default`` (adaptive)."""
+    if runs is not None and runs < 1:
+        from edgeprune.errors import EdgepruneError
+
+        raise EdgepruneError(f"--runs {runs} must be at least 1")
+    return TimingPolicy.fixed(runs) if runs else default
+
+
 @dataclass
 class Timing:
     """Latency of one artifact or piece, in milliseconds."""
@@ -132,14 +144,13 @@ def interleave_samples(
 
 
 def time_interleaved(
-    sessions: Sequence,
+    runners: Sequence,
     inputs: Sequence[np.ndarray],
     rounds: int = 30,
     warmup: int = 3,
     burst: int = 1,
 ) -> list[Timing]:
-    """Time onnxruntime ``sessions[i].run`` on ``inputs[i]`` with ``interleave_samples``:
-    one Timing each."""
-    feeds = [{s.get_inputs()[0].name: x} for s, x in zip(sessions, inputs, strict=True)]
-    fns = [lambda s=s, f=f: s.run(None, f) for s, f in zip(sessions, feeds, strict=True)]
+    """Time ``runners[i].run(inputs[i])`` (loaded runners, see ``runtimes.base``) with
+    ``interleave_samples``: one Timing each."""
+    fns = [lambda r=r, x=x: r.run(x) for r, x in zip(runners, inputs, strict=True)]
     return [Timing.from_samples(t) for t in interleave_samples(fns, rounds, warmup, burst)]

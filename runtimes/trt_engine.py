@@ -1,7 +1,8 @@
 """TensorRT engines for export: find a builder (the ``tensorrt`` Python API, else
 ``trtexec``), build a serialized engine, and run it for parity. Every TensorRT import is
-lazy. The profiler's timing runner is runtimes/tensorrt.py; finding trtexec and reading
-its version are shared with it (one implementation, there).
+lazy. This is the one engine builder: the timing runner (runtimes/tensorrt.py) builds
+through ``build_engine_api`` too; finding trtexec and reading its version live in
+runtimes/trtexec.py.
 
 TensorRT 10 builds FP16 from a float32 ONNX with ``BuilderFlag.FP16`` (``--fp16``);
 TensorRT 11 is strongly typed only, so FP16 must already be in the ONNX.
@@ -18,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeprune.errors import EdgepruneError, MissingRuntimeError
-from edgeprune.runtimes.tensorrt import find_trtexec, parse_trtexec_version
+from edgeprune.runtimes.trtexec import find_trtexec, probe_version
 
 
 @dataclass(frozen=True)
@@ -54,13 +55,7 @@ def find_builder() -> Builder | None:
 
 def trtexec_version(path: str) -> str:
     """From trtexec's banner (``[TensorRT v100300]`` → ``10.3.0``), or ``unknown``."""
-    try:
-        res = subprocess.run(
-            [path, "--help"], capture_output=True, text=True, timeout=60, check=False
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return "unknown"
-    v = parse_trtexec_version(res.stdout + res.stderr)
+    v = probe_version(path)
     return ".".join(map(str, v)) if v else "unknown"
 
 
@@ -125,8 +120,8 @@ def build_engine_api(
     onnx_bytes: bytes,
     precision: str,
     workspace_mib: int,
-    input_name: str,
-    chw: tuple[int, int, int],
+    input_name: str = "input",
+    chw: tuple[int, int, int] | None = None,
     dynamic_batch: tuple[int, int, int] | None = None,
     timing_cache: Path | None = None,
 ) -> bytes:
@@ -149,7 +144,7 @@ def build_engine_api(
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mib << 20)
     if precision == "fp16" and major < 11:
         config.set_flag(trt.BuilderFlag.FP16)
-    if dynamic_batch is not None:
+    if dynamic_batch is not None and chw is not None:
         profile = builder.create_optimization_profile()
         lo, opt, hi = ((b, *chw) for b in dynamic_batch)
         profile.set_shape(input_name, lo, opt, hi)

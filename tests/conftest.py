@@ -38,15 +38,13 @@ def dynamicvit_predictor_keys(stages: int) -> set[str]:
 
 
 def make_state_dict(spec: str, seed: int = 0) -> dict[str, torch.Tensor]:
-    """A state_dict in the method's layout, from our own (timm-named) modules."""
+    """A state_dict in the method's layout: the built-in spec's own model (timm names),
+    random weights from ``seed``."""
+    from dataclasses import replace
+
     from edgeprune.source import resolve
 
-    src = resolve(spec)
-    torch.manual_seed(seed)
-    from edgeprune.models.deit import init_random_
-
-    model = src.method.build(src.arch, src.plan)
-    init_random_(model, seed)
+    model = replace(resolve(spec), seed=seed).model()
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 

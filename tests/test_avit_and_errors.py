@@ -5,7 +5,8 @@ import json
 import pytest
 import torch
 
-from edgeprune.methods.avit import AViT, masked_forward
+from edgeprune.methods.avit import AViT
+from edgeprune.methods.avit_calibration import masked_forward
 from edgeprune.source import resolve
 
 
@@ -63,7 +64,7 @@ def test_calibrate_cli_then_inspect_and_export(cli, tmp_path):
         "2",
     )
     assert code == 0, err
-    man = json.loads((tmp_path / "a.manifest.json").read_text())
+    man = json.loads((tmp_path / "a.onnx.manifest.json").read_text())
     assert man["method_report"]["top1_agreement"] == data["report"]["top1_agreement"]
     assert man["method_report"]["max_logit_diff"] == data["report"]["max_logit_diff"]
 
@@ -132,3 +133,39 @@ def test_dynamicvit_checkpoint_as_spvit_fails(cli, write_ckpt):
     p = write_ckpt(make_state_dict("deit_tiny:dynamicvit@0.7"), "dyn.pth")
     code, _, err = cli("inspect", p, "--method", "spvit")
     assert code == 2 and "looks like a dynamicvit checkpoint" in err
+
+
+def test_released_avit_name_detected_and_exported_with_calibration(cli, write_ckpt, tmp_path):
+    """A-ViT's released checkpoints hold plain DeiT keys and are named
+    [model]-[scale]-[center].pth: read as A-ViT (gates from the name, said in a note),
+    and --calibration applies without --method."""
+    from tests.conftest import make_state_dict
+
+    p = write_ckpt({"model": make_state_dict("deit_tiny")}, "tiny-1-2.pth")
+    src = resolve(str(p))
+    assert src.method.name == "avit"
+    assert (src.config.options["gate_scale"], src.config.options["gate_center"]) == (1.0, 2.0)
+    calib = tmp_path / "c.json"
+    code, _, err = cli("calibrate", p, "--random", "2", "--out", calib)
+    assert code == 0, err
+    code, _, err = cli(
+        "export", p, "--calibration", calib, "--out", tmp_path / "a.onnx", "--parity-inputs", "1"
+    )
+    assert code == 0, err
+    assert "read as A-ViT with gate_scale 1, gate_center 2" in " ".join(err.split())
+    assert resolve(str(p), method="dense").method.name == "dense"
+
+
+def test_dense_checkpoint_says_how_to_choose_a_keyless_method(cli, write_ckpt):
+    from tests.conftest import make_state_dict
+
+    p = write_ckpt(make_state_dict("deit_tiny"), "deit_tiny.pth")
+    src = resolve(str(p))
+    assert src.method.name == "dense"
+    assert any("--method avit" in n for n in src.notes)
+    code, _, err = cli("inspect", p)
+    assert code == 0, err
+    assert "--method avit" in " ".join(err.split())
+    # a name that merely ends in two numbers is not taken for A-ViT
+    q = write_ckpt(make_state_dict("deit_tiny"), "checkpoint-10-30.pth")
+    assert resolve(str(q)).method.name == "dense"

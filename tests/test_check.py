@@ -5,7 +5,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from edgeprune.export.check import check_graph
+from edgeprune.export.targets import check_onnx
 
 
 def _graph(nodes, inits=(), in_shape=(1, 8), in_type=TensorProto.FLOAT, out_type=None):
@@ -30,12 +30,12 @@ def _topk(k_value=None, sorted_=1, computed=False):
 
 
 def rules(proto, target):
-    return {(f.severity, f.rule) for f in check_graph(proto, target)}
+    return {(f.severity, f.rule) for f in check_onnx(proto, target)}
 
 
 def test_clean_topk_graph():
     for t in ("trt", "coreml", "ort"):
-        assert check_graph(_topk(3), t) == []
+        assert check_onnx(_topk(3), t) == []
 
 
 def test_topk_k_not_constant():

@@ -27,7 +27,7 @@ def test_export_cli_writes_model_and_manifest(cli, tmp_path, write_ckpt):
     out = tmp_path / "o.onnx"
     code, stdout, _ = cli("export", ck, "--target", "onnx", "--out", out)
     assert code == 0, stdout
-    assert out.exists() and (tmp_path / "o.manifest.json").exists()
+    assert out.exists() and (tmp_path / "o.onnx.manifest.json").exists()
     assert "parity" in stdout
     # refuses to overwrite without --force, keeps the old file
     before = out.read_bytes()

@@ -10,8 +10,8 @@ import torch
 
 from edgeprune.budget import search
 from edgeprune.errors import EdgepruneError
-from edgeprune.latency import LatencyModel
-from edgeprune.latency_table import Anchor, EndToEnd, fit_correction, from_dict
+from edgeprune.latency import LatencyModel, fit_correction
+from edgeprune.latency_table import Anchor, EndToEnd, from_dict
 from edgeprune.loss import LatencyAwareSparsityLoss
 from edgeprune.plan import dense_plan
 from edgeprune.source import resolve

@@ -30,7 +30,7 @@ def test_export_dynamicvit_static_graph_with_parity(tmp_path, batch):
         224,
         224,
     ]
-    saved = json.loads((tmp_path / "m.manifest.json").read_text())
+    saved = json.loads((tmp_path / "m.onnx.manifest.json").read_text())
     assert saved == man
     assert saved["sha256"] == sha256_file(out)
     assert saved["parity"]["inputs"] >= 16 and saved["parity"]["top1_agreement"] == 1.0

@@ -14,7 +14,9 @@ from edgeprune.arch import get_arch
 from edgeprune.errors import EdgepruneError
 from edgeprune.export import ort as ort_mod
 from edgeprune.export import tensorrt as trt_mod
-from edgeprune.export.onnx import compare, verified_onnx
+from edgeprune.export.onnx import verified_onnx
+from edgeprune.export.parity import compare
+from edgeprune.export.targets import ExportRequest, export_source
 from edgeprune.methods import METHODS
 from edgeprune.source import resolve
 
@@ -93,8 +95,8 @@ def test_trt_missing_runtime_keeps_onnx_and_prints_command(cli, tmp_path, no_ten
     assert len(errors) == 1 and errors[0].startswith("error: neither TensorRT")
     assert not out.exists()
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == ["emptybin", "m.fp16.onnx", "m.manifest.json", "m.onnx"]
-    man = json.loads((tmp_path / "m.manifest.json").read_text())
+    assert names == ["emptybin", "m.engine.manifest.json", "m.fp16.onnx", "m.onnx"]
+    man = json.loads((tmp_path / "m.engine.manifest.json").read_text())
     assert man["engine"]["status"] == "not_built"
     assert man["parity"] == {
         "status": "skipped",
@@ -161,7 +163,7 @@ def test_trt_subprocess_path_with_stand_in_trtexec_runs_parity(tmp_path, monkeyp
     monkeypatch.setattr(trt_mod, "verified_onnx", lambda *a, **k: v)
     exe = _stand_in(tmp_path, monkeypatch, export=True)
     out = tmp_path / "m.engine"
-    man = trt_mod.export_trt(src, out, trt_mod.TrtOptions(), n_parity_inputs=2)
+    man = export_source(src, ExportRequest("trt", out, parity_inputs=2)).manifest
     assert man["builder"] == {"kind": "trtexec", "version": "10.3.0", "path": str(exe)}
     # the stand-in computes with onnxruntime, so this checks the plumbing, not TensorRT
     assert man["parity"]["status"] == "passed" and man["parity"]["runtime"] == "tensorrt"
@@ -176,7 +178,7 @@ def test_trt_stand_in_trtexec_without_output_is_unverified(tmp_path, monkeypatch
     src, v = dyvit
     monkeypatch.setattr(trt_mod, "verified_onnx", lambda *a, **k: v)
     _stand_in(tmp_path, monkeypatch, export=False, version="110000")
-    man = trt_mod.export_trt(src, tmp_path / "m.engine", trt_mod.TrtOptions(), n_parity_inputs=2)
+    man = export_source(src, ExportRequest("trt", tmp_path / "m.engine", parity_inputs=2)).manifest
     assert man["engine"]["status"] == "unverified"  # never claimed verified without parity
     assert man["parity"]["status"] == "skipped" and "exportOutput" in man["parity"]["reason"]
 
@@ -221,7 +223,8 @@ def test_ort_format_model_loads_and_matches(tmp_path, monkeypatch, dyvit, int8):
     src, v = dyvit
     monkeypatch.setattr(ort_mod, "verified_onnx", lambda *a, **k: v)
     out = tmp_path / "m.ort"
-    man = ort_mod.export_ort(src, out, int8=int8, n_parity_inputs=4)
+    req = ExportRequest("ort", out, parity_inputs=4, options={"int8": int8})
+    man = export_source(src, req).manifest
     assert out.read_bytes()[4:8] == b"ORTM"  # flatbuffer identifier of the ORT format
     make_session(out)
     p = man["parity"]
@@ -230,7 +233,7 @@ def test_ort_format_model_loads_and_matches(tmp_path, monkeypatch, dyvit, int8):
         assert man["precision"] == "int8" and p["atol"] == 1.0 and p["max_abs_diff"] > 1e-4
     else:
         assert p["max_abs_diff"] <= 1e-4 and p["top1_agreement"] == 1.0
-    assert json.loads((tmp_path / "m.manifest.json").read_text()) == man
+    assert json.loads((tmp_path / "m.ort.manifest.json").read_text()) == man
 
 
 # ---- CoreML ---------------------------------------------------------------------------
@@ -260,7 +263,10 @@ def test_coreml_conversion_every_method(tmp_path, name):
     assert inp.name == "input" and list(inp.type.multiArrayType.shape) == [1, 3, 224, 224]
     assert spec.description.output[0].name == "logits"
     assert man["precision"] == "fp16" and man["minimum_deployment_target"] == "iOS17"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.manifest.json", "m.mlpackage"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "m.mlpackage",
+        "m.mlpackage.manifest.json",
+    ]
     with pytest.raises(EdgepruneError, match="already exists") as e:
         export_coreml(src, out)
     assert "--force" in e.value.one_line()
@@ -285,3 +291,92 @@ def test_atomic_dir_replaces_an_old_package(tmp_path):
         (d / "new").write_text("new")
     assert [p.name for p in target.iterdir()] == ["new"]
     assert [p.name for p in tmp_path.iterdir()] == ["x.mlpackage"]
+
+
+# ---- one model, every target, one folder ----------------------------------------------
+def test_every_target_side_by_side_with_default_names(cli, tmp_path, monkeypatch):
+    """Each artifact has its own manifest (`<artifact name>.manifest.json`), so exporting
+    one spec to several targets in one folder with default names works."""
+    monkeypatch.chdir(tmp_path)
+    stem = SPEC.replace(":", "_").replace("@", "_")
+    for target in ("onnx", "ort", "coreml"):
+        code, _, err = cli("export", SPEC, "-t", target, "--parity-inputs", "2")
+        assert code == 0, err
+    artifacts = {"onnx": f"{stem}.onnx", "ort": f"{stem}.ort", "coreml": f"{stem}.mlpackage"}
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == sorted(
+        [*artifacts.values(), *(a + ".manifest.json" for a in artifacts.values())]
+    )
+    for target, artifact in artifacts.items():
+        man = json.loads((tmp_path / f"{artifact}.manifest.json").read_text())
+        assert man["target"] == target and man["artifact"] == artifact
+    code, _, err = cli("export", SPEC, "-t", "onnx", "--parity-inputs", "2")
+    assert code == 2 and f"{stem}.onnx" in err and "--force" in err  # still refuses to overwrite
+
+
+# ---- the registry ---------------------------------------------------------------------
+def test_every_target_declares_a_tolerance_for_each_precision():
+    from edgeprune.export.targets import load_targets
+
+    targets = load_targets()
+    # (registration order follows import order: a test may import a target module first)
+    assert sorted(targets) == ["coreml", "executorch", "onnx", "ort", "trt"]
+    for t in targets.values():
+        assert t.default_precision in t.precisions
+        assert set(t.precisions) <= set(t.tolerances), t.name
+        assert t.suffix in t.accepted_suffixes()
+
+
+def test_a_new_target_is_one_registered_class(tmp_path):
+    """What a new target module does, in a test: its option and precision checks, its
+    default name and its export all come from the class it registers."""
+    from edgeprune.export.registry import TARGETS, Target, TargetOption, Tolerance, register
+    from edgeprune.export.targets import ExportRequest, export_source, load_targets, validate
+
+    def backend(value: str) -> str:
+        if value not in ("xnnpack", "portable"):
+            raise EdgepruneError(f"--backend {value} is unknown")
+        return value
+
+    load_targets()
+
+    @register
+    class Toy(Target):
+        name = "toy"
+        suffix = ".toy"
+        tolerances = {"fp32": Tolerance(1e-4)}
+        options = (TargetOption("backend", "--backend", default="xnnpack", parse=backend),)
+
+        def export(self, source, req, out, progress=None):
+            out.write_text(req.option("backend"))
+            return self.result(out, {"target": self.name, "parity": {"status": "skipped"}})
+
+    try:
+        with pytest.raises(EdgepruneError, match="--backend does not apply to --target onnx"):
+            validate(ExportRequest("onnx", options={"backend": "portable"}))
+        with pytest.raises(EdgepruneError, match="--int8 does not apply to --target toy"):
+            validate(ExportRequest("toy", options={"int8": True}))
+        with pytest.raises(EdgepruneError, match="--backend npu is unknown"):
+            validate(ExportRequest("toy", options={"backend": "npu"}))
+        with pytest.raises(EdgepruneError, match="--precision fp16 is not supported") as e:
+            validate(ExportRequest("toy", precision="fp16"))
+        assert "--target toy takes --precision fp32" in e.value.one_line()
+        res = export_source(None, ExportRequest("toy"), name=str(tmp_path / "m"))
+        assert res.artifact == tmp_path / "m.toy" and res.artifact.read_text() == "xnnpack"
+        assert res.manifest_path.name == "m.toy.manifest.json" and res.exit_code == 0
+    finally:
+        del TARGETS["toy"]
+
+
+def test_unbuilt_engine_is_an_error_of_the_result(tmp_path, monkeypatch, no_tensorrt, dyvit):
+    """The library, not the CLI, says that no engine here is an error (exit 2)."""
+    from edgeprune.errors import MissingRuntimeError
+
+    src, v = dyvit
+    monkeypatch.setattr(trt_mod, "verified_onnx", lambda *a, **k: v)
+    res = export_source(src, ExportRequest("trt", tmp_path / "m.engine", parity_inputs=2))
+    assert isinstance(res.error, MissingRuntimeError) and res.exit_code == 2
+    assert not res.written and not (tmp_path / "m.engine").exists()
+    assert res.kept == [f"the verified ONNX {tmp_path / 'm.onnx'} (parity passed)"]
+    assert res.next_steps[1].startswith("  TensorRT 10: trtexec --onnx=m.onnx")
+    assert "m.engine.manifest.json" in res.error.one_line()

@@ -20,7 +20,7 @@ def _per_head_loop(m: MultiheadPredictor, x, policy=None):
     h, d = m.num_heads, m.head_dim
     xh = x.reshape(b, n, h, d)
     weights = m.senet(xh.mean(dim=-1))
-    total = 0
+    total, soft = 0, 0
     for i in range(h):
         t = m.in_conv[i](xh[:, :, i])
         if policy is None:
@@ -28,8 +28,10 @@ def _per_head_loop(m: MultiheadPredictor, x, policy=None):
         else:
             glob = (t[:, :, d // 2 :] * policy).sum(1, keepdim=True) / policy.sum(1, keepdim=True)
         t = torch.cat([t[:, :, : d // 2], glob.expand(-1, n, -1)], dim=-1)
-        total = total + torch.log_softmax(m.out_conv[i](t), dim=-1) * weights[:, :, i : i + 1]
-    return total / weights.sum(dim=-1, keepdim=True)
+        score = m.out_conv[i](t)
+        total = total + torch.log_softmax(score, dim=-1) * weights[:, :, i : i + 1]
+        soft = soft + torch.softmax(score, dim=-1)[:, :, 0] * weights[:, :, i]
+    return total / weights.sum(dim=-1, keepdim=True), soft / weights.sum(dim=-1)
 
 
 def _concat_form(m: PredictorLG, x, policy=None):
@@ -50,8 +52,9 @@ def test_multihead_predictor_equals_per_head_loop(dim, heads):
     x = torch.randn(2, 150, dim)
     policy = (torch.rand(2, 150, 1) > 0.4).float()
     with torch.no_grad():
-        assert (m(x) - _per_head_loop(m, x)).abs().max().item() <= 1e-5
-        assert (m(x, policy) - _per_head_loop(m, x, policy)).abs().max().item() <= 1e-5
+        for pol in (None, policy):
+            for got, want in zip(m(x, pol), _per_head_loop(m, x, pol), strict=True):
+                assert (got - want).abs().max().item() <= 1e-5
 
 
 def test_predictor_lg_equals_concat_form():

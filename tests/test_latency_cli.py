@@ -20,7 +20,6 @@ def profile(tmp_path_factory):
         "deit_tiny",
         "dynamicvit",
         block_tokens=(1, 50, 100, 150, 197),
-        selector_tokens=(40, 120, 197),
         rounds=8,
     ).save(p)
     return p

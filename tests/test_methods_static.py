@@ -28,7 +28,7 @@ def spvit_masked(model, img, ratios, locs):
         if i in locs:
             s = locs.index(i)
             rest, rest_alive = x[:, 1:], alive[:, 1:]
-            mixed = model.score_predictor[s](rest, rest_alive.unsqueeze(-1).float())
+            mixed, soft = model.score_predictor[s](rest, rest_alive.unsqueeze(-1).float())
             p = torch.softmax(mixed, dim=-1)[:, :, 0]
             is_patch = torch.zeros_like(rest_alive)
             is_patch[:, :n_patch] = True
@@ -37,10 +37,8 @@ def spvit_masked(model, img, ratios, locs):
             idx = torch.topk(p.masked_fill(~cand, -1.0), k, dim=1).indices
             keep = torch.zeros_like(cand)
             keep.scatter_(1, idx, True)
-            dropped = (cand & ~keep).float() * p
-            package = (rest * dropped.unsqueeze(-1)).sum(1, keepdim=True) / dropped.sum(
-                1, keepdim=True
-            ).unsqueeze(-1)
+            dropped = (cand & ~keep).float() * soft
+            package = (rest * dropped.unsqueeze(-1)).sum(1, keepdim=True)
             new_alive = rest_alive & (keep | ~is_patch)
             alive = torch.cat([alive[:, :1], new_alive, torch.ones(b, 1, dtype=torch.bool)], dim=1)
             x = torch.cat([x, package], dim=1)

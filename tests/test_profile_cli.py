@@ -10,8 +10,8 @@ import pytest
 from edgeprune.arch import get_arch
 from edgeprune.latency_table import load
 from edgeprune.pieces import make_block, module_to_onnx
-from edgeprune.profile import anchor_specs, check_grid_points, default_grid, parse_grid
 from edgeprune.profiles.devices import all_devices, get_device
+from edgeprune.sweep import anchor_specs, check_grid_points, default_grid, parse_grid
 
 FAST = ("--arch", "deit_tiny", "--grid", "1,32,197", "--runs", "3", "--check-points", "1",
         "--no-e2e")  # fmt: skip

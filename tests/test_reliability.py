@@ -67,10 +67,10 @@ def test_concurrent_exports_to_one_output(tmp_path):
         if code:
             lines = [ln for ln in err.splitlines() if not ln.startswith("note:")]
             assert code == 2 and len(lines) == 1 and "another edgeprune process" in lines[0]
-    manifest = json.loads((tmp_path / "m.manifest.json").read_text())
+    manifest = json.loads((tmp_path / "m.onnx.manifest.json").read_text())
     assert manifest["sha256"] == sha256_file(out)  # one export's model with its own manifest
     make_session(out)  # loads: a whole file
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.manifest.json", "m.onnx"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.onnx.manifest.json"]
 
 
 def test_same_input_bit_identical_100_times(tmp_path):

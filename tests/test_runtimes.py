@@ -14,13 +14,9 @@ from edgeprune.arch import get_arch
 from edgeprune.errors import EdgepruneError, MissingRuntimeError
 from edgeprune.pieces import make_block, module_to_onnx
 from edgeprune.runtimes.base import get_runner
-from edgeprune.runtimes.tensorrt import (
-    TrtexecRunner,
-    parse_export_times,
-    parse_trtexec_version,
-    trtexec_argv,
-)
+from edgeprune.runtimes.tensorrt import TrtexecRunner, parse_export_times, trtexec_argv
 from edgeprune.runtimes.timing import Timing, TimingPolicy, percentile
+from edgeprune.runtimes.trtexec import parse_trtexec_version
 
 
 @pytest.fixture(scope="module")

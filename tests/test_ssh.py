@@ -21,7 +21,7 @@ from edgeprune.arch import get_arch
 from edgeprune.errors import EdgepruneError
 from edgeprune.latency_table import load
 from edgeprune.pieces import make_block, module_to_onnx
-from edgeprune.runtimes.ssh import SSHTransport
+from edgeprune.runtimes.transports.ssh import SSHTransport
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 

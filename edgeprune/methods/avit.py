@@ -10,6 +10,9 @@ not the last block's: every token keeps a ponder-weighted sum of its block outpu
 (weight h while running, the remainder R = 1 - sum h at the block where it halts),
 and the head reads the CLS entry of that sum.
 
+The masked reference and the calibration that fixes the counts are in
+``avit_calibration.py``.
+
 Static rewrite ("token zipping", promised by the paper, never released): fixed token
 counts per block, calibrated on images with the masked model (``edgeprune
 calibrate``); before a block whose count drops, keep CLS and the patch tokens with
@@ -33,7 +36,6 @@ accurately computed c0 the runtimes disagree only if c0 is within ~1e-7 of 1 - e
 from __future__ import annotations
 
 import json
-import math
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -53,6 +55,10 @@ CALIBRATION_FORMAT = "edgeprune-avit-calibration"
 # released defaults (README / file names tiny-10-30.pth); base is not released: small's
 GATES = {"deit_tiny": (10.0, 30.0), "deit_small": (10.0, 75.0), "deit_base": (10.0, 75.0)}
 GATE_RE = re.compile(r"(?:^|[-_])(\d+(?:\.\d+)?)-(\d+(?:\.\d+)?)$")
+# the released checkpoints' own names, [model]-[scale]-[center].pth: enough to detect A-ViT
+RELEASED_NAME_RE = re.compile(
+    r"(?:^|[-_])(?:tiny|small|base)-(\d+(?:\.\d+)?)-(\d+(?:\.\d+)?)$", re.IGNORECASE
+)
 # used when no calibration is given: a placeholder, said so in the options
 PLACEHOLDER_LOCS = (2, 4, 6, 8, 10)
 PLACEHOLDER_KEEP = (0.9, 0.75, 0.6, 0.45, 0.3)
@@ -78,38 +84,6 @@ def log_halting(x: torch.Tensor, scale: float, center: float) -> torch.Tensor:
 def log_add(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """log(exp(a) + exp(b)), stable."""
     return torch.maximum(a, b) + _log1p_exp_neg_abs(a - b)
-
-
-def masked_forward(
-    model: VisionTransformer, img: torch.Tensor, scale: float, center: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The released (masked) A-ViT inference, in our own code.
-    Returns (logits B×classes, running tokens entering each block B×depth)."""
-    x = model.embed(img)
-    b, n, _ = x.shape
-    c = torch.zeros(b, n)
-    rem = torch.ones(b, n)
-    run = torch.ones(b, n)
-    out = torch.zeros_like(x)
-    counts = []
-    depth = len(model.blocks)
-    for i, blk in enumerate(model.blocks):
-        counts.append(run.sum(dim=1))
-        m = run.unsqueeze(-1)
-        x = x * m
-        bias = ((1.0 - run) * MASK_BIAS).view(b, 1, 1, n)
-        q, k, v = blk.attn.qkv_heads(blk.norm1(x * m) * m)
-        o, _ = blk.attn.attend(q, k, v, bias)
-        x = x + blk.attn.proj(o)
-        x = x + blk.mlp(blk.norm2(x * m) * m)
-        h = torch.ones(b, n) if i == depth - 1 else halting(x, scale, center)
-        c = c + h
-        reached = (c > 1 - EPS).float() * run
-        not_reached = (c < 1 - EPS).float()
-        out = out + x * m * (rem * reached + h * not_reached).unsqueeze(-1)
-        rem = rem - not_reached * h
-        run = (c < 1 - EPS).float()
-    return model.head(model.norm(out)[:, 0]), torch.stack(counts, dim=1)
 
 
 class AViTStatic(VisionTransformer):
@@ -201,10 +175,16 @@ def gates_from_name(path: Path | None) -> tuple[float, float] | None:
     return (float(m.group(1)), float(m.group(2))) if m else None
 
 
+def released_name_gates(path: Path | None) -> tuple[float, float] | None:
+    """Gates from a file named as the released A-ViT checkpoints (tiny-10-30.pth), else
+    None. Such a file holds plain DeiT keys; its name is what says it is A-ViT."""
+    m = RELEASED_NAME_RE.search(path.stem) if path is not None else None
+    return (float(m.group(1)), float(m.group(2))) if m else None
+
+
 class AViT(Method):
     name = "avit"
     user_options = frozenset({"calibration", "gate_scale", "gate_center"})
-    summary = "halting scores; calibrated token counts per block (token zipping)"
     default_locs = PLACEHOLDER_LOCS
     default_keep = PLACEHOLDER_KEEP
     cumulative = True
@@ -306,63 +286,6 @@ class _AViTSelector(nn.Module):
         lc = log_add(x[:, 1:, 1], log_halting(x[:, 1:], 10.0, 30.0))
         _, idx = torch.topk(lc, self.keep, dim=1, largest=False, sorted=True)
         return torch.cat([x[:, :1], gather_tokens(x[:, 1:], idx)], dim=1)
-
-
-def calibrate(
-    model: VisionTransformer,
-    images: torch.Tensor,
-    arch: Arch,
-    scale: float,
-    center: float,
-    quantile: float,
-    batch: int = 16,
-) -> dict:
-    """Run the masked model, record running tokens per block, choose counts at the
-    quantile (rounded up), and compare the zipped model with the masked one."""
-    if not 0 < quantile <= 1:
-        raise EdgepruneError(f"--quantile {quantile} is outside (0, 1]")
-    logits, counts = [], []
-    with torch.no_grad():
-        for i in range(0, images.shape[0], batch):
-            lg, ct = masked_forward(model, images[i : i + batch], scale, center)
-            logits.append(lg)
-            counts.append(ct)
-    masked = torch.cat(logits)
-    running = torch.cat(counts)  # images × depth
-    q = torch.quantile(running, quantile, dim=0, interpolation="higher")
-    chosen = [int(math.ceil(v)) for v in q.tolist()]
-    chosen = [max(2, min(arch.num_tokens, k)) for k in chosen]
-    for b in range(1, len(chosen)):
-        chosen[b] = min(chosen[b], chosen[b - 1])
-    chosen[0] = arch.num_tokens
-    method = AViT()
-    opts = {"gate_scale": scale, "gate_center": center}
-    locs, keep = schedule_from_counts(chosen, arch.num_patches)
-    plan = method.token_plan(arch, MethodConfig(locs, keep, opts))
-    zipped_model = method.build(arch, plan)
-    zipped_model.load_state_dict(model.state_dict(), strict=False)
-    zipped_model.eval()
-    with torch.no_grad():
-        zipped = torch.cat(
-            [zipped_model(images[i : i + batch]) for i in range(0, images.shape[0], batch)]
-        )
-    return {
-        "format": CALIBRATION_FORMAT,
-        "version": 1,
-        "arch": arch.name,
-        "gate_scale": scale,
-        "gate_center": center,
-        "eps": EPS,
-        "quantile": quantile,
-        "inputs": int(images.shape[0]),
-        "counts": chosen,
-        "running_tokens_mean": [round(v, 2) for v in running.mean(dim=0).tolist()],
-        "report": {
-            "inputs": int(images.shape[0]),
-            "top1_agreement": float((zipped.argmax(-1) == masked.argmax(-1)).float().mean()),
-            "max_logit_diff": float((zipped - masked).abs().max()),
-        },
-    }
 
 
 def load_images(folder: Path, img_size: int) -> torch.Tensor:

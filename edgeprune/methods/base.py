@@ -13,12 +13,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
+import torch
+
 from edgeprune.arch import Arch
 from edgeprune.errors import EdgepruneError
+from edgeprune.models.deit import VisionTransformer, gather_tokens
 from edgeprune.plan import SelectorStage, TokenPlan
 
 if TYPE_CHECKING:
-    import torch
     from torch import nn
 
 
@@ -33,7 +35,6 @@ class MethodConfig:
 
 class Method:
     name: ClassVar[str]
-    summary: ClassVar[str] = ""
     default_locs: ClassVar[tuple[int, ...]] = ()
     default_keep: ClassVar[tuple[float, ...]] = ()
     # True when keep ratios are relative to the original token count (DynamicViT's
@@ -43,6 +44,10 @@ class Method:
     key_prefix: ClassVar[str | None] = None
     # command-line method options this method reads (e.g. ToMe's "r", A-ViT's "calibration")
     user_options: ClassVar[frozenset[str]] = frozenset()
+    # the static model class, built as static_model(arch, plan) (see ``build``)
+    static_model: ClassVar[type | None] = None
+    # what the ``@PARAM`` keep ratio of a built-in spec is called in messages
+    ratio_name: ClassVar[str] = "keep ratio"
 
     # ---- configuration -------------------------------------------------------------
     def default_config(self, arch: Arch) -> MethodConfig:
@@ -53,6 +58,17 @@ class Method:
         if param is not None:
             raise EdgepruneError(f"method '{self.name}' takes no '@' parameter (got '@{param}')")
         return self.default_config(arch)
+
+    def config_from_ratio(self, param: str | None, arch: Arch, **options) -> MethodConfig:
+        """``@r``: the geometric schedule of ``r`` at the default locations."""
+        if param is None:
+            return self.default_config(arch)
+        r = parse_ratio(param, what=self.ratio_name)
+        n = len(self.default_locs)
+        opts = {k: (r if v is RATIO else v) for k, v in options.items()}
+        cfg = MethodConfig(self.default_locs, geometric(r, n, self.cumulative), opts)
+        self.validate(cfg, arch)
+        return cfg
 
     def with_overrides(
         self,
@@ -103,7 +119,9 @@ class Method:
     # ---- the model -----------------------------------------------------------------
     def build(self, arch: Arch, plan: TokenPlan) -> nn.Module:
         """The static (fixed top-k) PyTorch module for this plan, timm-compatible keys."""
-        raise NotImplementedError
+        if self.static_model is None:
+            raise NotImplementedError
+        return self.static_model(arch, plan)
 
     def selector_module(self, arch: Arch, stage: SelectorStage) -> nn.Module | None:
         """A standalone module doing one selector stage on its own, for profiling:
@@ -159,3 +177,125 @@ def validate_locs_and_ratios(
                     f"keep ratios {list(ratios)} grow from {a} to {b}",
                     "ratios are cumulative (of the original tokens), so they cannot grow",
                 )
+
+
+# ---- pieces several methods share ---------------------------------------------------
+class PredictorMethod(Method):
+    """A learned ``score_predictor.{stage}`` before blocks 3, 6, 9 that keeps
+    ``int(196 * rho)`` patch tokens, rho cumulative (DynamicViT, SPViT); ``@r`` of a
+    built-in spec is the geometric schedule ``[r, r², r³]``."""
+
+    default_locs = (3, 6, 9)
+    cumulative = True
+    key_prefix = "score_predictor."
+
+    def config_from_param(self, param: str | None, arch: Arch) -> MethodConfig:
+        return self.config_from_ratio(param, arch)
+
+
+RATIO = object()  # config_from_ratio(..., base_ratio=RATIO) records r itself
+
+
+def kept_patches(arch: Arch, ratio: float, block: int) -> int:
+    """Patch tokens kept at ``block`` by a ratio of the original patches (DynamicViT's
+    and SPViT's ``int(196 * rho)``); at least one."""
+    kept = int(arch.num_patches * ratio)
+    if kept < 1:
+        raise EdgepruneError(
+            f"keep ratio {ratio} keeps no patch token at block {block}",
+            f"use a ratio of at least {1 / arch.num_patches:.4f}",
+        )
+    return kept
+
+
+def predictor_stages(state_dict: Mapping[str, torch.Tensor]) -> tuple[int, tuple[int, ...]]:
+    """Selector stages in a ``score_predictor.{s}.*`` checkpoint, and their default
+    locations (3, 6, 9 for three; every third block otherwise)."""
+    n = len({int(k.split(".")[1]) for k in state_dict if k.startswith("score_predictor.")})
+    return n, (3, 6, 9) if n == 3 else tuple(range(3, 3 * n + 1, 3))[:n]
+
+
+def geometric(r: float, n: int, cumulative: bool = True) -> tuple[float, ...]:
+    """The geometric keep schedule of ``n`` stages: ``[r, r², r³…]`` for cumulative
+    ratios (DynamicViT's rho), ``[r, r, r…]`` for ratios relative to each stage's input."""
+    return tuple(round(r ** (i + 1), 10) if cumulative else r for i in range(n))
+
+
+def parse_ratio(text: str, what: str) -> float:
+    """A keep ratio in (0, 1] from the ``@PARAM`` of a built-in spec."""
+    try:
+        r = float(text)
+    except ValueError:
+        raise EdgepruneError(f"{what} '{text}' is not a number", "e.g. 0.7") from None
+    if not (0 < r <= 1):
+        raise EdgepruneError(f"{what} {text} is outside (0, 1]")
+    return r
+
+
+class StaticTopKViT(VisionTransformer):
+    """DeiT whose pre-block selectors keep a constant number of patch tokens.
+
+    Subclasses say how the patch tokens are scored (``score``) and may fold the
+    dropped tokens into extra tokens (``fold_dropped``)."""
+
+    def __init__(self, arch: Arch, plan: TokenPlan):
+        super().__init__(arch)
+        self.plan = plan
+        self.stage_of_block = {s.block: i for i, s in enumerate(plan.selectors)}
+        self.keep_counts = [self.patches_kept(s) for s in plan.selectors]
+
+    def patches_kept(self, stage: SelectorStage) -> int:
+        return stage.tokens_out - 1  # all but CLS
+
+    def score(self, stage: int, patches: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def fold_dropped(
+        self, stage: int, patches: torch.Tensor, scores: torch.Tensor, keep_idx: torch.Tensor
+    ) -> torch.Tensor | None:
+        return None
+
+    def select(self, stage: int, x: torch.Tensor) -> torch.Tensor:
+        cls, patches = x[:, :1], x[:, 1:]
+        scores = self.score(stage, patches)
+        _, idx = torch.topk(scores, self.keep_counts[stage], dim=1, largest=True, sorted=True)
+        parts = [cls, gather_tokens(patches, idx)]
+        extra = self.fold_dropped(stage, patches, scores, idx)
+        if extra is not None:
+            parts.append(extra)
+        return torch.cat(parts, dim=1)
+
+    def forward(self, img: torch.Tensor) -> torch.Tensor:
+        x = self.embed(img)
+        for i, blk in enumerate(self.blocks):
+            stage = self.stage_of_block.get(i)
+            if stage is not None:
+                x = self.select(stage, x)
+            x = blk(x)
+        return self.classify(x)
+
+
+class StageAlone(torch.nn.Module):
+    """One selector stage of a static model run alone, for the profile: ``forward`` is
+    that model's own ``select`` at ``stage``, so the timed selector cannot drift from
+    the one the model runs."""
+
+    def __init__(self, model: StaticTopKViT, stage: int, seed: int = 0):
+        super().__init__()
+        from edgeprune.models.deit import init_random_
+
+        init_random_(model, seed)
+        self.model, self.stage = model.eval(), stage
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.select(self.stage, x)
+
+
+def stage_alone(method: Method, arch: Arch, stages: Sequence[SelectorStage]) -> StageAlone:
+    """The last of ``stages`` of ``method``'s static model, alone (a depth-0 model:
+    no blocks; the earlier stages only shape the model, e.g. SPViT's package tokens)."""
+    from dataclasses import replace
+
+    a0 = replace(arch, depth=0)
+    plan = TokenPlan(a0, method.name, (), (), (), (), tuple(stages))
+    return StageAlone(method.build(a0, plan), len(stages) - 1)

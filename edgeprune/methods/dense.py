@@ -10,7 +10,6 @@ from edgeprune.plan import TokenPlan, dense_plan
 
 class Dense(Method):
     name = "dense"
-    summary = "DeiT with no token pruning"
 
     def validate(self, cfg: MethodConfig, arch: Arch) -> None:
         from edgeprune.errors import EdgepruneError

@@ -24,8 +24,16 @@ from torch import nn
 
 from edgeprune.arch import Arch
 from edgeprune.errors import EdgepruneError
-from edgeprune.methods.base import Method, MethodConfig
-from edgeprune.models.deit import VisionTransformer, gather_tokens
+from edgeprune.methods.base import (
+    RATIO,
+    MethodConfig,
+    PredictorMethod,
+    StaticTopKViT,
+    geometric,
+    kept_patches,
+    predictor_stages,
+    stage_alone,
+)
 from edgeprune.plan import SelectorStage, TokenPlan
 
 
@@ -73,49 +81,6 @@ def predictor_macs(c: int, n: int) -> int:
     return linear + elementwise + n * c // 2  # + the global average
 
 
-class StaticTopKViT(VisionTransformer):
-    """DeiT whose pre-block selectors keep a constant number of patch tokens.
-
-    Subclasses say how the patch tokens are scored (``score``) and may fold the
-    dropped tokens into extra tokens (``fold_dropped``)."""
-
-    def __init__(self, arch: Arch, plan: TokenPlan):
-        super().__init__(arch)
-        self.plan = plan
-        self.stage_of_block = {s.block: i for i, s in enumerate(plan.selectors)}
-        self.keep_counts = [self.patches_kept(s) for s in plan.selectors]
-
-    def patches_kept(self, stage: SelectorStage) -> int:
-        return stage.tokens_out - 1  # all but CLS
-
-    def score(self, stage: int, patches: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    def fold_dropped(
-        self, stage: int, patches: torch.Tensor, scores: torch.Tensor, keep_idx: torch.Tensor
-    ) -> torch.Tensor | None:
-        return None
-
-    def select(self, stage: int, x: torch.Tensor) -> torch.Tensor:
-        cls, patches = x[:, :1], x[:, 1:]
-        scores = self.score(stage, patches)
-        _, idx = torch.topk(scores, self.keep_counts[stage], dim=1, largest=True, sorted=True)
-        parts = [cls, gather_tokens(patches, idx)]
-        extra = self.fold_dropped(stage, patches, scores, idx)
-        if extra is not None:
-            parts.append(extra)
-        return torch.cat(parts, dim=1)
-
-    def forward(self, img: torch.Tensor) -> torch.Tensor:
-        x = self.embed(img)
-        for i, blk in enumerate(self.blocks):
-            stage = self.stage_of_block.get(i)
-            if stage is not None:
-                x = self.select(stage, x)
-            x = blk(x)
-        return self.classify(x)
-
-
 class DynamicViTStatic(StaticTopKViT):
     def __init__(self, arch: Arch, plan: TokenPlan):
         super().__init__(arch, plan)
@@ -126,41 +91,14 @@ class DynamicViTStatic(StaticTopKViT):
         return self.score_predictor[stage](patches)[:, :, 0]
 
 
-class _DynamicViTSelector(nn.Module):
-    """One DynamicViT stage alone: score the patch tokens, keep the top k, CLS first."""
-
-    def __init__(self, embed_dim: int, keep: int):
-        super().__init__()
-        from edgeprune.models.deit import init_random_
-
-        self.predictor = PredictorLG(embed_dim)
-        self.keep = keep
-        init_random_(self, 0)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        patches = x[:, 1:]
-        scores = self.predictor(patches)[:, :, 0]
-        _, idx = torch.topk(scores, self.keep, dim=1, largest=True, sorted=True)
-        return torch.cat([x[:, :1], gather_tokens(patches, idx)], dim=1)
-
-
-class DynamicViT(Method):
+class DynamicViT(PredictorMethod):
     name = "dynamicvit"
-    summary = "learned predictor, top-k of int(196*rho) patch tokens, rest dropped"
-    default_locs = (3, 6, 9)
     default_keep = (0.7, 0.49, 0.343)
-    cumulative = True
-    key_prefix = "score_predictor."
+    static_model = DynamicViTStatic
+    ratio_name = "DynamicViT base keep ratio"
 
     def config_from_param(self, param: str | None, arch: Arch) -> MethodConfig:
-        if param is None:
-            return self.default_config(arch)
-        r = parse_ratio(param, what="DynamicViT base keep ratio")
-        cfg = MethodConfig(
-            self.default_locs, geometric(r, len(self.default_locs)), {"base_ratio": r}
-        )
-        self.validate(cfg, arch)
-        return cfg
+        return self.config_from_ratio(param, arch, base_ratio=RATIO)
 
     def matches(self, keys) -> bool:
         # SPViT's multi-head selector shares the prefix but has senet / per-head convs
@@ -169,28 +107,19 @@ class DynamicViT(Method):
         ) and not any(".senet." in k for k in keys)
 
     def token_plan(self, arch: Arch, cfg: MethodConfig) -> TokenPlan:
-        n0 = arch.num_patches
         attn, stages = [], []
         n = arch.num_tokens
         locs = dict(zip(cfg.prune_locs, cfg.keep_ratios, strict=True))
         for b in range(arch.depth):
             if b in locs:
-                kept = int(n0 * locs[b])
-                if kept < 1:
-                    raise EdgepruneError(
-                        f"keep ratio {locs[b]} keeps no patch token at block {b}",
-                        f"use a ratio of at least {1 / n0:.4f}",
-                    )
+                kept = kept_patches(arch, locs[b], b)
                 stages.append(SelectorStage(b, "pre", n, kept + 1))
                 n = kept + 1
             attn.append(n)
         return self.make_plan(arch, cfg, attn, attn, stages)
 
-    def build(self, arch: Arch, plan: TokenPlan) -> DynamicViTStatic:
-        return DynamicViTStatic(arch, plan)
-
     def selector_module(self, arch: Arch, stage: SelectorStage) -> nn.Module:
-        return _DynamicViTSelector(arch.embed_dim, stage.tokens_out - 1)
+        return stage_alone(self, arch, [stage])
 
     def selector_macs(self, arch: Arch, plan: TokenPlan) -> list[int]:
         # the predictor sees the patch tokens entering the stage; top-k and gather are
@@ -200,8 +129,7 @@ class DynamicViT(Method):
     def config_from_checkpoint(
         self, state_dict: Mapping[str, torch.Tensor], arch: Arch, path: Path | None
     ) -> MethodConfig:
-        stages = {int(k.split(".")[1]) for k in state_dict if k.startswith("score_predictor.")}
-        n = len(stages)
+        n, locs = predictor_stages(state_dict)
         if n == 0:
             raise EdgepruneError("no score_predictor.* keys in a DynamicViT checkpoint")
         # DynamicViT's released files carry the ratio in their names (…_r0.7.pth)
@@ -209,19 +137,4 @@ class DynamicViT(Method):
         m = re.search(r"(?:^|[_\-.])r(0?\.\d+|1(?:\.0+)?)(?=[_\-.]|$)", path.stem if path else "")
         if m:
             r = float(m.group(1))
-        locs = self.default_locs if n == 3 else tuple(range(3, 3 * n + 1, 3))[:n]
-        return MethodConfig(tuple(locs), geometric(r, n), {"base_ratio": r})
-
-
-def geometric(r: float, n: int) -> tuple[float, ...]:
-    return tuple(round(r ** (i + 1), 10) for i in range(n))
-
-
-def parse_ratio(text: str, what: str) -> float:
-    try:
-        r = float(text)
-    except ValueError:
-        raise EdgepruneError(f"{what} '{text}' is not a number", "e.g. 0.7") from None
-    if not (0 < r <= 1):
-        raise EdgepruneError(f"{what} {text} is outside (0, 1]")
-    return r
+        return MethodConfig(locs, geometric(r, n), {"base_ratio": r})

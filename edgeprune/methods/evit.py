@@ -25,7 +25,6 @@ from torch import nn
 from edgeprune.arch import Arch
 from edgeprune.errors import EdgepruneError
 from edgeprune.methods.base import Method, MethodConfig
-from edgeprune.methods.dynamicvit import parse_ratio
 from edgeprune.methods.tokenops import weighted_rest
 from edgeprune.models.deit import Block, VisionTransformer, gather_tokens
 from edgeprune.plan import SelectorStage, TokenPlan
@@ -81,29 +80,21 @@ class _EViTSelector(nn.Module):
         self.keep = keep
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # the CLS row of the attention, as the block would hand it over
-        attn = self.cls_row.expand(x.shape[0], -1, -1, -1)
-        cls_attn = attn[:, :, 0, 1:].mean(dim=1)
-        rest = x[:, 1:]
-        _, idx = torch.topk(cls_attn, self.keep, dim=1, largest=True, sorted=True)
-        fused = weighted_rest(rest, cls_attn, idx, normalise=False)
-        return torch.cat([x[:, :1], gather_tokens(rest, idx), fused], dim=1)
+        # the CLS row of the attention, as the block would hand it over, then the very
+        # selection the model's EViT block runs
+        return cls_attention_select(x, self.cls_row.expand(x.shape[0], -1, -1, -1), self.keep)
 
 
 class EViT(Method):
     name = "evit"
-    summary = "CLS attention top-k between attention and MLP, rest fused into one token"
     default_locs = (3, 6, 9)
     default_keep = (0.7, 0.7, 0.7)
     cumulative = False
+    static_model = EViTStatic
+    ratio_name = "EViT keep rate"
 
     def config_from_param(self, param: str | None, arch: Arch) -> MethodConfig:
-        if param is None:
-            return self.default_config(arch)
-        r = parse_ratio(param, what="EViT keep rate")
-        cfg = MethodConfig(self.default_locs, (r,) * len(self.default_locs))
-        self.validate(cfg, arch)
-        return cfg
+        return self.config_from_ratio(param, arch)
 
     def token_plan(self, arch: Arch, cfg: MethodConfig) -> TokenPlan:
         locs = dict(zip(cfg.prune_locs, cfg.keep_ratios, strict=True))
@@ -121,9 +112,6 @@ class EViT(Method):
                 n = keep + 2
             mlp.append(n)
         return self.make_plan(arch, cfg, attn, mlp, stages)
-
-    def build(self, arch: Arch, plan: TokenPlan) -> EViTStatic:
-        return EViTStatic(arch, plan)
 
     def selector_module(self, arch: Arch, stage: SelectorStage) -> nn.Module:
         return _EViTSelector(arch, stage.tokens_in, stage.tokens_out - 2)

@@ -7,22 +7,27 @@ are averaged over the live tokens; ``out_conv.{h}`` = Linear d->d/2, GELU, d/2->
 GELU, d/4->2, then LogSoftmax. The H log-probabilities are mixed per token with
 SE-style head weights ``senet`` = Linear(H, H//2), GELU, Linear(H//2, H), Sigmoid on
 the per-head channel means (AdaptiveAvgPool2d((N, H)) in the original), divided by
-the sum of the weights. Channel 0 is "keep".
+the sum of the weights. Channel 0 is "keep". (The released class lists one
+in_conv/out_conv module H times, so its checkpoints hold H equal copies; loaded per
+head here, which also takes untied heads.)
 Keeping: at each stage ``int(196 * rho_s)`` patch tokens, rho cumulative of the 196
 patches as in DynamicViT (the ratio loss compares the mean keep decision over all
 196 patches); default [0.617, 0.369, 0.137] at blocks [3, 6, 9]. Package tokens of
 earlier stages are always kept and are scored (they enter the global mean) but never
 dropped.
 The rest: one package token per stage, appended at the end; it stays in the
-sequence to the head. The original's variants differ here (the inference file takes
-the plain mean of the dropped tokens; vit_l2.py weights them by keep probability and
-normalises by the sum of those weights). edgeprune uses the weighted, normalised
-form: sum_i p_i x_i / sum_i p_i over the dropped tokens, p = softmax of the mixed
-score, channel 0.
+sequence to the head. As in the released model (vit_l2_3keep_senet.py, the file the
+training script and infer.py use): package = sum_i p_i x_i over the tokens dropped at
+that stage, *not* divided by sum_i p_i (the division is commented out there; only the
+older vit_l2.py / vit_l2_3keep.py divide), with p_i the selector's second output: the
+head-weight-averaged per-head softmax keep probability (channel 0), not the softmax of
+the mixed log-scores. The ranking uses the mixed log-scores (what the released model
+samples its Gumbel decision from). Golden outputs of the released class:
+tests/golden/spvit.
 
 Static rewrite: the published inference samples Gumbel noise at eval and keeps a
 per-image number of tokens (batch 1 only); here top-k with a constant k by keep
-probability, for any batch size, deterministic.
+probability softmax(mixed)[0], for any batch size, deterministic.
 """
 
 from __future__ import annotations
@@ -35,8 +40,15 @@ from torch import nn
 
 from edgeprune.arch import Arch
 from edgeprune.errors import EdgepruneError
-from edgeprune.methods.base import Method, MethodConfig
-from edgeprune.methods.dynamicvit import StaticTopKViT, geometric, parse_ratio
+from edgeprune.methods.base import (
+    MethodConfig,
+    PredictorMethod,
+    StaticTopKViT,
+    geometric,
+    kept_patches,
+    predictor_stages,
+    stage_alone,
+)
 from edgeprune.methods.tokenops import weighted_rest
 from edgeprune.models.deit import gather_tokens
 from edgeprune.plan import SelectorStage, TokenPlan
@@ -66,9 +78,13 @@ class MultiheadPredictor(nn.Module):
             for _ in range(h)
         )
 
-    def forward(self, x: torch.Tensor, policy: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, policy: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """x: B×N×C tokens to score; policy: B×N×1 live mask (None: all live).
-        Returns B×N×2, the head-weighted mean of the per-head log-probabilities.
+        Returns, as the published selector: B×N×2, the head-weighted mean of the per-head
+        log-probabilities (the ranking score), and B×N, the head-weighted mean of the
+        per-head keep probabilities (softmax channel 0, the package-token weights).
 
         All heads at once: the per-head Linear layers run as one batched MatMul over a
         B×H×N×d tensor (weights stacked H×d×d'), the per-head LayerNorm affine is
@@ -94,8 +110,11 @@ class MultiheadPredictor(nn.Module):
         u = torch.nn.functional.gelu(u)
         u = torch.nn.functional.gelu(u @ w2 + b2)
         s = torch.log_softmax(u @ w4 + b4, dim=-1)  # B×H×N×2
-        total = (s * weights.transpose(1, 2).unsqueeze(-1)).sum(dim=1)  # B×N×2
-        return total / weights.sum(dim=-1, keepdim=True)
+        wt = weights.transpose(1, 2)  # B×H×N
+        wsum = weights.sum(dim=-1)  # B×N
+        mixed = (s * wt.unsqueeze(-1)).sum(dim=1) / wsum.unsqueeze(-1)  # B×N×2
+        soft = (torch.exp(s[..., 0]) * wt).sum(dim=1) / wsum  # B×N
+        return mixed, soft
 
     def _in_weight(self) -> torch.Tensor:
         """H×d×d: in_conv.{h}.1 transposed, LayerNorm weight folded in."""
@@ -147,67 +166,30 @@ class SPViTStatic(StaticTopKViT):
     def select(self, stage: int, x: torch.Tensor) -> torch.Tensor:
         cls, rest = x[:, :1], x[:, 1:]
         n_patch = rest.shape[1] - stage  # earlier package tokens sit at the end
-        p = keep_probability(self.score_predictor[stage](rest))
+        mixed, soft = self.score_predictor[stage](rest)
         patches, packs = rest[:, :n_patch], rest[:, n_patch:]
-        p_patch = p[:, :n_patch]
+        p_patch = keep_probability(mixed)[:, :n_patch]
         _, idx = torch.topk(p_patch, self.keep_counts[stage], dim=1, largest=True, sorted=True)
-        package = weighted_rest(patches, p_patch, idx, normalise=True)
+        package = weighted_rest(patches, soft[:, :n_patch], idx, normalise=False)
         return torch.cat([cls, gather_tokens(patches, idx), packs, package], dim=1)
 
 
-class _SPViTSelector(nn.Module):
-    """One SPViT stage alone (stage index s: s package tokens come in at the end)."""
-
-    def __init__(self, arch: Arch, stage_index: int, keep: int):
-        super().__init__()
-        from edgeprune.models.deit import init_random_
-
-        self.predictor = MultiheadPredictor(arch.embed_dim, arch.num_heads)
-        self.stage_index, self.keep = stage_index, keep
-        init_random_(self, 0)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        cls, rest = x[:, :1], x[:, 1:]
-        n_patch = rest.shape[1] - self.stage_index
-        p = keep_probability(self.predictor(rest))[:, :n_patch]
-        patches = rest[:, :n_patch]
-        _, idx = torch.topk(p, self.keep, dim=1, largest=True, sorted=True)
-        package = weighted_rest(patches, p, idx, normalise=True)
-        return torch.cat([cls, gather_tokens(patches, idx), rest[:, n_patch:], package], dim=1)
-
-
-class SPViT(Method):
+class SPViT(PredictorMethod):
+    # @r scales the default schedule: deit_tiny:spvit@0.7 -> 0.7, 0.49, 0.343
     name = "spvit"
-    summary = "multi-head selector, top-k of int(196*rho) patches, rest -> one package token"
-    default_locs = (3, 6, 9)
     default_keep = (0.617, 0.369, 0.137)
-    cumulative = True
-    key_prefix = "score_predictor."
-
-    def config_from_param(self, param: str | None, arch: Arch) -> MethodConfig:
-        if param is None:
-            return self.default_config(arch)
-        # @r scales the default schedule: deit_tiny:spvit@0.7 -> 0.7, 0.49, 0.343
-        r = parse_ratio(param, what="SPViT base keep ratio")
-        cfg = MethodConfig(self.default_locs, geometric(r, len(self.default_locs)))
-        self.validate(cfg, arch)
-        return cfg
+    static_model = SPViTStatic
+    ratio_name = "SPViT base keep ratio"
 
     def matches(self, keys: Sequence[str]) -> bool:
         return any(k.startswith("score_predictor.") and ".senet." in k for k in keys)
 
     def token_plan(self, arch: Arch, cfg: MethodConfig) -> TokenPlan:
-        n0 = arch.num_patches
         locs = dict(zip(cfg.prune_locs, cfg.keep_ratios, strict=True))
         attn, stages, n, packs = [], [], arch.num_tokens, 0
         for b in range(arch.depth):
             if b in locs:
-                kept = int(n0 * locs[b])
-                if kept < 1:
-                    raise EdgepruneError(
-                        f"keep ratio {locs[b]} keeps no patch token at block {b}",
-                        f"use a ratio of at least {1 / n0:.4f}",
-                    )
+                kept = kept_patches(arch, locs[b], b)
                 if kept >= n - 1 - packs:
                     raise EdgepruneError(
                         f"keep ratio {locs[b]} drops no token at block {b}",
@@ -219,13 +201,13 @@ class SPViT(Method):
             attn.append(n)
         return self.make_plan(arch, cfg, attn, attn, stages)
 
-    def build(self, arch: Arch, plan: TokenPlan) -> SPViTStatic:
-        return SPViTStatic(arch, plan)
-
     def selector_module(self, arch: Arch, stage: SelectorStage) -> nn.Module:
         # tokens_in = 1 + patches + s packages, tokens_out = 1 + kept + s + 1
         s = self._stage_index(arch, stage)
-        return _SPViTSelector(arch, s, stage.tokens_out - 2 - s)
+        earlier = [
+            SelectorStage(-1 - i, "pre", stage.tokens_in, stage.tokens_out) for i in range(s)
+        ]
+        return stage_alone(self, arch, [*earlier, stage])
 
     def _stage_index(self, arch: Arch, stage: SelectorStage) -> int:
         # package tokens coming in: 0 at the first stage (full sequence); later, one per
@@ -247,7 +229,7 @@ class SPViT(Method):
     def config_from_checkpoint(
         self, state_dict: Mapping[str, torch.Tensor], arch: Arch, path: Path | None
     ) -> MethodConfig:
-        stages = {int(k.split(".")[1]) for k in state_dict if k.startswith("score_predictor.")}
+        n, locs = predictor_stages(state_dict)
         heads = {
             int(k.split(".")[3])
             for k in state_dict
@@ -258,7 +240,5 @@ class SPViT(Method):
                 f"SPViT selector has {len(heads)} heads but the model {arch.num_heads}",
                 "pass --heads to match the checkpoint",
             )
-        n = len(stages)
-        locs = self.default_locs if n == 3 else tuple(range(3, 3 * n + 1, 3))[:n]
-        keep = self.default_keep if n == 3 else tuple(round(0.7 ** (i + 1), 10) for i in range(n))
-        return MethodConfig(tuple(locs), keep)
+        keep = self.default_keep if n == 3 else geometric(0.7, n)
+        return MethodConfig(locs, keep)

@@ -138,8 +138,8 @@ def parse_r(text: str | int | None) -> int:
 class ToMe(Method):
     name = "tome"
     user_options = frozenset({"r"})
-    summary = "bipartite soft matching: merge r tokens per block (training-free)"
     cumulative = False
+    static_model = ToMeStatic
 
     def default_config(self, arch: Arch) -> MethodConfig:
         return self.config_for(DEFAULT_R, arch)
@@ -184,9 +184,6 @@ class ToMe(Method):
                 n -= rb
             mlp.append(n)
         return self.make_plan(arch, cfg, attn, mlp, stages)
-
-    def build(self, arch: Arch, plan: TokenPlan) -> ToMeStatic:
-        return ToMeStatic(arch, plan)
 
     def selector_module(self, arch: Arch, stage: SelectorStage) -> nn.Module:
         return _ToMeSelector(arch, stage.tokens_in - stage.tokens_out)

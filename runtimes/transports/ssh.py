@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgeprune.errors import EdgepruneError, MissingRuntimeError
-from edgeprune.runtimes.local import Result, run_killable
+from edgeprune.runtimes.transports.base import Result, run_killable
 
 SSH_CONFIG_ENV = "EDGEPRUNE_SSH_CONFIG"
 
@@ -46,6 +46,17 @@ class SSHTransport:
     @property
     def where(self) -> str:
         return self.host
+
+    @classmethod
+    def from_device(cls, device, config: str | None = None, **options) -> SSHTransport:
+        """The descriptor's ``host``; ``config`` (-F), ``timeout`` and ``connect_timeout``
+        from the command line (other options are for other transports)."""
+        kw = {k: v for k, v in options.items() if k in ("timeout", "connect_timeout") and v}
+        return cls(device.host or "", config=config, **kw)
+
+    @staticmethod
+    def check_device(device) -> str | None:
+        return None if device.host else "transport ssh needs a host"
 
     def _options(self) -> list[str]:
         opts = [

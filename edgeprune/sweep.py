@@ -1,4 +1,4 @@
-"""``edgeprune profile``: measure a device's latency table.
+"""The profile sweep: measure a device's latency table.
 
 The sweep times, in the device's runtime, ONNX exports of: one transformer block at
 token counts on a grid from 1 to 197, its attention half and MLP half (tables
@@ -7,7 +7,8 @@ with a method, its selector at the token counts it sees. With ``e2e`` (the defau
 it also times a few whole models (dense, the method's default schedule, a sparse one)
 in the same interleaved passes and fits the end-to-end correction the latency model
 applies to the sum of pieces. The result is a ``LatencyTable`` saved atomically: an
-interrupted sweep writes nothing.
+interrupted sweep writes nothing. (``edgeprune.measure`` wraps it for the CLI: the
+table's file name, the resume file, running here or through the device's transport.)
 """
 
 from __future__ import annotations
@@ -21,9 +22,12 @@ from pathlib import Path
 
 from edgeprune.arch import Arch
 from edgeprune.errors import EdgepruneError
-from edgeprune.latency_table import Anchor, Curve, EndToEnd, LatencyTable, Point, fit_correction
+from edgeprune.latency import fit_end_to_end
+from edgeprune.latency_table import Curve, LatencyTable, Point
 from edgeprune.plan import SelectorStage, TokenPlan
 from edgeprune.profiles.devices import Device
+from edgeprune.resume import ResumeFile
+from edgeprune.runtimes.base import runner_for_device
 from edgeprune.runtimes.timing import Timing, TimingPolicy
 
 CURVE_TABLES = ("block", "attn", "mlp")
@@ -147,20 +151,19 @@ def anchor_specs(arch: Arch, method: str | None) -> list[tuple[str, tuple[float,
     specs: list[tuple[str, tuple[float, ...] | None]] = [(f"{arch.name}:dense", None)]
     if method and method != "dense":
         from edgeprune.methods import get_method
+        from edgeprune.methods.base import geometric
 
         m = get_method(method)
         specs.append((f"{arch.name}:{method}", None))
         n = len(m.default_locs)
         if n:
-            keep = tuple(
-                round(SPARSE_ANCHOR ** (i + 1 if m.cumulative else 1), 4) for i in range(n)
-            )
+            keep = tuple(round(r, 4) for r in geometric(SPARSE_ANCHOR, n, m.cumulative))
             specs.append((f"{arch.name}:{method}", keep))
     return specs
 
 
 def anchor_pieces(req: ProfileRequest) -> list[ModelPiece]:
-    from edgeprune.export.onnx import simplify, to_onnx_bytes
+    from edgeprune.export.onnx import simplify, trace_to_onnx
     from edgeprune.source import resolve
 
     out = []
@@ -169,7 +172,8 @@ def anchor_pieces(req: ProfileRequest) -> list[ModelPiece]:
         label = spec if keep is None else f"{spec} keep {list(keep)}"
 
         def build(src=src) -> bytes:
-            raw = to_onnx_bytes(src.model(), req.batch, req.arch.img_size, 17)
+            img = req.arch.img_size
+            raw = trace_to_onnx(src.model(), (req.batch, 3, img, img), 17)
             return simplify(raw).SerializeToString()
 
         out.append(ModelPiece("e2e", i, label, src.plan, build))
@@ -231,18 +235,6 @@ def check_grid_points(grid: Sequence[int], k: int) -> list[int]:
     return [mids[i] for i in idx]
 
 
-def make_runner(device: Device, threads: int | None, transport=None):
-    """The runner for ``device``'s runtime, here or (trtexec) through ``transport``."""
-    from edgeprune.runtimes.base import get_runner
-
-    opts: dict = {}
-    if device.runtime == "coreml":
-        opts["compute_units"] = device.compute_units
-    if device.runtime == "tensorrt" and transport is not None:
-        opts["transport"] = transport
-    return get_runner(device.runtime, threads=threads, precision=device.precision, **opts)
-
-
 def _request_key(req: ProfileRequest, grid: Sequence[int]) -> dict:
     """What must match for saved timings to be reused by --resume."""
     p = req.policy
@@ -262,58 +254,6 @@ def _request_key(req: ProfileRequest, grid: Sequence[int]) -> dict:
     }
 
 
-class Checkpoint:
-    """--resume: every timed piece is saved (atomically) to a partial file; a rerun of
-    the same request reuses those timings. Removed once the table is written."""
-
-    def __init__(self, path: Path, key: dict):
-        import json
-
-        self.path, self.key = Path(path), key
-        self.timings: dict[tuple, dict] = {}
-        if self.path.exists():
-            try:
-                data = json.loads(self.path.read_text())
-            except (OSError, ValueError):
-                raise EdgepruneError(
-                    f"resume file {self.path} is corrupt", "delete it to start the sweep afresh"
-                ) from None
-            if data.get("request") != key:
-                raise EdgepruneError(
-                    f"resume file {self.path} is for a different sweep",
-                    "rerun with the same options, or delete it to start afresh",
-                )
-            for table, tokens, rnd, t in data.get("timings", []):
-                self.timings[(table, tokens, rnd)] = t
-
-    def get(self, table: str, tokens, rnd: int):
-        from dataclasses import fields
-
-        d = self.timings.get((table, tokens, rnd))
-        if d is None:
-            return None
-        names = {f.name for f in fields(Timing)}
-        return Timing(**{k: v for k, v in d.items() if k in names})
-
-    def put(self, table: str, tokens, rnd: int, t) -> None:
-        from dataclasses import asdict
-
-        self.timings[(table, tokens, rnd)] = asdict(t)
-        self.save()
-
-    def save(self) -> None:
-        from edgeprune.atomic import write_json_atomic
-
-        rows = [[k[0], k[1], k[2], v] for k, v in self.timings.items()]
-        write_json_atomic(self.path, {"request": self.key, "timings": rows})
-
-    def done(self) -> None:
-        import contextlib
-
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
-
-
 def measure(
     req: ProfileRequest,
     progress: Callable[[str, int, int], None] | None = None,
@@ -326,7 +266,7 @@ def measure(
     factory = (
         (lambda: runner)
         if runner is not None
-        else (lambda: make_runner(req.device, req.threads_used))
+        else (lambda: runner_for_device(req.device, req.threads_used))
     )
     first = factory()
     grid, pieces = plan_pieces(req)
@@ -350,7 +290,7 @@ def measure(
             loaded.append((piece, r))
         return loaded
 
-    ckpt = Checkpoint(resume, _request_key(req, grid)) if resume is not None else None
+    ckpt = ResumeFile(resume, _request_key(req, grid)) if resume is not None else None
 
     def sweep(loaded, label: str, done: int) -> tuple[dict, int]:
         per: dict[tuple, list[Timing]] = {}
@@ -466,53 +406,12 @@ def measure(
         extra=extra,
     )
     if anchors:
-        table.e2e = fit_e2e(table, anchors, results["e2e"])
+        timed = results["e2e"]
+        measured = [
+            (a.label, a.plan, timed[a.tokens].median_ms, timed[a.tokens].p90_ms) for a in anchors
+        ]
+        table.e2e = fit_end_to_end(table, measured)
     return table
-
-
-def fit_e2e(table: LatencyTable, anchors: Sequence[ModelPiece], timed: dict) -> EndToEnd:
-    """The end-to-end correction from the anchors' measured latencies."""
-    import torch
-
-    from edgeprune.latency import LatencyModel
-
-    raw_model = LatencyModel(table, corrected=False)
-    rows, raw = [], []
-    for a in anchors:
-        t = timed[a.tokens]
-        p = a.plan
-        rows.append(
-            Anchor(
-                a.label,
-                tuple(p.attn_tokens),
-                tuple(p.mlp_tokens),
-                tuple(s.tokens_in for s in p.selectors),
-                t.median_ms,
-                t.p90_ms,
-            )
-        )
-        f64 = torch.float64
-        raw.append(
-            float(
-                raw_model.predict_tokens(
-                    torch.tensor(p.attn_tokens, dtype=f64),
-                    torch.tensor(p.mlp_tokens, dtype=f64),
-                    torch.tensor([s.tokens_in for s in p.selectors], dtype=f64),
-                    p.method,
-                )
-            )
-        )
-    offset, scale = fit_correction(raw, [r.median_ms for r in rows])
-    table.extra["e2e_fit"] = [
-        {
-            "label": r.label,
-            "pieces_ms": x,
-            "measured_ms": r.median_ms,
-            "corrected_ms": offset + scale * x,
-        }
-        for r, x in zip(rows, raw, strict=True)
-    ]
-    return EndToEnd(tuple(rows), offset, scale)
 
 
 def _split_policy(p: TimingPolicy, rounds: int) -> TimingPolicy:

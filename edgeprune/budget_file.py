@@ -1,0 +1,156 @@
+"""The budget file (``edgeprune budget``): what a search chose, with the latency table
+it was made on, so that the file alone drives ``--budget`` and the training loss."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgeprune.budget import BudgetResult
+from edgeprune.errors import EdgepruneError
+from edgeprune.latency import LatencyModel
+
+BUDGET_SCHEMA = "edgeprune.budget"
+BUDGET_VERSION = 1
+
+
+def budget_dict(result: BudgetResult, model: LatencyModel, profile_path: str | Path) -> dict:
+    from edgeprune.export.manifest import now_utc, sha256_file
+
+    c = result.chosen
+    p = Path(profile_path)
+    return {
+        "schema": BUDGET_SCHEMA,
+        "version": BUDGET_VERSION,
+        "created": now_utc(),
+        "method": c.plan.method,
+        "arch": result.arch.name,
+        "locs": list(c.plan.prune_locs),
+        "keep_ratios": list(c.keep_ratios),
+        "schedule": result.schedule,
+        "objective": result.objective,
+        "status": result.status,
+        "target_ms": result.target_ms,
+        "predicted_ms": c.predicted_ms,
+        "margin_ms": result.margin_ms,
+        "dense_ms": result.dense_ms,
+        "gflops": result.gflops(),
+        "tokens_per_block": list(c.plan.attn_tokens),
+        "mlp_tokens_per_block": list(c.plan.mlp_tokens),
+        "predicted_accuracy": c.accuracy,
+        "profile": {
+            "path": str(p.resolve()) if p.exists() else str(p),
+            "sha256": sha256_file(p) if p.exists() else None,
+            "device": model.table.device.get("name"),
+            "measured": model.table.measured,
+            "date": model.table.date,
+            "batch": model.table.batch,
+        },
+        # the table itself, so the budget file alone drives the loss
+        "profile_table": model.table.to_dict(),
+    }
+
+
+@dataclass(frozen=True)
+class Budget:
+    method: str
+    arch: str
+    locs: tuple[int, ...]
+    keep_ratios: tuple[float, ...]
+    target_ms: float
+    predicted_ms: float
+    data: dict
+
+    def latency_model(self) -> LatencyModel:
+        from edgeprune.latency_table import from_dict, load
+
+        if isinstance(self.data.get("profile_table"), dict):
+            return LatencyModel(from_dict(self.data["profile_table"], "budget's profile_table"))
+        path = (self.data.get("profile") or {}).get("path")
+        if not path:
+            raise EdgepruneError("the budget names no profile", "re-run 'edgeprune budget'")
+        return LatencyModel(load(path), path)
+
+
+def load_budget(path: str | Path) -> Budget:
+    path = Path(path)
+    if not path.exists():
+        raise EdgepruneError(
+            f"budget file {path} does not exist", "write one with 'edgeprune budget'"
+        )
+
+    def bad(what: str) -> EdgepruneError:
+        return EdgepruneError(
+            f"budget file {path} is not valid: {what}", "re-run 'edgeprune budget'"
+        )
+
+    from edgeprune.atomic import read_json_file
+
+    d = read_json_file(path, bad, BUDGET_SCHEMA)
+    if d.get("version") != BUDGET_VERSION:
+        raise bad(f"version {d.get('version')!r}, this edgeprune reads {BUDGET_VERSION}")
+    try:
+        b = Budget(
+            method=str(d["method"]),
+            arch=str(d["arch"]),
+            locs=tuple(int(x) for x in d["locs"]),
+            keep_ratios=tuple(float(x) for x in d["keep_ratios"]),
+            target_ms=float(d["target_ms"]),
+            predicted_ms=float(d["predicted_ms"]),
+            data=d,
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise bad(f"{e.__class__.__name__}: {e}") from None
+    if len(b.locs) != len(b.keep_ratios):
+        raise bad("locs and keep_ratios differ in length")
+    return b
+
+
+@dataclass
+class BudgetRun:
+    """What ``edgeprune budget`` made: the search result, the file's data, where."""
+
+    result: BudgetResult
+    data: dict
+    model: LatencyModel
+    path: Path
+    plot: Path | None
+    metric: str | None  # the sensitivity file's metric (None: kept tokens)
+
+
+def make_budget(
+    profile: Path,
+    target_ms: float | None = None,
+    target_fps: float | None = None,
+    method: str | None = None,
+    schedule: str = "geometric",
+    locs: str | None = None,
+    sensitivity: Path | None = None,
+    out: Path = Path("budget.json"),
+    plot: Path | None = None,
+    no_plot: bool = False,
+    force: bool = False,
+) -> BudgetRun:
+    """Search the keep schedule for a target on a latency table and write the budget
+    file (and, unless ``no_plot``, its Pareto plot, default ``<out>.pareto.png``)."""
+    from edgeprune.atomic import check_writable_target, write_json_atomic
+    from edgeprune.budget import load_sensitivity, search, target_from
+    from edgeprune.latency import load_model
+    from edgeprune.parsing import parse_ints
+
+    target = target_from(target_ms, target_fps)
+    model = load_model(profile)
+    sens = load_sensitivity(sensitivity) if sensitivity is not None else None
+    plot_path = None if no_plot else (plot or out.with_name(out.stem + ".pareto.png"))
+    check_writable_target(out, force)
+    if plot_path is not None:
+        check_writable_target(plot_path, force)
+    meth = method or model.table.method or "dynamicvit"
+    res = search(model, target, meth, schedule, parse_ints(locs, "--locs"), sens, str(sensitivity))
+    data = budget_dict(res, model, profile)
+    write_json_atomic(out, data)
+    if plot_path is not None:
+        from edgeprune.plot import plot_pareto
+
+        plot_pareto(res, plot_path)
+    return BudgetRun(res, data, model, out, plot_path, sens.metric if sens else None)

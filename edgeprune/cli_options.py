@@ -1,0 +1,162 @@
+"""The command line's option and argument types (typer ``Annotated`` aliases), shared by
+the commands in ``cli.py``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def opt(kind, *names: str, **kw):
+    return Annotated[kind, typer.Option(*names, **kw)]
+
+
+def arg(kind, help: str, **kw):  # noqa: A002 (typer's name)
+    return Annotated[kind, typer.Argument(help=help, **kw)]
+
+
+# ---- a model: SRC and what overrides it ---------------------------------------------
+SrcArg = arg(
+    str,
+    "Checkpoint file (.pth/.pt) or built-in spec ARCH[:METHOD[@RATIO]], "
+    "e.g. deit_small:dynamicvit@0.7 (random weights).",
+    show_default=False,
+)
+MethodOpt = opt(
+    str | None, "--method", help="Force the method (default: from the checkpoint keys)."
+)
+KeepOpt = opt(str | None, "--keep", help="Per-stage keep ratios, e.g. 0.7,0.49,0.343.")
+LocsOpt = opt(str | None, "--locs", help="Pruning locations (block indices), e.g. 3,6,9.")
+BudgetOpt = opt(
+    Path | None, "--budget", help="A budget file from 'edgeprune budget': sets method/keep/locs."
+)
+HeadsOpt = opt(
+    int | None, "--heads", help="Attention heads, when the checkpoint's embed dim is not a DeiT's."
+)
+CalibrationOpt = opt(
+    Path | None, "--calibration", help="A-ViT calibration JSON (from 'edgeprune calibrate')."
+)
+TomeROpt = opt(int | None, "--tome-r", help="ToMe: tokens merged per block (e.g. 16).")
+
+DebugOpt = opt(bool, "--debug", help="Show full tracebacks on errors.")
+CheckTimeoutOpt = opt(float, "--timeout", help="Per-host check (s).")
+InfoJsonOpt = opt(bool, "--json", help="Print the validated table.")
+ValidateArg = arg(Path, "The latency table to check.")
+OnnxArg = arg(Path, "An ONNX model.", show_default=False)
+CheckTargetOpt = opt(str, "--target", "-t", help="trt | coreml | ort.")
+
+# ---- common -----------------------------------------------------------------------------
+JsonOpt = opt(bool, "--json", help="Print one JSON object.")
+ForceOpt = opt(bool, "--force", "-f", help="Overwrite outputs.")
+ThreadsOpt = opt(int | None, "--threads", help="Threads (default: the device's).")
+ProfileOpt = opt(
+    Path, "--profile", "-p", help="A latency table (from 'edgeprune profile').", show_default=False
+)
+
+# ---- export: common ones are ExportRequest fields; a target-only option is named as its
+# TargetOption (export/<target>.py), and the registry refuses it off that target.
+TargetOpt = opt(str, "--target", "-t", help="onnx | ort | trt | coreml (see README).")
+OutOpt = opt(
+    Path | None, "--out", "-o", help="Output (default: <name>.onnx/.ort/.engine/.mlpackage)."
+)
+ExportBatchOpt = opt(int, "--batch", "-b", help="Static batch size of the graph.")
+OpsetOpt = opt(int, "--opset", help="ONNX opset (≥ 17).")
+ExportForceOpt = opt(bool, "--force", "-f", help="Overwrite an existing output.")
+ParityOpt = opt(int, "--parity-inputs", help="Random inputs for the parity check.")
+PrecisionOpt = opt(
+    str | None, "--precision", help="trt: fp32 (default) | fp16; coreml: fp16 (default) | fp32."
+)
+Int8Opt = opt(bool, "--int8", help="ort: dynamic int8 quantization.")
+DynBatchOpt = opt(str | None, "--dynamic-batch", help="trt: MIN,OPT,MAX optimization profile.")
+WorkspaceOpt = opt(int | None, "--workspace", help="trt: builder workspace in MiB (1024).")
+CacheOpt = opt(Path | None, "--timing-cache", help="trt: timing cache file (reused).")
+MinTargetOpt = opt(
+    str | None, "--min-target", help="coreml: ios15..ios18, macos12..macos15 (ios17)."
+)
+UnitsOpt = opt(
+    str | None, "--compute-units", help="coreml: all | cpu_only | cpu_and_gpu | cpu_and_ne (all)."
+)
+
+# ---- calibrate --------------------------------------------------------------------------
+CalibOutOpt = opt(Path, "--out", "-o", help="Calibration JSON to write.")
+ImagesOpt = opt(Path | None, "--images", help="Folder of PNG/JPEG calibration images.")
+RandomOpt = opt(int | None, "--random", help="Use N seeded random images instead.")
+QuantileOpt = opt(float, "--quantile", help="Per block, keep this quantile of running tokens.")
+GateScaleOpt = opt(float | None, "--gate-scale")
+GateCenterOpt = opt(float | None, "--gate-center")
+
+# ---- devices, profile, bench: where and how to measure ----------------------------------
+DeviceOpt = opt(str, "--device", "-d", help="Device name (edgeprune devices).")
+HostOpt = opt(
+    str | None, "--host", help="Reach the device over SSH at user@addr (or an ssh-config alias)."
+)
+SshConfigOpt = opt(
+    str | None,
+    "--ssh-config",
+    help="ssh config file for -F (default: $EDGEPRUNE_SSH_CONFIG, else ssh's own).",
+)
+RemotePythonOpt = opt(
+    str | None, "--remote-python", help="Python with edgeprune on the remote host."
+)
+TimeoutOpt = opt(float, "--timeout", help="Overall limit (s) for one remote command over SSH.")
+HereOpt = opt(bool, "--here", hidden=True, help="Measure on this machine (remote end).")
+ArchOpt = opt(str, "--arch", help="deit_tiny, deit_small, deit_base.")
+SweepMethodOpt = opt(str | None, "--method", help="Also time this method's selector.")
+BatchOpt = opt(int, "--batch", "-b", help="Batch size.")
+TableOutOpt = opt(Path | None, "--out", "-o", help="Output JSON (default: profile_*.json).")
+SweepRunsOpt = opt(int | None, "--runs", help="Timed runs per point (default: adaptive).")
+GridOpt = opt(str | None, "--grid", help="Token counts: 1,8,16,197 or step:8.")
+CheckPointsOpt = opt(int, "--check-points", help="Off-grid points to check interpolation.")
+ChainOpt = opt(
+    int, "--chain", help="Time blocks as a chain of N distinct blocks (as inside a model)."
+)
+HalvesOpt = opt(bool, "--halves/--no-halves", help="Also time attn and MLP halves.")
+E2eOpt = opt(
+    bool,
+    "--e2e/--no-e2e",
+    help="Also time whole models (dense, the method's schedules) and fit the "
+    "end-to-end correction of the sum of pieces.",
+)
+PlotFlagOpt = opt(bool, "--plot/--no-plot", help="Write a PNG beside it.")
+ResumeOpt = opt(
+    bool,
+    "--resume",
+    help="Save progress to <out>.partial.json after every piece and continue "
+    "from it if present (same options needed).",
+)
+ArtifactArg = arg(Path, "Exported artifact (.onnx, …).")
+BenchRunsOpt = opt(int | None, "--runs", help="Timed runs (default: adaptive, ≥ 20).")
+TableArg = arg(Path, "A latency table written by 'profile'.")
+
+# ---- predict, budget, validate-profile -------------------------------------------------
+PredictBatchOpt = opt(int, "--batch", "-b", help="Batch size to predict for.")
+TargetMsOpt = opt(float | None, "--target-ms", help="Latency target in ms.")
+TargetFpsOpt = opt(float | None, "--target-fps", help="Target frame rate (30 → 33.3 ms).")
+BudgetMethodOpt = opt(str | None, "--method", help="Pruning method (default: the profile's).")
+ScheduleOpt = opt(str, "--schedule", help="geometric ([r, r², r³]) or free (per stage).")
+SensitivityOpt = opt(
+    Path | None, "--sensitivity", help="Accuracy per stage and ratio (JSON; see README)."
+)
+BudgetOutOpt = opt(Path, "--out", "-o", help="Budget file to write.")
+ParetoOpt = opt(Path | None, "--plot", help="Pareto plot PNG (default: <out>.pareto.png).")
+NoPlotOpt = opt(bool, "--no-plot", help="Do not write the plot.")
+ConfigsOpt = opt(int, "--configs", help="Random keep schedules.")
+ValThreadsOpt = opt(int | None, "--threads", help="Threads (default: the profile's).")
+RoundsOpt = opt(int, "--rounds", help="Interleaved timing rounds.")
+BurstOpt = opt(
+    int, "--burst", help="Runs per model per round, the first discarded (1: single cold runs)."
+)
+SeedOpt = opt(int, "--seed", help="Seed of the random schedules.")
+ScatterOpt = opt(Path | None, "--plot", help="Scatter PNG (default: <profile>.validate.png).")
+
+
+def method_options(calibration: Path | None = None, tome_r: int | None = None) -> dict:
+    """--calibration / --tome-r as the method options ``source.resolve`` takes."""
+    opts: dict[str, object] = {}
+    if calibration is not None:
+        opts["calibration"] = str(calibration)
+    if tome_r is not None:
+        opts["r"] = tome_r
+    return opts

@@ -1,0 +1,339 @@
+"""ExecuTorch target: ``torch.export`` → XNNPACK-friendly rewrites →
+``to_edge_transform_and_lower(..., partitioner=[XnnpackPartitioner()])`` →
+``.to_executorch()`` → ``m.pte`` (fp32), checked in the ExecuTorch runtime on this
+machine against PyTorch on the same seeded inputs as every other target.
+
+XNNPACK's partitioner takes linear/matmul/softmax/GELU/elementwise ops, ``mean.dim`` only
+over the two inner dims of a 4-D tensor, and no LayerNorm, ``select``, ``log_softmax``,
+``sum``, TopK or gather. Every op it does not take runs on a portable kernel and cuts
+the program into another delegate segment. Exported as is, dense DeiT-T has 62
+segments (LayerNorm ×25, the ``select`` of q/k/v ×36 and the no-op ``expand`` that
+``matmul`` decomposes into ×49 outside) and DynamicViT/0.7 74. The rewrites below are
+confined to this target (the ONNX graph and the other targets do not see them) and
+keep the function: LayerNorm as mean/sub/mul/rsqrt with the means as 4-D inner-dim
+means, other means and sums the same way, ``log_softmax`` as ``log(softmax)``,
+``select`` as ``slice`` + ``view``, ``unsqueeze``/``squeeze`` as views, no-op
+``expand`` removed, and every computation on weights alone (SPViT's stacked per-head
+weights, DynamicViT's split first layer) folded into constants. What stays outside is
+what XNNPACK has no kernel for: TopK, the gather and the mask scatter of the selectors.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import time
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from edgeprune.errors import EdgepruneError, MissingRuntimeError
+from edgeprune.export.registry import ExportRequest, ExportResult, Target, Tolerance, register
+from edgeprune.source import Source
+
+INSTALL_HINT = 'pip install "edgeprune[executorch]"  (executorch 1.4.x, built against torch 2.13)'
+TOLERANCE = {"fp32": Tolerance(1e-4, 1.0)}
+SUFFIX = ".pte"
+
+
+def require_executorch() -> None:
+    """Raise one line (exit 2) when the ExecuTorch exporter cannot run here."""
+    from edgeprune.runtimes.executorch import installed
+
+    if not installed():
+        raise MissingRuntimeError("--target executorch needs the executorch package", INSTALL_HINT)
+
+
+# ---- the rewrites: an ATen decomposition table applied before lowering -------------
+def _aten():
+    return torch.ops.aten
+
+
+def _is_inner_mean(x: torch.Tensor, dims, keepdim: bool) -> bool:
+    return x.dim() == 4 and sorted(d % 4 for d in dims) == [2, 3] and keepdim
+
+
+def _mean(x: torch.Tensor, dims, keepdim: bool = False, dtype=None):
+    """``mean.dim`` over any dims as XNNPACK takes it: the reduced dims moved to the end,
+    viewed as ``1×rest×reduced×1`` and averaged over the two inner dims."""
+    if dtype is not None or dims is None:
+        return NotImplemented
+    dims = [dims] if isinstance(dims, int) else list(dims)
+    if _is_inner_mean(x, dims, keepdim):
+        return NotImplemented  # already XNNPACK's form: traced as is
+    nd = x.dim()
+    red = sorted(d % nd for d in dims)
+    keep = [d for d in range(nd) if d not in red]
+    t = x.permute(*keep, *red) if keep + red != list(range(nd)) else x
+    rest = 1
+    for d in keep:
+        rest *= x.shape[d]
+    r = 1
+    for d in red:
+        r *= x.shape[d]
+    m = t.reshape(1, rest, r, 1).mean(dim=(2, 3), keepdim=True)
+    shape = [1 if d in red else x.shape[d] for d in range(nd)]
+    out = m.reshape(shape)
+    return out if keepdim else out.reshape([x.shape[d] for d in keep])
+
+
+def _sum(x: torch.Tensor, dims, keepdim: bool = False, dtype=None):
+    if dtype is not None or dims is None or not x.is_floating_point():
+        return NotImplemented
+    dims = [dims] if isinstance(dims, int) else list(dims)
+    n = 1
+    for d in dims:
+        n *= x.shape[d]
+    return _mean(x, dims, keepdim) * float(n)
+
+
+def _layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5, cudnn_enable=True):
+    dims = list(range(x.dim() - len(normalized_shape), x.dim()))
+    mu = _mean(x, dims, True)
+    xc = x - mu
+    y = xc * torch.rsqrt(_mean(xc * xc, dims, True) + eps)
+    if weight is not None:
+        y = y * weight
+    if bias is not None:
+        y = y + bias
+    return y
+
+
+def _log_softmax(x, dim, half_to_float=False):
+    if half_to_float or dim % x.dim() != x.dim() - 1:
+        return NotImplemented
+    # exact unless a probability underflows float32 (a logit gap above ~87), where
+    # log_softmax would give a large negative number and this gives -inf
+    return torch.log(torch.softmax(x, dim=-1))
+
+
+def _select(x, dim, index):
+    dim %= x.dim()
+    index %= x.shape[dim]
+    shape = [s for d, s in enumerate(x.shape) if d != dim]
+    return x.narrow(dim, index, 1).reshape(shape)
+
+
+def _unsqueeze(x, dim):
+    dim %= x.dim() + 1
+    shape = list(x.shape)
+    shape.insert(dim, 1)
+    return x.reshape(shape)
+
+
+def _squeeze(x, dims):
+    dims = [dims] if isinstance(dims, int) else list(dims)
+    dims = {d % max(x.dim(), 1) for d in dims}
+    return x.reshape([s for d, s in enumerate(x.shape) if not (d in dims and s == 1)])
+
+
+def decompositions() -> dict:
+    a = _aten()
+    return {
+        a.layer_norm.default: _layer_norm,
+        a.mean.dim: _mean,
+        a.sum.dim_IntList: _sum,
+        a.log_softmax.int: lambda x, dim, dtype=None: (
+            _log_softmax(x, dim) if dtype is None else NotImplemented
+        ),
+        a._log_softmax.default: _log_softmax,
+        a.select.int: _select,
+        # XNNPACK takes unsqueeze on the last dim only, and no squeeze: both as views
+        a.unsqueeze.default: _unsqueeze,
+        a.squeeze.dims: _squeeze,
+    }
+
+
+def _drop_noop_expands(gm):
+    """Edge pass: remove ``expand_copy`` to the shape it already has (``matmul`` on 4-D
+    tensors decomposes into them; XNNPACK does not take ``expand``)."""
+    from executorch.exir.dialects._ops import ops as exir_ops
+    from torch.fx.passes.infra.pass_base import PassResult
+
+    g, changed = gm.graph, False
+    for n in list(g.nodes):
+        if n.op == "call_function" and n.target == exir_ops.edge.aten.expand_copy.default:
+            src = n.args[0]
+            if tuple(src.meta["val"].shape) == tuple(n.meta["val"].shape):
+                n.replace_all_uses_with(src)
+                g.erase_node(n)
+                changed = True
+    if changed:
+        g.lint()
+        gm.recompile()
+    return PassResult(gm, changed)
+
+
+def _fold_constants_pass():
+    from executorch.exir.pass_base import ExportedProgramPassBase, ExportedProgramPassResult
+    from executorch.exir.passes.constant_prop_pass import constant_prop_pass
+
+    class FoldConstants(ExportedProgramPassBase):
+        """Computations on weights alone become constants (done once, not per run)."""
+
+        def call(self, ep):
+            return ExportedProgramPassResult(constant_prop_pass(ep), True)
+
+    return FoldConstants()
+
+
+# ---- lowering --------------------------------------------------------------------
+@dataclass
+class Lowered:
+    buffer: bytes
+    segments: int
+    outside: dict[str, int]
+    seconds: dict[str, float] = field(default_factory=dict)
+    friendly: bool = True
+
+    def xnnpack_report(self) -> dict:
+        return {
+            "delegate_segments": self.segments,
+            "ops_outside_delegates": self.outside,
+            "xnnpack_rewrites": self.friendly,
+        }
+
+
+def delegate_summary(edge_program) -> tuple[int, dict[str, int]]:
+    """(number of XNNPACK delegate calls, ops left on portable kernels by name)."""
+    segments, outside = 0, Counter()
+    for n in edge_program.graph_module.graph.nodes:
+        if n.op != "call_function":
+            continue
+        name = getattr(n.target, "__name__", str(n.target))
+        if name == "executorch_call_delegate":
+            segments += 1
+        elif name != "getitem":
+            outside[name.removeprefix("aten.").removesuffix(".default")] += 1
+    return segments, dict(sorted(outside.items()))
+
+
+@contextlib.contextmanager
+def _quiet():
+    """ExecuTorch and torchao log and warn at import and lowering; keep the CLI clean."""
+    for name in ("executorch", "torchao", "torch._export", "root"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
+        warnings.simplefilter("ignore")
+        yield
+
+
+def lower(
+    model: torch.nn.Module, example: torch.Tensor, friendly: bool = True, progress=None
+) -> Lowered:
+    """``model`` → an XNNPACK-delegated ExecuTorch program (in memory).
+
+    ``friendly=False`` lowers the graph as ``torch.export`` gives it (for comparison)."""
+    require_executorch()
+    step = progress or (lambda _msg: None)
+    seconds: dict[str, float] = {}
+    with _quiet(), torch.no_grad():
+        from executorch.backends.xnnpack.partition.xnnpack_partitioner import (
+            XnnpackPartitioner,
+        )
+        from executorch.exir import EdgeCompileConfig, to_edge_transform_and_lower
+
+        t0 = time.perf_counter()
+        step("torch.export")
+        try:
+            ep = torch.export.export(model.eval(), (example,))
+            if friendly:
+                ep = ep.run_decompositions(decompositions())
+        except Exception as e:  # noqa: BLE001  (torch.export raises many kinds)
+            raise EdgepruneError(
+                f"torch.export failed: {' '.join(str(e).split())[:200]}", exit_code=1
+            ) from e
+        t1 = time.perf_counter()
+        step("lowering to XNNPACK")
+        passes = [_drop_noop_expands, _fold_constants_pass()] if friendly else []
+        # the IR verifier re-walks the whole graph after every pass (~15 % of the lowering
+        # time); the program is checked where it matters, in the runtime, by the parity
+        edge = to_edge_transform_and_lower(
+            ep,
+            transform_passes=passes,
+            partitioner=[XnnpackPartitioner()],
+            compile_config=EdgeCompileConfig(_check_ir_validity=False),
+        )
+        segments, outside = delegate_summary(edge.exported_program())
+        t2 = time.perf_counter()
+        step("serializing the ExecuTorch program")
+        buffer = edge.to_executorch().buffer
+        t3 = time.perf_counter()
+    seconds = {
+        "export": round(t1 - t0, 2),
+        "lower": round(t2 - t1, 2),
+        "serialize": round(t3 - t2, 2),
+        "total": round(t3 - t0, 2),
+    }
+    return Lowered(buffer, segments, outside, seconds, friendly)
+
+
+def export_executorch(
+    source: Source,
+    out: Path,
+    batch: int = 1,
+    force: bool = False,
+    n_parity_inputs: int = 16,
+    progress=None,
+    friendly: bool = True,
+) -> dict:
+    """Export ``source`` to ``out`` (``.pte``) and its manifest; returns the manifest.
+
+    Nothing is written unless the program matches PyTorch in the ExecuTorch runtime."""
+    from edgeprune.export.manifest import base_manifest, prepare_outputs, write_file_artifact
+    from edgeprune.export.onnx import io_spec
+    from edgeprune.export.parity import check_parity
+    from edgeprune.runtimes.executorch import ExecuTorchRunner
+
+    require_executorch()
+    out = Path(out)
+    if batch < 1:
+        raise EdgepruneError(f"--batch {batch} is not a positive batch size")
+    mpath = prepare_outputs(out, ExecuTorchTarget.accepted_suffixes(), force)
+    step = progress or (lambda _msg: None)
+    img = source.arch.img_size
+    low = lower(source.model(), torch.zeros(batch, 3, img, img), friendly, step)
+    step(f"parity check ({n_parity_inputs} inputs, ExecuTorch runtime)")
+    runner = ExecuTorchRunner()
+    runner.load(low.buffer)
+    parity = check_parity(
+        "the ExecuTorch program",
+        source,
+        runner,
+        batch,
+        n_parity_inputs,
+        TOLERANCE["fp32"],
+        hint="nothing was written",
+        label="executorch (xnnpack)",
+    )
+    manifest = base_manifest(source, "executorch", out, batch, "executorch")
+    manifest.update(
+        {
+            "precision": "fp32",
+            "backend": "XnnpackBackend",
+            **io_spec(source, batch),
+            "xnnpack": low.xnnpack_report(),
+            "export_seconds": low.seconds,
+            "parity": parity.to_dict(),
+        }
+    )
+    return write_file_artifact(out, low.buffer, manifest, mpath)
+
+
+@register
+class ExecuTorchTarget(Target):
+    """ExecuTorch: an XNNPACK-delegated ``.pte`` (fp32), lowered from ``torch.export``."""
+
+    name = "executorch"
+    suffix = SUFFIX
+    precisions = ("fp32",)
+    tolerances = TOLERANCE
+    checkable = False  # lowered from torch, not from the ONNX graph that `check` reads
+
+    def export(self, source: Source, req: ExportRequest, out: Path, progress=None) -> ExportResult:
+        man = export_executorch(source, out, req.batch, **req.common(progress))
+        return self.result(out, man)

@@ -1,0 +1,130 @@
+"""The one parity check every target uses: the artifact and PyTorch on the same seeded
+inputs, max |diff| and top-1 agreement against the target's tolerance, one error."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgeprune.errors import ParityError
+from edgeprune.export.registry import Tolerance
+
+PARITY_SEED = 1234
+
+
+@dataclass
+class Parity:
+    max_abs_diff: float
+    top1_agreement: float
+    inputs: int
+    atol: float
+    min_top1: float = 1.0
+    against: str = "pytorch fp32"
+    runtime: str = "onnxruntime"
+
+    @property
+    def ok(self) -> bool:
+        return self.max_abs_diff <= self.atol and self.top1_agreement >= self.min_top1
+
+    def to_dict(self) -> dict:
+        return {
+            "status": "passed" if self.ok else "failed",
+            "runtime": self.runtime,
+            "against": self.against,
+            "max_abs_diff": float(self.max_abs_diff),
+            "top1_agreement": float(self.top1_agreement),
+            "inputs": self.inputs,
+            "atol": self.atol,
+            "min_top1_agreement": self.min_top1,
+            "passed": self.ok,
+        }
+
+
+def parity_inputs(batch: int, img_size: int, n_inputs: int, seed: int = PARITY_SEED):
+    """The random images every parity check uses (same seed: same images for every
+    target, so ONNX, engine and ORT figures are comparable)."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(-(-n_inputs // batch)):
+        yield torch.randn(batch, 3, img_size, img_size, generator=g)
+
+
+def as_function(runner) -> Callable[[np.ndarray], np.ndarray | None]:
+    """A runner (``edgeprune.runtimes`` interface: ``.run`` returns the outputs) or a
+    plain function of one array, as a function of one array giving the logits."""
+    if hasattr(runner, "run"):
+        return lambda x: runner.run(x)[0]
+    return runner
+
+
+def compare(
+    model,
+    run_fn,
+    batch: int,
+    img_size: int,
+    n_inputs: int = 16,
+    atol: float = 1e-4,
+    min_top1: float = 1.0,
+    seed: int = PARITY_SEED,
+    runtime: str = "onnxruntime",
+) -> Parity:
+    """Run PyTorch and ``run_fn`` (a runner, or numpy in → logits out) on the same images."""
+    import torch
+
+    fn = as_function(run_fn)
+    max_diff, agree, seen = 0.0, 0, 0
+    with torch.no_grad():
+        for x in parity_inputs(batch, img_size, n_inputs, seed):
+            ref = model(x).numpy()
+            out = np.asarray(fn(x.numpy()), dtype=np.float32).reshape(ref.shape)
+            max_diff = max(max_diff, float(np.abs(ref - out).max()))
+            agree += int((ref.argmax(-1) == out.argmax(-1)).sum())
+            seen += batch
+    return Parity(max_diff, agree / seen, seen, atol, min_top1, runtime=runtime)
+
+
+def require(parity: Parity, what: str, hint: str = "no file was written") -> Parity:
+    """Raise the one parity error (exit 1) unless ``parity`` is within its tolerance."""
+    if not parity.ok:
+        raise ParityError(
+            f"{what} differs from PyTorch: max |diff| {parity.max_abs_diff:.3g} "
+            f"(limit {parity.atol:g}), top-1 agreement {parity.top1_agreement:.1%} "
+            f"(needs {parity.min_top1:.0%})",
+            hint,
+            exit_code=1,
+        )
+    return parity
+
+
+def check_parity(
+    what: str,
+    source,
+    artifact,
+    batch: int,
+    n_inputs: int,
+    tol: Tolerance,
+    runtime: str = "onnxruntime",
+    hint: str = "no file was written",
+    label: str | None = None,
+    **runner_options,
+) -> Parity:
+    """``artifact`` against ``source``'s PyTorch model on the seeded inputs; raises the one
+    ``ParityError`` when it is outside ``tol``.
+
+    ``artifact``: a path or bytes, loaded here in ``runtime``'s runner
+    (``edgeprune.runtimes.base.get_runner(runtime, **runner_options)``), or a runner
+    already loaded (or a function of one array). ``label`` names the runtime in the
+    figures (default ``runtime``)."""
+    if isinstance(artifact, str | Path | bytes):
+        from edgeprune.runtimes.base import get_runner
+
+        runner = get_runner(runtime, **runner_options)
+        runner.load(artifact)
+        artifact = runner
+    img = source.arch.img_size
+    p = compare(source.model(), artifact, batch, img, n_inputs, *tol, runtime=label or runtime)
+    return require(p, what, hint)

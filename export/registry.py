@@ -1,0 +1,183 @@
+"""The export-target registry: what a target declares, the request it is given and the
+result it returns. Each target module defines one ``Target`` subclass and registers it
+with ``@register``; ``export/targets.py`` lists the modules to import and dispatches.
+
+This module imports no target (and no torch): target modules import it, not the reverse.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
+
+from edgeprune.errors import EdgepruneError
+
+if TYPE_CHECKING:
+    from edgeprune.export.check import Finding, Graph
+    from edgeprune.source import Source
+
+MIN_OPSET = 17
+
+
+class Tolerance(NamedTuple):
+    """Parity limits against PyTorch fp32: max |diff| of the logits and top-1 agreement."""
+
+    atol: float
+    min_top1: float = 1.0
+
+    def to_dict(self) -> dict:
+        return {"atol": self.atol, "min_top1_agreement": self.min_top1}
+
+
+@dataclass(frozen=True)
+class TargetOption:
+    """An option only some targets take. ``name`` is its key in ``ExportRequest.options``,
+    ``flag`` its CLI spelling (for messages), ``parse`` checks and converts a given value
+    (raising ``EdgepruneError`` in one line); ``default`` is used when it is not given."""
+
+    name: str
+    flag: str
+    default: Any = None
+    parse: Callable[[Any], Any] | None = None
+
+
+@dataclass(frozen=True)
+class ExportRequest:
+    """What to export: the options every target takes, and ``options`` for the ones only
+    some targets take (by ``TargetOption.name``; ``None``/``False`` means not given)."""
+
+    target: str = "onnx"
+    out: Path | None = None
+    batch: int = 1
+    opset: int = MIN_OPSET
+    force: bool = False
+    parity_inputs: int = 16
+    precision: str | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+    checked: bool = False  # set by ``targets.validate``: precision and options resolved
+
+    def given(self) -> dict[str, Any]:
+        return {k: v for k, v in self.options.items() if v is not None and v is not False}
+
+    def option(self, name: str) -> Any:
+        return self.options[name]
+
+    def common(self, progress=None) -> dict:
+        """The keyword arguments every target's export function takes."""
+        return {"force": self.force, "n_parity_inputs": self.parity_inputs, "progress": progress}
+
+
+@dataclass
+class ExportResult:
+    """What an export did. ``error`` is set when the export could not finish here (e.g.
+    no TensorRT to build the engine): the caller shows the result, then raises it."""
+
+    target: str
+    artifact: Path
+    manifest: dict
+    manifest_path: Path
+    written: bool = True  # the artifact itself was written
+    kept: list[str] = field(default_factory=list)  # what was written instead of it
+    next_steps: list[str] = field(default_factory=list)  # plain lines: what to run where
+    warnings: list[str] = field(default_factory=list)
+    error: EdgepruneError | None = None
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.error is None else self.error.exit_code
+
+    @property
+    def parity(self) -> dict:
+        return self.manifest["parity"]
+
+
+class Target:
+    """One export target. Subclass it in the target's own module and decorate the class
+    with ``@register``; everything target-specific is declared here."""
+
+    name: ClassVar[str]
+    suffix: ClassVar[str]  # the default output suffix
+    suffixes: ClassVar[tuple[str, ...]] = ()  # accepted --out suffixes (default: suffix)
+    directory: ClassVar[bool] = False  # the artifact is a bundle directory
+    precisions: ClassVar[tuple[str, ...]] = ("fp32",)  # the first is the default
+    tolerances: ClassVar[Mapping[str, Tolerance]] = {"fp32": Tolerance(1e-4, 1.0)}
+    options: ClassVar[tuple[TargetOption, ...]] = ()
+    # ---- `edgeprune check` rules (see export/check.py) ----
+    checkable: ClassVar[bool] = True  # offered by `edgeprune check --target`
+    supported_ops: ClassVar[frozenset[str] | None] = None  # None: every op of op_domains
+    op_domains: ClassVar[frozenset[str]] = frozenset({"", "ai.onnx"})
+    slow_ops: ClassVar[Mapping[str, str]] = {}  # op type -> why it is slow
+    computed_topk: ClassVar[str] = "slow"  # severity of a TopK whose K is computed
+    dynamic_dim: ClassVar[str] = "slow"  # severity of a non-constant I/O dimension
+    dynamic_dim_note: ClassVar[str] = ""
+
+    @property
+    def default_precision(self) -> str:
+        return self.precisions[0]
+
+    @classmethod
+    def accepted_suffixes(cls) -> tuple[str, ...]:
+        return cls.suffixes or (cls.suffix,)
+
+    def precision_hint(self, precision: str) -> str:
+        return f"--target {self.name} takes --precision {' or '.join(self.precisions)}"
+
+    def graph_rules(self, graph: Graph) -> list[Finding]:
+        """Target-specific findings beyond the shared rules (node by node or whole graph)."""
+        return []
+
+    def export(self, source: Source, req: ExportRequest, out: Path, progress=None) -> ExportResult:
+        raise NotImplementedError
+
+    def result(self, out: Path, manifest: dict) -> ExportResult:
+        """The result of an export that wrote its artifact and manifest."""
+        from edgeprune.export.manifest import manifest_path
+
+        return ExportResult(self.name, Path(out), manifest, manifest_path(out))
+
+
+TARGETS: dict[str, Target] = {}
+
+
+def register(cls: type[Target]) -> type[Target]:
+    """Class decorator: add one instance of ``cls`` to the registry under ``cls.name``."""
+    if cls.name in TARGETS:
+        raise RuntimeError(f"export target '{cls.name}' registered twice")
+    TARGETS[cls.name] = cls()
+    return cls
+
+
+def option_owners(name: str) -> list[str]:
+    return [t.name for t in TARGETS.values() if any(o.name == name for o in t.options)]
+
+
+def refuse_foreign_options(target: Target, req: ExportRequest) -> None:
+    """One line for an option the target does not take, naming the targets that do."""
+    declared = {o.name for o in target.options}
+    for name in req.given():
+        if name in declared:
+            continue
+        owners = option_owners(name)
+        if not owners:
+            raise EdgepruneError(f"unknown export option '{name}'")
+        flag = next(o.flag for o in TARGETS[owners[0]].options if o.name == name)
+        raise EdgepruneError(
+            f"{flag} does not apply to --target {target.name}",
+            f"it is for --target {' or '.join(owners)}",
+        )
+
+
+def parse_options(target: Target, req: ExportRequest) -> ExportRequest:
+    """The request with the target's options checked and parsed, defaults filled in."""
+    given = req.given()
+    values = {}
+    for opt in target.options:
+        value = given.get(opt.name)
+        values[opt.name] = opt.default if value is None else (opt.parse or _same)(value)
+    return replace(req, options=values, checked=True)
+
+
+def _same(value: Any) -> Any:
+    return value

@@ -1,0 +1,55 @@
+"""The local transport: run commands and move files on this machine."""
+
+from __future__ import annotations
+
+import contextlib
+import shlex
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from edgeprune.runtimes.transports.base import Result, run_killable
+
+
+class LocalTransport:
+    name = "local"
+    where = "this machine"
+
+    @classmethod
+    def from_device(cls, device, **_options) -> LocalTransport:
+        return cls()
+
+    @staticmethod
+    def check_device(device) -> str | None:
+        return None
+
+    def run(self, argv: list[str], timeout: float | None = None, cwd: str | None = None) -> Result:
+        if cwd:
+            argv = ["sh", "-c", f"cd {shlex.quote(cwd)} && exec {shlex.join(argv)}"]
+        return run_killable(argv, timeout, shlex.join(argv[:1]))
+
+    @contextlib.contextmanager
+    def tempdir(self) -> Iterator[str]:
+        d = tempfile.mkdtemp(prefix="edgeprune-")
+        try:
+            yield d
+        finally:
+            shutil.rmtree(d, ignore_errors=True)
+
+    def put(self, local: Path, remote_dir: str) -> str:
+        dest = Path(remote_dir) / Path(local).name
+        shutil.copyfile(local, dest)
+        return str(dest)
+
+    def get(self, remote: str, local: Path) -> None:
+        shutil.copyfile(remote, local)
+
+    def which(self, program: str) -> str | None:
+        return shutil.which(program)
+
+    def check(self, timeout: float | None = None) -> None:
+        return None
+
+    def reachable(self, timeout: float | None = None) -> tuple[bool, str]:
+        return True, "this machine"

@@ -1,0 +1,182 @@
+"""ExecuTorch target and runtime, for real: a tiny DeiT-shaped model (embed 48, 3 heads,
+depth 3, 64×64 images) lowered to an XNNPACK-delegated .pte, checked in the ExecuTorch
+runtime against PyTorch, then loaded, run and timed by the runner. Skipped, with the
+reason, only where the executorch extra is not installed."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from edgeprune.arch import Arch
+from edgeprune.errors import EdgepruneError, MissingRuntimeError
+from edgeprune.methods import get_method
+from edgeprune.source import Source
+
+et = pytest.importorskip("executorch", reason='needs pip install "edgeprune[executorch]"')
+
+TINY = Arch("custom", embed_dim=48, num_heads=3, depth=3, img_size=64, num_classes=10)
+TINY2 = Arch("custom", embed_dim=48, num_heads=3, depth=2, img_size=64, num_classes=10)
+
+
+def tiny_source(method: str, locs=(1, 2), keep=(0.5, 0.25), arch: Arch = TINY) -> Source:
+    m = get_method(method)
+    cfg = m.config_for(2, arch) if method == "tome" else m.default_config(arch)
+    if method not in ("dense", "tome"):
+        cfg = m.with_overrides(cfg, arch, keep=keep, locs=locs)
+    return Source(f"tiny:{method}", "builtin", arch, m, cfg, m.token_plan(arch, cfg))
+
+
+@pytest.fixture(scope="module")
+def spvit_pte(tmp_path_factory):
+    from edgeprune.export.executorch import export_executorch
+
+    out = tmp_path_factory.mktemp("et") / "m.pte"
+    man = export_executorch(tiny_source("spvit"), out, n_parity_inputs=2)
+    return out, man
+
+
+def test_export_writes_pte_and_manifest_with_parity_and_segments(spvit_pte):
+    from edgeprune.export.manifest import manifest_path
+
+    out, man = spvit_pte
+    assert out.read_bytes()[4:8] == b"ET12"
+    on_disk = json.loads(manifest_path(out).read_text())
+    assert on_disk == man
+    assert man["target"] == "executorch" and man["backend"] == "XnnpackBackend"
+    p = man["parity"]
+    assert p["status"] == "passed" and p["runtime"] == "executorch (xnnpack)"
+    assert p["max_abs_diff"] <= 1e-4 and p["top1_agreement"] == 1.0 and p["inputs"] == 2
+    x = man["xnnpack"]
+    # two selector stages: TopK cannot be delegated, so at best 3 segments
+    assert x["delegate_segments"] == 3, x
+    assert set(x["ops_outside_delegates"]) <= {
+        "alias_copy",
+        "topk",
+        "gather",
+        "scatter.value",
+        "full_like",
+        "unsqueeze_copy",
+        "expand_copy",
+        "view_copy",
+    }, x
+    assert "native_layer_norm" not in x["ops_outside_delegates"]
+    assert man["versions"]["executorch"].startswith("1.")
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]
+
+
+def test_rewrites_remove_segments_and_keep_the_function():
+    """Without the rewrites LayerNorm, select and expand cut the graph into many
+    segments; with them one dense model is one delegate, same outputs."""
+    from edgeprune.export.executorch import lower
+    from edgeprune.runtimes.executorch import ExecuTorchRunner
+
+    src = tiny_source("dense", arch=TINY2)
+    model, x = src.model(), torch.randn(1, 3, 64, 64)
+    raw = lower(model, torch.zeros(1, 3, 64, 64), friendly=False)
+    good = lower(model, torch.zeros(1, 3, 64, 64))
+    assert good.segments == 1 and good.outside == {}
+    assert raw.segments > 3 * TINY2.depth and "native_layer_norm" in raw.outside
+    r = ExecuTorchRunner(threads=1)
+    with torch.no_grad():
+        ref = model(x).numpy()
+    for low in (raw, good):
+        r.load(low.buffer)
+        assert np.abs(r.run(x.numpy())[0] - ref).max() < 1e-4
+
+
+def test_runner_loads_runs_and_times_with_threads(spvit_pte):
+    from edgeprune.runtimes.executorch import ExecuTorchRunner, thread_count
+    from edgeprune.runtimes.timing import TimingPolicy
+
+    out, _ = spvit_pte
+    r = ExecuTorchRunner(threads=2)
+    r.load(out)
+    assert r.input_shapes() == {"input": (1, 3, 64, 64)}
+    assert thread_count() == 2
+    (y,) = r.run(np.zeros((1, 3, 64, 64), np.float32))
+    assert y.shape == (1, 10) and np.isfinite(y).all()
+    t = r.time(TimingPolicy.fixed(5, warmup=1))
+    assert t.runs == 5 and t.threads == 2 and t.runtime == "executorch"
+    assert 0 < t.min_ms <= t.median_ms <= t.max_ms
+    r1 = ExecuTorchRunner(threads=1)
+    r1.load(out.read_bytes())
+    r1.run(np.zeros((1, 3, 64, 64), np.float32))
+    assert thread_count() == 1
+
+
+def test_runner_refuses_what_is_not_a_program(tmp_path):
+    from edgeprune.runtimes.executorch import ExecuTorchRunner
+
+    bad = tmp_path / "m.pte"
+    bad.write_bytes(b"not a program at all")
+    r = ExecuTorchRunner()
+    with pytest.raises(EdgepruneError, match="not an ExecuTorch program"):
+        r.load(bad)
+    with pytest.raises(EdgepruneError, match="does not exist"):
+        r.load(tmp_path / "missing.pte")
+
+
+def test_without_executorch_one_line_what_to_install(monkeypatch, tmp_path):
+    from edgeprune.export.executorch import export_executorch
+    from edgeprune.runtimes.executorch import ExecuTorchRunner
+
+    monkeypatch.setitem(sys.modules, "executorch", None)
+    with pytest.raises(MissingRuntimeError) as e:
+        export_executorch(tiny_source("dense"), tmp_path / "m.pte")
+    assert e.value.exit_code == 2 and "edgeprune[executorch]" in e.value.one_line()
+    with pytest.raises(MissingRuntimeError, match="executorch not installed"):
+        ExecuTorchRunner()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_executor_runner_log_parsing():
+    from edgeprune.runtimes.executorch import parse_iterations, parse_total
+
+    log = (
+        "I 00:00:00.101 executorch:executor_runner.cpp:511] Iteration 1 of 3: 12.5 ms\n"
+        "I 00:00:00.113 executorch:executor_runner.cpp:511] Iteration 2 of 3: 10.25 ms\n"
+        "I 00:00:00.124 executorch:executor_runner.cpp:511] Iteration 3 of 3: 10.0 ms\n"
+        "I 00:00:00.124 executorch:executor_runner.cpp:520] Model executed successfully "
+        "3 time(s) in 32.75 ms.\n"
+    )
+    assert parse_iterations(log) == [12.5, 10.25, 10.0]
+    assert parse_total(log) == (3, 32.75)
+    assert parse_iterations("nothing") == [] and parse_total("nothing") is None
+
+
+def test_cli_target_without_the_extra_is_one_line(cli, monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "executorch", None)
+    code, _, err = cli("export", "deit_tiny", "-t", "executorch", "-o", tmp_path / "m.pte")
+    errors = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert code == 2 and len(errors) == 1 and "Traceback" not in err
+    assert 'pip install "edgeprune[executorch]"' in errors[0]
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--precision", "fp16"], "--precision fp16 is not supported"),
+        (["--int8"], "--int8 does not apply"),
+        (["-o", "m.onnx"], "should end in .pte"),
+    ],
+)
+def test_cli_bad_options_for_executorch(cli, tmp_path, monkeypatch, args, needle):
+    monkeypatch.chdir(tmp_path)
+    out = [] if "-o" in args else ["-o", "m.pte"]
+    code, _, err = cli("export", "deit_tiny", "-t", "executorch", *out, *args)
+    errors = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert code == 2 and len(errors) == 1 and needle in errors[0]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_registered_as_a_target():
+    from edgeprune.export.targets import get_target
+
+    t = get_target("executorch")
+    assert t.suffix == ".pte" and t.precisions == ("fp32",) and not t.checkable
