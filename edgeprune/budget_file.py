@@ -3,12 +3,14 @@ it was made on, so that the file alone drives ``--budget`` and the training loss
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from edgeprune.budget import BudgetResult
 from edgeprune.errors import EdgepruneError
 from edgeprune.latency import LatencyModel
+from edgeprune.verify import Verification
 
 BUDGET_SCHEMA = "edgeprune.budget"
 BUDGET_VERSION = 1
@@ -33,6 +35,9 @@ def budget_dict(result: BudgetResult, model: LatencyModel, profile_path: str | P
         "target_ms": result.target_ms,
         "predicted_ms": c.predicted_ms,
         "margin_ms": result.margin_ms,
+        "margin": result.margin,
+        "margin_source": result.margin_source,
+        "aim_ms": result.aim_ms,
         "dense_ms": result.dense_ms,
         "gflops": result.gflops(),
         "tokens_per_block": list(c.plan.attn_tokens),
@@ -116,6 +121,7 @@ class BudgetRun:
     path: Path
     plot: Path | None
     metric: str | None  # the sensitivity file's metric (None: kept tokens)
+    verification: Verification | None = None  # budget --verify
 
 
 def make_budget(
@@ -130,11 +136,18 @@ def make_budget(
     plot: Path | None = None,
     no_plot: bool = False,
     force: bool = False,
+    margin: str | None = "auto",
+    verify: bool = False,
+    rounds: int = 30,
+    progress: Callable[[str], None] | None = None,
 ) -> BudgetRun:
-    """Search the keep schedule for a target on a latency table and write the budget
-    file (and, unless ``no_plot``, its Pareto plot, default ``<out>.pareto.png``)."""
+    """Search the keep schedule for a target on a latency table (aiming ``margin`` under
+    it, see ``budget.resolve_margin``) and write the budget file (and, unless
+    ``no_plot``, its Pareto plot, default ``<out>.pareto.png``). With ``verify``, the
+    chosen schedule is exported and timed against dense here first (``verify.py``); the
+    file records the verification."""
     from edgeprune.atomic import check_writable_target, write_json_atomic
-    from edgeprune.budget import load_sensitivity, search, target_from
+    from edgeprune.budget import load_sensitivity, resolve_margin, search, target_from
     from edgeprune.latency import load_model
     from edgeprune.parsing import parse_ints
 
@@ -146,11 +159,21 @@ def make_budget(
     if plot_path is not None:
         check_writable_target(plot_path, force)
     meth = method or model.table.method or "dynamicvit"
-    res = search(model, target, meth, schedule, parse_ints(locs, "--locs"), sens, str(sensitivity))
+    frac, why = resolve_margin(margin, model.table)
+    res = search(
+        model, target, meth, schedule, parse_ints(locs, "--locs"), sens, str(sensitivity),
+        frac, why,
+    )  # fmt: skip
     data = budget_dict(res, model, profile)
+    checked = None
+    if verify:
+        from edgeprune.verify import verify_budget
+
+        checked = verify_budget(res, model, rounds, progress=progress)
+        data["verification"] = checked.to_dict()
     write_json_atomic(out, data)
     if plot_path is not None:
         from edgeprune.plot import plot_pareto
 
         plot_pareto(res, plot_path)
-    return BudgetRun(res, data, model, out, plot_path, sens.metric if sens else None)
+    return BudgetRun(res, data, model, out, plot_path, sens.metric if sens else None, checked)
