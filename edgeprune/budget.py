@@ -33,6 +33,8 @@ from edgeprune.plan import TokenPlan, dense_plan
 SENSITIVITY_SCHEMA = "edgeprune.sensitivity"
 SCHEDULES = ("geometric", "free")
 MAX_FREE_CANDIDATES = 25_000
+MAX_MARGIN = 0.5  # --margin above this is refused
+MAX_AUTO_MARGIN = 0.10  # --margin auto never aims further under the target than this
 
 
 # ---- targets ---------------------------------------------------------------------------
@@ -203,6 +205,49 @@ def pareto_front(cands: list[Candidate]) -> list[Candidate]:
     return front
 
 
+# ---- the margin ------------------------------------------------------------------------
+def measured_error(table) -> tuple[float, dict]:
+    """The table's own measured error, as a fraction, and its parts: the end-to-end fit's
+    residual on the whole models timed in the sweep (root mean square), the median
+    interpolation error at the off-grid check points, and the median spread of a point's
+    repeated passes (the noise). The error is the largest of those the table records."""
+    parts: dict[str, float] = {}
+    fit = table.extra.get("e2e_fit") or []
+    if fit:
+        res = [r["corrected_ms"] / r["measured_ms"] - 1 for r in fit if r["measured_ms"] > 0]
+        parts["e2e_residual"] = math.sqrt(sum(r * r for r in res) / len(res)) if res else 0.0
+    chk = (table.extra.get("interp_check") or {}).get("points") or []
+    if chk:
+        errs = sorted(p["rel_err"] for p in chk)
+        parts["interpolation"] = errs[len(errs) // 2]
+    noise = table.extra.get("noise")
+    if noise:
+        parts["noise"] = float(noise["median_spread"])
+    return (max(parts.values()) if parts else 0.0), parts
+
+
+def resolve_margin(text: str | None, table) -> tuple[float, str]:
+    """``--margin``: ``auto`` (default: the table's measured error, at most 10 %), a
+    percentage (``3%``) or a fraction (``0.03``); ``0`` aims at the target itself."""
+    t = (text or "auto").strip().lower()
+    if t == "auto":
+        err, parts = measured_error(table)
+        if not parts:
+            return 0.0, "auto: the table records no measured error (profiled before 0.2)"
+        m = min(err, MAX_AUTO_MARGIN)
+        what = ", ".join(f"{k} {v:.1%}" for k, v in parts.items())
+        return m, f"auto: the table's measured error ({what})"
+    try:
+        m = float(t[:-1]) / 100 if t.endswith("%") else float(t)
+    except ValueError:
+        raise EdgepruneError(
+            f"--margin '{text}' is not auto, a percentage or a fraction", "e.g. --margin 3%"
+        ) from None
+    if not (math.isfinite(m) and 0 <= m <= MAX_MARGIN):
+        raise EdgepruneError(f"--margin '{text}' must lie in 0..{MAX_MARGIN:.0%}")
+    return m, "given"
+
+
 # ---- the search ------------------------------------------------------------------------
 @dataclass
 class BudgetResult:
@@ -217,6 +262,12 @@ class BudgetResult:
     status: str  # "ok" or "dense" (the dense model already meets the target)
     candidates: list[Candidate] = field(default_factory=list)
     objective: str = "kept_tokens"
+    margin: float = 0.0  # the prediction aims this fraction under the target
+    margin_source: str = "none"  # where the margin came from (see resolve_margin)
+
+    @property
+    def aim_ms(self) -> float:
+        return self.target_ms * (1 - self.margin)
 
     @property
     def margin_ms(self) -> float:
@@ -235,12 +286,18 @@ def search(
     locs: tuple[int, ...] | None = None,
     sensitivity: Sensitivity | None = None,
     sensitivity_path: str = "<sensitivity>",
+    margin: float = 0.0,
+    margin_source: str = "none",
 ) -> BudgetResult:
-    """The keep schedule with the highest objective whose predicted latency ≤ target.
+    """The keep schedule with the highest objective whose predicted latency ≤ the target
+    less ``margin`` (a fraction: the table's own measured error, see ``resolve_margin``).
 
-    Raises EdgepruneError when even the fastest schedule misses the target."""
+    Raises EdgepruneError when even the fastest schedule misses it."""
     if not (math.isfinite(target_ms) and target_ms > 0):
         raise EdgepruneError(f"target {target_ms} ms is not a positive finite number")
+    if not 0 <= margin <= MAX_MARGIN:
+        raise EdgepruneError(f"--margin {margin:.1%} must lie in 0..{MAX_MARGIN:.0%}")
+    aim = target_ms * (1 - margin)
     if schedule not in SCHEDULES:
         raise EdgepruneError(
             f"unknown --schedule '{schedule}'", f"expected: {', '.join(SCHEDULES)}"
@@ -272,7 +329,7 @@ def search(
             _plans(meth, arch, locs, _free_tuples(_grid(step), n, meth.cumulative)).values()
         )
         _evaluate(model, cands, locs, sensitivity)
-        best = _best(cands, target_ms)
+        best = _best(cands, aim)
         if best is not None and 9**n <= MAX_FREE_CANDIDATES:
             fine = step / 4
             around = [
@@ -304,16 +361,19 @@ def search(
         fastest=fastest,
         candidates=cands,
         objective=objective,
+        margin=margin,
+        margin_source=margin_source,
     )
-    if dense_ms <= target_ms:
+    if dense_ms <= aim:
         dense = Candidate((), dense_plan(arch), dense_ms, kept_tokens(dense_plan(arch)))
         if sensitivity is not None:
             dense.accuracy = sensitivity.dense
         return BudgetResult(chosen=dense, status="dense", **common)
-    best = _best(cands, target_ms)
+    best = _best(cands, aim)
     if best is None:
+        less = f" less the {margin:.1%} margin ({aim:.3f} ms)" if margin else ""
         raise EdgepruneError(
-            f"target {target_ms:.3f} ms is unreachable on this profile: the fastest "
+            f"target {target_ms:.3f} ms{less} is unreachable on this profile: the fastest "
             f"{method} schedule ({fmt_ratios(fastest.keep_ratios)} at {list(locs)}) predicts "
             f"{fastest.predicted_ms:.3f} ms (dense {dense_ms:.3f} ms)",
             f"ask for at least {fastest.predicted_ms:.3f} ms, or prune at more locations",

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgeprune.budget import BudgetResult, Sensitivity
+from edgeprune.budget import BudgetResult
 from edgeprune.errors import EdgepruneError
 from edgeprune.latency import LatencyModel
 
@@ -33,6 +33,9 @@ def budget_dict(result: BudgetResult, model: LatencyModel, profile_path: str | P
         "target_ms": result.target_ms,
         "predicted_ms": c.predicted_ms,
         "margin_ms": result.margin_ms,
+        "margin": result.margin,
+        "margin_source": result.margin_source,
+        "aim_ms": result.aim_ms,
         "dense_ms": result.dense_ms,
         "gflops": result.gflops(),
         "tokens_per_block": list(c.plan.attn_tokens),
@@ -104,60 +107,3 @@ def load_budget(path: str | Path) -> Budget:
     if len(b.locs) != len(b.keep_ratios):
         raise bad("locs and keep_ratios differ in length")
     return b
-
-
-@dataclass
-class BudgetRun:
-    """What ``edgeprune budget`` made: the search result, the file's data, where."""
-
-    result: BudgetResult
-    data: dict
-    model: LatencyModel
-    path: Path
-    plot: Path | None
-    metric: str | None  # the sensitivity file's metric (None: kept tokens)
-    sensitivity: Sensitivity | None = None
-
-
-def make_budget(
-    profile: Path,
-    target_ms: float | None = None,
-    target_fps: float | None = None,
-    method: str | None = None,
-    schedule: str = "geometric",
-    locs: str | None = None,
-    sensitivity: Path | None = None,
-    out: Path = Path("budget.json"),
-    plot: Path | None = None,
-    no_plot: bool = False,
-    force: bool = False,
-) -> BudgetRun:
-    """Search the keep schedule for a target on a latency table and write the budget
-    file (and, unless ``no_plot``, its Pareto plot, default ``<out>.pareto.png``; with
-    a sensitivity file, predicted accuracy vs latency with the measured stage curves)."""
-    from edgeprune.atomic import check_writable_target, write_json_atomic
-    from edgeprune.budget import load_sensitivity, search, target_from
-    from edgeprune.latency import load_model
-    from edgeprune.parsing import parse_ints
-
-    target = target_from(target_ms, target_fps)
-    model = load_model(profile)
-    sens = load_sensitivity(sensitivity) if sensitivity is not None else None
-    plot_path = None if no_plot else (plot or out.with_name(out.stem + ".pareto.png"))
-    check_writable_target(out, force)
-    if plot_path is not None:
-        check_writable_target(plot_path, force)
-    meth = method or model.table.method or "dynamicvit"
-    res = search(model, target, meth, schedule, parse_ints(locs, "--locs"), sens, str(sensitivity))
-    data = budget_dict(res, model, profile)
-    write_json_atomic(out, data)
-    if plot_path is not None and sens is not None:
-        from edgeprune.budget import measured_curves
-        from edgeprune.plot import plot_accuracy_pareto
-
-        plot_accuracy_pareto(res, sens, model, plot_path, measured_curves(res, sens, model))
-    elif plot_path is not None:
-        from edgeprune.plot import plot_pareto
-
-        plot_pareto(res, plot_path)
-    return BudgetRun(res, data, model, out, plot_path, sens.metric if sens else None, sens)

@@ -318,22 +318,28 @@ def budget_cmd(
     no_plot: o.NoPlotOpt = False,
     force: o.ForceOpt = False,
     as_json: o.JsonOpt = False,
+    margin: o.MarginOpt = "auto",
+    verify: o.VerifyOpt = False,
+    rounds: o.RoundsOpt = 30,
 ) -> None:
     """Keep ratios that meet a latency target and keep the most tokens (or accuracy)."""
-    from edgeprune.budget_file import make_budget
+    from edgeprune.budget_run import make_budget
 
-    run = make_budget(
-        profile, target_ms, target_fps, method, schedule, locs, sensitivity, out_path, plot,
-        no_plot, force,
-    )  # fmt: skip
+    with _progress("verifying") as step:
+        run = make_budget(
+            profile, target_ms, target_fps, method, schedule, locs, sensitivity, out_path,
+            plot, no_plot, force, margin, verify, rounds, step,
+        )  # fmt: skip
     if as_json:
         print(json.dumps({k: v for k, v in run.data.items() if k != "profile_table"}))
-        return
-    if not run.model.table.measured:
-        err.print("[yellow]note:[/] this profile is estimated, not measured")
-    from edgeprune.render import budget_lines
+    else:
+        if not run.model.table.measured:
+            err.print("[yellow]note:[/] this profile is estimated, not measured")
+        from edgeprune.render import budget_lines
 
-    _lines(budget_lines(run))
+        _lines(budget_lines(run))
+    if run.verification is not None and not run.verification.met:
+        raise typer.Exit(1)
 
 
 @app.command("validate-profile")

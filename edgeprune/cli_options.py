@@ -145,6 +145,12 @@ NoPlotOpt = opt(bool, "--no-plot", help="Do not write the plot.")
 ConfigsOpt = opt(int, "--configs", help="Random keep schedules.")
 ValThreadsOpt = opt(int | None, "--threads", help="Threads (default: the profile's).")
 RoundsOpt = opt(int, "--rounds", help="Interleaved timing rounds.")
+MarginOpt = opt(
+    str, "--margin", help="Aim under the target: auto (the table's measured error), 3%, 0."
+)
+VerifyOpt = opt(
+    bool, "--verify", help="Export the choice, time it against dense here; exit 1 if missed."
+)
 BurstOpt = opt(
     int, "--burst", help="Runs per model per round, the first discarded (1: single cold runs)."
 )

@@ -148,6 +148,12 @@ def summary(table: LatencyTable) -> dict:
         "embed_ms": table.embed.median_ms,
         "head_ms": table.head.median_ms,
     }
+    noise, retimed = table.extra.get("noise"), table.extra.get("retimed")
+    if noise:
+        out["noise"] = noise
+    if retimed:
+        out["retimed"] = retimed["count"]
+        out["still_breaking"] = len(retimed["still_breaking"])
     chk = table.extra.get("interp_check")
     if chk:
         out["interp_max_rel_err"] = chk["max_rel_err"]

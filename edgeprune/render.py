@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from rich.table import Table
 
 if TYPE_CHECKING:
-    from edgeprune.budget_file import BudgetRun
+    from edgeprune.budget_run import BudgetRun
     from edgeprune.measure import ProfileOutcome
     from edgeprune.validate import ValidationReport
 
@@ -46,6 +46,15 @@ def profile_lines(res: ProfileOutcome) -> list[str]:
         f"block @ {s['tokens']} tokens: {s['block_ms']:.3f} ms median; embed "
         f"{s['embed_ms']:.3f} ms; head {s['head_ms']:.3f} ms",
     ]
+    if "noise" in s:
+        n = s["noise"]
+        lines.append(
+            f"noise: passes of a point spread {n['median_spread']:.1%} (median), "
+            f"{n['p90_spread']:.1%} (p90) over {n['points']} points; "
+            f"{s.get('retimed', 0)} re-timed for breaking the monotone shape by more than "
+            f"{n['shape_tolerance']:.1%}, {s.get('still_breaking', 0)} still breaking it "
+            "(the stored curves are monotone fits)"
+        )
     if "interp_max_rel_err" in s:
         lines.append(
             f"interpolation check: max error {s['interp_max_rel_err']:.1%} over "
@@ -82,12 +91,30 @@ def budget_lines(run: BudgetRun) -> list[str]:
         f"tokens/block: {' '.join(map(str, c.plan.attn_tokens))}",
         f"GFLOPs {res.gflops():.3f}, kept tokens {c.kept_tokens:g}{extra}",
     ]
+    if res.margin:
+        lines.append(
+            f"aimed {res.margin:.1%} under the target, at {res.aim_ms:.3f} ms ({res.margin_source})"
+        )
     if run.sensitivity is not None:
         from edgeprune.budget import chosen_summary
 
         lines.append(chosen_summary(res, run.sensitivity))
+    if run.verification is not None:
+        lines += verification_lines(run.verification)
     lines.append(f"[green]wrote[/] {run.path}" + (f" and {run.plot}" if run.plot else ""))
     return lines
+
+
+def verification_lines(v) -> list[str]:
+    verdict = "[green]budget met[/]" if v.met else "[red]budget NOT met[/]"
+    return [
+        f"{verdict} when measured: {v.measured_ms:.3f} ms (p90 {v.measured_p90_ms:.3f}) vs "
+        f"target {v.target_ms:.3f} ms ({v.vs_target:+.1%}); predicted {v.predicted_ms:.3f} ms "
+        f"(error {v.error:+.1%})",
+        f"dense measured {v.dense_measured_ms:.3f} ms vs predicted {v.dense_predicted_ms:.3f} "
+        f"ms (machine drift {v.drift:+.1%}); speedup {v.speedup:.2f}× "
+        f"({v.runtime}, {v.threads} thread(s), {v.rounds} interleaved rounds × {v.burst})",
+    ]
 
 
 def validation_table(profile, rep: ValidationReport) -> Table:
@@ -113,6 +140,11 @@ def validation_lines(rep: ValidationReport) -> list[str]:
         lines.append(
             f"machine drift since profiling: {rep.drift:+.1%} (the profile's "
             f"{len(rep.anchors)} whole-model anchors re-timed now; included in the error)"
+        )
+    if rep.noise is not None:
+        lines.append(
+            f"noise: a model's runs spread {rep.noise:.1%} ((p90 − p10) / median, median over "
+            "the models); errors much below it are luck, not accuracy"
         )
     return lines
 

@@ -24,6 +24,7 @@ from edgeprune.arch import Arch
 from edgeprune.errors import EdgepruneError
 from edgeprune.latency import fit_end_to_end
 from edgeprune.latency_table import Curve, LatencyTable, Point
+from edgeprune.monotone import isotonic, noise_summary, pass_spread, shape_breaks
 from edgeprune.plan import SelectorStage, TokenPlan
 from edgeprune.profiles.devices import Device
 from edgeprune.resume import ResumeFile
@@ -33,6 +34,11 @@ from edgeprune.runtimes.timing import Timing, TimingPolicy
 CURVE_TABLES = ("block", "attn", "mlp")
 # how selectors far from the plan's own stages are timed: this keep ratio per stage
 SELECTOR_KEEP = 0.7
+# latency curves expected not to fall with more tokens: checked, re-timed, fitted monotone
+SHAPED_TABLES = ("block", "attn", "mlp", "selector")
+# a point is re-timed when it is this much (or twice the median pass spread) slower than
+# a point with more tokens
+MIN_SHAPE_TOLERANCE = 0.03
 # the keep ratio per stage of the sparse whole-model anchor
 SPARSE_ANCHOR = 0.6
 
@@ -81,6 +87,7 @@ class ProfileRequest:
     rounds: int = 3  # passes over all pieces; a point's figure is the median over passes
     chain: int = 4  # blocks are timed as a chain of this many distinct blocks (÷ chain)
     e2e: bool = True  # also time whole models and fit the end-to-end correction
+    retime: int = 2  # attempts at re-timing points that break the monotone shape
 
     @property
     def threads_used(self) -> int:
@@ -292,12 +299,15 @@ def measure(
 
     ckpt = ResumeFile(resume, _request_key(req, grid)) if resume is not None else None
 
-    def sweep(loaded, label: str, done: int) -> tuple[dict, int]:
+    spreads: dict[tuple, float] = {}  # relative spread of each point's passes
+
+    def sweep(loaded, label: str, done: int, resumable: bool = True) -> tuple[dict, int]:
         per: dict[tuple, list[Timing]] = {}
+        use = ckpt if resumable else None
         for rnd in range(rounds):
             for piece, r in loaded:
                 step(f"{label}{piece.table} {piece.tokens or ''}".strip(), done, total)
-                saved = ckpt.get(piece.table, piece.tokens, rnd) if ckpt else None
+                saved = use.get(piece.table, piece.tokens, rnd) if use else None
                 if saved is not None:  # measured before an interruption (--resume)
                     per.setdefault((piece.table, piece.tokens), []).append(saved)
                     done += 1
@@ -315,9 +325,11 @@ def measure(
                         max_ms=t.max_ms / k,
                     )
                 per.setdefault((piece.table, piece.tokens), []).append(t)
-                if ckpt is not None:
-                    ckpt.put(piece.table, piece.tokens, rnd, t)
+                if use is not None:
+                    use.put(piece.table, piece.tokens, rnd, t)
                 done += 1
+        for k, v in per.items():
+            spreads[k] = pass_spread([t.median_ms for t in v])
         return {k: _combine(v) for k, v in per.items()}, done
 
     from edgeprune.pieces import Piece, make_chain
@@ -330,14 +342,35 @@ def measure(
     ]
     built = [b() for b in pieces]
     anchors = [p for p in built if isinstance(p, ModelPiece)]
-    timed, done = sweep(load_all(built + check_items), "", 0)
+    loaded = load_all(built + check_items)
+    timed, done = sweep(loaded, "", 0)
     for (table, tokens), t in timed.items():
         results.setdefault(table, {})[tokens] = t
+
+    # A point that breaks the expected shape (slower than a point with more tokens, by
+    # more than the noise) is a burst of load, not the model: time it again, in fresh
+    # interleaved passes, and keep the new figure. The stored curves are monotone fits.
+    noise = noise_summary(list(spreads.values()))
+    tol = max(MIN_SHAPE_TOLERANCE, 2 * noise["median_spread"])
+    by_key = {(p.table, p.tokens): (p, r) for p, r in loaded}
+    retimed: list[list] = []
+    for attempt in range(req.retime):
+        again = [by_key[k] for k in _shape_breaks(results, tol)]
+        if not again:
+            break
+        total += len(again) * rounds
+        timed, done = sweep(again, f"re-timing {attempt + 1}: ", done, resumable=False)
+        for (table, tokens), t in timed.items():
+            results[table][tokens] = t
+            retimed.append([table, tokens])
+    raw: dict[str, list[float]] = {}
 
     def curve(table: str) -> Curve:
         r = results[table]
         ts = sorted(r)
-        return Curve(tuple(ts), tuple(r[t].median_ms for t in ts), tuple(r[t].p90_ms for t in ts))
+        raw[table] = [r[t].median_ms for t in ts]
+        med = isotonic(raw[table])
+        return Curve(tuple(ts), tuple(med), tuple(isotonic([r[t].p90_ms for t in ts])))
 
     block = curve("block")
     interp = []
@@ -373,6 +406,13 @@ def measure(
         "chain": req.chain,
         "head_tokens": next(iter(results["head"])),
     }
+    extra["noise"] = {**noise, "shape_tolerance": tol}
+    extra["retimed"] = {
+        "count": len(retimed),
+        "points": retimed,
+        "still_breaking": [list(k) for k in _shape_breaks(results, tol)],
+    }
+    extra["raw_median_ms"] = raw
     if interp:
         extra["interp_check"] = {
             "table": "block",
@@ -412,6 +452,18 @@ def measure(
         ]
         table.e2e = fit_end_to_end(table, measured)
     return table
+
+
+def _shape_breaks(results: dict, tol: float) -> list[tuple[str, int]]:
+    """(table, tokens) of the points of every latency curve that break its monotone
+    shape by more than ``tol``."""
+    out = []
+    for table in SHAPED_TABLES:
+        if table in results:
+            ts = sorted(results[table])
+            bad = shape_breaks([results[table][t].median_ms for t in ts], tol)
+            out += [(table, ts[i]) for i in bad]
+    return out
 
 
 def _split_policy(p: TimingPolicy, rounds: int) -> TimingPolicy:

@@ -53,6 +53,8 @@ class ValidationReport:
     burst: int = 1
     # the profile's whole-model anchors re-timed here: (label, in the profile, now) ms
     anchors: tuple[tuple[str, float, float], ...] = ()
+    # the noise seen: median over the models of their runs' (p90 − p10) / median
+    noise: float | None = None
 
     @property
     def drift(self) -> float | None:
@@ -81,6 +83,7 @@ class ValidationReport:
                 {"label": lb, "profile_ms": then, "now_ms": now} for lb, then, now in self.anchors
             ],
             "drift": self.drift,
+            "noise": self.noise,
             "configs": len(self.results),
             "median_rel_error": self.median_error,
             "p90_rel_error": self.p90_error,
@@ -202,7 +205,8 @@ def validate_profile(
         (a.label, a.median_ms, t.median_ms)
         for a, t in zip(anchors, timings[len(used) :], strict=False)
     )
-    return ValidationReport(model.source, meth.name, threads, rounds, results, burst, again)
+    noise = float(np.median([t.extra.get("spread", 0.0) for t in timings]))
+    return ValidationReport(model.source, meth.name, threads, rounds, results, burst, again, noise)
 
 
 def validate_to_plot(

@@ -151,6 +151,17 @@ def time_interleaved(
     burst: int = 1,
 ) -> list[Timing]:
     """Time ``runners[i].run(inputs[i])`` (loaded runners, see ``runtimes.base``) with
-    ``interleave_samples``: one Timing each."""
+    ``interleave_samples``: one Timing each, its ``extra["spread"]`` the noise seen
+    (see ``spread``)."""
     fns = [lambda r=r, x=x: r.run(x) for r, x in zip(runners, inputs, strict=True)]
-    return [Timing.from_samples(t) for t in interleave_samples(fns, rounds, warmup, burst)]
+    return [
+        Timing.from_samples(t, extra={"spread": spread(t)})
+        for t in interleave_samples(fns, rounds, warmup, burst)
+    ]
+
+
+def spread(samples_ms: Sequence[float]) -> float:
+    """The noise of repeated runs: (p90 − p10) / median."""
+    s = sorted(samples_ms)
+    med = statistics.median(s)
+    return (percentile(s, 90) - percentile(s, 10)) / med if med > 0 else 0.0

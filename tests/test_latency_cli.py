@@ -98,6 +98,10 @@ def test_validate_profile_tiny(cli, profile, tmp_path):
     d = json.loads(out)
     assert d["configs"] == 2 and d["median_rel_error"] >= 0 and png.stat().st_size > 1000
     assert all(r["measured_ms"] > 0 for r in d["results"])
+    assert 0 < d["noise"] < 10  # (p90 − p10) / median of the runs, median over models
+    code, text, err = cli("validate-profile", profile, "--configs", 1, "--rounds", 3,
+                          "--plot", png)  # fmt: skip
+    assert code == 0 and "noise: a model's runs spread" in text, err
 
 
 def test_bad_inputs_one_line_exit_2_nothing_written(cli, profile, tmp_path):
@@ -178,3 +182,79 @@ def test_bad_inputs_one_line_exit_2_nothing_written(cli, profile, tmp_path):
         assert len(lines) == 1 and lines[0].startswith("error:"), (name, err)
         assert needle in lines[0], (name, lines[0])
     assert set(d.rglob("*")) == before
+
+
+def test_budget_margin_auto_given_and_refused(cli, profile, tmp_path):
+    from edgeprune.budget import measured_error
+
+    dense = load_model(profile).predict(resolve("deit_tiny").plan).total_ms
+    target = round(0.6 * dense, 3)
+    err_frac, parts = measured_error(load_model(profile).table)
+    assert "noise" in parts and err_frac == max(parts.values())
+
+    def run(*extra):
+        code, out, err = cli("budget", "--profile", profile, "--target-ms", target,
+                             "--out", tmp_path / "m.json", "--force", "--json", *extra)  # fmt: skip
+        assert code == 0, err
+        return json.loads(out)
+
+    auto = run()
+    assert auto["margin"] == pytest.approx(min(err_frac, 0.10))
+    assert auto["margin_source"].startswith("auto: the table's measured error (noise")
+    assert auto["predicted_ms"] <= target * (1 - auto["margin"]) + 1e-9
+    zero, five = run("--margin", "0"), run("--margin", "5%")
+    assert zero["margin"] == 0 and zero["predicted_ms"] <= target
+    assert five["margin"] == 0.05 and five["predicted_ms"] <= 0.95 * target + 1e-9
+    assert five["aim_ms"] == pytest.approx(0.95 * target)
+    assert zero["predicted_ms"] >= five["predicted_ms"]
+    for bad in ("lots", "60%", "-1"):
+        code, _, err = cli("budget", "--profile", profile, "--target-ms", target,
+                           "--out", tmp_path / "x.json", "--margin", bad)  # fmt: skip
+        assert code == 2 and "--margin" in err and len(err.strip().splitlines()) == 1
+        assert not (tmp_path / "x.json").exists()
+
+
+def test_budget_verify_measures_the_choice_against_dense(cli, profile, tmp_path):
+    dense = load_model(profile).predict(resolve("deit_tiny").plan).total_ms
+    target = round(0.6 * dense, 3)
+    out_file = tmp_path / "v.json"
+    code, out, err = cli("budget", "--profile", profile, "--target-ms", target, "--out", out_file,
+                         "--verify", "--rounds", 3, "--json")  # fmt: skip
+    v = json.loads(out)["verification"]
+    assert v["measured_ms"] > 0 and v["dense_measured_ms"] > v["measured_ms"] * 0.9
+    assert v["met"] == (v["measured_ms"] <= target) and code == (0 if v["met"] else 1), err
+    assert v["runtime"].startswith("onnxruntime ") and v["rounds"] == 3
+    assert json.loads(out_file.read_text())["verification"] == v
+    # the human output says the verdict in words
+    code2, text, _ = cli("budget", "--profile", profile, "--target-ms", target,
+                         "--out", out_file, "--force", "--verify", "--rounds", 3)  # fmt: skip
+    assert ("budget met when measured" in text) == (code2 == 0)
+    assert ("budget NOT met when measured" in text) == (code2 == 1)
+
+
+def test_budget_verify_refuses_to_call_a_missed_budget_met(cli, profile, tmp_path):
+    """A table whose every time was divided by 5 predicts 5× too fast: the budget it
+    gives cannot hold when measured, and --verify must say so (exit 1)."""
+    from dataclasses import replace
+
+    from edgeprune.latency_table import Curve, Point, load
+
+    t = load(profile)
+
+    def s(c):
+        return Curve(c.tokens, tuple(v / 5 for v in c.median_ms), tuple(v / 5 for v in c.p90_ms))
+
+    fast = replace(
+        t,
+        block=s(t.block),
+        embed=Point(t.embed.median_ms / 5, t.embed.p90_ms / 5),
+        head=Point(t.head.median_ms / 5, t.head.p90_ms / 5),
+        selectors={k: s(c) for k, c in t.selectors.items()},
+    )
+    p = tmp_path / "too_fast.json"
+    fast.save(p)
+    dense = load_model(p).predict(resolve("deit_tiny").plan).total_ms
+    code, out, err = cli("budget", "--profile", p, "--target-ms", round(0.8 * dense, 4),
+                         "--out", tmp_path / "f.json", "--verify", "--rounds", 3)  # fmt: skip
+    assert code == 1, err
+    assert "budget NOT met when measured" in out and "machine drift" in out

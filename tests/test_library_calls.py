@@ -94,7 +94,7 @@ def test_calibration_inputs_and_calibrate_source(tmp_path):
 
 
 def test_resolve_with_budget(tmp_path):
-    from edgeprune.budget_file import make_budget
+    from edgeprune.budget_run import make_budget
     from edgeprune.source import resolve
     from tests.profile_helper import synthetic_table
 

@@ -72,6 +72,8 @@ def test_profile_writes_valid_table_and_plot(cli, tmp_path):
         assert raw.predict(plan).total_ms == pytest.approx(row["pieces_ms"], rel=1e-9)
         assert fitted.predict(plan).total_ms == pytest.approx(row["corrected_ms"], rel=1e-9)
     assert "end-to-end: 3 whole models" in stdout
+    assert "noise: passes of a point spread" in stdout and t.extra["noise"]["points"] > 0
+    assert list(t.block.median_ms) == sorted(t.block.median_ms)  # the stored fit is monotone
     assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
     # refuses to overwrite without --force
     code, _, err = cli("profile", "--device", "cpu", *FAST, "--out", out)
