@@ -63,28 +63,32 @@ def plot_table(table: LatencyTable, path: Path) -> Path:
     return _save(fig, path)
 
 
-def plot_pareto(result: BudgetResult, path: Path) -> None:
-    """The candidates, their Pareto front, the chosen schedule, target and dense."""
-    from edgeprune.budget import fmt_ratios, pareto_front
+def _candidates_and_front(ax, result, color: str, label: str) -> None:
+    """A budget search's candidates (at most ~4000 drawn) and their Pareto front."""
+    from edgeprune.budget import pareto_front
 
     cands = result.candidates
     step = max(1, len(cands) // 4000)
-    fig, ax = _pyplot().subplots(figsize=(7, 4.5))
     ax.scatter(
         [c.predicted_ms for c in cands[::step]],
         [c.objective() for c in cands[::step]],
         s=4,
-        c="0.75",
-        label=f"{result.schedule} schedules",
+        c=color,
+        label=label,
     )
     front = pareto_front(cands)
     ax.plot(
-        [c.predicted_ms for c in front],
-        [c.objective() for c in front],
-        "-",
-        c="C0",
+        [c.predicted_ms for c in front], [c.objective() for c in front], "-", c="C0",
         label="Pareto front",
-    )
+    )  # fmt: skip
+
+
+def plot_pareto(result: BudgetResult, path: Path) -> None:
+    """The candidates, their Pareto front, the chosen schedule, target and dense."""
+    from edgeprune.budget import fmt_ratios
+
+    fig, ax = _pyplot().subplots(figsize=(7, 4.5))
+    _candidates_and_front(ax, result, "0.75", f"{result.schedule} schedules")
     ch = result.chosen
     ax.plot(
         [ch.predicted_ms],
@@ -134,26 +138,9 @@ def plot_accuracy_pareto(result, sens, model, path: Path, measured_points=None) 
     """Predicted accuracy vs predicted latency of every searched schedule, the Pareto
     front, the chosen point (named), the target, and — from the sensitivity file — the
     measured single-stage schedules at their predicted latency."""
-    from edgeprune.budget import pareto_front
 
-    cands = result.candidates
-    step = max(1, len(cands) // 4000)
     fig, ax = _pyplot().subplots(figsize=(7.5, 4.8))
-    ax.scatter(
-        [c.predicted_ms for c in cands[::step]],
-        [c.objective() for c in cands[::step]],
-        s=4,
-        c="0.78",
-        label=f"{result.schedule} schedules (additive model)",
-    )
-    front = pareto_front(cands)
-    ax.plot(
-        [c.predicted_ms for c in front],
-        [c.objective() for c in front],
-        "-",
-        c="C0",
-        label="Pareto front",
-    )
+    _candidates_and_front(ax, result, "0.78", f"{result.schedule} schedules (additive model)")
     for i, (loc, lat, acc) in enumerate(measured_points or []):
         ax.plot(lat, acc, "o-", ms=4, c=f"C{(i % 6) + 4}", label=f"measured, stage {loc} alone")
     ch = result.chosen
