@@ -13,6 +13,26 @@ from edgeprune.errors import EdgepruneError
 from edgeprune.runtimes.timing import Timing
 
 
+def read_resume(path: Path | None, key: dict, what: str) -> dict | None:
+    """The saved data of the resume file ``path`` if it was made for the request
+    ``key`` (None when there is none); ``what``: the work it resumes, for messages."""
+    if path is None or not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text())
+        assert isinstance(data, dict)
+    except (OSError, ValueError, AssertionError):
+        raise EdgepruneError(
+            f"resume file {path} is corrupt", f"delete it to start the {what} afresh"
+        ) from None
+    if data.get("request") != key:
+        raise EdgepruneError(
+            f"resume file {path} is for a different {what}",
+            "rerun with the same options, or delete it to start afresh",
+        )
+    return data
+
+
 def resume_path(table_path: Path) -> Path:
     """Where the resume file of the latency table ``table_path`` lives."""
     return table_path.with_name(table_path.name + ".partial.json")
@@ -22,20 +42,9 @@ class ResumeFile:
     def __init__(self, path: Path, key: dict):
         self.path, self.key = Path(path), key
         self.timings: dict[tuple, dict] = {}
-        if self.path.exists():
-            try:
-                data = json.loads(self.path.read_text())
-            except (OSError, ValueError):
-                raise EdgepruneError(
-                    f"resume file {self.path} is corrupt", "delete it to start the sweep afresh"
-                ) from None
-            if data.get("request") != key:
-                raise EdgepruneError(
-                    f"resume file {self.path} is for a different sweep",
-                    "rerun with the same options, or delete it to start afresh",
-                )
-            for table, tokens, rnd, t in data.get("timings", []):
-                self.timings[(table, tokens, rnd)] = t
+        data = read_resume(self.path, key, "sweep") or {}
+        for table, tokens, rnd, t in data.get("timings", []):
+            self.timings[(table, tokens, rnd)] = t
 
     def get(self, table: str, tokens, rnd: int) -> Timing | None:
         d = self.timings.get((table, tokens, rnd))

@@ -24,7 +24,6 @@ the same request continues from it, and the file is removed when the result is w
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -82,21 +81,10 @@ class ResumeFile:
     """Points measured so far, saved atomically after each one."""
 
     def __init__(self, path: Path | None, key: dict):
+        from edgeprune.resume import read_resume
+
         self.path, self.key, self.points = path, key, {}
-        if path is None or not path.exists():
-            return
-        try:
-            data = json.loads(path.read_text())
-            assert isinstance(data, dict)
-        except (OSError, ValueError, AssertionError):
-            raise EdgepruneError(
-                f"resume file {path} is corrupt", "delete it to start afresh"
-            ) from None
-        if data.get("request") != key:
-            raise EdgepruneError(
-                f"resume file {path} is for a different request",
-                "rerun with the same options, or delete it to start afresh",
-            )
+        data = read_resume(path, key, "request") or {}
         for p in data.get("points", []):
             self.points[(p["stage"], p["keep_ratio"])] = p
 
