@@ -11,6 +11,14 @@ from edgeprune.runtimes.base import runner_for_device
 from edgeprune.runtimes.timing import Timing, policy_for
 from edgeprune.runtimes.transports import open_transport
 
+# the device ``bench`` uses when none is named: by the artifact's suffix, else "cpu"
+DEFAULT_DEVICES = {".pte": "cpu-xnnpack"}
+
+
+def device_name(artifact: Path, device: str | None) -> str:
+    """``--device``, else the local device whose runtime loads ``artifact``'s kind."""
+    return device or DEFAULT_DEVICES.get(Path(artifact).suffix.lower(), "cpu")
+
 
 def bench(
     artifact: Path,

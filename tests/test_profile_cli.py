@@ -26,7 +26,7 @@ def test_descriptors_and_alias():
         devs["jetson-agx-orin"].runtime == "tensorrt"
         and devs["jetson-agx-orin"].precision == "fp16"
     )
-    assert devs["iphone"].runtime == "coreml" and devs["android-arm64"].transport == "ssh"
+    assert devs["iphone"].runtime == "coreml" and devs["android-arm64"].transport == "adb"
 
 
 def test_devices_json_is_quick(cli):
