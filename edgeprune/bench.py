@@ -44,6 +44,6 @@ def bench(
             from edgeprune.remote import bench_remote
 
             return bench_remote(artifact, device, transport, threads, runs)
-        runner = runner_for_device(device, threads, transport)
+        runner = runner_for_device(device, threads or device.threads or None, transport)
     runner.load(artifact)
     return runner.time(policy)
