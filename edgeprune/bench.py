@@ -11,6 +11,14 @@ from edgeprune.runtimes.base import runner_for_device
 from edgeprune.runtimes.timing import Timing, policy_for
 from edgeprune.runtimes.transports import open_transport
 
+# the device ``bench`` uses when none is named: by the artifact's suffix, else "cpu"
+DEFAULT_DEVICES = {".pte": "cpu-xnnpack"}
+
+
+def device_name(artifact: Path, device: str | None) -> str:
+    """``--device``, else the local device whose runtime loads ``artifact``'s kind."""
+    return device or DEFAULT_DEVICES.get(Path(artifact).suffix.lower(), "cpu")
+
 
 def bench(
     artifact: Path,
@@ -36,6 +44,6 @@ def bench(
             from edgeprune.remote import bench_remote
 
             return bench_remote(artifact, device, transport, threads, runs)
-        runner = runner_for_device(device, threads, transport)
+        runner = runner_for_device(device, threads or device.threads or None, transport)
     runner.load(artifact)
     return runner.time(policy)

@@ -189,6 +189,7 @@ def profile(
     remote_python: o.RemotePythonOpt = None,
     ssh_config: o.SshConfigOpt = None,
     timeout: o.TimeoutOpt = 900.0,
+    serial: o.SerialOpt = None,
     here: o.HereOpt = False,
 ) -> None:
     """Measure a device's latency table (block/attn/mlp vs tokens, embed, head, selectors)."""
@@ -197,7 +198,7 @@ def profile(
     job = ProfileJob(
         _device_for(device, host, remote_python, here),
         arch, method, threads, batch, out_path, runs, grid, check_points, chain, halves, e2e,
-        plot, force, resume, {"config": ssh_config, "timeout": timeout},
+        plot, force, resume, {"config": ssh_config, "timeout": timeout, "serial": serial},
     )  # fmt: skip
     try:
         with _progress(job.device.name, bar=True) as step:
@@ -215,7 +216,7 @@ def profile(
 @app.command()
 def bench(
     artifact: o.ArtifactArg,
-    device: o.DeviceOpt = "cpu",
+    device: o.BenchDeviceOpt = None,
     threads: o.ThreadsOpt = None,
     runs: o.BenchRunsOpt = None,
     as_json: o.JsonOpt = False,
@@ -223,13 +224,15 @@ def bench(
     remote_python: o.RemotePythonOpt = None,
     ssh_config: o.SshConfigOpt = None,
     timeout: o.TimeoutOpt = 600.0,
+    serial: o.SerialOpt = None,
     here: o.HereOpt = False,
 ) -> None:
     """End-to-end latency of one artifact: median, p90, min, max, runs."""
     from edgeprune.bench import bench as run_bench
+    from edgeprune.bench import device_name
 
-    dev = _device_for(device, host, remote_python, here)
-    t = run_bench(artifact, dev, threads, runs, config=ssh_config, timeout=timeout)
+    dev = _device_for(device_name(artifact, device), host, remote_python, here)
+    t = run_bench(artifact, dev, threads, runs, config=ssh_config, timeout=timeout, serial=serial)
     info = {"artifact": str(artifact), "device": dev.name, "host": dev.host or "local"}
     info.update(t.to_dict())
     if as_json:

@@ -100,7 +100,13 @@ SshConfigOpt = opt(
 RemotePythonOpt = opt(
     str | None, "--remote-python", help="Python with edgeprune on the remote host."
 )
-TimeoutOpt = opt(float, "--timeout", help="Overall limit (s) for one remote command over SSH.")
+TimeoutOpt = opt(float, "--timeout", help="Overall limit (s) for one remote command (SSH, adb).")
+SerialOpt = opt(
+    str | None, "--serial", help="adb: the Android device's serial (else $ANDROID_SERIAL)."
+)
+BenchDeviceOpt = opt(
+    str | None, "--device", "-d", help="Device name (default: cpu; cpu-xnnpack for a .pte)."
+)
 HereOpt = opt(bool, "--here", hidden=True, help="Measure on this machine (remote end).")
 ArchOpt = opt(str, "--arch", help="deit_tiny, deit_small, deit_base.")
 SweepMethodOpt = opt(str | None, "--method", help="Also time this method's selector.")

@@ -70,6 +70,12 @@ class Piece:
     def onnx(self, opset: int = 17) -> bytes:
         return module_to_onnx(self.module, self.input_shape, opset)
 
+    def artifact(self, target: str = "onnx") -> bytes:
+        """The piece as ``target``'s artifact (the runtime's ``Runtime.target``)."""
+        if target == "onnx":
+            return self.onnx()
+        return lower_module(self.module, self.input_shape, target)
+
 
 def make_block(arch: Arch, seed: int = PIECE_SEED) -> Block:
     b = Block(arch.embed_dim, arch.num_heads, arch.mlp_hidden)
@@ -101,3 +107,10 @@ def module_to_onnx(module: nn.Module, input_shape: tuple[int, ...], opset: int =
     from edgeprune.export.onnx import trace_to_onnx
 
     return trace_to_onnx(module, input_shape, opset, output_name="output")
+
+
+def lower_module(module: nn.Module, input_shape: tuple[int, ...], target: str) -> bytes:
+    """``module`` at one fixed input shape as export target ``target``'s artifact."""
+    from edgeprune.export.targets import get_target
+
+    return get_target(target).module_artifact(module, input_shape)

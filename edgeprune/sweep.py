@@ -28,7 +28,7 @@ from edgeprune.monotone import isotonic, noise_summary, pass_spread, shape_break
 from edgeprune.plan import SelectorStage, TokenPlan
 from edgeprune.profiles.devices import Device
 from edgeprune.resume import ResumeFile
-from edgeprune.runtimes.base import runner_for_device
+from edgeprune.runtimes.base import runner_for_device, runtime
 from edgeprune.runtimes.timing import Timing, TimingPolicy
 
 CURVE_TABLES = ("block", "attn", "mlp")
@@ -146,9 +146,18 @@ class ModelPiece:
     plan: TokenPlan
     build: Callable[[], bytes]
     repeat: int = 1
+    model: Callable[[], object] | None = None  # the model itself, for non-ONNX targets
+    input_shape: tuple[int, ...] = ()
 
     def onnx(self, opset: int = 17) -> bytes:
         return self.build()
+
+    def artifact(self, target: str = "onnx") -> bytes:
+        from edgeprune.pieces import lower_module
+
+        if target == "onnx":
+            return self.onnx()
+        return lower_module(self.model(), self.input_shape, target)
 
 
 def anchor_specs(arch: Arch, method: str | None) -> list[tuple[str, tuple[float, ...] | None]]:
@@ -183,7 +192,8 @@ def anchor_pieces(req: ProfileRequest) -> list[ModelPiece]:
             raw = trace_to_onnx(src.model(), (req.batch, 3, img, img), 17)
             return simplify(raw).SerializeToString()
 
-        out.append(ModelPiece("e2e", i, label, src.plan, build))
+        shape = (req.batch, 3, req.arch.img_size, req.arch.img_size)
+        out.append(ModelPiece("e2e", i, label, src.plan, build, model=src.model, input_shape=shape))
     return out
 
 
@@ -276,6 +286,7 @@ def measure(
         else (lambda: runner_for_device(req.device, req.threads_used))
     )
     first = factory()
+    fmt = runtime(req.device.runtime).target  # what the runner loads: onnx, executorch…
     grid, pieces = plan_pieces(req)
     checks = check_grid_points(grid, req.check_points)
     rounds = max(1, req.rounds)
@@ -293,7 +304,7 @@ def measure(
         for piece in items:
             r = factory() if runner is None else runner
             if runner is None:
-                r.load(piece.onnx())
+                r.load(piece.artifact(fmt))
             loaded.append((piece, r))
         return loaded
 
@@ -313,7 +324,7 @@ def measure(
                     done += 1
                     continue
                 if runner is not None:  # one shared runner (trtexec): load each time
-                    r.load(piece.onnx())
+                    r.load(piece.artifact(fmt))
                 t = r.time(per_round)
                 if piece.repeat > 1:
                     k = piece.repeat
@@ -402,7 +413,7 @@ def measure(
             "rounds": rounds,
         },
         "pieces": f"a chain of {req.chain} DeiT blocks (distinct seeded random weights) "
-        "exported to ONNX at each token count; times divided by the chain length",
+        f"exported to {fmt} at each token count; times divided by the chain length",
         "chain": req.chain,
         "head_tokens": next(iter(results["head"])),
     }

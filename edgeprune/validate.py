@@ -1,7 +1,7 @@
 """Check a latency profile against end-to-end measurements of whole models.
 
 Random keep schedules of the profile's arch and method are exported to ONNX (the real
-static graphs, parity-checked), timed end-to-end with onnxruntime and compared with the
+static graphs, parity-checked), timed end-to-end in the profile's runtime and compared with the
 latency model's prediction: |pred − meas| / meas. Models are timed interleaved (drift
 hits all alike) in short bursts whose first run is discarded, so each figure is the
 steady state a model sees running back to back, as the profile's pieces were timed.
@@ -111,14 +111,19 @@ def random_schedules(method, n_stages: int, count: int, seed: int = 0) -> list[t
 
 def check_local_runtime(model: LatencyModel, what: str) -> str:
     """The runtime the table was measured with, refused unless it runs models here."""
-    runtime = str(model.table.device.get("runtime"))
-    if runtime != "onnxruntime":
+    from edgeprune.runtimes.base import RUNTIMES, runtime
+
+    name = str(model.table.device.get("runtime"))
+    if name not in RUNTIMES:
+        raise EdgepruneError(f"profile {model.source} names an unknown runtime '{name}'")
+    ok, why = runtime(name).available()
+    if not ok:
         raise EdgepruneError(
-            f"profile {model.source} was measured with {runtime}; "
-            f"{what} measures with onnxruntime on this machine",
-            "use an onnxruntime profile",
+            f"profile {model.source} was measured with {name}; "
+            f"{what} measures with {name} on this machine, where it cannot run ({why})",
+            "run it where that runtime is installed",
         )
-    return runtime
+    return name
 
 
 def time_sources(
@@ -131,20 +136,28 @@ def time_sources(
     progress: Callable[[str], None] | None = None,
     labels: Sequence[str] | None = None,
 ) -> list[Timing]:
-    """Export every source (the real static graph, parity-checked on one input) for
-    ``runtime`` into a temporary folder, load each in that runtime's runner and time
-    them all interleaved in one process: one Timing per source."""
-    from edgeprune.export.onnx import export_onnx
+    """Export every source (the real static graph, parity-checked on one input) to the
+    export target ``runtime`` loads (``Runtime.target``: ONNX, ExecuTorch…) into a
+    temporary folder, load each in that runtime's runner and time them all interleaved
+    in one process: one Timing per source."""
+    from edgeprune.export.targets import ExportRequest, export_source, get_target
     from edgeprune.runtimes.base import get_runner
+    from edgeprune.runtimes.base import runtime as runtime_of
     from edgeprune.runtimes.timing import time_interleaved
+
+    target = runtime_of(runtime).target
+    suffix = get_target(target).suffix
 
     step = progress or (lambda _m: None)
     runners = []
     with tempfile.TemporaryDirectory(prefix="edgeprune-time-") as tmp:
         for i, src in enumerate(sources):
             step(f"exporting {labels[i] if labels else f'{i + 1}/{len(sources)}'}")
-            path = Path(tmp) / f"m{i}.onnx"
-            export_onnx(src, path, batch=batch, n_parity_inputs=1)
+            path = Path(tmp) / f"m{i}{suffix}"
+            req = ExportRequest(target, path, batch=batch, parity_inputs=1, force=True)
+            res = export_source(src, req)
+            if res.error is not None:
+                raise res.error
             r = get_runner(runtime, threads=threads)
             r.load(path)
             runners.append(r)

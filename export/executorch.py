@@ -337,3 +337,6 @@ class ExecuTorchTarget(Target):
     def export(self, source: Source, req: ExportRequest, out: Path, progress=None) -> ExportResult:
         man = export_executorch(source, out, req.batch, **req.common(progress))
         return self.result(out, man)
+
+    def module_artifact(self, module, input_shape: tuple[int, ...]) -> bytes:
+        return lower(module, torch.zeros(input_shape)).buffer

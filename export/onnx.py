@@ -186,6 +186,9 @@ class OnnxTarget(Target):
     tolerances = TOLERANCE
     checkable = False  # `edgeprune check` asks what a *target* makes of an ONNX
 
+    def module_artifact(self, module, input_shape: tuple[int, ...]) -> bytes:
+        return trace_to_onnx(module, input_shape, MIN_OPSET, output_name="output")
+
     def export(self, source: Source, req: ExportRequest, out: Path, progress=None) -> ExportResult:
         man = export_onnx(source, out, req.batch, req.opset, **req.common(progress))
         return self.result(out, man)

@@ -131,6 +131,12 @@ class Target:
     def export(self, source: Source, req: ExportRequest, out: Path, progress=None) -> ExportResult:
         raise NotImplementedError
 
+    def module_artifact(self, module, input_shape: tuple[int, ...]) -> bytes:
+        """``module`` (any ``nn.Module`` of one input) at one fixed input shape as this
+        target's artifact, in memory: what ``profile`` times for a runtime loading this
+        target's artifacts (``Runtime.target``). No parity check: pieces are random."""
+        raise EdgepruneError(f"--target {self.name} cannot lower profile pieces")
+
     def result(self, out: Path, manifest: dict) -> ExportResult:
         """The result of an export that wrote its artifact and manifest."""
         from edgeprune.export.manifest import manifest_path

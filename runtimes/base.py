@@ -30,6 +30,7 @@ RUNTIMES: dict[str, str] = {
     "onnxruntime": "edgeprune.runtimes.onnxruntime",
     "tensorrt": "edgeprune.runtimes.tensorrt",
     "coreml": "edgeprune.runtimes.coreml",
+    "executorch": "edgeprune.runtimes.executorch",
 }
 
 
@@ -58,13 +59,16 @@ class Runtime:
     (no model loaded) whether it can run on this machine, and why not.
     ``device_options``: descriptor keys passed on as options (e.g. ``compute_units``).
     ``shells_out``: its runner takes ``transport=`` and runs through any transport
-    (local, ssh, adb…); the others run in this process."""
+    (local, ssh, adb…); the others run in this process.
+    ``target``: the export target (``export/targets.py``) whose artifacts the runner
+    loads: what ``profile`` lowers its pieces to and ``validate-profile`` exports to."""
 
     name: str
     make: Callable[..., Runner]
     available: Callable[..., tuple[bool, str]]
     device_options: tuple[str, ...] = ()
     shells_out: bool = False
+    target: str = "onnx"
 
 
 def runtime(name: str) -> Runtime:

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeprune.errors import EdgepruneError, MissingRuntimeError
+from edgeprune.runtimes.base import Runtime
 from edgeprune.runtimes.timing import Timing, TimingPolicy, time_callable
 
 BACKEND = "XnnpackBackend"
@@ -35,7 +36,7 @@ def installed() -> bool:
     return importlib.util.find_spec("executorch") is not None
 
 
-def available() -> tuple[bool, str]:
+def available(**_options) -> tuple[bool, str]:
     """Whether the ExecuTorch runtime with XNNPACK can run here, and why not."""
     if not installed():
         return False, "executorch not installed"
@@ -120,15 +121,6 @@ class ExecuTorchRunner:
                 f"ExecuTorch cannot load the program: {' '.join(str(e).split())[:200]}",
                 "was it exported for this executorch version?",
             ) from None
-
-    def compile(self, module, input_shape: tuple[int, ...]) -> bytes:
-        """A .pte of ``module`` at one fixed input shape (what ``profile`` times: the
-        pieces are lowered exactly as ``export --target executorch`` lowers a model)."""
-        import torch
-
-        from edgeprune.export.executorch import lower
-
-        return lower(module, torch.zeros(input_shape)).buffer
 
     @property
     def method(self):
@@ -335,3 +327,15 @@ def make(threads=None, precision="fp32", transport=None, executor_runner=None, *
     if transport is not None and getattr(transport, "name", "local") != "local":
         return ExecutorRunnerRunner(transport, executor_runner, threads, precision)
     return ExecuTorchRunner(threads=threads, precision=precision)
+
+
+# the pieces `profile` times and the models `validate-profile` times are lowered exactly
+# as `export --target executorch` lowers a model (Target.module_artifact)
+RUNTIME = Runtime(
+    "executorch",
+    make,
+    available,
+    device_options=("executor_runner",),
+    shells_out=True,
+    target="executorch",
+)

@@ -26,15 +26,28 @@ def test_descriptors_and_alias():
         devs["jetson-agx-orin"].runtime == "tensorrt"
         and devs["jetson-agx-orin"].precision == "fp16"
     )
-    assert devs["iphone"].runtime == "coreml" and devs["android-arm64"].transport == "ssh"
+    assert devs["iphone"].runtime == "coreml" and devs["android-arm64"].transport == "adb"
 
 
-def test_devices_json_is_quick(cli):
-    code, out, _ = cli("devices", "--json", "--timeout", "2")
+def test_devices_json_is_quick(cli, monkeypatch):
+    import os
+    import shutil
+    import subprocess
+
+    # android-arm64 is checked with `adb devices`, which starts an adb server: a private one
+    monkeypatch.setenv("ANDROID_ADB_SERVER_PORT", str(16037 + os.getpid() % 1000))
+    monkeypatch.delenv("ANDROID_SERIAL", raising=False)
+    try:
+        code, out, _ = cli("devices", "--json", "--timeout", "4")
+    finally:
+        if shutil.which("adb"):
+            subprocess.run(["adb", "kill-server"], capture_output=True, timeout=30)
     assert code == 0
     rows = {r["name"]: r for r in json.loads(out)["devices"]}
     assert rows["cpu"]["reachable"] is True
     assert rows["jetson-agx-orin"]["reachable"] is False and rows["jetson-agx-orin"]["why"]
+    assert rows["android-arm64"]["reachable"] is False and rows["android-arm64"]["why"]
+    assert rows["android-arm64"]["transport"] == "adb" and "cpu-xnnpack" in rows
 
 
 def test_grid():

@@ -17,6 +17,7 @@ from edgeprune.runtimes.transports.base import Result, Transport, run_killable
 TRANSPORTS: dict[str, str] = {
     "local": "edgeprune.runtimes.transports.local:LocalTransport",
     "ssh": "edgeprune.runtimes.transports.ssh:SSHTransport",
+    "adb": "edgeprune.runtimes.transports.adb:AdbTransport",
 }
 
 

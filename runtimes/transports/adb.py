@@ -23,11 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgeprune.errors import EdgepruneError, MissingRuntimeError
-
-try:  # arch-core's layout (runtimes/transports/base.py); today's runtimes/local.py before it
-    from edgeprune.runtimes.transports.base import Result, run_killable
-except ImportError:  # pragma: no cover - only before the transports package lands
-    from edgeprune.runtimes.local import Result, run_killable
+from edgeprune.runtimes.transports.base import Result, run_killable
 
 SERIAL_ENV = "ANDROID_SERIAL"
 REMOTE_ROOT = "/data/local/tmp"
