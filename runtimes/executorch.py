@@ -80,6 +80,22 @@ def thread_count() -> int:
     return int(portable_lib._threadpool_get_thread_count())
 
 
+def read_program(artifact: str | Path | bytes) -> bytes:
+    """The bytes of an ExecuTorch program (a path or the bytes), refused in one line
+    when it is missing or not a program."""
+    if not isinstance(artifact, bytes | bytearray):
+        p = Path(artifact)
+        if not p.is_file():
+            raise EdgepruneError(f"artifact {artifact} does not exist")
+        artifact = p.read_bytes()
+    if bytes(artifact[4:8]) != b"ET12":
+        raise EdgepruneError(
+            "the model is not an ExecuTorch program",
+            "give a .pte file exported with 'edgeprune export --target executorch'",
+        )
+    return bytes(artifact)
+
+
 class ExecuTorchRunner:
     """Load a .pte (path or bytes), run it, time it in the ExecuTorch runtime."""
 
@@ -100,17 +116,7 @@ class ExecuTorchRunner:
         return version()
 
     def load(self, artifact: str | Path | bytes) -> None:
-        if not isinstance(artifact, bytes | bytearray):
-            p = Path(artifact)
-            if not p.is_file():
-                raise EdgepruneError(f"artifact {artifact} does not exist")
-            artifact = p.read_bytes()
-        if bytes(artifact[4:8]) != b"ET12":
-            what = "the model" if isinstance(artifact, bytes | bytearray) else artifact
-            raise EdgepruneError(
-                f"{what} is not an ExecuTorch program",
-                "give a .pte file exported with 'edgeprune export --target executorch'",
-            )
+        artifact = read_program(artifact)
         set_threads(self.threads)
         try:
             with contextlib.redirect_stderr(io.StringIO()):
@@ -224,17 +230,7 @@ class ExecutorRunnerRunner:
         self._checked = True
 
     def load(self, artifact: str | Path | bytes) -> None:
-        if not isinstance(artifact, bytes | bytearray):
-            p = Path(artifact)
-            if not p.is_file():
-                raise EdgepruneError(f"artifact {artifact} does not exist")
-            artifact = p.read_bytes()
-        if bytes(artifact[4:8]) != b"ET12":
-            raise EdgepruneError(
-                "the model is not an ExecuTorch program",
-                "give a .pte file exported with 'edgeprune export --target executorch'",
-            )
-        self._pte = bytes(artifact)
+        self._pte = read_program(artifact)
 
     def input_shapes(self) -> dict[str, tuple[int, ...]]:
         if self._pte is None:

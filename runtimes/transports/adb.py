@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgeprune.errors import EdgepruneError, MissingRuntimeError
-from edgeprune.runtimes.transports.base import Result, run_killable
+from edgeprune.runtimes.transports.base import Result, run_killable, timed_out
 
 SERIAL_ENV = "ANDROID_SERIAL"
 REMOTE_ROOT = "/data/local/tmp"
@@ -149,10 +149,7 @@ class AdbTransport:
             raise EdgepruneError(f"lost the Android device: {_last(res)}")
         if cwd and res.returncode in (124, 137, 143):  # the device-side backstop fired
             self._stop_and_clean(cwd)
-            raise EdgepruneError(
-                f"the command on {self.where} did not finish within {limit:g} s and was stopped",
-                "raise --timeout, or check that the device is not stuck",
-            )
+            raise timed_out(f"the command on {self.where}", limit)
         return res
 
     def _stop_and_clean(self, remote_dir: str) -> None:

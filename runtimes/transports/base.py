@@ -63,6 +63,14 @@ class Transport(Protocol):
     def reachable(self, timeout: float | None = None) -> tuple[bool, str]: ...
 
 
+def timed_out(what: str, limit: float | None) -> EdgepruneError:
+    """The one error for a command stopped at its time limit, here or on a device."""
+    return EdgepruneError(
+        f"{what} did not finish within {limit:g} s and was stopped",
+        "raise --timeout, or check that the device is not stuck",
+    )
+
+
 def run_killable(argv: list[str], timeout: float | None, what: str) -> Result:
     """Run ``argv`` in its own process group; on timeout or Ctrl-C kill the whole group."""
     proc = subprocess.Popen(
@@ -77,10 +85,7 @@ def run_killable(argv: list[str], timeout: float | None, what: str) -> Result:
         out, errs = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         _kill_group(proc)
-        raise EdgepruneError(
-            f"{what} did not finish within {timeout:g} s and was stopped",
-            "raise --timeout, or check that the device is not stuck",
-        ) from None
+        raise timed_out(what, timeout) from None
     except BaseException:
         _kill_group(proc)
         raise

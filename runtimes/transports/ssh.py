@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgeprune.errors import EdgepruneError, MissingRuntimeError
-from edgeprune.runtimes.transports.base import Result, run_killable
+from edgeprune.runtimes.transports.base import Result, run_killable, timed_out
 
 SSH_CONFIG_ENV = "EDGEPRUNE_SSH_CONFIG"
 
@@ -108,10 +108,7 @@ class SSHTransport:
             raise
         if cwd and res.returncode in (124, 137):  # the remote backstop fired
             self._stop_and_clean(cwd)
-            raise EdgepruneError(
-                f"the command on {self.host} did not finish within {limit:g} s and was stopped",
-                "raise --timeout, or check that the device is not stuck",
-            )
+            raise timed_out(f"the command on {self.where}", limit)
         return res
 
     def _stop_and_clean(self, remote_dir: str) -> None:
