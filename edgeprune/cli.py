@@ -327,10 +327,9 @@ def validate_profile_cmd(
     """Export random schedules, measure them end-to-end, report the prediction error."""
     from edgeprune.validate import validate_to_plot
 
+    settings = dict(configs=configs, threads=threads, rounds=rounds, seed=seed, burst=burst)
     with _progress("validating") as step:
-        rep, plot_path = validate_to_plot(
-            profile_file, configs, threads, rounds, seed, burst, plot, progress=step
-        )
+        rep, plot_path = validate_to_plot(profile_file, plot, progress=step, **settings)
     if as_json:
         print(json.dumps({**rep.to_dict(), "plot": str(plot_path)}))
         return
