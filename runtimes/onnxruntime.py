@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeprune.errors import EdgepruneError, MissingRuntimeError
-from edgeprune.runtimes.base import Runtime
+from edgeprune.runtimes.base import RunnerBase, Runtime
 from edgeprune.runtimes.timing import Timing, TimingPolicy, time_callable
 
 
@@ -49,7 +49,7 @@ def run(session, x: np.ndarray) -> np.ndarray:
 _DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64}
 
 
-class OnnxRuntimeRunner:
+class OnnxRuntimeRunner(RunnerBase):
     """Load an .onnx (path or bytes), run it, time it, on the chosen execution provider."""
 
     name = "onnxruntime"
@@ -72,8 +72,7 @@ class OnnxRuntimeRunner:
                 f"onnxruntime here has no {provider}",
                 f"available: {', '.join(ort.get_available_providers())}",
             )
-        self.threads = threads
-        self.precision = precision
+        super().__init__(threads, precision)
         self.provider = provider
         self.optimization = optimization
         self._session = None
@@ -96,9 +95,7 @@ class OnnxRuntimeRunner:
 
     @property
     def session(self):
-        if self._session is None:
-            raise RuntimeError("load() an artifact first")
-        return self._session
+        return self.loaded(self._session)
 
     def input_shapes(self) -> dict[str, tuple[int, ...]]:
         out = {}
@@ -128,13 +125,7 @@ class OnnxRuntimeRunner:
         feeds = self._inputs()
         sess = self.session
         samples = time_callable(lambda: sess.run(None, feeds), policy or TimingPolicy())
-        return Timing.from_samples(
-            samples,
-            threads=self.threads,
-            runtime=self.name,
-            runtime_version=self.version(),
-            extra={"provider": self.provider},
-        )
+        return self.timing(samples, provider=self.provider)
 
 
 def available(**_options) -> tuple[bool, str]:
