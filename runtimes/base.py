@@ -71,6 +71,12 @@ class RunnerBase:
             raise RuntimeError("load() an artifact first")
         return value
 
+    @staticmethod
+    def cannot_load(runtime: str, what: object, error: Exception, hint: str) -> EdgepruneError:
+        """The one line for a runtime refusing an artifact (its own message, squashed)."""
+        msg = " ".join(str(error).split())[:200]
+        return EdgepruneError(f"{runtime} cannot load {what}: {msg}", hint)
+
     def timing(self, samples: list[float], threads: int | None = None, **extra) -> Timing:
         """``samples`` (ms) as this runner's ``Timing``; ``threads``: the count used when
         ``self.threads`` leaves it to the runtime; ``extra``: how it was timed."""

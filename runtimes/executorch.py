@@ -122,10 +122,8 @@ class ExecuTorchRunner(RunnerBase):
                 self._program = _runtime().load_program(bytes(artifact))
                 self._method = self._program.load_method("forward")
         except Exception as e:  # noqa: BLE001  (the runtime raises RuntimeError/ValueError)
-            raise EdgepruneError(
-                f"ExecuTorch cannot load the program: {' '.join(str(e).split())[:200]}",
-                "was it exported for this executorch version?",
-            ) from None
+            hint = "was it exported for this executorch version?"
+            raise self.cannot_load("ExecuTorch", "the program", e, hint) from None
 
     @property
     def method(self):

@@ -86,12 +86,9 @@ class OnnxRuntimeRunner(RunnerBase):
         try:
             self._session = make_session(artifact, self.threads, [self.provider], self.optimization)
         except Exception as e:  # onnxruntime raises its own Fail/InvalidProtobuf types
-            msg = " ".join(str(e).split())[:200]
             what = "the model" if isinstance(artifact, bytes) else artifact
-            raise EdgepruneError(
-                f"onnxruntime cannot load {what}: {msg}",
-                "is it an .onnx file exported by 'edgeprune export'?",
-            ) from None
+            hint = "is it an .onnx file exported by 'edgeprune export'?"
+            raise self.cannot_load("onnxruntime", what, e, hint) from None
 
     @property
     def session(self):
