@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeprune.errors import EdgepruneError, MissingRuntimeError
-from edgeprune.runtimes.base import Runtime
+from edgeprune.runtimes.base import RunnerBase, Runtime
 from edgeprune.runtimes.timing import Timing, TimingPolicy, time_callable
 
 
@@ -49,7 +49,7 @@ def run(session, x: np.ndarray) -> np.ndarray:
 _DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64}
 
 
-class OnnxRuntimeRunner:
+class OnnxRuntimeRunner(RunnerBase):
     """Load an .onnx (path or bytes), run it, time it, on the chosen execution provider."""
 
     name = "onnxruntime"
@@ -72,8 +72,7 @@ class OnnxRuntimeRunner:
                 f"onnxruntime here has no {provider}",
                 f"available: {', '.join(ort.get_available_providers())}",
             )
-        self.threads = threads
-        self.precision = precision
+        super().__init__(threads, precision)
         self.provider = provider
         self.optimization = optimization
         self._session = None
@@ -87,18 +86,13 @@ class OnnxRuntimeRunner:
         try:
             self._session = make_session(artifact, self.threads, [self.provider], self.optimization)
         except Exception as e:  # onnxruntime raises its own Fail/InvalidProtobuf types
-            msg = " ".join(str(e).split())[:200]
             what = "the model" if isinstance(artifact, bytes) else artifact
-            raise EdgepruneError(
-                f"onnxruntime cannot load {what}: {msg}",
-                "is it an .onnx file exported by 'edgeprune export'?",
-            ) from None
+            hint = "is it an .onnx file exported by 'edgeprune export'?"
+            raise self.cannot_load("onnxruntime", what, e, hint) from None
 
     @property
     def session(self):
-        if self._session is None:
-            raise RuntimeError("load() an artifact first")
-        return self._session
+        return self.loaded(self._session)
 
     def input_shapes(self) -> dict[str, tuple[int, ...]]:
         out = {}
@@ -128,13 +122,7 @@ class OnnxRuntimeRunner:
         feeds = self._inputs()
         sess = self.session
         samples = time_callable(lambda: sess.run(None, feeds), policy or TimingPolicy())
-        return Timing.from_samples(
-            samples,
-            threads=self.threads,
-            runtime=self.name,
-            runtime_version=self.version(),
-            extra={"provider": self.provider},
-        )
+        return self.timing(samples, provider=self.provider)
 
 
 def available(**_options) -> tuple[bool, str]:
