@@ -15,12 +15,20 @@ from typing import Annotated, get_type_hints
 import typer
 
 
+def _literal(text: str) -> str:
+    """Help shows as written: typer renders it as rich markup, where "[...]" is a tag
+    ("ARCH[:METHOD[@RATIO]]" lost its brackets, "geometric ([r, r², r³])" its list)."""
+    return text.replace("[", "\\[")
+
+
 def opt(kind, *names: str, **kw):
+    if kw.get("help"):
+        kw["help"] = _literal(kw["help"])
     return Annotated[kind, typer.Option(*names, **kw)]
 
 
 def arg(kind, help: str, **kw):  # noqa: A002 (typer's name)
-    return Annotated[kind, typer.Argument(help=help, **kw)]
+    return Annotated[kind, typer.Argument(help=_literal(help), **kw)]
 
 
 # ---- a model: SRC and what overrides it ---------------------------------------------
