@@ -96,10 +96,12 @@ def lowest(key: torch.Tensor, k: int) -> torch.Tensor:
     torch.topk and ONNX TopK break ties differently)."""
     n = key.shape[1]
     pos = torch.arange(n, device=key.device)
-    earlier = pos.unsqueeze(0) < pos.unsqueeze(1)  # [i, j]: j comes before i
+    earlier = (pos.unsqueeze(0) < pos.unsqueeze(1)).to(key.dtype)  # [i, j]: j before i
     kj, ki = key.unsqueeze(1), key.unsqueeze(2)  # B×1×N, B×N×1
-    ahead = (kj < ki) | ((kj == ki) & earlier)  # [b, i, j]: token j ranks before token i
-    rank = ahead.to(key.dtype).sum(dim=2)  # 0..N-1, all distinct (exact below 2**24)
+    # [b, i, j] = 1 where token j ranks before token i (the two terms exclude each other;
+    # arithmetic, not bool and/or, which coremltools does not convert)
+    ahead = (kj < ki).to(key.dtype) + (kj == ki).to(key.dtype) * earlier
+    rank = ahead.sum(dim=2)  # 0..N-1, all distinct (exact below 2**24)
     return torch.topk(rank, k, dim=1, largest=False, sorted=True)[1]
 
 
