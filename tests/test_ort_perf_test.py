@@ -279,3 +279,27 @@ def test_bench_ort_on_android_without_the_binary_is_one_line(cli, phone, models)
     assert "onnxruntime_perf_test not found at /data/local/tmp/onnxruntime_perf_test" in lines[0]
     assert "build.sh --android" in lines[0] and "Traceback" not in err and out == ""
     assert _left(phone) == []
+
+
+def test_profile_on_android_ort_over_adb(cli, phone, tmp_path, monkeypatch):
+    """`profile --device android-arm64-ort`: every piece exported to ONNX here, pushed and
+    timed there by (the stand-in) onnxruntime_perf_test; a micro DeiT and a short grid."""
+    from edgeprune.arch import ARCHS, Arch
+    from edgeprune.latency_table import load
+
+    micro = Arch("ort_micro", embed_dim=48, num_heads=3, img_size=64, num_classes=10)
+    monkeypatch.setitem(ARCHS, micro.name, micro)
+    out = tmp_path / "p.json"
+    code, _, err = cli(
+        "profile", "--device", "android-ort", "--arch", micro.name, "--grid", "1,17",
+        "--runs", "2", "--check-points", "0", "--chain", "1", "--no-halves", "--no-e2e",
+        "--threads", "1", "--no-plot", "--out", out,
+    )  # fmt: skip
+    assert code == 0, err
+    t = load(out)
+    assert t.device["name"] == "android-arm64-ort" and t.device["runtime"] == "onnxruntime"
+    assert t.device["runtime_version"] == "onnxruntime_perf_test" and t.device["threads"] == 1
+    assert t.block.tokens == (1, 17) and min(t.block.median_ms) > 0 and t.head.median_ms > 0
+    log = (phone / "adb.log").read_text()
+    assert log.count(" push ") >= 4 and "-x 1" in log and "/model.onnx times.txt" in log
+    assert _left(phone) == ["onnxruntime_perf_test"]
