@@ -1,6 +1,7 @@
 """Where a pruned graph loses time against its GFLOPs ratio (issue #7).
 
     taskset -c 1 python benchmarks/overhead.py [--specs deit_tiny:spvit,...] [--rounds 150]
+                                               [--runtime onnxruntime|executorch]
 
 For every spec, three ONNX graphs are timed interleaved in one process (ONNX Runtime
 CPU, batch 1, fixed threads): dense, the pruned model, and a *slice reference*: the
@@ -94,6 +95,43 @@ def op_times(path: Path, threads: int, runs: int = 60) -> collections.Counter:
     return out
 
 
+def ort_runners(spec: str, src, threads: int, x: np.ndarray, td: str) -> tuple[dict, dict]:
+    paths = {k: Path(td) / f"{k}.onnx" for k in ("dense", "pruned", "slice")}
+    export_onnx(resolve(src.arch.name), paths["dense"], force=True, n_parity_inputs=1)
+    export_onnx(src, paths["pruned"], force=True, n_parity_inputs=1)
+    slice_reference_onnx(spec, paths["slice"])
+    runners = {}
+    for k, p in paths.items():
+        sess = make_session(p, threads=threads)
+        feeds = {sess.get_inputs()[0].name: x}
+        runners[k] = lambda sess=sess, feeds=feeds: sess.run(None, feeds)
+    return runners, paths
+
+
+def executorch_runners(spec: str, src, threads: int, x: np.ndarray) -> dict:
+    """The same three graphs lowered to XNNPACK-delegated .pte programs, as ``export
+    --target executorch`` lowers them; run in the ExecuTorch runtime with ``threads``."""
+    from edgeprune.export.executorch import lower
+    from edgeprune.runtimes.executorch import ExecuTorchRunner, set_threads
+
+    img = src.arch.img_size
+    example = torch.zeros(1, 3, img, img)
+    models = {
+        "dense": resolve(src.arch.name).model(),
+        "pruned": src.model(),
+        "slice": SliceReference(src.arch, src.plan).init_random(0).eval(),
+    }
+    runners, xt = {}, [torch.from_numpy(x)]
+    for k, m in models.items():
+        low = lower(m, example)
+        r = ExecuTorchRunner(threads=threads)
+        r.load(low.buffer)
+        print(f"   {k}: {low.segments} XNNPACK segments, outside: {low.outside}", flush=True)
+        runners[k] = lambda r=r: r.method.execute(xt)
+    set_threads(threads)
+    return runners
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -101,21 +139,17 @@ def main() -> None:
     ap.add_argument("--specs", default=DEFAULT_SPECS)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=150)
-    ap.add_argument("--profile", action="store_true", help="per-op-type kernel time deltas")
+    ap.add_argument("--runtime", choices=("onnxruntime", "executorch"), default="onnxruntime")
+    ap.add_argument("--profile", action="store_true", help="per-op-type kernel time deltas (ORT)")
     args = ap.parse_args()
     x = np.random.default_rng(0).standard_normal((1, 3, 224, 224), dtype=np.float32)
     with tempfile.TemporaryDirectory() as td:
         for spec in args.specs.split(","):
             src = resolve(spec)
-            paths = {k: Path(td) / f"{k}.onnx" for k in ("dense", "pruned", "slice")}
-            export_onnx(resolve(src.arch.name), paths["dense"], force=True, n_parity_inputs=1)
-            export_onnx(src, paths["pruned"], force=True, n_parity_inputs=1)
-            slice_reference_onnx(spec, paths["slice"])
-            runners = {}
-            for k, p in paths.items():
-                sess = make_session(p, threads=args.threads)
-                feeds = {sess.get_inputs()[0].name: x}
-                runners[k] = lambda sess=sess, feeds=feeds: sess.run(None, feeds)
+            if args.runtime == "executorch":
+                runners, paths = executorch_runners(spec, src, args.threads, x), None
+            else:
+                runners, paths = ort_runners(spec, src, args.threads, x, td)
             t = interleave(runners, runs=args.rounds, warmup=10)
             fl = src.flops()
             total_ratio, backbone_ratio = fl.dense / fl.total, fl.dense / fl.pruned
@@ -124,13 +158,14 @@ def main() -> None:
             pairs = zip(t["pruned"], t["slice"], strict=True)
             sel = float(np.median([(p - s) / p for p, s in pairs]))
             print(
-                f"{spec:26s} speedup {speedup:.3f}× of {total_ratio:.3f}× "
-                f"({share_of_ideal(speedup, total_ratio):.1%} of ideal) | slice reference "
-                f"{backbone:.3f}× of backbone-only {backbone_ratio:.3f}× "
+                f"{spec:26s} [{args.runtime}, {args.threads} thread(s)] speedup {speedup:.3f}× "
+                f"of {total_ratio:.3f}× ({share_of_ideal(speedup, total_ratio):.1%} of ideal) | "
+                f"slice reference {backbone:.3f}× of backbone-only {backbone_ratio:.3f}× "
                 f"({share_of_ideal(backbone, backbone_ratio):.1%}) | selectors {sel:.1%} of "
-                f"pruned latency, {fl.selectors / fl.total:.1%} of its GFLOPs"
+                f"pruned latency, {fl.selectors / fl.total:.1%} of its GFLOPs",
+                flush=True,
             )
-            if args.profile:
+            if args.profile and paths is not None:
                 pruned = op_times(paths["pruned"], args.threads)
                 ref = op_times(paths["slice"], args.threads)
                 delta = {op: pruned[op] - ref[op] for op in set(pruned) | set(ref)}

@@ -27,8 +27,10 @@ plain sum, but it does not saturate: with untrained gates (z ~ -30..-100) the pl
 sum is ~1e-9..1e-40 and onnxruntime's Sigmoid (MLAS) returns 0 below z ~ -18 and has
 ~1e-7 absolute error above, so the ranks of most tokens were ties or noise and
 torch/ORT kept different tokens. The CLS ponder weight is exp(log-sigmoid) for the
-same reason. (Bit-equal keys of different tokens would be ties that torch.topk and
-ONNX TopK may break differently; in log space they no longer arise from saturation.)
+same reason. Keys can still be bit-equal when gates saturate the other way (z ≳ 17: log sigmoid(z)
+rounds to 0), and torch.topk and ONNX TopK break such ties differently; the selection
+therefore ranks by position in the (key, token index) order, which has no ties
+(``lowest``).
 The CLS halting threshold (c0 > 1 - eps) stays: it is A-ViT's semantics, and with an
 accurately computed c0 the runtimes disagree only if c0 is within ~1e-7 of 1 - eps.
 """
@@ -86,6 +88,21 @@ def log_add(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.maximum(a, b) + _log1p_exp_neg_abs(a - b)
 
 
+def lowest(key: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices (B×k) of the ``k`` smallest keys along dim 1, smallest first; equal keys in
+    token order. Ranks by each token's position in that order (distinct integers), so
+    torch, onnxruntime and ExecuTorch keep the same tokens even when keys are bit-equal
+    (saturated halting scores: for z ≳ 17 log sigmoid(z) rounds to 0 in float32, and
+    torch.topk and ONNX TopK break ties differently)."""
+    n = key.shape[1]
+    pos = torch.arange(n, device=key.device)
+    earlier = pos.unsqueeze(0) < pos.unsqueeze(1)  # [i, j]: j comes before i
+    kj, ki = key.unsqueeze(1), key.unsqueeze(2)  # B×1×N, B×N×1
+    ahead = (kj < ki) | ((kj == ki) & earlier)  # [b, i, j]: token j ranks before token i
+    rank = ahead.to(key.dtype).sum(dim=2)  # 0..N-1, all distinct (exact below 2**24)
+    return torch.topk(rank, k, dim=1, largest=False, sorted=True)[1]
+
+
 class AViTStatic(VisionTransformer):
     def __init__(self, arch: Arch, plan: TokenPlan, scale: float, center: float):
         super().__init__(arch)
@@ -108,7 +125,7 @@ class AViTStatic(VisionTransformer):
             keep = self.keep_at.get(i)
             if keep is not None:
                 # keep the tokens with the lowest cumulative halting score
-                _, idx = torch.topk(lc, keep, dim=1, largest=False, sorted=True)
+                idx = lowest(lc, keep)
                 x = torch.cat([x[:, :1], gather_tokens(x[:, 1:], idx)], dim=1)
                 lc = torch.gather(lc, 1, idx)
             x = blk(x)
@@ -284,5 +301,5 @@ class _AViTSelector(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # one block's update of the log cumulative score (channel 1 stands in for it)
         lc = log_add(x[:, 1:, 1], log_halting(x[:, 1:], 10.0, 30.0))
-        _, idx = torch.topk(lc, self.keep, dim=1, largest=False, sorted=True)
+        idx = lowest(lc, self.keep)
         return torch.cat([x[:, :1], gather_tokens(x[:, 1:], idx)], dim=1)

@@ -1,0 +1,166 @@
+"""Does the latency model hold when measured? (issue #14's benchmark criteria)
+
+    python benchmarks/latency_model.py [--archs deit_tiny,deit_small] [--threads 1,2]
+                                       [--method dynamicvit] [--configs 20]
+                                       [--fractions 0.5,0.55,0.6,0.65,0.7]
+
+For every arch and thread count, exactly what a user runs, through the CLI:
+
+1. ``edgeprune profile --device cpu --arch A --method M --threads T`` (the latency table);
+2. ``edgeprune validate-profile`` with ``--configs`` random schedules, each exported and
+   timed interleaved against dense (median / p90 / worst relative error);
+3. ``edgeprune budget --verify`` at each fraction of the table's dense prediction: the
+   chosen schedule is exported and timed against dense; measured vs target.
+
+Writes benchmarks/results/latency_model.json and latency_model.md (tables for the report).
+Not part of the test run; run it on a quiet machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def cli(*args: str) -> tuple[int, dict]:
+    """Run ``edgeprune ARGS --json``; (exit code, the JSON object it printed)."""
+    p = subprocess.run(
+        [sys.executable, "-m", "edgeprune", *args, "--json"], capture_output=True, text=True
+    )
+    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
+    if not lines:
+        raise SystemExit(f"edgeprune {' '.join(args)} failed ({p.returncode}): {p.stderr[-800:]}")
+    return p.returncode, json.loads(lines[-1])
+
+
+def run_one(arch: str, threads: int, args, work: Path) -> dict:
+    table = work / f"{arch}_{args.method}_t{threads}.json"
+    t0 = time.perf_counter()
+    subprocess.run(
+        [sys.executable, "-m", "edgeprune", "profile", "--device", "cpu", "--arch", arch,
+         "--method", args.method, "--threads", str(threads), "-o", str(table), "--force",
+         "--no-plot"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    profile_s = time.perf_counter() - t0
+    extra = json.loads(table.read_text()).get("extra", {})
+    _, val = cli(
+        "validate-profile", str(table), "--configs", str(args.configs),
+        "--plot", str(work / f"{table.stem}.validate.png"),
+    )  # fmt: skip
+    errors = [abs(r["rel_error"]) for r in val["results"]]
+    dense_pred = cli("predict", arch, "-p", str(table))[1]["predicted_ms"]
+    budgets = []
+    for f in args.fractions:
+        target = round(f * dense_pred, 2)
+        rc, b = cli(
+            "budget", "-p", str(table), "--target-ms", str(target), "--verify", "--no-plot",
+            "-o", str(work / f"{table.stem}_b{f}.json"), "--force",
+        )  # fmt: skip
+        v = b.get("verification") or {}
+        budgets.append({"fraction": f, "target_ms": target, "exit": rc, **v})
+    return {
+        "arch": arch,
+        "threads": threads,
+        "method": args.method,
+        "profile_seconds": round(profile_s, 1),
+        "noise": extra.get("noise"),
+        "retimed": (extra.get("retimed") or {}).get("count"),
+        "validate": {
+            "configs": val["configs"],
+            "median_rel_error": val["median_rel_error"],
+            "p90_rel_error": val["p90_rel_error"],
+            "max_rel_error": max(errors),
+            "within_10pct": sum(e <= 0.10 for e in errors),
+            "drift": val.get("drift"),
+            "noise": val.get("noise"),
+        },
+        "budgets": budgets,
+    }
+
+
+def render(meta: dict, rows: list[dict]) -> str:
+    lines = [
+        "# Latency model: validate-profile and budget --verify (onnxruntime CPU, batch 1)",
+        "",
+        f"{meta['runtime']}, {meta['machine']}, {meta['date']}. Method: {meta['method']}.",
+        "",
+        "| profile | threads | schedules | median error | p90 error | worst | within ±10% |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        v = r["validate"]
+        lines.append(
+            f"| {r['arch']}/{r['method']} | {r['threads']} | {v['configs']} | "
+            f"{v['median_rel_error']:.1%} | {v['p90_rel_error']:.1%} | {v['max_rel_error']:.1%} | "
+            f"{v['within_10pct']}/{v['configs']} |"
+        )
+    lines += [
+        "",
+        "| profile | threads | target (× dense) | target ms | predicted ms | measured ms | "
+        "measured vs target | met |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        for b in r["budgets"]:
+            vt = b.get("vs_target")
+            lines.append(
+                f"| {r['arch']}/{r['method']} | {r['threads']} | {b['fraction']:.2f} | "
+                f"{b['target_ms']:.2f} | {b.get('predicted_ms', float('nan')):.2f} | "
+                f"{b.get('measured_ms', float('nan')):.2f} | "
+                f"{'' if vt is None else f'{vt:+.1%}'} | {'yes' if b.get('met') else 'no'} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--archs", default="deit_tiny,deit_small")
+    ap.add_argument("--threads", default="1,2")
+    ap.add_argument("--method", default="dynamicvit")
+    ap.add_argument("--configs", type=int, default=20)
+    ap.add_argument("--fractions", default="0.5,0.55,0.6,0.65,0.7")
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    args = ap.parse_args()
+    args.fractions = [float(f) for f in args.fractions.split(",")]
+    import onnxruntime
+
+    meta = {
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "runtime": f"onnxruntime {onnxruntime.__version__} CPUExecutionProvider",
+        "machine": f"{platform.machine()} ({platform.processor() or 'cpu'})",
+        "method": args.method,
+    }
+    rows = []
+    with tempfile.TemporaryDirectory() as td:
+        for arch in args.archs.split(","):
+            for th in (int(t) for t in args.threads.split(",")):
+                r = run_one(arch, th, args, Path(td))
+                rows.append(r)
+                v = r["validate"]
+                met = [b.get("vs_target") for b in r["budgets"]]
+                print(
+                    f"{arch} t={th}: median {v['median_rel_error']:.1%} p90 "
+                    f"{v['p90_rel_error']:.1%} worst {v['max_rel_error']:.1%}; budgets vs target "
+                    + ", ".join("?" if m is None else f"{m:+.1%}" for m in met),
+                    flush=True,
+                )
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "latency_model.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    md = render(meta, rows)
+    (out / "latency_model.md").write_text(md)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
