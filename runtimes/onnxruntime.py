@@ -253,11 +253,7 @@ class OrtPerfTestRunner:
             remote = t.put(local, rdir)
             res = t.run(self.argv(remote, runs), cwd=rdir)
             if res.returncode != 0:
-                text = [ln for ln in (res.stderr + "\n" + res.stdout).splitlines() if ln.strip()]
-                raise EdgepruneError(
-                    f"{PERF_TEST} failed on {t.where}: "
-                    f"{text[-1].strip()[:200] if text else f'exit {res.returncode}'}"
-                )
+                raise EdgepruneError(f"{PERF_TEST} failed on {t.where}: {failure_line(res)}")
             try:
                 t.get(f"{rdir}/{RESULT_FILE}", Path(ldir) / RESULT_FILE)
                 times = (Path(ldir) / RESULT_FILE).read_text()
@@ -275,6 +271,14 @@ class OrtPerfTestRunner:
         if samples:
             return Timing.from_samples(samples, **meta, extra=extra)
         return timing_from_summary(stdout, extra, meta)
+
+
+def failure_line(res) -> str:
+    """The line that says why it failed: its own ``Run failed:…`` (stdout) or the
+    exception it printed (stderr), not its progress lines or onnxruntime's warnings."""
+    lines = [ln.strip() for ln in (res.stdout + "\n" + res.stderr).splitlines() if ln.strip()]
+    said = [ln for ln in lines if re.search(r"fail|error|exception|invalid", ln, re.IGNORECASE)]
+    return (said or lines or [f"exit {res.returncode}"])[-1][:200]
 
 
 def parse_result_file(text: str) -> list[float]:

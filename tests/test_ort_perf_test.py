@@ -17,6 +17,7 @@ import pytest
 from edgeprune.errors import EdgepruneError, MissingRuntimeError
 from edgeprune.runtimes.onnxruntime import (
     OrtPerfTestRunner,
+    failure_line,
     make,
     parse_result_file,
     timing_from_summary,
@@ -52,6 +53,7 @@ if os.environ.get("STANDIN_PERF_SLEEP"):
     time.sleep(float(os.environ["STANDIN_PERF_SLEEP"]))
 so = ort.SessionOptions()
 so.intra_op_num_threads = int(flags.get("-x", 0))
+print("Setting intra_op_num_threads to %d" % so.intra_op_num_threads)
 try:
     sess = ort.InferenceSession(pos[0], so, providers=["CPUExecutionProvider"])
 except Exception as e:
@@ -168,7 +170,8 @@ def test_missing_binary_and_failed_run_are_one_line_and_leave_nothing(phone, mod
     r.load(models["bad"])  # onnxruntime cannot load it there: exit 255, its message
     with pytest.raises(EdgepruneError) as e:
         r.time(TimingPolicy.fixed(1))
-    assert "onnxruntime_perf_test failed on adb device SER1" in e.value.one_line()
+    line = e.value.one_line()  # the exception it printed (stderr), not its progress (stdout)
+    assert "onnxruntime_perf_test failed on adb device SER1" in line and "Protobuf" in line
     assert _left(phone) == ["onnxruntime_perf_test"]
 
 
@@ -236,6 +239,15 @@ def test_parses_its_result_file_and_its_printed_statistics():
     assert t.median_ms == 12.5 and t.runs == 20 and "mean" in t.extra["note"]
     with pytest.raises(EdgepruneError, match="printed no timing"):
         timing_from_summary("Run failed:oops\n", {}, dict(meta))
+
+
+def test_a_failure_is_told_by_its_own_line():
+    from edgeprune.runtimes.transports import Result
+
+    warn = "2026-11-23 [W:onnxruntime:Default, env.cc:1] a warning\n"
+    res = Result(255, "Setting intra_op_num_threads to 4\nRun failed:Got invalid dims\n", warn)
+    assert failure_line(res) == "Run failed:Got invalid dims"
+    assert failure_line(Result(255, "", "")) == "exit 255"
 
 
 def test_bench_picks_the_runner_by_the_artifacts_kind():
