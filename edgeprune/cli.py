@@ -40,12 +40,6 @@ def _note(source) -> None:
         err.print(f"[yellow]note:[/] {n}")
 
 
-def _resolve(src, method, keep, locs, heads, method_options=None, budget=None):
-    from edgeprune.source import resolve
-
-    return resolve(src, method, keep, locs, heads, method_options, budget)
-
-
 def _progress(label: str, bar: bool = False):
     from edgeprune.render import progress
 
@@ -58,19 +52,14 @@ def _lines(lines: list[str]) -> None:
 
 
 @app.command()
+@o.grouped
 def inspect(
     src: o.SrcArg,
-    method: o.MethodOpt = None,
-    keep: o.KeepOpt = None,
-    locs: o.LocsOpt = None,
-    heads: o.HeadsOpt = None,
+    choice: o.ModelChoice = o.ModelChoice(),
     as_json: o.JsonOpt = False,
-    calibration: o.CalibrationOpt = None,
-    tome_r: o.TomeROpt = None,
-    budget: o.BudgetOpt = None,
 ) -> None:
     """Show what a model is: method, arch, keep schedule, tokens per block, params, GFLOPs."""
-    source = _resolve(src, method, keep, locs, heads, o.method_options(calibration, tome_r), budget)
+    source = choice.resolve(src)
     info = source.inspect()
     if as_json:
         print(json.dumps(info))
@@ -82,6 +71,7 @@ def inspect(
 
 
 @app.command()
+@o.grouped
 def export(
     src: o.SrcArg,
     target: o.TargetOpt = "onnx",
@@ -97,19 +87,13 @@ def export(
     timing_cache: o.CacheOpt = None,
     min_target: o.MinTargetOpt = None,
     compute_units: o.UnitsOpt = None,
-    method: o.MethodOpt = None,
-    keep: o.KeepOpt = None,
-    locs: o.LocsOpt = None,
-    heads: o.HeadsOpt = None,
-    calibration: o.CalibrationOpt = None,
-    tome_r: o.TomeROpt = None,
-    budget: o.BudgetOpt = None,
+    choice: o.ModelChoice = o.ModelChoice(),
 ) -> None:
     """Export the static graph to a target and check it against PyTorch; writes a manifest."""
     from edgeprune.export.targets import export_source, request_from, validate
 
     req = validate(request_from(dict(locals()), out=out_path))  # before loading anything
-    source = _resolve(src, method, keep, locs, heads, o.method_options(calibration, tome_r), budget)
+    source = choice.resolve(src)
     _note(source)
     with _progress("exporting") as step:
         result = export_source(source, req, source.default_name(), step)
@@ -145,12 +129,6 @@ def calibrate(
     _lines(calibration_lines(out_path, data))
 
 
-def _device_for(name: str, host: str | None, remote_python: str | None, here: bool):
-    from edgeprune.profiles.devices import device_for
-
-    return device_for(name, host, remote_python, here)
-
-
 @app.command()
 def devices(
     as_json: o.JsonOpt = False,
@@ -169,6 +147,7 @@ def devices(
 
 
 @app.command()
+@o.grouped
 def profile(
     device: o.DeviceOpt,
     arch: o.ArchOpt = "deit_small",
@@ -185,20 +164,15 @@ def profile(
     plot: o.PlotFlagOpt = True,
     force: o.ForceOpt = False,
     resume: o.ResumeOpt = False,
-    host: o.HostOpt = None,
-    remote_python: o.RemotePythonOpt = None,
-    ssh_config: o.SshConfigOpt = None,
-    timeout: o.TimeoutOpt = 900.0,
-    serial: o.SerialOpt = None,
-    here: o.HereOpt = False,
+    remote: o.Remote = o.Remote(timeout=900.0),
 ) -> None:
     """Measure a device's latency table (block/attn/mlp vs tokens, embed, head, selectors)."""
     from edgeprune.measure import ProfileJob, profile_device
 
     job = ProfileJob(
-        _device_for(device, host, remote_python, here),
+        remote.device(device),
         arch, method, threads, batch, out_path, runs, grid, check_points, chain, halves, e2e,
-        plot, force, resume, {"config": ssh_config, "timeout": timeout, "serial": serial},
+        plot, force, resume, remote.transport_options(),
     )  # fmt: skip
     try:
         with _progress(job.device.name, bar=True) as step:
@@ -214,25 +188,21 @@ def profile(
 
 
 @app.command()
+@o.grouped
 def bench(
     artifact: o.ArtifactArg,
     device: o.BenchDeviceOpt = None,
     threads: o.ThreadsOpt = None,
     runs: o.BenchRunsOpt = None,
     as_json: o.JsonOpt = False,
-    host: o.HostOpt = None,
-    remote_python: o.RemotePythonOpt = None,
-    ssh_config: o.SshConfigOpt = None,
-    timeout: o.TimeoutOpt = 600.0,
-    serial: o.SerialOpt = None,
-    here: o.HereOpt = False,
+    remote: o.Remote = o.Remote(timeout=600.0),
 ) -> None:
     """End-to-end latency of one artifact: median, p90, min, max, runs."""
     from edgeprune.bench import bench as run_bench
     from edgeprune.bench import device_name
 
-    dev = _device_for(device_name(artifact, device), host, remote_python, here)
-    t = run_bench(artifact, dev, threads, runs, config=ssh_config, timeout=timeout, serial=serial)
+    dev = remote.device(device_name(artifact, device))
+    t = run_bench(artifact, dev, threads, runs, **remote.transport_options())
     info = {"artifact": str(artifact), "device": dev.name, "host": dev.host or "local"}
     info.update(t.to_dict())
     if as_json:
@@ -280,13 +250,11 @@ def check(
 
 
 @app.command()
+@o.grouped
 def predict(
     src: o.SrcArg,
     profile: o.ProfileOpt,
-    method: o.MethodOpt = None,
-    keep: o.KeepOpt = None,
-    locs: o.LocsOpt = None,
-    heads: o.HeadsOpt = None,
+    pruning: o.Pruning = o.Pruning(),
     batch: o.PredictBatchOpt = 1,
     budget: o.BudgetOpt = None,
     as_json: o.JsonOpt = False,
@@ -294,7 +262,7 @@ def predict(
     """Predicted latency of a model on a profiled device, with the per-block breakdown."""
     from edgeprune.latency import predict_source
 
-    source = _resolve(src, method, keep, locs, heads, budget=budget)
+    source = pruning.resolve(src, budget)
     model, pred, info = predict_source(profile, source, batch)
     if as_json:
         print(json.dumps(info))
@@ -359,10 +327,9 @@ def validate_profile_cmd(
     """Export random schedules, measure them end-to-end, report the prediction error."""
     from edgeprune.validate import validate_to_plot
 
+    settings = dict(configs=configs, threads=threads, rounds=rounds, seed=seed, burst=burst)
     with _progress("validating") as step:
-        rep, plot_path = validate_to_plot(
-            profile_file, configs, threads, rounds, seed, burst, plot, progress=step
-        )
+        rep, plot_path = validate_to_plot(profile_file, plot, progress=step, **settings)
     if as_json:
         print(json.dumps({**rep.to_dict(), "plot": str(plot_path)}))
         return

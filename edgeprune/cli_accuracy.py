@@ -30,6 +30,7 @@ def demo_images(
     out.print(f"[green]wrote[/] {len(imgs.files)} images in {len(imgs.classes)} classes: {folder}")
 
 
+@o.grouped
 def evaluate(
     model: o.ModelArg,
     images: o.EvalImagesOpt,
@@ -38,23 +39,17 @@ def evaluate(
     batch: o.EvalBatchOpt = 16,
     runtime: o.RuntimeOpt = None,
     threads: o.EvalThreadsOpt = None,
-    method: o.MethodOpt = None,
-    keep: o.KeepOpt = None,
-    locs: o.LocsOpt = None,
-    heads: o.HeadsOpt = None,
-    resize: o.ResizeOpt = None,
-    mean: o.MeanOpt = None,
-    std: o.StdOpt = None,
+    pruning: o.Pruning = o.Pruning(),
+    pre: o.Preprocess = o.Preprocess(),
     as_json: o.JsonOpt = False,
 ) -> None:
     """Top-1/top-5 on an image folder and agreement (top-1, KL, max logit diff) with references."""
     from edgeprune.evaluate import EvalRequest
     from edgeprune.evaluate import evaluate as run_evaluate
-    from edgeprune.parsing import parse_triple
 
-    req = EvalRequest(model, images, reference, limit, batch, runtime, threads, heads, resize)
-    req.mean, req.std = parse_triple(mean, "--mean"), parse_triple(std, "--std")
-    req.method, req.keep, req.locs = method, keep, locs
+    req = EvalRequest(model, images, reference, limit, batch, runtime, threads, pruning.heads)
+    req.method, req.keep, req.locs = pruning.method, pruning.keep, pruning.locs
+    pre.into(req)
     with progress(err, "evaluating", bar=True) as step:
         rep = run_evaluate(req, lambda i, n: step("evaluating", i, n))
     if as_json:
@@ -65,6 +60,7 @@ def evaluate(
     print_evaluation(rep.to_dict(), out, err)
 
 
+@o.grouped
 def sensitivity(
     src: o.SrcArg,
     images: o.EvalImagesOpt,
@@ -75,9 +71,7 @@ def sensitivity(
     method: o.MethodOpt = None,
     locs: o.LocsOpt = None,
     heads: o.HeadsOpt = None,
-    resize: o.ResizeOpt = None,
-    mean: o.MeanOpt = None,
-    std: o.StdOpt = None,
+    pre: o.Preprocess = o.Preprocess(),
     metric: o.MetricOpt = None,
     threads: o.TorchThreadsOpt = None,
     resume: o.SensResumeOpt = False,
@@ -85,12 +79,12 @@ def sensitivity(
 ) -> None:
     """Accuracy per pruning stage and keep ratio (others not pruning): the file that
     'budget --sensitivity' reads. Top-1 when labelled, else agreement with dense."""
-    from edgeprune.parsing import parse_ints, parse_triple
+    from edgeprune.parsing import parse_ints
     from edgeprune.resume import resume_path
     from edgeprune.sensitivity import SensitivityRequest, measure_to_file, parse_grid
 
-    req = SensitivityRequest(src, images, parse_grid(grid), limit, batch, heads, resize)
-    req.mean, req.std = parse_triple(mean, "--mean"), parse_triple(std, "--std")
+    req = SensitivityRequest(src, images, parse_grid(grid), limit, batch, heads)
+    pre.into(req)
     req.method, req.locs, req.metric = method, parse_ints(locs, "--locs"), metric
     req.threads = threads
     try:

@@ -1,20 +1,34 @@
 """The command line's option and argument types (typer ``Annotated`` aliases), shared by
-the commands in ``cli.py``."""
+the commands in ``cli.py`` and ``cli_accuracy.py``, and the option groups that several
+commands take together (``Remote``, ``Pruning``/``ModelChoice``, ``Preprocess``): a
+command declares one parameter of the group's type and ``@grouped`` spreads the group's
+options into the signature typer reads."""
 
 from __future__ import annotations
 
+import functools
+import inspect
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, get_type_hints
 
 import typer
 
 
+def _literal(text: str) -> str:
+    """Help shows as written: typer renders it as rich markup, where "[...]" is a tag
+    ("ARCH[:METHOD[@RATIO]]" lost its brackets, "geometric ([r, r², r³])" its list)."""
+    return text.replace("[", "\\[")
+
+
 def opt(kind, *names: str, **kw):
+    if kw.get("help"):
+        kw["help"] = _literal(kw["help"])
     return Annotated[kind, typer.Option(*names, **kw)]
 
 
 def arg(kind, help: str, **kw):  # noqa: A002 (typer's name)
-    return Annotated[kind, typer.Argument(help=help, **kw)]
+    return Annotated[kind, typer.Argument(help=_literal(help), **kw)]
 
 
 # ---- a model: SRC and what overrides it ---------------------------------------------
@@ -203,6 +217,121 @@ LatWeightOpt = opt(float, "--latency-weight", help="Weight of the latency-aware 
 ShapeOpt = opt(str, "--shape", help="Loss shape: squared | hinge | squared_hinge.")
 TrainDeviceOpt = opt(str, "--device", help="cpu or cuda.")
 TrainSeedOpt = opt(int, "--seed", help="Training seed.")
+
+
+# ---- option groups ----------------------------------------------------------------------
+class Group:
+    """Options that commands take together: a dataclass whose fields are options (type,
+    flags, help and default in one place). See ``grouped``."""
+
+
+def grouped(fn):
+    """Let ``fn`` take option groups. In the signature typer reads, a parameter annotated
+    with a ``Group`` class stands for that group's options, at its place and with the
+    defaults of the parameter's default instance (else the class's); the command is called
+    with one instance of the group."""
+    spread: dict[str, type[Group]] = {}
+    params = []
+    for p in inspect.signature(fn, eval_str=True).parameters.values():
+        kind = p.annotation
+        if not (isinstance(kind, type) and issubclass(kind, Group)):
+            params.append(p.replace(kind=p.KEYWORD_ONLY))
+            continue
+        spread[p.name] = kind
+        base = kind() if p.default is p.empty else p.default
+        hints = get_type_hints(kind, include_extras=True)
+        params += [_keyword(f.name, hints[f.name], getattr(base, f.name)) for f in fields(kind)]
+    names = [p.name for p in params]
+    if len(set(names)) != len(names):
+        raise TypeError(f"{fn.__name__}: an option group repeats a parameter name")
+
+    @functools.wraps(fn)
+    def command(**kw):
+        for name, kind in spread.items():
+            kw[name] = kind(**{f.name: kw.pop(f.name) for f in fields(kind)})
+        return fn(**kw)
+
+    command.__signature__ = inspect.Signature(params)
+    command.__annotations__ = {p.name: p.annotation for p in params}
+    return command
+
+
+def _keyword(name: str, annotation, default) -> inspect.Parameter:
+    return inspect.Parameter(
+        name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation
+    )
+
+
+@dataclass
+class Remote(Group):
+    """Where a measurement runs: this machine, an SSH host or an Android device (adb)."""
+
+    host: HostOpt = None
+    remote_python: RemotePythonOpt = None
+    ssh_config: SshConfigOpt = None
+    timeout: TimeoutOpt = 600.0
+    serial: SerialOpt = None
+    here: HereOpt = False
+
+    def device(self, name: str):
+        """The device descriptor ``name``, reached as these options say."""
+        from edgeprune.profiles.devices import device_for
+
+        return device_for(name, self.host, self.remote_python, self.here)
+
+    def transport_options(self) -> dict:
+        return {"config": self.ssh_config, "timeout": self.timeout, "serial": self.serial}
+
+
+@dataclass
+class Pruning(Group):
+    """What overrides a model's pruning: method, keep ratios, locations, heads."""
+
+    method: MethodOpt = None
+    keep: KeepOpt = None
+    locs: LocsOpt = None
+    heads: HeadsOpt = None
+
+    def method_options(self) -> dict | None:
+        return None
+
+    def resolve(self, src: str, budget: Path | None = None):
+        """``src`` as a ``Source`` with these overrides (and a budget file's)."""
+        from edgeprune.source import resolve
+
+        m, opts = self.method, self.method_options()
+        return resolve(src, m, self.keep, self.locs, self.heads, opts, budget)
+
+
+@dataclass
+class ModelChoice(Pruning):
+    """``Pruning`` plus the method options (--calibration, --tome-r) and --budget."""
+
+    calibration: CalibrationOpt = None
+    tome_r: TomeROpt = None
+    budget: BudgetOpt = None
+
+    def method_options(self) -> dict:
+        return method_options(self.calibration, self.tome_r)
+
+    def resolve(self, src: str, budget: Path | None = None):
+        return super().resolve(src, budget or self.budget)
+
+
+@dataclass
+class Preprocess(Group):
+    """How images become model inputs: resize, then normalise."""
+
+    resize: ResizeOpt = None
+    mean: MeanOpt = None
+    std: StdOpt = None
+
+    def into(self, req) -> None:
+        """Set ``req.resize``, ``req.mean``, ``req.std`` (parsed)."""
+        from edgeprune.parsing import parse_triple
+
+        req.resize = self.resize
+        req.mean, req.std = parse_triple(self.mean, "--mean"), parse_triple(self.std, "--std")
 
 
 def method_options(calibration: Path | None = None, tome_r: int | None = None) -> dict:

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 from edgeprune.errors import EdgepruneError
 from edgeprune.latency_table import Anchor, Curve, EndToEnd, LatencyTable, piecewise_linear
+from edgeprune.records import record
 
 if TYPE_CHECKING:
     import torch
@@ -54,18 +55,12 @@ class Prediction:
     scale: float = 1.0  # the end-to-end scale applied to every part
 
     def to_dict(self) -> dict:
-        return {
-            "predicted_ms": self.total_ms,
-            "overhead_ms": self.overhead_ms,
-            "e2e_scale": self.scale,
-            "embed_ms": self.embed_ms,
-            "head_ms": self.head_ms,
-            "blocks_ms": list(self.blocks_ms),
-            "selectors_ms": list(self.selectors_ms),
-            "tokens_per_block": list(self.attn_tokens),
-            "mlp_tokens_per_block": list(self.mlp_tokens),
-            "selector_tokens_in": list(self.selector_tokens_in),
-        }
+        return record(
+            self,
+            "predicted_ms=total_ms overhead_ms e2e_scale=scale embed_ms head_ms blocks_ms "
+            "selectors_ms tokens_per_block=attn_tokens mlp_tokens_per_block=mlp_tokens "
+            "selector_tokens_in",
+        )
 
 
 class LatencyModel:

@@ -83,6 +83,11 @@ def _candidates_and_front(ax, result, color: str, label: str) -> None:
     )  # fmt: skip
 
 
+def _chosen(ax, chosen, size: int, label: str) -> None:
+    """The chosen schedule: a red star at its predicted latency and objective."""
+    ax.plot([chosen.predicted_ms], [chosen.objective()], "*", c="C3", ms=size, label=label)
+
+
 def plot_pareto(result: BudgetResult, path: Path) -> None:
     """The candidates, their Pareto front, the chosen schedule, target and dense."""
     from edgeprune.budget import fmt_ratios
@@ -90,14 +95,7 @@ def plot_pareto(result: BudgetResult, path: Path) -> None:
     fig, ax = _pyplot().subplots(figsize=(7, 4.5))
     _candidates_and_front(ax, result, "0.75", f"{result.schedule} schedules")
     ch = result.chosen
-    ax.plot(
-        [ch.predicted_ms],
-        [ch.objective()],
-        "*",
-        c="C3",
-        ms=14,
-        label=f"chosen {fmt_ratios(ch.keep_ratios)}: {ch.predicted_ms:.2f} ms",
-    )
+    _chosen(ax, ch, 14, f"chosen {fmt_ratios(ch.keep_ratios)}: {ch.predicted_ms:.2f} ms")
     ax.axvline(result.target_ms, ls="--", c="C2", label=f"target {result.target_ms:.2f} ms")
     ax.axvline(result.dense_ms, ls=":", c="0.4", label=f"dense {result.dense_ms:.2f} ms")
     ax.set_xlabel("predicted latency (ms)")
@@ -147,14 +145,7 @@ def plot_accuracy_pareto(result, sens, model, path: Path, measured_points=None) 
     name = (
         "dense" if not ch.keep_ratios else "[" + ", ".join(f"{r:.3g}" for r in ch.keep_ratios) + "]"
     )
-    ax.plot(
-        [ch.predicted_ms],
-        [ch.objective()],
-        "*",
-        c="C3",
-        ms=15,
-        label=f"chosen {name}: {ch.predicted_ms:.2f} ms, {ch.objective():.2f}",
-    )
+    _chosen(ax, ch, 15, f"chosen {name}: {ch.predicted_ms:.2f} ms, {ch.objective():.2f}")
     ax.annotate(
         f"chosen {name}",
         (ch.predicted_ms, ch.objective()),

@@ -19,6 +19,7 @@ import numpy as np
 from edgeprune.errors import EdgepruneError
 from edgeprune.latency import LatencyModel
 from edgeprune.methods.base import geometric
+from edgeprune.records import record
 from edgeprune.runtimes.timing import Timing
 
 
@@ -73,20 +74,13 @@ class ValidationReport:
         return float(np.percentile([r.rel_error for r in self.results], 90))
 
     def to_dict(self) -> dict:
+        anchors = [{"label": lb, "profile_ms": t0, "now_ms": t1} for lb, t0, t1 in self.anchors]
         return {
-            "profile": self.profile,
-            "method": self.method,
-            "threads": self.threads,
-            "rounds": self.rounds,
-            "burst": self.burst,
-            "anchors": [
-                {"label": lb, "profile_ms": then, "now_ms": now} for lb, then, now in self.anchors
-            ],
-            "drift": self.drift,
-            "noise": self.noise,
+            **record(self, "profile method threads rounds burst"),
+            "anchors": anchors,
+            **record(self, "drift noise"),
             "configs": len(self.results),
-            "median_rel_error": self.median_error,
-            "p90_rel_error": self.p90_error,
+            **record(self, "median_rel_error=median_error p90_rel_error=p90_error"),
             "results": [r.to_dict() for r in self.results],
         }
 
@@ -223,17 +217,11 @@ def validate_profile(
 
 
 def validate_to_plot(
-    profile: Path,
-    configs: int = 20,
-    threads: int | None = None,
-    rounds: int = 30,
-    seed: int = 0,
-    burst: int = 3,
-    plot: Path | None = None,
-    progress: Callable[[str], None] | None = None,
+    profile: Path, plot: Path | None = None, **settings
 ) -> tuple[ValidationReport, Path]:
     """``edgeprune validate-profile``: validate the latency table ``profile`` and write
-    the scatter plot (default ``<profile stem>.validate.png`` here)."""
+    the scatter plot (default ``<profile stem>.validate.png`` here). ``settings``:
+    ``validate_profile``'s (configs, threads, rounds, seed, progress, burst)."""
     from edgeprune.atomic import check_writable_target
     from edgeprune.latency import load_model
     from edgeprune.plot import plot_validation
@@ -241,6 +229,6 @@ def validate_to_plot(
     model = load_model(profile)
     plot_path = plot or Path(Path(profile).stem + ".validate.png")
     check_writable_target(plot_path, force=True)
-    rep = validate_profile(model, configs, threads, rounds, seed, progress=progress, burst=burst)
+    rep = validate_profile(model, **settings)
     plot_validation(rep, plot_path)
     return rep, plot_path

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from edgeprune.budget import BudgetResult
 from edgeprune.errors import EdgepruneError
 from edgeprune.latency import LatencyModel
+from edgeprune.records import record
 
 
 @dataclass(frozen=True)
@@ -55,23 +56,11 @@ class Verification:
         return self.dense_measured_ms / self.measured_ms
 
     def to_dict(self) -> dict:
-        return {
-            "met": self.met,
-            "target_ms": self.target_ms,
-            "predicted_ms": self.predicted_ms,
-            "measured_ms": self.measured_ms,
-            "measured_p90_ms": self.measured_p90_ms,
-            "rel_error": self.error,
-            "vs_target": self.vs_target,
-            "dense_predicted_ms": self.dense_predicted_ms,
-            "dense_measured_ms": self.dense_measured_ms,
-            "drift": self.drift,
-            "speedup": self.speedup,
-            "runtime": self.runtime,
-            "threads": self.threads,
-            "rounds": self.rounds,
-            "burst": self.burst,
-        }
+        return record(
+            self,
+            "met target_ms predicted_ms measured_ms measured_p90_ms rel_error=error vs_target "
+            "dense_predicted_ms dense_measured_ms drift speedup runtime threads rounds burst",
+        )
 
 
 def verify_budget(

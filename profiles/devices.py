@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from importlib import resources
 
 from edgeprune.errors import EdgepruneError
+from edgeprune.records import record
 
 PRECISIONS = ("fp32", "fp16", "int8")
 
@@ -64,14 +65,7 @@ class Device:
         return replace(self, transport="local", host=None)
 
     def to_dict(self) -> dict:
-        return {
-            "name": self.name,
-            "runtime": self.runtime,
-            "precision": self.precision,
-            "threads": self.threads,
-            "transport": self.transport,
-            "host": self.host,
-        }
+        return record(self, "name runtime precision threads transport host")
 
 
 def _from_toml(text: str, origin: str) -> Device:

@@ -50,6 +50,45 @@ class Runner(Protocol):
     def time(self, policy: TimingPolicy | None = None) -> Timing: ...
 
 
+class RunnerBase:
+    """What every runner shares: ``threads`` and ``precision``, ``loaded()`` for what
+    ``load()`` set, and ``timing()``: samples as a ``Timing`` tagged with the runner's
+    name and version."""
+
+    name: str
+
+    def __init__(self, threads: int | None = None, precision: str = "fp32"):
+        self.threads = threads
+        self.precision = precision
+
+    def version(self) -> str:
+        raise NotImplementedError
+
+    @staticmethod
+    def loaded(value):
+        """``value`` (what ``load()`` keeps); raises when no artifact was loaded yet."""
+        if value is None:
+            raise RuntimeError("load() an artifact first")
+        return value
+
+    @staticmethod
+    def cannot_load(runtime: str, what: object, error: Exception, hint: str) -> EdgepruneError:
+        """The one line for a runtime refusing an artifact (its own message, squashed)."""
+        msg = " ".join(str(error).split())[:200]
+        return EdgepruneError(f"{runtime} cannot load {what}: {msg}", hint)
+
+    def timing(self, samples: list[float], threads: int | None = None, **extra) -> Timing:
+        """``samples`` (ms) as this runner's ``Timing``; ``threads``: the count used when
+        ``self.threads`` leaves it to the runtime; ``extra``: how it was timed."""
+        return Timing.from_samples(
+            samples,
+            threads=threads or self.threads,
+            runtime=self.name,
+            runtime_version=self.version(),
+            extra=extra,
+        )
+
+
 @dataclass(frozen=True)
 class Runtime:
     """A registered runtime.

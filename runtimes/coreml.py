@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeprune.errors import EdgepruneError, MissingRuntimeError
-from edgeprune.runtimes.base import Runtime
+from edgeprune.runtimes.base import RunnerBase, Runtime
 from edgeprune.runtimes.timing import Timing, TimingPolicy, time_callable
 
 
@@ -27,15 +27,14 @@ def check_available() -> None:
         ) from None
 
 
-class CoreMLRunner:
+class CoreMLRunner(RunnerBase):
     name = "coreml"
 
     def __init__(
         self, threads: int | None = None, precision: str = "fp16", compute_units: str = "ALL"
     ):
         check_available()
-        self.threads = threads
-        self.precision = precision
+        super().__init__(threads, precision)
         self.compute_units = compute_units
         self._model = None
         self._path: str | None = None
@@ -89,13 +88,7 @@ class CoreMLRunner:
             samples = []
         if not samples:
             samples = time_callable(lambda: self._model.predict(feeds), policy)
-        return Timing.from_samples(
-            samples,
-            threads=self.threads,
-            runtime=self.name,
-            runtime_version=self.version(),
-            extra={"via": via, "compute_units": self.compute_units},
-        )
+        return self.timing(samples, via=via, compute_units=self.compute_units)
 
 
 def available(**_options) -> tuple[bool, str]:

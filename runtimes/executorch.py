@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeprune.errors import EdgepruneError, MissingRuntimeError
-from edgeprune.runtimes.base import Runtime, require_binary
+from edgeprune.runtimes.base import RunnerBase, Runtime, require_binary
 from edgeprune.runtimes.timing import Timing, TimingPolicy, time_callable
 
 BACKEND = "XnnpackBackend"
@@ -96,7 +96,7 @@ def read_program(artifact: str | Path | bytes) -> bytes:
     return bytes(artifact)
 
 
-class ExecuTorchRunner:
+class ExecuTorchRunner(RunnerBase):
     """Load a .pte (path or bytes), run it, time it in the ExecuTorch runtime."""
 
     name = "executorch"
@@ -107,8 +107,7 @@ class ExecuTorchRunner:
             raise MissingRuntimeError(
                 f"the ExecuTorch runtime cannot run here: {why}", INSTALL_HINT
             )
-        self.threads = threads
-        self.precision = precision
+        super().__init__(threads, precision)
         self._method = None
         self._program = None
 
@@ -123,16 +122,12 @@ class ExecuTorchRunner:
                 self._program = _runtime().load_program(bytes(artifact))
                 self._method = self._program.load_method("forward")
         except Exception as e:  # noqa: BLE001  (the runtime raises RuntimeError/ValueError)
-            raise EdgepruneError(
-                f"ExecuTorch cannot load the program: {' '.join(str(e).split())[:200]}",
-                "was it exported for this executorch version?",
-            ) from None
+            hint = "was it exported for this executorch version?"
+            raise self.cannot_load("ExecuTorch", "the program", e, hint) from None
 
     @property
     def method(self):
-        if self._method is None:
-            raise RuntimeError("load() an artifact first")
-        return self._method
+        return self.loaded(self._method)
 
     def input_shapes(self) -> dict[str, tuple[int, ...]]:
         meta = self.method.metadata
@@ -166,13 +161,7 @@ class ExecuTorchRunner:
         method = self.method
         set_threads(self.threads)
         samples = time_callable(lambda: method.execute(feeds), policy or TimingPolicy())
-        return Timing.from_samples(
-            samples,
-            threads=self.threads or thread_count(),
-            runtime=self.name,
-            runtime_version=self.version(),
-            extra={"backend": BACKEND},
-        )
+        return self.timing(samples, self.threads or thread_count(), backend=BACKEND)
 
 
 # ---- on a device: ExecuTorch's executor_runner, driven through a transport (adb) ------
@@ -185,7 +174,7 @@ BUILD_HINT = (
 )
 
 
-class ExecutorRunnerRunner:
+class ExecutorRunnerRunner(RunnerBase):
     """Time/run a .pte with ExecuTorch's ``executor_runner`` on the far side of a
     transport: the program is pushed to a fresh temporary folder, run there
     (``--num_executions``, ``--cpu_threads``), its per-iteration times are parsed from
@@ -204,8 +193,7 @@ class ExecutorRunnerRunner:
             raise MissingRuntimeError("no executor_runner given for the device", BUILD_HINT)
         self.transport = transport
         self.executor_runner = executor_runner
-        self.threads = threads
-        self.precision = precision
+        super().__init__(threads, precision)
         self._pte: bytes | None = None
         self._checked = False
 
@@ -222,8 +210,7 @@ class ExecutorRunnerRunner:
         self._pte = read_program(artifact)
 
     def input_shapes(self) -> dict[str, tuple[int, ...]]:
-        if self._pte is None:
-            raise RuntimeError("load() an artifact first")
+        self.loaded(self._pte)
         if installed():  # read from the program itself when ExecuTorch is here
             local = ExecuTorchRunner()
             local.load(self._pte)
@@ -234,8 +221,7 @@ class ExecutorRunnerRunner:
         import tempfile
 
         self._check_binary()
-        if self._pte is None:
-            raise RuntimeError("load() an artifact first")
+        self.loaded(self._pte)
         t = self.transport
         with tempfile.TemporaryDirectory(prefix="edgeprune-et-") as ldir, t.tempdir() as rdir:
             local = Path(ldir)
@@ -284,13 +270,7 @@ class ExecutorRunnerRunner:
             runs, ms = total
             samples = [ms / runs]
             extra["note"] = "mean over runs (this executor_runner logs no per-iteration times)"
-        return Timing.from_samples(
-            samples,
-            threads=self.threads,
-            runtime=self.name,
-            runtime_version=self.version(),
-            extra=extra,
-        )
+        return self.timing(samples, **extra)
 
 
 def parse_iterations(log: str) -> list[float]:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeprune.errors import EdgepruneError, MissingRuntimeError
-from edgeprune.runtimes.base import Runtime, require_binary
+from edgeprune.runtimes.base import RunnerBase, Runtime, require_binary
 from edgeprune.runtimes.timing import Timing, TimingPolicy, time_callable
 
 
@@ -52,7 +52,7 @@ def run(session, x: np.ndarray) -> np.ndarray:
 _DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64}
 
 
-class OnnxRuntimeRunner:
+class OnnxRuntimeRunner(RunnerBase):
     """Load an .onnx (path or bytes), run it, time it, on the chosen execution provider."""
 
     name = "onnxruntime"
@@ -75,8 +75,7 @@ class OnnxRuntimeRunner:
                 f"onnxruntime here has no {provider}",
                 f"available: {', '.join(ort.get_available_providers())}",
             )
-        self.threads = threads
-        self.precision = precision
+        super().__init__(threads, precision)
         self.provider = provider
         self.optimization = optimization
         self._session = None
@@ -90,18 +89,13 @@ class OnnxRuntimeRunner:
         try:
             self._session = make_session(artifact, self.threads, [self.provider], self.optimization)
         except Exception as e:  # onnxruntime raises its own Fail/InvalidProtobuf types
-            msg = " ".join(str(e).split())[:200]
             what = "the model" if isinstance(artifact, bytes) else artifact
-            raise EdgepruneError(
-                f"onnxruntime cannot load {what}: {msg}",
-                "is it an .onnx file exported by 'edgeprune export'?",
-            ) from None
+            hint = "is it an .onnx file exported by 'edgeprune export'?"
+            raise self.cannot_load("onnxruntime", what, e, hint) from None
 
     @property
     def session(self):
-        if self._session is None:
-            raise RuntimeError("load() an artifact first")
-        return self._session
+        return self.loaded(self._session)
 
     def input_shapes(self) -> dict[str, tuple[int, ...]]:
         out = {}
@@ -131,13 +125,7 @@ class OnnxRuntimeRunner:
         feeds = self._inputs()
         sess = self.session
         samples = time_callable(lambda: sess.run(None, feeds), policy or TimingPolicy())
-        return Timing.from_samples(
-            samples,
-            threads=self.threads,
-            runtime=self.name,
-            runtime_version=self.version(),
-            extra={"provider": self.provider},
-        )
+        return self.timing(samples, provider=self.provider)
 
 
 def available(**_options) -> tuple[bool, str]:
@@ -180,7 +168,7 @@ def read_model(artifact: str | Path | bytes) -> tuple[bytes, str]:
     return data, ".onnx"
 
 
-class OrtPerfTestRunner:
+class OrtPerfTestRunner(RunnerBase):
     """Time an .onnx/.ort with ``onnxruntime_perf_test`` on the far side of a transport:
     the model is pushed to a fresh temporary folder and run there with generated random
     inputs (``-I -m times -r N -x THREADS -e cpu -o 99``); the result file it writes
@@ -200,8 +188,7 @@ class OrtPerfTestRunner:
             raise MissingRuntimeError(f"no {PERF_TEST} given for the device", BUILD_HINT)
         self.transport = transport
         self.perf_test = ort_perf_test
-        self.threads = threads
-        self.precision = precision
+        super().__init__(threads, precision)
         self._model: tuple[bytes, str] | None = None
         self._checked = False
 
@@ -211,15 +198,9 @@ class OrtPerfTestRunner:
     def load(self, artifact: str | Path | bytes) -> None:
         self._model = read_model(artifact)
 
-    @property
-    def model(self) -> tuple[bytes, str]:
-        if self._model is None:
-            raise RuntimeError("load() an artifact first")
-        return self._model
-
     def input_shapes(self) -> dict[str, tuple[int, ...]]:
         here = OnnxRuntimeRunner()  # the shapes are in the model: read them here
-        here.load(self.model[0])
+        here.load(self.loaded(self._model)[0])
         return here.input_shapes()
 
     def run(self, inputs: dict[str, np.ndarray] | np.ndarray) -> list[np.ndarray]:
@@ -242,7 +223,7 @@ class OrtPerfTestRunner:
         """Run it there; (its stdout, the result file's text, or "" if it wrote none)."""
         import tempfile
 
-        data, suffix = self.model
+        data, suffix = self.loaded(self._model)
         if not self._checked:
             require_binary(self.transport, self.perf_test, PERF_TEST, BUILD_HINT)
             self._checked = True
@@ -266,10 +247,10 @@ class OrtPerfTestRunner:
         n, skip = max(p.min_runs, 1), max(p.warmup - 1, 0)  # it warms up once itself
         stdout, times = self._invoke(skip + n)
         extra = {"via": PERF_TEST, "where": self.transport.where}
-        meta = {"threads": self.threads, "runtime": self.name, "runtime_version": self.version()}
         samples = parse_result_file(times)[skip:]
         if samples:
-            return Timing.from_samples(samples, **meta, extra=extra)
+            return self.timing(samples, **extra)
+        meta = {"threads": self.threads, "runtime": self.name, "runtime_version": self.version()}
         return timing_from_summary(stdout, extra, meta)
 
 

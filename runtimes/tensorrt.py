@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 
 from edgeprune.errors import EdgepruneError, MissingRuntimeError
-from edgeprune.runtimes.base import Runtime
+from edgeprune.runtimes.base import RunnerBase, Runtime
 from edgeprune.runtimes.timing import Timing, TimingPolicy, time_callable
 from edgeprune.runtimes.trtexec import find_trtexec, probe_version
 
@@ -100,7 +100,7 @@ def _check_strong_typing(major: int, precision: str, artifact: str | Path | byte
 
 
 # ---- runners -----------------------------------------------------------------------
-class TrtexecRunner:
+class TrtexecRunner(RunnerBase):
     """Times an ONNX with ``trtexec`` over a transport (local or SSH)."""
 
     name = "tensorrt"
@@ -116,8 +116,7 @@ class TrtexecRunner:
         from edgeprune.runtimes.transports.local import LocalTransport
 
         self.transport = transport or LocalTransport()
-        self.threads = threads
-        self.precision = precision
+        super().__init__(threads, precision)
         self.timeout = timeout
         self.trtexec = trtexec or find_trtexec(self.transport)
         self._artifact: str | Path | bytes | None = None
@@ -141,8 +140,7 @@ class TrtexecRunner:
         raise EdgepruneError("trtexec times engines but does not return outputs")
 
     def time(self, policy: TimingPolicy | None = None) -> Timing:
-        if self._artifact is None:
-            raise RuntimeError("load() an artifact first")
+        self.loaded(self._artifact)
         policy = policy or TimingPolicy()
         major = self._probe_version()[0]
         _check_strong_typing(major, self.precision, self._artifact)
@@ -162,16 +160,10 @@ class TrtexecRunner:
                     raise EdgepruneError(f"trtexec failed (exit {res.returncode}): {tail}")
                 self.transport.get(times, Path(local_dir) / "times.json")
             samples = parse_export_times((Path(local_dir) / "times.json").read_text(), 200.0)
-        return Timing.from_samples(
-            samples,
-            threads=self.threads,
-            runtime=self.name,
-            runtime_version=self.version(),
-            extra={"via": "trtexec", "where": self.transport.where},
-        )
+        return self.timing(samples, via="trtexec", where=self.transport.where)
 
 
-class TensorRTPythonRunner:
+class TensorRTPythonRunner(RunnerBase):
     """Builds an engine with the ``tensorrt`` Python API and times it (CUDA via torch)."""
 
     name = "tensorrt"
@@ -185,8 +177,7 @@ class TensorRTPythonRunner:
                 "the tensorrt package is installed but no CUDA device is visible to torch",
                 "run on the GPU machine (or a Jetson), or use trtexec",
             )
-        self.threads = threads
-        self.precision = precision
+        super().__init__(threads, precision)
         self._engine = None
         self._shapes: dict[str, tuple[int, ...]] = {}
 
@@ -261,13 +252,7 @@ class TensorRTPythonRunner:
             stream.synchronize()
 
         samples = time_callable(once, policy or TimingPolicy())
-        return Timing.from_samples(
-            samples,
-            threads=self.threads,
-            runtime=self.name,
-            runtime_version=self.version(),
-            extra={"via": "tensorrt-python"},
-        )
+        return self.timing(samples, via="tensorrt-python")
 
 
 def get_tensorrt_runner(threads: int | None = None, precision: str = "fp16", transport=None, **kw):

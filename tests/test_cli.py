@@ -113,3 +113,23 @@ def test_console_script_help_runs():
         [sys.executable, "-m", "edgeprune", "--help"], capture_output=True, text=True
     )
     assert r.returncode == 0 and "inspect" in r.stdout and "export" in r.stdout
+
+
+def test_help_texts_print_their_brackets():
+    """typer renders help as rich markup; "[...]" in a help text must not be eaten as a tag."""
+    import os
+    import subprocess
+    import sys
+
+    def helptext(cmd: str) -> str:
+        r = subprocess.run(
+            [sys.executable, "-m", "edgeprune", cmd, "--help"],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "COLUMNS": "250"},
+        )
+        assert r.returncode == 0, r.stderr
+        return r.stdout
+
+    assert "ARCH[:METHOD[@RATIO]]" in helptext("predict")
+    assert "geometric ([r, r², r³])" in helptext("budget")

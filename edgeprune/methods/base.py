@@ -192,27 +192,36 @@ class PredictorMethod(Method):
     def config_from_param(self, param: str | None, arch: Arch) -> MethodConfig:
         return self.config_from_ratio(param, arch)
 
+    @staticmethod
+    def kept_patches(arch: Arch, ratio: float, block: int) -> int:
+        """Patch tokens kept at ``block`` by a ratio of the original patches
+        (``int(196 * rho)``); at least one."""
+        kept = int(arch.num_patches * ratio)
+        if kept < 1:
+            raise EdgepruneError(
+                f"keep ratio {ratio} keeps no patch token at block {block}",
+                f"use a ratio of at least {1 / arch.num_patches:.4f}",
+            )
+        return kept
+
+    @staticmethod
+    def predictor_stages(state_dict: Mapping[str, torch.Tensor]) -> tuple[int, tuple[int, ...]]:
+        """Selector stages in a ``score_predictor.{s}.*`` checkpoint, and their default
+        locations (3, 6, 9 for three; every third block otherwise)."""
+        n = len({int(k.split(".")[1]) for k in state_dict if k.startswith("score_predictor.")})
+        return n, (3, 6, 9) if n == 3 else tuple(range(3, 3 * n + 1, 3))[:n]
+
+    def stage_alone(self, arch: Arch, stages: Sequence[SelectorStage]) -> StageAlone:
+        """The last of ``stages`` of this method's static model, alone (a depth-0 model:
+        no blocks; the earlier stages only shape the model, e.g. SPViT's package tokens)."""
+        from dataclasses import replace
+
+        a0 = replace(arch, depth=0)
+        plan = TokenPlan(a0, self.name, (), (), (), (), tuple(stages))
+        return StageAlone(self.build(a0, plan), len(stages) - 1)
+
 
 RATIO = object()  # config_from_ratio(..., base_ratio=RATIO) records r itself
-
-
-def kept_patches(arch: Arch, ratio: float, block: int) -> int:
-    """Patch tokens kept at ``block`` by a ratio of the original patches (DynamicViT's
-    and SPViT's ``int(196 * rho)``); at least one."""
-    kept = int(arch.num_patches * ratio)
-    if kept < 1:
-        raise EdgepruneError(
-            f"keep ratio {ratio} keeps no patch token at block {block}",
-            f"use a ratio of at least {1 / arch.num_patches:.4f}",
-        )
-    return kept
-
-
-def predictor_stages(state_dict: Mapping[str, torch.Tensor]) -> tuple[int, tuple[int, ...]]:
-    """Selector stages in a ``score_predictor.{s}.*`` checkpoint, and their default
-    locations (3, 6, 9 for three; every third block otherwise)."""
-    n = len({int(k.split(".")[1]) for k in state_dict if k.startswith("score_predictor.")})
-    return n, (3, 6, 9) if n == 3 else tuple(range(3, 3 * n + 1, 3))[:n]
 
 
 def geometric(r: float, n: int, cumulative: bool = True) -> tuple[float, ...]:
@@ -289,13 +298,3 @@ class StageAlone(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model.select(self.stage, x)
-
-
-def stage_alone(method: Method, arch: Arch, stages: Sequence[SelectorStage]) -> StageAlone:
-    """The last of ``stages`` of ``method``'s static model, alone (a depth-0 model:
-    no blocks; the earlier stages only shape the model, e.g. SPViT's package tokens)."""
-    from dataclasses import replace
-
-    a0 = replace(arch, depth=0)
-    plan = TokenPlan(a0, method.name, (), (), (), (), tuple(stages))
-    return StageAlone(method.build(a0, plan), len(stages) - 1)

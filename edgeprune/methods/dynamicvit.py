@@ -30,9 +30,6 @@ from edgeprune.methods.base import (
     PredictorMethod,
     StaticTopKViT,
     geometric,
-    kept_patches,
-    predictor_stages,
-    stage_alone,
 )
 from edgeprune.plan import SelectorStage, TokenPlan
 
@@ -112,14 +109,14 @@ class DynamicViT(PredictorMethod):
         locs = dict(zip(cfg.prune_locs, cfg.keep_ratios, strict=True))
         for b in range(arch.depth):
             if b in locs:
-                kept = kept_patches(arch, locs[b], b)
+                kept = self.kept_patches(arch, locs[b], b)
                 stages.append(SelectorStage(b, "pre", n, kept + 1))
                 n = kept + 1
             attn.append(n)
         return self.make_plan(arch, cfg, attn, attn, stages)
 
     def selector_module(self, arch: Arch, stage: SelectorStage) -> nn.Module:
-        return stage_alone(self, arch, [stage])
+        return self.stage_alone(arch, [stage])
 
     def selector_macs(self, arch: Arch, plan: TokenPlan) -> list[int]:
         # the predictor sees the patch tokens entering the stage; top-k and gather are
@@ -129,7 +126,7 @@ class DynamicViT(PredictorMethod):
     def config_from_checkpoint(
         self, state_dict: Mapping[str, torch.Tensor], arch: Arch, path: Path | None
     ) -> MethodConfig:
-        n, locs = predictor_stages(state_dict)
+        n, locs = self.predictor_stages(state_dict)
         if n == 0:
             raise EdgepruneError("no score_predictor.* keys in a DynamicViT checkpoint")
         # DynamicViT's released files carry the ratio in their names (…_r0.7.pth)

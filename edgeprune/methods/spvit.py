@@ -45,9 +45,6 @@ from edgeprune.methods.base import (
     PredictorMethod,
     StaticTopKViT,
     geometric,
-    kept_patches,
-    predictor_stages,
-    stage_alone,
 )
 from edgeprune.methods.tokenops import weighted_rest
 from edgeprune.models.deit import gather_tokens
@@ -189,7 +186,7 @@ class SPViT(PredictorMethod):
         attn, stages, n, packs = [], [], arch.num_tokens, 0
         for b in range(arch.depth):
             if b in locs:
-                kept = kept_patches(arch, locs[b], b)
+                kept = self.kept_patches(arch, locs[b], b)
                 if kept >= n - 1 - packs:
                     raise EdgepruneError(
                         f"keep ratio {locs[b]} drops no token at block {b}",
@@ -207,7 +204,7 @@ class SPViT(PredictorMethod):
         earlier = [
             SelectorStage(-1 - i, "pre", stage.tokens_in, stage.tokens_out) for i in range(s)
         ]
-        return stage_alone(self, arch, [*earlier, stage])
+        return self.stage_alone(arch, [*earlier, stage])
 
     def _stage_index(self, arch: Arch, stage: SelectorStage) -> int:
         # package tokens coming in: 0 at the first stage (full sequence); later, one per
@@ -229,7 +226,7 @@ class SPViT(PredictorMethod):
     def config_from_checkpoint(
         self, state_dict: Mapping[str, torch.Tensor], arch: Arch, path: Path | None
     ) -> MethodConfig:
-        n, locs = predictor_stages(state_dict)
+        n, locs = self.predictor_stages(state_dict)
         heads = {
             int(k.split(".")[3])
             for k in state_dict

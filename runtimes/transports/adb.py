@@ -23,14 +23,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgeprune.errors import EdgepruneError, MissingRuntimeError
-from edgeprune.runtimes.transports.base import Result, run_killable, timed_out
+from edgeprune.runtimes.transports.base import RemoteShell, Result, run_killable
 
 SERIAL_ENV = "ANDROID_SERIAL"
 REMOTE_ROOT = "/data/local/tmp"
 
 
 @dataclass
-class AdbTransport:
+class AdbTransport(RemoteShell):
     serial: str | None = None
     timeout: float = 600.0  # overall limit for one remote command
     connect_timeout: float = 10.0  # limit for the quick adb calls (devices, mktemp, rm)
@@ -123,46 +123,23 @@ class AdbTransport:
         if res.returncode != 0:
             raise EdgepruneError(f"adb shell on {self.serial} failed: {_last(res)}")
 
-    def reachable(self, timeout: float | None = None) -> tuple[bool, str]:
-        try:
-            self.check(timeout)
-        except EdgepruneError as e:
-            return False, e.message
-        return True, "ok"
+    # ---- RemoteShell hooks: run() and reachable() come from there -----------------------
+    backstop_codes = (124, 137, 143)  # toybox timeout ends the command with SIGTERM
 
-    def run(self, argv: list[str], timeout: float | None = None, cwd: str | None = None) -> Result:
-        """Run ``argv`` on the device (in ``cwd``) under the overall timeout; the device
-        side runs under ``timeout`` too, so a lost connection cannot leave it running."""
-        limit = timeout or self.timeout
-        cmd = shlex.join(argv)
-        if cwd:
-            q = shlex.quote(cwd)
-            backstop = int(limit) + 5
-            cmd = f"cd {q} && echo $$ > .edgeprune.pid && exec timeout {backstop} {cmd}"
-        try:
-            res = self._adb(["shell", cmd], limit, f"adb shell on {self.where}")
-        except BaseException:
-            if cwd:
-                self._stop_and_clean(cwd)
-            raise
+    @property
+    def cleanup_timeout(self) -> float:
+        return self.connect_timeout
+
+    def _shell(self, cmd: str, timeout: float | None, what: str | None = None) -> Result:
+        label = f"adb {what}" if what else f"adb shell on {self.where}"
+        return self._adb(["shell", cmd], timeout, label)
+
+    def _backstop(self, limit: float) -> str:
+        return f"timeout {int(limit) + 5}"
+
+    def _refuse(self, res: Result) -> None:
         if _device_gone(res):
             raise EdgepruneError(f"lost the Android device: {_last(res)}")
-        if cwd and res.returncode in (124, 137, 143):  # the device-side backstop fired
-            self._stop_and_clean(cwd)
-            raise timed_out(f"the command on {self.where}", limit)
-        return res
-
-    def _stop_and_clean(self, remote_dir: str) -> None:
-        q = shlex.quote(remote_dir)
-        with contextlib.suppress(BaseException):
-            self._adb(
-                [
-                    "shell",
-                    f"kill -TERM $(cat {q}/.edgeprune.pid 2>/dev/null) 2>/dev/null; rm -rf {q}",
-                ],
-                self.connect_timeout,
-                "adb cleanup",
-            )
 
     @contextlib.contextmanager
     def tempdir(self) -> Iterator[str]:

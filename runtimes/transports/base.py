@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import signal
 import subprocess
 from dataclasses import dataclass
@@ -61,6 +62,73 @@ class Transport(Protocol):
     def check(self, timeout: float | None = None) -> None: ...  # raises when unreachable
 
     def reachable(self, timeout: float | None = None) -> tuple[bool, str]: ...
+
+
+class RemoteShell:
+    """What the transports that reach another machine through a shell (SSH, adb) share:
+    ``run`` under the overall timeout, the far side under its own ``timeout`` backstop in
+    ``cwd`` (its pid kept there), so a lost connection cannot leave it running, and
+    ``reachable`` from ``check``. Subclasses give ``_shell`` (one remote shell command),
+    ``_backstop`` (the far side's ``timeout`` command) and ``cleanup_timeout``."""
+
+    timeout: float
+    backstop_codes: tuple[int, ...] = (124, 137)  # exit statuses of a fired backstop
+
+    @property
+    def where(self) -> str:
+        raise NotImplementedError
+
+    @property
+    def cleanup_timeout(self) -> float:
+        raise NotImplementedError
+
+    def check(self, timeout: float | None = None) -> None:
+        raise NotImplementedError
+
+    def _shell(self, cmd: str, timeout: float | None, what: str | None = None) -> Result:
+        raise NotImplementedError
+
+    def _backstop(self, limit: float) -> str:
+        raise NotImplementedError
+
+    def _refuse(self, res: Result) -> None:
+        """Raise when ``res`` says the machine itself was lost (not the command failing)."""
+
+    def reachable(self, timeout: float | None = None) -> tuple[bool, str]:
+        try:
+            self.check(timeout)
+        except EdgepruneError as e:
+            return False, e.message
+        return True, "ok"
+
+    def run(self, argv: list[str], timeout: float | None = None, cwd: str | None = None) -> Result:
+        """Run ``argv`` there (in ``cwd``) under the overall timeout; with ``cwd`` the far
+        side runs under the backstop too and is stopped (its folder removed) on failure."""
+        limit = timeout or self.timeout
+        cmd = shlex.join(argv)
+        if cwd:
+            q = shlex.quote(cwd)
+            cmd = f"cd {q} && echo $$ > .edgeprune.pid && exec {self._backstop(limit)} {cmd}"
+        try:
+            res = self._shell(cmd, limit)
+        except BaseException:
+            if cwd:
+                self._stop_and_clean(cwd)
+            raise
+        self._refuse(res)
+        if cwd and res.returncode in self.backstop_codes:
+            self._stop_and_clean(cwd)
+            raise timed_out(f"the command on {self.where}", limit)
+        return res
+
+    def _stop_and_clean(self, remote_dir: str) -> None:
+        q = shlex.quote(remote_dir)
+        with contextlib.suppress(BaseException):
+            self._shell(
+                f"kill -TERM $(cat {q}/.edgeprune.pid 2>/dev/null) 2>/dev/null; rm -rf {q}",
+                self.cleanup_timeout,
+                "cleanup",
+            )
 
 
 def timed_out(what: str, limit: float | None) -> EdgepruneError:

@@ -18,13 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgeprune.errors import EdgepruneError, MissingRuntimeError
-from edgeprune.runtimes.transports.base import Result, run_killable, timed_out
+from edgeprune.runtimes.transports.base import RemoteShell, Result, run_killable
 
 SSH_CONFIG_ENV = "EDGEPRUNE_SSH_CONFIG"
 
 
 @dataclass
-class SSHTransport:
+class SSHTransport(RemoteShell):
     host: str  # user@addr, addr, or a Host alias from the ssh config
     config: str | None = None  # -F FILE (default: $EDGEPRUNE_SSH_CONFIG, else ssh's own)
     connect_timeout: int = 5
@@ -83,41 +83,17 @@ class SSHTransport:
         """Connect and run ``true``; raises one clear error when that fails."""
         self._ssh("true", timeout or self.connect_timeout + 5)
 
-    def reachable(self, timeout: float | None = None) -> tuple[bool, str]:
-        try:
-            self.check(timeout)
-        except EdgepruneError as e:
-            return False, e.message
-        return True, "ok"
+    # ---- RemoteShell hooks: run() and reachable() come from there -----------------------
+    @property
+    def cleanup_timeout(self) -> float:
+        return self.connect_timeout + 10
 
-    def run(self, argv: list[str], timeout: float | None = None, cwd: str | None = None) -> Result:
-        """Run ``argv`` on the host (in ``cwd``), under the overall timeout. The remote
-        side runs under coreutils ``timeout`` as well, so that a dropped connection
-        cannot leave it running; its pid is kept in ``cwd`` for a forced stop."""
-        limit = timeout or self.timeout
-        cmd = shlex.join(argv)
-        if cwd:
-            q = shlex.quote(cwd)
-            backstop = int(limit + self.connect_timeout) + 5  # outlives the local limit
-            cmd = f"cd {q} && echo $$ > .edgeprune.pid && exec timeout -k 5 {backstop} {cmd}"
-        try:
-            res = self._ssh(cmd, limit)
-        except BaseException:
-            if cwd:
-                self._stop_and_clean(cwd)
-            raise
-        if cwd and res.returncode in (124, 137):  # the remote backstop fired
-            self._stop_and_clean(cwd)
-            raise timed_out(f"the command on {self.where}", limit)
-        return res
+    def _shell(self, cmd: str, timeout: float | None, what: str | None = None) -> Result:
+        return self._ssh(cmd, timeout)
 
-    def _stop_and_clean(self, remote_dir: str) -> None:
-        q = shlex.quote(remote_dir)
-        with contextlib.suppress(BaseException):
-            self._ssh(
-                f"kill -TERM $(cat {q}/.edgeprune.pid 2>/dev/null) 2>/dev/null; rm -rf {q}",
-                self.connect_timeout + 10,
-            )
+    def _backstop(self, limit: float) -> str:
+        # outlives the local limit, so the local one fires first
+        return f"timeout -k 5 {int(limit + self.connect_timeout) + 5}"
 
     @contextlib.contextmanager
     def tempdir(self) -> Iterator[str]:
