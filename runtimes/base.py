@@ -22,7 +22,7 @@ from typing import Protocol
 
 import numpy as np
 
-from edgeprune.errors import EdgepruneError
+from edgeprune.errors import EdgepruneError, MissingRuntimeError
 from edgeprune.runtimes.timing import Timing, TimingPolicy
 
 # name -> the module that defines RUNTIME (imported when used)
@@ -152,6 +152,19 @@ def runner_for_device(device, threads: int | None = None, transport=None) -> Run
     if transport is not None:
         opts["transport"] = transport
     return get_runner(device.runtime, threads=threads, precision=device.precision, **opts)
+
+
+def require_binary(transport, path: str, what: str, hint: str) -> None:
+    """The device behind ``transport`` is there and ready (its ``check``), and has the
+    runtime's own binary at ``path`` (an absolute path, or a name on its PATH); one line
+    (``MissingRuntimeError``, exit 2) with ``hint`` if not."""
+    check = getattr(transport, "check", None)
+    if check is not None:
+        check()
+    if "/" not in path and transport.which(path) is not None:
+        return
+    if transport.run(["test", "-x", path], timeout=30).returncode != 0:
+        raise MissingRuntimeError(f"{what} not found at {path} on {transport.where}", hint)
 
 
 def runtime_here(device) -> tuple[bool, str]:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeprune.errors import EdgepruneError, MissingRuntimeError
-from edgeprune.runtimes.base import RunnerBase, Runtime
+from edgeprune.runtimes.base import RunnerBase, Runtime, require_binary
 from edgeprune.runtimes.timing import Timing, TimingPolicy, time_callable
 
 BACKEND = "XnnpackBackend"
@@ -202,20 +202,9 @@ class ExecutorRunnerRunner(RunnerBase):
 
     def _check_binary(self) -> None:
         """The device is there and ready (one line if not) and has the binary."""
-        if self._checked:
-            return
-        check = getattr(self.transport, "check", None)
-        if check is not None:
-            check()
-        path = self.executor_runner
-        found = self.transport.which(path) if "/" not in path else None
-        if found is None:
-            res = self.transport.run(["test", "-x", path], timeout=30)
-            if res.returncode != 0:
-                raise MissingRuntimeError(
-                    f"executor_runner not found at {path} on {self.transport.where}", BUILD_HINT
-                )
-        self._checked = True
+        if not self._checked:
+            require_binary(self.transport, self.executor_runner, "executor_runner", BUILD_HINT)
+            self._checked = True
 
     def load(self, artifact: str | Path | bytes) -> None:
         self._pte = read_program(artifact)

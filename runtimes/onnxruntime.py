@@ -1,13 +1,16 @@
-"""ONNX Runtime: sessions with a fixed thread count, run, and timing."""
+"""ONNX Runtime: sessions with a fixed thread count, run, and timing, in this process;
+on a device reached through a transport (a phone over adb), onnxruntime's own benchmark
+binary ``onnxruntime_perf_test`` times ``.onnx`` and ``.ort`` models there."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
 
 from edgeprune.errors import EdgepruneError, MissingRuntimeError
-from edgeprune.runtimes.base import RunnerBase, Runtime
+from edgeprune.runtimes.base import RunnerBase, Runtime, require_binary
 from edgeprune.runtimes.timing import Timing, TimingPolicy, time_callable
 
 
@@ -132,4 +135,173 @@ def available(**_options) -> tuple[bool, str]:
     return ok, "onnxruntime installed" if ok else "onnxruntime not installed"
 
 
-RUNTIME = Runtime("onnxruntime", OnnxRuntimeRunner, available)
+# ---- on a device: onnxruntime_perf_test, driven through a transport (adb, ssh) -------
+PERF_TEST = "onnxruntime_perf_test"
+BUILD_HINT = (
+    "build onnxruntime_perf_test for Android (onnxruntime's ./build.sh --android "
+    "--android_abi arm64-v8a --config Release …, see the README), push it (and "
+    "libonnxruntime.so beside it) to the device and set the descriptor's ort_perf_test"
+)
+RESULT_FILE = "times.txt"
+# the statistics it prints: "P50 Latency: 0.0587108 s" (older builds: "... is 0.0587108sec")
+STAT_RE = re.compile(r"^(Min|Max|P50|P90) Latency(?::| is) *([0-9.eE+-]+) *s", re.MULTILINE)
+AVERAGE_RE = re.compile(r"Average (?:inference )?time cost(?: total)?: *([0-9.eE+-]+) ms")
+COUNT_RE = re.compile(r"(?:Total inference requests: *|Total iterations:|Runs:)(\d+)")
+
+
+def read_model(artifact: str | Path | bytes) -> tuple[bytes, str]:
+    """The bytes of an ONNX or ORT-format model and the suffix onnxruntime_perf_test
+    needs to load it (``.ort`` for the ORT flatbuffer format, else ``.onnx``)."""
+    if not isinstance(artifact, bytes | bytearray):
+        p = Path(artifact)
+        if not p.is_file():
+            raise EdgepruneError(f"artifact {artifact} does not exist")
+        artifact = p.read_bytes()
+    data = bytes(artifact)
+    if data[4:8] == b"ORTM":  # the ORT format's flatbuffer file identifier
+        return data, ".ort"
+    if data[4:8] == b"ET12":
+        raise EdgepruneError(
+            "the model is an ExecuTorch program, not an ONNX or ORT model",
+            "time a .pte with the device's executor_runner",
+        )
+    return data, ".onnx"
+
+
+class OrtPerfTestRunner(RunnerBase):
+    """Time an .onnx/.ort with ``onnxruntime_perf_test`` on the far side of a transport:
+    the model is pushed to a fresh temporary folder and run there with generated random
+    inputs (``-I -m times -r N -x THREADS -e cpu -o 99``); the result file it writes
+    (one line per run: ``name,seconds,peak bytes,cpu %,index``) is pulled back and the
+    folder removed (the transport removes it also on Ctrl-C and timeout)."""
+
+    name = "onnxruntime"
+
+    def __init__(
+        self,
+        transport,
+        ort_perf_test: str | None,
+        threads: int | None = None,
+        precision: str = "fp32",
+    ):
+        if not ort_perf_test:
+            raise MissingRuntimeError(f"no {PERF_TEST} given for the device", BUILD_HINT)
+        self.transport = transport
+        self.perf_test = ort_perf_test
+        super().__init__(threads, precision)
+        self._model: tuple[bytes, str] | None = None
+        self._checked = False
+
+    def version(self) -> str:
+        return PERF_TEST
+
+    def load(self, artifact: str | Path | bytes) -> None:
+        self._model = read_model(artifact)
+
+    def input_shapes(self) -> dict[str, tuple[int, ...]]:
+        here = OnnxRuntimeRunner()  # the shapes are in the model: read them here
+        here.load(self.loaded(self._model)[0])
+        return here.input_shapes()
+
+    def run(self, inputs: dict[str, np.ndarray] | np.ndarray) -> list[np.ndarray]:
+        raise EdgepruneError(
+            f"{PERF_TEST} times models but does not return outputs",
+            "outputs are checked on this machine ('edgeprune export' records parity)",
+        )
+
+    def argv(self, model: str, runs: int) -> list[str]:
+        """The command line: ``runs`` timed runs (after its own untimed warm-up run)."""
+        argv = [self.perf_test, "-I", "-m", "times", "-r", str(runs), "-e", "cpu", "-o", "99"]
+        if self.threads:
+            argv += ["-x", str(int(self.threads))]
+        argv += ["-s", model, RESULT_FILE]
+        if "/" in self.perf_test:  # a build with --build_shared_lib: libonnxruntime.so beside it
+            argv = ["env", f"LD_LIBRARY_PATH={self.perf_test.rsplit('/', 1)[0]}", *argv]
+        return argv
+
+    def _invoke(self, runs: int) -> tuple[str, str]:
+        """Run it there; (its stdout, the result file's text, or "" if it wrote none)."""
+        import tempfile
+
+        data, suffix = self.loaded(self._model)
+        if not self._checked:
+            require_binary(self.transport, self.perf_test, PERF_TEST, BUILD_HINT)
+            self._checked = True
+        t = self.transport
+        with tempfile.TemporaryDirectory(prefix="edgeprune-ort-") as ldir, t.tempdir() as rdir:
+            local = Path(ldir) / f"model{suffix}"
+            local.write_bytes(data)
+            remote = t.put(local, rdir)
+            res = t.run(self.argv(remote, runs), cwd=rdir)
+            if res.returncode != 0:
+                raise EdgepruneError(f"{PERF_TEST} failed on {t.where}: {failure_line(res)}")
+            try:
+                t.get(f"{rdir}/{RESULT_FILE}", Path(ldir) / RESULT_FILE)
+                times = (Path(ldir) / RESULT_FILE).read_text()
+            except (EdgepruneError, OSError):
+                times = ""
+        return res.stdout, times
+
+    def time(self, policy: TimingPolicy | None = None) -> Timing:
+        p = policy or TimingPolicy()
+        n, skip = max(p.min_runs, 1), max(p.warmup - 1, 0)  # it warms up once itself
+        stdout, times = self._invoke(skip + n)
+        extra = {"via": PERF_TEST, "where": self.transport.where}
+        samples = parse_result_file(times)[skip:]
+        if samples:
+            return self.timing(samples, **extra)
+        meta = {"threads": self.threads, "runtime": self.name, "runtime_version": self.version()}
+        return timing_from_summary(stdout, extra, meta)
+
+
+def failure_line(res) -> str:
+    """The line that says why it failed: its own ``Run failed:…`` (stdout) or the
+    exception it printed (stderr), not its progress lines or onnxruntime's warnings."""
+    lines = [ln.strip() for ln in (res.stdout + "\n" + res.stderr).splitlines() if ln.strip()]
+    said = [ln for ln in lines if re.search(r"fail|error|exception|invalid", ln, re.IGNORECASE)]
+    return (said or lines or [f"exit {res.returncode}"])[-1][:200]
+
+
+def parse_result_file(text: str) -> list[float]:
+    """The per-run times (ms, in run order) of onnxruntime_perf_test's result file:
+    ``name,seconds,peak working set,cpu %,run index`` lines (statistics lines ignored)."""
+    runs = []
+    for line in text.splitlines():
+        parts = line.rsplit(",", 4)
+        if len(parts) == 5:
+            try:
+                runs.append((int(parts[4]), float(parts[1]) * 1e3))
+            except ValueError:
+                continue
+    return [ms for _, ms in sorted(runs)]
+
+
+def timing_from_summary(stdout: str, extra: dict, meta: dict) -> Timing:
+    """A Timing from the statistics onnxruntime_perf_test prints (no result file): its
+    min/P50/P90/max, else its average; ``extra["note"]`` says which."""
+    stats = {k: float(v) * 1e3 for k, v in STAT_RE.findall(stdout)}
+    count = COUNT_RE.findall(stdout)
+    runs = int(count[-1]) if count else 1
+    if {"Min", "Max", "P50", "P90"} <= set(stats):
+        extra["note"] = f"min/P50/P90/max printed by {PERF_TEST} over all its runs (no result file)"
+        med, p90, lo, hi = stats["P50"], stats["P90"], stats["Min"], stats["Max"]
+        return Timing(med, p90, lo, hi, runs, **meta, extra=extra)
+    avg = AVERAGE_RE.findall(stdout)
+    if not avg:
+        raise EdgepruneError(f"{PERF_TEST} printed no timing")
+    ms = float(avg[-1])
+    extra["note"] = f"mean over its runs, printed by {PERF_TEST} (no per-run times)"
+    return Timing(ms, ms, ms, ms, runs, **meta, extra=extra)
+
+
+def make(threads=None, precision="fp32", transport=None, ort_perf_test=None, **options):
+    """The runner: in this process, or ``onnxruntime_perf_test`` through a non-local
+    transport (the device descriptor's ``ort_perf_test``: its path there)."""
+    if transport is not None and getattr(transport, "name", "local") != "local":
+        return OrtPerfTestRunner(transport, ort_perf_test, threads, precision)
+    return OnnxRuntimeRunner(threads=threads, precision=precision, **options)
+
+
+RUNTIME = Runtime(
+    "onnxruntime", make, available, device_options=("ort_perf_test",), shells_out=True
+)

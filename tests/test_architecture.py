@@ -135,7 +135,7 @@ def test_runtime_refuses_a_transport_it_cannot_use():
         name = "ssh"
 
     with pytest.raises(EdgepruneError, match="cannot go through transport ssh"):
-        get_runner("onnxruntime", threads=1, transport=Far())
+        get_runner("coreml", threads=1, transport=Far())
 
 
 def test_cli_is_thin():
