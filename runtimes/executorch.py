@@ -169,8 +169,8 @@ ITERATION_RE = r"Iteration (\d+) of (\d+): ([0-9.]+) ms"
 TOTAL_RE = r"Model executed successfully (\d+) time\(s\) in ([0-9.]+) ms"
 BUILD_HINT = (
     "build executor_runner for Android with XNNPACK (ExecuTorch's "
-    "examples/xnnpack build, -DANDROID_ABI=arm64-v8a) and pass its path on the device "
-    "with --executor-runner or the descriptor's executor_runner"
+    "examples/xnnpack build, -DANDROID_ABI=arm64-v8a), push it to the phone and name its "
+    "path in the device descriptor's executor_runner (README: Android)"
 )
 
 
