@@ -1,5 +1,5 @@
 """`export --target executorch --int8`, for real: tiny DeiT-shaped models (embed 48, 3
-heads, depth 2, 64×64 images) quantized with XNNPACK's PT2E quantizer, lowered to an
+heads, depth 1-2, 64×64 images) quantized with XNNPACK's PT2E quantizer, lowered to an
 XNNPACK-delegated .pte and checked in the ExecuTorch runtime against PyTorch fp32.
 Skipped, with the reason, only where the executorch extra is not installed."""
 
@@ -17,7 +17,7 @@ from edgeprune.errors import MissingRuntimeError
 
 et = pytest.importorskip("executorch", reason='needs pip install "edgeprune[executorch]"')
 
-I8 = Arch("et_i8", embed_dim=48, num_heads=3, depth=2, img_size=64, num_classes=10)
+I8 = Arch("et_i8", embed_dim=48, num_heads=3, depth=1, img_size=64, num_classes=10)
 
 
 @pytest.fixture(scope="module")
