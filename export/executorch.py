@@ -1,7 +1,8 @@
 """ExecuTorch target: ``torch.export`` → XNNPACK-friendly rewrites →
 ``to_edge_transform_and_lower(..., partitioner=[XnnpackPartitioner()])`` →
-``.to_executorch()`` → ``m.pte`` (fp32), checked in the ExecuTorch runtime on this
-machine against PyTorch on the same seeded inputs as every other target.
+``.to_executorch()`` → ``m.pte`` (fp32; ``--int8``: PT2E-quantized first, see
+``export/xnnpack_int8.py``), checked in the ExecuTorch runtime on this machine against
+PyTorch on the same seeded inputs as every other target.
 
 XNNPACK's partitioner takes linear/matmul/softmax/GELU/elementwise ops, ``mean.dim`` only
 over the two inner dims of a 4-D tensor, and no LayerNorm, ``select``, ``log_softmax``,
