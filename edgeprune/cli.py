@@ -82,6 +82,7 @@ def export(
     parity_inputs: o.ParityOpt = 16,
     precision: o.PrecisionOpt = None,
     int8: o.Int8Opt = False,
+    images: o.ImagesOpt = None,
     dynamic_batch: o.DynBatchOpt = None,
     workspace_mib: o.WorkspaceOpt = None,
     timing_cache: o.CacheOpt = None,

@@ -82,7 +82,7 @@ ParityOpt = opt(int, "--parity-inputs", help="Random inputs for the parity check
 PrecisionOpt = opt(
     str | None, "--precision", help="trt: fp32 (default) | fp16; coreml: fp16 (default) | fp32."
 )
-Int8Opt = opt(bool, "--int8", help="ort: dynamic int8 quantization.")
+Int8Opt = opt(bool, "--int8", help="ort: dynamic int8; executorch: PT2E int8 (XNNPACK).")
 DynBatchOpt = opt(str | None, "--dynamic-batch", help="trt: MIN,OPT,MAX optimization profile.")
 WorkspaceOpt = opt(int | None, "--workspace", help="trt: builder workspace in MiB (1024).")
 CacheOpt = opt(Path | None, "--timing-cache", help="trt: timing cache file (reused).")

@@ -165,6 +165,35 @@ CASES: dict[str, tuple[list[str], str, int]] = {
         "precision",
         2,
     ),
+    "calibration images without --int8": (
+        [
+            "export",
+            "deit_tiny",
+            "-t",
+            "executorch",
+            "--images",
+            f"{P}/demo_imgs",
+            "-o",
+            f"{P}/m.pte",
+        ],
+        "needs --int8",
+        2,
+    ),
+    "int8 calibration folder missing": (
+        [
+            "export",
+            "deit_tiny",
+            "-t",
+            "executorch",
+            "--int8",
+            "--images",
+            f"{P}/nope",
+            "-o",
+            f"{P}/m.pte",
+        ],
+        "not a folder",
+        2,
+    ),
     # devices and profiles
     "unknown device": (
         ["profile", "--device", "toaster", "--arch", "deit_tiny", "--out", f"{P}/p.json"],

@@ -162,7 +162,7 @@ def test_cli_target_without_the_extra_is_one_line(cli, monkeypatch, tmp_path):
     "args, needle",
     [
         (["--precision", "fp16"], "--precision fp16 is not supported"),
-        (["--int8"], "--int8 does not apply"),
+        (["--dynamic-batch", "1,1,2"], "--dynamic-batch does not apply"),
         (["-o", "m.onnx"], "should end in .pte"),
     ],
 )
