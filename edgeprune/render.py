@@ -141,6 +141,11 @@ def validation_lines(rep: ValidationReport) -> list[str]:
             f"machine drift since profiling: {rep.drift:+.1%} (the profile's "
             f"{len(rep.anchors)} whole-model anchors re-timed now; included in the error)"
         )
+    if (dc := rep.drift_corrected) is not None:
+        lines.append(
+            f"with the predictions scaled by that drift: median {dc[0]:.1%}, p90 {dc[1]:.1%} "
+            "(a small figure here and a large one above: the machine moved, not the table)"
+        )
     if rep.noise is not None:
         lines.append(
             f"noise: a model's runs spread {rep.noise:.1%} ((p90 − p10) / median, median over "

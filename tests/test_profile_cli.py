@@ -100,6 +100,10 @@ def test_profile_writes_valid_table_and_plot(cli, tmp_path):
     assert rep["burst"] == 2 and [a["label"] for a in rep["anchors"]] == labels
     assert all(a["now_ms"] > 0 for a in rep["anchors"]) and rep["drift"] > -1
     assert rep["configs"] == 1 and png.read_bytes()[:4] == b"\x89PNG"
+    # the error once the measured drift is taken out: each prediction × (1 + drift)
+    (r,) = rep["results"]
+    scaled = abs(r["predicted_ms"] * (1 + rep["drift"]) - r["measured_ms"]) / r["measured_ms"]
+    assert rep["drift_corrected"]["median_rel_error"] == pytest.approx(scaled, rel=1e-9)
 
 
 def test_profile_interrupted_writes_nothing(cli, tmp_path, monkeypatch):
