@@ -80,6 +80,8 @@ def run_one(arch: str, threads: int, args, work: Path) -> dict:
             "max_rel_error": max(errors),
             "within_10pct": sum(e <= 0.10 for e in errors),
             "drift": val.get("drift"),
+            "drift_corrected": val.get("drift_corrected"),
+            "results": val["results"],
             "noise": val.get("noise"),
         },
         "budgets": budgets,
