@@ -154,6 +154,32 @@ def runner_for_device(device, threads: int | None = None, transport=None) -> Run
     return get_runner(device.runtime, threads=threads, precision=device.precision, **opts)
 
 
+class DeviceBinaryRunner(RunnerBase):
+    """A runner that drives a runtime's own benchmark binary on the far side of a
+    transport (``executor_runner``, ``onnxruntime_perf_test``): the transport, the
+    binary's path (one line if the device descriptor names none), and one check, before
+    the first run, that the device is ready and has the binary."""
+
+    binary_name: str  # the binary, as messages name it
+    build_hint: str  # how to build it for the device
+
+    def __init__(
+        self, transport, binary: str | None, threads: int | None = None, precision: str = "fp32"
+    ):
+        if not binary:
+            raise MissingRuntimeError(
+                f"no {self.binary_name} given for the device", self.build_hint
+            )
+        super().__init__(threads, precision)
+        self.transport, self.binary = transport, binary
+        self._checked = False
+
+    def check_binary(self) -> None:
+        if not self._checked:
+            require_binary(self.transport, self.binary, self.binary_name, self.build_hint)
+            self._checked = True
+
+
 def require_binary(transport, path: str, what: str, hint: str) -> None:
     """The device behind ``transport`` is there and ready (its ``check``), and has the
     runtime's own binary at ``path`` (an absolute path, or a name on its PATH); one line

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeprune.errors import EdgepruneError, MissingRuntimeError
-from edgeprune.runtimes.base import RunnerBase, Runtime, require_binary
+from edgeprune.runtimes.base import DeviceBinaryRunner, RunnerBase, Runtime
 from edgeprune.runtimes.timing import Timing, TimingPolicy, time_callable
 
 BACKEND = "XnnpackBackend"
@@ -174,13 +174,15 @@ BUILD_HINT = (
 )
 
 
-class ExecutorRunnerRunner(RunnerBase):
+class ExecutorRunnerRunner(DeviceBinaryRunner):
     """Time/run a .pte with ExecuTorch's ``executor_runner`` on the far side of a
     transport: the program is pushed to a fresh temporary folder, run there
     (``--num_executions``, ``--cpu_threads``), its per-iteration times are parsed from
     the log, outputs pulled back, and the folder removed."""
 
     name = "executorch"
+    binary_name = "executor_runner"
+    build_hint = BUILD_HINT
 
     def __init__(
         self,
@@ -189,22 +191,11 @@ class ExecutorRunnerRunner(RunnerBase):
         threads: int | None = None,
         precision: str = "fp32",
     ):
-        if not executor_runner:
-            raise MissingRuntimeError("no executor_runner given for the device", BUILD_HINT)
-        self.transport = transport
-        self.executor_runner = executor_runner
-        super().__init__(threads, precision)
+        super().__init__(transport, executor_runner, threads, precision)
         self._pte: bytes | None = None
-        self._checked = False
 
     def version(self) -> str:
         return "executor_runner"
-
-    def _check_binary(self) -> None:
-        """The device is there and ready (one line if not) and has the binary."""
-        if not self._checked:
-            require_binary(self.transport, self.executor_runner, "executor_runner", BUILD_HINT)
-            self._checked = True
 
     def load(self, artifact: str | Path | bytes) -> None:
         self._pte = read_program(artifact)
@@ -220,7 +211,7 @@ class ExecutorRunnerRunner(RunnerBase):
     def _invoke(self, extra: list[str], files: dict[str, bytes], pull: list[str]):
         import tempfile
 
-        self._check_binary()
+        self.check_binary()
         self.loaded(self._pte)
         t = self.transport
         with tempfile.TemporaryDirectory(prefix="edgeprune-et-") as ldir, t.tempdir() as rdir:
@@ -230,7 +221,7 @@ class ExecutorRunnerRunner(RunnerBase):
             for name, data in files.items():
                 (local / name).write_bytes(data)
                 t.put(local / name, rdir)
-            argv = [self.executor_runner, f"--model_path={rdir}/model.pte", *extra]
+            argv = [self.binary, f"--model_path={rdir}/model.pte", *extra]
             if self.threads:
                 argv.append(f"--cpu_threads={int(self.threads)}")
             res = t.run(argv, cwd=rdir)

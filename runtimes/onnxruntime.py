@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeprune.errors import EdgepruneError, MissingRuntimeError
-from edgeprune.runtimes.base import RunnerBase, Runtime, require_binary
+from edgeprune.runtimes.base import DeviceBinaryRunner, RunnerBase, Runtime
 from edgeprune.runtimes.timing import Timing, TimingPolicy, time_callable
 
 
@@ -168,7 +168,7 @@ def read_model(artifact: str | Path | bytes) -> tuple[bytes, str]:
     return data, ".onnx"
 
 
-class OrtPerfTestRunner(RunnerBase):
+class OrtPerfTestRunner(DeviceBinaryRunner):
     """Time an .onnx/.ort with ``onnxruntime_perf_test`` on the far side of a transport:
     the model is pushed to a fresh temporary folder and run there with generated random
     inputs (``-I -m times -r N -x THREADS -e cpu -o 99``); the result file it writes
@@ -176,6 +176,8 @@ class OrtPerfTestRunner(RunnerBase):
     folder removed (the transport removes it also on Ctrl-C and timeout)."""
 
     name = "onnxruntime"
+    binary_name = PERF_TEST
+    build_hint = BUILD_HINT
 
     def __init__(
         self,
@@ -184,13 +186,8 @@ class OrtPerfTestRunner(RunnerBase):
         threads: int | None = None,
         precision: str = "fp32",
     ):
-        if not ort_perf_test:
-            raise MissingRuntimeError(f"no {PERF_TEST} given for the device", BUILD_HINT)
-        self.transport = transport
-        self.perf_test = ort_perf_test
-        super().__init__(threads, precision)
+        super().__init__(transport, ort_perf_test, threads, precision)
         self._model: tuple[bytes, str] | None = None
-        self._checked = False
 
     def version(self) -> str:
         return PERF_TEST
@@ -211,12 +208,12 @@ class OrtPerfTestRunner(RunnerBase):
 
     def argv(self, model: str, runs: int) -> list[str]:
         """The command line: ``runs`` timed runs (after its own untimed warm-up run)."""
-        argv = [self.perf_test, "-I", "-m", "times", "-r", str(runs), "-e", "cpu", "-o", "99"]
+        argv = [self.binary, "-I", "-m", "times", "-r", str(runs), "-e", "cpu", "-o", "99"]
         if self.threads:
             argv += ["-x", str(int(self.threads))]
         argv += ["-s", model, RESULT_FILE]
-        if "/" in self.perf_test:  # a build with --build_shared_lib: libonnxruntime.so beside it
-            argv = ["env", f"LD_LIBRARY_PATH={self.perf_test.rsplit('/', 1)[0]}", *argv]
+        if "/" in self.binary:  # a build with --build_shared_lib: libonnxruntime.so beside it
+            argv = ["env", f"LD_LIBRARY_PATH={self.binary.rsplit('/', 1)[0]}", *argv]
         return argv
 
     def _invoke(self, runs: int) -> tuple[str, str]:
@@ -224,9 +221,7 @@ class OrtPerfTestRunner(RunnerBase):
         import tempfile
 
         data, suffix = self.loaded(self._model)
-        if not self._checked:
-            require_binary(self.transport, self.perf_test, PERF_TEST, BUILD_HINT)
-            self._checked = True
+        self.check_binary()
         t = self.transport
         with tempfile.TemporaryDirectory(prefix="edgeprune-ort-") as ldir, t.tempdir() as rdir:
             local = Path(ldir) / f"model{suffix}"
