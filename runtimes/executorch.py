@@ -184,15 +184,7 @@ class ExecutorRunnerRunner(DeviceBinaryRunner):
     binary_name = "executor_runner"
     build_hint = BUILD_HINT
 
-    def __init__(
-        self,
-        transport,
-        executor_runner: str | None,
-        threads: int | None = None,
-        precision: str = "fp32",
-    ):
-        super().__init__(transport, executor_runner, threads, precision)
-        self._pte: bytes | None = None
+    _pte: bytes | None = None  # what load() read
 
     def version(self) -> str:
         return "executor_runner"

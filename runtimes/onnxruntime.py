@@ -179,15 +179,7 @@ class OrtPerfTestRunner(DeviceBinaryRunner):
     binary_name = PERF_TEST
     build_hint = BUILD_HINT
 
-    def __init__(
-        self,
-        transport,
-        ort_perf_test: str | None,
-        threads: int | None = None,
-        precision: str = "fp32",
-    ):
-        super().__init__(transport, ort_perf_test, threads, precision)
-        self._model: tuple[bytes, str] | None = None
+    _model: tuple[bytes, str] | None = None  # what load() read
 
     def version(self) -> str:
         return PERF_TEST
