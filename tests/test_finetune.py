@@ -37,22 +37,26 @@ def _model(keep=(1.0, 1.0, 1.0)):
     return model.eval()
 
 
-def test_short_run_reaches_the_target(setup):
-    d = setup
-    req = FinetuneRequest(
+def request(d, **kw) -> FinetuneRequest:
+    """The tiny model's fine-tuning run towards TARGET on the setup's profile; ``kw``: what
+    a test varies (steps, seed, the latency weight)."""
+    return FinetuneRequest(
         str(d / "dense.pth"),
         d / "imgs",
         profile=d / "profile.json",
         target_ms=TARGET,
-        steps=60,
         batch=8,
         lr=3e-3,
         locs=LOCS,
         heads=HEADS,
         threads=1,
-        seed=0,
+        **kw,
     )
-    res, model = finetune(req)
+
+
+def test_short_run_reaches_the_target(setup):
+    d = setup
+    res, model = finetune(request(d, steps=60, seed=0))
     assert res.dense_ms == pytest.approx(4.05)
     # starts at the dense model (predictors keep every token; + the selectors' cost)
     assert abs(res.start_ms - res.dense_ms) / res.dense_ms < 0.05
@@ -78,21 +82,7 @@ def test_short_run_reaches_the_target(setup):
 def test_without_the_latency_loss_nothing_is_pruned(setup):
     """The control: the same run with the latency term weighted 0 stays near dense, so
     the test above measures the loss's effect, not drift."""
-    d = setup
-    req = FinetuneRequest(
-        str(d / "dense.pth"),
-        d / "imgs",
-        profile=d / "profile.json",
-        target_ms=TARGET,
-        steps=30,
-        batch=8,
-        lr=3e-3,
-        locs=LOCS,
-        heads=HEADS,
-        threads=1,
-        latency_weight=0.0,
-    )
-    res, _ = finetune(req)
+    res, _ = finetune(request(setup, steps=30, latency_weight=0.0))
     assert res.final_ms > 1.05 * TARGET
 
 
