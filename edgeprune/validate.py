@@ -135,6 +135,62 @@ def check_local_runtime(model: LatencyModel, what: str) -> str:
     return name
 
 
+class LocalModels:
+    """Sources exported for a runtime into one temporary folder (the real static graph,
+    parity-checked on one input, for the export target ``runtime`` loads:
+    ``Runtime.target``, ONNX, ExecuTorch…) and loaded in that runtime's runner here, to
+    be timed interleaved in this process. A context manager: the folder goes on exit."""
+
+    def __init__(
+        self,
+        runtime: str,
+        threads: int,
+        batch: int,
+        progress: Callable[[str], None] | None = None,
+    ):
+        self.runtime, self.threads, self.batch = runtime, threads, batch
+        self.step = progress or (lambda _m: None)
+        self.arch = None
+        self.runners: list = []
+        self._tmp: tempfile.TemporaryDirectory | None = None
+
+    def __enter__(self) -> LocalModels:
+        self._tmp = tempfile.TemporaryDirectory(prefix="edgeprune-time-")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._tmp.cleanup()
+
+    def load(self, source, label: str):
+        """Export ``source`` and load it: a loaded runner."""
+        from edgeprune.export.targets import ExportRequest, export_source, get_target
+        from edgeprune.runtimes.base import get_runner
+        from edgeprune.runtimes.base import runtime as runtime_of
+
+        target = runtime_of(self.runtime).target
+        self.step(f"exporting {label}")
+        path = Path(self._tmp.name) / f"m{len(self.runners)}{get_target(target).suffix}"
+        req = ExportRequest(target, path, batch=self.batch, parity_inputs=1, force=True)
+        res = export_source(source, req)
+        if res.error is not None:
+            raise res.error
+        r = get_runner(self.runtime, threads=self.threads)
+        r.load(path)
+        self.arch = self.arch or source.arch
+        self.runners.append(r)
+        return r
+
+    def time(self, runners: Sequence, rounds: int = 30, burst: int = 3) -> list[Timing]:
+        """Time loaded runners interleaved (``runtimes.timing.time_interleaved``) on one
+        seeded input: one Timing each."""
+        from edgeprune.runtimes.timing import time_interleaved
+
+        self.step(f"timing {len(runners)} model(s), {rounds} interleaved rounds")
+        img = self.arch.img_size
+        x = np.random.default_rng(0).standard_normal((self.batch, 3, img, img), dtype=np.float32)
+        return time_interleaved(runners, [x] * len(runners), rounds=rounds, burst=burst)
+
+
 def time_sources(
     sources: Sequence,
     runtime: str,
@@ -145,35 +201,14 @@ def time_sources(
     progress: Callable[[str], None] | None = None,
     labels: Sequence[str] | None = None,
 ) -> list[Timing]:
-    """Export every source (the real static graph, parity-checked on one input) to the
-    export target ``runtime`` loads (``Runtime.target``: ONNX, ExecuTorch…) into a
-    temporary folder, load each in that runtime's runner and time them all interleaved
-    in one process: one Timing per source."""
-    from edgeprune.export.targets import ExportRequest, export_source, get_target
-    from edgeprune.runtimes.base import get_runner
-    from edgeprune.runtimes.base import runtime as runtime_of
-    from edgeprune.runtimes.timing import time_interleaved
-
-    target = runtime_of(runtime).target
-    suffix = get_target(target).suffix
-
-    step = progress or (lambda _m: None)
-    runners = []
-    with tempfile.TemporaryDirectory(prefix="edgeprune-time-") as tmp:
-        for i, src in enumerate(sources):
-            step(f"exporting {labels[i] if labels else f'{i + 1}/{len(sources)}'}")
-            path = Path(tmp) / f"m{i}{suffix}"
-            req = ExportRequest(target, path, batch=batch, parity_inputs=1, force=True)
-            res = export_source(src, req)
-            if res.error is not None:
-                raise res.error
-            r = get_runner(runtime, threads=threads)
-            r.load(path)
-            runners.append(r)
-        step(f"timing {len(runners)} models, {rounds} interleaved rounds")
-        img = sources[0].arch.img_size
-        x = np.random.default_rng(0).standard_normal((batch, 3, img, img), dtype=np.float32)
-        return time_interleaved(runners, [x] * len(runners), rounds=rounds, burst=burst)
+    """Export and load every source (``LocalModels``) and time them all interleaved in
+    one process: one Timing per source."""
+    with LocalModels(runtime, threads, batch, progress) as here:
+        runners = [
+            here.load(src, labels[i] if labels else f"{i + 1}/{len(sources)}")
+            for i, src in enumerate(sources)
+        ]
+        return here.time(runners, rounds, burst)
 
 
 def validate_profile(
