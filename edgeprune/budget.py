@@ -13,6 +13,10 @@ Schedules: ``geometric`` is DynamicViT's ``[r, r², r³…]`` for cumulative met
 ``[r, r, r…]`` for methods whose ratios are relative to each stage's input), ``r`` on
 a 0.001 grid; ``free`` searches every stage on a grid (non-increasing ratios for
 cumulative methods), then refines around the best point at a quarter of the step.
+
+``scale`` re-anchors the table to the machine's speed now (``budget --verify``, see
+``verify.py``): every prediction is multiplied by it before it meets the target, which
+is the same search on the table at the target divided by ``scale``.
 """
 
 from __future__ import annotations
@@ -249,6 +253,10 @@ def resolve_margin(text: str | None, table) -> tuple[float, str]:
 
 
 # ---- the search ------------------------------------------------------------------------
+class UnreachableTarget(EdgepruneError):
+    """Even the fastest schedule's prediction misses the target (less the margin)."""
+
+
 @dataclass
 class BudgetResult:
     method: str
@@ -264,14 +272,22 @@ class BudgetResult:
     objective: str = "kept_tokens"
     margin: float = 0.0  # the prediction aims this fraction under the target
     margin_source: str = "none"  # where the margin came from (see resolve_margin)
+    # predictions × scale meet the target: the table re-anchored to the machine now
+    # (dense measured / dense predicted; 1: the table's own predictions)
+    scale: float = 1.0
 
     @property
     def aim_ms(self) -> float:
         return self.target_ms * (1 - self.margin)
 
     @property
+    def predicted_ms(self) -> float:
+        """The chosen schedule's prediction, re-anchored (the table's × ``scale``)."""
+        return self.chosen.predicted_ms * self.scale
+
+    @property
     def margin_ms(self) -> float:
-        return self.target_ms - self.chosen.predicted_ms
+        return self.target_ms - self.predicted_ms
 
     def gflops(self) -> float:
         m = get_method(self.chosen.plan.method)
@@ -288,16 +304,20 @@ def search(
     sensitivity_path: str = "<sensitivity>",
     margin: float = 0.0,
     margin_source: str = "none",
+    scale: float = 1.0,
 ) -> BudgetResult:
     """The keep schedule with the highest objective whose predicted latency ≤ the target
-    less ``margin`` (a fraction: the table's own measured error, see ``resolve_margin``).
+    less ``margin`` (a fraction: the table's own measured error, see ``resolve_margin``),
+    each prediction × ``scale`` (the table re-anchored to the machine now; 1: as is).
 
-    Raises EdgepruneError when even the fastest schedule misses it."""
+    Raises UnreachableTarget when even the fastest schedule misses it."""
     if not (math.isfinite(target_ms) and target_ms > 0):
         raise EdgepruneError(f"target {target_ms} ms is not a positive finite number")
     if not 0 <= margin <= MAX_MARGIN:
         raise EdgepruneError(f"--margin {margin:.1%} must lie in 0..{MAX_MARGIN:.0%}")
-    aim = target_ms * (1 - margin)
+    if not (math.isfinite(scale) and scale > 0):
+        raise EdgepruneError(f"re-anchoring scale {scale} is not a positive finite number")
+    aim = target_ms * (1 - margin) / scale  # in the table's own terms
     if schedule not in SCHEDULES:
         raise EdgepruneError(
             f"unknown --schedule '{schedule}'", f"expected: {', '.join(SCHEDULES)}"
@@ -363,6 +383,7 @@ def search(
         objective=objective,
         margin=margin,
         margin_source=margin_source,
+        scale=scale,
     )
     if dense_ms <= aim:
         dense = Candidate((), dense_plan(arch), dense_ms, kept_tokens(dense_plan(arch)))
@@ -371,12 +392,20 @@ def search(
         return BudgetResult(chosen=dense, status="dense", **common)
     best = _best(cands, aim)
     if best is None:
-        less = f" less the {margin:.1%} margin ({aim:.3f} ms)" if margin else ""
-        raise EdgepruneError(
-            f"target {target_ms:.3f} ms{less} is unreachable on this profile: the fastest "
+        less = f" less the {margin:.1%} margin ({aim * scale:.3f} ms)" if margin else ""
+        fast = fastest.predicted_ms * scale
+        where = "on this profile"
+        if scale != 1.0:
+            where = (
+                f"on this profile re-anchored to this machine now (dense measured "
+                f"{dense_ms * scale:.3f} ms vs the table's {dense_ms:.3f} ms: predictions "
+                f"× {scale:.3f})"
+            )
+        raise UnreachableTarget(
+            f"target {target_ms:.3f} ms{less} is unreachable {where}: the fastest "
             f"{method} schedule ({fmt_ratios(fastest.keep_ratios)} at {list(locs)}) predicts "
-            f"{fastest.predicted_ms:.3f} ms (dense {dense_ms:.3f} ms)",
-            f"ask for at least {fastest.predicted_ms:.3f} ms, or prune at more locations",
+            f"{fast:.3f} ms (dense {dense_ms * scale:.3f} ms)",
+            f"ask for at least {fast:.3f} ms, or prune at more locations",
         )
     meth.validate(MethodConfig(locs, best.keep_ratios), arch)
     return BudgetResult(chosen=best, status="ok", **common)

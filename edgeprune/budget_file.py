@@ -3,6 +3,7 @@ it was made on, so that the file alone drives ``--budget`` and the training loss
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,12 +32,15 @@ def budget_dict(result: BudgetResult, model: LatencyModel, profile_path: str | P
         "objective": result.objective,
         "status": result.status,
         "target_ms": result.target_ms,
-        "predicted_ms": c.predicted_ms,
+        # re-anchored (budget --verify): the table's prediction × reanchor_scale
+        "predicted_ms": result.predicted_ms,
+        "table_predicted_ms": c.predicted_ms,
+        "reanchor_scale": result.scale,
         "margin_ms": result.margin_ms,
         "margin": result.margin,
         "margin_source": result.margin_source,
         "aim_ms": result.aim_ms,
-        "dense_ms": result.dense_ms,
+        "dense_ms": result.dense_ms,  # the table's prediction
         "gflops": result.gflops(),
         "tokens_per_block": list(c.plan.attn_tokens),
         "mlp_tokens_per_block": list(c.plan.mlp_tokens),
@@ -63,6 +67,13 @@ class Budget:
     target_ms: float
     predicted_ms: float
     data: dict
+    # the table's predictions × this met the target (budget --verify re-anchored it)
+    reanchor_scale: float = 1.0
+
+    @property
+    def table_target_ms(self) -> float:
+        """The target in the table's own terms (what its predictions must meet)."""
+        return self.target_ms / self.reanchor_scale
 
     def latency_model(self) -> LatencyModel:
         from edgeprune.latency_table import from_dict, load
@@ -101,9 +112,12 @@ def load_budget(path: str | Path) -> Budget:
             target_ms=float(d["target_ms"]),
             predicted_ms=float(d["predicted_ms"]),
             data=d,
+            reanchor_scale=float(d.get("reanchor_scale", 1.0)),
         )
     except (KeyError, TypeError, ValueError) as e:
         raise bad(f"{e.__class__.__name__}: {e}") from None
     if len(b.locs) != len(b.keep_ratios):
         raise bad("locs and keep_ratios differ in length")
+    if not (math.isfinite(b.reanchor_scale) and b.reanchor_scale > 0):
+        raise bad(f"reanchor_scale {b.reanchor_scale} is not a positive finite number")
     return b

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
-from edgeprune.budget import BudgetResult, Sensitivity
+from edgeprune.budget import BudgetResult, Sensitivity, UnreachableTarget
 from edgeprune.budget_file import budget_dict
 from edgeprune.latency import LatencyModel
 from edgeprune.verify import Verification
@@ -44,14 +45,17 @@ def make_budget(
     margin: str | None = "auto",
     verify: bool = False,
     rounds: int = 30,
+    reanchor: bool = True,
     progress: Callable[[str], None] | None = None,
 ) -> BudgetRun:
     """Search the keep schedule for a target on a latency table (aiming ``margin`` under
     it, see ``budget.resolve_margin``) and write the budget file (and, unless
     ``no_plot``, its Pareto plot, default ``<out>.pareto.png``; with a sensitivity file,
     predicted accuracy vs latency with the measured stage curves). With ``verify``, the
-    chosen schedule is exported and timed against dense here first (``verify.py``); the
-    file records the verification."""
+    chosen schedule is exported and timed against dense here first (``verify.py``), and,
+    with ``reanchor``, chosen again on the table re-anchored to the machine's speed now
+    (dense timed here first); the file holds the schedule verified and the
+    verification."""
     from edgeprune.atomic import check_writable_target, write_json_atomic
     from edgeprune.budget import load_sensitivity, resolve_margin, search, target_from
     from edgeprune.latency import load_model
@@ -66,16 +70,25 @@ def make_budget(
         check_writable_target(plot_path, force)
     meth = method or model.table.method or "dynamicvit"
     frac, why = resolve_margin(margin, model.table)
-    res = search(
-        model, target, meth, schedule, parse_ints(locs, "--locs"), sens, str(sensitivity),
-        frac, why,
+    choose = partial(
+        search, model, target, meth, schedule, parse_ints(locs, "--locs"), sens,
+        str(sensitivity), frac, why,
     )  # fmt: skip
-    data = budget_dict(res, model, profile)
+    try:
+        res = choose()
+    except UnreachableTarget:
+        if not (verify and reanchor):
+            raise
+        res = None  # the machine may run faster now than the table says: re-anchoring decides
     checked = None
     if verify:
         from edgeprune.verify import verify_budget
 
-        checked = verify_budget(res, model, rounds, progress=progress)
+        res, checked = verify_budget(
+            model, choose, res, rounds, reanchor=reanchor, progress=progress
+        )
+    data = budget_dict(res, model, profile)
+    if checked is not None:
         data["verification"] = checked.to_dict()
     write_json_atomic(out, data)
     if plot_path is not None and sens is not None:

@@ -293,6 +293,7 @@ def budget_cmd(
     margin: o.MarginOpt = "auto",
     verify: o.VerifyOpt = False,
     rounds: o.RoundsOpt = 30,
+    reanchor: o.ReanchorOpt = True,
 ) -> None:
     """Keep ratios that meet a latency target and keep the most tokens (or accuracy)."""
     from edgeprune.budget_run import make_budget
@@ -300,7 +301,7 @@ def budget_cmd(
     with _progress("verifying") as step:
         run = make_budget(
             profile, target_ms, target_fps, method, schedule, locs, sensitivity, out_path,
-            plot, no_plot, force, margin, verify, rounds, step,
+            plot, no_plot, force, margin, verify, rounds, reanchor, step,
         )  # fmt: skip
     if as_json:
         print(json.dumps({k: v for k, v in run.data.items() if k != "profile_table"}))

@@ -171,6 +171,12 @@ MarginOpt = opt(
 VerifyOpt = opt(
     bool, "--verify", help="Export the choice, time it against dense here; exit 1 if missed."
 )
+ReanchorOpt = opt(
+    bool,
+    "--reanchor/--no-reanchor",
+    help="With --verify: time dense here first and choose on the table scaled to this "
+    "machine's speed now (--no-reanchor: verify the table's own choice).",
+)
 BurstOpt = opt(
     int, "--burst", help="Runs per model per round, the first discarded (1: single cold runs)."
 )

@@ -57,7 +57,7 @@ def _open(obj, method, locs, target_ms):
             model,
             obj.method,
             tuple(locs) if locs is not None else obj.locs,
-            obj.target_ms if target_ms is None else target_ms,
+            obj.table_target_ms if target_ms is None else target_ms,
         )
     if isinstance(obj, LatencyTable):
         obj = LatencyModel(obj)

@@ -88,6 +88,13 @@ def _chosen(ax, chosen, size: int, label: str) -> None:
     ax.plot([chosen.predicted_ms], [chosen.objective()], "*", c="C3", ms=size, label=label)
 
 
+def _target_line(ax, result) -> None:
+    """The target, where the table's predictions meet it (÷ the re-anchoring scale)."""
+    t, k = result.target_ms, result.scale
+    at = f" (÷ {k:.3f} re-anchored: {t / k:.2f} ms in the table)" if k != 1.0 else ""
+    ax.axvline(t / k, ls="--", c="C2", label=f"target {t:.2f} ms{at}")
+
+
 def plot_pareto(result: BudgetResult, path: Path) -> None:
     """The candidates, their Pareto front, the chosen schedule, target and dense."""
     from edgeprune.budget import fmt_ratios
@@ -96,7 +103,7 @@ def plot_pareto(result: BudgetResult, path: Path) -> None:
     _candidates_and_front(ax, result, "0.75", f"{result.schedule} schedules")
     ch = result.chosen
     _chosen(ax, ch, 14, f"chosen {fmt_ratios(ch.keep_ratios)}: {ch.predicted_ms:.2f} ms")
-    ax.axvline(result.target_ms, ls="--", c="C2", label=f"target {result.target_ms:.2f} ms")
+    _target_line(ax, result)
     ax.axvline(result.dense_ms, ls=":", c="0.4", label=f"dense {result.dense_ms:.2f} ms")
     ax.set_xlabel("predicted latency (ms)")
     ax.set_ylabel(result.objective.replace("_", " "))
@@ -155,7 +162,7 @@ def plot_accuracy_pareto(result, sens, model, path: Path, measured_points=None) 
         fontsize=8,
         color="C3",
     )
-    ax.axvline(result.target_ms, ls="--", c="C2", label=f"target {result.target_ms:.2f} ms")
+    _target_line(ax, result)
     ax.axvline(result.dense_ms, ls=":", c="0.4", label=f"dense {result.dense_ms:.2f} ms")
     ax.set_xlabel(f"predicted latency (ms), {model.table.device.get('name')}")
     ax.set_ylabel(f"{sens.metric} (%)")

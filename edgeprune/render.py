@@ -71,19 +71,21 @@ def profile_lines(res: ProfileOutcome) -> list[str]:
 
 def budget_lines(run: BudgetRun) -> list[str]:
     res, c = run.result, run.result.chosen
-    target = res.target_ms
+    target, k = res.target_ms, res.scale
+    anchored = f" (re-anchored: the table's × {k:.3f})" if k != 1.0 else ""
     if res.status == "dense":
         head = (
-            f"the dense model already meets the target: {res.dense_ms:.3f} ms ≤ "
-            f"{target:.3f} ms, no pruning needed (the fastest {res.method} schedule "
+            f"the dense model already meets the target: {res.dense_ms * k:.3f} ms ≤ "
+            f"{target:.3f} ms{anchored}, no pruning needed (the fastest {res.method} schedule "
             f"{[round(r, 4) for r in res.fastest.keep_ratios]} would predict "
-            f"{res.fastest.predicted_ms:.3f} ms)"
+            f"{res.fastest.predicted_ms * k:.3f} ms)"
         )
     else:
         head = (
             f"keep ratios {[round(r, 4) for r in c.keep_ratios]} at blocks {list(res.locs)} "
-            f"({res.method}, {res.schedule}): predicted {c.predicted_ms:.3f} ms ≤ target "
-            f"{target:.3f} ms (margin {res.margin_ms:.3f} ms; dense {res.dense_ms:.3f} ms)"
+            f"({res.method}, {res.schedule}): predicted {res.predicted_ms:.3f} ms{anchored} ≤ "
+            f"target {target:.3f} ms (margin {res.margin_ms:.3f} ms; dense "
+            f"{res.dense_ms * k:.3f} ms)"
         )
     extra = f", predicted {run.metric} {c.accuracy:.2f}" if c.accuracy is not None else ""
     lines = [
@@ -105,12 +107,32 @@ def budget_lines(run: BudgetRun) -> list[str]:
     return lines
 
 
+def _choice_text(ch: dict | None) -> str:
+    if ch is None:
+        return "nothing (the target is unreachable on it)"
+    what = "dense" if ch["status"] == "dense" else str([round(r, 4) for r in ch["keep_ratios"]])
+    return f"{what} ({ch['table_predicted_ms']:.3f} ms in the table)"
+
+
+def reanchor_lines(v) -> list[str]:
+    a = v.reanchor
+    if a is None:
+        return ["not re-anchored (--no-reanchor): the table's own choice and predictions"]
+    return [
+        f"re-anchored: dense measured {a.dense_measured_ms:.3f} ms here now ({a.rounds} "
+        f"bursts) vs {a.dense_table_ms:.3f} ms in the table: predictions × {a.scale:.3f}",
+        f"the table alone picks {_choice_text(a.table_choice)}; re-anchored it picks "
+        f"{_choice_text(a.choice)} × {a.scale:.3f} = {a.choice['predicted_ms']:.3f} ms",
+    ]
+
+
 def verification_lines(v) -> list[str]:
     verdict = "[green]budget met[/]" if v.met else "[red]budget NOT met[/]"
-    return [
+    table = f", the table's {v.table_predicted_ms:.3f} ms" if v.reanchor else ""
+    return reanchor_lines(v) + [
         f"{verdict} when measured: {v.measured_ms:.3f} ms (p90 {v.measured_p90_ms:.3f}) vs "
         f"target {v.target_ms:.3f} ms ({v.vs_target:+.1%}); predicted {v.predicted_ms:.3f} ms "
-        f"(error {v.error:+.1%})",
+        f"(error {v.error:+.1%}{table})",
         f"dense measured {v.dense_measured_ms:.3f} ms vs predicted {v.dense_predicted_ms:.3f} "
         f"ms (machine drift {v.drift:+.1%}); speedup {v.speedup:.2f}× "
         f"({v.runtime}, {v.threads} thread(s), {v.rounds} interleaved rounds × {v.burst})",

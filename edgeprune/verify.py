@@ -1,11 +1,16 @@
 """``edgeprune budget --verify``: is the budget met when the chosen schedule is measured?
 
-The chosen schedule and its dense backbone are exported (the real static graphs,
-parity-checked) for the runtime the latency table was measured with, loaded in that
-runtime's runner on this machine, and timed interleaved in one process (steady-state
-bursts, as ``validate-profile`` times). The budget is met only when the measured median
-of the pruned model is within the target; the prediction error and the machine's
-drift since profiling (dense measured now vs dense predicted) are reported beside it.
+The dense backbone is exported (the real static graph, parity-checked) for the runtime
+the latency table was measured with and loaded in that runtime's runner on this
+machine. Re-anchoring (default): the dense model is timed first (``ANCHOR_ROUNDS``
+bursts); the machine's speed drifts, so the whole table can be off by a constant
+factor by now, and the search is run again with every prediction × scale (dense
+measured now / dense predicted), so that the schedule chosen is the one whose
+re-anchored prediction meets the target. Then the chosen schedule is exported and
+timed against dense interleaved in one process (steady-state bursts, as
+``validate-profile`` times). The budget is met only when the measured median of the
+pruned model is within the target; the prediction error and the machine's drift
+since profiling are reported beside it.
 """
 
 from __future__ import annotations
@@ -18,11 +23,48 @@ from edgeprune.errors import EdgepruneError
 from edgeprune.latency import LatencyModel
 from edgeprune.records import record
 
+ANCHOR_ROUNDS = 10  # bursts of the dense model timed to re-anchor the table
+
+
+def choice(result: BudgetResult | None) -> dict | None:
+    """What a search chose, for the record: status, keep ratios, the table's prediction
+    and the re-anchored one (× the result's scale). None: the target was unreachable."""
+    if result is None:
+        return None
+    return {
+        "status": result.status,
+        "keep_ratios": list(result.chosen.keep_ratios),
+        "table_predicted_ms": result.chosen.predicted_ms,
+        "predicted_ms": result.predicted_ms,
+    }
+
+
+@dataclass(frozen=True)
+class Anchor:
+    """The table re-anchored to the machine now: dense timed alone before the search."""
+
+    dense_table_ms: float  # the table's dense prediction
+    dense_measured_ms: float  # dense measured here at anchor time
+    rounds: int
+    burst: int
+    table_choice: dict | None  # what the table alone picks (None: unreachable on it)
+    choice: dict  # what the re-anchored search picks
+
+    @property
+    def scale(self) -> float:
+        return self.dense_measured_ms / self.dense_table_ms
+
+    def to_dict(self) -> dict:
+        return record(
+            self, "dense_table_ms dense_measured_ms scale rounds burst table_choice choice"
+        )
+
 
 @dataclass(frozen=True)
 class Verification:
     target_ms: float
-    predicted_ms: float
+    predicted_ms: float  # the verified schedule's prediction, re-anchored (× scale)
+    table_predicted_ms: float  # the same from the table alone
     measured_ms: float
     measured_p90_ms: float
     dense_predicted_ms: float
@@ -31,6 +73,7 @@ class Verification:
     threads: int
     rounds: int
     burst: int
+    reanchor: Anchor | None = None  # None: --no-reanchor
 
     @property
     def met(self) -> bool:
@@ -56,46 +99,70 @@ class Verification:
         return self.dense_measured_ms / self.measured_ms
 
     def to_dict(self) -> dict:
-        return record(
-            self,
-            "met target_ms predicted_ms measured_ms measured_p90_ms rel_error=error vs_target "
-            "dense_predicted_ms dense_measured_ms drift speedup runtime threads rounds burst",
-        )
+        return {
+            **record(
+                self,
+                "met target_ms predicted_ms table_predicted_ms measured_ms measured_p90_ms "
+                "rel_error=error vs_target dense_predicted_ms dense_measured_ms drift speedup "
+                "runtime threads rounds burst",
+            ),
+            "reanchor": self.reanchor.to_dict() if self.reanchor else None,
+        }
 
 
 def verify_budget(
-    result: BudgetResult,
     model: LatencyModel,
+    choose: Callable[..., BudgetResult],
+    table_result: BudgetResult | None,
     rounds: int = 30,
     burst: int = 3,
     threads: int | None = None,
+    reanchor: bool = True,
     progress: Callable[[str], None] | None = None,
-) -> Verification:
-    """Export the chosen schedule and dense, time them interleaved here, compare."""
+) -> tuple[BudgetResult, Verification]:
+    """Export dense; with ``reanchor``, time it and choose again with
+    ``choose(scale=…)`` (the budget search, ``budget.search`` with its target, margin,
+    method… bound); export the chosen schedule, time it and dense interleaved here,
+    compare. ``table_result``: what the table alone chose (None: unreachable on it,
+    allowed only with ``reanchor``). Returns the verified result and the verification."""
+    from edgeprune.plan import dense_plan
     from edgeprune.runtimes.base import get_runner
     from edgeprune.source import resolve
-    from edgeprune.validate import check_local_runtime, time_sources
+    from edgeprune.validate import LocalModels, check_local_runtime
 
     if rounds < 3:
         raise EdgepruneError(f"--rounds {rounds} must be at least 3")
     runtime = check_local_runtime(model, "budget --verify")
     tb = model.table
     threads = threads or int(tb.device.get("threads") or 1)
-    arch = result.arch.name
-    chosen = result.chosen
-    pruned = (
-        resolve(arch)
-        if result.status == "dense"
-        else resolve(f"{arch}:{result.method}", keep=chosen.keep_ratios, locs=result.locs)
-    )
-    dense = resolve(arch)
-    labels = [f"the chosen schedule {list(chosen.keep_ratios)}", "the dense model"]
-    t_pruned, t_dense = time_sources(
-        [pruned, dense], runtime, threads, tb.batch, rounds, burst, progress, labels
-    )
-    return Verification(
+    arch = model.arch.name
+    step = progress or (lambda _m: None)
+    with LocalModels(runtime, threads, tb.batch, progress) as here:
+        dense = here.load(resolve(arch), "the dense model")
+        anchor, result = None, table_result
+        if reanchor:
+            step(f"re-anchoring: timing the dense model, {ANCHOR_ROUNDS} bursts")
+            (now,) = here.time([dense], ANCHOR_ROUNDS, burst)
+            dense_table = float(model.predict(dense_plan(model.arch)).total_ms)
+            result = choose(scale=now.median_ms / dense_table)
+            anchor = Anchor(
+                dense_table, now.median_ms, ANCHOR_ROUNDS, burst,
+                choice(table_result), choice(result),
+            )  # fmt: skip
+        if result is None:
+            raise ValueError("verify_budget needs the table's own choice without reanchor")
+        chosen = result.chosen
+        pruned = here.load(
+            resolve(arch)
+            if result.status == "dense"
+            else resolve(f"{arch}:{result.method}", keep=chosen.keep_ratios, locs=result.locs),
+            f"the chosen schedule {list(chosen.keep_ratios)}",
+        )
+        t_pruned, t_dense = here.time([pruned, dense], rounds, burst)
+    return result, Verification(
         target_ms=result.target_ms,
-        predicted_ms=chosen.predicted_ms,
+        predicted_ms=result.predicted_ms,
+        table_predicted_ms=chosen.predicted_ms,
         measured_ms=t_pruned.median_ms,
         measured_p90_ms=t_pruned.p90_ms,
         dense_predicted_ms=result.dense_ms,
@@ -104,4 +171,5 @@ def verify_budget(
         threads=threads,
         rounds=rounds,
         burst=burst,
+        reanchor=anchor,
     )

@@ -5,9 +5,13 @@ product's own profile sweep (``edgeprune.sweep.measure`` on the ``cpu`` device: 
 DeiT block chain at a handful of token counts, the embedding, the head and the
 method's selector at the counts the sweep picks; few runs: measured, but coarse).
 ``synthetic_table``: a made-up table, marked ``measured: false``, for pure-math tests.
+``scaled_table``: a table with every time × a factor (a machine that seems faster or
+slower than it is).
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import numpy as np
 
@@ -76,6 +80,32 @@ def synthetic_table(
         selectors={method: cv(0.02, 0.001, 0.0)} if method else {},
         e2e=EndToEnd((), *e2e) if e2e else None,
         extra={"note": "synthetic numbers for tests, not a measurement"},
+    )
+
+
+def scaled_table(t: LatencyTable, factor: float) -> LatencyTable:
+    """``t`` with every time (curves, points, the end-to-end offset) × ``factor``."""
+
+    def c(cv: Curve | None) -> Curve | None:
+        if cv is None:
+            return None
+        return Curve(
+            cv.tokens, *(tuple(v * factor for v in ys) for ys in (cv.median_ms, cv.p90_ms))
+        )
+
+    def p(pt: Point) -> Point:
+        return Point(pt.median_ms * factor, pt.p90_ms * factor)
+
+    e2e = replace(t.e2e, offset_ms=t.e2e.offset_ms * factor) if t.e2e else None
+    return replace(
+        t,
+        block=c(t.block),
+        attn=c(t.attn),
+        mlp=c(t.mlp),
+        embed=p(t.embed),
+        head=p(t.head),
+        selectors={k: c(cv) for k, cv in t.selectors.items()},
+        e2e=e2e,
     )
 
 

@@ -67,6 +67,18 @@ def corpus_dir(tmp_path_factory) -> Path:
     (d / "corrupt.json").write_text("{not json")
     (d / "truncated.json").write_text(json.dumps(tbl)[:120])
     (d / "v99.json").write_text(json.dumps({**tbl, "version": 99}))
+    budget = {
+        "schema": "edgeprune.budget",
+        "version": 1,
+        "method": "dynamicvit",
+        "arch": "deit_tiny",
+        "locs": [3, 6, 9],
+        "keep_ratios": [0.7, 0.49, 0.343],
+        "target_ms": 10.0,
+        "predicted_ms": 9.0,
+        "reanchor_scale": 0.0,
+    }
+    (d / "scale0_budget.json").write_text(json.dumps(budget))
     from edgeprune.images import write_demo_images
 
     write_demo_images(d / "demo_imgs", classes=2, per_class=1, size=16)
@@ -244,6 +256,26 @@ CASES: dict[str, tuple[list[str], str, int]] = {
     "budget target NaN": (
         ["budget", "--profile", f"{P}/profile.json", "--target-ms", "nan", "--out", f"{P}/b.json"],
         "target",
+        2,
+    ),
+    "budget --reanchor with a value": (
+        [
+            "budget",
+            "--profile",
+            f"{P}/profile.json",
+            "--target-ms",
+            "10",
+            "--verify",
+            "--reanchor=yes",
+            "--out",
+            f"{P}/b.json",
+        ],
+        "does not take a value",
+        2,
+    ),
+    "budget file with a zero re-anchoring scale": (
+        ["export", "deit_tiny", "--budget", f"{P}/scale0_budget.json", "--out", f"{P}/m.onnx"],
+        "reanchor_scale",
         2,
     ),
     "missing budget file": (

@@ -10,7 +10,7 @@ import pytest
 from edgeprune.latency import load_model
 from edgeprune.loss import LatencyAwareSparsityLoss
 from edgeprune.source import resolve
-from tests.profile_helper import measure_table
+from tests.profile_helper import measure_table, scaled_table, synthetic_table
 
 
 @pytest.fixture(scope="module")
@@ -234,27 +234,112 @@ def test_budget_verify_measures_the_choice_against_dense(cli, profile, tmp_path)
 
 def test_budget_verify_refuses_to_call_a_missed_budget_met(cli, profile, tmp_path):
     """A table whose every time was divided by 5 predicts 5× too fast: the budget it
-    gives cannot hold when measured, and --verify must say so (exit 1)."""
-    from dataclasses import replace
+    gives cannot hold when measured, and --verify --no-reanchor (the table's own choice)
+    must say so (exit 1). Re-anchored, the target is out of reach on the machine as it
+    is: the search's unreachable error (exit 2), with the anchor figures."""
+    from edgeprune.latency_table import load
 
-    from edgeprune.latency_table import Curve, Point, load
-
-    t = load(profile)
-
-    def s(c):
-        return Curve(c.tokens, tuple(v / 5 for v in c.median_ms), tuple(v / 5 for v in c.p90_ms))
-
-    fast = replace(
-        t,
-        block=s(t.block),
-        embed=Point(t.embed.median_ms / 5, t.embed.p90_ms / 5),
-        head=Point(t.head.median_ms / 5, t.head.p90_ms / 5),
-        selectors={k: s(c) for k, c in t.selectors.items()},
-    )
     p = tmp_path / "too_fast.json"
-    fast.save(p)
+    scaled_table(load(profile), 1 / 5).save(p)
     dense = load_model(p).predict(resolve("deit_tiny").plan).total_ms
-    code, out, err = cli("budget", "--profile", p, "--target-ms", round(0.8 * dense, 4),
-                         "--out", tmp_path / "f.json", "--verify", "--rounds", 3)  # fmt: skip
+    args = ("budget", "--profile", p, "--target-ms", round(0.8 * dense, 4),
+            "--out", tmp_path / "f.json", "--verify", "--rounds", 3)  # fmt: skip
+    code, out, err = cli(*args, "--no-reanchor")
     assert code == 1, err
     assert "budget NOT met when measured" in out and "machine drift" in out
+    assert "not re-anchored (--no-reanchor)" in out
+    assert json.loads((tmp_path / "f.json").read_text())["verification"]["reanchor"] is None
+    code, out, err = cli(*args, "--force")
+    assert code == 2 and "is unreachable on this profile re-anchored to this machine now" in err
+    assert "dense measured" in err and len(err.strip().splitlines()) == 1, err
+
+
+# ---- budget --verify re-anchors the table to the machine's speed now (issue #14) -------
+@pytest.fixture(scope="module")
+def halved(profile, tmp_path_factory):
+    """A table whose times were all halved (it says the machine is twice as fast as it
+    is), and ``budget --verify`` on it at 0.6 × the real dense (1.2 × the table's),
+    re-anchored and not: {"reanchor": BudgetRun, "table": BudgetRun, "target": ms}."""
+    from edgeprune.budget_run import make_budget
+    from edgeprune.latency_table import load
+
+    d = tmp_path_factory.mktemp("halved")
+    p = d / "half.json"
+    scaled_table(load(profile), 0.5).save(p)
+    target = round(1.2 * load_model(p).predict(resolve("deit_tiny").plan).total_ms, 3)
+    runs = {
+        name: make_budget(
+            p,
+            target,
+            out=d / f"{name}.json",
+            no_plot=True,
+            verify=True,
+            rounds=3,
+            reanchor=name == "reanchor",
+        )  # fmt: skip
+        for name in ("reanchor", "table")
+    }
+    return {**runs, "target": target, "profile": p}
+
+
+def test_reanchor_scales_the_table_to_the_machine_and_prunes_harder(halved):
+    re, table = halved["reanchor"], halved["table"]
+    a = re.verification.reanchor
+    assert 1.5 < a.scale < 3, a  # the table says twice as fast as the machine is
+    assert re.result.scale == pytest.approx(a.scale)
+    assert table.result.status == "dense"  # 1.2 × the table's dense: dense "meets" it
+    assert re.result.status == "ok" and re.result.predicted_ms <= halved["target"]
+    assert re.result.chosen.kept_tokens < table.result.chosen.kept_tokens
+    assert a.table_choice["status"] == "dense" and a.choice["status"] == "ok"
+
+
+def test_reanchored_budget_file_records_the_anchor_and_the_verified_schedule(halved):
+    from edgeprune.budget_file import load_budget
+    from edgeprune.render import budget_lines
+
+    run = halved["reanchor"]
+    d = json.loads(run.path.read_text())
+    v, a = d["verification"], d["verification"]["reanchor"]
+    for k in ("dense_table_ms", "dense_measured_ms", "scale", "table_choice", "choice"):
+        assert k in a, k
+    assert a["scale"] == pytest.approx(a["dense_measured_ms"] / a["dense_table_ms"])
+    assert d["reanchor_scale"] == a["scale"]
+    # the file's schedule is the one verified, its prediction the re-anchored one
+    assert d["keep_ratios"] == a["choice"]["keep_ratios"] == list(run.result.chosen.keep_ratios)
+    assert d["predicted_ms"] == v["predicted_ms"] == a["choice"]["predicted_ms"]
+    assert v["table_predicted_ms"] == d["table_predicted_ms"]
+    assert v["predicted_ms"] == pytest.approx(v["table_predicted_ms"] * a["scale"])
+    assert resolve("deit_tiny", budget=run.path).plan == run.result.chosen.plan
+    b = load_budget(run.path)  # the loss aims at the target in the table's terms
+    assert LatencyAwareSparsityLoss(b).target_ms == pytest.approx(d["target_ms"] / a["scale"])
+    text = "\n".join(budget_lines(run))
+    assert "re-anchored: dense measured" in text and "the table alone picks dense" in text
+
+
+def test_no_reanchor_verifies_the_tables_own_choice(halved):
+    from edgeprune.budget import resolve_margin, search
+
+    run = halved["table"]
+    model = load_model(halved["profile"])
+    frac, _ = resolve_margin("auto", model.table)
+    own = search(model, halved["target"], "dynamicvit", margin=frac)
+    assert run.result.scale == 1.0 and run.verification.reanchor is None
+    assert run.result.chosen.keep_ratios == own.chosen.keep_ratios
+    assert run.verification.predicted_ms == run.verification.table_predicted_ms == own.dense_ms
+    d = json.loads(run.path.read_text())
+    assert d["reanchor_scale"] == 1.0 and d["verification"]["reanchor"] is None
+
+
+def test_search_at_a_scale_is_the_search_at_the_target_divided_by_it():
+    from edgeprune.budget import UnreachableTarget, search
+    from edgeprune.latency import LatencyModel
+
+    m = LatencyModel(synthetic_table())
+    for schedule in ("geometric", "free"):
+        a = search(m, 20.0, schedule=schedule, margin=0.05, scale=2.0)
+        b = search(m, 10.0, schedule=schedule, margin=0.05)
+        assert a.chosen.keep_ratios == b.chosen.keep_ratios and a.target_ms == 20.0
+        assert a.predicted_ms == pytest.approx(2 * b.chosen.predicted_ms)
+        assert a.margin_ms == pytest.approx(20.0 - a.predicted_ms)
+    with pytest.raises(UnreachableTarget, match=r"re-anchored .* predictions × 50\.000"):
+        search(m, 20.0, scale=50.0)
