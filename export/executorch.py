@@ -253,7 +253,9 @@ def lower(
     require_executorch()
     step = progress or (lambda _msg: None)
     seconds: dict[str, float] = {}
-    with _quiet(), torch.no_grad():
+    from edgeprune.export.xnnpack_lowering import fast_lowering
+
+    with _quiet(), torch.no_grad(), fast_lowering():
         from executorch.backends.xnnpack.partition.xnnpack_partitioner import (
             XnnpackPartitioner,
         )

@@ -89,6 +89,59 @@ def test_rewrites_remove_segments_and_keep_the_function():
         assert np.abs(r.run(x.numpy())[0] - ref).max() < 1e-4
 
 
+def test_fast_lowering_gives_the_same_program_byte_for_byte(monkeypatch):
+    """The speed-ups of export/xnnpack_lowering.py (shorter provenance, XNNPACK passes
+    that cannot apply skipped) change nothing in the program, debug handles included;
+    and they are undone after each lowering. ToMe: the most op kinds (cat, TopK,
+    gather, scatter, argmax) and several delegate segments."""
+    from torch.fx.traceback import NodeSource
+
+    from edgeprune.export.executorch import lower
+    from edgeprune.export.xnnpack_lowering import APPLIES
+
+    model, x = tiny_source("tome").model(), torch.zeros(1, 3, 64, 64)
+    init = NodeSource.__init__
+    fast = lower(model, x)
+    assert NodeSource.__init__ is init
+    monkeypatch.setenv("EDGEPRUNE_XNNPACK_ALL_PASSES", "1")
+    every = lower(model, x)
+    assert fast.segments == every.segments and fast.outside == every.outside
+    assert fast.buffer == every.buffer
+    assert "ConvertToUpsampleBilinear2d" in APPLIES
+
+
+def test_fast_lowering_keeps_the_passes_a_graph_needs():
+    """A pass is skipped only when the graph has none of the ops it rewrites."""
+    from edgeprune.export.xnnpack_lowering import APPLIES
+
+    class BN(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bn = torch.nn.BatchNorm2d(3)
+
+        def forward(self, x):
+            return self.bn(x)
+
+    bn = torch.export.export(BN().eval(), (torch.zeros(1, 3, 4, 4),)).run_decompositions()
+    cat6 = torch.export.export(_Cat6(), (torch.zeros(1, 2),)).run_decompositions()
+    attn = torch.export.export(_MaskedSoftmax(), (torch.zeros(2, 2),)).run_decompositions()
+    assert APPLIES["FuseBatchNormPass"](bn.graph) and APPLIES["DecomposeBatchNorm"](bn.graph)
+    assert not APPLIES["FuseBatchNormPass"](cat6.graph)
+    assert APPLIES["DecomposeConcatenate"](cat6.graph)
+    assert not APPLIES["DecomposeConcatenate"](bn.graph)
+    assert APPLIES["ConvertToSDPAPass"](attn.graph) and not APPLIES["ConvertToSDPAPass"](bn.graph)
+
+
+class _Cat6(torch.nn.Module):
+    def forward(self, x):
+        return torch.cat([x * i for i in range(6)], dim=1)
+
+
+class _MaskedSoftmax(torch.nn.Module):
+    def forward(self, x):
+        return torch.softmax(x @ x + x, dim=-1)
+
+
 def test_runner_loads_runs_and_times_with_threads(spvit_pte):
     from edgeprune.runtimes.executorch import ExecuTorchRunner, thread_count
     from edgeprune.runtimes.timing import TimingPolicy

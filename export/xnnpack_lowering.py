@@ -1,0 +1,169 @@
+"""Faster lowering to XNNPACK, with the same program: two costs of ExecuTorch 1.4's
+pipeline that our ViT graphs do not need (``lower`` in ``export/executorch.py`` runs
+inside ``fast_lowering()``).
+
+Profiled on DeiT-S DynamicViT/0.7 (2-core x86_64, executorch 1.4.1): the lowering
+re-traces the whole graph dozens of times (``run_decompositions`` several times, then
+17 XNNPACK passes per delegate segment), and two things make that slow.
+
+1. **Provenance.** Every node a re-trace creates records where it came from
+   (``node.meta["from_node"]``, a ``torch.fx.traceback.NodeSource``), and each record
+   deep-copies the whole history of its source node. The history grows by one level
+   per pass, so the copying grows with passes × nodes × depth: ~15 % of the lowering.
+   Here each record keeps its immediate source (the node it was made from, which is
+   what ``torch.export`` reads back, ``from_node[-1].name``) and the greatest ancestor
+   (what ExecuTorch numbers debug handles by), not the steps between. The program,
+   its debug handles included, is the same; only that metadata is shorter.
+2. **XNNPACK passes that cannot apply.** The XNNPACK backend runs all its passes on
+   every delegate segment, and each is a full re-trace even when it changes nothing;
+   the bilinear-upsample pass also pattern-matches every node against traced
+   templates. A pass is skipped only when the segment has none of the ops it rewrites
+   (``APPLIES`` below: batch norm, PReLU, 1-D convolution, bilinear upsampling, a
+   masked attention that could become SDPA, max-pool/max getitems, a concatenation of
+   more than five tensors, dim-order or dtype copies, ReLU/hardtanh to fuse, the
+   quantize/dequantize nodes of an int8 program). A segment that has such an op gets
+   that pass, as before.
+
+Both are plain Python patches of the pipeline's classes, active only inside the
+context and undone after; if ExecuTorch or torch change the names they rely on, the
+lowering runs as it does without them (``EDGEPRUNE_XNNPACK_ALL_PASSES=1`` turns both
+off). ``tests/test_executorch.py`` checks that a program lowered both ways is the
+same, byte for byte.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import os
+from collections.abc import Callable, Iterator
+
+import torch
+
+
+def _op_names(graph: torch.fx.Graph) -> list[str]:
+    return [
+        getattr(n.target, "__name__", str(n.target)) for n in graph.nodes if n.op == "call_function"
+    ]
+
+
+def _softmax_after_add(graph: torch.fx.Graph) -> bool:
+    """A softmax whose input is an addition: the masked attention of XNNPACK's SDPA
+    templates (they all take a mask; attention without one never matches)."""
+    for n in graph.nodes:
+        name = getattr(n.target, "__name__", "")
+        if n.op == "call_function" and "softmax" in name and n.args:
+            src = n.args[0]
+            if isinstance(src, torch.fx.Node) and "add" in getattr(src.target, "__name__", ""):
+                return True
+    return False
+
+
+def _long_cat(graph: torch.fx.Graph) -> bool:
+    return any(
+        n.op == "call_function"
+        and getattr(n.target, "__name__", "").endswith("cat.default")
+        and len(n.args[0]) > 5
+        for n in graph.nodes
+    )
+
+
+def _has(*fragments: str) -> Callable[[torch.fx.Graph], bool]:
+    def check(graph: torch.fx.Graph) -> bool:
+        return any(f in name for name in _op_names(graph) for f in fragments)
+
+    return check
+
+
+def _conv1d(graph: torch.fx.Graph) -> bool:
+    for n in graph.nodes:
+        if n.op == "call_function" and "convolution" in getattr(n.target, "__name__", ""):
+            val = n.args[0].meta.get("val") if isinstance(n.args[0], torch.fx.Node) else None
+            if val is None or val.dim() == 3:
+                return True
+    return False
+
+
+# pass class name -> does the segment have anything this pass rewrites?
+APPLIES: dict[str, Callable[[torch.fx.Graph], bool]] = {
+    "ConvertToUpsampleBilinear2d": _has("upsample", "_unsafe_index", "index.Tensor"),
+    "ConvertToSDPAPass": _softmax_after_add,
+    "FuseBatchNormPass": _has("batch_norm"),
+    "DecomposeBatchNorm": _has("batch_norm"),
+    "Conv1dUnsqueezePass": _conv1d,
+    "PReLUReshapePass": _has("prelu"),
+    "RemoveGetItemPass": _has("max_pool", "max.dim"),
+    "DecomposeConcatenate": _long_cat,
+    "DimOrderOpsRevertPass": _has("dim_order"),
+    "RemoveRedundantCopyPass": _has("_to_copy"),
+    "FuseActivationPass": _has("relu", "hardtanh"),
+    "PropagateCustomMetaPass": _has("quantize"),  # q/dq nodes: int8 programs
+    "InsertPadQDQPass": _has("quantize"),
+}
+
+
+def _root(sources: list) -> object | None:
+    """The greatest ancestor in a ``from_node`` list (what ExecuTorch's debug handles
+    are numbered by: ``debug_handle_utils.get_greatest_ancestor_node_identifier``)."""
+    if not sources:
+        return None
+    src = sources[-1]
+    while src.from_node:
+        src = src.from_node[-1]
+    return src
+
+
+def _short_provenance():
+    from torch.fx import traceback as fxt
+
+    cls = getattr(fxt, "NodeSource", None)
+    if cls is None:
+        return None
+    orig = cls.__init__
+
+    def init(self, node=None, pass_name: str = "", action=None) -> None:
+        history = node.meta.pop("from_node", None) if node is not None else None
+        try:
+            orig(self, node, pass_name, action)
+        finally:
+            if history is not None:
+                node.meta["from_node"] = history
+        root = _root(history or [])
+        if root is not None:
+            self.from_node = [copy.copy(root)]
+
+    cls.__init__ = init
+    return lambda: setattr(cls, "__init__", orig)
+
+
+def _needed_passes_only():
+    try:
+        from executorch.backends.xnnpack._passes import XNNPACKPassManager
+    except ImportError:
+        return None
+    orig = XNNPACKPassManager.__init__
+
+    def init(self, exported_program, passes=None) -> None:
+        orig(self, exported_program, passes)
+        if passes:  # a caller's own list is left alone
+            return
+        graph = exported_program.graph
+        self.passes = [p for p in self.passes if APPLIES.get(p.__name__, lambda _g: True)(graph)]
+
+    XNNPACKPassManager.__init__ = init
+    return lambda: setattr(XNNPACKPassManager, "__init__", orig)
+
+
+@contextlib.contextmanager
+def fast_lowering() -> Iterator[None]:
+    """Both speed-ups for the duration of one lowering (nothing when
+    ``EDGEPRUNE_XNNPACK_ALL_PASSES`` is set)."""
+    if os.environ.get("EDGEPRUNE_XNNPACK_ALL_PASSES"):
+        yield
+        return
+    undo = [u for u in (_short_provenance(), _needed_passes_only()) if u is not None]
+    try:
+        yield
+    finally:
+        for u in reversed(undo):
+            u()
