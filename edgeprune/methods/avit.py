@@ -88,6 +88,13 @@ def log_add(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.maximum(a, b) + _log1p_exp_neg_abs(a - b)
 
 
+def _step(d: torch.Tensor) -> torch.Tensor:
+    """1.0 where d > 0, else 0.0, exactly (any positive float clamps into (0, 1] and
+    ceils to 1). Clip and Ceil, not a comparison and a cast: XNNPACK runs these, so
+    the ranking stays inside the delegate; ONNX, CoreML and TensorRT take them too."""
+    return torch.ceil(torch.clamp(d, 0.0, 1.0))
+
+
 def lowest(key: torch.Tensor, k: int) -> torch.Tensor:
     """Indices (B×k) of the ``k`` smallest keys along dim 1, smallest first; equal keys in
     token order. Ranks by each token's position in that order (distinct integers), so
@@ -98,9 +105,11 @@ def lowest(key: torch.Tensor, k: int) -> torch.Tensor:
     pos = torch.arange(n, device=key.device)
     earlier = (pos.unsqueeze(0) < pos.unsqueeze(1)).to(key.dtype)  # [i, j]: j before i
     kj, ki = key.unsqueeze(1), key.unsqueeze(2)  # B×1×N, B×N×1
-    # [b, i, j] = 1 where token j ranks before token i (the two terms exclude each other;
-    # arithmetic, not bool and/or, which coremltools does not convert)
-    ahead = (kj < ki).to(key.dtype) + (kj == ki).to(key.dtype) * earlier
+    # [b, i, j] = 1 where token j ranks before token i: key j lower, or equal and j
+    # earlier (the terms exclude each other; arithmetic, not bool and/or, which
+    # coremltools does not convert)
+    below, above = _step(ki - kj), _step(kj - ki)
+    ahead = below + (1.0 - below - above) * earlier
     rank = ahead.sum(dim=2)  # 0..N-1, all distinct (exact below 2**24)
     return torch.topk(rank, k, dim=1, largest=False, sorted=True)[1]
 
@@ -140,8 +149,9 @@ class AViTStatic(VisionTransformer):
             else:
                 h0 = torch.exp(log_halting(x[:, :1], self.scale, self.center))
             c0 = c0 + h0
-            reached = (c0 > 1 - EPS).to(x.dtype) * run
-            not_reached = (c0 < 1 - EPS).to(x.dtype)
+            # c0 > 1 - EPS and c0 < 1 - EPS, as steps (see _step)
+            reached = _step(c0 - (1 - EPS)) * run
+            not_reached = _step((1 - EPS) - c0)
             out = out + x[:, 0] * run * (rem * reached + h0 * not_reached)
             rem = rem - not_reached * h0
             run = not_reached
