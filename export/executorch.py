@@ -13,7 +13,9 @@ segments (LayerNorm ×25, the ``select`` of q/k/v ×36 and the no-op ``expand`` 
 confined to this target (the ONNX graph and the other targets do not see them) and
 keep the function: LayerNorm as mean/sub/mul/rsqrt with the means as 4-D inner-dim
 means, other means and sums the same way, ``log_softmax`` as ``log(softmax)``,
-``select`` as ``slice`` + ``view``, ``unsqueeze``/``squeeze`` as views, no-op
+``select`` as ``slice`` + ``view``, ``unsqueeze``/``squeeze`` as views, the L2 norm as
+sqrt of a mean (ToMe's metric), a max over the last dim as a 1×n max-pool (ToMe's
+best match), no-op
 ``expand`` removed, and every computation on weights alone (SPViT's stacked per-head
 weights, DynamicViT's split first layer) folded into constants. What stays outside is
 what XNNPACK has no kernel for: TopK, the gather and the mask scatter of the selectors.
@@ -124,6 +126,25 @@ def _log_softmax(x, dim, half_to_float=False):
     return torch.log(torch.softmax(x, dim=-1))
 
 
+def _vector_norm(x, ord=2, dim=None, keepdim=False, dtype=None):
+    """The L2 norm over ``dim`` as sqrt of a mean × n (XNNPACK takes mul, mean and sqrt;
+    left alone, ExecuTorch decomposes it into pow and sum, which run outside)."""
+    if ord != 2 or dim is None or dtype is not None:
+        return NotImplemented
+    return torch.sqrt(_sum(x * x, dim, keepdim))
+
+
+def _amax(x, dim=(), keepdim=False):
+    """max over the last dim of a 3-D tensor as a 1×n max-pool (XNNPACK has no max
+    reduction, but a max-pool): ToMe's best match per token."""
+    dims = [dim] if isinstance(dim, int) else list(dim)
+    if x.dim() != 3 or [d % 3 for d in dims] != [2]:
+        return NotImplemented
+    b, n, m = x.shape
+    out = torch.nn.functional.max_pool2d(x.reshape(b, 1, n, m), (1, m), (1, m))
+    return out.reshape(b, n, 1) if keepdim else out.reshape(b, n)
+
+
 def _select(x, dim, index):
     dim %= x.dim()
     index %= x.shape[dim]
@@ -155,6 +176,8 @@ def decompositions() -> dict:
         ),
         a._log_softmax.default: _log_softmax,
         a.select.int: _select,
+        a.linalg_vector_norm.default: _vector_norm,
+        a.amax.default: _amax,
         # XNNPACK takes unsqueeze on the last dim only, and no squeeze: both as views
         a.unsqueeze.default: _unsqueeze,
         a.squeeze.dims: _squeeze,
