@@ -181,6 +181,7 @@ def decompositions() -> dict:
         # XNNPACK takes unsqueeze on the last dim only, and no squeeze: both as views
         a.unsqueeze.default: _unsqueeze,
         a.squeeze.dims: _squeeze,
+        a.squeeze.dim: _squeeze,
     }
 
 

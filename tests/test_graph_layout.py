@@ -57,6 +57,23 @@ def test_multihead_predictor_equals_per_head_loop(dim, heads):
                 assert (got - want).abs().max().item() <= 1e-5
 
 
+@pytest.mark.parametrize("dim,heads", [(192, 3), (384, 6)])
+def test_multihead_keep_scores_rank_as_published(dim, heads):
+    """The static graph's key is the logit of the published keep probability
+    softmax(mixed)[..., 0]; its package weights are the published second output."""
+    m = MultiheadPredictor(dim, heads)
+    init_random_(m, 5)
+    x = torch.randn(2, 150, dim, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        key, soft = m.keep_scores(x)
+        mixed, want_soft = _per_head_loop(m, x)
+    assert key.shape == soft.shape == (2, 1, 150)
+    want_p = torch.softmax(mixed, dim=-1)[..., 0]
+    assert (torch.sigmoid(key[:, 0]) - want_p).abs().max().item() <= 1e-5
+    assert (soft[:, 0] - want_soft).abs().max().item() <= 1e-5
+    assert torch.equal(key[:, 0].argsort(dim=1), want_p.argsort(dim=1))
+
+
 def test_predictor_lg_equals_concat_form():
     m = PredictorLG(192)
     init_random_(m, 4)

@@ -27,7 +27,12 @@ tests/golden/spvit.
 
 Static rewrite: the published inference samples Gumbel noise at eval and keeps a
 per-image number of tokens (batch 1 only); here top-k with a constant k by keep
-probability softmax(mixed)[0], for any batch size, deterministic.
+probability softmax(mixed)[0], for any batch size, deterministic. The graph ranks by
+its logit Σ_h w_h z_h / Σ_h w_h (z_h = out_conv.{h}.4's keep − drop logit, one folded
+column), the same order, and takes the package weights as Σ_h w_h sigmoid(z_h) / Σ_h w_h
+(``MultiheadPredictor.keep_scores``): per stage one batched scorer for all heads, the
+SE head weights on a B×H×N layout, TopK, one ScatterElements zeroing the kept tokens'
+weights, one MatMul for the package token, one GatherND and one Concat.
 """
 
 from __future__ import annotations
@@ -46,7 +51,6 @@ from edgeprune.methods.base import (
     StaticTopKViT,
     geometric,
 )
-from edgeprune.methods.tokenops import weighted_rest
 from edgeprune.models.deit import gather_tokens
 from edgeprune.plan import SelectorStage, TokenPlan
 
@@ -82,36 +86,73 @@ class MultiheadPredictor(nn.Module):
         Returns, as the published selector: B×N×2, the head-weighted mean of the per-head
         log-probabilities (the ranking score), and B×N, the head-weighted mean of the
         per-head keep probabilities (softmax channel 0, the package-token weights).
+        The static graph uses ``keep_scores`` (same ranking, fewer ops)."""
+        xt = self._heads_first(x)
+        weights = self._head_weights(xt)  # B×H×N
+        *_, w4, b4 = self._out_params()
+        s = torch.log_softmax(self._hidden(xt, policy) @ w4 + b4, dim=-1)  # B×H×N×2
+        wsum = weights.sum(dim=1)  # B×N
+        mixed = (s * weights.unsqueeze(-1)).sum(dim=1) / wsum.unsqueeze(-1)  # B×N×2
+        soft = (torch.exp(s[..., 0]) * weights).sum(dim=1) / wsum  # B×N
+        return mixed, soft
 
-        All heads at once: the per-head Linear layers run as one batched MatMul over a
-        B×H×N×d tensor (weights stacked H×d×d'), the per-head LayerNorm affine is
-        folded into the Linear after it, and out_conv.{h}.0 takes the global half of
-        its input as one row per head (local·W_localᵀ + global·W_globalᵀ + b) instead
-        of an N-row broadcast. Same function as one scorer per head (tests compare
-        the two); the ONNX graph has a handful of ops per stage instead of ~15 per head."""
+    def keep_scores(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x: B×N×C, all live -> (key, soft), both B×1×N. ``soft`` is ``forward``'s
+        second output; ``key`` ranks the tokens as softmax(mixed)[..., 0] does.
+
+        With two classes, softmax(mixed)[0] = sigmoid(mixed_0 − mixed_1), and a
+        log-softmax difference is the logit difference z_h = u_h0 − u_h1, so
+        mixed_0 − mixed_1 = Σ_h w_h z_h / Σ_h w_h: that is ``key`` (sigmoid is
+        monotone, so the top-k set is the same except at exact float ties, where
+        either order is a correct top-k). z_h is one output column of out_conv.{h}.4
+        (W_0 − W_1, b_0 − b_1), and exp(log_softmax(u_h))_0 = sigmoid(z_h), so
+        ``soft`` = Σ_h w_h sigmoid(z_h) / Σ_h w_h: no LogSoftmax, Exp, Softmax or
+        2-wide products."""
+        xt = self._heads_first(x)
+        wn = self._head_weights(xt)
+        wn = wn / wn.sum(dim=1, keepdim=True)  # B×H×N, normalised over heads
+        w4, b4 = self._logit_difference()
+        z = (self._hidden(xt) @ w4 + b4).squeeze(-1)  # B×H×N
+        key = (wn * z).sum(dim=1, keepdim=True)
+        soft = (wn * torch.sigmoid(z)).sum(dim=1, keepdim=True)
+        return key, soft
+
+    def _heads_first(self, x: torch.Tensor) -> torch.Tensor:
         b, n, _ = x.shape
-        h, d = self.num_heads, self.head_dim
-        xh = x.reshape(b, n, h, d)
-        weights = self.senet(xh.mean(dim=-1))  # B×N×H
+        return x.reshape(b, n, self.num_heads, self.head_dim).transpose(1, 2)  # B×H×N×d
+
+    def _head_weights(self, xt: torch.Tensor) -> torch.Tensor:
+        """B×H×N×d -> the SE head weights, B×H×N. The senet Linear layers act on the head
+        axis: their weights multiply from the left (H/2×H, H×H/2), so the B×H×N layout
+        needs no transpose and no flattening to 2-D."""
+        fc1, fc2 = self.senet[0], self.senet[2]
+        m = xt.mean(dim=-1)  # B×H×N: per-head channel means
+        m = torch.nn.functional.gelu(fc1.weight @ m + fc1.bias.unsqueeze(-1))
+        return torch.sigmoid(fc2.weight @ m + fc2.bias.unsqueeze(-1))
+
+    def _hidden(self, xt: torch.Tensor, policy: torch.Tensor | None = None) -> torch.Tensor:
+        """B×H×N×d -> out_conv.{h}.3's output, B×H×N×d/4, all heads at once.
+
+        The per-head Linear layers run as one batched MatMul over B×H×N×d (weights
+        stacked H×d×d'); the per-head LayerNorm affine is folded into the Linear after
+        it; out_conv.{h}.0 takes the global half as one row per head (local·W_localᵀ +
+        global·W_globalᵀ + b) instead of an N-row broadcast, and that row is the
+        token mean of in_conv's whole output times W_global padded with zero rows for
+        the local half (no slice for the global half). Same function as one scorer per
+        head (tests compare the two)."""
+        d = self.head_dim
         ln = self.in_conv[0][0]
-        t = torch.nn.functional.layer_norm(xh.transpose(1, 2), (d,), eps=ln.eps)  # B×H×N×d
+        t = torch.nn.functional.layer_norm(xt, (d,), eps=ln.eps)
         t = torch.nn.functional.gelu(t @ self._in_weight() + self._in_bias())
-        local, glob = t[..., : d // 2], t[..., d // 2 :]
         if policy is None:
-            glob = glob.mean(dim=2, keepdim=True)  # B×H×1×d/2
+            glob = t.mean(dim=2, keepdim=True)  # B×H×1×d
         else:
             pol = policy.unsqueeze(1)  # B×1×N×1
-            glob = (glob * pol).sum(dim=2, keepdim=True) / pol.sum(dim=2, keepdim=True)
-        w0, b0, w2, b2, w4, b4 = self._out_params()
-        u = local @ w0[:, : d // 2] + (glob @ w0[:, d // 2 :] + b0)
-        u = torch.nn.functional.gelu(u)
-        u = torch.nn.functional.gelu(u @ w2 + b2)
-        s = torch.log_softmax(u @ w4 + b4, dim=-1)  # B×H×N×2
-        wt = weights.transpose(1, 2)  # B×H×N
-        wsum = weights.sum(dim=-1)  # B×N
-        mixed = (s * wt.unsqueeze(-1)).sum(dim=1) / wsum.unsqueeze(-1)  # B×N×2
-        soft = (torch.exp(s[..., 0]) * wt).sum(dim=1) / wsum  # B×N
-        return mixed, soft
+            glob = (t * pol).sum(dim=2, keepdim=True) / pol.sum(dim=2, keepdim=True)
+        w0, b0, w2, b2, _, _ = self._out_params()
+        w0_glob = torch.nn.functional.pad(w0[:, d // 2 :], (0, 0, d // 2, 0))  # H×d×d/2
+        u = torch.nn.functional.gelu(t[..., : d // 2] @ w0[:, : d // 2] + (glob @ w0_glob + b0))
+        return torch.nn.functional.gelu(u @ w2 + b2)
 
     def _in_weight(self) -> torch.Tensor:
         """H×d×d: in_conv.{h}.1 transposed, LayerNorm weight folded in."""
@@ -133,20 +174,23 @@ class MultiheadPredictor(nn.Module):
             out.append(torch.stack([seq[i].bias.unsqueeze(0) for seq in self.out_conv]))
         return tuple(out)
 
-
-def keep_probability(mixed: torch.Tensor) -> torch.Tensor:
-    """B×N×2 mixed score -> B×N keep probability (softmax, channel 0)."""
-    return torch.softmax(mixed, dim=-1)[:, :, 0]
+    def _logit_difference(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """out_conv.{h}.4 folded to one column, keep − drop: weights H×d/4×1, biases
+        H×1×1."""
+        _, _, _, _, w4, b4 = self._out_params()
+        return w4[..., :1] - w4[..., 1:], b4[..., :1] - b4[..., 1:]
 
 
 def multihead_predictor_macs(c: int, h: int, n: int) -> int:
-    """Multiply-adds of MultiheadPredictor on n tokens (LayerNorm 5, GELU 8, softmax 5
-    and sigmoid 4 operations per element, as in DynamicViT's calc_flops)."""
+    """Multiply-adds of ``MultiheadPredictor.keep_scores`` on n tokens (LayerNorm 5,
+    GELU 8 and sigmoid 4 operations per element, as in DynamicViT's calc_flops):
+    out_conv.{h}.4 folded to one logit-difference column, one sigmoid of it per head,
+    and the head mixing (normalised weights times key and keep probability)."""
     d = c // h
-    per_head = n * (d * d + d * (d // 2) + (d // 2) * (d // 4) + (d // 4) * 2)
-    per_head += n * (5 * d + 8 * d + 8 * (d // 2) + 8 * (d // 4) + 5 * 2 + 2) + n * d // 2
+    per_head = n * (d * d + d * (d // 2) + (d // 2) * (d // 4) + d // 4)
+    per_head += n * (5 * d + 8 * d + 8 * (d // 2) + 8 * (d // 4) + 4) + n * d
     senet = n * (c + h * (h // 2) * 2 + 8 * (h // 2) + 4 * h)
-    return h * per_head + senet + n * (2 * h + 5 * 2)
+    return h * per_head + senet + n * 4 * h
 
 
 class SPViTStatic(StaticTopKViT):
@@ -162,13 +206,18 @@ class SPViTStatic(StaticTopKViT):
 
     def select(self, stage: int, x: torch.Tensor) -> torch.Tensor:
         cls, rest = x[:, :1], x[:, 1:]
-        n_patch = rest.shape[1] - stage  # earlier package tokens sit at the end
-        mixed, soft = self.score_predictor[stage](rest)
-        patches, packs = rest[:, :n_patch], rest[:, n_patch:]
-        p_patch = keep_probability(mixed)[:, :n_patch]
-        _, idx = torch.topk(p_patch, self.keep_counts[stage], dim=1, largest=True, sorted=True)
-        package = weighted_rest(patches, soft[:, :n_patch], idx, normalise=False)
-        return torch.cat([cls, gather_tokens(patches, idx), packs, package], dim=1)
+        key, soft = self.score_predictor[stage].keep_scores(rest)  # B×1×N each
+        patches, packs = rest, []
+        if stage:  # earlier package tokens sit at the end: scored, never dropped
+            n_patch = rest.shape[1] - stage
+            key, soft = key[..., :n_patch], soft[..., :n_patch]
+            patches, packs = rest[:, :n_patch], [rest[:, n_patch:]]
+        _, idx = torch.topk(key, self.keep_counts[stage], dim=2, largest=True, sorted=True)
+        # package token: Σ soft_i·x_i over the dropped patches (the kept ones zeroed in
+        # soft itself, one ScatterElements), not divided by Σ soft_i, as released
+        package = soft.scatter(2, idx, 0.0) @ patches  # B×1×C
+        kept = gather_tokens(rest, idx.transpose(1, 2))  # B×K×1 index: kept patches
+        return torch.cat([cls, kept, *packs, package], dim=1)
 
 
 class SPViT(PredictorMethod):

@@ -15,10 +15,13 @@ sorted unmerged rest -> one ScatterElements (-inf at the merged rows of a consta
 -position key) and a TopK of the other na - r; gathers of whole token rows ->
 GatherND (see ``gather_tokens``); scatter_reduce(sum) -> a one-hot r×Nb matrix
 product (plain MatMul, TensorRT-friendly; r·Nb·C multiply-adds, ~10 µs a block on
-DeiT-T, not the N²·C of a dense merge matrix). CLS protection is one Add of a
-constant -inf column; the best match is an ArgMax over the r merged rows only; the
-size-weighted average touches the B rows only (unmerged A tokens are copied, not
-multiplied and divided by their size). Same result for distinct similarity values.
+DeiT-T, not the N²·C of a dense merge matrix). The metric is the keys summed over
+heads (one MatMul of a constant row; the cosine normalisation removes the 1/H of the
+mean). CLS protection is one Add of a constant -inf column; the best
+match is an ArgMax over the r merged rows only; as the released merge_wavg, x·size
+and size travel as one B×N×(C+1) tensor (two strided slices, two gathers, one
+MatMul and one Add for both) and are divided once at the end. Same result for
+distinct similarity values.
 """
 
 from __future__ import annotations
@@ -59,32 +62,48 @@ def _complement_ascending(src_idx: torch.Tensor, n: int) -> torch.Tensor:
     return torch.topk(keys, n - src_idx.shape[1], dim=1, largest=True, sorted=True)[1]
 
 
+def head_sum(k: torch.Tensor) -> torch.Tensor:
+    """B×H×N×D keys -> B×N×D, their sum over heads: ToMe's metric k.mean(1) up to a
+    factor the cosine normalisation removes. One MatMul of a constant 1×H row on the
+    keys viewed B×H×(N·D) (a reduction over the head axis is ~3× slower on ONNX
+    Runtime CPU)."""
+    _, h, n, d = k.shape
+    # a literal (a constant in every exported form, not a traced full())
+    ones = torch.tensor([[1.0] * h], dtype=k.dtype, device=k.device)
+    return (ones @ k.reshape(-1, h, n * d)).reshape(-1, n, d)
+
+
 def bipartite_merge(
-    x: torch.Tensor, size: torch.Tensor, metric: torch.Tensor, r: int
+    x: torch.Tensor, size: torch.Tensor | None, metric: torch.Tensor, r: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """x: B×N×C, size: B×N×1, metric: B×N×D -> (B×(N-r)×C, B×(N-r)×1)."""
+    """x: B×N×C, size: B×N×1 (None: all 1), metric: B×N×D -> (B×(N-r)×C, B×(N-r)×1)."""
     metric = metric / metric.norm(dim=-1, keepdim=True)
     a, b = metric[:, ::2], metric[:, 1::2]
     na, nb = a.shape[1], b.shape[1]
     # CLS (row 0 of A) never merges: -inf on its row, as one Add of a constant column
+    # (on the scores, not on their row maxima: there it joins the MatMul's XNNPACK
+    # segment instead of making one of its own)
     protect = torch.tensor([float("-inf")] + [0.0] * (na - 1), dtype=x.dtype, device=x.device)
-    scores = a @ b.transpose(-1, -2) + protect.view(1, na, 1)
+    scores = a @ b.transpose(-1, -2) + protect.view(1, na, 1)  # B×Na×Nb
     src_idx = torch.topk(scores.amax(dim=-1), r, dim=1, largest=True, sorted=True)[1]
     unm_idx = _complement_ascending(src_idx, na)
     # each merged token's best match: argmax over its own row of scores only (r rows,
     # not all of A)
-    dst_idx = gather_tokens(scores, src_idx).argmax(dim=-1)
-    onehot = (dst_idx.unsqueeze(-1) == torch.arange(nb).view(1, 1, nb)).to(x.dtype)  # B×r×Nb
+    dst_idx = gather_tokens(scores, src_idx).argmax(dim=-1, keepdim=True)  # B×r×1
+    into = (dst_idx == torch.arange(nb).view(1, 1, nb)).to(x.dtype).transpose(1, 2)  # B×Nb×r
 
-    # size-weighted average, computed on the B rows only: unmerged tokens keep x as is
-    xa, xb = x[:, ::2], x[:, 1::2]
-    sa, sb = size[:, ::2], size[:, 1::2]
-    into = onehot.transpose(1, 2)  # B×Nb×r
-    src_s = gather_tokens(sa, src_idx)
-    new_sb = sb + into @ src_s
-    new_xb = (xb * sb + into @ (gather_tokens(xa, src_idx) * src_s)) / new_sb
-    x = torch.cat([gather_tokens(xa, unm_idx), new_xb], dim=1)
-    return x, torch.cat([gather_tokens(sa, unm_idx), new_sb], dim=1)
+    # size-weighted sums as the released merge_wavg: [x·size | size] merged as one
+    # tensor (one gather per index set, one MatMul), then divided by the merged size
+    c = x.shape[-1]
+    if size is None:
+        xs = torch.cat([x, torch.ones_like(x[:, :, :1])], dim=-1)
+    else:
+        xs = torch.cat([x * size, size], dim=-1)
+    xa, xb = xs[:, ::2], xs[:, 1::2]
+    xb = xb + into @ gather_tokens(xa, src_idx)
+    out = torch.cat([gather_tokens(xa, unm_idx), xb], dim=1)
+    size = out[..., c:]
+    return out[..., :c] / size, size
 
 
 class ToMeStatic(VisionTransformer):
@@ -102,9 +121,7 @@ class ToMeStatic(VisionTransformer):
             out, _ = blk.attn.attend(q, k, v, bias)
             x = x + blk.attn.proj(out)
             if r > 0:
-                if size is None:
-                    size = torch.ones_like(x[:, :, :1])
-                x, size = bipartite_merge(x, size, k.mean(dim=1), r)
+                x, size = bipartite_merge(x, size, head_sum(k), r)
             x = x + blk.mlp(blk.norm2(x))
         return self.classify(x)
 
@@ -121,7 +138,7 @@ class _ToMeSelector(nn.Module):
         self.r = r
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        size = torch.ones_like(x[:, :, :1])
+        size = torch.ones_like(x[:, :, :1])  # as in every block after the first
         out, _ = bipartite_merge(x, size, x @ self.proj, self.r)
         return out
 

@@ -143,19 +143,27 @@ class _GatherRows(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        return torch.gather(x, 1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+        return _gather_rows(x, idx)
 
     @staticmethod
     def symbolic(g, x, idx):
+        if idx.type().dim() == 3:  # already B×K×1
+            return g.op("GatherND", x, idx, batch_dims_i=1)
         axes = g.op("Constant", value_t=torch.tensor([-1], dtype=torch.int64))
         return g.op("GatherND", x, g.op("Unsqueeze", idx, axes), batch_dims_i=1)
 
 
+def _gather_rows(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    if idx.dim() == 2:
+        idx = idx.unsqueeze(-1)
+    return torch.gather(x, 1, idx.expand(-1, -1, x.shape[-1]))
+
+
 def gather_tokens(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """x: B×N×C, idx: B×K (int64) -> B×K×C, rows in the order of ``idx``.
+    """x: B×N×C, idx: B×K or B×K×1 (int64) -> B×K×C, rows in the order of ``idx``.
 
     Eager, torch.export (CoreML) and training: ``torch.gather``. ONNX export: one
     GatherND with batch_dims=1 (see ``_GatherRows``)."""
     if torch.onnx.is_in_onnx_export():
         return _GatherRows.apply(x, idx)
-    return torch.gather(x, 1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+    return _gather_rows(x, idx)
