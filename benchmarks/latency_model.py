@@ -106,16 +106,18 @@ def render(meta: dict, rows: list[dict]) -> str:
         )
     lines += [
         "",
-        "| profile | threads | target (× dense) | target ms | predicted ms | measured ms | "
-        "measured vs target | met |",
-        "|---|---|---|---|---|---|---|---|",
+        "| profile | threads | target (× dense) | target ms | re-anchor scale | predicted ms "
+        "(re-anchored) | measured ms | measured vs target | met |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         for b in r["budgets"]:
             vt = b.get("vs_target")
+            scale = (b.get("reanchor") or {}).get("scale")
             lines.append(
                 f"| {r['arch']}/{r['method']} | {r['threads']} | {b['fraction']:.2f} | "
-                f"{b['target_ms']:.2f} | {b.get('predicted_ms', float('nan')):.2f} | "
+                f"{b['target_ms']:.2f} | {'' if scale is None else f'{scale:.3f}'} | "
+                f"{b.get('predicted_ms', float('nan')):.2f} | "
                 f"{b.get('measured_ms', float('nan')):.2f} | "
                 f"{'' if vt is None else f'{vt:+.1%}'} | {'yes' if b.get('met') else 'no'} |"
             )
