@@ -72,7 +72,7 @@ def make_budget(
     frac, why = resolve_margin(margin, model.table)
     choose = partial(
         search, model, target, meth, schedule, parse_ints(locs, "--locs"), sens,
-        str(sensitivity), frac, why,
+        str(sensitivity), margin=frac, margin_source=why,
     )  # fmt: skip
     try:
         res = choose()

@@ -126,17 +126,33 @@ def reanchor_lines(v) -> list[str]:
     ]
 
 
+def refined_lines(v) -> list[str]:
+    r = v.refined
+    if not r:
+        return []
+    f = r["first"]
+    return [
+        f"refined: that pick measured {f['measured_ms']:.3f} ms; chosen again with the "
+        f"table × {r['scale']:.3f} (its own measured / predicted), {r['margin']:.0%} under "
+        "the target"
+    ]
+
+
 def verification_lines(v) -> list[str]:
     verdict = "[green]budget met[/]" if v.met else "[red]budget NOT met[/]"
     table = f", the table's {v.table_predicted_ms:.3f} ms" if v.reanchor else ""
-    return reanchor_lines(v) + [
-        f"{verdict} when measured: {v.measured_ms:.3f} ms (p90 {v.measured_p90_ms:.3f}) vs "
-        f"target {v.target_ms:.3f} ms ({v.vs_target:+.1%}); predicted {v.predicted_ms:.3f} ms "
-        f"(error {v.error:+.1%}{table})",
-        f"dense measured {v.dense_measured_ms:.3f} ms vs predicted {v.dense_predicted_ms:.3f} "
-        f"ms (machine drift {v.drift:+.1%}); speedup {v.speedup:.2f}× "
-        f"({v.runtime}, {v.threads} thread(s), {v.rounds} interleaved rounds × {v.burst})",
-    ]
+    return (
+        reanchor_lines(v)
+        + refined_lines(v)
+        + [
+            f"{verdict} when measured: {v.measured_ms:.3f} ms (p90 {v.measured_p90_ms:.3f}) vs "
+            f"target {v.target_ms:.3f} ms ({v.vs_target:+.1%}); predicted {v.predicted_ms:.3f} ms "
+            f"(error {v.error:+.1%}{table})",
+            f"dense measured {v.dense_measured_ms:.3f} ms vs predicted {v.dense_predicted_ms:.3f} "
+            f"ms (machine drift {v.drift:+.1%}); speedup {v.speedup:.2f}× "
+            f"({v.runtime}, {v.threads} thread(s), {v.rounds} interleaved rounds × {v.burst})",
+        ]
+    )
 
 
 def validation_table(profile, rep: ValidationReport) -> Table:

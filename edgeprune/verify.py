@@ -23,7 +23,12 @@ from edgeprune.errors import EdgepruneError
 from edgeprune.latency import LatencyModel
 from edgeprune.records import record
 
-ANCHOR_ROUNDS = 10  # bursts of the dense model timed to re-anchor the table
+ANCHOR_ROUNDS = 20  # bursts of the dense model timed to re-anchor the table
+# a re-anchored pick measured over the target, or more than REFINE_BAND under it, is
+# chosen once more with the scale its own measurement gives, aiming REFINE_MARGIN under
+# the target (what is left to cover then is one measurement's noise, not the table's)
+REFINE_BAND = 0.05
+REFINE_MARGIN = 0.02
 
 
 def choice(result: BudgetResult | None) -> dict | None:
@@ -74,6 +79,8 @@ class Verification:
     rounds: int
     burst: int
     reanchor: Anchor | None = None  # None: --no-reanchor
+    # the re-anchored pick missed the band: what it was and measured, the new scale
+    refined: dict | None = None
 
     @property
     def met(self) -> bool:
@@ -107,6 +114,7 @@ class Verification:
                 "runtime threads rounds burst",
             ),
             "reanchor": self.reanchor.to_dict() if self.reanchor else None,
+            "refined": self.refined,
         }
 
 
@@ -159,6 +167,21 @@ def verify_budget(
             f"the chosen schedule {list(chosen.keep_ratios)}",
         )
         t_pruned, t_dense = here.time([pruned, dense], rounds, burst)
+        refined = None
+        if reanchor and not -REFINE_BAND <= t_pruned.median_ms / result.target_ms - 1 <= 0:
+            again = _refine(choose, result, t_pruned.median_ms, step)
+            if again is not None:
+                first = {
+                    **choice(result), "scale": result.scale,
+                    "measured_ms": t_pruned.median_ms, "dense_measured_ms": t_dense.median_ms,
+                }  # fmt: skip
+                result, chosen = again, again.chosen
+                pruned = here.load(
+                    resolve(f"{arch}:{result.method}", keep=chosen.keep_ratios, locs=result.locs),
+                    f"the refined schedule {list(chosen.keep_ratios)}",
+                )
+                t_pruned, t_dense = here.time([pruned, dense], rounds, burst)
+                refined = {"first": first, "scale": result.scale, "margin": REFINE_MARGIN}
     return result, Verification(
         target_ms=result.target_ms,
         predicted_ms=result.predicted_ms,
@@ -172,4 +195,22 @@ def verify_budget(
         rounds=rounds,
         burst=burst,
         reanchor=anchor,
+        refined=refined,
     )
+
+
+def _refine(choose, result: BudgetResult, measured_ms: float, step) -> BudgetResult | None:
+    """Choose again with the scale the chosen schedule's own measurement gives (measured
+    / its table prediction), REFINE_MARGIN under the target. None: nothing new to try
+    (the same schedule, dense, or no schedule meets the target at that scale)."""
+    from edgeprune.budget import UnreachableTarget
+
+    scale = measured_ms / result.chosen.predicted_ms
+    step(f"refining: the pick measured {measured_ms:.2f} ms, re-scaling the table × {scale:.3f}")
+    try:
+        again = choose(scale=scale, margin=REFINE_MARGIN, margin_source="refine")
+    except UnreachableTarget:
+        return None
+    if again.status == "dense" or again.chosen.keep_ratios == result.chosen.keep_ratios:
+        return None
+    return again

@@ -286,7 +286,8 @@ def test_reanchor_scales_the_table_to_the_machine_and_prunes_harder(halved):
     re, table = halved["reanchor"], halved["table"]
     a = re.verification.reanchor
     assert 1.5 < a.scale < 3, a  # the table says twice as fast as the machine is
-    assert re.result.scale == pytest.approx(a.scale)
+    r = re.verification.refined  # set when the re-anchored pick measured outside the band
+    assert re.result.scale == pytest.approx(r["scale"] if r else a.scale)
     assert table.result.status == "dense"  # 1.2 × the table's dense: dense "meets" it
     assert re.result.status == "ok" and re.result.predicted_ms <= halved["target"]
     assert re.result.chosen.kept_tokens < table.result.chosen.kept_tokens
@@ -303,17 +304,46 @@ def test_reanchored_budget_file_records_the_anchor_and_the_verified_schedule(hal
     for k in ("dense_table_ms", "dense_measured_ms", "scale", "table_choice", "choice"):
         assert k in a, k
     assert a["scale"] == pytest.approx(a["dense_measured_ms"] / a["dense_table_ms"])
-    assert d["reanchor_scale"] == a["scale"]
+    # the re-anchored pick, or, when it measured outside the band, the refined one
+    r = v["refined"]
+    first = r["first"] if r else a["choice"]
+    assert first["keep_ratios"] == a["choice"]["keep_ratios"]
+    scale = r["scale"] if r else a["scale"]
+    assert d["reanchor_scale"] == scale
     # the file's schedule is the one verified, its prediction the re-anchored one
-    assert d["keep_ratios"] == a["choice"]["keep_ratios"] == list(run.result.chosen.keep_ratios)
-    assert d["predicted_ms"] == v["predicted_ms"] == a["choice"]["predicted_ms"]
+    assert d["keep_ratios"] == list(run.result.chosen.keep_ratios)
+    if not r:
+        assert d["keep_ratios"] == a["choice"]["keep_ratios"]
+        assert d["predicted_ms"] == a["choice"]["predicted_ms"]
+    assert d["predicted_ms"] == v["predicted_ms"]
     assert v["table_predicted_ms"] == d["table_predicted_ms"]
-    assert v["predicted_ms"] == pytest.approx(v["table_predicted_ms"] * a["scale"])
+    assert v["predicted_ms"] == pytest.approx(v["table_predicted_ms"] * scale)
     assert resolve("deit_tiny", budget=run.path).plan == run.result.chosen.plan
     b = load_budget(run.path)  # the loss aims at the target in the table's terms
-    assert LatencyAwareSparsityLoss(b).target_ms == pytest.approx(d["target_ms"] / a["scale"])
+    assert LatencyAwareSparsityLoss(b).target_ms == pytest.approx(d["target_ms"] / scale)
     text = "\n".join(budget_lines(run))
     assert "re-anchored: dense measured" in text and "the table alone picks dense" in text
+
+
+def test_refine_rescales_by_the_picks_own_measurement(profile):
+    """A re-anchored pick that measured 30 % over its prediction is chosen again with the
+    table × (measured / table prediction), 2 % under the target: it prunes harder; one
+    that measured as predicted but aimed 5 % under keeps more tokens (room was left)."""
+    from functools import partial
+
+    from edgeprune.budget import search
+    from edgeprune.verify import REFINE_MARGIN, _refine
+
+    model = load_model(profile)
+    dense = model.predict(resolve("deit_tiny").plan).total_ms
+    choose = partial(search, model, 0.6 * dense, "dynamicvit", margin=0.05)
+    first = choose(scale=1.0)
+    again = _refine(choose, first, 1.3 * first.chosen.predicted_ms, lambda _m: None)
+    assert again is not None and again.scale == pytest.approx(1.3)
+    assert again.margin == REFINE_MARGIN and again.predicted_ms <= again.aim_ms
+    assert again.chosen.kept_tokens < first.chosen.kept_tokens
+    roomier = _refine(choose, first, first.chosen.predicted_ms, lambda _m: None)
+    assert roomier is not None and roomier.chosen.kept_tokens > first.chosen.kept_tokens
 
 
 def test_no_reanchor_verifies_the_tables_own_choice(halved):
