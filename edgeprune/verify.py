@@ -160,12 +160,7 @@ def verify_budget(
         if result is None:
             raise ValueError("verify_budget needs the table's own choice without reanchor")
         chosen = result.chosen
-        pruned = here.load(
-            resolve(arch)
-            if result.status == "dense"
-            else resolve(f"{arch}:{result.method}", keep=chosen.keep_ratios, locs=result.locs),
-            f"the chosen schedule {list(chosen.keep_ratios)}",
-        )
+        pruned = here.load(_source(result), f"the chosen schedule {list(chosen.keep_ratios)}")
         t_pruned, t_dense = here.time([pruned, dense], rounds, burst)
         refined = None
         if reanchor and not -REFINE_BAND <= t_pruned.median_ms / result.target_ms - 1 <= 0:
@@ -177,8 +172,7 @@ def verify_budget(
                 }  # fmt: skip
                 result, chosen = again, again.chosen
                 pruned = here.load(
-                    resolve(f"{arch}:{result.method}", keep=chosen.keep_ratios, locs=result.locs),
-                    f"the refined schedule {list(chosen.keep_ratios)}",
+                    _source(result), f"the refined schedule {list(chosen.keep_ratios)}"
                 )
                 t_pruned, t_dense = here.time([pruned, dense], rounds, burst)
                 refined = {"first": first, "scale": result.scale, "margin": REFINE_MARGIN}
@@ -197,6 +191,16 @@ def verify_budget(
         reanchor=anchor,
         refined=refined,
     )
+
+
+def _source(result: BudgetResult):
+    """The model a search result chose: dense, or its method at the chosen schedule."""
+    from edgeprune.source import resolve
+
+    arch = result.arch.name
+    if result.status == "dense":
+        return resolve(arch)
+    return resolve(f"{arch}:{result.method}", keep=result.chosen.keep_ratios, locs=result.locs)
 
 
 def _refine(choose, result: BudgetResult, measured_ms: float, step) -> BudgetResult | None:
