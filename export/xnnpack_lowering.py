@@ -41,43 +41,40 @@ from collections.abc import Callable, Iterator
 import torch
 
 
-def _op_names(graph: torch.fx.Graph) -> list[str]:
-    return [
-        getattr(n.target, "__name__", str(n.target)) for n in graph.nodes if n.op == "call_function"
-    ]
+def _calls(graph: torch.fx.Graph) -> Iterator[tuple[torch.fx.Node, str]]:
+    """(node, op name) for every call in the graph (edge ops: ``aten.cat.default``)."""
+    for n in graph.nodes:
+        if n.op == "call_function":
+            yield n, getattr(n.target, "__name__", str(n.target))
+
+
+def _name(node: object) -> str:
+    return getattr(getattr(node, "target", None), "__name__", "")
 
 
 def _softmax_after_add(graph: torch.fx.Graph) -> bool:
     """A softmax whose input is an addition: the masked attention of XNNPACK's SDPA
     templates (they all take a mask; attention without one never matches)."""
-    for n in graph.nodes:
-        name = getattr(n.target, "__name__", "")
-        if n.op == "call_function" and "softmax" in name and n.args:
-            src = n.args[0]
-            if isinstance(src, torch.fx.Node) and "add" in getattr(src.target, "__name__", ""):
-                return True
-    return False
+    return any(
+        "softmax" in name and n.args and "add" in _name(n.args[0]) for n, name in _calls(graph)
+    )
 
 
 def _long_cat(graph: torch.fx.Graph) -> bool:
-    return any(
-        n.op == "call_function"
-        and getattr(n.target, "__name__", "").endswith("cat.default")
-        and len(n.args[0]) > 5
-        for n in graph.nodes
-    )
+    return any(name.endswith("cat.default") and len(n.args[0]) > 5 for n, name in _calls(graph))
 
 
 def _has(*fragments: str) -> Callable[[torch.fx.Graph], bool]:
     def check(graph: torch.fx.Graph) -> bool:
-        return any(f in name for name in _op_names(graph) for f in fragments)
+        return any(f in name for _, name in _calls(graph) for f in fragments)
 
     return check
 
 
 def _conv1d(graph: torch.fx.Graph) -> bool:
-    for n in graph.nodes:
-        if n.op == "call_function" and "convolution" in getattr(n.target, "__name__", ""):
+    """A convolution on a 3-D input (or one whose input shape is unknown)."""
+    for n, name in _calls(graph):
+        if "convolution" in name:
             val = n.args[0].meta.get("val") if isinstance(n.args[0], torch.fx.Node) else None
             if val is None or val.dim() == 3:
                 return True
