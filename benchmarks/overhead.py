@@ -54,11 +54,17 @@ class SliceReference(VisionTransformer):
         for blk, n_attn, n_mlp in zip(
             self.blocks, self.plan.attn_tokens, self.plan.mlp_tokens, strict=True
         ):
-            x = x[:, :n_attn]
+            x = _first(x, n_attn)
             x = x + blk.attn(blk.norm1(x))
-            x = x[:, :n_mlp]
+            x = _first(x, n_mlp)
             x = x + blk.mlp(blk.norm2(x))
         return self.classify(x)
+
+
+def _first(x: torch.Tensor, n: int) -> torch.Tensor:
+    """The first ``n`` tokens; the tensor itself when it has ``n`` (a no-op slice would be
+    an ``alias_copy`` outside XNNPACK and cut the reference into segments)."""
+    return x if x.shape[1] == n else x[:, :n]
 
 
 def slice_reference_onnx(spec: str, out: Path) -> None:

@@ -17,8 +17,10 @@ means, other means and sums the same way, ``log_softmax`` as ``log(softmax)``,
 sqrt of a mean (ToMe's metric), a max over the last dim as a 1×n max-pool (ToMe's
 best match), no-op
 ``expand`` removed, and every computation on weights alone (SPViT's stacked per-head
-weights, DynamicViT's split first layer) folded into constants. What stays outside is
-what XNNPACK has no kernel for: TopK, the gather and the mask scatter of the selectors.
+weights, DynamicViT's split first layer) folded into constants. Token selection is
+traced in its one-hot form (``methods/tokenops.py``: ranks from pairwise steps, kept
+rows as a one-hot MatMul) instead of TopK, gather and scatter, which XNNPACK has no
+kernels for: every method's program is one delegate with nothing outside.
 """
 
 from __future__ import annotations
@@ -278,8 +280,10 @@ def lower(
     step = progress or (lambda _msg: None)
     seconds: dict[str, float] = {}
     from edgeprune.export.xnnpack_lowering import fast_lowering
+    from edgeprune.methods.tokenops import onehot_selection
 
-    with _quiet(), torch.no_grad(), fast_lowering():
+    # token selection as one-hot MatMuls, not TopK + gather (see methods/tokenops.py)
+    with _quiet(), torch.no_grad(), fast_lowering(), onehot_selection():
         from executorch.backends.xnnpack.partition.xnnpack_partitioner import (
             XnnpackPartitioner,
         )

@@ -52,19 +52,9 @@ def test_export_writes_pte_and_manifest_with_parity_and_segments(spvit_pte):
     assert p["status"] == "passed" and p["runtime"] == "executorch (xnnpack)"
     assert p["max_abs_diff"] <= 1e-4 and p["top1_agreement"] == 1.0 and p["inputs"] == 2
     x = man["xnnpack"]
-    # two selector stages: TopK cannot be delegated, so at best 3 segments
-    assert x["delegate_segments"] == 3, x
-    assert set(x["ops_outside_delegates"]) <= {
-        "alias_copy",
-        "topk",
-        "gather",
-        "scatter.value",
-        "full_like",
-        "unsqueeze_copy",
-        "expand_copy",
-        "view_copy",
-        "permute_copy",  # of TopK's int64 indices (B×1×K → B×K×1): XNNPACK takes floats
-    }, x
+    # selection in the one-hot form (methods/tokenops.py): TopK, gather and scatter are
+    # gone, so the whole program is one XNNPACK delegate
+    assert x["delegate_segments"] == 1 and x["ops_outside_delegates"] == {}, x
     assert "native_layer_norm" not in x["ops_outside_delegates"]
     assert man["versions"]["executorch"].startswith("1.")
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]
@@ -93,8 +83,8 @@ def test_rewrites_remove_segments_and_keep_the_function():
 def test_fast_lowering_gives_the_same_program_byte_for_byte(monkeypatch):
     """The speed-ups of export/xnnpack_lowering.py (shorter provenance, XNNPACK passes
     that cannot apply skipped) change nothing in the program, debug handles included;
-    and they are undone after each lowering. ToMe: the most op kinds (cat, TopK,
-    gather, scatter, argmax) and several delegate segments."""
+    and they are undone after each lowering. ToMe: the most op kinds (cat, pad,
+    slices, max-pool, the one-hot selections)."""
     from torch.fx.traceback import NodeSource
 
     from edgeprune.export.executorch import lower
@@ -109,6 +99,25 @@ def test_fast_lowering_gives_the_same_program_byte_for_byte(monkeypatch):
     assert fast.segments == every.segments and fast.outside == every.outside
     assert fast.buffer == every.buffer
     assert "ConvertToUpsampleBilinear2d" in APPLIES
+
+
+@pytest.mark.parametrize("method", ["dynamicvit", "evit", "spvit", "avit", "tome"])
+def test_every_method_selects_inside_one_xnnpack_delegate(method):
+    """The one-hot selection form keeps every method's token selection inside XNNPACK:
+    one delegate, no op on a portable kernel, and the same logits as PyTorch (which
+    selects with TopK and gathers) in the ExecuTorch runtime."""
+    from edgeprune.export.executorch import lower
+    from edgeprune.runtimes.executorch import ExecuTorchRunner
+
+    src = tiny_source(method, locs=(1,), keep=(0.5,), arch=TINY2)
+    model = src.model()
+    low = lower(model, torch.zeros(2, 3, 64, 64))
+    assert (low.segments, low.outside) == (1, {}), (low.segments, low.outside)
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    r = ExecuTorchRunner(threads=1)
+    r.load(low.buffer)
+    with torch.no_grad():
+        assert np.abs(r.run(x.numpy())[0] - model(x).numpy()).max() < 1e-4
 
 
 def test_fast_lowering_keeps_the_passes_a_graph_needs():

@@ -1,5 +1,7 @@
 """The cheaper graph layouts (issue #7) compute the same function as the plain forms."""
 
+import contextlib
+
 import numpy as np
 import onnx
 import pytest
@@ -8,7 +10,13 @@ import torch
 from edgeprune.export.onnx import verified_onnx
 from edgeprune.methods.dynamicvit import PredictorLG
 from edgeprune.methods.spvit import MultiheadPredictor
-from edgeprune.methods.tome import _complement_ascending, bipartite_merge
+from edgeprune.methods.tokenops import (
+    _complement_ascending,
+    best_match,
+    onehot_selection,
+    select_top,
+)
+from edgeprune.methods.tome import bipartite_merge
 from edgeprune.models.deit import init_random_
 from edgeprune.runtimes.onnxruntime import make_session, run
 from edgeprune.source import resolve
@@ -67,11 +75,11 @@ def test_multihead_keep_scores_rank_as_published(dim, heads):
     with torch.no_grad():
         key, soft = m.keep_scores(x)
         mixed, want_soft = _per_head_loop(m, x)
-    assert key.shape == soft.shape == (2, 1, 150)
+    assert key.shape == soft.shape == (2, 150)
     want_p = torch.softmax(mixed, dim=-1)[..., 0]
-    assert (torch.sigmoid(key[:, 0]) - want_p).abs().max().item() <= 1e-5
-    assert (soft[:, 0] - want_soft).abs().max().item() <= 1e-5
-    assert torch.equal(key[:, 0].argsort(dim=1), want_p.argsort(dim=1))
+    assert (torch.sigmoid(key) - want_p).abs().max().item() <= 1e-5
+    assert (soft - want_soft).abs().max().item() <= 1e-5
+    assert torch.equal(key.argsort(dim=1), want_p.argsort(dim=1))
 
 
 def test_predictor_lg_equals_concat_form():
@@ -84,6 +92,41 @@ def test_predictor_lg_equals_concat_form():
         assert (m(x, policy) - _concat_form(m, x, policy)).abs().max().item() <= 1e-5
 
 
+def test_onehot_selection_keeps_the_same_tokens_in_the_same_order():
+    """Ranks, rows, values, the dropped mask and the rest in order: the one-hot form
+    equals TopK + gather (distinct keys), and on tied keys it keeps a valid top k in
+    token order."""
+    g = torch.Generator().manual_seed(2)
+    key = torch.randn(3, 50, generator=g)
+    x = torch.randn(3, 50, 7, generator=g)
+    for largest in (True, False):
+        index = select_top(key, 12, largest)
+        with onehot_selection():
+            onehot = select_top(key, 12, largest)
+        assert index.onehot is None and onehot.idx is None
+        assert torch.equal(onehot.rows(x), index.rows(x))
+        assert torch.equal(onehot.values(key), index.values(key))
+        assert torch.equal(onehot.dropped(key), index.dropped(key))
+        assert torch.equal(onehot.rest_in_order(x), index.rest_in_order(x))
+    tied = torch.zeros(2, 9)
+    tied[:, 4:] = 1.0  # five equal best keys: the first three in token order
+    with onehot_selection():
+        sel = select_top(tied, 3)
+    assert torch.equal(
+        sel.rows(torch.arange(9.0).view(1, 9, 1).expand(2, 9, 1))[..., 0],
+        torch.tensor([[4.0, 5.0, 6.0]] * 2),
+    )
+
+
+def test_best_match_one_hot_is_argmax_first_on_ties():
+    s = torch.tensor([[[0.1, 0.9, 0.9, 0.2], [0.5, 0.5, 0.1, 0.5], [0.3, 0.2, 0.1, 0.0]]])
+    want = best_match(s)
+    with onehot_selection():
+        got = best_match(s)
+    assert torch.equal(got, want)
+    assert got.sum(dim=1).tolist() == [[1.0, 1.0, 1.0]]  # one destination per row
+
+
 def test_complement_ascending():
     g = torch.Generator().manual_seed(0)
     src = torch.stack([torch.randperm(40, generator=g)[:9] for _ in range(4)])
@@ -92,13 +135,17 @@ def test_complement_ascending():
         assert row == sorted(set(range(40)) - set(s))
 
 
-def test_tome_merge_with_tied_scores_is_a_partition():
+@pytest.mark.parametrize("onehot", [False, True])
+def test_tome_merge_with_tied_scores_is_a_partition(onehot):
     """Identical tokens (flat image regions) tie in the matching scores: the merge must
-    still use every token exactly once, so sizes and size-weighted sums are conserved."""
+    still use every token exactly once, so sizes and size-weighted sums are conserved
+    (in both graph forms: the one-hot form ranks ties in token order and sends each
+    merged token to its first best match only)."""
     x = torch.randn(2, 61, 8)
     x[:, 10:40] = x[:, 10:11]  # 30 identical tokens
     size = torch.rand(2, 61, 1) + 0.5
-    out, new_size = bipartite_merge(x, size, x, r=20)
+    with onehot_selection() if onehot else contextlib.nullcontext():
+        out, new_size = bipartite_merge(x, size, x, r=20)
     assert out.shape == (2, 41, 8) and new_size.shape == (2, 41, 1)
     assert torch.allclose(new_size.sum(1), size.sum(1), atol=1e-5)
     assert torch.allclose((out * new_size).sum(1), (x * size).sum(1), atol=1e-4)

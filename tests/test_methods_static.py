@@ -1,10 +1,12 @@
 """SPViT, EViT and ToMe static graphs against straightforward reference formulations."""
 
+import contextlib
 import math
 
 import pytest
 import torch
 
+from edgeprune.methods.tokenops import onehot_selection
 from edgeprune.source import resolve
 
 
@@ -115,10 +117,19 @@ def img():
     return torch.randn(3, 3, 224, 224)
 
 
-def test_spvit_equals_masked(img):
+FORMS = pytest.mark.parametrize("form", ["index", "onehot"])
+
+
+def _form(form: str):
+    """The selection's graph form (methods/tokenops.py): both must match the reference."""
+    return onehot_selection() if form == "onehot" else contextlib.nullcontext()
+
+
+@FORMS
+def test_spvit_equals_masked(img, form):
     src = resolve("deit_tiny:spvit")
     model = src.model()
-    with torch.no_grad():
+    with torch.no_grad(), _form(form):
         ours = model(img)
         ref = spvit_masked(model, img, src.config.keep_ratios, list(src.config.prune_locs))
         dense = type(model).__mro__[2].forward(model, img)
@@ -131,23 +142,25 @@ def test_spvit_plan_counts_package_tokens():
     assert plan.tokens_per_block == (197,) * 3 + (122,) * 3 + (75,) * 3 + (30,) * 3
 
 
-def test_evit_equals_reference(img):
+@FORMS
+def test_evit_equals_reference(img, form):
     src = resolve("deit_tiny:evit@0.7")
     assert src.plan.tokens_per_block[3:5] == (197, 140)
     assert src.plan.mlp_tokens[3] == 140 and src.plan.final_tokens == 72
     model = src.model()
-    with torch.no_grad():
+    with torch.no_grad(), _form(form):
         ours = model(img)
         ref = evit_reference(model, img, src.config.keep_ratios, list(src.config.prune_locs))
     assert (ours - ref).abs().max().item() <= 1e-5
 
 
-def test_tome_equals_reference(img):
+@FORMS
+def test_tome_equals_reference(img, form):
     src = resolve("deit_tiny:tome@r16")
     assert src.plan.attn_tokens[:3] == (197, 181, 165)
     assert src.plan.final_tokens == 11  # the last block is clamped to (21 - 1) // 2
     model = src.model()
-    with torch.no_grad():
+    with torch.no_grad(), _form(form):
         ours = model(img)
         ref = tome_reference(model, img, 16)
     assert (ours - ref).abs().max().item() <= 1e-5

@@ -48,7 +48,8 @@ from torch import nn
 from edgeprune.arch import Arch
 from edgeprune.errors import EdgepruneError
 from edgeprune.methods.base import Method, MethodConfig
-from edgeprune.models.deit import VisionTransformer, gather_tokens
+from edgeprune.methods.tokenops import Selection, select_top, step
+from edgeprune.models.deit import VisionTransformer
 from edgeprune.plan import SelectorStage, TokenPlan
 
 EPS = 0.01
@@ -88,30 +89,13 @@ def log_add(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.maximum(a, b) + _log1p_exp_neg_abs(a - b)
 
 
-def _step(d: torch.Tensor) -> torch.Tensor:
-    """1.0 where d > 0, else 0.0, exactly (any positive float clamps into (0, 1] and
-    ceils to 1). Clip and Ceil, not a comparison and a cast: XNNPACK runs these, so
-    the ranking stays inside the delegate; ONNX, CoreML and TensorRT take them too."""
-    return torch.ceil(torch.clamp(d, 0.0, 1.0))
-
-
-def lowest(key: torch.Tensor, k: int) -> torch.Tensor:
-    """Indices (B×k) of the ``k`` smallest keys along dim 1, smallest first; equal keys in
-    token order. Ranks by each token's position in that order (distinct integers), so
-    torch, onnxruntime and ExecuTorch keep the same tokens even when keys are bit-equal
+def lowest(key: torch.Tensor, k: int) -> Selection:
+    """The ``k`` tokens with the smallest keys (B×N), smallest first; equal keys in token
+    order. Ranks by each token's position in that order (distinct integers), so torch,
+    onnxruntime and ExecuTorch keep the same tokens even when keys are bit-equal
     (saturated halting scores: for z ≳ 17 log sigmoid(z) rounds to 0 in float32, and
     torch.topk and ONNX TopK break ties differently)."""
-    n = key.shape[1]
-    pos = torch.arange(n, device=key.device)
-    earlier = (pos.unsqueeze(0) < pos.unsqueeze(1)).to(key.dtype)  # [i, j]: j before i
-    kj, ki = key.unsqueeze(1), key.unsqueeze(2)  # B×1×N, B×N×1
-    # [b, i, j] = 1 where token j ranks before token i: key j lower, or equal and j
-    # earlier (the terms exclude each other; arithmetic, not bool and/or, which
-    # coremltools does not convert)
-    below, above = _step(ki - kj), _step(kj - ki)
-    ahead = below + (1.0 - below - above) * earlier
-    rank = ahead.sum(dim=2)  # 0..N-1, all distinct (exact below 2**24)
-    return torch.topk(rank, k, dim=1, largest=False, sorted=True)[1]
+    return select_top(key, k, largest=False, exact_ties=True)
 
 
 class AViTStatic(VisionTransformer):
@@ -126,22 +110,26 @@ class AViTStatic(VisionTransformer):
         # log of the cumulative halting score per patch token (the ranking key); set
         # after block 0 (no selector sits before it)
         lc = None
-        # CLS: ponder-weighted output, as in the released model
-        c0 = torch.zeros_like(x[:, 0, :1])
-        rem, run = torch.ones_like(c0), torch.ones_like(c0)
-        out = torch.zeros_like(x[:, 0])
+        # CLS: ponder-weighted output, as in the released model. The accumulators start
+        # as Python numbers, not zeros_like/ones_like tensors: those are ops of their own
+        # (ExecuTorch's full_like, outside XNNPACK, one delegate cut each)
+        c0: torch.Tensor | float = 0.0
+        rem: torch.Tensor | float = 1.0
+        run: torch.Tensor | float = 1.0
+        out: torch.Tensor | None = None
         depth = len(self.blocks)
         last_sel = max(self.keep_at, default=-1)
         for i, blk in enumerate(self.blocks):
             keep = self.keep_at.get(i)
             if keep is not None:
                 # keep the tokens with the lowest cumulative halting score
-                idx = lowest(lc, keep)
-                x = torch.cat([x[:, :1], gather_tokens(x[:, 1:], idx)], dim=1)
-                lc = torch.gather(lc, 1, idx)
+                sel = lowest(lc, keep)
+                x = torch.cat([x[:, :1], sel.rows(x[:, 1:])], dim=1)
+                lc = sel.values(lc)
             x = blk(x)
+            h0: torch.Tensor | float
             if i == depth - 1:
-                h0 = torch.ones_like(c0)
+                h0 = 1.0 if isinstance(c0, torch.Tensor) else torch.ones_like(x[:, 0, :1])
             elif i < last_sel:  # the patch scores are needed by a later selector
                 lh = log_halting(x, self.scale, self.center)
                 lc = lh[:, 1:] if lc is None else log_add(lc, lh[:, 1:])
@@ -149,10 +137,11 @@ class AViTStatic(VisionTransformer):
             else:
                 h0 = torch.exp(log_halting(x[:, :1], self.scale, self.center))
             c0 = c0 + h0
-            # c0 > 1 - EPS and c0 < 1 - EPS, as steps (see _step)
-            reached = _step(c0 - (1 - EPS)) * run
-            not_reached = _step((1 - EPS) - c0)
-            out = out + x[:, 0] * run * (rem * reached + h0 * not_reached)
+            # c0 > 1 - EPS and c0 < 1 - EPS, as steps (see tokenops.step)
+            reached = step(c0 - (1 - EPS)) * run
+            not_reached = step((1 - EPS) - c0)
+            term = x[:, 0] * run * (rem * reached + h0 * not_reached)
+            out = term if out is None else out + term
             rem = rem - not_reached * h0
             run = not_reached
         return self.head(self.norm(out))
@@ -313,5 +302,4 @@ class _AViTSelector(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # one block's update of the log cumulative score (channel 1 stands in for it)
         lc = log_add(x[:, 1:, 1], log_halting(x[:, 1:], 10.0, 30.0))
-        idx = lowest(lc, self.keep)
-        return torch.cat([x[:, :1], gather_tokens(x[:, 1:], idx)], dim=1)
+        return torch.cat([x[:, :1], lowest(lc, self.keep).rows(x[:, 1:])], dim=1)

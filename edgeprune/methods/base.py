@@ -17,7 +17,8 @@ import torch
 
 from edgeprune.arch import Arch
 from edgeprune.errors import EdgepruneError
-from edgeprune.models.deit import VisionTransformer, gather_tokens
+from edgeprune.methods.tokenops import select_top
+from edgeprune.models.deit import VisionTransformer
 from edgeprune.plan import SelectorStage, TokenPlan
 
 if TYPE_CHECKING:
@@ -244,8 +245,7 @@ def parse_ratio(text: str, what: str) -> float:
 class StaticTopKViT(VisionTransformer):
     """DeiT whose pre-block selectors keep a constant number of patch tokens.
 
-    Subclasses say how the patch tokens are scored (``score``) and may fold the
-    dropped tokens into extra tokens (``fold_dropped``)."""
+    Subclasses say how the patch tokens are scored (``score``)."""
 
     def __init__(self, arch: Arch, plan: TokenPlan):
         super().__init__(arch)
@@ -259,20 +259,10 @@ class StaticTopKViT(VisionTransformer):
     def score(self, stage: int, patches: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def fold_dropped(
-        self, stage: int, patches: torch.Tensor, scores: torch.Tensor, keep_idx: torch.Tensor
-    ) -> torch.Tensor | None:
-        return None
-
     def select(self, stage: int, x: torch.Tensor) -> torch.Tensor:
         cls, patches = x[:, :1], x[:, 1:]
-        scores = self.score(stage, patches)
-        _, idx = torch.topk(scores, self.keep_counts[stage], dim=1, largest=True, sorted=True)
-        parts = [cls, gather_tokens(patches, idx)]
-        extra = self.fold_dropped(stage, patches, scores, idx)
-        if extra is not None:
-            parts.append(extra)
-        return torch.cat(parts, dim=1)
+        sel = select_top(self.score(stage, patches), self.keep_counts[stage])
+        return torch.cat([cls, sel.rows(patches)], dim=1)
 
     def forward(self, img: torch.Tensor) -> torch.Tensor:
         x = self.embed(img)

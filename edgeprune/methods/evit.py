@@ -25,8 +25,8 @@ from torch import nn
 from edgeprune.arch import Arch
 from edgeprune.errors import EdgepruneError
 from edgeprune.methods.base import Method, MethodConfig
-from edgeprune.methods.tokenops import weighted_rest
-from edgeprune.models.deit import Block, VisionTransformer, gather_tokens
+from edgeprune.methods.tokenops import select_top, weighted_rest
+from edgeprune.models.deit import Block, VisionTransformer
 from edgeprune.plan import SelectorStage, TokenPlan
 
 
@@ -39,9 +39,9 @@ def cls_attention_select(x: torch.Tensor, attn: torch.Tensor, keep: int) -> torc
     """x: B×N×C after attention, attn: B×H×N×N -> B×(1+keep+1)×C."""
     cls_attn = attn[:, :, 0, 1:].mean(dim=1)  # B×(N-1)
     rest = x[:, 1:]
-    _, idx = torch.topk(cls_attn, keep, dim=1, largest=True, sorted=True)
-    fused = weighted_rest(rest, cls_attn, idx, normalise=False)
-    return torch.cat([x[:, :1], gather_tokens(rest, idx), fused], dim=1)
+    sel = select_top(cls_attn, keep)
+    fused = weighted_rest(rest, cls_attn, sel, normalise=False)
+    return torch.cat([x[:, :1], sel.rows(rest), fused], dim=1)
 
 
 def evit_block(blk: Block, x: torch.Tensor, keep: int) -> torch.Tensor:

@@ -51,7 +51,7 @@ from edgeprune.methods.base import (
     StaticTopKViT,
     geometric,
 )
-from edgeprune.models.deit import gather_tokens
+from edgeprune.methods.tokenops import select_top, weighted_rest
 from edgeprune.plan import SelectorStage, TokenPlan
 
 
@@ -97,7 +97,7 @@ class MultiheadPredictor(nn.Module):
         return mixed, soft
 
     def keep_scores(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x: B×N×C, all live -> (key, soft), both B×1×N. ``soft`` is ``forward``'s
+        """x: B×N×C, all live -> (key, soft), both B×N. ``soft`` is ``forward``'s
         second output; ``key`` ranks the tokens as softmax(mixed)[..., 0] does.
 
         With two classes, softmax(mixed)[0] = sigmoid(mixed_0 − mixed_1), and a
@@ -113,8 +113,8 @@ class MultiheadPredictor(nn.Module):
         wn = wn / wn.sum(dim=1, keepdim=True)  # B×H×N, normalised over heads
         w4, b4 = self._logit_difference()
         z = (self._hidden(xt) @ w4 + b4).squeeze(-1)  # B×H×N
-        key = (wn * z).sum(dim=1, keepdim=True)
-        soft = (wn * torch.sigmoid(z)).sum(dim=1, keepdim=True)
+        key = (wn * z).sum(dim=1)
+        soft = (wn * torch.sigmoid(z)).sum(dim=1)
         return key, soft
 
     def _heads_first(self, x: torch.Tensor) -> torch.Tensor:
@@ -206,18 +206,17 @@ class SPViTStatic(StaticTopKViT):
 
     def select(self, stage: int, x: torch.Tensor) -> torch.Tensor:
         cls, rest = x[:, :1], x[:, 1:]
-        key, soft = self.score_predictor[stage].keep_scores(rest)  # B×1×N each
+        key, soft = self.score_predictor[stage].keep_scores(rest)  # B×N each
         patches, packs = rest, []
         if stage:  # earlier package tokens sit at the end: scored, never dropped
             n_patch = rest.shape[1] - stage
             key, soft = key[..., :n_patch], soft[..., :n_patch]
             patches, packs = rest[:, :n_patch], [rest[:, n_patch:]]
-        _, idx = torch.topk(key, self.keep_counts[stage], dim=2, largest=True, sorted=True)
-        # package token: Σ soft_i·x_i over the dropped patches (the kept ones zeroed in
-        # soft itself, one ScatterElements), not divided by Σ soft_i, as released
-        package = soft.scatter(2, idx, 0.0) @ patches  # B×1×C
-        kept = gather_tokens(rest, idx.transpose(1, 2))  # B×K×1 index: kept patches
-        return torch.cat([cls, kept, *packs, package], dim=1)
+        sel = select_top(key, self.keep_counts[stage])
+        # package token: Σ soft_i·x_i over the dropped patches, not divided by Σ soft_i,
+        # as released
+        package = weighted_rest(patches, soft, sel, normalise=False)  # B×1×C
+        return torch.cat([cls, sel.rows(patches), *packs, package], dim=1)
 
 
 class SPViT(PredictorMethod):

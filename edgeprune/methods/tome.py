@@ -4,11 +4,12 @@ tome/patch/timm.py). Training-free: works on any DeiT checkpoint.
 In every block, between attention and MLP, merge r tokens by bipartite soft matching:
 tokens alternate into sets A (even positions) and B (odd); the metric is the keys
 averaged over heads, cosine similarity; CLS (position 0, in A) is protected (its row
-of scores is -inf); each A token's best B match, the r A tokens with the highest
-match are merged into their B token (sum of size-weighted features / sum of sizes),
-the rest of A stays in original order (CLS first), then B. Attention is proportional:
-log(size) is added to the attention logits. r is clamped per block to
-(N - 1) // 2 as published, so r = 16 on DeiT-S gives 197, 181, …, 21 and then 11.
+of scores is -inf; here a finite PROTECT, same result); each A token's best B match,
+the r A tokens with the highest match are merged into their B token (sum of
+size-weighted features / sum of sizes), the rest of A stays in original order (CLS
+first), then B. Attention is proportional: log(size) is added to the attention
+logits. r is clamped per block to (N - 1) // 2 as published, so r = 16 on DeiT-S
+gives 197, 181, …, 21 and then 11.
 
 Static rewrite: argsort -> TopK with a constant K = r (the merged A tokens); the
 sorted unmerged rest -> one ScatterElements (-inf at the merged rows of a constant
@@ -17,11 +18,13 @@ GatherND (see ``gather_tokens``); scatter_reduce(sum) -> a one-hot r×Nb matrix
 product (plain MatMul, TensorRT-friendly; r·Nb·C multiply-adds, ~10 µs a block on
 DeiT-T, not the N²·C of a dense merge matrix). The metric is the keys summed over
 heads (one MatMul of a constant row; the cosine normalisation removes the 1/H of the
-mean). CLS protection is one Add of a constant -inf column; the best
-match is an ArgMax over the r merged rows only; as the released merge_wavg, x·size
-and size travel as one B×N×(C+1) tensor (two strided slices, two gathers, one
-MatMul and one Add for both) and are divided once at the end. Same result for
-distinct similarity values.
+mean). CLS protection is one Add of a constant column (``PROTECT``); the best match
+is an ArgMax over the r merged rows only; as the released merge_wavg, x·size and
+size travel as one B×N×(C+1) tensor (two strided slices, two gathers, one MatMul and
+one Add for both) and are divided once at the end. Same result for distinct
+similarity values. For ExecuTorch the same steps are traced in the one-hot form of
+``tokenops`` (ranks from pairwise steps, one-hot MatMuls, the even/odd split as a pad
+and stride-1 slices, the best match as a first-maximum one-hot): all inside XNNPACK.
 """
 
 from __future__ import annotations
@@ -29,12 +32,14 @@ from __future__ import annotations
 import re
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from edgeprune.arch import Arch
 from edgeprune.errors import EdgepruneError
 from edgeprune.methods.base import Method, MethodConfig
-from edgeprune.models.deit import VisionTransformer, gather_tokens
+from edgeprune.methods.tokenops import alternate, best_match, select_top
+from edgeprune.models.deit import VisionTransformer
 from edgeprune.plan import SelectorStage, TokenPlan
 
 DEFAULT_R = 16
@@ -50,18 +55,6 @@ def merge_plan(n_tokens: int, depth: int, r: int) -> list[int]:
     return out
 
 
-def _complement_ascending(src_idx: torch.Tensor, n: int) -> torch.Tensor:
-    """B×r indices into n rows -> the other n - r indices, ascending (B×(n-r)).
-
-    One ScatterElements and one TopK: the keys are -position, with -inf written at the
-    merged rows, so the largest n - r keys are the unmerged rows from the lowest index
-    up. Exact for any scores (ties included): exactly r rows are marked."""
-    # a literal, not -arange(n): CoreML's converter types a float arange as int32
-    pos = torch.tensor([[-float(i) for i in range(n)]], device=src_idx.device)
-    keys = pos.expand(src_idx.shape[0], n).scatter(1, src_idx, float("-inf"))
-    return torch.topk(keys, n - src_idx.shape[1], dim=1, largest=True, sorted=True)[1]
-
-
 def head_sum(k: torch.Tensor) -> torch.Tensor:
     """B×H×N×D keys -> B×N×D, their sum over heads: ToMe's metric k.mean(1) up to a
     factor the cosine normalisation removes. One MatMul of a constant 1×H row on the
@@ -73,35 +66,35 @@ def head_sum(k: torch.Tensor) -> torch.Tensor:
     return (ones @ k.reshape(-1, h, n * d)).reshape(-1, n, d)
 
 
+# CLS protection: added to CLS's row of scores. Cosine similarities lie in [-1, 1], so
+# CLS's best match is below every other token's and CLS is never among the r merged
+# (r < number of A tokens). Finite, not -inf as released: the one-hot form ranks by
+# pairwise differences, and -inf - -inf is NaN. Same result.
+PROTECT = -4.0
+
+
 def bipartite_merge(
     x: torch.Tensor, size: torch.Tensor | None, metric: torch.Tensor, r: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """x: B×N×C, size: B×N×1 (None: all 1), metric: B×N×D -> (B×(N-r)×C, B×(N-r)×1)."""
     metric = metric / metric.norm(dim=-1, keepdim=True)
-    a, b = metric[:, ::2], metric[:, 1::2]
-    na, nb = a.shape[1], b.shape[1]
-    # CLS (row 0 of A) never merges: -inf on its row, as one Add of a constant column
+    a, b = alternate(metric)
+    na = a.shape[1]
+    # CLS (row 0 of A) never merges: PROTECT on its row, as one Add of a constant column
     # (on the scores, not on their row maxima: there it joins the MatMul's XNNPACK
     # segment instead of making one of its own)
-    protect = torch.tensor([float("-inf")] + [0.0] * (na - 1), dtype=x.dtype, device=x.device)
+    protect = torch.tensor([PROTECT] + [0.0] * (na - 1), dtype=x.dtype, device=x.device)
     scores = a @ b.transpose(-1, -2) + protect.view(1, na, 1)  # B×Na×Nb
-    src_idx = torch.topk(scores.amax(dim=-1), r, dim=1, largest=True, sorted=True)[1]
-    unm_idx = _complement_ascending(src_idx, na)
-    # each merged token's best match: argmax over its own row of scores only (r rows,
-    # not all of A)
-    dst_idx = gather_tokens(scores, src_idx).argmax(dim=-1, keepdim=True)  # B×r×1
-    into = (dst_idx == torch.arange(nb).view(1, 1, nb)).to(x.dtype).transpose(1, 2)  # B×Nb×r
+    merged = select_top(scores.amax(dim=-1), r)  # the r A tokens with the best match
 
     # size-weighted sums as the released merge_wavg: [x·size | size] merged as one
-    # tensor (one gather per index set, one MatMul), then divided by the merged size
+    # tensor (one selection per token set, one MatMul), then divided by the merged size
     c = x.shape[-1]
-    if size is None:
-        xs = torch.cat([x, torch.ones_like(x[:, :, :1])], dim=-1)
-    else:
-        xs = torch.cat([x * size, size], dim=-1)
-    xa, xb = xs[:, ::2], xs[:, 1::2]
-    xb = xb + into @ gather_tokens(xa, src_idx)
-    out = torch.cat([gather_tokens(xa, unm_idx), xb], dim=1)
+    xs = F.pad(x, (0, 1), value=1.0) if size is None else torch.cat([x * size, size], dim=-1)
+    xa, xb = alternate(xs)
+    # each merged token into its best match (argmax over its own row of scores only)
+    xb = xb + best_match(merged.rows(scores)) @ merged.rows(xa)
+    out = torch.cat([merged.rest_in_order(xa), xb], dim=1)
     size = out[..., c:]
     return out[..., :c] / size, size
 
