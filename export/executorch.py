@@ -279,7 +279,7 @@ def lower(
     require_executorch()
     step = progress or (lambda _msg: None)
     seconds: dict[str, float] = {}
-    from edgeprune.export.xnnpack_lowering import fast_lowering
+    from edgeprune.export.xnnpack_lowering import fast_lowering, one_pass_table
     from edgeprune.methods.tokenops import onehot_selection
 
     # token selection as one-hot MatMuls, not TopK + gather (see methods/tokenops.py)
@@ -289,6 +289,7 @@ def lower(
         )
         from executorch.exir import EdgeCompileConfig, to_edge_transform_and_lower
 
+        partitioner = XnnpackPartitioner()
         t0 = time.perf_counter()
         quantized = None
         if calibration is not None:
@@ -301,7 +302,7 @@ def lower(
         try:
             ep = torch.export.export(model if quantized is not None else model.eval(), (example,))
             if friendly:
-                ep = ep.run_decompositions(decompositions())
+                ep = ep.run_decompositions(one_pass_table(ep, decompositions(), partitioner))
         except Exception as e:  # noqa: BLE001  (torch.export raises many kinds)
             raise EdgepruneError(
                 f"torch.export failed: {' '.join(str(e).split())[:200]}", exit_code=1
@@ -314,7 +315,7 @@ def lower(
         edge = to_edge_transform_and_lower(
             ep,
             transform_passes=passes,
-            partitioner=[XnnpackPartitioner()],
+            partitioner=[partitioner],
             compile_config=EdgeCompileConfig(_check_ir_validity=False),
         )
         segments, outside = delegate_summary(edge.exported_program())

@@ -151,6 +151,56 @@ def _needed_passes_only():
     return lambda: setattr(XNNPACKPassManager, "__init__", orig)
 
 
+def _skip_idle_decompositions():
+    """A ``run_decompositions`` on a program that is itself the output of one, with a
+    table that has none of its ops, returns it as it is (ExecuTorch calls it three
+    times after ours: ``{}`` to functionalise, then twice around the partitioner's
+    preserved ops; each is a full re-trace, and on our decomposed, functional graphs
+    the ones whose table matches no node change nothing)."""
+    import weakref
+
+    from torch.export import ExportedProgram
+
+    orig = ExportedProgram.run_decompositions
+    done: weakref.WeakSet = weakref.WeakSet()
+
+    def run(self, decomp_table=None, decompose_custom_triton_ops=False):
+        if (
+            self in done
+            and decomp_table is not None
+            and not decompose_custom_triton_ops
+            and not any(n.target in decomp_table for n, _ in _calls(self.graph))
+        ):
+            return self
+        out = orig(self, decomp_table, decompose_custom_triton_ops)
+        done.add(out)
+        return out
+
+    ExportedProgram.run_decompositions = run
+    return lambda: setattr(ExportedProgram, "run_decompositions", orig)
+
+
+def one_pass_table(ep, ours: dict, partitioner) -> dict:
+    """``ours`` joined with the table ExecuTorch decomposes with before partitioning
+    (its default table minus the ops ``partitioner`` keeps whole), ours taking
+    precedence: one ``run_decompositions`` does what ours and ExecuTorch's first did
+    one after the other, and ExecuTorch's then finds nothing to decompose (see
+    ``_skip_idle_decompositions``). ``ours`` alone where ExecuTorch's names moved."""
+    if os.environ.get("EDGEPRUNE_XNNPACK_ALL_PASSES"):
+        return ours
+    try:
+        from executorch.exir.program._program import _remove_invalid_ops_for_not_decompose
+        from executorch.exir.tracer import _default_decomposition_table
+    except ImportError:
+        return ours
+    keep, _ = partitioner.ops_to_not_decompose(ep)
+    table = _default_decomposition_table()
+    for op in _remove_invalid_ops_for_not_decompose(keep):
+        table.pop(op, None)
+    table.update(ours)
+    return table
+
+
 @contextlib.contextmanager
 def fast_lowering() -> Iterator[None]:
     """Both speed-ups for the duration of one lowering (nothing when
@@ -158,7 +208,8 @@ def fast_lowering() -> Iterator[None]:
     if os.environ.get("EDGEPRUNE_XNNPACK_ALL_PASSES"):
         yield
         return
-    undo = [u for u in (_short_provenance(), _needed_passes_only()) if u is not None]
+    patches = (_short_provenance(), _needed_passes_only(), _skip_idle_decompositions())
+    undo = [u for u in patches if u is not None]
     try:
         yield
     finally:

@@ -120,6 +120,34 @@ def test_every_method_selects_inside_one_xnnpack_delegate(method):
         assert np.abs(r.run(x.numpy())[0] - model(x).numpy()).max() < 1e-4
 
 
+class _TopRows(torch.nn.Module):
+    """Keep the k best of 196 rows by a score, and the rest in order (ToMe's pieces)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from edgeprune.methods.tokenops import select_top
+
+        sel = select_top(x[..., 0] - x[..., 1], 150)
+        return torch.cat([sel.rows(x), sel.rest_in_order(x)], dim=1)
+
+
+def test_one_hot_selection_is_exact_at_full_token_counts():
+    """At DeiT's 196 patch tokens every rank 0..195 must come out as an exact integer
+    in the delegate: a count summed as mean × N lands off the integer for some ranks,
+    and an equality one-hot then drops those tokens (DeiT-S SPViT's parity failed so).
+    The program must return the same rows as PyTorch's TopK + gather, bit for bit."""
+    from edgeprune.export.executorch import lower
+    from edgeprune.runtimes.executorch import ExecuTorchRunner
+
+    x = torch.randn(2, 196, 8, generator=torch.Generator().manual_seed(4))
+    low = lower(_TopRows(), x)
+    assert (low.segments, low.outside) == (1, {})
+    r = ExecuTorchRunner(threads=1)
+    r.load(low.buffer)
+    with torch.no_grad():
+        want = _TopRows()(x).numpy()
+    assert np.array_equal(r.run(x.numpy())[0], want)
+
+
 def test_fast_lowering_keeps_the_passes_a_graph_needs():
     """A pass is skipped only when the graph has none of the ops it rewrites."""
     from edgeprune.export.xnnpack_lowering import APPLIES

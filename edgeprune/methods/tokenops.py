@@ -61,7 +61,10 @@ def distinct_rank(key: torch.Tensor, largest: bool) -> torch.Tensor:
     # coremltools does not convert)
     better, worse = (step(kj - ki), step(ki - kj)) if largest else (step(ki - kj), step(kj - ki))
     ahead = better + (1.0 - better - worse) * earlier
-    return ahead.sum(dim=2)
+    # summed by a MatMul with a ones column: exact for counts of 0/1 in float32, where
+    # ExecuTorch's sum (a mean times N) can land a rounding off the integer
+    ones = torch.tensor([[1.0]] * n, dtype=key.dtype, device=key.device)
+    return (ahead @ ones).squeeze(-1)
 
 
 class Selection:
@@ -102,10 +105,16 @@ class Selection:
             rest = 1.0 - ones @ self.onehot  # B×1×N: 1 for the tokens not kept
             before = rest @ _strictly_before(n, x)  # B×1×N: not-kept tokens before each
             q = torch.tensor([[[float(i)] for i in range(n - k)]], dtype=x.dtype, device=x.device)
-            return (rest * (1.0 - step((before - q).abs()))) @ x
+            return (rest * _equal(before, q)) @ x
         from edgeprune.models.deit import gather_tokens
 
         return gather_tokens(x, _complement_ascending(self.idx, n))
+
+
+def _equal(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """1.0 where the integer-valued a and b are equal, else 0.0 (|a - b| < 0.5: exact on
+    integers, and safe against a rounding in how a count was summed)."""
+    return 1.0 - step((a - b).abs() - 0.5)
 
 
 def _strictly_before(n: int, like: torch.Tensor) -> torch.Tensor:
@@ -137,7 +146,7 @@ def best_match(scores: torch.Tensor) -> torch.Tensor:
         cols = torch.arange(m, device=scores.device).view(1, 1, m)
         return (dst == cols).to(scores.dtype).transpose(1, 2)
     is_max = 1.0 - step(scores.amax(dim=-1, keepdim=True) - scores)
-    first = is_max * (1.0 - step(is_max @ _strictly_before(m, scores)))
+    first = is_max * (1.0 - step(is_max @ _strictly_before(m, scores) - 0.5))
     return first.transpose(1, 2)
 
 
@@ -159,9 +168,9 @@ def select_top(key: torch.Tensor, k: int, largest: bool = True, exact_ties: bool
     n = key.shape[1]
     if _ONEHOT.get():
         rank = distinct_rank(key, largest)
-        # row t selects the token of rank t: 1 - step(|rank - t|), exact on integers
+        # row t selects the token of rank t
         t = torch.tensor([[[float(i)] for i in range(k)]], dtype=key.dtype, device=key.device)
-        return Selection(n, onehot=1.0 - step((rank.unsqueeze(1) - t).abs()))
+        return Selection(n, onehot=_equal(rank.unsqueeze(1), t))
     if exact_ties:
         key, largest = distinct_rank(key, largest), False
     return Selection(n, idx=torch.topk(key, k, dim=1, largest=largest, sorted=True)[1])
