@@ -61,8 +61,10 @@ def distinct_rank(key: torch.Tensor, largest: bool) -> torch.Tensor:
     # coremltools does not convert)
     better, worse = (step(kj - ki), step(ki - kj)) if largest else (step(ki - kj), step(kj - ki))
     ahead = better + (1.0 - better - worse) * earlier
-    # summed by a MatMul with a ones column: exact for counts of 0/1 in float32, where
-    # ExecuTorch's sum (a mean times N) can land a rounding off the integer
+    if not _ONEHOT.get():
+        return ahead.sum(dim=2)  # ReduceSum: exact, and cheapest on ONNX Runtime
+    # one-hot form: summed by a MatMul with a ones column, exact for counts of 0/1 in
+    # float32, where ExecuTorch's sum (a mean times N) can land off the integer
     ones = torch.tensor([[1.0]] * n, dtype=key.dtype, device=key.device)
     return (ahead @ ones).squeeze(-1)
 
