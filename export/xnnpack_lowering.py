@@ -1,10 +1,10 @@
-"""Faster lowering to XNNPACK, with the same program: two costs of ExecuTorch 1.4's
+"""Faster lowering to XNNPACK, with the same program: three costs of ExecuTorch 1.4's
 pipeline that our ViT graphs do not need (``lower`` in ``export/executorch.py`` runs
 inside ``fast_lowering()``).
 
 Profiled on DeiT-S DynamicViT/0.7 (2-core x86_64, executorch 1.4.1): the lowering
 re-traces the whole graph dozens of times (``run_decompositions`` several times, then
-17 XNNPACK passes per delegate segment), and two things make that slow.
+17 XNNPACK passes per delegate segment), and three things make that slow.
 
 1. **Provenance.** Every node a re-trace creates records where it came from
    (``node.meta["from_node"]``, a ``torch.fx.traceback.NodeSource``), and each record
@@ -24,7 +24,15 @@ re-traces the whole graph dozens of times (``run_decompositions`` several times,
    quantize/dequantize nodes of an int8 program). A segment that has such an op gets
    that pass, as before.
 
-Both are plain Python patches of the pipeline's classes, active only inside the
+3. **Decompositions done four times.** ``torch.export``'s program went through our
+   rewrites (one ``run_decompositions``), then ExecuTorch's three (``{}`` to
+   functionalise, then twice around the partitioner's preserved ops), each a full
+   re-trace. ``one_pass_table`` joins ours with ExecuTorch's pre-partition table, and
+   ``_skip_idle_decompositions`` returns a decomposed program as it is when the table
+   matches none of its nodes: one re-trace (two where the partitioner refuses an op
+   it preserved, which ExecuTorch's last call then decomposes).
+
+All are plain Python patches of the pipeline's classes, active only inside the
 context and undone after; if ExecuTorch or torch change the names they rely on, the
 lowering runs as it does without them (``EDGEPRUNE_XNNPACK_ALL_PASSES=1`` turns both
 off). ``tests/test_executorch.py`` checks that a program lowered both ways is the
@@ -203,7 +211,7 @@ def one_pass_table(ep, ours: dict, partitioner) -> dict:
 
 @contextlib.contextmanager
 def fast_lowering() -> Iterator[None]:
-    """Both speed-ups for the duration of one lowering (nothing when
+    """The speed-ups for the duration of one lowering (nothing when
     ``EDGEPRUNE_XNNPACK_ALL_PASSES`` is set)."""
     if os.environ.get("EDGEPRUNE_XNNPACK_ALL_PASSES"):
         yield
