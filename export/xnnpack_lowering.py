@@ -34,8 +34,8 @@ re-traces the whole graph dozens of times (``run_decompositions`` several times,
 
 All are plain Python patches of the pipeline's classes, active only inside the
 context and undone after; if ExecuTorch or torch change the names they rely on, the
-lowering runs as it does without them (``EDGEPRUNE_XNNPACK_ALL_PASSES=1`` turns both
-off). ``tests/test_executorch.py`` checks that a program lowered both ways is the
+lowering runs as it does without them (``EDGEPRUNE_XNNPACK_ALL_PASSES=1`` turns all
+of them off). ``tests/test_executorch.py`` checks that a program lowered both ways is the
 same, byte for byte.
 """
 

@@ -53,20 +53,17 @@ def distinct_rank(key: torch.Tensor, largest: bool) -> torch.Tensor:
     """B×N keys -> B×N float ranks 0..N-1 (0: the largest key when ``largest``, else the
     smallest), all distinct: equal keys rank in token order. Exact below 2**24 tokens."""
     n = key.shape[1]
-    pos = torch.arange(n, device=key.device)
-    earlier = (pos.unsqueeze(0) < pos.unsqueeze(1)).to(key.dtype)  # [i, j]: j before i
-    kj, ki = key.unsqueeze(1), key.unsqueeze(2)  # B×1×N, B×N×1
-    # [b, i, j] = 1 where token j ranks before token i: key j better, or equal and j
+    kj, ki = key.unsqueeze(2), key.unsqueeze(1)  # B×N×1 (token j), B×1×N (token i)
+    # [b, j, i] = 1 where token j ranks before token i: key j better, or equal and j
     # earlier (the terms exclude each other; arithmetic, not bool and/or, which
     # coremltools does not convert)
     better, worse = (step(kj - ki), step(ki - kj)) if largest else (step(ki - kj), step(kj - ki))
-    ahead = better + (1.0 - better - worse) * earlier
+    ahead = better + (1.0 - better - worse) * _strictly_before(n, key)
     if not _ONEHOT.get():
-        return ahead.sum(dim=2)  # ReduceSum: exact, and cheapest on ONNX Runtime
-    # one-hot form: summed by a MatMul with a ones column, exact for counts of 0/1 in
+        return ahead.sum(dim=1)  # ReduceSum: exact, and cheapest on ONNX Runtime
+    # one-hot form: summed by a MatMul with a ones row, exact for counts of 0/1 in
     # float32, where ExecuTorch's sum (a mean times N) can land off the integer
-    ones = torch.tensor([[1.0]] * n, dtype=key.dtype, device=key.device)
-    return (ahead @ ones).squeeze(-1)
+    return (_ones_row(n, key) @ ahead).squeeze(1)
 
 
 class Selection:
@@ -92,25 +89,31 @@ class Selection:
     def dropped(self, like: torch.Tensor) -> torch.Tensor:
         """B×N float mask: 1 for the tokens not kept, 0 for the kept ones."""
         if self.onehot is not None:
-            # the one-hot rows are disjoint: their sum is the kept indicator
-            k = self.onehot.shape[1]
-            ones = torch.tensor([[1.0] * k], dtype=like.dtype, device=like.device)  # 1×k
-            return (1.0 - ones @ self.onehot).reshape(like.shape)
+            return self._not_kept(like).reshape(like.shape)
         return torch.ones_like(like).scatter(1, self.idx, 0.0)
+
+    def _not_kept(self, like: torch.Tensor) -> torch.Tensor:
+        """One-hot form: B×1×N, 1 for the tokens not kept (the one-hot rows are disjoint:
+        their sum is the kept indicator)."""
+        return 1.0 - _ones_row(self.onehot.shape[1], like) @ self.onehot
 
     def rest_in_order(self, x: torch.Tensor) -> torch.Tensor:
         """x: B×N×C -> the N - k rows *not* kept, in token order (B×(N-k)×C)."""
         n, k = self.n, (self.onehot if self.idx is None else self.idx).shape[1]
         if self.onehot is not None:
             # row q takes the token that has q tokens not kept before it
-            ones = torch.tensor([[1.0] * k], dtype=x.dtype, device=x.device)
-            rest = 1.0 - ones @ self.onehot  # B×1×N: 1 for the tokens not kept
+            rest = self._not_kept(x)  # B×1×N
             before = rest @ _strictly_before(n, x)  # B×1×N: not-kept tokens before each
             q = torch.tensor([[[float(i)] for i in range(n - k)]], dtype=x.dtype, device=x.device)
             return (rest * _equal(before, q)) @ x
         from edgeprune.models.deit import gather_tokens
 
         return gather_tokens(x, _complement_ascending(self.idx, n))
+
+
+def _ones_row(k: int, like: torch.Tensor) -> torch.Tensor:
+    """1×k ones, a literal (a constant in every exported form, not a traced full())."""
+    return torch.tensor([[1.0] * k], dtype=like.dtype, device=like.device)
 
 
 def _equal(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
