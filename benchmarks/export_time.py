@@ -55,6 +55,7 @@ def main() -> None:
     ap.add_argument("--specs", default=DEFAULT_SPECS)
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    ap.add_argument("--name", default="export_time", help="stem of the .json/.md written")
     args = ap.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as td:
@@ -76,7 +77,7 @@ def main() -> None:
     }
     outdir = Path(args.out)
     outdir.mkdir(parents=True, exist_ok=True)
-    (outdir / "export_time.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    (outdir / f"{args.name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     lines = [
         "# `edgeprune export SPEC --target executorch`: wall time per command",
         "",
@@ -91,7 +92,7 @@ def main() -> None:
             f"| {r['spec']} | {r['wall_s']:.1f} | {e['export']:.1f} | {e['lower']:.1f} | "
             f"{e['serialize']:.1f} | {r['segments']} |"
         )
-    (outdir / "export_time.md").write_text("\n".join(lines) + "\n")
+    (outdir / f"{args.name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

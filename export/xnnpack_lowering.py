@@ -89,15 +89,81 @@ def _conv1d(graph: torch.fx.Graph) -> bool:
     return False
 
 
+def _masked_attention(graph: torch.fx.Graph) -> bool:
+    """XNNPACK's SDPA templates (``partition/graphs/sdpa.py``) are a softmax over a
+    masked sum whose guard for fully masked rows is ``eq``, ``logical_not``, ``any`` and
+    ``where``: a segment without all of them cannot match."""
+    return _softmax_after_add(graph) and all(
+        _has(op)(graph) for op in ("logical_not", "any", "where")
+    )
+
+
+_TRANSPOSES = ("aten.t_copy.default", "aten.permute_copy.default")
+
+
+def _linear_sources(graph: torch.fx.Graph) -> bool:
+    """What ``ConvertToLinearPass`` rewrites: an ``mm``/``addmm``/``bmm`` traced from a
+    Linear, or an ``mm``/``addmm`` of a transposed weight, into ``linear``;
+    ``view_copy`` nodes between a dequantize and a ``linear``; a ``view_copy`` after a
+    ``linear`` that keeps its shape."""
+    linear = (torch.nn.Linear, torch.nn.functional.linear)
+    for n, name in _calls(graph):
+        stack = n.meta.get("source_fn_stack") or [(None, None)]
+        if name.endswith(("mm.default", "aten.addmm.default")) and stack[-1][1] in linear:
+            return True
+        weight = {"aten.mm.default": 1, "aten.addmm.default": 2}.get(name)
+        if weight is not None and _name(n.args[weight]).endswith(_TRANSPOSES):
+            return True
+        if name.endswith("aten.linear.default"):
+            if _dequantize_behind_views(n.args[0]):
+                return True
+            user = next(iter(n.users)) if len(n.users) == 1 else None
+            if user is not None and "view_copy" in _name(user) and _same_shape(n, user):
+                return True  # a view_copy that does not change the shape is dropped
+    return False
+
+
+def _dequantize_behind_views(node: object) -> bool:
+    """A dequantize reached from ``node`` through ``view_copy`` nodes only."""
+    while isinstance(node, torch.fx.Node) and node.op == "call_function":
+        name = _name(node)
+        if "dequantize" in name:
+            return True
+        if "view_copy" not in name:
+            return False
+        node = node.args[0]
+    return False
+
+
+def _same_shape(a: torch.fx.Node, b: torch.fx.Node) -> bool:
+    va, vb = a.meta.get("val"), b.meta.get("val")
+    if not isinstance(va, torch.Tensor) or not isinstance(vb, torch.Tensor):
+        return True  # unknown: treat as a match
+    return tuple(va.shape) == tuple(vb.shape)
+
+
+def _foldable(graph: torch.fx.Graph) -> bool:
+    """What ``ConstPropPass`` folds: an op (not a quantize/dequantize) whose inputs are
+    all constants. In its re-trace parameters are fake tensors; only ``get_attr``
+    constants and literals are real, so a fold has to start at an op with no other
+    input."""
+    for n, name in _calls(graph):
+        if "quantize" not in name and all(a.op == "get_attr" for a in n.all_input_nodes):
+            return True
+    return False
+
+
 # pass class name -> does the segment have anything this pass rewrites?
 APPLIES: dict[str, Callable[[torch.fx.Graph], bool]] = {
     "ConvertToUpsampleBilinear2d": _has("upsample", "_unsafe_index", "index.Tensor"),
-    "ConvertToSDPAPass": _softmax_after_add,
+    "ConvertToSDPAPass": _masked_attention,
+    "ConvertToLinearPass": _linear_sources,
+    "ConstPropPass": _foldable,
     "FuseBatchNormPass": _has("batch_norm"),
     "DecomposeBatchNorm": _has("batch_norm"),
     "Conv1dUnsqueezePass": _conv1d,
     "PReLUReshapePass": _has("prelu"),
-    "RemoveGetItemPass": _has("max_pool", "max.dim"),
+    "RemoveGetItemPass": _has("max_pool2d_with_indices", "max.dim"),
     "DecomposeConcatenate": _long_cat,
     "DimOrderOpsRevertPass": _has("dim_order"),
     "RemoveRedundantCopyPass": _has("_to_copy"),
@@ -159,6 +225,102 @@ def _needed_passes_only():
     return lambda: setattr(XNNPACKPassManager, "__init__", orig)
 
 
+def _has_target(*ops: object) -> Callable[[torch.fx.Graph], bool]:
+    wanted = set(ops)
+    return lambda graph: any(n.target in wanted for n, _ in _calls(graph))
+
+
+def _views(graph: torch.fx.Graph) -> bool:
+    return any(getattr(n.target, "is_view", False) for n, _ in _calls(graph))
+
+
+def _symbolic(graph: torch.fx.Graph) -> bool:
+    sym = (torch.SymInt, torch.SymFloat, torch.SymBool)
+    return any(isinstance(n.meta.get("val"), sym) for n in graph.nodes)
+
+
+def _mixed_types(ops: set) -> Callable[[torch.fx.Graph], bool]:
+    """An arithmetic op of ``ops`` whose operands are not all tensors of one dtype (or
+    an integer division): what ``RemoveMixedTypeOperators`` would cast. Any operand
+    that is not a node with a tensor value counts as mixed."""
+
+    def check(graph: torch.fx.Graph) -> bool:
+        for n, _ in _calls(graph):
+            if n.target not in ops:
+                continue
+            vals = [a.meta.get("val") if isinstance(a, torch.fx.Node) else a for a in n.args]
+            if not all(isinstance(v, torch.Tensor) for v in vals):
+                return True
+            dtypes = {v.dtype for v in vals}
+            if len(dtypes) > 1 or not next(iter(dtypes)).is_floating_point:
+                return True
+        return False
+
+    return check
+
+
+def _edge_pass_checks() -> dict[type, Callable[[torch.fx.Graph], bool]]:
+    """ExecuTorch's own edge passes whose every rewrite is an op of a known kind: pass
+    class -> does the graph have one? (Each is a full re-trace, also when it changes
+    nothing; on our static fp32 graphs most of them find nothing.)"""
+    from executorch.exir.passes.legalize_portable_dim_order_pass import (
+        LegalizePortableDimOrderPass,
+    )
+    from executorch.exir.passes.normalize_transpose_pass import NormalizeTransposePass
+    from executorch.exir.passes.remove_mixed_type_operators import RemoveMixedTypeOperators
+    from executorch.exir.passes.replace_broken_ops_with_function_ops_pass import (
+        ReplaceBrokenOpsWithFunctionalOpsPass,
+    )
+    from executorch.exir.passes.sym_to_tensor_pass import SymToTensorPass
+
+    aten = torch.ops.aten
+    arithmetic = {
+        aten.add.Tensor,
+        aten.mul.Tensor,
+        aten.sub.Tensor,
+        aten.div.Tensor,
+        aten.div.Tensor_mode,
+        aten.minimum.default,
+    }
+    return {
+        NormalizeTransposePass: _has_target(aten.t.default),
+        ReplaceBrokenOpsWithFunctionalOpsPass: _views,
+        SymToTensorPass: _symbolic,
+        RemoveMixedTypeOperators: _mixed_types(arithmetic),
+        LegalizePortableDimOrderPass: _has_target(*LegalizePortableDimOrderPass._target_ops),
+    }
+
+
+def _skip_idle_edge_passes():
+    """Each pass of ``_edge_pass_checks`` returns the graph as it is when the graph has
+    nothing it rewrites."""
+    try:
+        checks = _edge_pass_checks()
+        from torch.fx.passes.infra.pass_base import PassResult
+    except (ImportError, AttributeError):
+        return None
+    undo = []
+    for cls, applies in checks.items():
+        own, inherited = cls.__dict__.get("__call__"), cls.__call__
+
+        def call(self, graph_module, _cls=cls, _applies=applies, _orig=inherited):
+            if type(self) is _cls and not _applies(graph_module.graph):
+                return PassResult(graph_module, False)
+            return _orig(self, graph_module)
+
+        cls.__call__ = call
+        undo.append((cls, own))
+
+    def restore() -> None:
+        for cls, own in undo:
+            if own is None:
+                del cls.__call__
+            else:
+                cls.__call__ = own
+
+    return restore
+
+
 def _skip_idle_decompositions():
     """A ``run_decompositions`` on a program that is itself the output of one, with a
     table that has none of its ops, returns it as it is (ExecuTorch calls it three
@@ -216,7 +378,12 @@ def fast_lowering() -> Iterator[None]:
     if os.environ.get("EDGEPRUNE_XNNPACK_ALL_PASSES"):
         yield
         return
-    patches = (_short_provenance(), _needed_passes_only(), _skip_idle_decompositions())
+    patches = (
+        _short_provenance(),
+        _needed_passes_only(),
+        _skip_idle_decompositions(),
+        _skip_idle_edge_passes(),
+    )
     undo = [u for u in patches if u is not None]
     try:
         yield

@@ -80,20 +80,24 @@ def test_rewrites_remove_segments_and_keep_the_function():
         assert np.abs(r.run(x.numpy())[0] - ref).max() < 1e-4
 
 
-def test_fast_lowering_gives_the_same_program_byte_for_byte(monkeypatch):
-    """The speed-ups of export/xnnpack_lowering.py (shorter provenance, XNNPACK passes
-    that cannot apply skipped) change nothing in the program, debug handles included;
-    and they are undone after each lowering. ToMe: the most op kinds (cat, pad,
-    slices, max-pool, the one-hot selections)."""
+@pytest.mark.parametrize("method", ["tome", "avit", "spvit", "dynamicvit", "evit"])
+def test_fast_lowering_gives_the_same_program_byte_for_byte(monkeypatch, method):
+    """The speed-ups of export/xnnpack_lowering.py (shorter provenance, one
+    decomposition pass, XNNPACK and ExecuTorch passes that cannot apply skipped) change
+    nothing in the program, debug handles included; and they are undone after each
+    lowering. Every method: each has op kinds of its own (ToMe: cat, pad, slices,
+    max-pool; A-ViT: clamp and ceil; SPViT: sigmoid and the package token)."""
+    from executorch.exir.passes.sym_to_tensor_pass import SymToTensorPass
     from torch.fx.traceback import NodeSource
 
     from edgeprune.export.executorch import lower
     from edgeprune.export.xnnpack_lowering import APPLIES
 
-    model, x = tiny_source("tome", arch=TINY2).model(), torch.zeros(1, 3, 64, 64)
-    init = NodeSource.__init__
+    src = tiny_source(method, locs=(1,), keep=(0.5,), arch=TINY2)
+    model, x = src.model(), torch.zeros(1, 3, 64, 64)
+    init, call = NodeSource.__init__, SymToTensorPass.__call__
     fast = lower(model, x)
-    assert NodeSource.__init__ is init
+    assert NodeSource.__init__ is init and SymToTensorPass.__call__ is call
     monkeypatch.setenv("EDGEPRUNE_XNNPACK_ALL_PASSES", "1")
     every = lower(model, x)
     assert fast.segments == every.segments and fast.outside == every.outside
@@ -162,12 +166,72 @@ def test_fast_lowering_keeps_the_passes_a_graph_needs():
 
     bn = torch.export.export(BN().eval(), (torch.zeros(1, 3, 4, 4),)).run_decompositions()
     cat6 = torch.export.export(_Cat6(), (torch.zeros(1, 2),)).run_decompositions()
-    attn = torch.export.export(_MaskedSoftmax(), (torch.zeros(2, 2),)).run_decompositions()
+    q = torch.zeros(1, 2, 4, 8)
+    sdpa = torch.export.export(_SDPA(), (q, q, q, torch.zeros(4, 4))).run_decompositions()
+    plain = torch.export.export(_MaskedSoftmax(), (torch.zeros(2, 2),)).run_decompositions()
     assert APPLIES["FuseBatchNormPass"](bn.graph) and APPLIES["DecomposeBatchNorm"](bn.graph)
     assert not APPLIES["FuseBatchNormPass"](cat6.graph)
     assert APPLIES["DecomposeConcatenate"](cat6.graph)
     assert not APPLIES["DecomposeConcatenate"](bn.graph)
-    assert APPLIES["ConvertToSDPAPass"](attn.graph) and not APPLIES["ConvertToSDPAPass"](bn.graph)
+    # XNNPACK's SDPA templates need the masked-row guard that SDPA decomposes into
+    assert APPLIES["ConvertToSDPAPass"](sdpa.graph)
+    assert not APPLIES["ConvertToSDPAPass"](plain.graph)
+    assert not APPLIES["ConvertToSDPAPass"](bn.graph)
+
+
+def test_fast_lowering_skips_edge_passes_only_when_idle():
+    """ExecuTorch's own edge passes are skipped only on graphs with none of the ops
+    they rewrite: a transpose ``t``, a view, a mixed-dtype sum, a constant to fold, an
+    ``mm`` of a transposed weight."""
+    from executorch.exir.passes.normalize_transpose_pass import NormalizeTransposePass
+    from executorch.exir.passes.remove_mixed_type_operators import RemoveMixedTypeOperators
+    from executorch.exir.passes.replace_broken_ops_with_function_ops_pass import (
+        ReplaceBrokenOpsWithFunctionalOpsPass,
+    )
+
+    from edgeprune.export.xnnpack_lowering import APPLIES, _edge_pass_checks
+
+    checks = _edge_pass_checks()
+
+    def graph(fn, *args):
+        class M(torch.nn.Module):
+            def forward(self, *a):
+                return fn(*a)
+
+        return torch.export.export(M(), args).graph
+
+    x, w = torch.zeros(3, 4), torch.zeros(5, 4)
+    t = graph(lambda a, b: a @ b.t(), x, w)
+    plain = graph(lambda a: a * a + a, x)
+    mixed = graph(lambda a, i: a + i, x, torch.zeros(3, 4, dtype=torch.int64))
+    assert checks[NormalizeTransposePass](t) and not checks[NormalizeTransposePass](plain)
+    assert checks[ReplaceBrokenOpsWithFunctionalOpsPass](t)  # t is a view
+    assert not checks[ReplaceBrokenOpsWithFunctionalOpsPass](plain)
+    assert checks[RemoveMixedTypeOperators](mixed)
+    assert not checks[RemoveMixedTypeOperators](plain)
+    decomposed = torch.export.export(torch.nn.Linear(4, 5), (x,)).run_decompositions()
+    assert APPLIES["ConvertToLinearPass"](_edge(decomposed).graph)
+    assert not APPLIES["ConvertToLinearPass"](_edge(torch.export.export(_Square(), (x,))).graph)
+    assert not APPLIES["ConstPropPass"](plain)
+    assert APPLIES["ConstPropPass"](graph(lambda a: a + torch.ones(4) * 2, x))
+
+
+def _edge(ep):
+    from executorch.exir import EdgeCompileConfig, to_edge
+
+    return to_edge(
+        ep, compile_config=EdgeCompileConfig(_check_ir_validity=False)
+    ).exported_program()
+
+
+class _Square(torch.nn.Module):
+    def forward(self, x):
+        return x @ x.transpose(0, 1).contiguous() * 2.0
+
+
+class _SDPA(torch.nn.Module):
+    def forward(self, q, k, v, mask):
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
 class _Cat6(torch.nn.Module):
