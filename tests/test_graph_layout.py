@@ -118,6 +118,29 @@ def test_onehot_selection_keeps_the_same_tokens_in_the_same_order():
     )
 
 
+def test_unordered_selection_merges_into_the_best_match_as_the_index_form():
+    """ToMe's merge in the one-hot form needs only which tokens are kept: the kept
+    indicator, not a k×N one-hot in score order. It must drop the same tokens, keep
+    the same rest in order, and sum the same rows into their best columns (first
+    maximum on ties) as the index form."""
+    g = torch.Generator().manual_seed(5)
+    key, x = torch.randn(3, 40, generator=g), torch.randn(3, 40, 6, generator=g)
+    scores = torch.randn(3, 40, 17, generator=g)
+    scores[:, :, 9] = scores[:, :, 3]  # tied best columns: the first one takes the row
+    index = select_top(key, 11, ordered=False)
+    with onehot_selection():
+        onehot = select_top(key, 11, ordered=False)
+        assert onehot.onehot is None and onehot.kept is not None
+        with pytest.raises(ValueError):
+            onehot.rows(x)
+        got = onehot.into_best(scores, x, scores.amax(dim=-1))
+        assert torch.allclose(onehot.into_best(scores, x), got)
+    assert torch.equal(onehot.dropped(key), index.dropped(key))
+    assert torch.equal(onehot.rest_in_order(x), index.rest_in_order(x))
+    assert torch.allclose(got, index.into_best(scores, x), atol=1e-6)
+    assert got.shape == (3, 17, 6)
+
+
 def test_best_match_one_hot_is_argmax_first_on_ties():
     s = torch.tensor([[[0.1, 0.9, 0.9, 0.2], [0.5, 0.5, 0.1, 0.5], [0.3, 0.2, 0.1, 0.0]]])
     want = best_match(s)

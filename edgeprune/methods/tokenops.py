@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 from collections.abc import Iterator
 
 import torch
@@ -67,40 +68,62 @@ def distinct_rank(key: torch.Tensor, largest: bool) -> torch.Tensor:
 
 
 class Selection:
-    """The k tokens kept out of N, in one of the two forms (see the module docstring)."""
+    """The k tokens kept out of N, in one of the two forms (see the module docstring).
+    An unordered one-hot selection (``select_top(..., ordered=False)``) holds only the
+    B×1×N indicator of the kept tokens: enough for ``dropped``, ``rest_in_order`` and
+    ``into_best``, not for ``rows``/``values`` (which need the order)."""
 
-    def __init__(self, n: int, idx: torch.Tensor | None = None, onehot: torch.Tensor | None = None):
-        self.n, self.idx, self.onehot = n, idx, onehot
+    def __init__(
+        self,
+        n: int,
+        idx: torch.Tensor | None = None,
+        onehot: torch.Tensor | None = None,
+        kept: torch.Tensor | None = None,
+        k: int | None = None,
+    ):
+        self.n, self.idx, self.onehot, self.kept = n, idx, onehot, kept
+        self.k = k if k is not None else (idx if idx is not None else onehot).shape[1]
+
+    @property
+    def _is_onehot(self) -> bool:
+        return self.idx is None
+
+    def _ordered(self) -> torch.Tensor | None:
+        if self._is_onehot and self.onehot is None:
+            raise ValueError("an unordered selection has no rows in score order")
+        return self.onehot
 
     def rows(self, x: torch.Tensor) -> torch.Tensor:
         """x: B×N×C -> the kept rows, B×k×C."""
-        if self.onehot is not None:
-            return self.onehot @ x
+        if (onehot := self._ordered()) is not None:
+            return onehot @ x
         from edgeprune.models.deit import gather_tokens
 
         return gather_tokens(x, self.idx)
 
     def values(self, v: torch.Tensor) -> torch.Tensor:
         """v: B×N -> the kept entries, B×k."""
-        if self.onehot is not None:
-            return (self.onehot @ v.unsqueeze(-1)).squeeze(-1)
+        if (onehot := self._ordered()) is not None:
+            return (onehot @ v.unsqueeze(-1)).squeeze(-1)
         return torch.gather(v, 1, self.idx)
 
     def dropped(self, like: torch.Tensor) -> torch.Tensor:
         """B×N float mask: 1 for the tokens not kept, 0 for the kept ones."""
-        if self.onehot is not None:
+        if self._is_onehot:
             return self._not_kept(like).reshape(like.shape)
         return torch.ones_like(like).scatter(1, self.idx, 0.0)
 
     def _not_kept(self, like: torch.Tensor) -> torch.Tensor:
         """One-hot form: B×1×N, 1 for the tokens not kept (the one-hot rows are disjoint:
         their sum is the kept indicator)."""
+        if self.kept is not None:
+            return 1.0 - self.kept
         return 1.0 - _ones_row(self.onehot.shape[1], like) @ self.onehot
 
     def rest_in_order(self, x: torch.Tensor) -> torch.Tensor:
         """x: B×N×C -> the N - k rows *not* kept, in token order (B×(N-k)×C)."""
-        n, k = self.n, (self.onehot if self.idx is None else self.idx).shape[1]
-        if self.onehot is not None:
+        n, k = self.n, self.k
+        if self._is_onehot:
             # row q takes the token that has q tokens not kept before it
             rest = self._not_kept(x)  # B×1×N
             before = rest @ _strictly_before(n, x)  # B×1×N: not-kept tokens before each
@@ -110,6 +133,19 @@ class Selection:
 
         return gather_tokens(x, _complement_ascending(self.idx, n))
 
+    def into_best(
+        self, scores: torch.Tensor, x: torch.Tensor, row_max: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Each kept row of x summed into its best column of ``scores`` (B×N×M; first
+        maximum on ties): B×M×C. ``row_max``: ``scores.amax(-1)`` (B×N) if the caller
+        has it. Index form: the kept rows' scores and rows gathered, then one
+        M×k one-hot MatMul. One-hot form: every row's best match, masked to the kept
+        rows, one M×N MatMul (no selection in score order needed)."""
+        if self._is_onehot and self.onehot is None:
+            row_max = None if row_max is None else row_max.unsqueeze(-1)
+            return (best_match(scores, row_max) * self.kept) @ x
+        return best_match(self.rows(scores)) @ self.rows(x)
+
 
 def _ones_row(k: int, like: torch.Tensor) -> torch.Tensor:
     """1×k ones, a literal (a constant in every exported form, not a traced full())."""
@@ -117,15 +153,30 @@ def _ones_row(k: int, like: torch.Tensor) -> torch.Tensor:
 
 
 def _equal(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """1.0 where the integer-valued a and b are equal, else 0.0 (|a - b| < 0.5: exact on
-    integers, and safe against a rounding in how a count was summed)."""
-    return 1.0 - step((a - b).abs() - 0.5)
+    """1.0 where the integer-valued a and b are equal, else 0.0: clamp(1 - |a - b|, 0, 1),
+    exact on integers (every count here is summed exactly, by a MatMul of 0/1 values or
+    a ReduceSum). Four ops, not the six of 1 - step(|a - b| - 0.5)."""
+    return torch.clamp(1.0 - (a - b).abs(), 0.0, 1.0)
+
+
+def _below(a: torch.Tensor, k: float) -> torch.Tensor:
+    """1.0 where the integer-valued a < k (an integer), else 0.0: clamp(k - a, 0, 1)."""
+    return torch.clamp(k - a, 0.0, 1.0)
 
 
 def _strictly_before(n: int, like: torch.Tensor) -> torch.Tensor:
-    """N×N constant: [j, i] = 1 where j < i."""
+    """N×N constant: [j, i] = 1 where j < i. In the one-hot form a literal: traced as
+    arange, compare and cast it is four nodes more per use for every re-trace of the
+    lowering to walk (they fold away only after the edge passes)."""
+    if _ONEHOT.get():
+        return torch.tensor(_triangle(n), dtype=like.dtype, device=like.device)
     pos = torch.arange(n, device=like.device)
     return (pos.unsqueeze(1) < pos.unsqueeze(0)).to(like.dtype)
+
+
+@functools.lru_cache(maxsize=32)
+def _triangle(n: int) -> list[list[float]]:
+    return [[float(j < i) for i in range(n)] for j in range(n)]
 
 
 def _complement_ascending(src_idx: torch.Tensor, n: int) -> torch.Tensor:
@@ -140,18 +191,20 @@ def _complement_ascending(src_idx: torch.Tensor, n: int) -> torch.Tensor:
     return torch.topk(keys, n - src_idx.shape[1], dim=1, largest=True, sorted=True)[1]
 
 
-def best_match(scores: torch.Tensor) -> torch.Tensor:
+def best_match(scores: torch.Tensor, row_max: torch.Tensor | None = None) -> torch.Tensor:
     """B×r×M scores -> B×M×r one-hot: [j, t] = 1 where j is row t's best column (the
     first one on ties, as argmax). The index form is an ArgMax and an Equal against
     the column positions; the one-hot form marks the row maxima (1 - step(max - s))
-    and keeps the first by counting maxima to its left (one MatMul of a triangle)."""
+    and keeps the first by counting maxima to its left (one MatMul of a triangle);
+    ``row_max`` (B×r×1): the row maxima, when the caller has them."""
     m = scores.shape[-1]
     if not _ONEHOT.get():
         dst = scores.argmax(dim=-1, keepdim=True)  # B×r×1
         cols = torch.arange(m, device=scores.device).view(1, 1, m)
         return (dst == cols).to(scores.dtype).transpose(1, 2)
-    is_max = 1.0 - step(scores.amax(dim=-1, keepdim=True) - scores)
-    first = is_max * (1.0 - step(is_max @ _strictly_before(m, scores) - 0.5))
+    row_max = scores.amax(dim=-1, keepdim=True) if row_max is None else row_max
+    is_max = 1.0 - step(row_max - scores)
+    first = is_max * _below(is_max @ _strictly_before(m, scores), 1.0)  # no maximum before
     return first.transpose(1, 2)
 
 
@@ -168,11 +221,22 @@ def alternate(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return pairs[..., :c], pairs[:, : n // 2, c:]
 
 
-def select_top(key: torch.Tensor, k: int, largest: bool = True, exact_ties: bool = False):
-    """The ``k`` tokens with the largest (``largest``) or smallest keys (B×N), best first."""
+def select_top(
+    key: torch.Tensor,
+    k: int,
+    largest: bool = True,
+    exact_ties: bool = False,
+    ordered: bool = True,
+) -> Selection:
+    """The ``k`` tokens with the largest (``largest``) or smallest keys (B×N), best first.
+    ``ordered=False``: the caller needs only which tokens are kept, not their order
+    (the one-hot form then skips the k×N one-hot of the ranks)."""
     n = key.shape[1]
     if _ONEHOT.get():
         rank = distinct_rank(key, largest)
+        if not ordered:
+            kept = _below(rank, float(k))
+            return Selection(n, kept=kept.unsqueeze(1), k=k)
         # row t selects the token of rank t
         t = torch.tensor([[[float(i)] for i in range(k)]], dtype=key.dtype, device=key.device)
         return Selection(n, onehot=_equal(rank.unsqueeze(1), t))

@@ -25,6 +25,8 @@ one Add for both) and are divided once at the end. Same result for distinct
 similarity values. For ExecuTorch the same steps are traced in the one-hot form of
 ``tokenops`` (ranks from pairwise steps, one-hot MatMuls, the even/odd split as a pad
 and stride-1 slices, the best match as a first-maximum one-hot): all inside XNNPACK.
+There the merged tokens need no order: their indicator (rank < r) masks every A row's
+best-match one-hot, and one MatMul sums them into B (``Selection.into_best``).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from torch import nn
 from edgeprune.arch import Arch
 from edgeprune.errors import EdgepruneError
 from edgeprune.methods.base import Method, MethodConfig
-from edgeprune.methods.tokenops import alternate, best_match, select_top
+from edgeprune.methods.tokenops import alternate, select_top
 from edgeprune.models.deit import VisionTransformer
 from edgeprune.plan import SelectorStage, TokenPlan
 
@@ -85,7 +87,8 @@ def bipartite_merge(
     # segment instead of making one of its own)
     protect = torch.tensor([PROTECT] + [0.0] * (na - 1), dtype=x.dtype, device=x.device)
     scores = a @ b.transpose(-1, -2) + protect.view(1, na, 1)  # B×Na×Nb
-    merged = select_top(scores.amax(dim=-1), r)  # the r A tokens with the best match
+    best = scores.amax(dim=-1)  # B×Na: each A token's best match
+    merged = select_top(best, r, ordered=False)  # the r A tokens with the best match
 
     # size-weighted sums as the released merge_wavg: [x·size | size] merged as one
     # tensor (one selection per token set, one MatMul), then divided by the merged size
@@ -93,7 +96,7 @@ def bipartite_merge(
     xs = F.pad(x, (0, 1), value=1.0) if size is None else torch.cat([x * size, size], dim=-1)
     xa, xb = alternate(xs)
     # each merged token into its best match (argmax over its own row of scores only)
-    xb = xb + best_match(merged.rows(scores)) @ merged.rows(xa)
+    xb = xb + merged.into_best(scores, xa, best)
     out = torch.cat([merged.rest_in_order(xa), xb], dim=1)
     size = out[..., c:]
     return out[..., :c] / size, size
