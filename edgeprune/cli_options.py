@@ -71,7 +71,7 @@ ProfileOpt = opt(
 
 # ---- export: common ones are ExportRequest fields; a target-only option is named as its
 # TargetOption (export/<target>.py), and the registry refuses it off that target.
-TargetOpt = opt(str, "--target", "-t", help="onnx | ort | trt | coreml (see README).")
+TargetOpt = opt(str, "--target", "-t", help="onnx | ort | trt | coreml | executorch (see README).")
 OutOpt = opt(
     Path | None, "--out", "-o", help="Output (default: <name>.onnx/.ort/.engine/.mlpackage)."
 )

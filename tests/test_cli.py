@@ -133,3 +133,13 @@ def test_help_texts_print_their_brackets():
 
     assert "ARCH[:METHOD[@RATIO]]" in helptext("predict")
     assert "geometric ([r, r², r³])" in helptext("budget")
+
+
+def test_export_help_names_every_registered_target(cli):
+    from edgeprune.export.targets import load_targets
+
+    code, out, _ = cli("export", "--help")
+    targets = load_targets()
+    assert code == 0 and len(targets) >= 5
+    for name in targets:
+        assert name in out, name
