@@ -116,9 +116,9 @@ def _linear_sources(graph: torch.fx.Graph) -> bool:
     ``linear`` that keeps its shape."""
     linear = (torch.nn.Linear, torch.nn.functional.linear)
     for n, name in _calls(graph):
-        stack = n.meta.get("source_fn_stack") or [(None, None)]
-        if name.endswith(("mm.default", "aten.addmm.default")) and stack[-1][1] in linear:
-            return True
+        stack = n.meta.get("source_fn_stack")
+        if name.endswith("mm.default") and (not stack or stack[-1][1] in linear):
+            return True  # no source: get_source_partitions may match it by module
         weight = {"aten.mm.default": 1, "aten.addmm.default": 2}.get(name)
         if weight is not None and _name(n.args[weight]).endswith(_TRANSPOSES):
             return True
@@ -156,9 +156,15 @@ def _foldable(graph: torch.fx.Graph) -> bool:
     constants and literals are real, so a fold has to start at an op with no other
     input."""
     for n, name in _calls(graph):
-        if "quantize" not in name and all(a.op == "get_attr" for a in n.all_input_nodes):
+        if not name.endswith(_QDQ) and all(a.op == "get_attr" for a in n.all_input_nodes):
             return True
     return False
+
+
+# the quantize/dequantize ops ConstPropPass leaves alone (its propogate_quant=False)
+_QDQ = tuple(
+    f"{q}quantize_per_{kind}.default" for q in ("", "de") for kind in ("tensor", "channel")
+)
 
 
 # pass class name -> does the segment have anything this pass rewrites?
@@ -216,21 +222,50 @@ def _short_provenance():
 
 
 def _needed_passes_only():
+    """XNNPACK's default pass list, each pass checked against the segment as it is just
+    before that pass would run (an earlier pass, e.g. the clone removal, can create
+    what a later one rewrites)."""
     try:
         from executorch.backends.xnnpack._passes import XNNPACKPassManager
     except ImportError:
         return None
-    orig = XNNPACKPassManager.__init__
+    orig_init, orig_transform = XNNPACKPassManager.__init__, XNNPACKPassManager.transform
 
     def init(self, exported_program, passes=None) -> None:
-        orig(self, exported_program, passes)
-        if passes:  # a caller's own list is left alone
-            return
-        graph = exported_program.graph
-        self.passes = [p for p in self.passes if APPLIES.get(p.__name__, lambda _g: True)(graph)]
+        orig_init(self, exported_program, passes)
+        self._edgeprune_checked = not passes  # a caller's own list is left alone
 
-    XNNPACKPassManager.__init__ = init
-    return lambda: setattr(XNNPACKPassManager, "__init__", orig)
+    def transform(self):
+        if not getattr(self, "_edgeprune_checked", False):
+            return orig_transform(self)
+        every, ep = list(self.passes), self.exported_program
+        try:
+            for p in every:
+                if _applies(APPLIES.get(p.__name__), ep.graph):
+                    self.passes, self._exported_program = [p], ep
+                    ep = orig_transform(self)
+        finally:
+            self.passes = every
+        return ep
+
+    XNNPACKPassManager.__init__, XNNPACKPassManager.transform = init, transform
+
+    def restore() -> None:
+        XNNPACKPassManager.__init__, XNNPACKPassManager.transform = orig_init, orig_transform
+
+    return restore
+
+
+_CONTROL_FLOW = ("cond", "while_loop", "map_impl", "scan")
+
+
+def _applies(check: Callable[[torch.fx.Graph], bool] | None, graph: torch.fx.Graph) -> bool:
+    """Run the pass unless ``check`` says the graph has nothing for it. A graph with
+    control flow always gets it: the checks read the top-level graph only, and passes
+    walk into the branches."""
+    if check is None or any(name in _CONTROL_FLOW for _, name in _calls(graph)):
+        return True
+    return check(graph)
 
 
 def _has_target(*ops: object) -> Callable[[torch.fx.Graph], bool]:
@@ -311,8 +346,8 @@ def _skip_idle_edge_passes():
     for cls, applies in checks.items():
         own, inherited = cls.__dict__.get("__call__"), cls.__call__
 
-        def call(self, graph_module, _cls=cls, _applies=applies, _orig=inherited):
-            if type(self) is _cls and not _applies(graph_module.graph):
+        def call(self, graph_module, _cls=cls, _check=applies, _orig=inherited):
+            if type(self) is _cls and not _applies(_check, graph_module.graph):
                 return PassResult(graph_module, False)
             return _orig(self, graph_module)
 
@@ -386,15 +421,14 @@ def fast_lowering() -> Iterator[None]:
     if os.environ.get("EDGEPRUNE_XNNPACK_ALL_PASSES"):
         yield
         return
-    patches = (
-        _short_provenance(),
-        _needed_passes_only(),
-        _skip_idle_decompositions(),
-        _skip_idle_edge_passes(),
-    )
-    undo = [u for u in patches if u is not None]
-    try:
+    with contextlib.ExitStack() as undo:
+        for patch in (
+            _short_provenance,
+            _needed_passes_only,
+            _skip_idle_decompositions,
+            _skip_idle_edge_passes,
+        ):
+            restore = patch()
+            if restore is not None:
+                undo.callback(restore)
         yield
-    finally:
-        for u in reversed(undo):
-            u()

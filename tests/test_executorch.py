@@ -212,7 +212,9 @@ def test_fast_lowering_skips_edge_passes_only_when_idle():
     assert not checks[RemoveMixedTypeOperators](plain)
     decomposed = torch.export.export(torch.nn.Linear(4, 5), (x,)).run_decompositions()
     assert APPLIES["ConvertToLinearPass"](_edge(decomposed).graph)
-    assert not APPLIES["ConvertToLinearPass"](_edge(torch.export.export(_Square(), (x,))).graph)
+    square, elementwise = (_edge(torch.export.export(m, (x,))) for m in (_Square(), _Elementwise()))
+    assert APPLIES["ConvertToLinearPass"](square.graph)
+    assert not APPLIES["ConvertToLinearPass"](elementwise.graph)
     assert not APPLIES["ConstPropPass"](plain)
     assert APPLIES["ConstPropPass"](graph(lambda a: a + torch.ones(4) * 2, x))
 
@@ -225,7 +227,14 @@ def _edge(ep):
     ).exported_program()
 
 
+class _Elementwise(torch.nn.Module):
+    def forward(self, x):
+        return x * x + 1.0
+
+
 class _Square(torch.nn.Module):
+    """An mm with no Linear source: checked conservatively (ConvertToLinearPass runs)."""
+
     def forward(self, x):
         return x @ x.transpose(0, 1).contiguous() * 2.0
 

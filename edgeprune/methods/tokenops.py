@@ -82,6 +82,8 @@ class Selection:
         k: int | None = None,
     ):
         self.n, self.idx, self.onehot, self.kept = n, idx, onehot, kept
+        if k is None and idx is None and onehot is None:
+            raise ValueError("a selection needs indices, a one-hot or k")
         self.k = k if k is not None else (idx if idx is not None else onehot).shape[1]
 
     @property
@@ -154,8 +156,9 @@ def _ones_row(k: int, like: torch.Tensor) -> torch.Tensor:
 
 def _equal(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """1.0 where the integer-valued a and b are equal, else 0.0: clamp(1 - |a - b|, 0, 1),
-    exact on integers (every count here is summed exactly, by a MatMul of 0/1 values or
-    a ReduceSum). Four ops, not the six of 1 - step(|a - b| - 0.5)."""
+    exact on integers. Rule: every count compared here is summed by a MatMul of 0/1
+    values (exact in float32 below 2**24), never by ExecuTorch's mean-based sum. Four
+    ops, not the six of 1 - step(|a - b| - 0.5)."""
     return torch.clamp(1.0 - (a - b).abs(), 0.0, 1.0)
 
 
@@ -175,8 +178,8 @@ def _strictly_before(n: int, like: torch.Tensor) -> torch.Tensor:
 
 
 @functools.lru_cache(maxsize=32)
-def _triangle(n: int) -> list[list[float]]:
-    return [[float(j < i) for i in range(n)] for j in range(n)]
+def _triangle(n: int) -> tuple[tuple[float, ...], ...]:
+    return tuple(tuple(float(j < i) for i in range(n)) for j in range(n))
 
 
 def _complement_ascending(src_idx: torch.Tensor, n: int) -> torch.Tensor:
