@@ -4,7 +4,8 @@ inside ``fast_lowering()``).
 
 Profiled on DeiT-S DynamicViT/0.7 (2-core x86_64, executorch 1.4.1): the lowering
 re-traces the whole graph dozens of times (``run_decompositions`` several times, then
-17 XNNPACK passes per delegate segment), and three things make that slow.
+17 XNNPACK passes per delegate segment, then ExecuTorch's own edge passes), and four
+things make that slow.
 
 1. **Provenance.** Every node a re-trace creates records where it came from
    (``node.meta["from_node"]``, a ``torch.fx.traceback.NodeSource``), and each record

@@ -90,8 +90,12 @@ class Selection:
     def _is_onehot(self) -> bool:
         return self.idx is None
 
+    @property
+    def _unordered(self) -> bool:
+        return self._is_onehot and self.onehot is None
+
     def _ordered(self) -> torch.Tensor | None:
-        if self._is_onehot and self.onehot is None:
+        if self._unordered:
             raise ValueError("an unordered selection has no rows in score order")
         return self.onehot
 
@@ -129,8 +133,7 @@ class Selection:
             # row q takes the token that has q tokens not kept before it
             rest = self._not_kept(x)  # B×1×N
             before = rest @ _strictly_before(n, x)  # B×1×N: not-kept tokens before each
-            q = torch.tensor([[[float(i)] for i in range(n - k)]], dtype=x.dtype, device=x.device)
-            return (rest * _equal(before, q)) @ x
+            return (rest * _equal(before, _counts(n - k, x))) @ x
         from edgeprune.models.deit import gather_tokens
 
         return gather_tokens(x, _complement_ascending(self.idx, n))
@@ -143,7 +146,7 @@ class Selection:
         has it. Index form: the kept rows' scores and rows gathered, then one
         M×k one-hot MatMul. One-hot form: every row's best match, masked to the kept
         rows, one M×N MatMul (no selection in score order needed)."""
-        if self._is_onehot and self.onehot is None:
+        if self._unordered:
             row_max = None if row_max is None else row_max.unsqueeze(-1)
             return (best_match(scores, row_max) * self.kept) @ x
         return best_match(self.rows(scores)) @ self.rows(x)
@@ -152,6 +155,11 @@ class Selection:
 def _ones_row(k: int, like: torch.Tensor) -> torch.Tensor:
     """1×k ones, a literal (a constant in every exported form, not a traced full())."""
     return torch.tensor([[1.0] * k], dtype=like.dtype, device=like.device)
+
+
+def _counts(k: int, like: torch.Tensor) -> torch.Tensor:
+    """1×k×1 column 0, 1, …, k-1, a literal: row t of a one-hot picks count t."""
+    return torch.tensor([[[float(i)] for i in range(k)]], dtype=like.dtype, device=like.device)
 
 
 def _equal(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -241,8 +249,7 @@ def select_top(
             kept = _below(rank, float(k))
             return Selection(n, kept=kept.unsqueeze(1), k=k)
         # row t selects the token of rank t
-        t = torch.tensor([[[float(i)] for i in range(k)]], dtype=key.dtype, device=key.device)
-        return Selection(n, onehot=_equal(rank.unsqueeze(1), t))
+        return Selection(n, onehot=_equal(rank.unsqueeze(1), _counts(k, key)))
     if exact_ties:
         key, largest = distinct_rank(key, largest), False
     return Selection(n, idx=torch.topk(key, k, dim=1, largest=largest, sorted=True)[1])
