@@ -2,7 +2,7 @@
 
     python benchmarks/latency_model.py [--archs deit_tiny,deit_small] [--threads 1,2]
                                        [--method dynamicvit] [--configs 20]
-                                       [--fractions 0.5,0.55,0.6,0.65,0.7]
+                                       [--fractions 0.5,0.55,0.6,0.65,0.7] [--name N]
 
 For every arch and thread count, exactly what a user runs, through the CLI:
 
@@ -12,7 +12,7 @@ For every arch and thread count, exactly what a user runs, through the CLI:
 3. ``edgeprune budget --verify`` at each fraction of the table's dense prediction: the
    chosen schedule is exported and timed against dense; measured vs target.
 
-Writes benchmarks/results/latency_model.json and latency_model.md (tables for the report).
+Writes benchmarks/results/<name>.json and <name>.md (default latency_model) (tables for the report).
 Not part of the test run; run it on a quiet machine.
 """
 
@@ -138,6 +138,7 @@ def main() -> None:
     ap.add_argument("--configs", type=int, default=20)
     ap.add_argument("--fractions", default="0.5,0.55,0.6,0.65,0.7")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    ap.add_argument("--name", default="latency_model", help="results file name (no suffix)")
     args = ap.parse_args()
     args.fractions = [float(f) for f in args.fractions.split(",")]
     import onnxruntime
@@ -164,9 +165,9 @@ def main() -> None:
                 )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "latency_model.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    (out / f"{args.name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     md = render(meta, rows)
-    (out / "latency_model.md").write_text(md)
+    (out / f"{args.name}.md").write_text(md)
     print(md)
 
 

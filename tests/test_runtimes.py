@@ -35,6 +35,21 @@ def test_onnxruntime_runner_runs_and_times(block_onnx):
     assert t.runtime_version and t.min_ms <= t.median_ms <= t.p90_ms <= t.max_ms
 
 
+@pytest.mark.parametrize("threads, stops", [(1, None), (2, "1"), (None, "1")])
+def test_multi_threaded_sessions_stop_spinning_after_each_run(block_onnx, threads, stops):
+    """Interleaved timing runs two sessions in turn: a pool left spinning after its run
+    would steal a core from the next one (see ``STOP_SPINNING``)."""
+    from edgeprune.runtimes.onnxruntime import STOP_SPINNING, make_session
+
+    opts = make_session(block_onnx, threads=threads).get_session_options()
+    key = STOP_SPINNING[0]
+    assert (opts.get_session_config_entry(key) if stops else None) == stops
+    if stops is None:
+        with pytest.raises(RuntimeError, match="does not have"):
+            opts.get_session_config_entry(key)
+    assert opts.intra_op_num_threads == (threads or 0)
+
+
 def test_onnxruntime_rejects_garbage(tmp_path):
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"not a model")
