@@ -1,8 +1,8 @@
 """Dense vs pruned DeiT in ONNX Runtime: interleaved runs, median of pairwise ratios.
 
-    python benchmarks/speedup.py [--specs deit_tiny:dynamicvit@0.7,...] [--runs 200]
+    python benchmarks/speedup.py [--specs deit_tiny:dynamicvit@0.7,...] [--runs 200] [--name N]
 
-Writes benchmarks/results/speedup.json and speedup.md. Not part of the test run.
+Writes benchmarks/results/<name>.json and <name>.md (default speedup). Not part of the test run.
 """
 
 from __future__ import annotations
@@ -73,6 +73,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=200)
     ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    ap.add_argument("--name", default="speedup", help="results file name (no suffix)")
     args = ap.parse_args()
     outdir = Path(args.out)
     outdir.mkdir(parents=True, exist_ok=True)
@@ -113,7 +114,7 @@ def main() -> None:
         "python": platform.python_version(),
         "method": "interleaved A/B runs in one process; speedup = median of per-pair ratios",
     }
-    (outdir / "speedup.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    (outdir / f"{args.name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
     lines = [
         f"# Speedup: dense vs pruned (ONNX Runtime, batch {args.batch})",
         "",
@@ -133,7 +134,7 @@ def main() -> None:
             f"| {r['pruned_ms']['median']:.2f} / {r['pruned_ms']['p90']:.2f} | {r['speedup_median']:.3f}× "
             f"| {r['gflops_ratio']:.3f}× | {r['share_of_ideal']:.1%}{mark} | {saving} |"
         )
-    (outdir / "speedup.md").write_text("\n".join(lines) + "\n")
+    (outdir / f"{args.name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
