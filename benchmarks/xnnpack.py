@@ -11,7 +11,7 @@ the GFLOPs ratio. ``--compare-raw`` also lowers the graphs without the rewrites 
 records their delegate segments and speedup (the "before" column); ``--onnxruntime`` adds
 the same pairs in onnxruntime for the side-by-side table.
 
-Writes benchmarks/results/xnnpack.json and xnnpack.md. Not part of the test run; run it on
+Writes benchmarks/results/<name>.json and <name>.md (--name, default xnnpack). Not part of the test run; run it on
 a quiet machine (numbers taken beside other load are noise).
 """
 
@@ -88,6 +88,7 @@ def main() -> None:
     ap.add_argument("--compare-raw", action="store_true")
     ap.add_argument("--onnxruntime", action="store_true")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    ap.add_argument("--name", default="xnnpack", help="results file name (no suffix)")
     args = ap.parse_args()
     if args.pairs < 30:
         ap.error("--pairs must be at least 30")
@@ -146,7 +147,7 @@ def main() -> None:
         "method": "interleaved dense/pruned pairs in one process, batch 1; speedup = median "
         "of per-pair ratios",
     }
-    (outdir / "xnnpack.json").write_text(
+    (outdir / f"{args.name}.json").write_text(
         json.dumps({"meta": meta, "rows": rows, "export_seconds": exports}, indent=2) + "\n"
     )
     lines = [
@@ -183,7 +184,7 @@ def main() -> None:
         "",
         "Export to .pte (s): " + ", ".join(f"{k} {v['total']:.1f}" for k, v in exports.items()),
     ]
-    (outdir / "xnnpack.md").write_text("\n".join(lines) + "\n")
+    (outdir / f"{args.name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -115,11 +115,9 @@ def _linear_sources(graph: torch.fx.Graph) -> bool:
     Linear, or an ``mm``/``addmm`` of a transposed weight, into ``linear``;
     ``view_copy`` nodes between a dequantize and a ``linear``; a ``view_copy`` after a
     ``linear`` that keeps its shape."""
-    linear = (torch.nn.Linear, torch.nn.functional.linear)
     for n, name in _calls(graph):
-        stack = n.meta.get("source_fn_stack")
-        if name.endswith("mm.default") and (not stack or stack[-1][1] in linear):
-            return True  # no source: get_source_partitions may match it by module
+        if name.endswith("mm.default") and _from_linear(n):
+            return True
         weight = {"aten.mm.default": 1, "aten.addmm.default": 2}.get(name)
         if weight is not None and _name(n.args[weight]).endswith(_TRANSPOSES):
             return True
@@ -130,6 +128,26 @@ def _linear_sources(graph: torch.fx.Graph) -> bool:
             if user is not None and "view_copy" in _name(user) and _same_shape(n, user):
                 return True  # a view_copy that does not change the shape is dropped
     return False
+
+
+_LINEAR = (torch.nn.Linear, torch.nn.functional.linear)
+
+
+def _from_linear(node: torch.fx.Node) -> bool:
+    """Whether ``get_source_partitions(graph, [Linear, linear])`` puts ``node`` in a Linear
+    partition: by its ``source_fn_stack``; without one (non-strict ``torch.export``), by
+    the innermost module it was traced in, as that function falls back to (a Linear
+    class or subclass, or the class's dotted name). Unknown provenance counts as yes."""
+    stack = node.meta.get("source_fn_stack")
+    if stack:
+        return stack[-1][1] in _LINEAR
+    modules = node.meta.get("nn_module_stack")
+    if not modules:
+        return True
+    _, cls = list(modules.values())[-1]
+    if isinstance(cls, type):
+        return issubclass(cls, torch.nn.Linear)
+    return cls in (torch.nn.Linear, "torch.nn.modules.linear.Linear")
 
 
 def _dequantize_behind_views(node: object) -> bool:

@@ -210,11 +210,16 @@ def test_fast_lowering_skips_edge_passes_only_when_idle():
     assert not checks[ReplaceBrokenOpsWithFunctionalOpsPass](plain)
     assert checks[RemoveMixedTypeOperators](mixed)
     assert not checks[RemoveMixedTypeOperators](plain)
+    # the check against XNNPACK's ConvertToLinearPass run for real: an addmm traced in a
+    # Linear is rewritten; an mm traced in a Linear subclass is not (the pass matches the
+    # class by its exact dotted name), nor one traced outside any Linear
     decomposed = torch.export.export(torch.nn.Linear(4, 5), (x,)).run_decompositions()
-    assert APPLIES["ConvertToLinearPass"](_edge(decomposed).graph)
-    square, elementwise = (_edge(torch.export.export(m, (x,))) for m in (_Square(), _Elementwise()))
-    assert APPLIES["ConvertToLinearPass"](square.graph)
-    assert not APPLIES["ConvertToLinearPass"](elementwise.graph)
+    cases = [(decomposed, True)] + [
+        (torch.export.export(m, (x,)), False) for m in (_LinearMM(4, 5), _Square(), _Elementwise())
+    ]
+    for ep, rewrites in cases:
+        edge = _edge(ep)
+        assert APPLIES["ConvertToLinearPass"](edge.graph) == _linear_pass_rewrites(edge) == rewrites
     assert not APPLIES["ConstPropPass"](plain)
     assert APPLIES["ConstPropPass"](graph(lambda a: a + torch.ones(4) * 2, x))
 
@@ -233,10 +238,32 @@ class _Elementwise(torch.nn.Module):
 
 
 class _Square(torch.nn.Module):
-    """An mm with no Linear source: checked conservatively (ConvertToLinearPass runs)."""
+    """An mm traced outside any Linear: ConvertToLinearPass leaves it alone."""
 
     def forward(self, x):
         return x @ x.transpose(0, 1).contiguous() * 2.0
+
+
+class _LinearMM(torch.nn.Linear):
+    """An mm traced inside a Linear subclass, of a weight copied (not a plain transpose):
+    ``get_source_partitions`` looks for the class ``torch.nn.modules.linear.Linear`` by
+    name in the traced module stack, and this one has another name."""
+
+    def forward(self, x):
+        return torch.mm(x, self.weight.transpose(0, 1).contiguous()) + self.bias
+
+
+def _linear_pass_rewrites(edge) -> bool:
+    """Whether XNNPACK's ConvertToLinearPass, run for real, adds a ``linear`` node."""
+    import copy
+
+    from executorch.backends.xnnpack._passes.convert_to_linear import ConvertToLinearPass
+
+    def linears(gm) -> int:
+        return sum("linear" in str(n.target) for n in gm.graph.nodes)
+
+    gm = copy.deepcopy(edge.graph_module)
+    return linears(ConvertToLinearPass()(gm).graph_module) > linears(edge.graph_module)
 
 
 class _SDPA(torch.nn.Module):

@@ -64,7 +64,7 @@ def distinct_rank(key: torch.Tensor, largest: bool) -> torch.Tensor:
         return ahead.sum(dim=1)  # ReduceSum: exact, and cheapest on ONNX Runtime
     # one-hot form: summed by a MatMul with a ones row, exact for counts of 0/1 in
     # float32, where ExecuTorch's sum (a mean times N) can land off the integer
-    return (_ones_row(n, key) @ ahead).squeeze(1)
+    return _bmm(_ones_row(n, key), ahead).squeeze(1)
 
 
 class Selection:
@@ -102,7 +102,7 @@ class Selection:
     def rows(self, x: torch.Tensor) -> torch.Tensor:
         """x: B×N×C -> the kept rows, B×k×C."""
         if (onehot := self._ordered()) is not None:
-            return onehot @ x
+            return _bmm(onehot, x)
         from edgeprune.models.deit import gather_tokens
 
         return gather_tokens(x, self.idx)
@@ -110,7 +110,7 @@ class Selection:
     def values(self, v: torch.Tensor) -> torch.Tensor:
         """v: B×N -> the kept entries, B×k."""
         if (onehot := self._ordered()) is not None:
-            return (onehot @ v.unsqueeze(-1)).squeeze(-1)
+            return _bmm(onehot, v.unsqueeze(-1)).squeeze(-1)
         return torch.gather(v, 1, self.idx)
 
     def dropped(self, like: torch.Tensor) -> torch.Tensor:
@@ -124,7 +124,7 @@ class Selection:
         their sum is the kept indicator)."""
         if self.kept is not None:
             return 1.0 - self.kept
-        return 1.0 - _ones_row(self.onehot.shape[1], like) @ self.onehot
+        return 1.0 - _bmm(_ones_row(self.onehot.shape[1], like), self.onehot)
 
     def rest_in_order(self, x: torch.Tensor) -> torch.Tensor:
         """x: B×N×C -> the N - k rows *not* kept, in token order (B×(N-k)×C)."""
@@ -132,8 +132,8 @@ class Selection:
         if self._is_onehot:
             # row q takes the token that has q tokens not kept before it
             rest = self._not_kept(x)  # B×1×N
-            before = rest @ _strictly_before(n, x)  # B×1×N: not-kept tokens before each
-            return (rest * _equal(before, _counts(n - k, x))) @ x
+            before = _bmm(rest, _strictly_before(n, x))  # B×1×N: not-kept tokens before each
+            return _bmm(rest * _equal(before, _counts(n - k, x)), x)
         from edgeprune.models.deit import gather_tokens
 
         return gather_tokens(x, _complement_ascending(self.idx, n))
@@ -148,18 +148,87 @@ class Selection:
         rows, one M×N MatMul (no selection in score order needed)."""
         if self._unordered:
             row_max = None if row_max is None else row_max.unsqueeze(-1)
-            return (best_match(scores, row_max) * self.kept) @ x
+            return _bmm(best_match(scores, row_max) * self.kept, x)
         return best_match(self.rows(scores)) @ self.rows(x)
 
 
+def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a @ b, with a or b 3-D (the other 3-D or a 2-D constant). In the one-hot form one
+    ``bmm`` (see ``_bmm``); otherwise ``@``, which ONNX takes as one MatMul."""
+    return _bmm(a, b) if _ONEHOT.get() else a @ b
+
+
+def _bmm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a @ b for 3-D a and b, either of batch 1 or 2-D (a constant: its view and expand
+    fold away): one ``bmm``. ``torch.export`` keeps a ``bmm`` as it is, and decomposes
+    ``@`` of 3-D tensors into expand, clone, view, bmm and view: more nodes for every
+    re-trace of the lowering to walk (DeiT-S ToMe: ~14 such products a block)."""
+    a, b = (t if t.dim() == 3 else t.unsqueeze(0) for t in (a, b))
+    batch = max(a.shape[0], b.shape[0])
+    a, b = (t if t.shape[0] == batch else t.expand(batch, -1, -1) for t in (a, b))
+    return torch.bmm(a, b)
+
+
+def constant(build, *key: int, like: torch.Tensor) -> torch.Tensor:
+    """The constant ``build(*key)`` in ``like``'s dtype and device. One-hot form: made
+    once, outside any trace, and reused, so ``torch.export`` lifts it with no node (a
+    tensor made in the traced code becomes a copy node at least, an arange and a compare
+    four). Other forms: a literal, which the ONNX exporter takes as one Constant."""
+    if _ONEHOT.get():
+        return _constant(build, key, like.dtype, like.device)
+    return torch.tensor(_literal(build, key), dtype=like.dtype, device=like.device)
+
+
+@functools.lru_cache(maxsize=256)
+def _constant(build, key: tuple, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    with _untraced():
+        return build(*key).to(dtype=dtype, device=device)
+
+
+@functools.lru_cache(maxsize=256)
+def _literal(build, key: tuple) -> list:
+    with _untraced():
+        return build(*key).tolist()
+
+
+@contextlib.contextmanager
+def _untraced() -> Iterator[None]:
+    """Outside every tracer (``torch.export``'s fake tensors and proxies, the TorchScript
+    tracer of the ONNX exporter): what is made here is a real tensor, which a trace then
+    captures as a constant."""
+    state = torch._C._get_tracing_state()
+    torch._C._set_tracing_state(None)
+    try:
+        from torch._subclasses.fake_tensor import unset_fake_temporarily
+        from torch.fx.experimental.proxy_tensor import disable_proxy_modes_tracing
+
+        with unset_fake_temporarily(), disable_proxy_modes_tracing():
+            yield
+    finally:
+        torch._C._set_tracing_state(state)
+
+
+def _ones_build(k: int) -> torch.Tensor:
+    return torch.ones(1, 1, k)
+
+
+def _counts_build(k: int) -> torch.Tensor:
+    return torch.arange(k, dtype=torch.float64).view(1, k, 1)
+
+
+def _triangle_build(n: int) -> torch.Tensor:
+    pos = torch.arange(n)
+    return (pos.view(n, 1) < pos.view(1, n)).double().unsqueeze(0)
+
+
 def _ones_row(k: int, like: torch.Tensor) -> torch.Tensor:
-    """1×k ones, a literal (a constant in every exported form, not a traced full())."""
-    return torch.tensor([[1.0] * k], dtype=like.dtype, device=like.device)
+    """1×1×k ones, a constant (one-hot form)."""
+    return constant(_ones_build, k, like=like)
 
 
 def _counts(k: int, like: torch.Tensor) -> torch.Tensor:
-    """1×k×1 column 0, 1, …, k-1, a literal: row t of a one-hot picks count t."""
-    return torch.tensor([[[float(i)] for i in range(k)]], dtype=like.dtype, device=like.device)
+    """1×k×1 column 0, 1, …, k-1, a constant: row t of a one-hot picks count t."""
+    return constant(_counts_build, k, like=like)
 
 
 def _equal(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -176,18 +245,13 @@ def _below(a: torch.Tensor, k: float) -> torch.Tensor:
 
 
 def _strictly_before(n: int, like: torch.Tensor) -> torch.Tensor:
-    """N×N constant: [j, i] = 1 where j < i. In the one-hot form a literal: traced as
+    """[j, i] = 1 where j < i: N×N, in the one-hot form a 1×N×N constant (traced as
     arange, compare and cast it is four nodes more per use for every re-trace of the
-    lowering to walk (they fold away only after the edge passes)."""
+    lowering to walk; they fold away only after the edge passes)."""
     if _ONEHOT.get():
-        return torch.tensor(_triangle(n), dtype=like.dtype, device=like.device)
+        return constant(_triangle_build, n, like=like)
     pos = torch.arange(n, device=like.device)
     return (pos.unsqueeze(1) < pos.unsqueeze(0)).to(like.dtype)
-
-
-@functools.lru_cache(maxsize=32)
-def _triangle(n: int) -> tuple[tuple[float, ...], ...]:
-    return tuple(tuple(float(j < i) for i in range(n)) for j in range(n))
 
 
 def _complement_ascending(src_idx: torch.Tensor, n: int) -> torch.Tensor:
@@ -215,7 +279,7 @@ def best_match(scores: torch.Tensor, row_max: torch.Tensor | None = None) -> tor
         return (dst == cols).to(scores.dtype).transpose(1, 2)
     row_max = scores.amax(dim=-1, keepdim=True) if row_max is None else row_max
     is_max = 1.0 - step(row_max - scores)
-    first = is_max * _below(is_max @ _strictly_before(m, scores), 1.0)  # no maximum before
+    first = is_max * _below(_bmm(is_max, _strictly_before(m, scores)), 1.0)  # none before
     return first.transpose(1, 2)
 
 
@@ -259,7 +323,7 @@ def weighted_rest(x: torch.Tensor, weights: torch.Tensor, sel: Selection, normal
     """One token from the tokens *not* kept: sum of x_i · w_i over them (B×1×C), divided
     by the sum of their weights when ``normalise``."""
     w = (weights * sel.dropped(weights)).unsqueeze(1)  # B×1×N
-    out = w @ x  # one MatMul, not a B×N×C product and a reduction over N
+    out = matmul(w, x)  # one MatMul, not a B×N×C product and a reduction over N
     if normalise:
         out = out / w.sum(dim=-1, keepdim=True).clamp_min(1e-12)
     return out

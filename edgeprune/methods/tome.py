@@ -40,7 +40,7 @@ from torch import nn
 from edgeprune.arch import Arch
 from edgeprune.errors import EdgepruneError
 from edgeprune.methods.base import Method, MethodConfig
-from edgeprune.methods.tokenops import alternate, select_top
+from edgeprune.methods.tokenops import alternate, constant, matmul, select_top
 from edgeprune.models.deit import VisionTransformer
 from edgeprune.plan import SelectorStage, TokenPlan
 
@@ -63,9 +63,16 @@ def head_sum(k: torch.Tensor) -> torch.Tensor:
     keys viewed B×H×(N·D) (a reduction over the head axis is ~3× slower on ONNX
     Runtime CPU)."""
     _, h, n, d = k.shape
-    # a literal (a constant in every exported form, not a traced full())
-    ones = torch.tensor([[1.0] * h], dtype=k.dtype, device=k.device)
-    return (ones @ k.reshape(-1, h, n * d)).reshape(-1, n, d)
+    ones = constant(_ones, h, like=k)  # a constant in every exported form, not a full()
+    return matmul(ones, k.reshape(-1, h, n * d)).reshape(-1, n, d)
+
+
+def _ones(h: int) -> torch.Tensor:
+    return torch.ones(1, h)
+
+
+def _protect(na: int) -> torch.Tensor:
+    return torch.tensor([PROTECT] + [0.0] * (na - 1)).view(1, na, 1)
 
 
 # CLS protection: added to CLS's row of scores. Cosine similarities lie in [-1, 1], so
@@ -85,8 +92,7 @@ def bipartite_merge(
     # CLS (row 0 of A) never merges: PROTECT on its row, as one Add of a constant column
     # (on the scores, not on their row maxima: there it joins the MatMul's XNNPACK
     # segment instead of making one of its own)
-    protect = torch.tensor([PROTECT] + [0.0] * (na - 1), dtype=x.dtype, device=x.device)
-    scores = a @ b.transpose(-1, -2) + protect.view(1, na, 1)  # B×Na×Nb
+    scores = matmul(a, b.transpose(-1, -2)) + constant(_protect, na, like=x)  # B×Na×Nb
     best = scores.amax(dim=-1)  # B×Na: each A token's best match
     merged = select_top(best, r, ordered=False)  # the r A tokens with the best match
 
