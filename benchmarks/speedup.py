@@ -114,7 +114,9 @@ def main() -> None:
         "python": platform.python_version(),
         "method": "interleaved A/B runs in one process; speedup = median of per-pair ratios",
     }
-    (outdir / f"{args.name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    (outdir / f"{args.name}.json").write_text(
+        json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n"
+    )
     lines = [
         f"# Speedup: dense vs pruned (ONNX Runtime, batch {args.batch})",
         "",
