@@ -43,6 +43,11 @@ def onehot_selection() -> Iterator[None]:
         _ONEHOT.reset(token)
 
 
+def onehot_form() -> bool:
+    """Whether models are traced in the one-hot form now (``onehot_selection()``)."""
+    return _ONEHOT.get()
+
+
 def step(d: torch.Tensor) -> torch.Tensor:
     """1.0 where d > 0, else 0.0, exactly (any positive float clamps into (0, 1] and
     ceils to 1). Clip and Ceil, not a comparison and a cast: XNNPACK runs these, so

@@ -40,7 +40,7 @@ from torch import nn
 from edgeprune.arch import Arch
 from edgeprune.errors import EdgepruneError
 from edgeprune.methods.base import Method, MethodConfig
-from edgeprune.methods.tokenops import alternate, constant, matmul, select_top
+from edgeprune.methods.tokenops import alternate, constant, matmul, onehot_form, select_top
 from edgeprune.models.deit import VisionTransformer
 from edgeprune.plan import SelectorStage, TokenPlan
 
@@ -67,6 +67,19 @@ def head_sum(k: torch.Tensor) -> torch.Tensor:
     return matmul(ones, k.reshape(-1, h, n * d)).reshape(-1, n, d)
 
 
+def _norm(m: torch.Tensor) -> torch.Tensor:
+    """B×N×D -> the L2 norms of the rows, B×N×1. One-hot form: the squares summed by one
+    bmm with a ones column (4 nodes; the norm as a mean over 4-D inner dims, which is
+    how XNNPACK takes a reduction, is 7)."""
+    if onehot_form():
+        return torch.sqrt(matmul(m * m, constant(_ones_column, m.shape[-1], like=m)))
+    return m.norm(dim=-1, keepdim=True)
+
+
+def _ones_column(d: int) -> torch.Tensor:
+    return torch.ones(1, d, 1)
+
+
 def _ones(h: int) -> torch.Tensor:
     return torch.ones(1, h)
 
@@ -86,7 +99,7 @@ def bipartite_merge(
     x: torch.Tensor, size: torch.Tensor | None, metric: torch.Tensor, r: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """x: B×N×C, size: B×N×1 (None: all 1), metric: B×N×D -> (B×(N-r)×C, B×(N-r)×1)."""
-    metric = metric / metric.norm(dim=-1, keepdim=True)
+    metric = metric / _norm(metric)
     a, b = alternate(metric)
     na = a.shape[1]
     # CLS (row 0 of A) never merges: PROTECT on its row, as one Add of a constant column
