@@ -92,6 +92,10 @@ def run_one(arch: str, threads: int, args, work: Path) -> dict:
     }
 
 
+def _pct(x: float | None) -> str:
+    return "" if x is None else f"{x:+.1%}"
+
+
 def render(meta: dict, rows: list[dict]) -> str:
     lines = [
         "# Latency model: validate-profile and budget --verify (onnxruntime CPU, batch 1)",
@@ -111,8 +115,9 @@ def render(meta: dict, rows: list[dict]) -> str:
     lines += [
         "",
         "| profile | threads | target (× dense) | target ms | re-anchor scale | predicted ms "
-        "(re-anchored) | measured ms | measured vs target | met |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "(re-anchored) | measured ms | measured vs target | met | machine moved during the "
+        "check | at the re-anchor's speed vs target |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         for b in r["budgets"]:
@@ -123,7 +128,8 @@ def render(meta: dict, rows: list[dict]) -> str:
                 f"{b['target_ms']:.2f} | {'' if scale is None else f'{scale:.3f}'} | "
                 f"{b.get('predicted_ms', float('nan')):.2f} | "
                 f"{b.get('measured_ms', float('nan')):.2f} | "
-                f"{'' if vt is None else f'{vt:+.1%}'} | {'yes' if b.get('met') else 'no'} |"
+                f"{'' if vt is None else f'{vt:+.1%}'} | {'yes' if b.get('met') else 'no'} | "
+                f"{_pct(b.get('moved'))} | {_pct(b.get('at_anchor_vs_target'))} |"
             )
     return "\n".join(lines) + "\n"
 

@@ -131,10 +131,11 @@ def refined_lines(v) -> list[str]:
     if not r:
         return []
     f = r["first"]
+    at = f.get("at_anchor_ms", f["measured_ms"])
     return [
-        f"refined: that pick measured {f['measured_ms']:.3f} ms; chosen again with the "
-        f"table × {r['scale']:.3f} (its own measured / predicted), {r['margin']:.0%} under "
-        "the target"
+        f"refined: that pick measured {f['measured_ms']:.3f} ms ({at:.3f} ms at the anchor's "
+        f"speed); chosen again with the table × {r['scale']:.3f} (its own measured / "
+        f"predicted), {r['margin']:.0%} under the target"
     ]
 
 
@@ -152,7 +153,24 @@ def verification_lines(v) -> list[str]:
             f"ms (machine drift {v.drift:+.1%}); speedup {v.speedup:.2f}× "
             f"({v.runtime}, {v.threads} thread(s), {v.rounds} interleaved rounds × {v.burst})",
         ]
+        + moved_lines(v)
     )
+
+
+def moved_lines(v) -> list[str]:
+    """When the machine changed speed between re-anchor and measurement: by how much,
+    and the pick at the anchor's speed (its ratio to dense, timed beside it, holds)."""
+    from edgeprune.verify import MOVED_NOTE
+
+    if v.moved is None or abs(v.moved) <= MOVED_NOTE:
+        return []
+    return [
+        f"[yellow]the machine changed speed during the check[/]: dense {v.dense_measured_ms:.3f} "
+        f"ms now vs {v.reanchor.dense_measured_ms:.3f} ms at the re-anchor ({v.moved:+.1%}); "
+        f"at the re-anchor's speed the pick takes {v.at_anchor_ms:.3f} ms "
+        f"({v.at_anchor_vs_target:+.1%} vs target). The verdict is the measurement; on a "
+        "quieter machine (or 1 thread) it would be steadier"
+    ]
 
 
 def validation_table(profile, rep: ValidationReport) -> Table:
