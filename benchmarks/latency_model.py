@@ -96,21 +96,33 @@ def _pct(x: float | None) -> str:
     return "" if x is None else f"{x:+.1%}"
 
 
+def _spread(row: dict) -> str:
+    n = row.get("noise") or {}
+    return "" if "median_spread" not in n else f"{n['median_spread']:.1%}"
+
+
+def _corrected(v: dict) -> str:
+    dc = v.get("drift_corrected")
+    return "" if not dc else f"{dc['median_rel_error']:.1%} / {dc['p90_rel_error']:.1%}"
+
+
 def render(meta: dict, rows: list[dict]) -> str:
     lines = [
         "# Latency model: validate-profile and budget --verify (onnxruntime CPU, batch 1)",
         "",
         f"{meta['runtime']}, {meta['machine']}, {meta['date']}. Method: {meta['method']}.",
         "",
-        "| profile | threads | schedules | median error | p90 error | worst | within ±10% |",
-        "|---|---|---|---|---|---|---|",
+        "| profile | threads | profile noise (median spread) | schedules | median error "
+        "| p90 error | worst | within ±10% | drift since profiling | error with the drift "
+        "taken out (median / p90) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         v = r["validate"]
         lines.append(
-            f"| {r['arch']}/{r['method']} | {r['threads']} | {v['configs']} | "
+            f"| {r['arch']}/{r['method']} | {r['threads']} | {_spread(r)} | {v['configs']} | "
             f"{v['median_rel_error']:.1%} | {v['p90_rel_error']:.1%} | {v['max_rel_error']:.1%} | "
-            f"{v['within_10pct']}/{v['configs']} |"
+            f"{v['within_10pct']}/{v['configs']} | {_pct(v.get('drift'))} | {_corrected(v)} |"
         )
     lines += [
         "",
