@@ -49,20 +49,27 @@ def at_anchor_speed(pick_ms: float, dense_ms: float, anchor: Anchor | None) -> f
     return pick_ms if anchor is None else pick_ms * anchor.dense_measured_ms / dense_ms
 
 
+def moved(dense_ms: float, anchor: Anchor | None) -> float | None:
+    """How far the machine moved since the re-anchor: dense measured now / dense at the
+    anchor − 1 (None: not re-anchored)."""
+    return None if anchor is None else dense_ms / anchor.dense_measured_ms - 1
+
+
 def refine_basis(pick_ms: float, dense_ms: float, anchor: Anchor | None) -> float:
     """The figure the refinement decides and re-scales on: the measurement itself while
     dense, timed beside the pick, is within MOVED_NOTE of the anchor (a steady machine:
     what is left is the table's error, or a real cost of running interleaved); the pick
     at the anchor's speed when the machine moved more (the raw figure would chase it)."""
-    if anchor is None or abs(dense_ms / anchor.dense_measured_ms - 1) <= MOVED_NOTE:
+    m = moved(dense_ms, anchor)
+    if m is None or abs(m) <= MOVED_NOTE:
         return pick_ms
     return at_anchor_speed(pick_ms, dense_ms, anchor)
 
 
-def needs_refining(pick_at_anchor_ms: float, target_ms: float) -> bool:
-    """Whether a re-anchored pick, at the anchor's speed, is over the target or more
-    than REFINE_BAND under it."""
-    return not -REFINE_BAND <= pick_at_anchor_ms / target_ms - 1 <= 0
+def needs_refining(pick_ms: float, target_ms: float) -> bool:
+    """Whether a re-anchored pick (its ``refine_basis`` figure) is over the target or
+    more than REFINE_BAND under it."""
+    return not -REFINE_BAND <= pick_ms / target_ms - 1 <= 0
 
 
 def choice(result: BudgetResult | None) -> dict | None:
@@ -143,9 +150,7 @@ class Verification:
     def moved(self) -> float | None:
         """The machine during the check: dense measured beside the pick / dense at the
         re-anchor − 1 (None: not re-anchored)."""
-        if self.reanchor is None:
-            return None
-        return self.dense_measured_ms / self.reanchor.dense_measured_ms - 1
+        return moved(self.dense_measured_ms, self.reanchor)
 
     @property
     def at_anchor_ms(self) -> float | None:
