@@ -28,7 +28,6 @@ Writes benchmarks/results/<name>.json, .md and .png. Not part of the test run.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import platform
 import sys
@@ -39,13 +38,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from overhead import SliceReference, op_times  # noqa: E402
-from timing import interleave, pair_ratio, share_of_ideal  # noqa: E402
+from overhead import SliceReference, model_onnx, op_times, ort_runner, pte_runner  # noqa: E402
+from timing import host_meta, interleave, pair_ratio, share_of_ideal  # noqa: E402
 
-from edgeprune.export.onnx import export_onnx, simplify, trace_to_onnx  # noqa: E402
+from edgeprune.export.onnx import export_onnx  # noqa: E402
 from edgeprune.flops import plan_flops  # noqa: E402
 from edgeprune.plan import TokenPlan  # noqa: E402
-from edgeprune.runtimes.onnxruntime import make_session, version  # noqa: E402
+from edgeprune.runtimes.onnxruntime import version  # noqa: E402
 from edgeprune.source import resolve  # noqa: E402
 
 GRID = (197, 150, 100, 60, 30, 10)  # the range plans use (ToMe's last block: 11 on DeiT-S)
@@ -78,26 +77,15 @@ class Timed:
 
     def add(self, name: str, model=None, source=None) -> None:
         if self.runtime == "executorch":
-            import torch
-
-            from edgeprune.export.executorch import lower
-            from edgeprune.runtimes.executorch import ExecuTorchRunner
-
             m = model if model is not None else source.model()
-            r = ExecuTorchRunner(threads=self.threads)
-            r.load(lower(m, torch.zeros(1, 3, 224, 224)).buffer)
-            xt = [torch.from_numpy(self.x)]
-            self.runners[name] = lambda r=r: r.method.execute(xt)
+            self.runners[name], _ = pte_runner(m, self.threads, self.x)
             return
         path = self.td / f"{name.replace(':', '_').replace('@', '_')}.onnx"
         if model is not None:
-            graph = simplify(trace_to_onnx(model, (1, 3, 224, 224)))
-            path.write_bytes(graph.SerializeToString())
+            model_onnx(model, path)
         else:
             export_onnx(source, path, force=True, n_parity_inputs=1)
-        sess = make_session(path, threads=self.threads)
-        feeds = {sess.get_inputs()[0].name: self.x}
-        self.runners[name] = lambda sess=sess, feeds=feeds: sess.run(None, feeds)
+        self.runners[name] = ort_runner(path, self.threads, self.x)
         self.paths[name] = path
 
 
@@ -269,14 +257,13 @@ def main() -> None:
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
     ap.add_argument("--name", default="ceiling", help="results file name (no suffix)")
     args = ap.parse_args()
-    results = []
+    results, meta = [], _meta(args)
     with tempfile.TemporaryDirectory() as td:
         for arch in args.archs.split(","):
             specs = (args.specs or DEFAULT_SPECS.get(arch, "")).split(",")
             specs = [s for s in specs if s and resolve(s).arch.name == arch]
             results.append(run_arch(arch, specs, args, td))
-            print("\n".join(render(results[-1:], _meta(args))), flush=True)
-    meta = _meta(args)
+            print("\n".join(render(results[-1:], meta)), flush=True)
     outdir = Path(args.out)
     outdir.mkdir(parents=True, exist_ok=True)
     (outdir / f"{args.name}.json").write_text(
@@ -288,15 +275,14 @@ def main() -> None:
 
 def _meta(args) -> dict:
     if args.runtime == "executorch":
-        from importlib.metadata import version as dist_version
+        from edgeprune.runtimes.executorch import version as executorch_version
 
-        runtime = f"executorch {dist_version('executorch')} (XNNPACK, fp32)"
+        runtime = f"executorch {executorch_version()} (XNNPACK, fp32)"
     else:
         runtime = f"onnxruntime {version()} (CPUExecutionProvider)"
     return {
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        **host_meta(),
         "runtime": runtime,
-        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
         "python": platform.python_version(),
         "threads": args.threads,
         "rounds": args.rounds,

@@ -13,15 +13,15 @@ a quiet machine.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from timing import host_meta
 
 from edgeprune.export.manifest import manifest_path
 
@@ -70,8 +70,7 @@ def main() -> None:
     from importlib.metadata import version
 
     meta = {
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        **host_meta(),
         "cores": os.cpu_count(),
         "runtime": f"executorch {version('executorch')}, torch {version('torch')}",
     }

@@ -69,9 +69,34 @@ def _first(x: torch.Tensor, n: int) -> torch.Tensor:
 
 def slice_reference_onnx(spec: str, out: Path) -> None:
     src = resolve(spec)
-    model = SliceReference(src.arch, src.plan).init_random(0).eval()
-    img = src.arch.img_size
+    model_onnx(SliceReference(src.arch, src.plan).init_random(0).eval(), out)
+
+
+def model_onnx(model, out: Path) -> None:
+    """An eager model (batch 1) as a simplified ONNX graph, no parity check."""
+    img = model.arch.img_size
     out.write_bytes(simplify(trace_to_onnx(model, (1, 3, img, img))).SerializeToString())
+
+
+def ort_runner(path: Path, threads: int, x: np.ndarray):
+    """One ONNX Runtime session (``make_session``, as the product times) run on x."""
+    sess = make_session(path, threads=threads)
+    feeds = {sess.get_inputs()[0].name: x}
+    return lambda: sess.run(None, feeds)
+
+
+def pte_runner(model, threads: int, x: np.ndarray):
+    """The model lowered as ``export --target executorch`` lowers it, loaded in the
+    ExecuTorch runtime: (run on x, the lowering)."""
+    from edgeprune.export.executorch import lower
+    from edgeprune.runtimes.executorch import ExecuTorchRunner
+
+    img = model.arch.img_size
+    low = lower(model, torch.zeros(1, 3, img, img))
+    r = ExecuTorchRunner(threads=threads)
+    r.load(low.buffer)
+    xt = [torch.from_numpy(x)]
+    return (lambda: r.method.execute(xt)), low
 
 
 def op_times(path: Path, threads: int, runs: int = 60) -> collections.Counter:
@@ -106,34 +131,23 @@ def ort_runners(spec: str, src, threads: int, x: np.ndarray, td: str) -> tuple[d
     export_onnx(resolve(src.arch.name), paths["dense"], force=True, n_parity_inputs=1)
     export_onnx(src, paths["pruned"], force=True, n_parity_inputs=1)
     slice_reference_onnx(spec, paths["slice"])
-    runners = {}
-    for k, p in paths.items():
-        sess = make_session(p, threads=threads)
-        feeds = {sess.get_inputs()[0].name: x}
-        runners[k] = lambda sess=sess, feeds=feeds: sess.run(None, feeds)
-    return runners, paths
+    return {k: ort_runner(p, threads, x) for k, p in paths.items()}, paths
 
 
 def executorch_runners(spec: str, src, threads: int, x: np.ndarray) -> dict:
     """The same three graphs lowered to XNNPACK-delegated .pte programs, as ``export
     --target executorch`` lowers them; run in the ExecuTorch runtime with ``threads``."""
-    from edgeprune.export.executorch import lower
-    from edgeprune.runtimes.executorch import ExecuTorchRunner, set_threads
+    from edgeprune.runtimes.executorch import set_threads
 
-    img = src.arch.img_size
-    example = torch.zeros(1, 3, img, img)
     models = {
         "dense": resolve(src.arch.name).model(),
         "pruned": src.model(),
         "slice": SliceReference(src.arch, src.plan).init_random(0).eval(),
     }
-    runners, xt = {}, [torch.from_numpy(x)]
+    runners = {}
     for k, m in models.items():
-        low = lower(m, example)
-        r = ExecuTorchRunner(threads=threads)
-        r.load(low.buffer)
+        runners[k], low = pte_runner(m, threads, x)
         print(f"   {k}: {low.segments} XNNPACK segments, outside: {low.outside}", flush=True)
-        runners[k] = lambda r=r: r.method.execute(xt)
     set_threads(threads)
     return runners
 

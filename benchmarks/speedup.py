@@ -8,7 +8,6 @@ Writes benchmarks/results/<name>.json and <name>.md (default speedup). Not part 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import platform
 import statistics
@@ -17,7 +16,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from timing import IDEAL_SHARE_TARGET, gain_share, share_of_ideal
+from timing import IDEAL_SHARE_TARGET, gain_share, host_meta, share_of_ideal
 
 from edgeprune.export.onnx import export_onnx
 from edgeprune.runtimes.onnxruntime import make_session, version
@@ -108,9 +107,8 @@ def main() -> None:
                     f"(GFLOPs ratio {gflops_ratio:.3f}x, {r['share_of_ideal']:.0%} of it)"
                 )
     meta = {
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        **host_meta(),
         "runtime": f"onnxruntime {version()} (CPUExecutionProvider)",
-        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
         "python": platform.python_version(),
         "method": "interleaved A/B runs in one process; speedup = median of per-pair ratios",
     }

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import platform
 import statistics
 from collections.abc import Callable
 
@@ -55,3 +57,11 @@ def gain_share(speedup: float, gflops_ratio: float) -> float | None:
     """The saving as a share of the ideal saving: (speedup - 1) / (GFLOPs ratio - 1).
     Harsher than ``share_of_ideal``; None when the ratio is 1 (nothing to gain)."""
     return (speedup - 1) / (gflops_ratio - 1) if gflops_ratio > 1 else None
+
+
+def host_meta() -> dict:
+    """When and where a benchmark ran: UTC date and machine, for its results file."""
+    return {
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+    }

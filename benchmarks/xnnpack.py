@@ -18,14 +18,20 @@ a quiet machine (numbers taken beside other load are noise).
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
-import platform
 from pathlib import Path
 
 import numpy as np
 import torch
-from timing import IDEAL_SHARE_TARGET, gain_share, interleave, pair_ratio, share_of_ideal, summary
+from timing import (
+    IDEAL_SHARE_TARGET,
+    gain_share,
+    host_meta,
+    interleave,
+    pair_ratio,
+    share_of_ideal,
+    summary,
+)
 
 from edgeprune.export.executorch import lower
 from edgeprune.runtimes.executorch import ExecuTorchRunner, set_threads, version
@@ -140,9 +146,8 @@ def main() -> None:
                 flush=True,
             )
     meta = {
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        **host_meta(),
         "runtime": f"executorch {version()} (XnnpackBackend, fp32), torch {torch.__version__}",
-        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
         "pairs": args.pairs,
         "method": "interleaved dense/pruned pairs in one process, batch 1; speedup = median "
         "of per-pair ratios",
