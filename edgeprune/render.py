@@ -160,9 +160,9 @@ def verification_lines(v) -> list[str]:
 def moved_lines(v) -> list[str]:
     """When the machine changed speed between re-anchor and measurement: by how much,
     and the pick at the anchor's speed (its ratio to dense, timed beside it, holds)."""
-    from edgeprune.verify import MOVED_NOTE
+    from edgeprune.verify import steady
 
-    if v.moved is None or abs(v.moved) <= MOVED_NOTE:
+    if steady(v.moved):
         return []
     return [
         f"[yellow]the machine changed speed during the check[/]: dense {v.dense_measured_ms:.3f} "

@@ -55,13 +55,18 @@ def moved(dense_ms: float, anchor: Anchor | None) -> float | None:
     return None if anchor is None else dense_ms / anchor.dense_measured_ms - 1
 
 
+def steady(moved_by: float | None) -> bool:
+    """Whether the machine held its speed since the re-anchor (``moved`` within
+    MOVED_NOTE), or there was no re-anchor."""
+    return moved_by is None or abs(moved_by) <= MOVED_NOTE
+
+
 def refine_basis(pick_ms: float, dense_ms: float, anchor: Anchor | None) -> float:
     """The figure the refinement decides and re-scales on: the measurement itself while
     dense, timed beside the pick, is within MOVED_NOTE of the anchor (a steady machine:
     what is left is the table's error, or a real cost of running interleaved); the pick
     at the anchor's speed when the machine moved more (the raw figure would chase it)."""
-    m = moved(dense_ms, anchor)
-    if m is None or abs(m) <= MOVED_NOTE:
+    if steady(moved(dense_ms, anchor)):
         return pick_ms
     return at_anchor_speed(pick_ms, dense_ms, anchor)
 
