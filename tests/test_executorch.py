@@ -14,6 +14,7 @@ import torch
 
 from edgeprune.arch import Arch
 from edgeprune.errors import EdgepruneError, MissingRuntimeError
+from edgeprune.export.executorch import ROW_COPIES
 from edgeprune.methods import get_method
 from edgeprune.source import Source
 
@@ -52,9 +53,11 @@ def test_export_writes_pte_and_manifest_with_parity_and_segments(spvit_pte):
     assert p["status"] == "passed" and p["runtime"] == "executorch (xnnpack)"
     assert p["max_abs_diff"] <= 1e-4 and p["top1_agreement"] == 1.0 and p["inputs"] == 2
     x = man["xnnpack"]
-    # selection in the one-hot form (methods/tokenops.py): TopK, gather and scatter are
-    # gone, so the whole program is one XNNPACK delegate
-    assert x["delegate_segments"] == 1 and x["ops_outside_delegates"] == {}, x
+    # selection in the one-hot form (methods/tokenops.py): no TopK, gather or scatter;
+    # outside XNNPACK only the row copies (one per selection) and their index casts
+    outside = x["ops_outside_delegates"]
+    assert set(outside) == ROW_COPIES and outside["index_select"] == 2, x
+    assert x["delegate_segments"] == 3, x
     assert "native_layer_norm" not in x["ops_outside_delegates"]
     assert man["versions"]["executorch"].startswith("1.")
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]
@@ -107,17 +110,19 @@ def test_fast_lowering_gives_the_same_program_byte_for_byte(monkeypatch, method)
 
 
 @pytest.mark.parametrize("method", ["dynamicvit", "evit", "spvit", "avit", "tome"])
-def test_every_method_selects_inside_one_xnnpack_delegate(method):
-    """The one-hot selection form keeps every method's token selection inside XNNPACK:
-    one delegate, no op on a portable kernel, and the same logits as PyTorch (which
-    selects with TopK and gathers) in the ExecuTorch runtime."""
+def test_every_method_ranks_in_xnnpack_and_copies_rows_outside(method):
+    """The one-hot selection form ranks every method's tokens inside XNNPACK; only the
+    row copies (``index_select``) and the casts of their row numbers run on portable
+    kernels, and the logits equal PyTorch's (which selects with TopK and gathers) in
+    the ExecuTorch runtime."""
     from edgeprune.export.executorch import lower
     from edgeprune.runtimes.executorch import ExecuTorchRunner
 
     src = tiny_source(method, locs=(1,), keep=(0.5,), arch=TINY2)
     model = src.model()
     low = lower(model, torch.zeros(2, 3, 64, 64))
-    assert (low.segments, low.outside) == (1, {}), (low.segments, low.outside)
+    assert set(low.outside) == ROW_COPIES, low.outside
+    assert 1 < low.segments <= low.outside["index_select"] + 1, (low.segments, low.outside)
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
     r = ExecuTorchRunner(threads=1)
     r.load(low.buffer)
@@ -145,7 +150,7 @@ def test_one_hot_selection_is_exact_at_full_token_counts():
 
     x = torch.randn(2, 196, 8, generator=torch.Generator().manual_seed(4))
     low = lower(_TopRows(), x)
-    assert (low.segments, low.outside) == (1, {})
+    assert low.outside == {"index_select": 2, "dim_order_ops._to_dim_order_copy": 2}
     r = ExecuTorchRunner(threads=1)
     r.load(low.buffer)
     with torch.no_grad():

@@ -103,7 +103,7 @@ def test_onehot_selection_keeps_the_same_tokens_in_the_same_order():
         index = select_top(key, 12, largest)
         with onehot_selection():
             onehot = select_top(key, 12, largest)
-        assert index.onehot is None and onehot.idx is None
+        assert index.rank is None and onehot.idx is None
         assert torch.equal(onehot.rows(x), index.rows(x))
         assert torch.equal(onehot.values(key), index.values(key))
         assert torch.equal(onehot.dropped(key), index.dropped(key))
@@ -118,27 +118,26 @@ def test_onehot_selection_keeps_the_same_tokens_in_the_same_order():
     )
 
 
-def test_unordered_selection_merges_into_the_best_match_as_the_index_form():
-    """ToMe's merge in the one-hot form needs only which tokens are kept: the kept
-    indicator, not a k×N one-hot in score order. It must drop the same tokens, keep
-    the same rest in order, and sum the same rows into their best columns (first
-    maximum on ties) as the index form."""
+def test_one_hot_merge_drops_and_sums_the_same_rows_as_the_index_form():
+    """ToMe's merge in the one-hot form: the same tokens dropped, the same rest in
+    order, the same rows summed into their best columns (first maximum on ties) as
+    the index form, and ``sources`` lists the kept tokens in score order, then the
+    others in token order."""
     g = torch.Generator().manual_seed(5)
     key, x = torch.randn(3, 40, generator=g), torch.randn(3, 40, 6, generator=g)
     scores = torch.randn(3, 40, 17, generator=g)
     scores[:, :, 9] = scores[:, :, 3]  # tied best columns: the first one takes the row
-    index = select_top(key, 11, ordered=False)
+    index = select_top(key, 11)
     with onehot_selection():
-        onehot = select_top(key, 11, ordered=False)
-        assert onehot.onehot is None and onehot.kept is not None
-        with pytest.raises(ValueError):
-            onehot.rows(x)
-        got = onehot.into_best(scores, x, scores.amax(dim=-1))
-        assert torch.allclose(onehot.into_best(scores, x), got)
+        onehot = select_top(key, 11)
+        got = onehot.into_best(scores, x)
+        src = onehot.sources()
     assert torch.equal(onehot.dropped(key), index.dropped(key))
     assert torch.equal(onehot.rest_in_order(x), index.rest_in_order(x))
-    assert torch.allclose(got, index.into_best(scores, x), atol=1e-6)
+    assert torch.equal(got, index.into_best(scores, x))
     assert got.shape == (3, 17, 6)
+    want = torch.cat([index.idx, _complement_ascending(index.idx, 40)], dim=1)
+    assert torch.equal(src, want.to(src.dtype))
 
 
 def test_best_match_one_hot_is_argmax_first_on_ties():

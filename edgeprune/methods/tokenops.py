@@ -6,13 +6,14 @@ Keeping the top k tokens has two graph forms with the same result:
   (``gather_tokens``: one GatherND in ONNX) and a ScatterElements for the dropped-token
   mask. Fastest on ONNX Runtime.
 - **one-hot form** (inside ``onehot_selection()``; the ExecuTorch lowering sets it):
-  each token's rank from pairwise steps (``distinct_rank``), a B×k×N one-hot matrix of
-  the ranks below k, the kept rows as one MatMul of it. Only ops XNNPACK runs (Clip,
-  Ceil, Abs, Sub, Mul, mean, MatMul), so the selection stays inside the delegate
-  instead of cutting the program at a TopK, a gather and a scatter on portable
-  kernels. It costs k·N·C multiply-adds per selection (DeiT-T, 196 → 176 tokens: 6.6 M,
-  ~0.5 % of a block of 197 tokens) and removes ~70 % of the selectors' time on
-  XNNPACK.
+  each token's rank from pairwise steps (``distinct_rank``), then the token number of
+  each kept row read off a k×N one-hot of the ranks (times a constant column of token
+  numbers: k·N multiply-adds), and the rows picked by one ``index_select``
+  (``take_rows``). The ranking runs inside XNNPACK (Clip, Ceil, Abs, Sub, Mul, MatMul);
+  only the row copy is a portable kernel, with no TopK, gather or scatter. Before
+  (sections 12–15 of the report) the rows were a MatMul of the one-hot itself, k·N·C
+  multiply-adds: ~40 µs a selection at DeiT-T's 197 tokens on this machine's XNNPACK,
+  against ~1 µs for the copy and the delegate boundary around it.
 
 Both keep the same tokens in the same order (score order, best first); ties in the
 key are broken by token order in the one-hot form, and as TopK breaks them in the
@@ -74,87 +75,99 @@ def distinct_rank(key: torch.Tensor, largest: bool) -> torch.Tensor:
 
 class Selection:
     """The k tokens kept out of N, in one of the two forms (see the module docstring).
-    An unordered one-hot selection (``select_top(..., ordered=False)``) holds only the
-    B×1×N indicator of the kept tokens: enough for ``dropped``, ``rest_in_order`` and
-    ``into_best``, not for ``rows``/``values`` (which need the order)."""
+    Index form: ``idx``, the kept token numbers (B×k int64, score order). One-hot form:
+    ``rank``, every token's rank (B×N float, 0 the best); the rows it needs are picked
+    by ``take_rows`` at source numbers read off the ranks (a k×N or N×N one-hot of the
+    ranks times a constant column of token numbers: k·N multiply-adds, not k·N·C)."""
 
-    def __init__(
-        self,
-        n: int,
-        idx: torch.Tensor | None = None,
-        onehot: torch.Tensor | None = None,
-        kept: torch.Tensor | None = None,
-        k: int | None = None,
-    ):
-        self.n, self.idx, self.onehot, self.kept = n, idx, onehot, kept
-        if k is None and idx is None and onehot is None:
-            raise ValueError("a selection needs indices, a one-hot or k")
-        self.k = k if k is not None else (idx if idx is not None else onehot).shape[1]
+    def __init__(self, n: int, k: int, idx: torch.Tensor | None = None, rank=None):
+        if (idx is None) == (rank is None):
+            raise ValueError("a selection has indices (index form) or ranks (one-hot form)")
+        self.n, self.k, self.idx, self.rank = n, k, idx, rank
 
     @property
     def _is_onehot(self) -> bool:
         return self.idx is None
 
-    @property
-    def _unordered(self) -> bool:
-        return self._is_onehot and self.onehot is None
+    def _kept_sources(self) -> torch.Tensor:
+        """One-hot form: B×k, the token number of each kept token, in score order."""
+        onehot = _equal(self.rank.unsqueeze(1), _counts(self.k, self.rank))  # B×k×N
+        return _bmm(onehot, _positions(self.n, self.rank)).squeeze(-1)
 
-    def _ordered(self) -> torch.Tensor | None:
-        if self._unordered:
-            raise ValueError("an unordered selection has no rows in score order")
-        return self.onehot
+    def _kept(self, like: torch.Tensor) -> torch.Tensor:
+        """One-hot form: B×1×N, 1 for the kept tokens."""
+        return _below(self.rank, float(self.k)).reshape(like.shape[0], 1, self.n)
+
+    def sources(self) -> torch.Tensor:
+        """One-hot form: B×N token numbers, the k kept in score order, then the N - k
+        others in token order (a float tensor of exact integers, for ``take_rows``)."""
+        kept = self._kept(self.rank)
+        rest = 1.0 - kept
+        # destination of each token: its rank if kept, else k + the others before it
+        before = _bmm(rest, _strictly_before(self.n, self.rank))  # B×1×N
+        dest = kept * self.rank.unsqueeze(1) + rest * (before + float(self.k))
+        onehot = _equal(dest, _counts(self.n, self.rank))  # B×N×N: [q, j] = dest_j == q
+        return _bmm(onehot, _positions(self.n, self.rank)).squeeze(-1)
 
     def rows(self, x: torch.Tensor) -> torch.Tensor:
         """x: B×N×C -> the kept rows, B×k×C."""
-        if (onehot := self._ordered()) is not None:
-            return _bmm(onehot, x)
+        if self._is_onehot:
+            return take_rows(x, self._kept_sources())
         from edgeprune.models.deit import gather_tokens
 
         return gather_tokens(x, self.idx)
 
     def values(self, v: torch.Tensor) -> torch.Tensor:
         """v: B×N -> the kept entries, B×k."""
-        if (onehot := self._ordered()) is not None:
-            return _bmm(onehot, v.unsqueeze(-1)).squeeze(-1)
+        if self._is_onehot:
+            return take_rows(v.unsqueeze(-1), self._kept_sources()).squeeze(-1)
         return torch.gather(v, 1, self.idx)
 
     def dropped(self, like: torch.Tensor) -> torch.Tensor:
         """B×N float mask: 1 for the tokens not kept, 0 for the kept ones."""
         if self._is_onehot:
-            return self._not_kept(like).reshape(like.shape)
+            return (1.0 - self._kept(like)).reshape(like.shape)
         return torch.ones_like(like).scatter(1, self.idx, 0.0)
-
-    def _not_kept(self, like: torch.Tensor) -> torch.Tensor:
-        """One-hot form: B×1×N, 1 for the tokens not kept (the one-hot rows are disjoint:
-        their sum is the kept indicator)."""
-        if self.kept is not None:
-            return 1.0 - self.kept
-        return 1.0 - _bmm(_ones_row(self.onehot.shape[1], like), self.onehot)
 
     def rest_in_order(self, x: torch.Tensor) -> torch.Tensor:
         """x: B×N×C -> the N - k rows *not* kept, in token order (B×(N-k)×C)."""
-        n, k = self.n, self.k
         if self._is_onehot:
-            # row q takes the token that has q tokens not kept before it
-            rest = self._not_kept(x)  # B×1×N
-            before = _bmm(rest, _strictly_before(n, x))  # B×1×N: not-kept tokens before each
-            return _bmm(rest * _equal(before, _counts(n - k, x)), x)
+            return take_rows(x, self.sources()[:, self.k :])
         from edgeprune.models.deit import gather_tokens
 
-        return gather_tokens(x, _complement_ascending(self.idx, n))
+        return gather_tokens(x, _complement_ascending(self.idx, self.n))
 
-    def into_best(
-        self, scores: torch.Tensor, x: torch.Tensor, row_max: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def into_best(self, scores: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Each kept row of x summed into its best column of ``scores`` (B×N×M; first
-        maximum on ties): B×M×C. ``row_max``: ``scores.amax(-1)`` (B×N) if the caller
-        has it. Index form: the kept rows' scores and rows gathered, then one
-        M×k one-hot MatMul. One-hot form: every row's best match, masked to the kept
-        rows, one M×N MatMul (no selection in score order needed)."""
-        if self._unordered:
-            row_max = None if row_max is None else row_max.unsqueeze(-1)
-            return _bmm(best_match(scores, row_max) * self.kept, x)
-        return best_match(self.rows(scores)) @ self.rows(x)
+        maximum on ties): B×M×C. The kept rows' scores and rows, then one M×k one-hot
+        MatMul."""
+        return matmul(best_match(self.rows(scores)), self.rows(x))
+
+
+def take_rows(x: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
+    """x: B×N×C, src: B×K row numbers as floats (exact integers) -> B×K×C, row q of
+    batch b being x[b, src[b, q]]: one ``index_select`` on the B·N rows. In a ``.pte``
+    this is a portable kernel that copies K rows (~0.6 µs for 99 rows on this machine's
+    XNNPACK build), between two delegate segments; a one-hot MatMul does K·N·C
+    multiply-adds instead (DeiT-T, 197 → 181 rows: 6.9 M, ~40 µs)."""
+    b, n, c = x.shape
+    if b > 1:
+        src = src + constant(_offsets_build, b, n, like=src)
+    rows = src.reshape(-1).to(torch.int64)
+    return x.reshape(b * n, c).index_select(0, rows).reshape(b, -1, c)
+
+
+def _offsets_build(b: int, n: int) -> torch.Tensor:
+    return (torch.arange(b, dtype=torch.float64) * n).view(b, 1)
+
+
+def _positions_build(n: int) -> torch.Tensor:
+    return torch.arange(n, dtype=torch.float64).view(1, n, 1)
+
+
+def _positions(n: int, like: torch.Tensor) -> torch.Tensor:
+    """1×N×1 column 0, 1, …, N-1, a constant: a one-hot row times it is its token number."""
+    return constant(_positions_build, n, like=like)
 
 
 def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -306,22 +319,14 @@ def select_top(
     k: int,
     largest: bool = True,
     exact_ties: bool = False,
-    ordered: bool = True,
 ) -> Selection:
-    """The ``k`` tokens with the largest (``largest``) or smallest keys (B×N), best first.
-    ``ordered=False``: the caller needs only which tokens are kept, not their order
-    (the one-hot form then skips the k×N one-hot of the ranks)."""
+    """The ``k`` tokens with the largest (``largest``) or smallest keys (B×N), best first."""
     n = key.shape[1]
     if _ONEHOT.get():
-        rank = distinct_rank(key, largest)
-        if not ordered:
-            kept = _below(rank, float(k))
-            return Selection(n, kept=kept.unsqueeze(1), k=k)
-        # row t selects the token of rank t
-        return Selection(n, onehot=_equal(rank.unsqueeze(1), _counts(k, key)))
+        return Selection(n, k, rank=distinct_rank(key, largest))
     if exact_ties:
         key, largest = distinct_rank(key, largest), False
-    return Selection(n, idx=torch.topk(key, k, dim=1, largest=largest, sorted=True)[1])
+    return Selection(n, k, idx=torch.topk(key, k, dim=1, largest=largest, sorted=True)[1])
 
 
 def weighted_rest(x: torch.Tensor, weights: torch.Tensor, sel: Selection, normalise: bool):

@@ -40,7 +40,16 @@ from torch import nn
 from edgeprune.arch import Arch
 from edgeprune.errors import EdgepruneError
 from edgeprune.methods.base import Method, MethodConfig
-from edgeprune.methods.tokenops import alternate, constant, matmul, onehot_form, select_top
+from edgeprune.methods.tokenops import (
+    Selection,
+    alternate,
+    best_match,
+    constant,
+    matmul,
+    onehot_form,
+    select_top,
+    take_rows,
+)
 from edgeprune.models.deit import VisionTransformer
 from edgeprune.plan import SelectorStage, TokenPlan
 
@@ -63,6 +72,13 @@ def head_sum(k: torch.Tensor) -> torch.Tensor:
     keys viewed B×H×(N·D) (a reduction over the head axis is ~3× slower on ONNX
     Runtime CPU)."""
     _, h, n, d = k.shape
+    if onehot_form():
+        # XNNPACK packs a MatMul's dynamic operand at every run (~5 µs for DeiT-T's
+        # keys at 197 tokens); H - 1 adds of the heads cost ~2 µs
+        out = k[:, 0]
+        for i in range(1, h):
+            out = out + k[:, i]
+        return out
     ones = constant(_ones, h, like=k)  # a constant in every exported form, not a full()
     return matmul(ones, k.reshape(-1, h, n * d)).reshape(-1, n, d)
 
@@ -107,18 +123,40 @@ def bipartite_merge(
     # segment instead of making one of its own)
     scores = matmul(a, b.transpose(-1, -2)) + constant(_protect, na, like=x)  # B×Na×Nb
     best = scores.amax(dim=-1)  # B×Na: each A token's best match
-    merged = select_top(best, r, ordered=False)  # the r A tokens with the best match
+    merged = select_top(best, r)  # the r A tokens with the best match
 
     # size-weighted sums as the released merge_wavg: [x·size | size] merged as one
     # tensor (one selection per token set, one MatMul), then divided by the merged size
     c = x.shape[-1]
     xs = F.pad(x, (0, 1), value=1.0) if size is None else torch.cat([x * size, size], dim=-1)
-    xa, xb = alternate(xs)
-    # each merged token into its best match (argmax over its own row of scores only)
-    xb = xb + merged.into_best(scores, xa, best)
-    out = torch.cat([merged.rest_in_order(xa), xb], dim=1)
+    if onehot_form():
+        out = _merge_rows(xs, scores, merged)
+    else:
+        xa, xb = alternate(xs)
+        # each merged token into its best match (argmax over its own row of scores only)
+        xb = xb + merged.into_best(scores, xa)
+        out = torch.cat([merged.rest_in_order(xa), xb], dim=1)
     size = out[..., c:]
     return out[..., :c] / size, size
+
+
+def _merge_rows(xs: torch.Tensor, scores: torch.Tensor, merged: Selection) -> torch.Tensor:
+    """One-hot (ExecuTorch) form of the merge, on the rows of xs (B×N×(C+1)) themselves:
+    A token j is row 2j, B token j row 2j + 1, so xs is not split. Two row gathers
+    (``take_rows``): the unmerged A tokens in order followed by B, and the r merged
+    ones; each merged row then goes into its best B row through one (N-r)×r one-hot
+    MatMul (r·(N-r)·(C+1) multiply-adds, the index form's merge padded to all rows)."""
+    b, na, nb = scores.shape
+    r = merged.k
+    src = merged.sources()  # B×Na A-token numbers: the r merged (score order), the rest
+    keep = torch.cat([src[:, r:] * 2.0, constant(_odd_rows, nb, like=xs).expand(b, nb)], dim=1)
+    into = best_match(take_rows(scores, src[:, :r]))  # B×Nb×r
+    into = F.pad(into, (0, 0, na - r, 0))  # B×(N-r)×r: nothing into the unmerged A rows
+    return take_rows(xs, keep) + matmul(into, take_rows(xs, src[:, :r] * 2.0))
+
+
+def _odd_rows(nb: int) -> torch.Tensor:
+    return (torch.arange(nb, dtype=torch.float64) * 2 + 1).view(1, nb)
 
 
 class ToMeStatic(VisionTransformer):
