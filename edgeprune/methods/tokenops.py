@@ -145,16 +145,20 @@ class Selection:
 
 
 def take_rows(x: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
-    """x: B×N×C, src: B×K row numbers as floats (exact integers) -> B×K×C, row q of
-    batch b being x[b, src[b, q]]: one ``index_select`` on the B·N rows. In a ``.pte``
-    this is a portable kernel that copies K rows (~0.6 µs for 99 rows on this machine's
-    XNNPACK build), between two delegate segments; a one-hot MatMul does K·N·C
-    multiply-adds instead (DeiT-T, 197 → 181 rows: 6.9 M, ~40 µs)."""
+    """x: B×N×C, src: B×K row numbers (int64, or floats that are exact integers) ->
+    B×K×C, row q of batch b being x[b, src[b, q]]: one ``index_select`` on the B·N
+    rows. In a ``.pte`` this is a portable kernel that copies K rows (~0.6 µs for 99
+    rows on this machine's XNNPACK build), between two delegate segments; a one-hot
+    MatMul does K·N·C multiply-adds instead (DeiT-T, 197 → 181 rows: 6.9 M, ~40 µs)."""
     b, n, c = x.shape
-    if b > 1:
-        src = src + constant(_offsets_build, b, n, like=src)
-    rows = src.reshape(-1).to(torch.int64)
-    return x.reshape(b * n, c).index_select(0, rows).reshape(b, -1, c)
+    if b == 1:  # no reshapes: each would be one more copy outside the delegate
+        return x.index_select(1, _as_index(src.reshape(-1)))
+    src = src + constant(_offsets_build, b, n, like=src)
+    return x.reshape(b * n, c).index_select(0, _as_index(src.reshape(-1))).reshape(b, -1, c)
+
+
+def _as_index(rows: torch.Tensor) -> torch.Tensor:
+    return rows if rows.dtype == torch.int64 else rows.to(torch.int64)
 
 
 def _offsets_build(b: int, n: int) -> torch.Tensor:

@@ -96,6 +96,10 @@ def _ones_column(d: int) -> torch.Tensor:
     return torch.ones(1, d, 1)
 
 
+def _unit_sizes(b: int, n: int) -> torch.Tensor:
+    return torch.ones(b, n, 1)
+
+
 def _ones(h: int) -> torch.Tensor:
     return torch.ones(1, h)
 
@@ -125,38 +129,48 @@ def bipartite_merge(
     best = scores.amax(dim=-1)  # B×Na: each A token's best match
     merged = select_top(best, r)  # the r A tokens with the best match
 
+    if onehot_form():
+        return _merge_rows(x, size, scores, merged)
     # size-weighted sums as the released merge_wavg: [x·size | size] merged as one
     # tensor (one selection per token set, one MatMul), then divided by the merged size
     c = x.shape[-1]
     xs = F.pad(x, (0, 1), value=1.0) if size is None else torch.cat([x * size, size], dim=-1)
-    if onehot_form():
-        out = _merge_rows(xs, scores, merged)
-    else:
-        xa, xb = alternate(xs)
-        # each merged token into its best match (argmax over its own row of scores only)
-        xb = xb + merged.into_best(scores, xa)
-        out = torch.cat([merged.rest_in_order(xa), xb], dim=1)
+    xa, xb = alternate(xs)
+    # each merged token into its best match (argmax over its own row of scores only)
+    xb = xb + merged.into_best(scores, xa)
+    out = torch.cat([merged.rest_in_order(xa), xb], dim=1)
     size = out[..., c:]
     return out[..., :c] / size, size
 
 
-def _merge_rows(xs: torch.Tensor, scores: torch.Tensor, merged: Selection) -> torch.Tensor:
-    """One-hot (ExecuTorch) form of the merge, on the rows of xs (B×N×(C+1)) themselves:
-    A token j is row 2j, B token j row 2j + 1, so xs is not split. Two row gathers
-    (``take_rows``): the unmerged A tokens in order followed by B, and the r merged
-    ones; each merged row then goes into its best B row through one (N-r)×r one-hot
-    MatMul (r·(N-r)·(C+1) multiply-adds, the index form's merge padded to all rows)."""
+def _merge_rows(
+    x: torch.Tensor, size: torch.Tensor | None, scores: torch.Tensor, merged: Selection
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One-hot (ExecuTorch) form of the merge, on the rows of x·size and size themselves
+    (A token j is row 2j, B token j row 2j + 1: nothing is split, concatenated or sliced,
+    which XNNPACK does as copies). Row gathers (``take_rows``) of the unmerged A tokens
+    in order followed by B, and of the r merged ones; each merged row goes into its best
+    B row through an (N-r)×r one-hot MatMul (r·(N-r)·C multiply-adds, the index form's
+    merge padded to all rows); then the size-weighted mean, as merge_wavg."""
     b, na, nb = scores.shape
     r = merged.k
-    src = merged.sources()  # B×Na A-token numbers: the r merged (score order), the rest
-    keep = torch.cat([src[:, r:] * 2.0, constant(_odd_rows, nb, like=xs).expand(b, nb)], dim=1)
+    src = merged.sources()  # A-token numbers: r merged (score order), then the rest
+    rows = src * 2.0  # their rows in x (exact integers as floats: cast at each gather)
+    keep = torch.cat([rows[:, r:], constant(_odd_rows, b, nb, like=rows)], dim=1)
     into = best_match(take_rows(scores, src[:, :r]))  # B×Nb×r
     into = F.pad(into, (0, 0, na - r, 0))  # B×(N-r)×r: nothing into the unmerged A rows
-    return take_rows(xs, keep) + matmul(into, take_rows(xs, src[:, :r] * 2.0))
+    if size is None:  # every token counts 1
+        size = constant(_unit_sizes, x.shape[0], x.shape[1], like=x)
+    else:
+        x = x * size
+    gone = rows[:, :r]
+    x = take_rows(x, keep) + matmul(into, take_rows(x, gone))
+    size = take_rows(size, keep) + matmul(into, take_rows(size, gone))
+    return x / size, size
 
 
-def _odd_rows(nb: int) -> torch.Tensor:
-    return (torch.arange(nb, dtype=torch.float64) * 2 + 1).view(1, nb)
+def _odd_rows(b: int, nb: int) -> torch.Tensor:
+    return (torch.arange(nb, dtype=torch.float64) * 2 + 1).view(1, nb).expand(b, nb).contiguous()
 
 
 class ToMeStatic(VisionTransformer):
