@@ -17,13 +17,10 @@ means, other means and sums the same way, ``log_softmax`` as ``log(softmax)``,
 sqrt of a mean (ToMe's metric), a max over the last dim as a 1×n max-pool (ToMe's
 best match), no-op
 ``expand`` removed, and every computation on weights alone (SPViT's stacked per-head
-weights, DynamicViT's split first layer) folded into constants. Token selection is
-traced in its one-hot form (``methods/tokenops.py``: ranks from pairwise steps inside
-XNNPACK, kept rows copied by one portable ``index_select`` at row numbers read off the
-ranks) instead of TopK, gather and scatter, which XNNPACK has no kernels for. The
-programs' only portable ops are those row copies and the casts of their row numbers
-(``export`` records them): a copy of k rows costs ~1 µs with the delegate boundary,
-a one-hot MatMul k·N·C multiply-adds.
+weights, DynamicViT's split first layer) folded into constants. Token operations are
+traced in their XNNPACK form (``methods/tokenops.py``): TopK and the row copies
+(``index_select``) run on portable kernels between delegate segments, everything else
+of the selectors inside XNNPACK. The manifest records the segments and the ops outside.
 """
 
 from __future__ import annotations
@@ -58,9 +55,6 @@ INSTALL_HINT = 'pip install "edgeprune[executorch]"  (executorch 1.4.x, built ag
 # |diff| 0.8-1.2); for a trained checkpoint the figures mean what they say.
 TOLERANCE = {"fp32": Tolerance(1e-4, 1.0), "int8": Tolerance(10.0, 0.5)}
 SUFFIX = ".pte"
-# the only ops a program from edgeprune runs on portable kernels: the row copies of the
-# token selections (``methods/tokenops.take_rows``) and the casts of their row numbers
-ROW_COPIES = frozenset({"index_select", "dim_order_ops._to_dim_order_copy"})
 
 
 def require_executorch() -> None:
@@ -288,10 +282,10 @@ def lower(
     step = progress or (lambda _msg: None)
     seconds: dict[str, float] = {}
     from edgeprune.export.xnnpack_lowering import fast_lowering, one_pass_table
-    from edgeprune.methods.tokenops import onehot_selection
+    from edgeprune.methods.tokenops import xnnpack_form
 
-    # token selection as one-hot MatMuls, not TopK + gather (see methods/tokenops.py)
-    with _quiet(), torch.no_grad(), fast_lowering(), onehot_selection():
+    # token operations in their XNNPACK form (see methods/tokenops.py)
+    with _quiet(), torch.no_grad(), fast_lowering(), xnnpack_form():
         from executorch.backends.xnnpack.partition.xnnpack_partitioner import (
             XnnpackPartitioner,
         )

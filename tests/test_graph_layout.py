@@ -13,8 +13,8 @@ from edgeprune.methods.spvit import MultiheadPredictor
 from edgeprune.methods.tokenops import (
     _complement_ascending,
     best_match,
-    onehot_selection,
     select_top,
+    xnnpack_form,
 )
 from edgeprune.methods.tome import bipartite_merge
 from edgeprune.models.deit import init_random_
@@ -92,58 +92,44 @@ def test_predictor_lg_equals_concat_form():
         assert (m(x, policy) - _concat_form(m, x, policy)).abs().max().item() <= 1e-5
 
 
-def test_onehot_selection_keeps_the_same_tokens_in_the_same_order():
-    """Ranks, rows, values, the dropped mask and the rest in order: the one-hot form
-    equals TopK + gather (distinct keys), and on tied keys it keeps a valid top k in
-    token order."""
+def test_xnnpack_form_keeps_the_same_tokens_in_the_same_order():
+    """Rows, values, the dropped mask, the rest in order and the merge into the best
+    match: the XNNPACK form (row copies by index_select) equals the index form (gathers),
+    and ``sources`` lists the kept tokens best first, then the others in token order."""
     g = torch.Generator().manual_seed(2)
     key = torch.randn(3, 50, generator=g)
     x = torch.randn(3, 50, 7, generator=g)
+    scores = torch.randn(3, 50, 17, generator=g)
+    scores[:, :, 9] = scores[:, :, 3]  # tied best columns: the first one takes the row
     for largest in (True, False):
         index = select_top(key, 12, largest)
-        with onehot_selection():
-            onehot = select_top(key, 12, largest)
-        assert index.rank is None and onehot.idx is None
-        assert torch.equal(onehot.rows(x), index.rows(x))
-        assert torch.equal(onehot.values(key), index.values(key))
-        assert torch.equal(onehot.dropped(key), index.dropped(key))
-        assert torch.equal(onehot.rest_in_order(x), index.rest_in_order(x))
+        with xnnpack_form():
+            xnn = select_top(key, 12, largest)
+            rows, rest = xnn.rows(x), xnn.rest_in_order(x)
+            into, src = xnn.into_best(scores, x), xnn.sources()
+        assert torch.equal(rows, index.rows(x))
+        assert torch.equal(xnn.values(key), index.values(key))
+        assert torch.equal(xnn.dropped(key), index.dropped(key))
+        assert torch.equal(rest, index.rest_in_order(x))
+        assert torch.equal(into, index.into_best(scores, x)) and into.shape == (3, 17, 7)
+        assert torch.equal(src[:, :12], index.idx)
+        assert sorted(src[0].tolist()) == list(range(50))
+        assert bool((src[:, 12:].diff(dim=1) > 0).all())  # the rest in token order
+
+
+def test_exact_ties_rank_equal_keys_in_token_order():
     tied = torch.zeros(2, 9)
     tied[:, 4:] = 1.0  # five equal best keys: the first three in token order
-    with onehot_selection():
-        sel = select_top(tied, 3)
-    assert torch.equal(
-        sel.rows(torch.arange(9.0).view(1, 9, 1).expand(2, 9, 1))[..., 0],
-        torch.tensor([[4.0, 5.0, 6.0]] * 2),
-    )
-
-
-def test_one_hot_merge_drops_and_sums_the_same_rows_as_the_index_form():
-    """ToMe's merge in the one-hot form: the same tokens dropped, the same rest in
-    order, the same rows summed into their best columns (first maximum on ties) as
-    the index form, and ``sources`` lists the kept tokens in score order, then the
-    others in token order."""
-    g = torch.Generator().manual_seed(5)
-    key, x = torch.randn(3, 40, generator=g), torch.randn(3, 40, 6, generator=g)
-    scores = torch.randn(3, 40, 17, generator=g)
-    scores[:, :, 9] = scores[:, :, 3]  # tied best columns: the first one takes the row
-    index = select_top(key, 11)
-    with onehot_selection():
-        onehot = select_top(key, 11)
-        got = onehot.into_best(scores, x)
-        src = onehot.sources()
-    assert torch.equal(onehot.dropped(key), index.dropped(key))
-    assert torch.equal(onehot.rest_in_order(x), index.rest_in_order(x))
-    assert torch.equal(got, index.into_best(scores, x))
-    assert got.shape == (3, 17, 6)
-    want = torch.cat([index.idx, _complement_ascending(index.idx, 40)], dim=1)
-    assert torch.equal(src, want.to(src.dtype))
+    for form in (contextlib.nullcontext(), xnnpack_form()):
+        with form:
+            sel = select_top(tied, 3, exact_ties=True)
+        assert sel.idx.tolist() == [[4, 5, 6]] * 2
 
 
 def test_best_match_one_hot_is_argmax_first_on_ties():
     s = torch.tensor([[[0.1, 0.9, 0.9, 0.2], [0.5, 0.5, 0.1, 0.5], [0.3, 0.2, 0.1, 0.0]]])
     want = best_match(s)
-    with onehot_selection():
+    with xnnpack_form():
         got = best_match(s)
     assert torch.equal(got, want)
     assert got.sum(dim=1).tolist() == [[1.0, 1.0, 1.0]]  # one destination per row
@@ -157,16 +143,15 @@ def test_complement_ascending():
         assert row == sorted(set(range(40)) - set(s))
 
 
-@pytest.mark.parametrize("onehot", [False, True])
-def test_tome_merge_with_tied_scores_is_a_partition(onehot):
+@pytest.mark.parametrize("xnnpack", [False, True])
+def test_tome_merge_with_tied_scores_is_a_partition(xnnpack):
     """Identical tokens (flat image regions) tie in the matching scores: the merge must
     still use every token exactly once, so sizes and size-weighted sums are conserved
-    (in both graph forms: the one-hot form ranks ties in token order and sends each
-    merged token to its first best match only)."""
+    (in both graph forms: each merged token goes to its first best match only)."""
     x = torch.randn(2, 61, 8)
     x[:, 10:40] = x[:, 10:11]  # 30 identical tokens
     size = torch.rand(2, 61, 1) + 0.5
-    with onehot_selection() if onehot else contextlib.nullcontext():
+    with xnnpack_form() if xnnpack else contextlib.nullcontext():
         out, new_size = bipartite_merge(x, size, x, r=20)
     assert out.shape == (2, 41, 8) and new_size.shape == (2, 41, 1)
     assert torch.allclose(new_size.sum(1), size.sum(1), atol=1e-5)

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from edgeprune.methods.tokenops import onehot_selection
+from edgeprune.methods.tokenops import xnnpack_form
 from edgeprune.source import resolve
 
 
@@ -117,12 +117,12 @@ def img():
     return torch.randn(3, 3, 224, 224)
 
 
-FORMS = pytest.mark.parametrize("form", ["index", "onehot"])
+FORMS = pytest.mark.parametrize("form", ["index", "xnnpack"])
 
 
 def _form(form: str):
     """The selection's graph form (methods/tokenops.py): both must match the reference."""
-    return onehot_selection() if form == "onehot" else contextlib.nullcontext()
+    return xnnpack_form() if form == "xnnpack" else contextlib.nullcontext()
 
 
 @FORMS

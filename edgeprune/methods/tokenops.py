@@ -1,24 +1,28 @@
 """Static token operations shared by the methods: every shape is a Python int.
 
-Keeping the top k tokens has two graph forms with the same result:
+Keeping the top k tokens is TopK, then row gathers, in two graph forms with the same
+result:
 
-- **index form** (default; ONNX, TensorRT, CoreML, PyTorch): TopK, then a row gather
-  (``gather_tokens``: one GatherND in ONNX) and a ScatterElements for the dropped-token
-  mask. Fastest on ONNX Runtime.
-- **one-hot form** (inside ``onehot_selection()``; the ExecuTorch lowering sets it):
-  each token's rank from pairwise steps (``distinct_rank``), then the token number of
-  each kept row read off a k×N one-hot of the ranks (times a constant column of token
-  numbers: k·N multiply-adds), and the rows picked by one ``index_select``
-  (``take_rows``). The ranking runs inside XNNPACK (Clip, Ceil, Abs, Sub, Mul, MatMul);
-  only the row copy is a portable kernel, with no TopK, gather or scatter. Before
-  (sections 12–15 of the report) the rows were a MatMul of the one-hot itself, k·N·C
-  multiply-adds: ~40 µs a selection at DeiT-T's 197 tokens on this machine's XNNPACK,
-  against ~1 µs for the copy and the delegate boundary around it.
+- **index form** (default; ONNX, TensorRT, CoreML, PyTorch): the rows by
+  ``gather_tokens`` (one GatherND in ONNX), the dropped-token mask by a
+  ScatterElements, and sums over tokens as ReduceSum. Fastest on ONNX Runtime.
+- **XNNPACK form** (inside ``xnnpack_form()``; the ExecuTorch lowering sets it): the
+  same TopK, but the rows by one ``index_select`` (``take_rows``: ``torch.gather``
+  copies element by element, ~0.35 ms for DeiT-T's 197 × 192 on a portable kernel,
+  ``index_select`` copies rows, ~1 µs), sums as MatMuls with a ones row (ExecuTorch's
+  sum is a mean times N, which lands off the integer for some counts), every matrix
+  product one ``bmm`` and every constant made once outside the trace. XNNPACK has no
+  TopK or gather: they run on portable kernels between delegate segments, a few µs
+  each. Sections 12–15 of the report kept everything inside XNNPACK instead (ranks from
+  pairwise Clip/Ceil steps, rows as a MatMul of a k×N one-hot of the ranks): O(N²)
+  ranking and k·N·C multiply-adds per selection made it slower than the TopK and the
+  row copy.
 
-Both keep the same tokens in the same order (score order, best first); ties in the
-key are broken by token order in the one-hot form, and as TopK breaks them in the
-index form (``exact_ties=True`` makes the index form rank first, so the two agree
-on ties too).
+Both forms keep the same tokens in the same order (score order, best first), ties
+included: ExecuTorch's portable TopK breaks them as PyTorch's does (the export's parity
+check compares the program with PyTorch); ``exact_ties=True`` ranks first
+(``distinct_rank``: equal keys in token order) for a method whose ties must be exact
+on every runtime.
 """
 
 from __future__ import annotations
@@ -31,22 +35,22 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 
-_ONEHOT: contextvars.ContextVar[bool] = contextvars.ContextVar("onehot_selection", default=False)
+_XNNPACK: contextvars.ContextVar[bool] = contextvars.ContextVar("xnnpack_form", default=False)
 
 
 @contextlib.contextmanager
-def onehot_selection() -> Iterator[None]:
-    """Models built or traced inside select tokens in the one-hot form."""
-    token = _ONEHOT.set(True)
+def xnnpack_form() -> Iterator[None]:
+    """Models built or traced inside take the XNNPACK form of the token operations."""
+    token = _XNNPACK.set(True)
     try:
         yield
     finally:
-        _ONEHOT.reset(token)
+        _XNNPACK.reset(token)
 
 
-def onehot_form() -> bool:
-    """Whether models are traced in the one-hot form now (``onehot_selection()``)."""
-    return _ONEHOT.get()
+def in_xnnpack_form() -> bool:
+    """Whether models are traced in the XNNPACK form now (``xnnpack_form()``)."""
+    return _XNNPACK.get()
 
 
 def step(d: torch.Tensor) -> torch.Tensor:
@@ -66,76 +70,39 @@ def distinct_rank(key: torch.Tensor, largest: bool) -> torch.Tensor:
     # coremltools does not convert)
     better, worse = (step(kj - ki), step(ki - kj)) if largest else (step(ki - kj), step(kj - ki))
     ahead = better + (1.0 - better - worse) * _strictly_before(n, key)
-    if not _ONEHOT.get():
+    if not _XNNPACK.get():
         return ahead.sum(dim=1)  # ReduceSum: exact, and cheapest on ONNX Runtime
-    # one-hot form: summed by a MatMul with a ones row, exact for counts of 0/1 in
-    # float32, where ExecuTorch's sum (a mean times N) can land off the integer
+    # summed by a MatMul with a ones row, exact for counts of 0/1 in float32, where
+    # ExecuTorch's sum (a mean times N) can land off the integer
     return _bmm(_ones_row(n, key), ahead).squeeze(1)
 
 
 class Selection:
-    """The k tokens kept out of N, in one of the two forms (see the module docstring).
-    Index form: ``idx``, the kept token numbers (B×k int64, score order). One-hot form:
-    ``rank``, every token's rank (B×N float, 0 the best); the rows it needs are picked
-    by ``take_rows`` at source numbers read off the ranks (a k×N or N×N one-hot of the
-    ranks times a constant column of token numbers: k·N multiply-adds, not k·N·C)."""
+    """The k tokens kept out of N: ``idx``, their numbers (B×k int64), best first."""
 
-    def __init__(self, n: int, k: int, idx: torch.Tensor | None = None, rank=None):
-        if (idx is None) == (rank is None):
-            raise ValueError("a selection has indices (index form) or ranks (one-hot form)")
-        self.n, self.k, self.idx, self.rank = n, k, idx, rank
-
-    @property
-    def _is_onehot(self) -> bool:
-        return self.idx is None
-
-    def _kept_sources(self) -> torch.Tensor:
-        """One-hot form: B×k, the token number of each kept token, in score order."""
-        onehot = _equal(self.rank.unsqueeze(1), _counts(self.k, self.rank))  # B×k×N
-        return _bmm(onehot, _positions(self.n, self.rank)).squeeze(-1)
-
-    def _kept(self, like: torch.Tensor) -> torch.Tensor:
-        """One-hot form: B×1×N, 1 for the kept tokens."""
-        return _below(self.rank, float(self.k)).reshape(like.shape[0], 1, self.n)
-
-    def sources(self) -> torch.Tensor:
-        """One-hot form: B×N token numbers, the k kept in score order, then the N - k
-        others in token order (a float tensor of exact integers, for ``take_rows``)."""
-        kept = self._kept(self.rank)
-        rest = 1.0 - kept
-        # destination of each token: its rank if kept, else k + the others before it
-        before = _bmm(rest, _strictly_before(self.n, self.rank))  # B×1×N
-        dest = kept * self.rank.unsqueeze(1) + rest * (before + float(self.k))
-        onehot = _equal(dest, _counts(self.n, self.rank))  # B×N×N: [q, j] = dest_j == q
-        return _bmm(onehot, _positions(self.n, self.rank)).squeeze(-1)
+    def __init__(self, n: int, idx: torch.Tensor):
+        self.n, self.idx, self.k = n, idx, idx.shape[1]
 
     def rows(self, x: torch.Tensor) -> torch.Tensor:
         """x: B×N×C -> the kept rows, B×k×C."""
-        if self._is_onehot:
-            return take_rows(x, self._kept_sources())
-        from edgeprune.models.deit import gather_tokens
-
-        return gather_tokens(x, self.idx)
+        return take_rows(x, self.idx)
 
     def values(self, v: torch.Tensor) -> torch.Tensor:
         """v: B×N -> the kept entries, B×k."""
-        if self._is_onehot:
-            return take_rows(v.unsqueeze(-1), self._kept_sources()).squeeze(-1)
         return torch.gather(v, 1, self.idx)
 
     def dropped(self, like: torch.Tensor) -> torch.Tensor:
         """B×N float mask: 1 for the tokens not kept, 0 for the kept ones."""
-        if self._is_onehot:
-            return (1.0 - self._kept(like)).reshape(like.shape)
         return torch.ones_like(like).scatter(1, self.idx, 0.0)
+
+    def sources(self) -> torch.Tensor:
+        """B×N token numbers: the k kept (best first), then the N - k others in token
+        order."""
+        return torch.cat([self.idx, _complement_ascending(self.idx, self.n)], dim=1)
 
     def rest_in_order(self, x: torch.Tensor) -> torch.Tensor:
         """x: B×N×C -> the N - k rows *not* kept, in token order (B×(N-k)×C)."""
-        if self._is_onehot:
-            return take_rows(x, self.sources()[:, self.k :])
-        from edgeprune.models.deit import gather_tokens
-
-        return gather_tokens(x, _complement_ascending(self.idx, self.n))
+        return take_rows(x, _complement_ascending(self.idx, self.n))
 
     def into_best(self, scores: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Each kept row of x summed into its best column of ``scores`` (B×N×M; first
@@ -144,40 +111,26 @@ class Selection:
         return matmul(best_match(self.rows(scores)), self.rows(x))
 
 
-def take_rows(x: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
-    """x: B×N×C, src: B×K row numbers (int64, or floats that are exact integers) ->
-    B×K×C, row q of batch b being x[b, src[b, q]]: one ``index_select`` on the B·N
-    rows. In a ``.pte`` this is a portable kernel that copies K rows (~0.6 µs for 99
-    rows on this machine's XNNPACK build), between two delegate segments; a one-hot
-    MatMul does K·N·C multiply-adds instead (DeiT-T, 197 → 181 rows: 6.9 M, ~40 µs)."""
+def take_rows(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """x: B×N×C, idx: B×K row numbers (int64) -> B×K×C, row q of batch b being
+    x[b, idx[b, q]]. Index form: ``gather_tokens`` (one GatherND in ONNX). XNNPACK form:
+    one ``index_select`` (along the tokens at batch 1, no reshape; on the B·N rows
+    otherwise), a portable kernel that copies K rows."""
+    if not _XNNPACK.get():
+        from edgeprune.models.deit import gather_tokens
+
+        return gather_tokens(x, idx)
     b, n, c = x.shape
-    if b == 1:  # no reshapes: each would be one more copy outside the delegate
-        return x.index_select(1, _as_index(src.reshape(-1)))
-    src = src + constant(_offsets_build, b, n, like=src)
-    return x.reshape(b * n, c).index_select(0, _as_index(src.reshape(-1))).reshape(b, -1, c)
-
-
-def _as_index(rows: torch.Tensor) -> torch.Tensor:
-    return rows if rows.dtype == torch.int64 else rows.to(torch.int64)
-
-
-def _offsets_build(b: int, n: int) -> torch.Tensor:
-    return (torch.arange(b, dtype=torch.float64) * n).view(b, 1)
-
-
-def _positions_build(n: int) -> torch.Tensor:
-    return torch.arange(n, dtype=torch.float64).view(1, n, 1)
-
-
-def _positions(n: int, like: torch.Tensor) -> torch.Tensor:
-    """1×N×1 column 0, 1, …, N-1, a constant: a one-hot row times it is its token number."""
-    return constant(_positions_build, n, like=like)
+    if b == 1:
+        return x.index_select(1, idx.reshape(-1))
+    idx = idx + torch.arange(b, device=idx.device).view(b, 1) * n
+    return x.reshape(b * n, c).index_select(0, idx.reshape(-1)).reshape(b, -1, c)
 
 
 def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """a @ b, with a or b 3-D (the other 3-D or a 2-D constant). In the one-hot form one
+    """a @ b, with a or b 3-D (the other 3-D or a 2-D constant). In the XNNPACK form one
     ``bmm`` (see ``_bmm``); otherwise ``@``, which ONNX takes as one MatMul."""
-    return _bmm(a, b) if _ONEHOT.get() else a @ b
+    return _bmm(a, b) if _XNNPACK.get() else a @ b
 
 
 def _bmm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -192,11 +145,11 @@ def _bmm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def constant(build, *key: int, like: torch.Tensor) -> torch.Tensor:
-    """The constant ``build(*key)`` in ``like``'s dtype and device. One-hot form: made
+    """The constant ``build(*key)`` in ``like``'s dtype and device. XNNPACK form: made
     once, outside any trace, and reused, so ``torch.export`` lifts it with no node (a
     tensor made in the traced code becomes a copy node at least, an arange and a compare
     four). Other forms: a literal, which the ONNX exporter takes as one Constant."""
-    if _ONEHOT.get():
+    if _XNNPACK.get():
         return _constant(build, key, like.dtype, like.device)
     return torch.tensor(_literal(build, key), dtype=like.dtype, device=like.device)
 
@@ -234,43 +187,28 @@ def _ones_build(k: int) -> torch.Tensor:
     return torch.ones(1, 1, k)
 
 
-def _counts_build(k: int) -> torch.Tensor:
-    return torch.arange(k, dtype=torch.float64).view(1, k, 1)
-
-
 def _triangle_build(n: int) -> torch.Tensor:
     pos = torch.arange(n)
     return (pos.view(n, 1) < pos.view(1, n)).double().unsqueeze(0)
 
 
 def _ones_row(k: int, like: torch.Tensor) -> torch.Tensor:
-    """1×1×k ones, a constant (one-hot form)."""
+    """1×1×k ones, a constant (XNNPACK form)."""
     return constant(_ones_build, k, like=like)
 
 
-def _counts(k: int, like: torch.Tensor) -> torch.Tensor:
-    """1×k×1 column 0, 1, …, k-1, a constant: row t of a one-hot picks count t."""
-    return constant(_counts_build, k, like=like)
-
-
-def _equal(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """1.0 where the integer-valued a and b are equal, else 0.0: clamp(1 - |a - b|, 0, 1),
-    exact on integers. Rule: every count compared here is summed by a MatMul of 0/1
-    values (exact in float32 below 2**24), never by ExecuTorch's mean-based sum. Four
-    ops, not the six of 1 - step(|a - b| - 0.5)."""
-    return torch.clamp(1.0 - (a - b).abs(), 0.0, 1.0)
-
-
 def _below(a: torch.Tensor, k: float) -> torch.Tensor:
-    """1.0 where the integer-valued a < k (an integer), else 0.0: clamp(k - a, 0, 1)."""
+    """1.0 where the integer-valued a < k (an integer), else 0.0: clamp(k - a, 0, 1);
+    exact when a is a count summed by a MatMul of 0/1 values (exact in float32 below
+    2**24), never by ExecuTorch's mean-based sum."""
     return torch.clamp(k - a, 0.0, 1.0)
 
 
 def _strictly_before(n: int, like: torch.Tensor) -> torch.Tensor:
-    """[j, i] = 1 where j < i: N×N, in the one-hot form a 1×N×N constant (traced as
+    """[j, i] = 1 where j < i: N×N, in the XNNPACK form a 1×N×N constant (traced as
     arange, compare and cast it is four nodes more per use for every re-trace of the
     lowering to walk; they fold away only after the edge passes)."""
-    if _ONEHOT.get():
+    if _XNNPACK.get():
         return constant(_triangle_build, n, like=like)
     pos = torch.arange(n, device=like.device)
     return (pos.unsqueeze(1) < pos.unsqueeze(0)).to(like.dtype)
@@ -291,11 +229,12 @@ def _complement_ascending(src_idx: torch.Tensor, n: int) -> torch.Tensor:
 def best_match(scores: torch.Tensor, row_max: torch.Tensor | None = None) -> torch.Tensor:
     """B×r×M scores -> B×M×r one-hot: [j, t] = 1 where j is row t's best column (the
     first one on ties, as argmax). The index form is an ArgMax and an Equal against
-    the column positions; the one-hot form marks the row maxima (1 - step(max - s))
-    and keeps the first by counting maxima to its left (one MatMul of a triangle);
+    the column positions; the XNNPACK form marks the row maxima (1 - step(max - s))
+    and keeps the first by counting maxima to its left (one MatMul of a triangle),
+    inside the delegate (an ArgMax and an Equal on portable kernels were slower);
     ``row_max`` (B×r×1): the row maxima, when the caller has them."""
     m = scores.shape[-1]
-    if not _ONEHOT.get():
+    if not _XNNPACK.get():
         dst = scores.argmax(dim=-1, keepdim=True)  # B×r×1
         cols = torch.arange(m, device=scores.device).view(1, 1, m)
         return (dst == cols).to(scores.dtype).transpose(1, 2)
@@ -306,10 +245,10 @@ def best_match(scores: torch.Tensor, row_max: torch.Tensor | None = None) -> tor
 
 
 def alternate(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """B×N×C -> (even rows, odd rows). Index form: two strided slices. One-hot form
+    """B×N×C -> (even rows, odd rows). Index form: two strided slices. XNNPACK form
     (XNNPACK takes stride-1 slices only): pad N to even, view as B×N/2×2C, and slice
     the two halves of the last dim."""
-    if not _ONEHOT.get():
+    if not _XNNPACK.get():
         return x[:, ::2], x[:, 1::2]
     b, n, c = x.shape
     if n % 2:
@@ -325,12 +264,9 @@ def select_top(
     exact_ties: bool = False,
 ) -> Selection:
     """The ``k`` tokens with the largest (``largest``) or smallest keys (B×N), best first."""
-    n = key.shape[1]
-    if _ONEHOT.get():
-        return Selection(n, k, rank=distinct_rank(key, largest))
     if exact_ties:
         key, largest = distinct_rank(key, largest), False
-    return Selection(n, k, idx=torch.topk(key, k, dim=1, largest=largest, sorted=True)[1])
+    return Selection(key.shape[1], torch.topk(key, k, dim=1, largest=largest, sorted=True)[1])
 
 
 def weighted_rest(x: torch.Tensor, weights: torch.Tensor, sel: Selection, normalise: bool):

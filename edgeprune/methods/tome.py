@@ -22,11 +22,10 @@ mean). CLS protection is one Add of a constant column (``PROTECT``); the best ma
 is an ArgMax over the r merged rows only; as the released merge_wavg, x·size and
 size travel as one B×N×(C+1) tensor (two strided slices, two gathers, one MatMul and
 one Add for both) and are divided once at the end. Same result for distinct
-similarity values. For ExecuTorch the same steps are traced in the one-hot form of
-``tokenops`` (ranks from pairwise steps, one-hot MatMuls, the even/odd split as a pad
-and stride-1 slices, the best match as a first-maximum one-hot): all inside XNNPACK.
-There the merged tokens need no order: their indicator (rank < r) masks every A row's
-best-match one-hot, and one MatMul sums them into B (``Selection.into_best``).
+similarity values. For ExecuTorch (``tokenops.xnnpack_form``) the same TopKs pick
+the tokens, and the merge works on the rows of x·size and size themselves
+(``_merge_rows``: row copies, no split, concatenation or slices), the keys are summed
+over heads with adds, and the best match is a first-maximum one-hot inside XNNPACK.
 """
 
 from __future__ import annotations
@@ -45,8 +44,8 @@ from edgeprune.methods.tokenops import (
     alternate,
     best_match,
     constant,
+    in_xnnpack_form,
     matmul,
-    onehot_form,
     select_top,
     take_rows,
 )
@@ -72,7 +71,7 @@ def head_sum(k: torch.Tensor) -> torch.Tensor:
     keys viewed B×H×(N·D) (a reduction over the head axis is ~3× slower on ONNX
     Runtime CPU)."""
     _, h, n, d = k.shape
-    if onehot_form():
+    if in_xnnpack_form():
         # XNNPACK packs a MatMul's dynamic operand at every run (~5 µs for DeiT-T's
         # keys at 197 tokens); H - 1 adds of the heads cost ~2 µs
         out = k[:, 0]
@@ -87,7 +86,7 @@ def _norm(m: torch.Tensor) -> torch.Tensor:
     """B×N×D -> the L2 norms of the rows, B×N×1. One-hot form: the squares summed by one
     bmm with a ones column (4 nodes; the norm as a mean over 4-D inner dims, which is
     how XNNPACK takes a reduction, is 7)."""
-    if onehot_form():
+    if in_xnnpack_form():
         return torch.sqrt(matmul(m * m, constant(_ones_column, m.shape[-1], like=m)))
     return m.norm(dim=-1, keepdim=True)
 
@@ -110,8 +109,8 @@ def _protect(na: int) -> torch.Tensor:
 
 # CLS protection: added to CLS's row of scores. Cosine similarities lie in [-1, 1], so
 # CLS's best match is below every other token's and CLS is never among the r merged
-# (r < number of A tokens). Finite, not -inf as released: the one-hot form ranks by
-# pairwise differences, and -inf - -inf is NaN. Same result.
+# (r < number of A tokens). Finite, not -inf as released: the XNNPACK form's
+# first-maximum one-hot subtracts scores from their row maximum. Same result.
 PROTECT = -4.0
 
 
@@ -129,7 +128,7 @@ def bipartite_merge(
     best = scores.amax(dim=-1)  # B×Na: each A token's best match
     merged = select_top(best, r)  # the r A tokens with the best match
 
-    if onehot_form():
+    if in_xnnpack_form():
         return _merge_rows(x, size, scores, merged)
     # size-weighted sums as the released merge_wavg: [x·size | size] merged as one
     # tensor (one selection per token set, one MatMul), then divided by the merged size
@@ -146,7 +145,7 @@ def bipartite_merge(
 def _merge_rows(
     x: torch.Tensor, size: torch.Tensor | None, scores: torch.Tensor, merged: Selection
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One-hot (ExecuTorch) form of the merge, on the rows of x·size and size themselves
+    """XNNPACK (ExecuTorch) form of the merge, on the rows of x·size and size themselves
     (A token j is row 2j, B token j row 2j + 1: nothing is split, concatenated or sliced,
     which XNNPACK does as copies). Row gathers (``take_rows``) of the unmerged A tokens
     in order followed by B, and of the r merged ones; each merged row goes into its best
@@ -155,7 +154,7 @@ def _merge_rows(
     b, na, nb = scores.shape
     r = merged.k
     src = merged.sources()  # A-token numbers: r merged (score order), then the rest
-    rows = src * 2.0  # their rows in x (exact integers as floats: cast at each gather)
+    rows = src * 2  # their rows in x
     keep = torch.cat([rows[:, r:], constant(_odd_rows, b, nb, like=rows)], dim=1)
     into = best_match(take_rows(scores, src[:, :r]))  # B×Nb×r
     into = F.pad(into, (0, 0, na - r, 0))  # B×(N-r)×r: nothing into the unmerged A rows
@@ -170,7 +169,7 @@ def _merge_rows(
 
 
 def _odd_rows(b: int, nb: int) -> torch.Tensor:
-    return (torch.arange(nb, dtype=torch.float64) * 2 + 1).view(1, nb).expand(b, nb).contiguous()
+    return (torch.arange(nb) * 2 + 1).view(1, nb).expand(b, nb).contiguous()
 
 
 class ToMeStatic(VisionTransformer):
