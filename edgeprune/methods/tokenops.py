@@ -95,11 +95,6 @@ class Selection:
         """B×N float mask: 1 for the tokens not kept, 0 for the kept ones."""
         return torch.ones_like(like).scatter(1, self.idx, 0.0)
 
-    def sources(self) -> torch.Tensor:
-        """B×N token numbers: the k kept (best first), then the N - k others in token
-        order."""
-        return torch.cat([self.idx, _complement_ascending(self.idx, self.n)], dim=1)
-
     def rest_in_order(self, x: torch.Tensor) -> torch.Tensor:
         """x: B×N×C -> the N - k rows *not* kept, in token order (B×(N-k)×C)."""
         return take_rows(x, _complement_ascending(self.idx, self.n))

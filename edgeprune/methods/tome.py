@@ -41,6 +41,7 @@ from edgeprune.errors import EdgepruneError
 from edgeprune.methods.base import Method, MethodConfig
 from edgeprune.methods.tokenops import (
     Selection,
+    _complement_ascending,
     alternate,
     best_match,
     constant,
@@ -153,16 +154,15 @@ def _merge_rows(
     merge padded to all rows); then the size-weighted mean, as merge_wavg."""
     b, na, nb = scores.shape
     r = merged.k
-    src = merged.sources()  # A-token numbers: r merged (score order), then the rest
-    rows = src * 2  # their rows in x
-    keep = torch.cat([rows[:, r:], constant(_odd_rows, b, nb, like=rows)], dim=1)
-    into = best_match(take_rows(scores, src[:, :r]))  # B×Nb×r
+    rest = _complement_ascending(merged.idx, na)  # the unmerged A tokens, in token order
+    keep = torch.cat([rest * 2, constant(_odd_rows, b, nb, like=rest)], dim=1)  # rows of x
+    into = best_match(take_rows(scores, merged.idx))  # B×Nb×r
     into = F.pad(into, (0, 0, na - r, 0))  # B×(N-r)×r: nothing into the unmerged A rows
     if size is None:  # every token counts 1
         size = constant(_unit_sizes, x.shape[0], x.shape[1], like=x)
     else:
         x = x * size
-    gone = rows[:, :r]
+    gone = merged.idx * 2  # the merged tokens' rows in x
     x = take_rows(x, keep) + matmul(into, take_rows(x, gone))
     size = take_rows(size, keep) + matmul(into, take_rows(size, gone))
     return x / size, size
