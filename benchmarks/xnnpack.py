@@ -1,7 +1,7 @@
 """Dense vs pruned DeiT on ExecuTorch/XNNPACK (.pte, fp32): interleaved pairs, medians.
 
     python benchmarks/xnnpack.py [--specs deit_tiny:spvit,...] [--threads 1,2] [--pairs 60]
-                                 [--compare-raw] [--onnxruntime]
+                                 [--burst 1] [--compare-raw] [--onnxruntime]
 
 For every spec: the pruned model and its dense arch are exported exactly as
 ``edgeprune export --target executorch`` does (XNNPACK-friendly rewrites), each export
@@ -50,14 +50,17 @@ def lowered(spec: str, friendly: bool = True):
     return lower(src.model(), torch.zeros(1, 3, img, img), friendly)
 
 
-def pte_pair(dense_low, pruned_low, threads: int, pairs: int, warmup: int) -> dict:
+def pte_pair(dense_low, pruned_low, threads: int, pairs: int, warmup: int, burst: int = 1) -> dict:
     d, p = ExecuTorchRunner(threads=threads), ExecuTorchRunner(threads=threads)
     d.load(dense_low.buffer)
     p.load(pruned_low.buffer)
     set_threads(threads)
     x = [torch.from_numpy(np.random.default_rng(0).standard_normal((1, 3, 224, 224), "f4"))]
     t = interleave(
-        {"dense": lambda: d.method.execute(x), "pruned": lambda: p.method.execute(x)}, pairs, warmup
+        {"dense": lambda: d.method.execute(x), "pruned": lambda: p.method.execute(x)},
+        pairs,
+        warmup,
+        burst=burst,
     )
     return {
         "dense_ms": summary(t["dense"]),
@@ -66,7 +69,9 @@ def pte_pair(dense_low, pruned_low, threads: int, pairs: int, warmup: int) -> di
     }
 
 
-def ort_pair(spec: str, dense_spec: str, threads: int, pairs: int, warmup: int) -> dict:
+def ort_pair(
+    spec: str, dense_spec: str, threads: int, pairs: int, warmup: int, burst: int = 1
+) -> dict:
     from edgeprune.export.onnx import verified_onnx
     from edgeprune.runtimes.onnxruntime import make_session
 
@@ -74,7 +79,10 @@ def ort_pair(spec: str, dense_spec: str, threads: int, pairs: int, warmup: int) 
     sp = make_session(verified_onnx(resolve(spec), n_parity_inputs=2).data, threads)
     x = {"input": np.random.default_rng(0).standard_normal((1, 3, 224, 224), "f4")}
     t = interleave(
-        {"dense": lambda: sd.run(None, x), "pruned": lambda: sp.run(None, x)}, pairs, warmup
+        {"dense": lambda: sd.run(None, x), "pruned": lambda: sp.run(None, x)},
+        pairs,
+        warmup,
+        burst=burst,
     )
     return {
         "dense_ms": summary(t["dense"]),
@@ -91,6 +99,14 @@ def main() -> None:
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--pairs", type=int, default=60, help="interleaved pairs (≥ 30)")
     ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument(
+        "--burst",
+        type=int,
+        default=1,
+        help="runs of a model back to back per round (1: A B / B A, as sections 8-15 of "
+        "the report; > 1: the steady state of one model running repeatedly, the first "
+        "run of each burst dropped)",
+    )
     ap.add_argument("--compare-raw", action="store_true")
     ap.add_argument("--onnxruntime", action="store_true")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
@@ -116,7 +132,7 @@ def main() -> None:
         raw = lowered(spec, False) if args.compare_raw else None
         ratio = resolve(dense_spec).flops().total / src.flops().total
         for th in threads:
-            r = pte_pair(dense["good"], good, th, args.pairs, args.warmup)
+            r = pte_pair(dense["good"], good, th, args.pairs, args.warmup, args.burst)
             s = r["speedup"]["median"]
             row = {
                 "spec": spec,
@@ -130,14 +146,16 @@ def main() -> None:
                 "outside": good.outside,
             }
             if raw is not None:
-                rr = pte_pair(dense["raw"], raw, th, args.pairs, args.warmup)
+                rr = pte_pair(dense["raw"], raw, th, args.pairs, args.warmup, args.burst)
                 row["raw"] = {
                     "segments": {"dense": dense["raw"].segments, "pruned": raw.segments},
                     "outside": raw.outside,
                     **rr,
                 }
             if args.onnxruntime:
-                row["onnxruntime"] = ort_pair(spec, dense_spec, th, args.pairs, args.warmup)
+                row["onnxruntime"] = ort_pair(
+                    spec, dense_spec, th, args.pairs, args.warmup, args.burst
+                )
             rows.append(row)
             print(
                 f"{spec:24s} t={th} dense {r['dense_ms']['median']:.2f} ms pruned "
@@ -149,8 +167,10 @@ def main() -> None:
         **host_meta(),
         "runtime": f"executorch {version()} (XnnpackBackend, fp32), torch {torch.__version__}",
         "pairs": args.pairs,
+        "burst": args.burst,
         "method": "interleaved dense/pruned pairs in one process, batch 1; speedup = median "
-        "of per-pair ratios",
+        "of per-pair ratios"
+        + (f"; bursts of {args.burst} runs, the first dropped" if args.burst > 1 else ""),
     }
     (outdir / f"{args.name}.json").write_text(
         json.dumps({"meta": meta, "rows": rows, "export_seconds": exports}, indent=2) + "\n"
@@ -158,7 +178,8 @@ def main() -> None:
     lines = [
         "# Speedup on ExecuTorch / XNNPACK: dense vs pruned (batch 1, fp32)",
         "",
-        f"{meta['runtime']}, {meta['machine']}, {meta['date']}, {args.pairs} interleaved pairs.",
+        f"{meta['runtime']}, {meta['machine']}, {meta['date']}, {args.pairs} interleaved pairs"
+        + (f" (bursts of {args.burst}, the first dropped)." if args.burst > 1 else "."),
         "",
         f"Share of ideal = speedup / GFLOPs ratio (target ≥ {IDEAL_SHARE_TARGET:.0%}).",
         "",
