@@ -14,8 +14,8 @@ confined to this target (the ONNX graph and the other targets do not see them) a
 keep the function: LayerNorm as mean/sub/mul/rsqrt with the means as 4-D inner-dim
 means, other means and sums the same way, ``log_softmax`` as ``log(softmax)``,
 ``select`` as ``slice`` + ``view``, ``unsqueeze``/``squeeze`` as views, the L2 norm as
-sqrt of a mean (ToMe's metric), a max over the last dim as a 1×n max-pool (ToMe's
-best match), no-op
+sqrt of a mean (ToMe's metric), a max over the last dim as a max-pool with the rows as
+channels (ToMe's best match), no-op
 ``expand`` removed, and every computation on weights alone (SPViT's stacked per-head
 weights, DynamicViT's split first layer) folded into constants. Token operations are
 traced in their XNNPACK form (``methods/tokenops.py``): TopK and the row copies
