@@ -67,8 +67,8 @@ def test_cli_int8_dense_manifest(dense_int8):
 
 def test_pruned_int8_selector_stays_fp32(tmp_path):
     """DynamicViT, one stage: the predictor (the ranking) and the selection stay fp32 —
-    its linears keep fp32 weights while the blocks' are int8 — and the program lowers
-    to one delegate, loads and agrees with PyTorch fp32 in the runtime."""
+    its linears keep fp32 weights while the blocks' are int8 — and the program lowers,
+    loads and agrees with PyTorch fp32 in the runtime."""
     from edgeprune.export.executorch import export_executorch
     from edgeprune.export.xnnpack_int8 import quantize, random_calibration
     from tests.test_executorch import TINY2, tiny_source
@@ -96,6 +96,19 @@ def test_pruned_int8_selector_stays_fp32(tmp_path):
     outside = x["ops_outside_delegates"]
     assert outside["topk"] == 1 and outside["index_select"] == 1, x
     assert not [op for op in outside if "quantize" in op], x
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_tome_int8_keeps_its_row_indices_integer(tmp_path, batch):
+    """PT2E turns Python scalars into float tensors: ToMe's row numbers (and the batch
+    offsets of the row copies) must come from no scalar arithmetic, or the quantized
+    graph indexes with floats and fails. Export, parity in the runtime."""
+    from edgeprune.export.executorch import export_executorch
+    from tests.test_executorch import TINY2, tiny_source
+
+    src = tiny_source("tome", (1,), (0.5,), TINY2)
+    man = export_executorch(src, tmp_path / "t.pte", batch=batch, n_parity_inputs=4, int8=True)
+    assert man["parity"]["passed"] and man["xnnpack"]["ops_outside_delegates"]["topk"] >= 2
 
 
 @pytest.mark.parametrize(

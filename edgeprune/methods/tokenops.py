@@ -118,8 +118,12 @@ def take_rows(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     b, n, c = x.shape
     if b == 1:
         return x.index_select(1, idx.reshape(-1))
-    idx = idx + torch.arange(b, device=idx.device).view(b, 1) * n
+    idx = idx + constant(_row_offsets, b, n, like=idx)  # a constant: no scalar arithmetic
     return x.reshape(b * n, c).index_select(0, idx.reshape(-1)).reshape(b, -1, c)
+
+
+def _row_offsets(b: int, n: int) -> torch.Tensor:
+    return (torch.arange(b) * n).view(b, 1)
 
 
 def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

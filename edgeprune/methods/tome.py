@@ -155,14 +155,16 @@ def _merge_rows(
     b, na, nb = scores.shape
     r = merged.k
     rest = _complement_ascending(merged.idx, na)  # the unmerged A tokens, in token order
-    keep = torch.cat([rest * 2, constant(_odd_rows, b, nb, like=rest)], dim=1)  # rows of x
+    # rows of x; index arithmetic with no Python scalar: PT2E (--int8) turns scalars into
+    # float tensors, which would make the indices float
+    keep = torch.cat([rest + rest, constant(_odd_rows, b, nb, like=rest)], dim=1)
     into = best_match(take_rows(scores, merged.idx))  # B×Nb×r
     into = F.pad(into, (0, 0, na - r, 0))  # B×(N-r)×r: nothing into the unmerged A rows
     if size is None:  # every token counts 1
         size = constant(_unit_sizes, x.shape[0], x.shape[1], like=x)
     else:
         x = x * size
-    gone = merged.idx * 2  # the merged tokens' rows in x
+    gone = merged.idx + merged.idx  # the merged tokens' rows in x
     x = take_rows(x, keep) + matmul(into, take_rows(x, gone))
     size = take_rows(size, keep) + matmul(into, take_rows(size, gone))
     return x / size, size
