@@ -95,9 +95,13 @@ class Selection:
         """B×N float mask: 1 for the tokens not kept, 0 for the kept ones."""
         return torch.ones_like(like).scatter(1, self.idx, 0.0)
 
+    def rest(self) -> torch.Tensor:
+        """B×(N-k) int64: the numbers of the tokens *not* kept, in token order."""
+        return _complement_ascending(self.idx, self.n)
+
     def rest_in_order(self, x: torch.Tensor) -> torch.Tensor:
         """x: B×N×C -> the N - k rows *not* kept, in token order (B×(N-k)×C)."""
-        return take_rows(x, _complement_ascending(self.idx, self.n))
+        return take_rows(x, self.rest())
 
     def into_best(self, scores: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Each kept row of x summed into its best column of ``scores`` (B×N×M; first
@@ -225,19 +229,18 @@ def _complement_ascending(src_idx: torch.Tensor, n: int) -> torch.Tensor:
     return torch.topk(keys, n - src_idx.shape[1], dim=1, largest=True, sorted=True)[1]
 
 
-def best_match(scores: torch.Tensor, row_max: torch.Tensor | None = None) -> torch.Tensor:
+def best_match(scores: torch.Tensor) -> torch.Tensor:
     """B×r×M scores -> B×M×r one-hot: [j, t] = 1 where j is row t's best column (the
     first one on ties, as argmax). The index form is an ArgMax and an Equal against
     the column positions; the XNNPACK form marks the row maxima (1 - step(max - s))
     and keeps the first by counting maxima to its left (one MatMul of a triangle),
-    inside the delegate (an ArgMax and an Equal on portable kernels were slower);
-    ``row_max`` (B×r×1): the row maxima, when the caller has them."""
+    inside the delegate (an ArgMax and an Equal on portable kernels were slower)."""
     m = scores.shape[-1]
     if not _XNNPACK.get():
         dst = scores.argmax(dim=-1, keepdim=True)  # B×r×1
         cols = torch.arange(m, device=scores.device).view(1, 1, m)
         return (dst == cols).to(scores.dtype).transpose(1, 2)
-    row_max = scores.amax(dim=-1, keepdim=True) if row_max is None else row_max
+    row_max = scores.amax(dim=-1, keepdim=True)
     is_max = 1.0 - step(row_max - scores)
     first = is_max * _below(_bmm(is_max, _strictly_before(m, scores)), 1.0)  # none before
     return first.transpose(1, 2)

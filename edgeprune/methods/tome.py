@@ -41,7 +41,6 @@ from edgeprune.errors import EdgepruneError
 from edgeprune.methods.base import Method, MethodConfig
 from edgeprune.methods.tokenops import (
     Selection,
-    _complement_ascending,
     alternate,
     best_match,
     constant,
@@ -154,11 +153,11 @@ def _merge_rows(
     merge padded to all rows); then the size-weighted mean, as merge_wavg."""
     b, na, nb = scores.shape
     r = merged.k
-    rest = _complement_ascending(merged.idx, na)  # the unmerged A tokens, in token order
+    rest = merged.rest()  # the unmerged A tokens, in token order
     # rows of x; index arithmetic with no Python scalar: PT2E (--int8) turns scalars into
     # float tensors, which would make the indices float
     keep = torch.cat([rest + rest, constant(_odd_rows, b, nb, like=rest)], dim=1)
-    into = best_match(take_rows(scores, merged.idx))  # B×Nb×r
+    into = best_match(merged.rows(scores))  # B×Nb×r
     into = F.pad(into, (0, 0, na - r, 0))  # B×(N-r)×r: nothing into the unmerged A rows
     if size is None:  # every token counts 1
         size = constant(_unit_sizes, x.shape[0], x.shape[1], like=x)
