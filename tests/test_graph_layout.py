@@ -82,6 +82,23 @@ def test_multihead_keep_scores_rank_as_published(dim, heads):
     assert torch.equal(key.argsort(dim=1), want_p.argsort(dim=1))
 
 
+@pytest.mark.parametrize("dim,heads", [(192, 3), (384, 6)])
+def test_multihead_keep_scores_same_in_the_xnnpack_form(dim, heads):
+    """The XNNPACK form shares the per-head channel means between the SE head weights
+    and the LayerNorm and takes the token mean as a MatMul: the same key and package
+    weights as the index form (one LayerNormalization op, ReduceMean)."""
+    m = MultiheadPredictor(dim, heads)
+    init_random_(m, 6)
+    x = torch.randn(2, 150, dim, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        key, soft = m.keep_scores(x)
+        with xnnpack_form():
+            key_x, soft_x = m.keep_scores(x)
+    assert (key_x - key).abs().max().item() <= 1e-5
+    assert (soft_x - soft).abs().max().item() <= 1e-5
+    assert torch.equal(key_x.argsort(dim=1), key.argsort(dim=1))
+
+
 def test_predictor_lg_equals_concat_form():
     m = PredictorLG(192)
     init_random_(m, 4)
