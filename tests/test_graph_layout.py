@@ -157,6 +157,22 @@ def test_complement_ascending():
         assert row == sorted(set(range(40)) - set(s))
 
 
+@pytest.mark.parametrize("sized", [False, True])
+def test_tome_merge_same_in_both_forms(sized):
+    """The XNNPACK form's merge (size weights divided before the MatMul, row norms by a
+    fully-connected layer) gives the index form's tokens and sizes (merge_wavg)."""
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 61, 8, generator=g)
+    metric = torch.randn(2, 61, 5, generator=g)
+    size = torch.rand(2, 61, 1, generator=g) * 3 + 1 if sized else None
+    want, want_size = bipartite_merge(x, size, metric, r=20)
+    with xnnpack_form():
+        got, got_size = bipartite_merge(x, size, metric, r=20)
+    assert got.shape == want.shape == (2, 41, 8)
+    assert (got - want).abs().max().item() <= 1e-5
+    assert (got_size - want_size).abs().max().item() <= 1e-5
+
+
 @pytest.mark.parametrize("xnnpack", [False, True])
 def test_tome_merge_with_tied_scores_is_a_partition(xnnpack):
     """Identical tokens (flat image regions) tie in the matching scores: the merge must

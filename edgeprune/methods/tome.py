@@ -23,9 +23,10 @@ is an ArgMax over the r merged rows only; as the released merge_wavg, x·size an
 size travel as one B×N×(C+1) tensor (two strided slices, two gathers, one MatMul and
 one Add for both) and are divided once at the end. Same result for distinct
 similarity values. For ExecuTorch (``tokenops.xnnpack_form``) the same TopKs pick
-the tokens, and the merge works on the rows of x·size and size themselves
-(``_merge_rows``: row copies, no split, concatenation or slices), the keys are summed
-over heads with adds, and the best match is a first-maximum one-hot inside XNNPACK.
+the tokens, and the merge works on the rows of x and size themselves (``_merge_rows``:
+row copies, no split, concatenation or slices, the size weights divided before the
+MatMul), the keys are summed over heads with adds, their row norms by a
+fully-connected layer, and the best match is a first-maximum one-hot inside XNNPACK.
 """
 
 from __future__ import annotations
@@ -82,17 +83,20 @@ def head_sum(k: torch.Tensor) -> torch.Tensor:
     return matmul(ones, k.reshape(-1, h, n * d)).reshape(-1, n, d)
 
 
-def _norm(m: torch.Tensor) -> torch.Tensor:
-    """B×N×D -> the L2 norms of the rows, B×N×1. One-hot form: the squares summed by one
-    bmm with a ones column (4 nodes; the norm as a mean over 4-D inner dims, which is
-    how XNNPACK takes a reduction, is 7)."""
+def _normalise(m: torch.Tensor) -> torch.Tensor:
+    """B×N×D -> the rows scaled to unit L2 norm. XNNPACK form: the squares summed by a
+    fully-connected layer with a constant ones column (its weights packed once; a bmm
+    packs its operand at every run, and a mean over 4-D inner dims, XNNPACK's reduction,
+    is a transpose and a pool), then times the reciprocal square root."""
     if in_xnnpack_form():
-        return torch.sqrt(matmul(m * m, constant(_ones_column, m.shape[-1], like=m)))
-    return m.norm(dim=-1, keepdim=True)
+        b, n, d = m.shape
+        sq = (m * m).reshape(b * n, d) @ constant(_ones_column, d, like=m)
+        return m * torch.rsqrt(sq.reshape(b, n, 1))
+    return m / m.norm(dim=-1, keepdim=True)
 
 
 def _ones_column(d: int) -> torch.Tensor:
-    return torch.ones(1, d, 1)
+    return torch.ones(d, 1)
 
 
 def _unit_sizes(b: int, n: int) -> torch.Tensor:
@@ -118,7 +122,7 @@ def bipartite_merge(
     x: torch.Tensor, size: torch.Tensor | None, metric: torch.Tensor, r: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """x: B×N×C, size: B×N×1 (None: all 1), metric: B×N×D -> (B×(N-r)×C, B×(N-r)×1)."""
-    metric = metric / _norm(metric)
+    metric = _normalise(metric)
     a, b = alternate(metric)
     na = a.shape[1]
     # CLS (row 0 of A) never merges: PROTECT on its row, as one Add of a constant column
@@ -145,12 +149,15 @@ def bipartite_merge(
 def _merge_rows(
     x: torch.Tensor, size: torch.Tensor | None, scores: torch.Tensor, merged: Selection
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """XNNPACK (ExecuTorch) form of the merge, on the rows of x·size and size themselves
+    """XNNPACK (ExecuTorch) form of the merge, on the rows of x and size themselves
     (A token j is row 2j, B token j row 2j + 1: nothing is split, concatenated or sliced,
     which XNNPACK does as copies). Row gathers (``take_rows``) of the unmerged A tokens
     in order followed by B, and of the r merged ones; each merged row goes into its best
-    B row through an (N-r)×r one-hot MatMul (r·(N-r)·C multiply-adds, the index form's
-    merge padded to all rows); then the size-weighted mean, as merge_wavg."""
+    B row through an (N-r)×r MatMul (r·(N-r)·C multiply-adds, the index form's merge
+    padded to all rows) whose one-hot entries are the size weights s_a / s_new, and the
+    kept row is scaled by s_b / s_new: merge_wavg's size-weighted mean, the division
+    done on the weights instead of the rows (equal up to rounding; a row nothing merges
+    into is copied exactly)."""
     b, na, nb = scores.shape
     r = merged.k
     rest = merged.rest()  # the unmerged A tokens, in token order
@@ -159,14 +166,18 @@ def _merge_rows(
     keep = torch.cat([rest + rest, constant(_odd_rows, b, nb, like=rest)], dim=1)
     into = best_match(merged.rows(scores))  # B×Nb×r
     into = F.pad(into, (0, 0, na - r, 0))  # B×(N-r)×r: nothing into the unmerged A rows
-    if size is None:  # every token counts 1
-        size = constant(_unit_sizes, x.shape[0], x.shape[1], like=x)
-    else:
-        x = x * size
     gone = merged.idx + merged.idx  # the merged tokens' rows in x
-    x = take_rows(x, keep) + matmul(into, take_rows(x, gone))
-    size = take_rows(size, keep) + matmul(into, take_rows(size, gone))
-    return x / size, size
+    if size is None:  # every token counts 1
+        size_keep = constant(_unit_sizes, b, x.shape[1] - r, like=x)
+        size_gone = constant(_unit_sizes, b, r, like=x)
+    else:
+        size_keep, size_gone = take_rows(size, keep), take_rows(size, gone)
+    size = size_keep + matmul(into, size_gone)
+    # the size-weighted mean with the weights divided first (B×(N-r)×1 and B×(N-r)×r),
+    # not the rows: x·size and its division by the new size are two passes over the
+    # tokens less; an unmerged row is kept as it is (its weight is size / size = 1)
+    into = into * size_gone.transpose(1, 2) / size
+    return take_rows(x, keep) * (size_keep / size) + matmul(into, take_rows(x, gone)), size
 
 
 def _odd_rows(b: int, nb: int) -> torch.Tensor:
