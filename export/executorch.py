@@ -231,19 +231,29 @@ class Lowered:
     seconds: dict[str, float] = field(default_factory=dict)
     friendly: bool = True
     quantized: torch.nn.Module | None = None  # the int8 graph in PyTorch (int8 only)
+    inside: int = 0  # ops in the XNNPACK segments, reshapes not counted
 
     def xnnpack_report(self) -> dict:
         return {
             "delegate_segments": self.segments,
+            "ops_in_delegates": self.inside,
             "ops_outside_delegates": self.outside,
             "xnnpack_rewrites": self.friendly,
         }
 
 
-def delegate_summary(edge_program) -> tuple[int, dict[str, int]]:
-    """(number of XNNPACK delegate calls, ops left on portable kernels by name)."""
-    segments, outside = 0, Counter()
-    for n in edge_program.graph_module.graph.nodes:
+def delegate_summary(edge_program) -> tuple[int, dict[str, int], int]:
+    """(number of XNNPACK delegate calls, ops left on portable kernels by name, ops
+    inside the delegates other than reshapes). Every op costs a little at every run
+    whatever its size (XNNPACK reshapes and sets up each one), and more on the first run
+    after another program has taken the caches (benchmarks/switch_cost.py)."""
+    gm = edge_program.graph_module
+    segments, inside, outside = 0, 0, Counter()
+    for n in gm.graph.nodes:
+        if n.op == "get_attr" and str(n.target).startswith("lowered_module"):
+            for m in getattr(gm, n.target).original_module.graph.nodes:
+                name = getattr(m.target, "__name__", str(m.target))
+                inside += m.op == "call_function" and "view_copy" not in name
         if n.op != "call_function":
             continue
         name = getattr(n.target, "__name__", str(n.target))
@@ -251,7 +261,7 @@ def delegate_summary(edge_program) -> tuple[int, dict[str, int]]:
             segments += 1
         elif name != "getitem":
             outside[name.removeprefix("aten.").removesuffix(".default")] += 1
-    return segments, dict(sorted(outside.items()))
+    return segments, dict(sorted(outside.items())), inside
 
 
 @contextlib.contextmanager
@@ -320,7 +330,7 @@ def lower(
             partitioner=[partitioner],
             compile_config=EdgeCompileConfig(_check_ir_validity=False),
         )
-        segments, outside = delegate_summary(edge.exported_program())
+        segments, outside, inside = delegate_summary(edge.exported_program())
         t2 = time.perf_counter()
         step("serializing the ExecuTorch program")
         buffer = edge.to_executorch().buffer
@@ -333,7 +343,7 @@ def lower(
             "total": round(t3 - t0, 2),
         }
     )
-    return Lowered(buffer, segments, outside, seconds, friendly, quantized)
+    return Lowered(buffer, segments, outside, seconds, friendly, quantized, inside)
 
 
 def export_executorch(

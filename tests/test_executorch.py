@@ -57,6 +57,7 @@ def test_export_writes_pte_and_manifest_with_parity_and_segments(spvit_pte):
     outside = x["ops_outside_delegates"]
     assert outside["topk"] == 2 and outside["index_select"] == 2 and "gather" not in outside, x
     assert set(outside) <= SELECTION_OPS and x["delegate_segments"] == 3, x
+    assert x["ops_in_delegates"] > 10 * TINY.depth, x
     assert "native_layer_norm" not in x["ops_outside_delegates"]
     assert man["versions"]["executorch"].startswith("1.")
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]
@@ -74,6 +75,8 @@ def test_rewrites_remove_segments_and_keep_the_function():
     good = lower(model, torch.zeros(1, 3, 64, 64))
     assert good.segments == 1 and good.outside == {}
     assert raw.segments > 3 * TINY2.depth and "native_layer_norm" in raw.outside
+    # every op of the rewritten graph in XNNPACK: LayerNorm as its steps, and more
+    assert good.inside > raw.inside > 0
     r = ExecuTorchRunner(threads=1)
     with torch.no_grad():
         ref = model(x).numpy()

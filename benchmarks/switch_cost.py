@@ -1,0 +1,178 @@
+"""What the first run after another model costs, per program (ExecuTorch/XNNPACK).
+
+    taskset -c 1 python benchmarks/switch_cost.py [--specs deit_tiny:tome@r16,...]
+        [--rounds 40] [--burst 10] [--threads 1] [--name switch_cost]
+
+``xnnpack.py`` times dense and pruned either alternately (burst 1: every run follows a
+run of the other model) or in bursts (``--burst 10``: a model back to back, the first
+run of each burst discarded). The two disagree by 1–2.5 % on the pruned models'
+speedup. This script shows where that comes from. Each spec takes turns with its dense
+arch, as in ``xnnpack.py``, each running ``burst`` times per turn: the first run of a
+turn follows the other program, the others follow the program itself.
+
+For both programs it prints the ops in the XNNPACK segments and on portable kernels,
+the median first run, the median warm run (runs 2..burst) and their difference per
+turn, the switch cost; then the speedup twice: from first runs (what burst 1 measures)
+and from warm runs (burst 10). ExecuTorch reshapes and sets up every XNNPACK op at
+every run, so a program's per-op state and code are touched at every run, and a
+program with more ops has more of them to bring back after another program ran.
+Writes benchmarks/results/<name>.json and .md. Not part of the test run; run it on a
+quiet machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from timing import host_meta, pct  # noqa: E402
+
+from edgeprune.export.executorch import lower  # noqa: E402
+from edgeprune.runtimes.executorch import ExecuTorchRunner, set_threads, version  # noqa: E402
+from edgeprune.source import resolve  # noqa: E402
+
+DEFAULT_SPECS = "deit_tiny:tome@r16,deit_tiny:spvit,deit_tiny:dynamicvit@0.7"
+
+
+def rotate_bursts(fns: dict, rounds: int, burst: int, warmup: int = 3) -> dict:
+    """Per name: (first runs, warm runs) in ms. Each round runs every fn ``burst`` times
+    in a row, the order rotating each round (A B C, B C A, …); run 1 of a burst follows
+    another fn, runs 2..burst follow the fn itself (their median is the warm time)."""
+    names = list(fns)
+    for _ in range(warmup):
+        for n in names:
+            fns[n]()
+    first: dict[str, list[float]] = {n: [] for n in names}
+    warm: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(rounds):
+        for j in range(len(names)):
+            n = names[(j + r) % len(names)]
+            ts = []
+            for _ in range(burst):
+                t0 = time.perf_counter()
+                fns[n]()
+                ts.append((time.perf_counter() - t0) * 1e3)
+            first[n].append(ts[0])
+            warm[n].append(statistics.median(ts[1:]))
+    return {n: (first[n], warm[n]) for n in names}
+
+
+def _timings(first: np.ndarray, warm: np.ndarray) -> dict:
+    cost = (first - warm) * 1e3
+    return {
+        "first_ms": float(np.median(first)),
+        "warm_ms": float(np.median(warm)),
+        "switch_cost_us": {
+            "median": float(np.median(cost)),
+            "p10": pct(list(cost), 10),
+            "p90": pct(list(cost), 90),
+        },
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--specs", default=DEFAULT_SPECS)
+    ap.add_argument("--rounds", type=int, default=40)
+    ap.add_argument("--burst", type=int, default=10)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    ap.add_argument("--name", default="switch_cost")
+    args = ap.parse_args()
+    if args.burst < 2:
+        ap.error("--burst must be at least 2 (a first run and a warm one)")
+
+    specs = args.specs.split(",")
+    dense = resolve(specs[0]).arch.name
+    programs, rows = {}, {}
+    for spec in [dense, *specs]:
+        src = resolve(spec)
+        img = src.arch.img_size
+        low = lower(src.model(), torch.zeros(1, 3, img, img))
+        runner = ExecuTorchRunner(threads=args.threads)
+        runner.load(low.buffer)
+        programs[spec] = runner
+        rows[spec] = {
+            "gflops": src.flops().total,
+            "segments": low.segments,
+            "ops_in_delegates": low.inside,
+            "ops_outside_delegates": sum(low.outside.values()),
+        }
+        print(
+            f"{spec}: {low.segments} segments, {low.inside} XNNPACK ops, "
+            f"{sum(low.outside.values())} portable",
+            flush=True,
+        )
+
+    set_threads(args.threads)
+    x = [torch.from_numpy(np.random.default_rng(0).standard_normal((1, 3, img, img), "f4"))]
+    run = {s: (lambda r=r: r.method.execute(x)) for s, r in programs.items()}
+    for spec in specs:  # dense and one pruned model alternating, as in xnnpack.py
+        times = rotate_bursts({dense: run[dense], spec: run[spec]}, args.rounds, args.burst)
+        (d_first, d_warm), (first, warm) = (
+            (np.array(a), np.array(b)) for a, b in (times[dense], times[spec])
+        )
+        rows[spec].update(
+            _timings(first, warm),
+            dense=_timings(d_first, d_warm),
+            speedup_first_runs=float(np.median(d_first / first)),
+            speedup_warm_runs=float(np.median(d_warm / warm)),
+            gflops_ratio=rows[dense]["gflops"] / rows[spec]["gflops"],
+        )
+
+    meta = {
+        **host_meta(),
+        "runtime": f"executorch {version()} (XnnpackBackend, fp32), torch {torch.__version__}",
+        "threads": args.threads,
+        "rounds": args.rounds,
+        "burst": args.burst,
+        "method": "programs rotate, each run `burst` times in a row; first run vs median of "
+        "the others, per round; speedups as medians of per-round ratios",
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{args.name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    lines = [
+        "# The first run after another model (ExecuTorch / XNNPACK, batch 1, fp32)",
+        "",
+        f"{meta['runtime']}, {meta['machine']}, {meta['date']}, {args.threads} thread(s), "
+        f"{args.rounds} rounds of {args.burst} runs per program.",
+        "",
+        "| program | segments | XNNPACK ops | portable ops | first run (ms) | warm (ms) "
+        "| switch cost (µs) | speedup, first runs | speedup, warm | GFLOPs ratio |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for spec, r in rows.items():
+        if spec == dense:
+            continue
+        for name, t in ((f"{dense} (beside it)", r["dense"]), (spec, r)):
+            sc = t["switch_cost_us"]
+            ops = rows[dense] if t is r["dense"] else r
+            tail = (
+                "| |"
+                if t is r["dense"]
+                else f"{r['speedup_first_runs']:.3f}× | {r['speedup_warm_runs']:.3f}× "
+                f"| {r['gflops_ratio']:.3f}×"
+            )
+            lines.append(
+                f"| {name} | {ops['segments']} | {ops['ops_in_delegates']} | "
+                f"{ops['ops_outside_delegates']} | {t['first_ms']:.3f} | {t['warm_ms']:.3f} | "
+                f"{sc['median']:.0f} ({sc['p10']:.0f}–{sc['p90']:.0f}) | {tail} |"
+            )
+    (out / f"{args.name}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
