@@ -113,15 +113,16 @@ class Selection:
 def take_rows(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """x: B×N×C, idx: B×K row numbers (int64) -> B×K×C, row q of batch b being
     x[b, idx[b, q]]. Index form: ``gather_tokens`` (one GatherND in ONNX). XNNPACK form:
-    one ``index_select`` (along the tokens at batch 1, no reshape; on the B·N rows
-    otherwise), a portable kernel that copies K rows."""
+    one ``index_select`` (along the tokens at batch 1, on the B·N rows otherwise), a
+    portable kernel that copies K rows; at batch 1 ``idx`` may come flattened (K), which
+    saves the flattening (a portable copy) when it indexes several tensors."""
     if not _XNNPACK.get():
         from edgeprune.models.deit import gather_tokens
 
         return gather_tokens(x, idx)
     b, n, c = x.shape
     if b == 1:
-        return x.index_select(1, idx.reshape(-1))
+        return x.index_select(1, idx if idx.dim() == 1 else idx.reshape(-1))
     idx = idx + constant(_row_offsets, b, n, like=idx)  # a constant: no scalar arithmetic
     return x.reshape(b * n, c).index_select(0, idx.reshape(-1)).reshape(b, -1, c)
 
@@ -229,18 +230,20 @@ def _complement_ascending(src_idx: torch.Tensor, n: int) -> torch.Tensor:
     return torch.topk(keys, n - src_idx.shape[1], dim=1, largest=True, sorted=True)[1]
 
 
-def best_match(scores: torch.Tensor) -> torch.Tensor:
+def best_match(scores: torch.Tensor, row_max: torch.Tensor | None = None) -> torch.Tensor:
     """B×r×M scores -> B×M×r one-hot: [j, t] = 1 where j is row t's best column (the
     first one on ties, as argmax). The index form is an ArgMax and an Equal against
     the column positions; the XNNPACK form marks the row maxima (1 - step(max - s))
     and keeps the first by counting maxima to its left (one MatMul of a triangle),
-    inside the delegate (an ArgMax and an Equal on portable kernels were slower)."""
+    inside the delegate (an ArgMax and an Equal on portable kernels were slower).
+    ``row_max`` (B×r×1): the rows' maxima when known already (XNNPACK form)."""
     m = scores.shape[-1]
     if not _XNNPACK.get():
         dst = scores.argmax(dim=-1, keepdim=True)  # B×r×1
         cols = torch.arange(m, device=scores.device).view(1, 1, m)
         return (dst == cols).to(scores.dtype).transpose(1, 2)
-    row_max = scores.amax(dim=-1, keepdim=True)
+    if row_max is None:
+        row_max = scores.amax(dim=-1, keepdim=True)
     is_max = 1.0 - step(row_max - scores)
     first = is_max * _below(_bmm(is_max, _strictly_before(m, scores)), 1.0)  # none before
     return first.transpose(1, 2)

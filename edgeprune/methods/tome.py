@@ -41,7 +41,6 @@ from edgeprune.arch import Arch
 from edgeprune.errors import EdgepruneError
 from edgeprune.methods.base import Method, MethodConfig
 from edgeprune.methods.tokenops import (
-    Selection,
     alternate,
     best_match,
     constant,
@@ -130,10 +129,9 @@ def bipartite_merge(
     # segment instead of making one of its own)
     scores = matmul(a, b.transpose(-1, -2)) + constant(_protect, na, like=x)  # B×Na×Nb
     best = scores.amax(dim=-1)  # B×Na: each A token's best match
-    merged = select_top(best, r)  # the r A tokens with the best match
-
     if in_xnnpack_form():
-        return _merge_rows(x, size, scores, merged)
+        return _merge_rows(x, size, scores, best, r)
+    merged = select_top(best, r)  # the r A tokens with the best match
     # size-weighted sums as the released merge_wavg: [x·size | size] merged as one
     # tensor (one selection per token set, one MatMul), then divided by the merged size
     c = x.shape[-1]
@@ -147,28 +145,38 @@ def bipartite_merge(
 
 
 def _merge_rows(
-    x: torch.Tensor, size: torch.Tensor | None, scores: torch.Tensor, merged: Selection
+    x: torch.Tensor, size: torch.Tensor | None, scores: torch.Tensor, best: torch.Tensor, r: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """XNNPACK (ExecuTorch) form of the merge, on the rows of x and size themselves
     (A token j is row 2j, B token j row 2j + 1: nothing is split, concatenated or sliced,
-    which XNNPACK does as copies). Row gathers (``take_rows``) of the unmerged A tokens
-    in order followed by B, and of the r merged ones; each merged row goes into its best
-    B row through an (N-r)×r MatMul (r·(N-r)·C multiply-adds, the index form's merge
-    padded to all rows) whose one-hot entries are the size weights s_a / s_new, and the
-    kept row is scaled by s_b / s_new: merge_wavg's size-weighted mean, the division
-    done on the weights instead of the rows (equal up to rounding; a row nothing merges
-    into is copied exactly)."""
+    which XNNPACK does as copies). ``best``: each A token's best score (B×Na).
+
+    The r merged tokens are a TopK of ``best``. The kept rows, the unmerged A tokens in
+    token order followed by B, are a second TopK, of a constant key over the rows (-row
+    on A rows, -row - 2N on B rows) with -inf scattered on the merged rows: the row
+    numbers come out directly. Row copies (``take_rows``) of those and of the merged
+    rows; each merged row goes into its best B row through an (N-r)×r MatMul (r·(N-r)·C
+    multiply-adds, the index form's merge padded to all rows) whose one-hot entries are
+    the size weights s_a / s_new, and the kept row is scaled by s_b / s_new: merge_wavg's
+    size-weighted mean, the division done on the weights instead of the rows (equal up
+    to rounding; a row nothing merges into is copied exactly). At batch 1 the index ops
+    run on 1-D tensors: no flattening copies before the row copies. Every op outside
+    XNNPACK costs ~0.2 µs, and more on a first run after another program."""
     b, na, nb = scores.shape
-    r = merged.k
-    rest = merged.rest()  # the unmerged A tokens, in token order
-    # rows of x; index arithmetic with no Python scalar: PT2E (--int8) turns scalars into
-    # float tensors, which would make the indices float
-    keep = torch.cat([rest + rest, constant(_odd_rows, b, nb, like=rest)], dim=1)
-    into = best_match(merged.rows(scores))  # B×Nb×r
+    n = x.shape[1]
+    flat = b == 1
+    top, idx = torch.topk(best.reshape(-1) if flat else best, r, dim=-1)  # best first
+    # index arithmetic with no Python scalar: PT2E (--int8) turns scalars into float
+    # tensors, which would make the indices float
+    gone = idx + idx  # the merged tokens' rows in x
+    keys = constant(_row_keys, n, like=x)
+    keys = keys.reshape(-1) if flat else keys.expand(b, n)
+    keep = torch.topk(keys.scatter(-1, gone, float("-inf")), n - r, dim=-1)[1]
+    # the merged tokens' best scores are the TopK's values: no second row max
+    into = best_match(take_rows(scores, idx), top.reshape(b, r, 1))  # B×Nb×r
     into = F.pad(into, (0, 0, na - r, 0))  # B×(N-r)×r: nothing into the unmerged A rows
-    gone = merged.idx + merged.idx  # the merged tokens' rows in x
     if size is None:  # every token counts 1
-        size_keep = constant(_unit_sizes, b, x.shape[1] - r, like=x)
+        size_keep = constant(_unit_sizes, b, n - r, like=x)
         size_gone = constant(_unit_sizes, b, r, like=x)
     else:
         size_keep, size_gone = take_rows(size, keep), take_rows(size, gone)
@@ -180,8 +188,11 @@ def _merge_rows(
     return take_rows(x, keep) * (size_keep / size) + matmul(into, take_rows(x, gone)), size
 
 
-def _odd_rows(b: int, nb: int) -> torch.Tensor:
-    return (torch.arange(nb) * 2 + 1).view(1, nb).expand(b, nb).contiguous()
+def _row_keys(n: int) -> torch.Tensor:
+    """1×N: -row for A rows (even), -row - 2N for B rows (odd): a TopK of all but the
+    merged rows gives the unmerged A rows in order, then the B rows in order."""
+    row = torch.arange(n, dtype=torch.float64)
+    return torch.where(row % 2 == 0, -row, -row - 2 * n).view(1, n)
 
 
 class ToMeStatic(VisionTransformer):
@@ -194,7 +205,8 @@ class ToMeStatic(VisionTransformer):
         x = self.embed(img)
         size = None
         for blk, r in zip(self.blocks, self.r_per_block, strict=True):
-            bias = None if size is None else size.log().transpose(1, 2).unsqueeze(1)
+            # log(size) on the keys' axis: B×N×1 -> B×1×1×N is a view, not a transpose
+            bias = None if size is None else size.log().reshape(size.shape[0], 1, 1, -1)
             q, k, v = blk.attn.qkv_heads(blk.norm1(x))
             out, _ = blk.attn.attend(q, k, v, bias)
             x = x + blk.attn.proj(out)
