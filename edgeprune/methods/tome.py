@@ -184,7 +184,7 @@ def _merge_rows(
     # the size-weighted mean with the weights divided first (B×(N-r)×1 and B×(N-r)×r),
     # not the rows: x·size and its division by the new size are two passes over the
     # tokens less; an unmerged row is kept as it is (its weight is size / size = 1)
-    into = into * size_gone.transpose(1, 2) / size
+    into = into * size_gone.reshape(b, 1, r) / size  # r×1 -> 1×r is a view
     return take_rows(x, keep) * (size_keep / size) + matmul(into, take_rows(x, gone)), size
 
 
