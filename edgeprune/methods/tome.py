@@ -22,11 +22,12 @@ mean). CLS protection is one Add of a constant column (``PROTECT``); the best ma
 is an ArgMax over the r merged rows only; as the released merge_wavg, x·size and
 size travel as one B×N×(C+1) tensor (two strided slices, two gathers, one MatMul and
 one Add for both) and are divided once at the end. Same result for distinct
-similarity values. For ExecuTorch (``tokenops.xnnpack_form``) the same TopKs pick
-the tokens, and the merge works on the rows of x and size themselves (``_merge_rows``:
-row copies, no split, concatenation or slices, the size weights divided before the
-MatMul), the keys are summed over heads with adds, their row norms by a
-fully-connected layer, and the best match is a first-maximum one-hot inside XNNPACK.
+similarity values. For ExecuTorch (``tokenops.xnnpack_form``) a TopK picks the merged
+tokens and a second one, of a constant row key, the kept rows' numbers; the merge
+works on the rows of x and size themselves (``_merge_rows``: row copies, no split,
+concatenation or slices, the size weights divided before the MatMul), the keys are
+summed over heads with adds, their row norms by a fully-connected layer, and the best
+match is a first-maximum one-hot inside XNNPACK.
 """
 
 from __future__ import annotations
