@@ -26,7 +26,6 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -38,32 +37,15 @@ from timing import host_meta, pct  # noqa: E402
 
 from edgeprune.export.executorch import lower  # noqa: E402
 from edgeprune.runtimes.executorch import ExecuTorchRunner, set_threads, version  # noqa: E402
+from edgeprune.runtimes.timing import interleave_bursts  # noqa: E402
 from edgeprune.source import resolve  # noqa: E402
 
 DEFAULT_SPECS = "deit_tiny:tome@r16,deit_tiny:spvit,deit_tiny:dynamicvit@0.7"
 
 
-def rotate_bursts(fns: dict, rounds: int, burst: int, warmup: int = 3) -> dict:
-    """Per name: (first runs, warm runs) in ms. Each round runs every fn ``burst`` times
-    in a row, the order rotating each round (A B C, B C A, …); run 1 of a burst follows
-    another fn, runs 2..burst follow the fn itself (their median is the warm time)."""
-    names = list(fns)
-    for _ in range(warmup):
-        for n in names:
-            fns[n]()
-    first: dict[str, list[float]] = {n: [] for n in names}
-    warm: dict[str, list[float]] = {n: [] for n in names}
-    for r in range(rounds):
-        for j in range(len(names)):
-            n = names[(j + r) % len(names)]
-            ts = []
-            for _ in range(burst):
-                t0 = time.perf_counter()
-                fns[n]()
-                ts.append((time.perf_counter() - t0) * 1e3)
-            first[n].append(ts[0])
-            warm[n].append(statistics.median(ts[1:]))
-    return {n: (first[n], warm[n]) for n in names}
+def _counts(program: dict) -> dict:
+    """A program's GFLOPs and op counts (everything but its run function)."""
+    return {k: v for k, v in program.items() if k != "run"}
 
 
 def _timings(first: np.ndarray, warm: np.ndarray) -> dict:
@@ -94,42 +76,48 @@ def main() -> None:
         ap.error("--burst must be at least 2 (a first run and a warm one)")
 
     specs = args.specs.split(",")
-    dense = resolve(specs[0]).arch.name
-    programs, rows = {}, {}
-    for spec in [dense, *specs]:
-        src = resolve(spec)
-        img = src.arch.img_size
-        low = lower(src.model(), torch.zeros(1, 3, img, img))
-        runner = ExecuTorchRunner(threads=args.threads)
-        runner.load(low.buffer)
-        programs[spec] = runner
-        rows[spec] = {
-            "gflops": src.flops().total,
-            "segments": low.segments,
-            "ops_in_delegates": low.inside,
-            "ops_outside_delegates": sum(low.outside.values()),
-        }
-        print(
-            f"{spec}: {low.segments} segments, {low.inside} XNNPACK ops, "
-            f"{sum(low.outside.values())} portable",
-            flush=True,
-        )
+    programs: dict[str, dict] = {}  # spec (a pruned one or a dense arch) -> its program
 
-    set_threads(args.threads)
-    x = [torch.from_numpy(np.random.default_rng(0).standard_normal((1, 3, img, img), "f4"))]
-    run = {s: (lambda r=r: r.method.execute(x)) for s, r in programs.items()}
-    for spec in specs:  # dense and one pruned model alternating, as in xnnpack.py
-        times = rotate_bursts({dense: run[dense], spec: run[spec]}, args.rounds, args.burst)
+    def program(spec: str) -> dict:
+        if spec not in programs:
+            src = resolve(spec)
+            img = src.arch.img_size
+            low = lower(src.model(), torch.zeros(1, 3, img, img))
+            runner = ExecuTorchRunner(threads=args.threads)
+            runner.load(low.buffer)
+            x = [torch.from_numpy(np.random.default_rng(0).standard_normal((1, 3, img, img), "f4"))]
+            programs[spec] = {
+                "run": lambda: runner.method.execute(x),
+                "gflops": src.flops().total,
+                "segments": low.segments,
+                "ops_in_delegates": low.inside,
+                "ops_outside_delegates": sum(low.outside.values()),
+            }
+            print(
+                f"{spec}: {low.segments} segments, {low.inside} XNNPACK ops, "
+                f"{programs[spec]['ops_outside_delegates']} portable",
+                flush=True,
+            )
+        return programs[spec]
+
+    rows = {}
+    for spec in specs:  # each with its dense arch, alternating as in xnnpack.py
+        dense_spec = resolve(spec).arch.name
+        dense, pruned = program(dense_spec), program(spec)
+        set_threads(args.threads)
+        times = interleave_bursts([dense["run"], pruned["run"]], args.rounds, burst=args.burst)
         (d_first, d_warm), (first, warm) = (
-            (np.array(a), np.array(b)) for a, b in (times[dense], times[spec])
+            (np.array([b[0] for b in t]), np.array([statistics.median(b[1:]) for b in t]))
+            for t in times
         )
-        rows[spec].update(
-            _timings(first, warm),
-            dense=_timings(d_first, d_warm),
-            speedup_first_runs=float(np.median(d_first / first)),
-            speedup_warm_runs=float(np.median(d_warm / warm)),
-            gflops_ratio=rows[dense]["gflops"] / rows[spec]["gflops"],
-        )
+        rows[spec] = {
+            **_counts(pruned),
+            **_timings(first, warm),
+            "dense": {"spec": dense_spec, **_counts(dense), **_timings(d_first, d_warm)},
+            "speedup_first_runs": float(np.median(d_first / first)),
+            "speedup_warm_runs": float(np.median(d_warm / warm)),
+            "gflops_ratio": dense["gflops"] / pruned["gflops"],
+        }
 
     meta = {
         **host_meta(),
@@ -137,8 +125,9 @@ def main() -> None:
         "threads": args.threads,
         "rounds": args.rounds,
         "burst": args.burst,
-        "method": "programs rotate, each run `burst` times in a row; first run vs median of "
-        "the others, per round; speedups as medians of per-round ratios",
+        "method": "each spec and its dense arch take turns, `burst` runs a turn "
+        "(runtimes.timing.interleave_bursts); first run vs median of the others, per turn; "
+        "speedups as medians of per-round ratios",
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -154,11 +143,8 @@ def main() -> None:
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for spec, r in rows.items():
-        if spec == dense:
-            continue
-        for name, t in ((f"{dense} (beside it)", r["dense"]), (spec, r)):
+        for name, t in ((f"{r['dense']['spec']} (beside it)", r["dense"]), (spec, r)):
             sc = t["switch_cost_us"]
-            ops = rows[dense] if t is r["dense"] else r
             tail = (
                 "| |"
                 if t is r["dense"]
@@ -166,8 +152,8 @@ def main() -> None:
                 f"| {r['gflops_ratio']:.3f}×"
             )
             lines.append(
-                f"| {name} | {ops['segments']} | {ops['ops_in_delegates']} | "
-                f"{ops['ops_outside_delegates']} | {t['first_ms']:.3f} | {t['warm_ms']:.3f} | "
+                f"| {name} | {t['segments']} | {t['ops_in_delegates']} | "
+                f"{t['ops_outside_delegates']} | {t['first_ms']:.3f} | {t['warm_ms']:.3f} | "
                 f"{sc['median']:.0f} ({sc['p10']:.0f}–{sc['p90']:.0f}) | {tail} |"
             )
     (out / f"{args.name}.md").write_text("\n".join(lines) + "\n")

@@ -105,6 +105,42 @@ def time_callable(fn: Callable[[], object], policy: TimingPolicy) -> list[float]
     return samples
 
 
+def interleave_bursts(
+    fns: Sequence[Callable[[], object]],
+    rounds: int = 30,
+    warmup: int = 3,
+    burst: int = 1,
+    max_seconds: float | None = None,
+    min_rounds: int = 10,
+) -> list[list[list[float]]]:
+    """Run every fn ``burst`` times in a row per round, the order rotating each round
+    (A B C, B C A, …), so the machine's drift hits all of them alike: per fn, per round,
+    the burst's times in ms. The first run of a burst follows a different fn; the others
+    follow the fn itself. ``max_seconds`` stops early, after at least ``min_rounds``
+    rounds."""
+    if burst < 1:
+        raise ValueError("burst must be at least 1")
+    for _ in range(warmup):
+        for fn in fns:
+            fn()
+    times: list[list[list[float]]] = [[] for _ in fns]
+    k = len(fns)
+    start = time.perf_counter()
+    for r in range(rounds):
+        for j in range(k):
+            i = (j + r) % k
+            runs = []
+            for _ in range(burst):
+                t0 = time.perf_counter()
+                fns[i]()
+                runs.append((time.perf_counter() - t0) * 1e3)
+            times[i].append(runs)
+        late = max_seconds is not None and time.perf_counter() - start > max_seconds
+        if late and r + 1 >= min_rounds:
+            break
+    return times
+
+
 def interleave_samples(
     fns: Sequence[Callable[[], object]],
     rounds: int = 30,
@@ -113,34 +149,14 @@ def interleave_samples(
     max_seconds: float | None = None,
     min_rounds: int = 10,
 ) -> list[list[float]]:
-    """Run every fn once per round, the order rotating each round (A B C, B C A, …), so
-    the machine's drift hits all of them alike; per-fn samples in ms.
+    """``interleave_bursts`` flattened: per-fn samples in ms.
 
-    With ``burst`` > 1 a fn runs ``burst`` times in a row per round and the first of
-    those is discarded: what is kept is the steady state that a model running back to
-    back sees (as ``bench`` and a deployment do), not the cold start right after a
-    different model evicted its weights. ``max_seconds`` stops early, after at least
-    ``min_rounds`` rounds."""
-    if burst < 1:
-        raise ValueError("burst must be at least 1")
-    for _ in range(warmup):
-        for fn in fns:
-            fn()
-    times: list[list[float]] = [[] for _ in fns]
-    k = len(fns)
-    start = time.perf_counter()
-    for r in range(rounds):
-        for j in range(k):
-            i = (j + r) % k
-            for b in range(burst):
-                t0 = time.perf_counter()
-                fns[i]()
-                if burst == 1 or b > 0:
-                    times[i].append((time.perf_counter() - t0) * 1e3)
-        late = max_seconds is not None and time.perf_counter() - start > max_seconds
-        if late and r + 1 >= min_rounds:
-            break
-    return times
+    With ``burst`` > 1 the first run of each burst is discarded: what is kept is the
+    steady state that a model running back to back sees (as ``bench`` and a deployment
+    do), not the cold start right after a different model evicted its weights."""
+    bursts = interleave_bursts(fns, rounds, warmup, burst, max_seconds, min_rounds)
+    skip = 0 if burst == 1 else 1
+    return [[t for runs in per_fn for t in runs[skip:]] for per_fn in bursts]
 
 
 def time_interleaved(

@@ -15,7 +15,13 @@ from edgeprune.errors import EdgepruneError, MissingRuntimeError
 from edgeprune.pieces import make_block, module_to_onnx
 from edgeprune.runtimes.base import get_runner
 from edgeprune.runtimes.tensorrt import TrtexecRunner, parse_export_times, trtexec_argv
-from edgeprune.runtimes.timing import Timing, TimingPolicy, percentile
+from edgeprune.runtimes.timing import (
+    Timing,
+    TimingPolicy,
+    interleave_bursts,
+    interleave_samples,
+    percentile,
+)
 from edgeprune.runtimes.trtexec import parse_trtexec_version
 
 
@@ -88,6 +94,21 @@ def _trace(n: int, warm: int, latency: float) -> list[dict]:
         )
         t += 80.0 if i < warm else lat
     return rows
+
+
+def test_interleaved_bursts_rotate_and_samples_drop_each_bursts_first_run():
+    """Rounds rotate who goes first (A B, B A, …), a burst runs one fn back to back;
+    the samples keep every run at burst 1 and all but each burst's first otherwise."""
+    calls: list[str] = []
+    fns = [lambda: calls.append("a"), lambda: calls.append("b")]
+    bursts = interleave_bursts(fns, rounds=3, warmup=1, burst=2)
+    assert "".join(calls) == "ab" + "aabb" + "bbaa" + "aabb"
+    assert [len(per_fn) for per_fn in bursts] == [3, 3]
+    assert all(len(runs) == 2 for per_fn in bursts for runs in per_fn)
+    assert [len(s) for s in interleave_samples(fns, rounds=3, warmup=0, burst=2)] == [3, 3]
+    assert [len(s) for s in interleave_samples(fns, rounds=3, warmup=0, burst=1)] == [3, 3]
+    with pytest.raises(ValueError):
+        interleave_bursts(fns, burst=0)
 
 
 def test_parse_export_times_drops_warmup():
