@@ -226,8 +226,17 @@ def _complement_ascending(src_idx: torch.Tensor, n: int) -> torch.Tensor:
     Exact for any scores (ties included): exactly r rows are marked."""
     # a literal, not -arange(n): CoreML's converter types a float arange as int32
     pos = torch.tensor([[-float(i) for i in range(n)]], device=src_idx.device)
-    keys = pos.expand(src_idx.shape[0], n).scatter(1, src_idx, float("-inf"))
-    return torch.topk(keys, n - src_idx.shape[1], dim=1, largest=True, sorted=True)[1]
+    return largest_except(pos.expand(src_idx.shape[0], n), src_idx)
+
+
+def largest_except(keys: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """keys: B×N (or N), idx: B×r (or r) distinct positions -> the positions of the
+    N - r largest keys left when those at ``idx`` are taken out, largest first: one
+    ScatterElements of -inf at ``idx`` and one TopK. Exact for finite keys: exactly r
+    entries are marked."""
+    d = keys.dim() - 1  # the last dim, as a positive axis (the exported graphs keep 1)
+    k = keys.shape[d] - idx.shape[d]
+    return torch.topk(keys.scatter(d, idx, float("-inf")), k, dim=d, sorted=True)[1]
 
 
 def best_match(scores: torch.Tensor, row_max: torch.Tensor | None = None) -> torch.Tensor:

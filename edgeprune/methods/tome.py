@@ -46,6 +46,7 @@ from edgeprune.methods.tokenops import (
     best_match,
     constant,
     in_xnnpack_form,
+    largest_except,
     matmul,
     select_top,
     take_rows,
@@ -171,8 +172,7 @@ def _merge_rows(
     # tensors, which would make the indices float
     gone = idx + idx  # the merged tokens' rows in x
     keys = constant(_row_keys, n, like=x)
-    keys = keys.reshape(-1) if flat else keys.expand(b, n)
-    keep = torch.topk(keys.scatter(-1, gone, float("-inf")), n - r, dim=-1)[1]
+    keep = largest_except(keys.reshape(-1) if flat else keys.expand(b, n), gone)
     # the merged tokens' best scores are the TopK's values: no second row max
     into = best_match(take_rows(scores, idx), top.reshape(b, r, 1))  # B×Nb×r
     into = F.pad(into, (0, 0, na - r, 0))  # B×(N-r)×r: nothing into the unmerged A rows
