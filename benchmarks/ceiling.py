@@ -28,7 +28,6 @@ Writes benchmarks/results/<name>.json, .md and .png. Not part of the test run.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import tempfile
@@ -39,7 +38,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 
 from overhead import SliceReference, model_onnx, op_times, ort_runner, pte_runner  # noqa: E402
-from timing import host_meta, interleave, pair_ratio, share_of_ideal  # noqa: E402
+from timing import (  # noqa: E402
+    host_meta,
+    interleave,
+    pair_ratio,
+    share_of_ideal,
+    write_results,
+)
 
 from edgeprune.export.onnx import export_onnx  # noqa: E402
 from edgeprune.flops import plan_flops  # noqa: E402
@@ -265,11 +270,7 @@ def main() -> None:
             results.append(run_arch(arch, specs, args, td))
             print("\n".join(render(results[-1:], meta)), flush=True)
     outdir = Path(args.out)
-    outdir.mkdir(parents=True, exist_ok=True)
-    (outdir / f"{args.name}.json").write_text(
-        json.dumps({"meta": meta, "results": results}, indent=2) + "\n"
-    )
-    (outdir / f"{args.name}.md").write_text("\n".join(render(results, meta)) + "\n")
+    write_results(outdir, args.name, {"meta": meta, "results": results}, render(results, meta))
     plot(results, outdir / f"{args.name}.png", meta)
 
 

@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from timing import host_meta
+from timing import host_meta, write_results
 
 from edgeprune.export.manifest import manifest_path
 
@@ -74,9 +74,6 @@ def main() -> None:
         "cores": os.cpu_count(),
         "runtime": f"executorch {version('executorch')}, torch {version('torch')}",
     }
-    outdir = Path(args.out)
-    outdir.mkdir(parents=True, exist_ok=True)
-    (outdir / f"{args.name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     lines = [
         "# `edgeprune export SPEC --target executorch`: wall time per command",
         "",
@@ -91,8 +88,7 @@ def main() -> None:
             f"| {r['spec']} | {r['wall_s']:.1f} | {e['export']:.1f} | {e['lower']:.1f} | "
             f"{e['serialize']:.1f} | {r['segments']} |"
         )
-    (outdir / f"{args.name}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results(args.out, args.name, {"meta": meta, "rows": rows}, lines)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from timing import write_results
+
 
 def cli(*args: str) -> tuple[int, dict]:
     """Run ``edgeprune ARGS --json``; (exit code, the JSON object it printed)."""
@@ -181,12 +183,7 @@ def main() -> None:
                     + ", ".join("?" if m is None else f"{m:+.1%}" for m in met),
                     flush=True,
                 )
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{args.name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-    md = render(meta, rows)
-    (out / f"{args.name}.md").write_text(md)
-    print(md)
+    write_results(args.out, args.name, {"meta": meta, "rows": rows}, [render(meta, rows)])
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ Writes benchmarks/results/<name>.json and <name>.md (default speedup). Not part 
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import tempfile
@@ -16,7 +15,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from timing import IDEAL_SHARE_TARGET, gain_share, host_meta, share_of_ideal
+from timing import IDEAL_SHARE_TARGET, gain_share, host_meta, share_of_ideal, write_results
 
 from edgeprune.export.onnx import export_onnx
 from edgeprune.runtimes.onnxruntime import make_session, version
@@ -112,9 +111,6 @@ def main() -> None:
         "python": platform.python_version(),
         "method": "interleaved A/B runs in one process; speedup = median of per-pair ratios",
     }
-    (outdir / f"{args.name}.json").write_text(
-        json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n"
-    )
     lines = [
         f"# Speedup: dense vs pruned (ONNX Runtime, batch {args.batch})",
         "",
@@ -134,8 +130,7 @@ def main() -> None:
             f"| {r['pruned_ms']['median']:.2f} / {r['pruned_ms']['p90']:.2f} | {r['speedup_median']:.3f}× "
             f"| {r['gflops_ratio']:.3f}× | {r['share_of_ideal']:.1%}{mark} | {saving} |"
         )
-    (outdir / f"{args.name}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results(outdir, args.name, {"meta": meta, "rows": rows}, lines)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ quiet machine.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from pathlib import Path
@@ -33,7 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from timing import host_meta, pct  # noqa: E402
+from timing import host_meta, pct, write_results  # noqa: E402
 
 from edgeprune.export.executorch import lower  # noqa: E402
 from edgeprune.runtimes.executorch import ExecuTorchRunner, set_threads, version  # noqa: E402
@@ -129,9 +128,6 @@ def main() -> None:
         "(runtimes.timing.interleave_bursts); first run vs median of the others, per turn; "
         "speedups as medians of per-round ratios",
     }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{args.name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     lines = [
         "# The first run after another model (ExecuTorch / XNNPACK, batch 1, fp32)",
         "",
@@ -156,8 +152,7 @@ def main() -> None:
                 f"{t['ops_outside_delegates']} | {t['first_ms']:.3f} | {t['warm_ms']:.3f} | "
                 f"{sc['median']:.0f} ({sc['p10']:.0f}–{sc['p90']:.0f}) | {tail} |"
             )
-    (out / f"{args.name}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results(args.out, args.name, {"meta": meta, "rows": rows}, lines)
 
 
 if __name__ == "__main__":

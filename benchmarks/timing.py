@@ -6,9 +6,11 @@ import datetime as dt
 import platform
 import statistics
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
+from edgeprune.atomic import write_json_atomic, write_text_atomic
 from edgeprune.runtimes.timing import interleave_samples
 
 
@@ -65,3 +67,14 @@ def host_meta() -> dict:
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
     }
+
+
+def write_results(outdir: str | Path, name: str, data: dict, lines: list[str]) -> None:
+    """What every benchmark ends with: ``<outdir>/<name>.json`` (``data``) and
+    ``<name>.md`` (``lines``), each written whole or not at all, and the table printed."""
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(outdir / f"{name}.json", data)
+    md = "\n".join(lines).rstrip("\n") + "\n"
+    write_text_atomic(outdir / f"{name}.md", md)
+    print(md, end="")

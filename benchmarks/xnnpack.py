@@ -18,7 +18,6 @@ a quiet machine (numbers taken beside other load are noise).
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +30,7 @@ from timing import (
     pair_ratio,
     share_of_ideal,
     summary,
+    write_results,
 )
 
 from edgeprune.export.executorch import lower
@@ -172,9 +172,6 @@ def main() -> None:
         "of per-pair ratios"
         + (f"; bursts of {args.burst} runs, the first dropped" if args.burst > 1 else ""),
     }
-    (outdir / f"{args.name}.json").write_text(
-        json.dumps({"meta": meta, "rows": rows, "export_seconds": exports}, indent=2) + "\n"
-    )
     lines = [
         "# Speedup on ExecuTorch / XNNPACK: dense vs pruned (batch 1, fp32)",
         "",
@@ -210,8 +207,8 @@ def main() -> None:
         "",
         "Export to .pte (s): " + ", ".join(f"{k} {v['total']:.1f}" for k, v in exports.items()),
     ]
-    (outdir / f"{args.name}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    data = {"meta": meta, "rows": rows, "export_seconds": exports}
+    write_results(outdir, args.name, data, lines)
 
 
 if __name__ == "__main__":

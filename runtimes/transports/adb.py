@@ -177,10 +177,6 @@ class AdbTransport(RemoteShell):
         )
         return (res.stdout.strip() or None) if res.returncode == 0 else None
 
-    def exists(self, path: str) -> bool:
-        res = self._adb(["shell", f"test -x {shlex.quote(path)}"], self.connect_timeout, "adb")
-        return res.returncode == 0
-
 
 def _last(res: Result) -> str:
     text = " ".join((res.stderr or res.stdout or "").split())
