@@ -1,8 +1,8 @@
 """How close to its GFLOPs ratio a pruned backbone can come on this machine (issue #14).
 
     taskset -c 1 python benchmarks/ceiling.py [--archs deit_tiny,deit_small] [--threads 1]
-        [--specs deit_tiny:spvit,...] [--rounds 60] [--runtime onnxruntime|executorch]
-        [--name ceiling]
+        [--specs deit_tiny:spvit,...] [--rounds 60] [--burst 1]
+        [--runtime onnxruntime|executorch] [--name ceiling]
 
 A GFLOPs ratio prices every multiply-add the same, whatever the token count. At batch 1
 each linear layer also reads its whole weight matrix once per inference, however few
@@ -111,7 +111,7 @@ def run_arch(arch_name: str, specs: list[str], args, td: str) -> dict:
         from edgeprune.runtimes.executorch import set_threads
 
         set_threads(args.threads)
-    ms = interleave(t.runners, runs=args.rounds, warmup=10)
+    ms = interleave(t.runners, runs=args.rounds, warmup=10, burst=args.burst)
     med = {k: float(np.median(v)) for k, v in ms.items()}
     a, b, worst = fit([gmacs[n] for n in grid], [med[f"n{n}"] for n in grid])
     dense = f"n{arch.num_tokens}"
@@ -166,7 +166,12 @@ def render(results: list[dict], meta: dict) -> list[str]:
         f"# What the backbone can reach: latency = a + b · GMACs ({meta['runtime']}, "
         f"{meta['threads']} thread(s), batch 1)",
         "",
-        f"{meta['machine']}, {meta['date']}, {meta['rounds']} interleaved rounds, medians.",
+        f"{meta['machine']}, {meta['date']}, {meta['rounds']} interleaved rounds, medians"
+        + (
+            f"; bursts of {meta['burst']} runs, the first dropped (steady state)."
+            if meta.get("burst", 1) > 1
+            else "; one run of each program per round (each follows another program)."
+        ),
         "",
         "a: the latency that does not shrink with the tokens (weight reads, node launches);",
         "ceiling: (a + b·G_dense) / (a + b·G_plan), the best speedup of the plan's backbone",
@@ -258,6 +263,12 @@ def main() -> None:
     ap.add_argument("--specs", default=None, help="default: the methods of each arch")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=60)
+    ap.add_argument(
+        "--burst",
+        type=int,
+        default=1,
+        help="runs of each program in a row per round, the first dropped (10: steady state)",
+    )
     ap.add_argument("--runtime", choices=("onnxruntime", "executorch"), default="onnxruntime")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
     ap.add_argument("--name", default="ceiling", help="results file name (no suffix)")
@@ -287,6 +298,7 @@ def _meta(args) -> dict:
         "python": platform.python_version(),
         "threads": args.threads,
         "rounds": args.rounds,
+        "burst": args.burst,
     }
 
 

@@ -57,9 +57,7 @@ class Source:
         if self._model is None:
             m = self.method.build(self.arch, self.plan)
             if self.state_dict is None:
-                from edgeprune.models.deit import init_random_
-
-                init_random_(m, self.seed)
+                m.init_random(self.seed)  # the method's own layout (SPViT: tied heads)
             else:
                 load_into(m, self.state_dict, f"checkpoint {self.text}")
             self._model = m.eval()

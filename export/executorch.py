@@ -294,6 +294,11 @@ def lower(
     from edgeprune.export.xnnpack_lowering import fast_lowering, one_pass_table
     from edgeprune.methods.tokenops import xnnpack_form
 
+    # choices a module makes from its weights' values (SPViT: are its heads tied?),
+    # made here: inside torch.export the weights have none
+    for module in model.modules():
+        if hasattr(module, "prepare_trace"):
+            module.prepare_trace()
     # token operations in their XNNPACK form (see methods/tokenops.py)
     with _quiet(), torch.no_grad(), fast_lowering(), xnnpack_form():
         from executorch.backends.xnnpack.partition.xnnpack_partitioner import (

@@ -111,6 +111,34 @@ def test_fast_lowering_gives_the_same_program_byte_for_byte(monkeypatch, method)
     assert "ConvertToUpsampleBilinear2d" in APPLIES
 
 
+def test_spvit_tied_heads_lower_token_major_and_untied_heads_per_head():
+    """A built-in SPViT model has tied heads, as the released checkpoints: the lowering
+    reads that from the weights before torch.export (which has no values) and traces
+    the token-major predictor, fewer XNNPACK ops than the per-head form that untied
+    heads take; both programs give PyTorch's logits in the ExecuTorch runtime."""
+    from edgeprune.export.executorch import lower
+    from edgeprune.runtimes.executorch import ExecuTorchRunner
+
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(4))
+    lowered = {}
+    for tied in (True, False):
+        model = tiny_source("spvit", locs=(1,), keep=(0.5,), arch=TINY2).model()
+        assert model.score_predictor[0].heads_tied()
+        if not tied:
+            with torch.no_grad():
+                model.score_predictor[0].in_conv[1][1].weight.mul_(1.01)
+        low = lowered[tied] = lower(model, torch.zeros(1, 3, 64, 64))
+        r = ExecuTorchRunner(threads=1)
+        r.load(low.buffer)
+        with torch.no_grad():
+            want = model(x)
+        assert np.abs(r.run(x.numpy())[0] - want.numpy()).max() <= 1e-4
+    assert lowered[True].inside < lowered[False].inside, (
+        lowered[True].inside,
+        lowered[False].inside,
+    )
+
+
 # what the XNNPACK form leaves to portable kernels: TopK, the row copies, the
 # dropped-token mask, ToMe's sorted complement and A-ViT's kept halting values
 SELECTION_OPS = {"topk", "index_select", "full_like", "scatter.value", "view_copy", "gather"}

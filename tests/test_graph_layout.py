@@ -82,13 +82,19 @@ def test_multihead_keep_scores_rank_as_published(dim, heads):
     assert torch.equal(key.argsort(dim=1), want_p.argsort(dim=1))
 
 
+@pytest.mark.parametrize("tied", [False, True])
 @pytest.mark.parametrize("dim,heads", [(192, 3), (384, 6)])
-def test_multihead_keep_scores_same_in_the_xnnpack_form(dim, heads):
+def test_multihead_keep_scores_same_in_the_xnnpack_form(dim, heads, tied):
     """The XNNPACK form shares the per-head channel means between the SE head weights
-    and the LayerNorm and takes the token mean as a MatMul: the same key and package
-    weights as the index form (one LayerNormalization op, ReduceMean)."""
+    and the LayerNorm and takes the token mean as a MatMul; with tied heads (the
+    released layout) it runs token-major, one fully-connected layer per Linear: the
+    same key and package weights as the index form (one LayerNormalization op,
+    ReduceMean)."""
     m = MultiheadPredictor(dim, heads)
     init_random_(m, 6)
+    if tied:
+        m.tie_heads_()
+    assert m.heads_tied() is tied
     x = torch.randn(2, 150, dim, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         key, soft = m.keep_scores(x)
@@ -203,3 +209,30 @@ def test_row_gathers_are_gathernd_and_dynamic_batch_runs_any_batch(spec):
     with torch.no_grad():
         ref = src.model()(x).numpy()
     assert np.abs(run(sess, x.numpy()) - ref).max() <= 1e-4
+
+
+def test_tied_heads_are_read_from_the_weights_and_take_the_token_major_form(monkeypatch):
+    m = MultiheadPredictor(192, 3)
+    init_random_(m, 2)
+    assert not m.heads_tied()  # random heads differ
+    m.tie_heads_()
+    assert m.heads_tied()
+    taken = []
+    token_major = MultiheadPredictor._token_major_scores
+    monkeypatch.setattr(
+        MultiheadPredictor,
+        "_token_major_scores",
+        lambda self, x: taken.append(1) or token_major(self, x),
+    )
+    x = torch.randn(1, 40, 192)
+    with torch.no_grad():
+        m.keep_scores(x)  # index form: never token-major
+        assert taken == []
+        with xnnpack_form():
+            m.keep_scores(x)
+        assert taken == [1]
+        m.out_conv[2][4].bias[0] += 0.1  # one head's weight changes: untied again
+        assert not m.heads_tied()
+        with xnnpack_form():
+            m.keep_scores(x)
+        assert taken == [1]

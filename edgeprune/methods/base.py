@@ -281,9 +281,7 @@ class StageAlone(torch.nn.Module):
 
     def __init__(self, model: StaticTopKViT, stage: int, seed: int = 0):
         super().__init__()
-        from edgeprune.models.deit import init_random_
-
-        init_random_(model, seed)
+        model.init_random(seed)  # as a built-in spec's model (SPViT: tied heads)
         self.model, self.stage = model.eval(), stage
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
