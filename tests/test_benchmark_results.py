@@ -1,4 +1,4 @@
-"""benchmarks/timing.write_results: the one writer every benchmark script ends with."""
+"""The benchmarks' own writers: timing.write_results, and report.py's rewrite of REPORT.md."""
 
 from __future__ import annotations
 
@@ -28,3 +28,14 @@ def test_nothing_half_written_when_data_is_not_json(tmp_path):
         write_results(tmp_path, "run", {"bad": object()}, ["x"])
     assert json.loads((tmp_path / "run.json").read_text()) == {"old": True}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run.json"]
+
+
+def test_report_rewrite_keeps_the_sections_it_does_not_measure(tmp_path):
+    from report import kept_sections
+
+    path = tmp_path / "REPORT.md"
+    assert kept_sections(path) == ""  # no report yet
+    path.write_text("# Report\n\n## 1. GFLOPs\n\nold\n\n## 8. ExecuTorch\n\nkept\n\n## 18. last\n")
+    assert kept_sections(path) == "\n## 8. ExecuTorch\n\nkept\n\n## 18. last\n"
+    path.write_text("# Report\n\n## 1. GFLOPs\n")
+    assert kept_sections(path) == ""
