@@ -292,13 +292,9 @@ def lower(
     step = progress or (lambda _msg: None)
     seconds: dict[str, float] = {}
     from edgeprune.export.xnnpack_lowering import fast_lowering, one_pass_table
-    from edgeprune.methods.tokenops import xnnpack_form
+    from edgeprune.methods.tokenops import prepare_trace, xnnpack_form
 
-    # choices a module makes from its weights' values (SPViT: are its heads tied?),
-    # made here: inside torch.export the weights have none
-    for module in model.modules():
-        if hasattr(module, "prepare_trace"):
-            module.prepare_trace()
+    prepare_trace(model)  # choices made from the weights' values, which a trace has not
     # token operations in their XNNPACK form (see methods/tokenops.py)
     with _quiet(), torch.no_grad(), fast_lowering(), xnnpack_form():
         from executorch.backends.xnnpack.partition.xnnpack_partitioner import (

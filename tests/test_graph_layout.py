@@ -231,8 +231,12 @@ def test_tied_heads_are_read_from_the_weights_and_take_the_token_major_form(monk
         with xnnpack_form():
             m.keep_scores(x)
         assert taken == [1]
-        m.out_conv[2][4].bias[0] += 0.1  # one head's weight changes: untied again
+        m.out_conv[2][4].bias[0] += 0.1  # one head's weight changes in place: untied
         assert not m.heads_tied()
         with xnnpack_form():
             m.keep_scores(x)
         assert taken == [1]
+        m.tie_heads_()
+        assert m.heads_tied()
+        m.in_conv[1][1].weight = torch.nn.Parameter(m.in_conv[1][1].weight * 2)  # replaced
+        assert not m.heads_tied()

@@ -94,29 +94,31 @@ class MultiheadPredictor(nn.Module):
             )
             for _ in range(h)
         )
-        self._tied = False  # heads_tied() as last read from the weights
+        self._tied, self._tied_for = False, None  # heads_tied(), and the weights it read
 
     def heads_tied(self) -> bool:
         """Whether every head's in_conv and out_conv hold the same weights. They do in
         every checkpoint of the released class, which lists one module H times. Read from
-        the weights, except inside ``torch.export``, where weights have no values: there
-        the answer of the last read, which ``prepare_trace`` makes just before (the
-        ExecuTorch lowering calls it)."""
+        the weights again whenever one has been replaced or changed in place (loading,
+        training); inside ``torch.export``, where weights have no values, the answer of
+        the last read, which ``prepare_trace`` makes just before (the ExecuTorch lowering
+        calls it, through ``tokenops.prepare_trace``)."""
         if torch.compiler.is_exporting():
             return self._tied
-        head0 = [*self.in_conv[0].parameters(), *self.out_conv[0].parameters()]
-        self._tied = all(
-            torch.equal(a, b)
-            for i in range(1, self.num_heads)
-            for a, b in zip(
-                head0,
-                [*self.in_conv[i].parameters(), *self.out_conv[i].parameters()],
-                strict=True,
+        heads = [
+            [*self.in_conv[i].parameters(), *self.out_conv[i].parameters()]
+            for i in range(self.num_heads)
+        ]
+        state = tuple((id(p), p._version) for ps in heads for p in ps)
+        if state != self._tied_for:
+            self._tied = all(
+                torch.equal(a, b) for ps in heads[1:] for a, b in zip(heads[0], ps, strict=True)
             )
-        )
+            self._tied_for = state
         return self._tied
 
     def prepare_trace(self) -> None:
+        """Read ``heads_tied`` from the weights now, before a trace that cannot."""
         self.heads_tied()
 
     @torch.no_grad()

@@ -48,6 +48,15 @@ def xnnpack_form() -> Iterator[None]:
         _XNNPACK.reset(token)
 
 
+def prepare_trace(model: torch.nn.Module) -> None:
+    """Before any export traces ``model``: every module with a ``prepare_trace`` makes,
+    from its weights' values, the choices a trace cannot (``torch.export`` has no values;
+    SPViT's predictor reads whether its heads are tied)."""
+    for module in model.modules():
+        if hasattr(module, "prepare_trace"):
+            module.prepare_trace()
+
+
 def in_xnnpack_form() -> bool:
     """Whether models are traced in the XNNPACK form now (``xnnpack_form()``)."""
     return _XNNPACK.get()
