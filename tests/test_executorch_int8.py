@@ -65,16 +65,21 @@ def test_cli_int8_dense_manifest(dense_int8):
     assert y.shape == (1, 10) and np.isfinite(y).all()
 
 
-def test_pruned_int8_selector_stays_fp32(tmp_path):
-    """DynamicViT, one stage: the predictor (the ranking) and the selection stay fp32 —
-    its linears keep fp32 weights while the blocks' are int8 — and the program lowers,
-    loads and agrees with PyTorch fp32 in the runtime."""
+@pytest.mark.parametrize("method", ["dynamicvit", "spvit"])
+def test_pruned_int8_selector_stays_fp32(tmp_path, method):
+    """DynamicViT and SPViT (its tied heads token-major), one stage: the predictor (the
+    ranking) and the selection stay fp32 — its linears keep fp32 weights while the
+    blocks' are int8 — and the program lowers, loads and agrees with PyTorch fp32 in the
+    runtime."""
     from edgeprune.export.executorch import export_executorch
     from edgeprune.export.xnnpack_int8 import quantize, random_calibration
+    from edgeprune.methods.tokenops import prepare_trace, xnnpack_form
     from tests.test_executorch import TINY2, tiny_source
 
-    src = tiny_source("dynamicvit", (1,), (0.5,), TINY2)
-    gm = quantize(src.model(), torch.zeros(1, 3, 64, 64), random_calibration(1, 64, 2))
+    src = tiny_source(method, (1,), (0.5,), TINY2)
+    prepare_trace(src.model())  # as the lowering quantizes: in the XNNPACK form
+    with xnnpack_form():
+        gm = quantize(src.model(), torch.zeros(1, 3, 64, 64), random_calibration(1, 64, 2))
     dq = {"dequantize_per_channel", "dequantize_per_tensor"}
     weights = {}
     for n in gm.graph.nodes:
