@@ -185,8 +185,7 @@ class MultiheadPredictor(nn.Module):
         xr = x.reshape(b, n * h, d)
         mu = xr.mean(dim=-1, keepdim=True)  # per-(token, head) channel means, once
         w = self.senet(mu.reshape(b, n, h))  # B×N×H: SE head weights
-        xc = xr - mu  # LayerNorm, its affine folded into in_conv's Linear
-        t = xc * torch.rsqrt((xc * xc).mean(dim=-1, keepdim=True) + self.in_conv[0][0].eps)
+        t = _layer_norm_steps(xr, mu, self.in_conv[0][0].eps)  # affine folded below
         w_in, b_in = _folded_in(self.in_conv[0])
         t = F.gelu(F.linear(t, w_in.t(), b_in))  # B×N·H×d
         # the global half: per-head means over the tokens, one MatMul of a 1/N row
@@ -197,8 +196,7 @@ class MultiheadPredictor(nn.Module):
         u = F.gelu(u + g.reshape(b, 1, h, half)).reshape(b, n * h, half)
         u = F.gelu(fc2(u))
         # out_conv.4 folded to the keep − drop logit column
-        z = F.linear(u, fc4.weight[:1] - fc4.weight[1:], fc4.bias[:1] - fc4.bias[1:])
-        z = z.reshape(b, n, h)
+        z = F.linear(u, *_keep_minus_drop(fc4)).reshape(b, n, h)
         ones = constant(_ones_column, h, like=x)
         wsum = matmul(w, ones)  # B×N×1
         key = matmul(w * z, ones) / wsum
@@ -240,8 +238,7 @@ class MultiheadPredictor(nn.Module):
         if mu is None:
             t = torch.nn.functional.layer_norm(xt, (d,), eps=ln.eps)
         else:  # the steps the ExecuTorch lowering takes LayerNorm apart into
-            xc = xt - mu
-            t = xc * torch.rsqrt((xc * xc).mean(dim=-1, keepdim=True) + ln.eps)
+            t = _layer_norm_steps(xt, mu, ln.eps)
         t = torch.nn.functional.gelu(t @ self._in_weight() + self._in_bias())
         if policy is None and in_xnnpack_form():
             # the token mean as one bmm of a constant 1/N row (XNNPACK takes a mean over
@@ -278,8 +275,22 @@ class MultiheadPredictor(nn.Module):
     def _logit_difference(self) -> tuple[torch.Tensor, torch.Tensor]:
         """out_conv.{h}.4 folded to one column, keep − drop: weights H×d/4×1, biases
         H×1×1."""
-        _, _, _, _, w4, b4 = self._out_params()
-        return w4[..., :1] - w4[..., 1:], b4[..., :1] - b4[..., 1:]
+        folded = [_keep_minus_drop(seq[4]) for seq in self.out_conv]
+        return torch.stack([w.t() for w, _ in folded]), torch.stack(
+            [b.view(1, 1) for _, b in folded]
+        )
+
+
+def _layer_norm_steps(x: torch.Tensor, mu: torch.Tensor, eps: float) -> torch.Tensor:
+    """LayerNorm over the last dim without affine, from the means ``mu`` already taken:
+    the steps the ExecuTorch lowering takes a LayerNorm apart into."""
+    xc = x - mu
+    return xc * torch.rsqrt((xc * xc).mean(dim=-1, keepdim=True) + eps)
+
+
+def _keep_minus_drop(fc: nn.Linear) -> tuple[torch.Tensor, torch.Tensor]:
+    """out_conv.{h}.4 (d/4 -> 2) folded to its keep − drop logit: weight 1×d/4, bias 1."""
+    return fc.weight[:1] - fc.weight[1:], fc.bias[:1] - fc.bias[1:]
 
 
 def _folded_in(seq: nn.Sequential) -> tuple[torch.Tensor, torch.Tensor]:
