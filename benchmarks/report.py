@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import platform
 import sys
 import tempfile
@@ -32,7 +31,7 @@ from timing import (  # noqa: E402
     summary,
 )
 
-from edgeprune.atomic import write_text_atomic  # noqa: E402
+from edgeprune.atomic import write_json_atomic, write_text_atomic  # noqa: E402
 from edgeprune.errors import EdgepruneError  # noqa: E402
 from edgeprune.export.onnx import export_onnx  # noqa: E402
 from edgeprune.methods import METHODS  # noqa: E402
@@ -370,7 +369,7 @@ def main() -> None:
         data["export_cost"] = [
             {"spec": s, "batch": b, "seconds": t} for (s, b), t in timer.export_seconds.items()
         ]
-    (out / "report.json").write_text(json.dumps(data, indent=2) + "\n")
+    write_json_atomic(out / "report.json", data)
     plot_speedups(out, data["speedup"])
     write_report(out, data)
     print(f"wrote {out / 'REPORT.md'}")
