@@ -44,10 +44,10 @@ DEFAULT_SPECS = [
 ]
 
 
-def lowered(spec: str, friendly: bool = True):
+def lowered(spec: str, friendly: bool = True, kernels: bool = False):
     src = resolve(spec)
     img = src.arch.img_size
-    return lower(src.model(), torch.zeros(1, 3, img, img), friendly)
+    return lower(src.model(), torch.zeros(1, 3, img, img), friendly, kernels=kernels)
 
 
 def pte_pair(dense_low, pruned_low, threads: int, pairs: int, warmup: int, burst: int = 1) -> dict:
@@ -108,6 +108,12 @@ def main() -> None:
         "run of each burst dropped)",
     )
     ap.add_argument("--compare-raw", action="store_true")
+    ap.add_argument(
+        "--custom-kernels",
+        action="store_true",
+        help="lower as `export --target executorch --custom-kernels` does (ToMe's merge as "
+        "one edgeprune kernel)",
+    )
     ap.add_argument("--onnxruntime", action="store_true")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
     ap.add_argument("--name", default="xnnpack", help="results file name (no suffix)")
@@ -127,7 +133,7 @@ def main() -> None:
                 dense_cache[dense_spec]["raw"] = lowered(dense_spec, False)
             exports[dense_spec] = dense_cache[dense_spec]["good"].seconds
         dense = dense_cache[dense_spec]
-        good = lowered(spec)
+        good = lowered(spec, kernels=args.custom_kernels)
         exports[spec] = good.seconds
         raw = lowered(spec, False) if args.compare_raw else None
         ratio = resolve(dense_spec).flops().total / src.flops().total
@@ -144,6 +150,7 @@ def main() -> None:
                 "gain_share": gain_share(s, ratio),
                 "segments": {"dense": dense["good"].segments, "pruned": good.segments},
                 "outside": good.outside,
+                "ops_in_delegates": good.inside,
             }
             if raw is not None:
                 rr = pte_pair(dense["raw"], raw, th, args.pairs, args.warmup, args.burst)
@@ -168,6 +175,7 @@ def main() -> None:
         "runtime": f"executorch {version()} (XnnpackBackend, fp32), torch {torch.__version__}",
         "pairs": args.pairs,
         "burst": args.burst,
+        "custom_kernels": args.custom_kernels,
         "method": "interleaved dense/pruned pairs in one process, batch 1; speedup = median "
         "of per-pair ratios"
         + (f"; bursts of {args.burst} runs, the first dropped" if args.burst > 1 else ""),
@@ -176,7 +184,8 @@ def main() -> None:
         "# Speedup on ExecuTorch / XNNPACK: dense vs pruned (batch 1, fp32)",
         "",
         f"{meta['runtime']}, {meta['machine']}, {meta['date']}, {args.pairs} interleaved pairs"
-        + (f" (bursts of {args.burst}, the first dropped)." if args.burst > 1 else "."),
+        + (f" (bursts of {args.burst}, the first dropped)" if args.burst > 1 else "")
+        + ("; exported with --custom-kernels." if args.custom_kernels else "."),
         "",
         f"Share of ideal = speedup / GFLOPs ratio (target ≥ {IDEAL_SHARE_TARGET:.0%}).",
         "",

@@ -83,6 +83,7 @@ def export(
     precision: o.PrecisionOpt = None,
     int8: o.Int8Opt = False,
     images: o.ImagesOpt = None,
+    custom_kernels: o.KernelsOpt = False,
     dynamic_batch: o.DynBatchOpt = None,
     workspace_mib: o.WorkspaceOpt = None,
     timing_cache: o.CacheOpt = None,

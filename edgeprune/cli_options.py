@@ -83,6 +83,12 @@ PrecisionOpt = opt(
     str | None, "--precision", help="trt: fp32 (default) | fp16; coreml: fp16 (default) | fp32."
 )
 Int8Opt = opt(bool, "--int8", help="ort: dynamic int8; executorch: PT2E int8 (XNNPACK).")
+KernelsOpt = opt(
+    bool,
+    "--custom-kernels",
+    help="executorch: ToMe's merge as one edgeprune kernel (built here with g++; a phone's "
+    "executor_runner must include runtimes/kernels).",
+)
 DynBatchOpt = opt(str | None, "--dynamic-batch", help="trt: MIN,OPT,MAX optimization profile.")
 WorkspaceOpt = opt(int | None, "--workspace", help="trt: builder workspace in MiB (1024).")
 CacheOpt = opt(Path | None, "--timing-cache", help="trt: timing cache file (reused).")

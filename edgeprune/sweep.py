@@ -277,7 +277,26 @@ def measure(
     runner=None,
     resume: Path | None = None,
 ) -> LatencyTable:
-    """Run the sweep here (or through ``runner``'s transport) and return the table."""
+    """Run the sweep here (or through ``runner``'s transport) and return the table. A
+    descriptor with ``custom_kernels = true`` (ExecuTorch) lowers every piece as
+    ``export --custom-kernels`` does, and the table records it for what reads it."""
+    from edgeprune.methods.tokenops import edgeprune_kernels
+    from edgeprune.runtimes.base import device_options
+
+    kernels = bool(device_options(req.device).get("custom_kernels"))
+    with edgeprune_kernels(kernels):
+        table = _measure(req, progress, runner, resume)
+    if kernels:
+        table.device["custom_kernels"] = True
+    return table
+
+
+def _measure(
+    req: ProfileRequest,
+    progress: Callable[[str, int, int], None] | None,
+    runner,
+    resume: Path | None,
+) -> LatencyTable:
     if req.batch < 1:
         raise EdgepruneError(f"--batch {req.batch} is not a positive batch size")
     factory = (

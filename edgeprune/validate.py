@@ -147,8 +147,10 @@ class LocalModels:
         threads: int,
         batch: int,
         progress: Callable[[str], None] | None = None,
+        kernels: bool = False,
     ):
         self.runtime, self.threads, self.batch = runtime, threads, batch
+        self.kernels = kernels  # lowered with edgeprune's own kernels, as the profile was
         self.step = progress or (lambda _m: None)
         self.arch = None
         self.runners: list = []
@@ -171,7 +173,10 @@ class LocalModels:
         self.step(f"exporting {label}")
         path = Path(self._tmp.name) / f"m{len(self.runners)}{get_target(target).suffix}"
         req = ExportRequest(target, path, batch=self.batch, parity_inputs=1, force=True)
-        res = export_source(source, req)
+        from edgeprune.methods.tokenops import edgeprune_kernels
+
+        with edgeprune_kernels(self.kernels):
+            res = export_source(source, req)
         if res.error is not None:
             raise res.error
         r = get_runner(self.runtime, threads=self.threads)
@@ -200,10 +205,11 @@ def time_sources(
     burst: int = 3,
     progress: Callable[[str], None] | None = None,
     labels: Sequence[str] | None = None,
+    kernels: bool = False,
 ) -> list[Timing]:
     """Export and load every source (``LocalModels``) and time them all interleaved in
     one process: one Timing per source."""
-    with LocalModels(runtime, threads, batch, progress) as here:
+    with LocalModels(runtime, threads, batch, progress, kernels) as here:
         runners = [
             here.load(src, labels[i] if labels else f"{i + 1}/{len(sources)}")
             for i, src in enumerate(sources)
@@ -253,7 +259,10 @@ def validate_profile(
     for (spec, keep), a in zip(anchor_specs(tb.arch, tb.method), anchors, strict=False):
         sources.append(resolve(spec, keep=keep))
         labels.append(f"anchor {a.label}")
-    timings = time_sources(sources, runtime, threads, tb.batch, rounds, burst, progress, labels)
+    kernels = bool(tb.device.get("custom_kernels"))
+    timings = time_sources(
+        sources, runtime, threads, tb.batch, rounds, burst, progress, labels, kernels
+    )
     results = tuple(
         ConfigResult(r, p, t.median_ms, t.p90_ms)
         for r, p, t in zip(used, preds, timings[: len(used)], strict=True)

@@ -210,7 +210,8 @@ def verify_budget(
     threads = threads or int(tb.device.get("threads") or 1)
     arch = model.arch.name
     step = progress or (lambda _m: None)
-    with LocalModels(runtime, threads, tb.batch, progress) as here:
+    kernels = bool(tb.device.get("custom_kernels"))
+    with LocalModels(runtime, threads, tb.batch, progress, kernels) as here:
         dense = here.load(resolve(arch), "the dense model")
         anchor, result = None, table_result
         if reanchor:

@@ -233,12 +233,21 @@ class Lowered:
     quantized: torch.nn.Module | None = None  # the int8 graph in PyTorch (int8 only)
     inside: int = 0  # ops in the XNNPACK segments, reshapes not counted
 
+    def kernels(self) -> list[str]:
+        """edgeprune's own kernels the program calls, by their runtime operator names."""
+        return sorted(
+            f"edgeprune::{name.split('.', 1)[1]}.out"
+            for name in self.outside
+            if name.startswith("edgeprune.")
+        )
+
     def xnnpack_report(self) -> dict:
         return {
             "delegate_segments": self.segments,
             "ops_in_delegates": self.inside,
             "ops_outside_delegates": self.outside,
             "xnnpack_rewrites": self.friendly,
+            "edgeprune_kernels": self.kernels(),
         }
 
 
@@ -280,8 +289,13 @@ def lower(
     friendly: bool = True,
     progress=None,
     calibration=None,
+    kernels: bool | None = None,
 ) -> Lowered:
     """``model`` → an XNNPACK-delegated ExecuTorch program (in memory).
+
+    ``kernels``: selector steps as edgeprune's own ExecuTorch kernels (``True``), as
+    graphs of ATen ops (``False``), or as the caller's ``edgeprune_kernels()`` context
+    says (``None``).
 
     ``friendly=False`` lowers the graph as ``torch.export`` gives it (for comparison).
     ``calibration`` (``xnnpack_int8.Calibration``): quantize to int8 first (PT2E, on
@@ -292,11 +306,12 @@ def lower(
     step = progress or (lambda _msg: None)
     seconds: dict[str, float] = {}
     from edgeprune.export.xnnpack_lowering import fast_lowering, one_pass_table
-    from edgeprune.methods.tokenops import prepare_trace, xnnpack_form
+    from edgeprune.methods.tokenops import edgeprune_kernels, prepare_trace, xnnpack_form
 
     prepare_trace(model)  # choices made from the weights' values, which a trace has not
+    own = contextlib.nullcontext() if kernels is None else edgeprune_kernels(kernels)
     # token operations in their XNNPACK form (see methods/tokenops.py)
-    with _quiet(), torch.no_grad(), fast_lowering(), xnnpack_form():
+    with _quiet(), torch.no_grad(), fast_lowering(), xnnpack_form(), own:
         from executorch.backends.xnnpack.partition.xnnpack_partitioner import (
             XnnpackPartitioner,
         )
@@ -357,12 +372,16 @@ def export_executorch(
     friendly: bool = True,
     int8: bool = False,
     images: Path | None = None,
+    custom_kernels: bool = False,
 ) -> dict:
     """Export ``source`` to ``out`` (``.pte``) and its manifest; returns the manifest.
 
     ``int8``: PT2E-quantized with XNNPACK's quantizer, calibrated on ``images`` (a
-    folder) or seeded random images. Nothing is written unless the program matches
-    PyTorch fp32 in the ExecuTorch runtime (within the precision's tolerance)."""
+    folder) or seeded random images. ``custom_kernels``: selector steps that take many
+    small ops (ToMe's merge) as edgeprune's own kernels (``runtimes/kernels``), built
+    here for the parity check; a phone's executor_runner must be built with them.
+    Nothing is written unless the program matches PyTorch fp32 in the ExecuTorch
+    runtime (within the precision's tolerance)."""
     from edgeprune.export.manifest import base_manifest, prepare_outputs, write_file_artifact
     from edgeprune.export.onnx import io_spec
 
@@ -380,7 +399,16 @@ def export_executorch(
     require_executorch()
     mpath = prepare_outputs(out, ExecuTorchTarget.accepted_suffixes(), force)
     step = progress or (lambda _msg: None)
-    low = lower(source.model(), torch.zeros(batch, 3, img, img), friendly, step, calibration)
+    if custom_kernels:  # no compiler or no headers: one line before the export's work
+        from edgeprune.runtimes.executorch_kernels import build
+
+        step("edgeprune's ExecuTorch kernels (built once per machine)")
+        build()
+    example = torch.zeros(batch, 3, img, img)
+    # not asked for: as the caller's context says (profile and validate-profile set it
+    # from the device descriptor, so they lower as the profile did)
+    kernels = True if custom_kernels else None
+    low = lower(source.model(), example, friendly, step, calibration, kernels=kernels)
     step(f"parity check ({n_parity_inputs} inputs, ExecuTorch runtime)")
     checks = _parity(source, low, batch, n_parity_inputs)
     manifest = base_manifest(source, "executorch", out, batch, "executorch")
@@ -394,6 +422,14 @@ def export_executorch(
             **checks,
         }
     )
+    if low.kernels():
+        from edgeprune.runtimes.executorch_kernels import SOURCES, sources
+
+        manifest["custom_kernels"] = {
+            "ops": low.kernels(),
+            "sources": [f"{SOURCES.parent.name}/{SOURCES.name}/{s.name}" for s in sources()],
+            "runtime": "executor_runner must be built with these sources (README)",
+        }
     if calibration is not None:
         from edgeprune.export.xnnpack_int8 import QUANTIZER
 
@@ -447,6 +483,7 @@ class ExecuTorchTarget(Target):
     options = (
         TargetOption("int8", "--int8", default=False, parse=bool),
         TargetOption("images", "--images", default=None, parse=Path),
+        TargetOption("custom_kernels", "--custom-kernels", default=False, parse=bool),
     )
     checkable = False  # lowered from torch, not from the ONNX graph that `check` reads
 
@@ -456,9 +493,14 @@ class ExecuTorchTarget(Target):
         return super().precision_hint(precision)
 
     def export(self, source: Source, req: ExportRequest, out: Path, progress=None) -> ExportResult:
-        int8, images = req.option("int8"), req.option("images")
         man = export_executorch(
-            source, out, req.batch, **req.common(progress), int8=int8, images=images
+            source,
+            out,
+            req.batch,
+            **req.common(progress),
+            int8=req.option("int8"),
+            images=req.option("images"),
+            custom_kernels=req.option("custom_kernels"),
         )
         return self.result(out, man)
 

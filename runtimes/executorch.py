@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import threading
 from importlib import metadata
 from pathlib import Path
 
@@ -58,10 +59,17 @@ def version() -> str:
 
 def _runtime():
     logging.getLogger("torchao").setLevel(logging.ERROR)
-    with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+    # one thread at a time: redirecting sys.stdout is process-wide, and two threads that
+    # interleave their redirects (`devices` checks descriptors in threads) can leave it
+    # pointing at the other one's buffer
+    quiet = contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO())
+    with _IMPORT_LOCK, quiet[0], quiet[1]:
         from executorch.runtime import Runtime
 
         return Runtime.get()
+
+
+_IMPORT_LOCK = threading.Lock()
 
 
 def set_threads(n: int | None) -> None:
@@ -116,6 +124,10 @@ class ExecuTorchRunner(RunnerBase):
 
     def load(self, artifact: str | Path | bytes) -> None:
         artifact = read_program(artifact)
+        from edgeprune.runtimes import executorch_kernels
+
+        if executorch_kernels.needs_kernels(artifact):  # exported with --custom-kernels
+            executorch_kernels.load()
         set_threads(self.threads)
         try:
             with contextlib.redirect_stderr(io.StringIO()):
@@ -173,6 +185,11 @@ BUILD_HINT = (
     "path in the device descriptor's executor_runner (README: Android)"
 )
 
+KERNELS_HINT = (
+    "the program calls edgeprune's own kernels (exported with --custom-kernels): "
+    "executor_runner must be built with runtimes/kernels/*.cpp (README: Android)"
+)
+
 
 class ExecutorRunnerRunner(DeviceBinaryRunner):
     """Time/run a .pte with ExecuTorch's ``executor_runner`` on the far side of a
@@ -219,9 +236,12 @@ class ExecutorRunnerRunner(DeviceBinaryRunner):
             res = t.run(argv, cwd=rdir)
             if res.returncode != 0:
                 text = (res.stderr or res.stdout).strip().splitlines()
+                from edgeprune.runtimes.executorch_kernels import needs_kernels
+
                 raise EdgepruneError(
                     f"executor_runner failed on {t.where}: "
-                    f"{text[-1][:200] if text else f'exit {res.returncode}'}"
+                    f"{text[-1][:200] if text else f'exit {res.returncode}'}",
+                    KERNELS_HINT if needs_kernels(self._pte) else None,
                 )
             pulled = {}
             for name in pull:
@@ -283,7 +303,8 @@ RUNTIME = Runtime(
     "executorch",
     make,
     available,
-    device_options=("executor_runner",),
+    # custom_kernels: pieces and models lowered with edgeprune's own kernels (profile)
+    device_options=("executor_runner", "custom_kernels"),
     shells_out=True,
     target="executorch",
 )

@@ -206,6 +206,11 @@ CASES: dict[str, tuple[list[str], str, int]] = {
         "not a folder",
         2,
     ),
+    "custom kernels for another target": (
+        ["export", "deit_tiny:tome", "-t", "onnx", "--custom-kernels", "-o", f"{P}/m.onnx"],
+        "--custom-kernels does not apply",
+        2,
+    ),
     # devices and profiles
     "unknown device": (
         ["profile", "--device", "toaster", "--arch", "deit_tiny", "--out", f"{P}/p.json"],

@@ -62,6 +62,57 @@ def in_xnnpack_form() -> bool:
     return _XNNPACK.get()
 
 
+_KERNELS: contextvars.ContextVar[bool] = contextvars.ContextVar("edgeprune_kernels", default=False)
+
+
+@contextlib.contextmanager
+def edgeprune_kernels(enabled: bool = True) -> Iterator[None]:
+    """Inside, the XNNPACK form may call edgeprune's own ExecuTorch kernels (an op in the
+    ``edgeprune`` namespace, ``runtimes/kernels``) for a selector step that would
+    otherwise take many small ops (``export --target executorch --custom-kernels``)."""
+    token = _KERNELS.set(enabled)
+    try:
+        yield
+    finally:
+        _KERNELS.reset(token)
+
+
+def kernels_enabled() -> bool:
+    """Whether the XNNPACK form traced now calls edgeprune's own kernels."""
+    return _XNNPACK.get() and _KERNELS.get()
+
+
+def define_op(schema: str, out_schema: str, impl, meta) -> None:
+    """An op in PyTorch's ``edgeprune`` namespace with its ``.out`` variant (which the
+    ExecuTorch program calls; ``runtimes/kernels`` implements it): ``impl`` computes it
+    in PyTorch (the reference, and what runs eagerly), ``meta`` gives the output shapes
+    (for ``torch.export``). Defined once per process."""
+    name = schema.split("(", 1)[0]
+    if name in _OPS_DEFINED:
+        return
+    lib = torch.library.Library("edgeprune", "FRAGMENT")
+    lib.define(schema)
+    lib.define(out_schema)
+
+    def out_impl(*args, **outs):
+        results = impl(*args)
+        for dst, src in zip(outs.values(), results, strict=True):
+            dst.copy_(src)
+        return tuple(outs.values())
+
+    def out_meta(*args, **outs):
+        return tuple(outs.values())
+
+    lib.impl(name, impl, "CompositeExplicitAutograd")
+    lib.impl(name, meta, "Meta")
+    lib.impl(f"{name}.out", out_impl, "CompositeExplicitAutograd")
+    lib.impl(f"{name}.out", out_meta, "Meta")
+    _OPS_DEFINED[name] = lib  # the library object keeps the registrations alive
+
+
+_OPS_DEFINED: dict[str, torch.library.Library] = {}
+
+
 def step(d: torch.Tensor) -> torch.Tensor:
     """1.0 where d > 0, else 0.0, exactly (any positive float clamps into (0, 1] and
     ceils to 1). Clip and Ceil, not a comparison and a cast: XNNPACK runs these, so

@@ -45,7 +45,9 @@ from edgeprune.methods.tokenops import (
     alternate,
     best_match,
     constant,
+    define_op,
     in_xnnpack_form,
+    kernels_enabled,
     largest_except,
     matmul,
     select_top,
@@ -130,9 +132,28 @@ def bipartite_merge(
     # (on the scores, not on their row maxima: there it joins the MatMul's XNNPACK
     # segment instead of making one of its own)
     scores = matmul(a, b.transpose(-1, -2)) + constant(_protect, na, like=x)  # B×Na×Nb
+    if kernels_enabled():  # the rest as one edgeprune kernel (executorch --custom-kernels)
+        if size is None:  # every token counts 1
+            size = constant(_unit_sizes, x.shape[0], x.shape[1], like=x)
+        return torch.ops.edgeprune.tome_merge(x, size, scores, r)
     best = scores.amax(dim=-1)  # B×Na: each A token's best match
     if in_xnnpack_form():
         return _merge_rows(x, size, scores, best, r)
+    return merge_scored(x, size, scores, r, best)
+
+
+def merge_scored(
+    x: torch.Tensor,
+    size: torch.Tensor | None,
+    scores: torch.Tensor,
+    r: int,
+    best: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The merge from the scores on (index form): x B×N×C, size B×N×1 (None: all 1),
+    scores B×Na×Nb with CLS protected, ``best`` their row maxima when known. Also what
+    ``edgeprune::tome_merge`` computes in PyTorch (its kernel: runtimes/kernels)."""
+    if best is None:
+        best = scores.amax(dim=-1)
     merged = select_top(best, r)  # the r A tokens with the best match
     # size-weighted sums as the released merge_wavg: [x·size | size] merged as one
     # tensor (one selection per token set, one MatMul), then divided by the merged size
@@ -187,6 +208,24 @@ def _merge_rows(
     # tokens less; an unmerged row is kept as it is (its weight is size / size = 1)
     into = into * size_gone.reshape(b, 1, r) / size  # r×1 -> 1×r is a view
     return take_rows(x, keep) * (size_keep / size) + matmul(into, take_rows(x, gone)), size
+
+
+def _tome_merge_meta(x, size, scores, r):
+    b, n, c = x.shape
+    return x.new_empty(b, n - r, c), x.new_empty(b, n - r, 1)
+
+
+# ToMe's merge from the scores as one op: XNNPACK has no ArgMax, TopK or row gather, and
+# the graph form takes ~28 small ops a block, each with its own per-run cost; the
+# ExecuTorch kernel (runtimes/kernels/tome_merge.cpp) does them in one call. Ties among
+# the best scores go in token order there; torch.topk leaves their order unspecified.
+define_op(
+    "tome_merge(Tensor x, Tensor size, Tensor scores, int r) -> (Tensor, Tensor)",
+    "tome_merge.out(Tensor x, Tensor size, Tensor scores, int r, *, Tensor(a!) out_x, "
+    "Tensor(b!) out_size) -> (Tensor(a!), Tensor(b!))",
+    lambda x, size, scores, r: merge_scored(x, size, scores, r),
+    _tome_merge_meta,
+)
 
 
 def _row_keys(n: int) -> torch.Tensor:

@@ -1,0 +1,160 @@
+"""edgeprune's own ExecuTorch kernels (``runtimes/kernels/*.cpp``): built on this machine
+against the executorch wheel's headers and runtime, loaded into this process's ExecuTorch
+runtime when a program needs them.
+
+A selector step that takes many small ops in the delegate (ToMe's merge: ~28 ops a
+block, each with a per-run cost) runs as one kernel instead when the program is
+exported with ``--custom-kernels``. The ExecuTorch runtime finds a kernel by its
+operator name (``edgeprune::tome_merge.out``): the shared library registers them when
+it is loaded. On a phone, ``executor_runner`` must be built with the same sources
+(README: "ExecuTorch on a phone").
+
+The library is compiled once per source, executorch version and compiler, into
+``$EDGEPRUNE_CACHE`` (default ``~/.cache/edgeprune``) under a temporary name and renamed
+into place; ``$CXX`` names the compiler (default ``g++``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from edgeprune.errors import EdgepruneError, MissingRuntimeError
+
+SOURCES = Path(__file__).parent / "kernels"
+# the operator names the kernels register (as the program's operator table spells them)
+OPS = ("edgeprune::tome_merge.out",)
+MARK = b"edgeprune::"  # in a program's operator table when it needs one of them
+_LOADED: dict[str, ctypes.CDLL] = {}
+
+
+def sources() -> list[Path]:
+    return sorted(SOURCES.glob("*.cpp"))
+
+
+def needs_kernels(program: bytes) -> bool:
+    """Whether an ExecuTorch program calls one of edgeprune's kernels."""
+    return MARK in program
+
+
+def compiler() -> str:
+    """The C++ compiler to build with, refused in one line when there is none."""
+    name = os.environ.get("CXX") or "g++"
+    path = shutil.which(name)
+    if path is None:
+        raise MissingRuntimeError(
+            f"the program uses edgeprune's ExecuTorch kernels ({', '.join(OPS)}), and "
+            f"building them here needs a C++ compiler: '{name}' was not found",
+            "install g++ (Debian: apt-get install g++) or set CXX; "
+            "or export without --custom-kernels",
+        )
+    return path
+
+
+def _wheel() -> tuple[Path, Path]:
+    """The executorch wheel's header folder and the runtime library the kernels link to."""
+    import executorch
+
+    root = Path(next(iter(executorch.__path__)))  # a namespace package: no __file__
+    pyb = root / "extension" / "pybindings"
+    libs = sorted(pyb.glob("_portable_lib*.so"))
+    include = root / "include"
+    if not libs or not (include / "executorch").is_dir():
+        raise MissingRuntimeError(
+            "the executorch package has no headers or runtime library to build "
+            "edgeprune's kernels against",
+            'reinstall it: pip install "edgeprune[executorch]"',
+        )
+    return include, libs[0]
+
+
+def _command(cxx: str, include: Path, lib: Path, out: Path) -> list[str]:
+    c10 = include / "executorch" / "runtime" / "core" / "portable_type" / "c10"
+    return [
+        cxx,
+        "-O3",
+        "-std=c++17",
+        "-fPIC",
+        "-shared",
+        "-DC10_USING_CUSTOM_GENERATED_MACROS",  # the wheel's c10 headers, no cmake macros
+        f"-I{include}",
+        f"-I{c10}",
+        *(str(s) for s in sources()),
+        "-o",
+        str(out),
+        f"-L{lib.parent}",
+        f"-l:{lib.name}",
+        f"-Wl,-rpath,{lib.parent}",
+    ]
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("EDGEPRUNE_CACHE")
+    if base:
+        return Path(base)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "edgeprune"
+
+
+def build() -> Path:
+    """The kernels' shared library, compiled here if this machine has none for these
+    sources, this executorch and this compiler."""
+    from importlib import metadata
+
+    cxx = compiler()
+    include, lib = _wheel()
+    key = hashlib.sha256()
+    for s in sources():
+        key.update(s.name.encode() + s.read_bytes())
+    key.update(f"{metadata.version('executorch')}|{cxx}|{lib}".encode())
+    out = cache_dir() / "executorch-kernels" / key.hexdigest()[:16] / "libedgeprune_kernels.so"
+    if out.is_file():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".so", dir=out.parent)
+    os.close(fd)
+    try:
+        res = subprocess.run(_command(cxx, include, lib, Path(tmp)), capture_output=True, text=True)
+        if res.returncode != 0:
+            first = next((ln for ln in res.stderr.splitlines() if "error" in ln), "")
+            raise EdgepruneError(
+                f"building edgeprune's ExecuTorch kernels failed: {first.strip()[:200]}",
+                f"the compiler was {cxx}; the sources are in {SOURCES}",
+                exit_code=1,
+            )
+        os.replace(tmp, out)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+    return out
+
+
+def load() -> Path:
+    """Build if needed and load the kernels into this process's ExecuTorch runtime: once
+    per process (the runtime refuses a second registration of an operator name)."""
+    if _LOADED:
+        return Path(next(iter(_LOADED)))
+    path = build()
+    if str(path) not in _LOADED:
+        # the runtime's kernel registry lives in the pybindings library: load it first
+        from executorch.extension.pybindings import portable_lib  # noqa: F401
+
+        flags = getattr(os, "RTLD_GLOBAL", 0) | getattr(os, "RTLD_NOW", 0)
+        _LOADED[str(path)] = ctypes.CDLL(str(path), mode=flags)
+    return path
+
+
+def loaded() -> bool:
+    return bool(_LOADED)
+
+
+if __name__ == "__main__":  # python -m edgeprune.runtimes.executorch_kernels: build, print
+    print(load())
+    sys.exit(0)
