@@ -31,8 +31,8 @@ DEFAULT_SPECS = ",".join(
 )
 
 
-def export_once(spec: str, out: Path) -> dict:
-    cmd = [sys.executable, "-m", "edgeprune", "export", spec, "--target", "executorch"]
+def export_once(spec: str, out: Path, extra: tuple[str, ...] = ()) -> dict:
+    cmd = [sys.executable, "-m", "edgeprune", "export", spec, "--target", "executorch", *extra]
     t0 = time.perf_counter()
     proc = subprocess.run(
         [*cmd, "--out", str(out), "--force"], capture_output=True, text=True, check=False
@@ -54,6 +54,7 @@ def main() -> None:
     )
     ap.add_argument("--specs", default=DEFAULT_SPECS)
     ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--custom-kernels", action="store_true", help="export with --custom-kernels")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
     ap.add_argument("--name", default="export_time", help="stem of the .json/.md written")
     args = ap.parse_args()
@@ -61,7 +62,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as td:
         for spec in args.specs.split(","):
             for i in range(args.repeat):
-                r = export_once(spec, Path(td) / "m.pte")
+                extra = ("--custom-kernels",) if args.custom_kernels else ()
+                r = export_once(spec, Path(td) / "m.pte", extra)
                 rows.append({"spec": spec, "run": i, **r})
                 print(
                     f"{spec:26s} wall {r['wall_s']:6.1f} s  lowering {r['export_seconds']}",
@@ -73,11 +75,13 @@ def main() -> None:
         **host_meta(),
         "cores": os.cpu_count(),
         "runtime": f"executorch {version('executorch')}, torch {version('torch')}",
+        "custom_kernels": args.custom_kernels,
     }
     lines = [
         "# `edgeprune export SPEC --target executorch`: wall time per command",
         "",
-        f"{meta['runtime']}, {meta['machine']}, {meta['cores']} cores, {meta['date']}.",
+        f"{meta['runtime']}, {meta['machine']}, {meta['cores']} cores, {meta['date']}"
+        + (", --custom-kernels." if args.custom_kernels else "."),
         "",
         "| spec | wall (s) | torch.export + rewrites | lowering | serialise | segments |",
         "|---|---|---|---|---|---|",

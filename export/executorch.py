@@ -423,11 +423,13 @@ def export_executorch(
         }
     )
     if low.kernels():
-        from edgeprune.runtimes.executorch_kernels import SOURCES, sources
+        from edgeprune.runtimes.executorch_kernels import SOURCES, source_of
 
         manifest["custom_kernels"] = {
             "ops": low.kernels(),
-            "sources": [f"{SOURCES.parent.name}/{SOURCES.name}/{s.name}" for s in sources()],
+            "sources": [
+                f"{SOURCES.parent.name}/{SOURCES.name}/{source_of(op).name}" for op in low.kernels()
+            ],
             "runtime": "executor_runner must be built with these sources (README)",
         }
     if calibration is not None:

@@ -30,13 +30,18 @@ from edgeprune.errors import EdgepruneError, MissingRuntimeError
 
 SOURCES = Path(__file__).parent / "kernels"
 # the operator names the kernels register (as the program's operator table spells them)
-OPS = ("edgeprune::tome_merge.out",)
+OPS = ("edgeprune::tome_merge.out", "edgeprune::keep_top.out")
 MARK = b"edgeprune::"  # in a program's operator table when it needs one of them
 _LOADED: dict[str, ctypes.CDLL] = {}
 
 
 def sources() -> list[Path]:
     return sorted(SOURCES.glob("*.cpp"))
+
+
+def source_of(op: str) -> Path:
+    """The source file of an operator: ``edgeprune::<name>.out`` is ``kernels/<name>.cpp``."""
+    return SOURCES / f"{op.split('::', 1)[1].split('.', 1)[0]}.cpp"
 
 
 def needs_kernels(program: bytes) -> bool:

@@ -27,7 +27,10 @@ tokens and a second one, of a constant row key, the kept rows' numbers; the merg
 works on the rows of x and size themselves (``_merge_rows``: row copies, no split,
 concatenation or slices, the size weights divided before the MatMul), the keys are
 summed over heads with adds, their row norms by a fully-connected layer, and the best
-match is a first-maximum one-hot inside XNNPACK.
+match is a first-maximum one-hot inside XNNPACK. With edgeprune's own kernels
+(``export --target executorch --custom-kernels``) everything after the scores is one
+``edgeprune::tome_merge`` call (``runtimes/kernels/tome_merge.cpp``; its PyTorch
+reference is ``merge_scored``, the index form).
 """
 
 from __future__ import annotations
