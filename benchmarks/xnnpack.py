@@ -111,8 +111,8 @@ def main() -> None:
     ap.add_argument(
         "--custom-kernels",
         action="store_true",
-        help="lower as `export --target executorch --custom-kernels` does (ToMe's merge and "
-        "SPViT's selection as edgeprune's own kernels)",
+        help="lower as `export --target executorch --custom-kernels` does (ToMe's merge as "
+        "one edgeprune kernel)",
     )
     ap.add_argument("--onnxruntime", action="store_true")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))

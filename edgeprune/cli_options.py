@@ -86,8 +86,8 @@ Int8Opt = opt(bool, "--int8", help="ort: dynamic int8; executorch: PT2E int8 (XN
 KernelsOpt = opt(
     bool,
     "--custom-kernels",
-    help="executorch: ToMe's merge and SPViT's selection as edgeprune's own kernels (built "
-    "here with g++; a phone's executor_runner must include runtimes/kernels).",
+    help="executorch: ToMe's merge as one edgeprune kernel (built here with g++; a phone's "
+    "executor_runner must include runtimes/kernels).",
 )
 DynBatchOpt = opt(str | None, "--dynamic-batch", help="trt: MIN,OPT,MAX optimization profile.")
 WorkspaceOpt = opt(int | None, "--workspace", help="trt: builder workspace in MiB (1024).")

@@ -30,7 +30,7 @@ from edgeprune.errors import EdgepruneError, MissingRuntimeError
 
 SOURCES = Path(__file__).parent / "kernels"
 # the operator names the kernels register (as the program's operator table spells them)
-OPS = ("edgeprune::tome_merge.out", "edgeprune::keep_top.out")
+OPS = ("edgeprune::tome_merge.out",)
 MARK = b"edgeprune::"  # in a program's operator table when it needs one of them
 _LOADED: dict[str, ctypes.CDLL] = {}
 

@@ -68,55 +68,6 @@ def test_tome_with_the_kernel_matches_pytorch_with_fewer_ops():
     assert np.abs(_run(fused, x)[0] - want).max() < 1e-4
 
 
-def test_spvit_with_the_kernel_selects_in_one_call_per_stage():
-    """SPViT's selection (TopK, row copies, package token) is one ``keep_top`` call a
-    stage; the logits equal PyTorch's (batch 2)."""
-    from edgeprune.export.executorch import lower
-    from tests.test_executorch import TINY2, tiny_source
-
-    model = tiny_source("spvit", locs=(1,), keep=(0.5,), arch=TINY2).model()
-    example = torch.zeros(2, 3, 64, 64)
-    graph = lower(model, example)
-    fused = lower(model, example, kernels=True)
-    assert fused.outside == {"edgeprune.keep_top": 1}, fused.outside
-    assert graph.outside["topk"] == 1 and "edgeprune.keep_top" not in graph.outside
-    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(6))
-    with torch.no_grad():
-        want = model(x).numpy()
-    assert np.abs(_run(fused, x)[0] - want).max() < 1e-4
-
-
-class _KeepTop(torch.nn.Module):
-    def __init__(self, k: int):
-        super().__init__()
-        self.k = k
-
-    def forward(self, x, key, weight):
-        rows, rest = torch.ops.edgeprune.keep_top(x, key, weight, self.k)
-        return rows + 0.0, rest + 0.0
-
-
-@pytest.mark.parametrize("n, k", [(196, 120), (7, 1), (7, 7)])
-def test_keep_top_kernel_equals_the_reference(n, k):
-    """The kernel against TopK, row copies and the weighted sum of the rest in PyTorch
-    (``tokenops._keep_top_ops``), k = N included (nothing left: a zero row)."""
-    from executorch.exir import to_edge_transform_and_lower
-
-    from edgeprune.methods.tokenops import _keep_top_ops
-    from edgeprune.runtimes.executorch import ExecuTorchRunner
-
-    g = torch.Generator().manual_seed(n + k)
-    x, key = torch.randn(2, n, 8, generator=g), torch.randn(2, n, generator=g)
-    weight = torch.rand(2, n, generator=g)
-    ep = torch.export.export(_KeepTop(k), (x, key, weight))
-    runner = ExecuTorchRunner(threads=1)
-    runner.load(to_edge_transform_and_lower(ep).to_executorch().buffer)
-    rows, rest = runner.method.execute([x, key, weight])
-    want_rows, want_rest = _keep_top_ops(x, key, weight, k)
-    assert torch.equal(rows, want_rows) and rest.shape == (2, 1, 8)
-    assert torch.allclose(rest, want_rest, atol=1e-5)
-
-
 class _Merge(torch.nn.Module):
     def __init__(self, r: int):
         super().__init__()

@@ -64,8 +64,9 @@ from edgeprune.methods.base import (
 from edgeprune.methods.tokenops import (
     constant,
     in_xnnpack_form,
-    keep_top,
     matmul,
+    select_top,
+    weighted_rest,
 )
 from edgeprune.plan import SelectorStage, TokenPlan
 
@@ -346,10 +347,11 @@ class SPViTStatic(StaticTopKViT):
             n_patch = rest.shape[1] - stage
             key, soft = key[..., :n_patch], soft[..., :n_patch]
             patches, packs = rest[:, :n_patch], [rest[:, n_patch:]]
+        sel = select_top(key, self.keep_counts[stage])
         # package token: Σ soft_i·x_i over the dropped patches, not divided by Σ soft_i,
-        # as released (B×1×C)
-        rows, package = keep_top(patches, key, soft, self.keep_counts[stage])
-        return torch.cat([cls, rows, *packs, package], dim=1)
+        # as released
+        package = weighted_rest(patches, soft, sel, normalise=False)  # B×1×C
+        return torch.cat([cls, sel.rows(patches), *packs, package], dim=1)
 
 
 class SPViT(PredictorMethod):

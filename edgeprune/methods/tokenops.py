@@ -351,36 +351,3 @@ def weighted_rest(x: torch.Tensor, weights: torch.Tensor, sel: Selection, normal
     if normalise:
         out = out / w.sum(dim=-1, keepdim=True).clamp_min(1e-12)
     return out
-
-
-def keep_top(
-    x: torch.Tensor, key: torch.Tensor, weight: torch.Tensor, k: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """x: B×N×C, key and weight: B×N -> (the rows of the k largest keys, best first,
-    B×k×C; Σ weight_i·x_i over the other rows, B×1×C, not normalised: SPViT's package
-    token). With edgeprune's kernels (``edgeprune_kernels``, XNNPACK form) one
-    ``edgeprune::keep_top`` call (ties in token order there; PyTorch's TopK leaves their
-    order unspecified); otherwise TopK, row copies and one MatMul."""
-    if kernels_enabled():
-        return torch.ops.edgeprune.keep_top(x, key, weight, k)
-    return _keep_top_ops(x, key, weight, k)
-
-
-def _keep_top_ops(x, key, weight, k):
-    sel = select_top(key, k)
-    rest = weighted_rest(x, weight, sel, normalise=False)
-    return sel.rows(x), rest
-
-
-def _keep_top_meta(x, key, weight, k):
-    b, _, c = x.shape
-    return x.new_empty(b, k, c), x.new_empty(b, 1, c)
-
-
-define_op(
-    "keep_top(Tensor x, Tensor key, Tensor weight, int k) -> (Tensor, Tensor)",
-    "keep_top.out(Tensor x, Tensor key, Tensor weight, int k, *, Tensor(a!) out_rows, "
-    "Tensor(b!) out_rest) -> (Tensor(a!), Tensor(b!))",
-    _keep_top_ops,
-    _keep_top_meta,
-)
