@@ -37,8 +37,9 @@ def installed() -> bool:
     return importlib.util.find_spec("executorch") is not None
 
 
-def available(**_options) -> tuple[bool, str]:
-    """Whether the ExecuTorch runtime with XNNPACK can run here, and why not."""
+def available(custom_kernels: bool = False, **_options) -> tuple[bool, str]:
+    """Whether the ExecuTorch runtime with XNNPACK can run here (and, for a descriptor
+    with ``custom_kernels``, edgeprune's kernels be built or loaded), and why not."""
     if not installed():
         return False, "executorch not installed"
     try:
@@ -47,6 +48,16 @@ def available(**_options) -> tuple[bool, str]:
         return False, f"executorch does not load: {' '.join(str(e).split())[:120]}"
     if not rt.backend_registry.is_available(BACKEND):
         return False, f"executorch has no {BACKEND}"
+    if custom_kernels:
+        from edgeprune.runtimes.executorch_kernels import ready
+
+        try:
+            ok, why = ready()
+        except EdgepruneError as e:
+            ok, why = False, e.message
+        if not ok:
+            return False, why
+        return True, f"executorch {version()} with XNNPACK and edgeprune's kernels"
     return True, f"executorch {version()} with XNNPACK"
 
 

@@ -20,6 +20,7 @@ import contextlib
 import ctypes
 import hashlib
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -49,18 +50,23 @@ def needs_kernels(program: bytes) -> bool:
     return MARK in program
 
 
-def compiler() -> str:
-    """The C++ compiler to build with, refused in one line when there is none."""
-    name = os.environ.get("CXX") or "g++"
-    path = shutil.which(name)
+def compiler_command() -> list[str]:
+    """``$CXX`` (default ``g++``) as a command (``ccache g++`` is two words), unresolved."""
+    return shlex.split(os.environ.get("CXX") or "g++") or ["g++"]
+
+
+def compiler() -> list[str]:
+    """The C++ compiler command to build with, refused in one line when there is none."""
+    cmd = compiler_command()
+    path = shutil.which(cmd[0])
     if path is None:
         raise MissingRuntimeError(
             f"the program uses edgeprune's ExecuTorch kernels ({', '.join(OPS)}), and "
-            f"building them here needs a C++ compiler: '{name}' was not found",
+            f"building them here needs a C++ compiler: '{cmd[0]}' was not found",
             "install g++ (Debian: apt-get install g++) or set CXX; "
             "or export without --custom-kernels",
         )
-    return path
+    return [path, *cmd[1:]]
 
 
 def _wheel() -> tuple[Path, Path]:
@@ -80,15 +86,14 @@ def _wheel() -> tuple[Path, Path]:
     return include, libs[0]
 
 
-def _command(cxx: str, include: Path, lib: Path, out: Path) -> list[str]:
+FLAGS = ("-O3", "-std=c++17", "-fPIC", "-shared", "-DC10_USING_CUSTOM_GENERATED_MACROS")
+
+
+def _command(cxx: list[str], include: Path, lib: Path, out: Path) -> list[str]:
     c10 = include / "executorch" / "runtime" / "core" / "portable_type" / "c10"
     return [
-        cxx,
-        "-O3",
-        "-std=c++17",
-        "-fPIC",
-        "-shared",
-        "-DC10_USING_CUSTOM_GENERATED_MACROS",  # the wheel's c10 headers, no cmake macros
+        *cxx,
+        *FLAGS,  # the last one: the wheel's c10 headers, without cmake's generated macros
         f"-I{include}",
         f"-I{c10}",
         *(str(s) for s in sources()),
@@ -108,30 +113,60 @@ def cache_dir() -> Path:
     return (Path(xdg) if xdg else Path.home() / ".cache") / "edgeprune"
 
 
-def build() -> Path:
-    """The kernels' shared library, compiled here if this machine has none for these
-    sources, this executorch and this compiler."""
+def library_path() -> Path:
+    """Where the library for these sources, this executorch (version, headers, runtime
+    library), this compiler command and these flags is cached, built or not."""
     from importlib import metadata
 
-    cxx = compiler()
     include, lib = _wheel()
     key = hashlib.sha256()
     for s in sources():
         key.update(s.name.encode() + s.read_bytes())
-    key.update(f"{metadata.version('executorch')}|{cxx}|{lib}".encode())
-    out = cache_dir() / "executorch-kernels" / key.hexdigest()[:16] / "libedgeprune_kernels.so"
+    registry = include / "executorch" / "runtime" / "kernel" / "operator_registry.h"
+    stamps = [f"{p}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in (registry, lib)]
+    key.update(
+        "|".join([metadata.version("executorch"), *compiler_command(), *FLAGS, *stamps]).encode()
+    )
+    return cache_dir() / "executorch-kernels" / key.hexdigest()[:16] / "libedgeprune_kernels.so"
+
+
+def ready() -> tuple[bool, str]:
+    """Whether the kernels can be loaded here: built already, or a compiler to build them."""
+    if library_path().is_file():
+        return True, "built"
+    try:
+        compiler()
+    except MissingRuntimeError as e:
+        return False, e.message
+    return True, "a C++ compiler to build them"
+
+
+def build() -> Path:
+    """The kernels' shared library: the cached one, else compiled here (a compiler is
+    needed only then)."""
+    out = library_path()
     if out.is_file():
         return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".so", dir=out.parent)
+    cxx = compiler()
+    include, lib = _wheel()
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".so", dir=out.parent)
+    except OSError as e:
+        raise EdgepruneError(
+            f"cannot write edgeprune's ExecuTorch kernels under {out.parent}: {e.strerror}",
+            "set EDGEPRUNE_CACHE to a folder you can write",
+        ) from None
     os.close(fd)
     try:
         res = subprocess.run(_command(cxx, include, lib, Path(tmp)), capture_output=True, text=True)
         if res.returncode != 0:
-            first = next((ln for ln in res.stderr.splitlines() if "error" in ln), "")
+            lines = [ln.strip() for ln in res.stderr.splitlines() if ln.strip()]
+            why = next((ln for ln in lines if "error" in ln), lines[-1] if lines else "")
             raise EdgepruneError(
-                f"building edgeprune's ExecuTorch kernels failed: {first.strip()[:200]}",
-                f"the compiler was {cxx}; the sources are in {SOURCES}",
+                "building edgeprune's ExecuTorch kernels failed: "
+                f"{why[:200] or f'exit {res.returncode}'}",
+                f"the compiler was {' '.join(cxx)}; the sources are in {SOURCES}",
                 exit_code=1,
             )
         os.replace(tmp, out)
@@ -152,7 +187,13 @@ def load() -> Path:
         from executorch.extension.pybindings import portable_lib  # noqa: F401
 
         flags = getattr(os, "RTLD_GLOBAL", 0) | getattr(os, "RTLD_NOW", 0)
-        _LOADED[str(path)] = ctypes.CDLL(str(path), mode=flags)
+        try:
+            _LOADED[str(path)] = ctypes.CDLL(str(path), mode=flags)
+        except OSError as e:
+            raise EdgepruneError(
+                f"edgeprune's ExecuTorch kernels do not load: {' '.join(str(e).split())[:160]}",
+                f"delete {path.parent} to rebuild them",
+            ) from None
     return path
 
 

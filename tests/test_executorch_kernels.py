@@ -107,6 +107,29 @@ def test_kernel_equals_the_reference_sizes_and_first_maximum(n, r):
     assert torch.allclose(got[0], want[0], atol=1e-5) and torch.equal(got[1], want[1])
 
 
+def test_kernel_breaks_ties_among_the_best_scores_in_token_order():
+    """A1 and A2 share the highest best score and r = 1: A1 (the earlier token) merges,
+    A2 stays, copied exactly (PyTorch's TopK leaves the order of ties unspecified, so
+    this is checked against the documented rule, not against ``merge_scored``)."""
+    from executorch.exir import to_edge_transform_and_lower
+
+    from edgeprune.runtimes.executorch import ExecuTorchRunner
+
+    n = 7  # A tokens: rows 0, 2, 4, 6; B tokens: rows 1, 3, 5
+    x = torch.randn(1, n, 4, generator=torch.Generator().manual_seed(1))
+    size = torch.ones(1, n, 1)
+    scores = torch.zeros(1, 4, 3)
+    scores[0, 1, 2] = scores[0, 2, 0] = 0.9  # A1 -> B2 and A2 -> B0, tied
+    ep = torch.export.export(_Merge(1), (x, size, scores))
+    runner = ExecuTorchRunner(threads=1)
+    runner.load(to_edge_transform_and_lower(ep).to_executorch().buffer)
+    out, s = runner.method.execute([x, size, scores])
+    # kept A rows 0, 4, 6 (A0, A2, A3), then B rows 1, 3, 5 with A1 (row 2) merged into B2
+    assert torch.equal(out[0, :3], x[0, [0, 4, 6]]) and torch.equal(out[0, 3:5], x[0, [1, 3]])
+    assert torch.allclose(out[0, 5], (x[0, 5] + x[0, 2]) / 2)
+    assert s.flatten().tolist() == [1, 1, 1, 1, 1, 2]
+
+
 def test_build_is_cached_and_leaves_no_temporary(tmp_path, monkeypatch):
     from edgeprune.runtimes import executorch_kernels as k
 
@@ -121,6 +144,35 @@ def test_build_is_cached_and_leaves_no_temporary(tmp_path, monkeypatch):
     for op in k.OPS:
         assert f'Kernel("{op}"' in k.source_of(op).read_text(), op
     assert sorted(k.source_of(op) for op in k.OPS) == k.sources()
+
+
+def test_a_built_library_needs_no_compiler(tmp_path, monkeypatch):
+    """bench or evaluate of a kernel program on a machine with the library built and no
+    compiler any more; a descriptor with custom_kernels says whether it can run."""
+    from edgeprune.runtimes import executorch_kernels as k
+    from edgeprune.runtimes.executorch import available
+
+    monkeypatch.setenv("EDGEPRUNE_CACHE", str(tmp_path))
+    monkeypatch.delenv("CXX", raising=False)
+    built = k.build()
+    monkeypatch.setenv("PATH", str(tmp_path / "no-bin"))  # g++ is gone
+    assert k.build() == built and k.ready() == (True, "built")
+    assert available(custom_kernels=True)[0]
+    monkeypatch.setenv("EDGEPRUNE_CACHE", str(tmp_path / "empty"))
+    ok, why = available(custom_kernels=True)
+    assert not ok and "'g++' was not found" in why
+    assert available()[0]  # without the kernels nothing changes
+
+
+def test_an_unwritable_cache_is_one_line(tmp_path, monkeypatch):
+    from edgeprune.runtimes import executorch_kernels as k
+
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("EDGEPRUNE_CACHE", str(blocker))
+    with pytest.raises(EdgepruneError) as e:
+        k.build()
+    assert e.value.exit_code == 2 and "EDGEPRUNE_CACHE" in e.value.one_line()
 
 
 def test_no_compiler_or_a_broken_source_is_one_line(tmp_path, monkeypatch):
@@ -187,8 +239,18 @@ def test_profile_on_the_kernels_device_lowers_with_them_and_records_it(cli, tmp_
     from edgeprune.validate import LocalModels
 
     # 65 tokens: ToMe's default r = 16 fits
-    arch = Arch("et_kmicro65", embed_dim=48, num_heads=3, depth=4, img_size=128, num_classes=10)
+    arch = Arch("et_kmicro65", embed_dim=48, num_heads=3, img_size=128, num_classes=10)
     monkeypatch.setitem(ARCHS, arch.name, arch)
+    from edgeprune.export import executorch as et_export
+
+    lowered, real_lower = [], et_export.lower
+
+    def spy_lower(*args, **kwargs):
+        low = real_lower(*args, **kwargs)
+        lowered.append(low.buffer)
+        return low
+
+    monkeypatch.setattr(et_export, "lower", spy_lower)
     p = tmp_path / "p.json"
     code, _, err = cli(
         "profile", "--device", "cpu-xnnpack-kernels", "--arch", arch.name, "--method", "tome",
@@ -199,6 +261,38 @@ def test_profile_on_the_kernels_device_lowers_with_them_and_records_it(cli, tmp_
     t = load(p)
     assert t.device["name"] == "cpu-xnnpack-kernels" and t.device["custom_kernels"] is True
     assert "tome" in t.selectors
+    # the selector pieces were lowered with the kernel (every piece goes through lower)
+    assert any(b"edgeprune::tome_merge" in buf for buf in lowered), len(lowered)
+    # validate-profile and budget --verify hand the table's flag to LocalModels (they
+    # take keep-ratio schedules, so a DynamicViT table on the same device stands in)
+    from edgeprune import validate, verify
+    from edgeprune.latency import load_model
+
+    q = tmp_path / "q.json"
+    code, _, err = cli(
+        "profile", "--device", "cpu-xnnpack-kernels", "--arch", arch.name, "--method",
+        "dynamicvit", "--grid", "1,65", "--runs", "3", "--check-points", "0", "--chain", "1",
+        "--no-halves", "--no-e2e", "--threads", "1", "--no-plot", "--out", q,
+    )  # fmt: skip
+    assert code == 0, err
+
+    class _Stop(Exception):
+        pass
+
+    seen = []
+
+    class _Spy:
+        def __init__(self, *args, **kwargs):
+            seen.append(args[4] if len(args) > 4 else kwargs.get("kernels"))
+            raise _Stop
+
+    monkeypatch.setattr(validate, "LocalModels", _Spy)
+    model = load_model(q)
+    with pytest.raises(_Stop):
+        validate.validate_profile(model, configs=1, rounds=3)
+    with pytest.raises(_Stop):
+        verify.verify_budget(model, lambda **_: None, None, rounds=3)
+    assert seen == [True, True]
     for kernels in (True, False):
         with LocalModels("executorch", 1, 1, kernels=kernels) as here:
             here.load(tome_source(), "tome")

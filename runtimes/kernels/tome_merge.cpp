@@ -22,6 +22,7 @@
 // edgeprune/runtimes/executorch_kernels.py; for a phone, compile it into
 // executor_runner (README: "ExecuTorch on a phone").
 
+#include <executorch/runtime/core/exec_aten/util/tensor_util.h>
 #include <executorch/runtime/kernel/kernel_includes.h>
 #include <executorch/runtime/kernel/operator_registry.h>
 
@@ -47,11 +48,16 @@ bool shapes_ok(const Tensor& x, const Tensor& size, const Tensor& scores, int64_
     return false;
   }
   for (const Tensor* t : {&x, &size, &scores, &out_x, &out_size}) {
-    if (t->scalar_type() != ScalarType::Float) return false;
+    // float32, contiguous rows (the kernel walks raw pointers)
+    if (t->scalar_type() != ScalarType::Float ||
+        !executorch::runtime::tensor_is_contiguous(*t)) {
+      return false;
+    }
   }
   const int64_t b = x.size(0), n = x.size(1), c = x.size(2);
   const int64_t na = (n + 1) / 2, nb = n / 2;
-  return size.size(0) == b && size.size(1) == n && size.size(2) == 1 && scores.size(0) == b &&
+  return nb >= 1 && size.size(0) == b && size.size(1) == n && size.size(2) == 1 &&
+         scores.size(0) == b &&
          scores.size(1) == na && scores.size(2) == nb && r >= 0 && r < na &&
          out_x.size(0) == b && out_x.size(1) == n - r && out_x.size(2) == c &&
          out_size.size(0) == b && out_size.size(1) == n - r && out_size.size(2) == 1;
