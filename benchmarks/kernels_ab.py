@@ -21,32 +21,22 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from overhead import pte_runner
 from timing import host_meta, write_results
 
-from edgeprune.export.executorch import lower
-from edgeprune.runtimes.executorch import ExecuTorchRunner, set_threads, version
+from edgeprune.runtimes.executorch import set_threads, version
 from edgeprune.runtimes.timing import interleave_bursts
 from edgeprune.source import resolve
-
-
-def program(model, threads: int, x: torch.Tensor, kernels: bool):
-    img = model.arch.img_size
-    low = lower(model, torch.zeros(1, 3, img, img), kernels=kernels)
-    r = ExecuTorchRunner(threads=threads)
-    r.load(low.buffer)
-    return (lambda: r.method.execute([x])), low
 
 
 def compare(spec: str, threads: int, rounds: int, burst: int) -> dict:
     src = resolve(spec)
     img = src.arch.img_size
-    x = torch.from_numpy(
-        np.random.default_rng(0).standard_normal((1, 3, img, img), dtype=np.float32)
-    )
+    x = np.random.default_rng(0).standard_normal((1, 3, img, img), dtype=np.float32)
     fns, lows = {}, {}
-    fns["dense"], lows["dense"] = program(resolve(src.arch.name).model(), threads, x, False)
-    fns["graph"], lows["graph"] = program(src.model(), threads, x, False)
-    fns["kernels"], lows["kernels"] = program(src.model(), threads, x, True)
+    fns["dense"], lows["dense"] = pte_runner(resolve(src.arch.name).model(), threads, x)
+    fns["graph"], lows["graph"] = pte_runner(src.model(), threads, x)
+    fns["kernels"], lows["kernels"] = pte_runner(src.model(), threads, x, kernels=True)
     set_threads(threads)
     names = list(fns)
     times = interleave_bursts([fns[n] for n in names], rounds, 3, burst)

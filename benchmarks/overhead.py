@@ -85,14 +85,14 @@ def ort_runner(path: Path, threads: int, x: np.ndarray):
     return lambda: sess.run(None, feeds)
 
 
-def pte_runner(model, threads: int, x: np.ndarray):
-    """The model lowered as ``export --target executorch`` lowers it, loaded in the
-    ExecuTorch runtime: (run on x, the lowering)."""
+def pte_runner(model, threads: int, x: np.ndarray, kernels: bool = False):
+    """The model lowered as ``export --target executorch`` lowers it (``kernels``: with
+    ``--custom-kernels``), loaded in the ExecuTorch runtime: (run on x, the lowering)."""
     from edgeprune.export.executorch import lower
     from edgeprune.runtimes.executorch import ExecuTorchRunner
 
     img = model.arch.img_size
-    low = lower(model, torch.zeros(1, 3, img, img))
+    low = lower(model, torch.zeros(1, 3, img, img), kernels=kernels)
     r = ExecuTorchRunner(threads=threads)
     r.load(low.buffer)
     xt = [torch.from_numpy(x)]

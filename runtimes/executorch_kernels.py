@@ -23,7 +23,6 @@ import os
 import shlex
 import shutil
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -33,7 +32,7 @@ SOURCES = Path(__file__).parent / "kernels"
 # the operator names the kernels register (as the program's operator table spells them)
 OPS = ("edgeprune::tome_merge.out",)
 MARK = b"edgeprune::"  # in a program's operator table when it needs one of them
-_LOADED: dict[str, ctypes.CDLL] = {}
+_LOADED: list[tuple[Path, ctypes.CDLL]] = []  # at most one: what this process loaded
 
 
 def sources() -> list[Path]:
@@ -180,27 +179,21 @@ def load() -> Path:
     """Build if needed and load the kernels into this process's ExecuTorch runtime: once
     per process (the runtime refuses a second registration of an operator name)."""
     if _LOADED:
-        return Path(next(iter(_LOADED)))
+        return _LOADED[0][0]
     path = build()
-    if str(path) not in _LOADED:
-        # the runtime's kernel registry lives in the pybindings library: load it first
-        from executorch.extension.pybindings import portable_lib  # noqa: F401
+    # the runtime's kernel registry lives in the pybindings library: load it first
+    from executorch.extension.pybindings import portable_lib  # noqa: F401
 
-        flags = getattr(os, "RTLD_GLOBAL", 0) | getattr(os, "RTLD_NOW", 0)
-        try:
-            _LOADED[str(path)] = ctypes.CDLL(str(path), mode=flags)
-        except OSError as e:
-            raise EdgepruneError(
-                f"edgeprune's ExecuTorch kernels do not load: {' '.join(str(e).split())[:160]}",
-                f"delete {path.parent} to rebuild them",
-            ) from None
+    flags = getattr(os, "RTLD_GLOBAL", 0) | getattr(os, "RTLD_NOW", 0)
+    try:
+        _LOADED.append((path, ctypes.CDLL(str(path), mode=flags)))
+    except OSError as e:
+        raise EdgepruneError(
+            f"edgeprune's ExecuTorch kernels do not load: {' '.join(str(e).split())[:160]}",
+            f"delete {path.parent} to rebuild them",
+        ) from None
     return path
-
-
-def loaded() -> bool:
-    return bool(_LOADED)
 
 
 if __name__ == "__main__":  # python -m edgeprune.runtimes.executorch_kernels: build, print
     print(load())
-    sys.exit(0)

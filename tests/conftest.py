@@ -54,6 +54,19 @@ def tiny_arch():
 
 
 @pytest.fixture
+def builtin_arch(monkeypatch):
+    """Register architectures as built-in for one test (specs and --arch name them):
+    ``builtin_arch(arch)`` returns its name."""
+    from edgeprune.arch import ARCHS
+
+    def register(arch) -> str:
+        monkeypatch.setitem(ARCHS, arch.name, arch)
+        return arch.name
+
+    return register
+
+
+@pytest.fixture
 def write_ckpt(tmp_path: Path):
     def _write(obj, name: str = "ckpt.pth") -> Path:
         p = tmp_path / name

@@ -13,7 +13,7 @@ import json
 
 import pytest
 
-from edgeprune.arch import ARCHS, Arch
+from edgeprune.arch import Arch
 
 pytest.importorskip("executorch", reason='needs pip install "edgeprune[executorch]"')
 
@@ -21,9 +21,8 @@ MICRO = Arch("et_micro", embed_dim=48, num_heads=3, img_size=64, num_classes=10)
 
 
 @pytest.fixture
-def micro(monkeypatch):
-    monkeypatch.setitem(ARCHS, MICRO.name, MICRO)
-    return MICRO.name
+def micro(builtin_arch):
+    return builtin_arch(MICRO)
 
 
 def test_profile_predict_budget_validate_on_executorch(cli, micro, tmp_path):

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from edgeprune.arch import ARCHS, Arch
+from edgeprune.arch import Arch
 from edgeprune.errors import EdgepruneError, MissingRuntimeError
 
 pytest.importorskip("executorch", reason='needs pip install "edgeprune[executorch]"')
@@ -195,9 +195,8 @@ def test_no_compiler_or_a_broken_source_is_one_line(tmp_path, monkeypatch):
 
 
 @pytest.fixture
-def micro(monkeypatch):
-    monkeypatch.setitem(ARCHS, MICRO.name, MICRO)
-    return MICRO.name
+def micro(builtin_arch):
+    return builtin_arch(MICRO)
 
 
 def test_cli_export_with_custom_kernels_records_them_and_bench_loads_them(cli, micro, tmp_path):
@@ -231,7 +230,9 @@ def test_cli_custom_kernels_without_a_compiler_writes_nothing(cli, micro, tmp_pa
     assert "Traceback" not in err and list(out.parent.iterdir()) == []
 
 
-def test_profile_on_the_kernels_device_lowers_with_them_and_records_it(cli, tmp_path, monkeypatch):
+def test_profile_on_the_kernels_device_lowers_with_them_and_records_it(
+    cli, tmp_path, monkeypatch, builtin_arch
+):
     """``cpu-xnnpack-kernels`` (custom_kernels = true): the ToMe selector pieces are
     lowered with the kernel, the table says so, and validate-profile / budget --verify
     (``LocalModels``) export the models they time the same way."""
@@ -240,7 +241,7 @@ def test_profile_on_the_kernels_device_lowers_with_them_and_records_it(cli, tmp_
 
     # 65 tokens: ToMe's default r = 16 fits
     arch = Arch("et_kmicro65", embed_dim=48, num_heads=3, img_size=128, num_classes=10)
-    monkeypatch.setitem(ARCHS, arch.name, arch)
+    builtin_arch(arch)
     from edgeprune.export import executorch as et_export
 
     lowered, real_lower = [], et_export.lower
