@@ -47,10 +47,10 @@ from timing import (  # noqa: E402
 )
 
 from edgeprune.export.onnx import export_onnx  # noqa: E402
-from edgeprune.flops import plan_flops  # noqa: E402
-from edgeprune.plan import TokenPlan  # noqa: E402
+from edgeprune.core.flops import plan_flops  # noqa: E402
+from edgeprune.core.plan import TokenPlan  # noqa: E402
 from edgeprune.runtimes.onnxruntime import version  # noqa: E402
-from edgeprune.source import resolve  # noqa: E402
+from edgeprune.core.source import resolve  # noqa: E402
 
 GRID = (197, 150, 100, 60, 30, 10)  # the range plans use (ToMe's last block: 11 on DeiT-S)
 DEFAULT_SPECS = {
@@ -108,7 +108,7 @@ def run_arch(arch_name: str, specs: list[str], args, td: str) -> dict:
         t.add(spec, source=src)
         t.add(f"{spec} slice", model=SliceReference(arch, src.plan).init_random(0).eval())
     if args.runtime == "executorch":
-        from edgeprune.runtimes.executorch import set_threads
+        from edgeprune.runtimes.executorch.runner import set_threads
 
         set_threads(args.threads)
     ms = interleave(t.runners, runs=args.rounds, warmup=10, burst=args.burst)
@@ -287,7 +287,7 @@ def main() -> None:
 
 def _meta(args) -> dict:
     if args.runtime == "executorch":
-        from edgeprune.runtimes.executorch import version as executorch_version
+        from edgeprune.runtimes.executorch.runner import version as executorch_version
 
         runtime = f"executorch {executorch_version()} (XNNPACK, fp32)"
     else:

@@ -35,9 +35,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from timing import interleave, pair_ratio, share_of_ideal  # noqa: E402
 
 from edgeprune.export.onnx import export_onnx, simplify, trace_to_onnx  # noqa: E402
-from edgeprune.models.deit import VisionTransformer  # noqa: E402
+from edgeprune.core.models.deit import VisionTransformer  # noqa: E402
 from edgeprune.runtimes.onnxruntime import make_session  # noqa: E402
-from edgeprune.source import resolve  # noqa: E402
+from edgeprune.core.source import resolve  # noqa: E402
 
 DEFAULT_SPECS = "deit_tiny:spvit,deit_tiny:tome@r16,deit_tiny:dynamicvit@0.7,deit_tiny:evit@0.7"
 
@@ -88,8 +88,8 @@ def ort_runner(path: Path, threads: int, x: np.ndarray):
 def pte_runner(model, threads: int, x: np.ndarray, kernels: bool = False):
     """The model lowered as ``export --target executorch`` lowers it (``kernels``: with
     ``--custom-kernels``), loaded in the ExecuTorch runtime: (run on x, the lowering)."""
-    from edgeprune.export.executorch import lower
-    from edgeprune.runtimes.executorch import ExecuTorchRunner
+    from edgeprune.export.executorch.target import lower
+    from edgeprune.runtimes.executorch.runner import ExecuTorchRunner
 
     img = model.arch.img_size
     low = lower(model, torch.zeros(1, 3, img, img), kernels=kernels)
@@ -137,7 +137,7 @@ def ort_runners(spec: str, src, threads: int, x: np.ndarray, td: str) -> tuple[d
 def executorch_runners(spec: str, src, threads: int, x: np.ndarray) -> dict:
     """The same three graphs lowered to XNNPACK-delegated .pte programs, as ``export
     --target executorch`` lowers them; run in the ExecuTorch runtime with ``threads``."""
-    from edgeprune.runtimes.executorch import set_threads
+    from edgeprune.runtimes.executorch.runner import set_threads
 
     models = {
         "dense": resolve(src.arch.name).model(),

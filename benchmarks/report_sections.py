@@ -8,10 +8,10 @@ from pathlib import Path
 
 from timing import interleave, pair_ratio, summary
 
-from edgeprune.budget import search
-from edgeprune.latency import LatencyModel
-from edgeprune.source import resolve
-from edgeprune.sweep import ProfileRequest, measure
+from edgeprune.budget.search import search
+from edgeprune.latency.model import LatencyModel
+from edgeprune.core.source import resolve
+from edgeprune.profiling.sweep import ProfileRequest, measure
 
 SPVIT_PAPER = {"dense_ms": 44.0, "spvit_ms": 26.0}
 
@@ -105,7 +105,7 @@ def run_sections(data: dict, timer, quick: bool, runs: int, budget: float, workd
     }
     # ---- 4. latency model error --------------------------------------------------------
     print("4. latency model error")
-    from edgeprune.validate import validate_profile
+    from edgeprune.profiling.validate import validate_profile
 
     lines = [
         "| profile | configs | median error | p90 error | end-to-end fit | machine drift since profiling |",

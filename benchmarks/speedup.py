@@ -19,7 +19,7 @@ from timing import IDEAL_SHARE_TARGET, gain_share, host_meta, share_of_ideal, wr
 
 from edgeprune.export.onnx import export_onnx
 from edgeprune.runtimes.onnxruntime import make_session, version
-from edgeprune.source import resolve
+from edgeprune.core.source import resolve
 
 DEFAULT_SPECS = [
     f"{arch}:{method}"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeprune.atomic import write_json_atomic, write_text_atomic
+from edgeprune.core.atomic import write_json_atomic, write_text_atomic
 from edgeprune.runtimes.timing import interleave_samples
 
 

@@ -1,3 +1,3 @@
-from edgeprune.cli import main
+from edgeprune.cli.app import main
 
 raise SystemExit(main())

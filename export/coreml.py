@@ -16,8 +16,8 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from edgeprune.atomic import atomic_dir, write_json_atomic
-from edgeprune.errors import EdgepruneError
+from edgeprune.core.atomic import atomic_dir, write_json_atomic
+from edgeprune.core.errors import EdgepruneError
 from edgeprune.export.check import COMMON_OPS, Finding, Graph
 from edgeprune.export.manifest import base_manifest, prepare_outputs, sha256_tree, skipped
 from edgeprune.export.onnx import INPUT_NAME, OUTPUT_NAME, io_spec
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     import torch
 
     from edgeprune.export.registry import ExportRequest, ExportResult
-    from edgeprune.source import Source
+    from edgeprune.core.source import Source
 
 PRECISIONS = ("fp16", "fp32")
 COMPUTE_UNITS = {
@@ -130,7 +130,7 @@ def add_metadata(mlmodel, source: Source) -> None:
     )
     mlmodel.author = "edgeprune"
     meta = mlmodel.user_defined_metadata
-    meta["edgeprune.source"] = d["source"]
+    meta["edgeprune.core.source"] = d["source"]
     meta["edgeprune.method"] = d["method"]
     meta["edgeprune.prune_locs"] = json.dumps(d["prune_locs"])
     meta["edgeprune.keep_ratios"] = json.dumps(d["keep_ratios"])

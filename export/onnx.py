@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from edgeprune.errors import EdgepruneError
+from edgeprune.core.errors import EdgepruneError
 from edgeprune.export.manifest import base_manifest, prepare_outputs, write_file_artifact
 from edgeprune.export.parity import Parity, check_parity
 from edgeprune.export.registry import MIN_OPSET, Target, Tolerance, register
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     import torch
 
     from edgeprune.export.registry import ExportRequest, ExportResult
-    from edgeprune.source import Source
+    from edgeprune.core.source import Source
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"

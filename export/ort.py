@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from edgeprune.errors import EdgepruneError
+from edgeprune.core.errors import EdgepruneError
 from edgeprune.export.manifest import base_manifest, prepare_outputs, write_file_artifact
 from edgeprune.export.onnx import io_spec, verified_onnx
 from edgeprune.export.parity import check_parity
@@ -31,7 +31,7 @@ ORT_DOMAINS = frozenset({"", "ai.onnx", "com.microsoft", "ai.onnx.ml"})
 
 if TYPE_CHECKING:
     from edgeprune.export.registry import ExportRequest, ExportResult
-    from edgeprune.source import Source
+    from edgeprune.core.source import Source
 
 
 def quantize_int8(onnx_file: Path, out_file: Path) -> None:

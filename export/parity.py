@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeprune.errors import ParityError
+from edgeprune.core.errors import ParityError
 from edgeprune.export.registry import Tolerance
 
 PARITY_SEED = 1234

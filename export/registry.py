@@ -12,11 +12,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
-from edgeprune.errors import EdgepruneError
+from edgeprune.core.errors import EdgepruneError
 
 if TYPE_CHECKING:
     from edgeprune.export.check import Finding, Graph
-    from edgeprune.source import Source
+    from edgeprune.core.source import Source
 
 MIN_OPSET = 17
 

@@ -13,7 +13,7 @@ from dataclasses import fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgeprune.errors import EdgepruneError
+from edgeprune.core.errors import EdgepruneError
 from edgeprune.export.check import Finding, check_graph
 from edgeprune.export.registry import (
     TARGETS,
@@ -25,7 +25,7 @@ from edgeprune.export.registry import (
 )
 
 if TYPE_CHECKING:
-    from edgeprune.source import Source
+    from edgeprune.core.source import Source
 
 # the registry line: the modules under export/ that register a target, in --target order
 TARGET_MODULES = ("onnx", "ort", "tensorrt", "coreml", "executorch")
@@ -116,7 +116,7 @@ def export_source(
     """Export ``source`` as ``req`` asks (to ``req.out``, else ``<name><suffix>``), under a
     lock on the output: two runs writing the same output never interleave; the second
     fails cleanly (each exporter re-checks ``--force`` under the lock)."""
-    from edgeprune.atomic import output_lock
+    from edgeprune.core.atomic import output_lock
 
     req = validate(req)
     target = get_target(req.target)

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from edgeprune.atomic import atomic_path, write_json_atomic
-from edgeprune.errors import EdgepruneError, MissingRuntimeError
+from edgeprune.core.atomic import atomic_path, write_json_atomic
+from edgeprune.core.errors import EdgepruneError, MissingRuntimeError
 from edgeprune.export.check import COMMON_OPS, Finding, Graph, errors_of
 from edgeprune.export.manifest import (
     base_manifest,
@@ -31,7 +31,7 @@ from edgeprune.export.registry import Target, TargetOption, Tolerance, register
 
 if TYPE_CHECKING:
     from edgeprune.export.registry import ExportRequest, ExportResult
-    from edgeprune.source import Source
+    from edgeprune.core.source import Source
 
 PRECISIONS = ("fp32", "fp16")
 # Tolerances against PyTorch fp32. fp32 engines may use TF32 on Ampere and newer
@@ -133,7 +133,7 @@ def export_trt(
     """Build and check an engine; returns the manifest. ``manifest["engine"]["status"]``
     is ``"verified"``, ``"unverified"`` (built, parity could not run) or
     ``"not_built"`` (no TensorRT here: the ONNX and the commands are kept)."""
-    from edgeprune.runtimes.trt_engine import find_builder
+    from edgeprune.runtimes.tensorrt.engine import find_builder
 
     out = Path(out)
     opts.validate()
@@ -235,7 +235,7 @@ def export_trt(
 def _build(builder, onnx_file: Path, engine_tmp: Path, opts: TrtOptions, chw):
     """Build the engine into ``engine_tmp``; return a runner for it."""
     if builder.kind == "api":
-        from edgeprune.runtimes.trt_engine import ApiRunner, build_engine_api
+        from edgeprune.runtimes.tensorrt.engine import ApiRunner, build_engine_api
 
         data = build_engine_api(
             onnx_file.read_bytes(),
@@ -248,7 +248,7 @@ def _build(builder, onnx_file: Path, engine_tmp: Path, opts: TrtOptions, chw):
         )
         engine_tmp.write_bytes(data)
         return ApiRunner(data, INPUT_NAME, OUTPUT_NAME)
-    from edgeprune.runtimes.trt_engine import TrtexecEngineRunner, run_trtexec
+    from edgeprune.runtimes.tensorrt.engine import TrtexecEngineRunner, run_trtexec
 
     cmd = trtexec_command(onnx_file, engine_tmp, opts, chw, builder.major, builder.path)
     run_trtexec(cmd, "building the engine")

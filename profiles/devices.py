@@ -18,8 +18,8 @@ import tomllib
 from dataclasses import dataclass, field, replace
 from importlib import resources
 
-from edgeprune.errors import EdgepruneError
-from edgeprune.records import record
+from edgeprune.core.errors import EdgepruneError
+from edgeprune.core.records import record
 
 PRECISIONS = ("fp32", "fp16", "int8")
 

@@ -22,15 +22,15 @@ from typing import Protocol
 
 import numpy as np
 
-from edgeprune.errors import EdgepruneError, MissingRuntimeError
+from edgeprune.core.errors import EdgepruneError, MissingRuntimeError
 from edgeprune.runtimes.timing import Timing, TimingPolicy
 
 # name -> the module that defines RUNTIME (imported when used)
 RUNTIMES: dict[str, str] = {
     "onnxruntime": "edgeprune.runtimes.onnxruntime",
-    "tensorrt": "edgeprune.runtimes.tensorrt",
+    "tensorrt": "edgeprune.runtimes.tensorrt.runner",
     "coreml": "edgeprune.runtimes.coreml",
-    "executorch": "edgeprune.runtimes.executorch",
+    "executorch": "edgeprune.runtimes.executorch.runner",
 }
 
 

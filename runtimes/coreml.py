@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeprune.errors import EdgepruneError, MissingRuntimeError
+from edgeprune.core.errors import EdgepruneError, MissingRuntimeError
 from edgeprune.runtimes.base import RunnerBase, Runtime
 from edgeprune.runtimes.timing import Timing, TimingPolicy, time_callable
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import torch
 
-from edgeprune.arch import Arch
-from edgeprune.latency_table import Curve, LatencyTable, Point
+from edgeprune.core.arch import Arch
+from edgeprune.latency.table import Curve, LatencyTable, Point
 
 TINY = Arch("custom", 64, 2, depth=4, patch_size=8, img_size=32, num_classes=4)
 HEADS = 2
@@ -18,7 +18,7 @@ LOCS = (1, 2, 3)
 
 def write_dense(path: Path, seed: int = 0) -> Path:
     """A dense tiny DeiT checkpoint in timm's key layout (seeded random weights)."""
-    from edgeprune.models.deit import VisionTransformer
+    from edgeprune.core.models.deit import VisionTransformer
 
     torch.save({"model": VisionTransformer(TINY).init_random(seed).state_dict()}, path)
     return path
@@ -26,8 +26,8 @@ def write_dense(path: Path, seed: int = 0) -> Path:
 
 def write_dynamicvit(path: Path, seed: int = 0) -> Path:
     """A tiny DynamicViT checkpoint (predictor keys ``score_predictor.{0,1,2}``)."""
-    from edgeprune.methods import MethodConfig, get_method
-    from edgeprune.models.deit import init_random_
+    from edgeprune.core.methods import MethodConfig, get_method
+    from edgeprune.core.models.deit import init_random_
 
     m = get_method("dynamicvit")
     model = m.build(TINY, m.token_plan(TINY, MethodConfig(LOCS, (0.75, 0.5, 0.25), {})))

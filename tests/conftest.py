@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from edgeprune.arch import get_arch
-from edgeprune.cli import main
+from edgeprune.core.arch import get_arch
+from edgeprune.cli.app import main
 
 
 def timm_vit_keys(depth: int) -> set[str]:
@@ -42,7 +42,7 @@ def make_state_dict(spec: str, seed: int = 0) -> dict[str, torch.Tensor]:
     random weights from ``seed``."""
     from dataclasses import replace
 
-    from edgeprune.source import resolve
+    from edgeprune.core.source import resolve
 
     model = replace(resolve(spec), seed=seed).model()
     return {k: v.clone() for k, v in model.state_dict().items()}
@@ -57,7 +57,7 @@ def tiny_arch():
 def builtin_arch(monkeypatch):
     """Register architectures as built-in for one test (specs and --arch name them):
     ``builtin_arch(arch)`` returns its name."""
-    from edgeprune.arch import ARCHS
+    from edgeprune.core.arch import ARCHS
 
     def register(arch) -> str:
         monkeypatch.setitem(ARCHS, arch.name, arch)

@@ -1,7 +1,7 @@
 """Tables for the latency tests.
 
 ``measure_table``: a REAL latency table, measured here with onnxruntime by the
-product's own profile sweep (``edgeprune.sweep.measure`` on the ``cpu`` device: one
+product's own profile sweep (``edgeprune.profiling.sweep.measure`` on the ``cpu`` device: one
 DeiT block chain at a handful of token counts, the embedding, the head and the
 method's selector at the counts the sweep picks; few runs: measured, but coarse).
 ``synthetic_table``: a made-up table, marked ``measured: false``, for pure-math tests.
@@ -15,11 +15,11 @@ from dataclasses import replace
 
 import numpy as np
 
-from edgeprune.arch import Arch, get_arch
-from edgeprune.latency_table import Curve, EndToEnd, LatencyTable, Point
+from edgeprune.core.arch import Arch, get_arch
+from edgeprune.latency.table import Curve, EndToEnd, LatencyTable, Point
 from edgeprune.profiles.devices import get_device
 from edgeprune.runtimes.timing import TimingPolicy
-from edgeprune.sweep import ProfileRequest, measure
+from edgeprune.profiling.sweep import ProfileRequest, measure
 
 
 def measure_table(

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgeprune.errors import EdgepruneError, MissingRuntimeError
+from edgeprune.core.errors import EdgepruneError, MissingRuntimeError
 from edgeprune.runtimes.transports.adb import AdbTransport
 
 REAL_ADB = shutil.which("adb")
@@ -209,8 +209,8 @@ def test_executor_runner_over_adb_times_and_runs(stand_in, tmp_path):
     pytest.importorskip("executorch", reason='needs pip install "edgeprune[executorch]"')
     import torch
 
-    from edgeprune.export.executorch import lower
-    from edgeprune.runtimes.executorch import ExecuTorchRunner, make
+    from edgeprune.export.executorch.target import lower
+    from edgeprune.runtimes.executorch.runner import ExecuTorchRunner, make
     from edgeprune.runtimes.timing import TimingPolicy
 
     torch.manual_seed(0)  # a small program: this checks the plumbing, not the model

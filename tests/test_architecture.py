@@ -98,7 +98,7 @@ def import_graph() -> dict[str, set[str]]:
 
 def test_no_import_cycles():
     graph = import_graph()
-    assert len(graph) > 30 and "edgeprune.cli" in graph
+    assert len(graph) > 30 and "edgeprune.cli.app" in graph
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph) or [])
 
 
@@ -128,7 +128,7 @@ def test_every_runtime_and_transport_is_registered_where_defined():
 
 
 def test_runtime_refuses_a_transport_it_cannot_use():
-    from edgeprune.errors import EdgepruneError
+    from edgeprune.core.errors import EdgepruneError
     from edgeprune.runtimes.base import get_runner
 
     class Far:

@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 
-from edgeprune.methods.avit import AViT
-from edgeprune.methods.avit_calibration import masked_forward
-from edgeprune.source import resolve
+from edgeprune.core.methods.avit import AViT
+from edgeprune.core.methods.avit_calibration import masked_forward
+from edgeprune.core.source import resolve
 
 
 def test_avit_zipping_equals_masked_when_nothing_halts():

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from edgeprune.export.onnx import export_onnx
-from edgeprune.methods.avit import EPS, AViTStatic, halting
-from edgeprune.models.deit import gather_tokens
-from edgeprune.source import resolve
+from edgeprune.core.methods.avit import EPS, AViTStatic, halting
+from edgeprune.core.models.deit import gather_tokens
+from edgeprune.core.source import resolve
 
 
 @pytest.mark.parametrize("batch", [1, 8])

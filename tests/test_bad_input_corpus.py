@@ -68,7 +68,7 @@ def corpus_dir(tmp_path_factory) -> Path:
     (d / "truncated.json").write_text(json.dumps(tbl)[:120])
     (d / "v99.json").write_text(json.dumps({**tbl, "version": 99}))
     budget = {
-        "schema": "edgeprune.budget",
+        "schema": "edgeprune.budget.search",
         "version": 1,
         "method": "dynamicvit",
         "arch": "deit_tiny",
@@ -79,7 +79,7 @@ def corpus_dir(tmp_path_factory) -> Path:
         "reanchor_scale": 0.0,
     }
     (d / "scale0_budget.json").write_text(json.dumps(budget))
-    from edgeprune.images import write_demo_images
+    from edgeprune.core.images import write_demo_images
 
     write_demo_images(d / "demo_imgs", classes=2, per_class=1, size=16)
     (d / "tiny.onnx").write_bytes(b"an artifact with no manifest beside it")

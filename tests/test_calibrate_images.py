@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from edgeprune.images import load_images
+from edgeprune.core.images import load_images
 
 
 def _write_images(folder):

@@ -98,8 +98,8 @@ def test_bad_inputs_one_line_exit_2_nothing_written(cli, tmp_path):
 
 
 def test_debug_shows_traceback(tmp_path):
-    from edgeprune.cli import main
-    from edgeprune.errors import EdgepruneError
+    from edgeprune.cli.app import main
+    from edgeprune.core.errors import EdgepruneError
 
     with pytest.raises(EdgepruneError):
         main(["--debug", "inspect", str(tmp_path / "nope.pth")])

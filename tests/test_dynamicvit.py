@@ -4,7 +4,7 @@ formulation of the same hard decisions."""
 import pytest
 import torch
 
-from edgeprune.source import resolve
+from edgeprune.core.source import resolve
 
 
 def batch_index_select(x, idx):

@@ -8,13 +8,13 @@ import json
 import pytest
 import torch
 
-from edgeprune.budget import search
-from edgeprune.errors import EdgepruneError
-from edgeprune.latency import LatencyModel, fit_correction
-from edgeprune.latency_table import Anchor, EndToEnd, from_dict
-from edgeprune.loss import LatencyAwareSparsityLoss
-from edgeprune.plan import dense_plan
-from edgeprune.source import resolve
+from edgeprune.budget.search import search
+from edgeprune.core.errors import EdgepruneError
+from edgeprune.latency.model import LatencyModel, fit_correction
+from edgeprune.latency.table import Anchor, EndToEnd, from_dict
+from edgeprune.training.loss import LatencyAwareSparsityLoss
+from edgeprune.core.plan import dense_plan
+from edgeprune.core.source import resolve
 from tests.profile_helper import synthetic_table
 
 OFFSET, SCALE = 0.4, 1.15

@@ -8,9 +8,9 @@ import shutil
 import numpy as np
 import pytest
 
-from edgeprune.errors import EdgepruneError
-from edgeprune.evaluate import EvalRequest, compare_logits, evaluate, topk_accuracy
-from edgeprune.images import write_demo_images
+from edgeprune.core.errors import EdgepruneError
+from edgeprune.accuracy.evaluate import EvalRequest, compare_logits, evaluate, topk_accuracy
+from edgeprune.core.images import write_demo_images
 from tests.accuracy_helper import HEADS, LOCS, write_dense, write_dynamicvit
 
 
@@ -20,7 +20,7 @@ def setup(tmp_path_factory):
     ckpt = write_dynamicvit(d / "dyvit.pth")
     write_demo_images(d / "imgs", classes=4, per_class=5, size=40)
     (d / "imgs" / "class_002" / "zz_broken.png").write_bytes(b"\x89PNG truncated")
-    from edgeprune.cli import main
+    from edgeprune.cli.app import main
 
     onnx = d / "m.onnx"
     keep = "0.75,0.5,0.25"
@@ -41,7 +41,7 @@ def test_onnx_artifact_matches_pytorch_image_by_image(setup):
     d, ckpt, onnx = setup
     art = evaluate(_req(onnx, d / "imgs", batch=4))  # the graph's batch (3) wins; last padded
     # the source comes from the manifest; its PyTorch model must agree on every image
-    from edgeprune.source import resolve
+    from edgeprune.core.source import resolve
 
     src = resolve(str(ckpt), keep="0.75,0.5,0.25", locs="1,2,3", heads=HEADS)
     pt = evaluate(_req(ckpt, d / "imgs", batch=5, dense_reference=False, **SCHEDULE))

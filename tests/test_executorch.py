@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from edgeprune.arch import Arch
-from edgeprune.errors import EdgepruneError, MissingRuntimeError
-from edgeprune.methods import get_method
-from edgeprune.source import Source
+from edgeprune.core.arch import Arch
+from edgeprune.core.errors import EdgepruneError, MissingRuntimeError
+from edgeprune.core.methods import get_method
+from edgeprune.core.source import Source
 
 et = pytest.importorskip("executorch", reason='needs pip install "edgeprune[executorch]"')
 
@@ -33,7 +33,7 @@ def tiny_source(method: str, locs=(1, 2), keep=(0.5, 0.25), arch: Arch = TINY) -
 
 @pytest.fixture(scope="module")
 def spvit_pte(tmp_path_factory):
-    from edgeprune.export.executorch import export_executorch
+    from edgeprune.export.executorch.target import export_executorch
 
     out = tmp_path_factory.mktemp("et") / "m.pte"
     man = export_executorch(tiny_source("spvit"), out, n_parity_inputs=2)
@@ -66,8 +66,8 @@ def test_export_writes_pte_and_manifest_with_parity_and_segments(spvit_pte):
 def test_rewrites_remove_segments_and_keep_the_function():
     """Without the rewrites LayerNorm, select and expand cut the graph into many
     segments; with them one dense model is one delegate, same outputs."""
-    from edgeprune.export.executorch import lower
-    from edgeprune.runtimes.executorch import ExecuTorchRunner
+    from edgeprune.export.executorch.target import lower
+    from edgeprune.runtimes.executorch.runner import ExecuTorchRunner
 
     src = tiny_source("dense", arch=TINY2)
     model, x = src.model(), torch.randn(1, 3, 64, 64)
@@ -87,7 +87,7 @@ def test_rewrites_remove_segments_and_keep_the_function():
 
 @pytest.mark.parametrize("method", ["tome", "avit", "spvit"])
 def test_fast_lowering_gives_the_same_program_byte_for_byte(monkeypatch, method):
-    """The speed-ups of export/xnnpack_lowering.py (shorter provenance, one
+    """The speed-ups of export/executorch/lowering.py (shorter provenance, one
     decomposition pass, XNNPACK and ExecuTorch passes that cannot apply skipped) change
     nothing in the program, debug handles included; and they are undone after each
     lowering. The methods with op kinds of their own (ToMe: cat, pad, slices,
@@ -96,8 +96,8 @@ def test_fast_lowering_gives_the_same_program_byte_for_byte(monkeypatch, method)
     from executorch.exir.passes.sym_to_tensor_pass import SymToTensorPass
     from torch.fx.traceback import NodeSource
 
-    from edgeprune.export.executorch import lower
-    from edgeprune.export.xnnpack_lowering import APPLIES
+    from edgeprune.export.executorch.target import lower
+    from edgeprune.export.executorch.lowering import APPLIES
 
     src = tiny_source(method, locs=(1,), keep=(0.5,), arch=TINY2)
     model, x = src.model(), torch.zeros(1, 3, 64, 64)
@@ -116,8 +116,8 @@ def test_spvit_tied_heads_lower_token_major_and_untied_heads_per_head():
     reads that from the weights before torch.export (which has no values) and traces
     the token-major predictor, fewer XNNPACK ops than the per-head form that untied
     heads take; both programs give PyTorch's logits in the ExecuTorch runtime."""
-    from edgeprune.export.executorch import lower
-    from edgeprune.runtimes.executorch import ExecuTorchRunner
+    from edgeprune.export.executorch.target import lower
+    from edgeprune.runtimes.executorch.runner import ExecuTorchRunner
 
     x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(4))
     lowered = {}
@@ -151,8 +151,8 @@ def test_every_method_selects_with_topk_and_row_copies_around_xnnpack(method):
     row copies (``index_select``, never ``torch.gather``'s per-element copy of whole
     rows) and small index ops run on portable kernels; the logits equal PyTorch's in
     the ExecuTorch runtime (batch 2: the row copies index the flattened rows)."""
-    from edgeprune.export.executorch import lower
-    from edgeprune.runtimes.executorch import ExecuTorchRunner
+    from edgeprune.export.executorch.target import lower
+    from edgeprune.runtimes.executorch.runner import ExecuTorchRunner
 
     src = tiny_source(method, locs=(1,), keep=(0.5,), arch=TINY2)
     model = src.model()
@@ -171,7 +171,7 @@ class _TopRows(torch.nn.Module):
     the same by exact ranks (A-ViT's ``exact_ties``)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from edgeprune.methods.tokenops import select_top
+        from edgeprune.core.methods.tokenops import select_top
 
         key = x[..., 0] - x[..., 1]
         sel, exact = select_top(key, 150), select_top(key, 150, exact_ties=True)
@@ -184,8 +184,8 @@ def test_selection_is_exact_at_full_token_counts_ties_included():
     PyTorch's, and exact ranks (counts summed by a MatMul, where a mean × N lands off
     the integer for some ranks: DeiT-S SPViT's parity failed so once) come out as
     integers."""
-    from edgeprune.export.executorch import lower
-    from edgeprune.runtimes.executorch import ExecuTorchRunner
+    from edgeprune.export.executorch.target import lower
+    from edgeprune.runtimes.executorch.runner import ExecuTorchRunner
 
     x = torch.randn(2, 196, 8, generator=torch.Generator().manual_seed(4))
     x[..., 0] = (x[..., 0] * 2).round() / 2  # keys on a coarse grid: many ties
@@ -201,7 +201,7 @@ def test_selection_is_exact_at_full_token_counts_ties_included():
 
 def test_fast_lowering_keeps_the_passes_a_graph_needs():
     """A pass is skipped only when the graph has none of the ops it rewrites."""
-    from edgeprune.export.xnnpack_lowering import APPLIES
+    from edgeprune.export.executorch.lowering import APPLIES
 
     class BN(torch.nn.Module):
         def __init__(self):
@@ -236,7 +236,7 @@ def test_fast_lowering_skips_edge_passes_only_when_idle():
         ReplaceBrokenOpsWithFunctionalOpsPass,
     )
 
-    from edgeprune.export.xnnpack_lowering import APPLIES, _edge_pass_checks
+    from edgeprune.export.executorch.lowering import APPLIES, _edge_pass_checks
 
     checks = _edge_pass_checks()
 
@@ -328,7 +328,7 @@ class _MaskedSoftmax(torch.nn.Module):
 
 
 def test_runner_loads_runs_and_times_with_threads(spvit_pte):
-    from edgeprune.runtimes.executorch import ExecuTorchRunner, thread_count
+    from edgeprune.runtimes.executorch.runner import ExecuTorchRunner, thread_count
     from edgeprune.runtimes.timing import TimingPolicy
 
     out, _ = spvit_pte
@@ -348,7 +348,7 @@ def test_runner_loads_runs_and_times_with_threads(spvit_pte):
 
 
 def test_runner_refuses_what_is_not_a_program(tmp_path):
-    from edgeprune.runtimes.executorch import ExecuTorchRunner
+    from edgeprune.runtimes.executorch.runner import ExecuTorchRunner
 
     bad = tmp_path / "m.pte"
     bad.write_bytes(b"not a program at all")
@@ -360,8 +360,8 @@ def test_runner_refuses_what_is_not_a_program(tmp_path):
 
 
 def test_without_executorch_one_line_what_to_install(monkeypatch, tmp_path):
-    from edgeprune.export.executorch import export_executorch
-    from edgeprune.runtimes.executorch import ExecuTorchRunner
+    from edgeprune.export.executorch.target import export_executorch
+    from edgeprune.runtimes.executorch.runner import ExecuTorchRunner
 
     monkeypatch.setitem(sys.modules, "executorch", None)
     with pytest.raises(MissingRuntimeError) as e:
@@ -373,7 +373,7 @@ def test_without_executorch_one_line_what_to_install(monkeypatch, tmp_path):
 
 
 def test_executor_runner_log_parsing():
-    from edgeprune.runtimes.executorch import parse_iterations, parse_total
+    from edgeprune.runtimes.executorch.runner import parse_iterations, parse_total
 
     log = (
         "I 00:00:00.101 executorch:executor_runner.cpp:511] Iteration 1 of 3: 12.5 ms\n"

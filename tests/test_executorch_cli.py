@@ -13,7 +13,7 @@ import json
 
 import pytest
 
-from edgeprune.arch import Arch
+from edgeprune.core.arch import Arch
 
 pytest.importorskip("executorch", reason='needs pip install "edgeprune[executorch]"')
 
@@ -26,8 +26,8 @@ def micro(builtin_arch):
 
 
 def test_profile_predict_budget_validate_on_executorch(cli, micro, tmp_path):
-    from edgeprune.latency import load_model
-    from edgeprune.latency_table import load
+    from edgeprune.latency.model import load_model
+    from edgeprune.latency.table import load
 
     p = tmp_path / "p.json"
     code, out, err = cli(
@@ -63,7 +63,7 @@ def test_profile_predict_budget_validate_on_executorch(cli, micro, tmp_path):
     # validate-profile (and budget --verify) measure with the table's runtime, here:
     # whole models exported to .pte (parity-checked) and timed interleaved in ExecuTorch.
     # Two 2-block models stand in for the micro DeiT's 12 blocks (lowering time).
-    from edgeprune.validate import check_local_runtime, time_sources
+    from edgeprune.profiling.validate import check_local_runtime, time_sources
     from tests.test_executorch import TINY2, tiny_source
 
     assert check_local_runtime(load_model(p), "validate-profile") == "executorch"
@@ -74,7 +74,7 @@ def test_profile_predict_budget_validate_on_executorch(cli, micro, tmp_path):
 
 @pytest.fixture(scope="module")
 def micro_pte(tmp_path_factory):
-    from edgeprune.export.executorch import export_executorch
+    from edgeprune.export.executorch.target import export_executorch
     from tests.test_executorch import TINY2, tiny_source
 
     pte = tmp_path_factory.mktemp("pte") / "m.pte"

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from edgeprune.arch import ARCHS, Arch
-from edgeprune.errors import MissingRuntimeError
+from edgeprune.core.arch import ARCHS, Arch
+from edgeprune.core.errors import MissingRuntimeError
 
 et = pytest.importorskip("executorch", reason='needs pip install "edgeprune[executorch]"')
 
@@ -23,8 +23,8 @@ I8 = Arch("et_i8", embed_dim=48, num_heads=3, depth=1, img_size=64, num_classes=
 @pytest.fixture(scope="module")
 def dense_int8(tmp_path_factory):
     """The CLI on a dense tiny model, calibrated on a folder of 6 demo images."""
-    from edgeprune.cli import main
-    from edgeprune.images import write_demo_images
+    from edgeprune.cli.app import main
+    from edgeprune.core.images import write_demo_images
 
     d = tmp_path_factory.mktemp("i8")
     write_demo_images(d / "imgs", classes=2, per_class=3, size=72)
@@ -38,7 +38,7 @@ def dense_int8(tmp_path_factory):
 
 def test_cli_int8_dense_manifest(dense_int8):
     from edgeprune.export.manifest import manifest_path
-    from edgeprune.runtimes.executorch import ExecuTorchRunner
+    from edgeprune.runtimes.executorch.runner import ExecuTorchRunner
 
     code, out = dense_int8
     assert code == 0 and out.read_bytes()[4:8] == b"ET12"
@@ -71,9 +71,9 @@ def test_pruned_int8_selector_stays_fp32(tmp_path, method):
     ranking) and the selection stay fp32 — its linears keep fp32 weights while the
     blocks' are int8 — and the program lowers, loads and agrees with PyTorch fp32 in the
     runtime."""
-    from edgeprune.export.executorch import export_executorch
-    from edgeprune.export.xnnpack_int8 import quantize, random_calibration
-    from edgeprune.methods.tokenops import prepare_trace, xnnpack_form
+    from edgeprune.export.executorch.target import export_executorch
+    from edgeprune.export.executorch.int8 import quantize, random_calibration
+    from edgeprune.core.methods.tokenops import prepare_trace, xnnpack_form
     from tests.test_executorch import TINY2, tiny_source
 
     src = tiny_source(method, (1,), (0.5,), TINY2)
@@ -108,7 +108,7 @@ def test_tome_int8_keeps_its_row_indices_integer(tmp_path, batch):
     """PT2E turns Python scalars into float tensors: ToMe's row numbers (and the batch
     offsets of the row copies) must come from no scalar arithmetic, or the quantized
     graph indexes with floats and fails. Export, parity in the runtime."""
-    from edgeprune.export.executorch import export_executorch
+    from edgeprune.export.executorch.target import export_executorch
     from tests.test_executorch import TINY2, tiny_source
 
     src = tiny_source("tome", (1,), (0.5,), TINY2)
@@ -126,7 +126,7 @@ def test_tome_int8_keeps_its_row_indices_integer(tmp_path, batch):
     ],
 )
 def test_cli_int8_bad_input_one_line(cli, tmp_path, monkeypatch, args, needle):
-    from edgeprune.images import write_demo_images
+    from edgeprune.core.images import write_demo_images
 
     write_demo_images(tmp_path / "imgs", classes=1, per_class=1, size=16)
     monkeypatch.chdir(tmp_path)
@@ -139,7 +139,7 @@ def test_cli_int8_bad_input_one_line(cli, tmp_path, monkeypatch, args, needle):
 def test_cli_int8_without_the_extra_is_one_line(cli, monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "executorch", None)
     with pytest.raises(MissingRuntimeError):
-        from edgeprune.export.executorch import require_executorch
+        from edgeprune.export.executorch.target import require_executorch
 
         require_executorch()
     out = tmp_path / "m.pte"

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from edgeprune.arch import Arch
-from edgeprune.errors import EdgepruneError, MissingRuntimeError
+from edgeprune.core.arch import Arch
+from edgeprune.core.errors import EdgepruneError, MissingRuntimeError
 
 pytest.importorskip("executorch", reason='needs pip install "edgeprune[executorch]"')
 
@@ -32,8 +32,8 @@ def kernel_cache(tmp_path_factory):
 
 
 def tome_source(arch: Arch = TINY, r: int = 2):
-    from edgeprune.methods import get_method
-    from edgeprune.source import Source
+    from edgeprune.core.methods import get_method
+    from edgeprune.core.source import Source
 
     m = get_method("tome")
     cfg = m.config_for(r, arch)
@@ -41,7 +41,7 @@ def tome_source(arch: Arch = TINY, r: int = 2):
 
 
 def _run(low, x: torch.Tensor) -> list[np.ndarray]:
-    from edgeprune.runtimes.executorch import ExecuTorchRunner
+    from edgeprune.runtimes.executorch.runner import ExecuTorchRunner
 
     r = ExecuTorchRunner(threads=1)
     r.load(low.buffer)
@@ -52,7 +52,7 @@ def test_tome_with_the_kernel_matches_pytorch_with_fewer_ops():
     """Every merge is one kernel call outside the delegate, nothing else runs outside,
     and the logits equal PyTorch's (batch 2) — and the graph form's ~28 ops a block are
     gone."""
-    from edgeprune.export.executorch import lower
+    from edgeprune.export.executorch.target import lower
 
     model = tome_source().model()
     example = torch.zeros(2, 3, 64, 64)
@@ -85,9 +85,9 @@ def test_kernel_equals_the_reference_sizes_and_first_maximum(n, r):
     is tied (the first maximum wins, as ArgMax)."""
     from executorch.exir import to_edge_transform_and_lower
 
-    from edgeprune.methods.tome import merge_scored
-    from edgeprune.runtimes import executorch_kernels
-    from edgeprune.runtimes.executorch import ExecuTorchRunner
+    from edgeprune.core.methods.tome import merge_scored
+    from edgeprune.runtimes.executorch import kernel_library as executorch_kernels
+    from edgeprune.runtimes.executorch.runner import ExecuTorchRunner
 
     g = torch.Generator().manual_seed(n)
     x = torch.randn(2, n, 8, generator=g)
@@ -113,7 +113,7 @@ def test_kernel_breaks_ties_among_the_best_scores_in_token_order():
     this is checked against the documented rule, not against ``merge_scored``)."""
     from executorch.exir import to_edge_transform_and_lower
 
-    from edgeprune.runtimes.executorch import ExecuTorchRunner
+    from edgeprune.runtimes.executorch.runner import ExecuTorchRunner
 
     n = 7  # A tokens: rows 0, 2, 4, 6; B tokens: rows 1, 3, 5
     x = torch.randn(1, n, 4, generator=torch.Generator().manual_seed(1))
@@ -131,7 +131,7 @@ def test_kernel_breaks_ties_among_the_best_scores_in_token_order():
 
 
 def test_build_is_cached_and_leaves_no_temporary(tmp_path, monkeypatch):
-    from edgeprune.runtimes import executorch_kernels as k
+    from edgeprune.runtimes.executorch import kernel_library as k
 
     monkeypatch.setenv("EDGEPRUNE_CACHE", str(tmp_path))
     first = k.build()
@@ -149,8 +149,8 @@ def test_build_is_cached_and_leaves_no_temporary(tmp_path, monkeypatch):
 def test_a_built_library_needs_no_compiler(tmp_path, monkeypatch):
     """bench or evaluate of a kernel program on a machine with the library built and no
     compiler any more; a descriptor with custom_kernels says whether it can run."""
-    from edgeprune.runtimes import executorch_kernels as k
-    from edgeprune.runtimes.executorch import available
+    from edgeprune.runtimes.executorch import kernel_library as k
+    from edgeprune.runtimes.executorch.runner import available
 
     monkeypatch.setenv("EDGEPRUNE_CACHE", str(tmp_path))
     monkeypatch.delenv("CXX", raising=False)
@@ -165,7 +165,7 @@ def test_a_built_library_needs_no_compiler(tmp_path, monkeypatch):
 
 
 def test_an_unwritable_cache_is_one_line(tmp_path, monkeypatch):
-    from edgeprune.runtimes import executorch_kernels as k
+    from edgeprune.runtimes.executorch import kernel_library as k
 
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
@@ -176,7 +176,7 @@ def test_an_unwritable_cache_is_one_line(tmp_path, monkeypatch):
 
 
 def test_no_compiler_or_a_broken_source_is_one_line(tmp_path, monkeypatch):
-    from edgeprune.runtimes import executorch_kernels as k
+    from edgeprune.runtimes.executorch import kernel_library as k
 
     monkeypatch.setenv("EDGEPRUNE_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("CXX", "no-such-compiler-here")
@@ -210,7 +210,7 @@ def test_cli_export_with_custom_kernels_records_them_and_bench_loads_them(cli, m
 
     man = json.loads(manifest_path(out).read_text())
     assert man["custom_kernels"]["ops"] == ["edgeprune::tome_merge.out"]
-    assert man["custom_kernels"]["sources"] == ["runtimes/kernels/tome_merge.cpp"]
+    assert man["custom_kernels"]["sources"] == ["runtimes/executorch/kernels/tome_merge.cpp"]
     assert man["xnnpack"]["ops_outside_delegates"] == {"edgeprune.tome_merge": MICRO.depth}
     assert man["parity"]["status"] == "passed"
     code, text, err = cli("bench", out, "--runs", "5", "--threads", "1")
@@ -236,13 +236,13 @@ def test_profile_on_the_kernels_device_lowers_with_them_and_records_it(
     """``cpu-xnnpack-kernels`` (custom_kernels = true): the ToMe selector pieces are
     lowered with the kernel, the table says so, and validate-profile / budget --verify
     (``LocalModels``) export the models they time the same way."""
-    from edgeprune.latency_table import load
-    from edgeprune.validate import LocalModels
+    from edgeprune.latency.table import load
+    from edgeprune.profiling.validate import LocalModels
 
     # 65 tokens: ToMe's default r = 16 fits
     arch = Arch("et_kmicro65", embed_dim=48, num_heads=3, img_size=128, num_classes=10)
     builtin_arch(arch)
-    from edgeprune.export import executorch as et_export
+    from edgeprune.export.executorch import target as et_export
 
     lowered, real_lower = [], et_export.lower
 
@@ -266,8 +266,9 @@ def test_profile_on_the_kernels_device_lowers_with_them_and_records_it(
     assert any(b"edgeprune::tome_merge" in buf for buf in lowered), len(lowered)
     # validate-profile and budget --verify hand the table's flag to LocalModels (they
     # take keep-ratio schedules, so a DynamicViT table on the same device stands in)
-    from edgeprune import validate, verify
-    from edgeprune.latency import load_model
+    from edgeprune.budget import verify
+    from edgeprune.profiling import validate
+    from edgeprune.latency.model import load_model
 
     q = tmp_path / "q.json"
     code, _, err = cli(

@@ -5,11 +5,11 @@ import onnx
 import pytest
 import torch
 
-from edgeprune.errors import ParityError
+from edgeprune.core.errors import ParityError
 from edgeprune.export.manifest import sha256_file
 from edgeprune.export.onnx import export_onnx
 from edgeprune.runtimes.onnxruntime import make_session, run
-from edgeprune.source import resolve
+from edgeprune.core.source import resolve
 
 
 @pytest.mark.parametrize("batch", [1, 4])

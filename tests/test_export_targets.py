@@ -10,15 +10,15 @@ import onnx
 import pytest
 from onnx import TensorProto
 
-from edgeprune.arch import get_arch
-from edgeprune.errors import EdgepruneError
+from edgeprune.core.arch import get_arch
+from edgeprune.core.errors import EdgepruneError
 from edgeprune.export import ort as ort_mod
 from edgeprune.export import tensorrt as trt_mod
 from edgeprune.export.onnx import verified_onnx
 from edgeprune.export.parity import compare
 from edgeprune.export.targets import ExportRequest, export_source
-from edgeprune.methods import METHODS
-from edgeprune.source import resolve
+from edgeprune.core.methods import METHODS
+from edgeprune.core.source import resolve
 
 SPEC = "deit_tiny:dynamicvit@0.7"
 
@@ -186,7 +186,7 @@ def test_trt_stand_in_trtexec_without_output_is_unverified(tmp_path, monkeypatch
 def test_trt_prefers_python_api_when_it_imports(monkeypatch):
     from types import ModuleType
 
-    from edgeprune.runtimes.trt_engine import find_builder
+    from edgeprune.runtimes.tensorrt.engine import find_builder
 
     fake = ModuleType("tensorrt")
     fake.__version__ = "10.3.0"
@@ -273,7 +273,7 @@ def test_coreml_conversion_every_method(tmp_path, name):
 
 
 def test_atomic_dir_leaves_nothing_on_failure(tmp_path):
-    from edgeprune.atomic import atomic_dir
+    from edgeprune.core.atomic import atomic_dir
 
     with pytest.raises(KeyboardInterrupt), atomic_dir(tmp_path / "x.mlpackage") as d:
         (d / "half").write_text("…")
@@ -282,7 +282,7 @@ def test_atomic_dir_leaves_nothing_on_failure(tmp_path):
 
 
 def test_atomic_dir_replaces_an_old_package(tmp_path):
-    from edgeprune.atomic import atomic_dir
+    from edgeprune.core.atomic import atomic_dir
 
     target = tmp_path / "x.mlpackage"
     target.mkdir()
@@ -370,7 +370,7 @@ def test_a_new_target_is_one_registered_class(tmp_path):
 
 def test_unbuilt_engine_is_an_error_of_the_result(tmp_path, monkeypatch, no_tensorrt, dyvit):
     """The library, not the CLI, says that no engine here is an error (exit 2)."""
-    from edgeprune.errors import MissingRuntimeError
+    from edgeprune.core.errors import MissingRuntimeError
 
     src, v = dyvit
     monkeypatch.setattr(trt_mod, "verified_onnx", lambda *a, **k: v)

@@ -9,11 +9,11 @@ import math
 import pytest
 import torch
 
-from edgeprune.finetune import FinetuneRequest, finetune, save_checkpoint
-from edgeprune.images import write_demo_images
-from edgeprune.loss import LatencyAwareSparsityLoss
-from edgeprune.methods import MethodConfig, get_method
-from edgeprune.training import DynamicViTTraining, softmax_with_policy
+from edgeprune.training.finetune import FinetuneRequest, finetune, save_checkpoint
+from edgeprune.core.images import write_demo_images
+from edgeprune.training.loss import LatencyAwareSparsityLoss
+from edgeprune.core.methods import MethodConfig, get_method
+from edgeprune.training.forms import DynamicViTTraining, softmax_with_policy
 from tests.accuracy_helper import HEADS, LOCS, TINY, tiny_table, write_dense, write_profile
 
 TARGET = 3.0  # the dense model predicts 4.05 ms on tiny_table
@@ -31,7 +31,7 @@ def setup(tmp_path_factory):
 def _model(keep=(1.0, 1.0, 1.0)):
     m = get_method("dynamicvit")
     model = m.build(TINY, m.token_plan(TINY, MethodConfig(LOCS, keep, {})))
-    from edgeprune.models.deit import init_random_
+    from edgeprune.core.models.deit import init_random_
 
     init_random_(model, 0)
     return model.eval()
@@ -70,7 +70,7 @@ def test_short_run_reaches_the_target(setup):
     save_checkpoint(model, res, ckpt)
     sd = torch.load(ckpt, weights_only=True)["model"]
     assert {k.split(".")[1] for k in sd if k.startswith("score_predictor.")} == {"0", "1", "2"}
-    from edgeprune.cli import main
+    from edgeprune.cli.app import main
 
     keep = ",".join(f"{r:g}" for r in res.keep_ratios)
     out = d / "ft.onnx"
@@ -154,10 +154,10 @@ def test_finetune_cli_logs_predicted_ms(cli, setup, tmp_path):
 
 
 def test_budget_file_sets_target_and_stages(setup, tmp_path):
-    from edgeprune.atomic import write_json_atomic
-    from edgeprune.budget import search
-    from edgeprune.budget_file import budget_dict
-    from edgeprune.latency import load_model
+    from edgeprune.core.atomic import write_json_atomic
+    from edgeprune.budget.search import search
+    from edgeprune.budget.file import budget_dict
+    from edgeprune.latency.model import load_model
 
     d = setup
     model = load_model(d / "profile.json")

@@ -8,18 +8,18 @@ import pytest
 import torch
 
 from edgeprune.export.onnx import verified_onnx
-from edgeprune.methods.dynamicvit import PredictorLG
-from edgeprune.methods.spvit import MultiheadPredictor
-from edgeprune.methods.tokenops import (
+from edgeprune.core.methods.dynamicvit import PredictorLG
+from edgeprune.core.methods.spvit import MultiheadPredictor
+from edgeprune.core.methods.tokenops import (
     _complement_ascending,
     best_match,
     select_top,
     xnnpack_form,
 )
-from edgeprune.methods.tome import bipartite_merge
-from edgeprune.models.deit import init_random_
+from edgeprune.core.methods.tome import bipartite_merge
+from edgeprune.core.models.deit import init_random_
 from edgeprune.runtimes.onnxruntime import make_session, run
-from edgeprune.source import resolve
+from edgeprune.core.source import resolve
 
 
 def _per_head_loop(m: MultiheadPredictor, x, policy=None):

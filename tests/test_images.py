@@ -1,12 +1,12 @@
-"""edgeprune.images: ImageNet-style and flat folders, the DeiT preprocessing, unreadable
+"""edgeprune.core.images: ImageNet-style and flat folders, the DeiT preprocessing, unreadable
 files skipped and counted, --limit across classes, the demo folder."""
 
 import pytest
 import torch
 from PIL import Image
 
-from edgeprune.errors import EdgepruneError
-from edgeprune.images import (
+from edgeprune.core.errors import EdgepruneError
+from edgeprune.core.images import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     Preprocess,

@@ -7,12 +7,12 @@ import math
 import pytest
 import torch
 
-from edgeprune.budget import Sensitivity, search, target_from
-from edgeprune.errors import EdgepruneError
-from edgeprune.latency import LatencyModel, interp
-from edgeprune.loss import LatencyAwareSparsityLoss, ratio_mse
-from edgeprune.plan import SelectorStage, TokenPlan, dense_plan
-from edgeprune.source import resolve
+from edgeprune.budget.search import Sensitivity, search, target_from
+from edgeprune.core.errors import EdgepruneError
+from edgeprune.latency.model import LatencyModel, interp
+from edgeprune.training.loss import LatencyAwareSparsityLoss, ratio_mse
+from edgeprune.core.plan import SelectorStage, TokenPlan, dense_plan
+from edgeprune.core.source import resolve
 from tests.profile_helper import synthetic_table
 
 

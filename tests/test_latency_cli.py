@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from edgeprune.latency import load_model
-from edgeprune.loss import LatencyAwareSparsityLoss
-from edgeprune.source import resolve
+from edgeprune.latency.model import load_model
+from edgeprune.training.loss import LatencyAwareSparsityLoss
+from edgeprune.core.source import resolve
 from tests.profile_helper import measure_table, scaled_table, synthetic_table
 
 
@@ -185,7 +185,7 @@ def test_bad_inputs_one_line_exit_2_nothing_written(cli, profile, tmp_path):
 
 
 def test_budget_margin_auto_given_and_refused(cli, profile, tmp_path):
-    from edgeprune.budget import measured_error
+    from edgeprune.budget.search import measured_error
 
     dense = load_model(profile).predict(resolve("deit_tiny").plan).total_ms
     target = round(0.6 * dense, 3)
@@ -237,7 +237,7 @@ def test_budget_verify_refuses_to_call_a_missed_budget_met(cli, profile, tmp_pat
     gives cannot hold when measured, and --verify --no-reanchor (the table's own choice)
     must say so (exit 1). Re-anchored, the target is out of reach on the machine as it
     is: the search's unreachable error (exit 2), with the anchor figures."""
-    from edgeprune.latency_table import load
+    from edgeprune.latency.table import load
 
     p = tmp_path / "too_fast.json"
     scaled_table(load(profile), 1 / 5).save(p)
@@ -260,8 +260,8 @@ def halved(profile, tmp_path_factory):
     """A table whose times were all halved (it says the machine is twice as fast as it
     is), and ``budget --verify`` on it at 0.6 × the real dense (1.2 × the table's),
     re-anchored and not: {"reanchor": BudgetRun, "table": BudgetRun, "target": ms}."""
-    from edgeprune.budget_run import make_budget
-    from edgeprune.latency_table import load
+    from edgeprune.budget.run import make_budget
+    from edgeprune.latency.table import load
 
     d = tmp_path_factory.mktemp("halved")
     p = d / "half.json"
@@ -295,8 +295,8 @@ def test_reanchor_scales_the_table_to_the_machine_and_prunes_harder(halved):
 
 
 def test_reanchored_budget_file_records_the_anchor_and_the_verified_schedule(halved):
-    from edgeprune.budget_file import load_budget
-    from edgeprune.render import budget_lines
+    from edgeprune.budget.file import load_budget
+    from edgeprune.render.tables import budget_lines
 
     run = halved["reanchor"]
     d = json.loads(run.path.read_text())
@@ -331,8 +331,8 @@ def test_refine_rescales_by_the_picks_own_measurement(profile):
     that measured as predicted but aimed 5 % under keeps more tokens (room was left)."""
     from functools import partial
 
-    from edgeprune.budget import search
-    from edgeprune.verify import REFINE_MARGIN, _refine
+    from edgeprune.budget.search import search
+    from edgeprune.budget.verify import REFINE_MARGIN, _refine
 
     model = load_model(profile)
     dense = model.predict(resolve("deit_tiny").plan).total_ms
@@ -347,7 +347,7 @@ def test_refine_rescales_by_the_picks_own_measurement(profile):
 
 
 def test_no_reanchor_verifies_the_tables_own_choice(halved):
-    from edgeprune.budget import resolve_margin, search
+    from edgeprune.budget.search import resolve_margin, search
 
     run = halved["table"]
     model = load_model(halved["profile"])
@@ -361,8 +361,8 @@ def test_no_reanchor_verifies_the_tables_own_choice(halved):
 
 
 def test_search_at_a_scale_is_the_search_at_the_target_divided_by_it():
-    from edgeprune.budget import UnreachableTarget, search
-    from edgeprune.latency import LatencyModel
+    from edgeprune.budget.search import UnreachableTarget, search
+    from edgeprune.latency.model import LatencyModel
 
     m = LatencyModel(synthetic_table())
     for schedule in ("geometric", "free"):
@@ -376,7 +376,7 @@ def test_search_at_a_scale_is_the_search_at_the_target_divided_by_it():
 
 
 def _anchored(anchor_dense: float, dense_now: float, pick: float, target: float):
-    from edgeprune.verify import Anchor, Verification
+    from edgeprune.budget.verify import Anchor, Verification
 
     ch = {"status": "ok", "keep_ratios": [0.4], "table_predicted_ms": 1.0, "predicted_ms": 1.0}
     anchor = Anchor(7.7, anchor_dense, 20, 3, ch, ch)
@@ -392,7 +392,7 @@ def test_a_machine_that_changes_speed_during_the_check_is_reported_not_hidden():
     7.38 ms at the re-anchor, 10.30 ms beside the pick (5.04 ms, target 3.87 ms). The
     verdict stays the measurement (not met); the report gives the move and the pick at
     the anchor's speed (its ratio to dense holds: 5.04 × 7.38 / 10.30 = 3.61 ms)."""
-    from edgeprune.render import verification_lines
+    from edgeprune.render.tables import verification_lines
 
     v = _anchored(7.38, 10.30, 5.04, 3.87)
     assert not v.met and v.vs_target == pytest.approx(5.04 / 3.87 - 1)
@@ -406,7 +406,7 @@ def test_a_machine_that_changes_speed_during_the_check_is_reported_not_hidden():
     assert f"{v.at_anchor_ms:.3f} ms" in text and "+39.6%" in text
     steady = _anchored(7.38, 7.45, 3.70, 3.87)  # moved 0.9 %: nothing to say
     assert steady.met and "changed speed" not in "\n".join(verification_lines(steady))
-    from edgeprune.verify import Verification
+    from edgeprune.budget.verify import Verification
 
     plain = Verification(3.87, 3.5, 3.5, 3.7, 3.8, 7.7, 7.6, "onnxruntime", 1, 30, 3)
     assert plain.moved is None and plain.at_anchor_ms is None  # --no-reanchor
@@ -419,7 +419,7 @@ def test_refinement_decides_on_the_pick_at_the_anchors_speed_when_the_machine_mo
     then measured 22.8 % under, back at full speed). At the anchor's speed it is 4.10 ms,
     3.8 % under the target: within the band, kept. On a steady machine (dense within
     5 % of the anchor) the raw figure decides, as before."""
-    from edgeprune.verify import (
+    from edgeprune.budget.verify import (
         MOVED_NOTE,
         REFINE_BAND,
         Anchor,

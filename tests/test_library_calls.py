@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from edgeprune.errors import EdgepruneError
+from edgeprune.core.errors import EdgepruneError
 from edgeprune.profiles.devices import get_device
 
 
 def test_profile_job_names_validates_and_resumes(tmp_path):
-    from edgeprune.measure import ProfileJob
+    from edgeprune.profiling.measure import ProfileJob
 
     job = ProfileJob(get_device("cpu"), "deit_tiny", "DynamicViT")
     req = job.request()
@@ -31,7 +31,7 @@ def test_profile_job_names_validates_and_resumes(tmp_path):
 
 
 def test_resume_is_refused_through_a_transport():
-    from edgeprune.measure import ProfileJob, sweep_on_device
+    from edgeprune.profiling.measure import ProfileJob, sweep_on_device
 
     dev = get_device("cpu").at_host("nobody@example.invalid")
     req = ProfileJob(dev, "deit_tiny").request()
@@ -40,8 +40,8 @@ def test_resume_is_refused_through_a_transport():
 
 
 def test_profile_device_writes_table_and_drops_resume_file(tmp_path):
-    from edgeprune.latency_table import load
-    from edgeprune.measure import ProfileJob, profile_device, summary
+    from edgeprune.latency.table import load
+    from edgeprune.profiling.measure import ProfileJob, profile_device, summary
 
     out = tmp_path / "t.json"
     job = ProfileJob(get_device("cpu"), "deit_tiny", None, 1, 1, out, 2, "1,197", 0, 1,
@@ -59,9 +59,9 @@ def test_profile_device_writes_table_and_drops_resume_file(tmp_path):
 
 
 def test_bench_dispatch_here(tmp_path):
-    from edgeprune.arch import get_arch
-    from edgeprune.bench import bench
-    from edgeprune.pieces import make_block, module_to_onnx
+    from edgeprune.core.arch import get_arch
+    from edgeprune.profiling.bench import bench
+    from edgeprune.profiling.pieces import make_block, module_to_onnx
 
     onnx = tmp_path / "b.onnx"
     onnx.write_bytes(module_to_onnx(make_block(get_arch("deit_tiny")), (1, 8, 192)))
@@ -74,8 +74,8 @@ def test_bench_dispatch_here(tmp_path):
 
 
 def test_calibration_inputs_and_calibrate_source(tmp_path):
-    from edgeprune.arch import get_arch
-    from edgeprune.methods.avit_calibration import calibrate_source, calibration_inputs
+    from edgeprune.core.arch import get_arch
+    from edgeprune.core.methods.avit_calibration import calibrate_source, calibration_inputs
 
     a = get_arch("deit_tiny")
     x = calibration_inputs(a, None, 3)
@@ -94,8 +94,8 @@ def test_calibration_inputs_and_calibrate_source(tmp_path):
 
 
 def test_resolve_with_budget(tmp_path):
-    from edgeprune.budget_run import make_budget
-    from edgeprune.source import resolve
+    from edgeprune.budget.run import make_budget
+    from edgeprune.core.source import resolve
     from tests.profile_helper import synthetic_table
 
     table = tmp_path / "t.json"

@@ -1,11 +1,11 @@
 import pytest
 import torch
 
-from edgeprune.arch import get_arch
-from edgeprune.checkpoint import arch_from_state_dict, unwrap
-from edgeprune.errors import EdgepruneError
-from edgeprune.models.deit import VisionTransformer
-from edgeprune.source import resolve
+from edgeprune.core.arch import get_arch
+from edgeprune.core.checkpoint import arch_from_state_dict, unwrap
+from edgeprune.core.errors import EdgepruneError
+from edgeprune.core.models.deit import VisionTransformer
+from edgeprune.core.source import resolve
 from tests.conftest import dynamicvit_predictor_keys, make_state_dict, timm_vit_keys
 
 

@@ -4,7 +4,7 @@ import onnx
 import pytest
 
 from edgeprune.export.onnx import export_onnx
-from edgeprune.source import resolve
+from edgeprune.core.source import resolve
 
 SPECS = ["deit_tiny:spvit", "deit_tiny:evit@0.7", "deit_tiny:tome@r16"]
 

@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from edgeprune.methods.tokenops import xnnpack_form
-from edgeprune.source import resolve
+from edgeprune.core.methods.tokenops import xnnpack_form
+from edgeprune.core.source import resolve
 
 
 def run_block_masked(blk, x, alive):

@@ -1,11 +1,11 @@
-"""The monotone latency curve and the noise measures (edgeprune.monotone)."""
+"""The monotone latency curve and the noise measures (edgeprune.profiling.monotone)."""
 
 import itertools
 import random
 
 import pytest
 
-from edgeprune.monotone import isotonic, noise_summary, pass_spread, shape_breaks
+from edgeprune.profiling.monotone import isotonic, noise_summary, pass_spread, shape_breaks
 
 
 def _sse(a, b):
@@ -82,10 +82,10 @@ class _BurstyRunner:
 
 
 def test_sweep_retimes_a_burst_and_stores_a_monotone_curve():
-    from edgeprune.arch import get_arch
+    from edgeprune.core.arch import get_arch
     from edgeprune.profiles.devices import get_device
     from edgeprune.runtimes.timing import TimingPolicy
-    from edgeprune.sweep import ProfileRequest, measure
+    from edgeprune.profiling.sweep import ProfileRequest, measure
 
     req = ProfileRequest(
         get_device("cpu"), get_arch("deit_tiny"), None, threads=1, grid=[1, 32, 197],

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgeprune.errors import EdgepruneError, MissingRuntimeError
+from edgeprune.core.errors import EdgepruneError, MissingRuntimeError
 from edgeprune.runtimes.onnxruntime import (
     OrtPerfTestRunner,
     failure_line,
@@ -251,7 +251,7 @@ def test_a_failure_is_told_by_its_own_line():
 
 
 def test_bench_picks_the_runner_by_the_artifacts_kind():
-    from edgeprune.bench import runtime_for
+    from edgeprune.profiling.bench import runtime_for
     from edgeprune.profiles.devices import get_device
 
     android = get_device("android-arm64")
@@ -296,8 +296,8 @@ def test_bench_ort_on_android_without_the_binary_is_one_line(cli, phone, models)
 def test_profile_on_android_ort_over_adb(cli, phone, tmp_path, monkeypatch):
     """`profile --device android-arm64-ort`: every piece exported to ONNX here, pushed and
     timed there by (the stand-in) onnxruntime_perf_test; a micro DeiT and a short grid."""
-    from edgeprune.arch import ARCHS, Arch
-    from edgeprune.latency_table import load
+    from edgeprune.core.arch import ARCHS, Arch
+    from edgeprune.latency.table import load
 
     micro = Arch("ort_micro", embed_dim=48, num_heads=3, img_size=64, num_classes=10)
     monkeypatch.setitem(ARCHS, micro.name, micro)

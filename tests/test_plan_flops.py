@@ -1,7 +1,7 @@
 import pytest
 
-from edgeprune.errors import EdgepruneError
-from edgeprune.source import resolve
+from edgeprune.core.errors import EdgepruneError
+from edgeprune.core.source import resolve
 
 
 def test_dynamicvit_token_plan_0_7():

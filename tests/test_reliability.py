@@ -17,7 +17,7 @@ import torch
 from edgeprune.export.manifest import sha256_file
 from edgeprune.export.onnx import export_onnx
 from edgeprune.runtimes.onnxruntime import make_session, run
-from edgeprune.source import resolve
+from edgeprune.core.source import resolve
 
 
 def _spawn(*args: str, cwd: Path) -> subprocess.Popen:

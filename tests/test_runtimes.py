@@ -10,11 +10,11 @@ import stat
 import numpy as np
 import pytest
 
-from edgeprune.arch import get_arch
-from edgeprune.errors import EdgepruneError, MissingRuntimeError
-from edgeprune.pieces import make_block, module_to_onnx
+from edgeprune.core.arch import get_arch
+from edgeprune.core.errors import EdgepruneError, MissingRuntimeError
+from edgeprune.profiling.pieces import make_block, module_to_onnx
 from edgeprune.runtimes.base import get_runner
-from edgeprune.runtimes.tensorrt import TrtexecRunner, parse_export_times, trtexec_argv
+from edgeprune.runtimes.tensorrt.runner import TrtexecRunner, parse_export_times, trtexec_argv
 from edgeprune.runtimes.timing import (
     Timing,
     TimingPolicy,
@@ -22,7 +22,7 @@ from edgeprune.runtimes.timing import (
     interleave_samples,
     percentile,
 )
-from edgeprune.runtimes.trtexec import parse_trtexec_version
+from edgeprune.runtimes.tensorrt.trtexec import parse_trtexec_version
 
 
 @pytest.fixture(scope="module")
@@ -197,7 +197,7 @@ def test_export_builder_shares_trtexec_lookup_and_version(tmp_path, monkeypatch)
 
     if importlib.util.find_spec("tensorrt") is not None:
         pytest.skip("the tensorrt Python API is installed: find_builder prefers it")
-    from edgeprune.runtimes.trt_engine import find_builder
+    from edgeprune.runtimes.tensorrt.engine import find_builder
 
     exe = _fake_trtexec(tmp_path, "8601")
     monkeypatch.setenv("PATH", str(tmp_path))

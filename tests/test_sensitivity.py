@@ -7,9 +7,9 @@ import shutil
 
 import pytest
 
-from edgeprune.budget import load_sensitivity, stage_schedule
-from edgeprune.images import write_demo_images
-from edgeprune.sensitivity import SensitivityRequest, measure
+from edgeprune.budget.search import load_sensitivity, stage_schedule
+from edgeprune.core.images import write_demo_images
+from edgeprune.accuracy.sensitivity import SensitivityRequest, measure
 from tests.accuracy_helper import HEADS, LOCS, write_dynamicvit, write_profile
 
 GRID = (0.25, 0.5, 1.0)
@@ -89,7 +89,7 @@ def test_resume_reuses_the_points_measured_before_an_interruption(setup, tmp_pat
             ),
             partial,
         )
-    import edgeprune.sensitivity as s
+    import edgeprune.accuracy.sensitivity as s
 
     calls = []
     real = s.schedule_model

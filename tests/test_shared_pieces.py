@@ -9,8 +9,8 @@ from dataclasses import dataclass
 import pytest
 import typer
 
-from edgeprune import cli_options as o
-from edgeprune.records import record
+from edgeprune.cli import options as o
+from edgeprune.core.records import record
 
 
 def test_grouped_spreads_a_group_in_place_and_hands_one_instance():
@@ -36,7 +36,7 @@ def test_grouped_refuses_a_group_that_repeats_a_parameter():
 
 
 def test_commands_share_the_groups_with_their_own_defaults():
-    from edgeprune.cli import app
+    from edgeprune.cli.app import app
 
     cmds = typer.main.get_command(app).commands
     timeout = {c: {p.name: p for p in cmds[c].params}["timeout"] for c in ("profile", "bench")}
@@ -49,7 +49,7 @@ def test_commands_share_the_groups_with_their_own_defaults():
 
 
 def test_model_choice_resolves_like_the_library():
-    from edgeprune.source import resolve
+    from edgeprune.core.source import resolve
 
     src = "deit_tiny:dynamicvit@0.7"
     got = o.ModelChoice(keep="0.8,0.6,0.4").resolve(src)

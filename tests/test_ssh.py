@@ -17,10 +17,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from edgeprune.arch import get_arch
-from edgeprune.errors import EdgepruneError
-from edgeprune.latency_table import load
-from edgeprune.pieces import make_block, module_to_onnx
+from edgeprune.core.arch import get_arch
+from edgeprune.core.errors import EdgepruneError
+from edgeprune.latency.table import load
+from edgeprune.profiling.pieces import make_block, module_to_onnx
 from edgeprune.runtimes.transports.ssh import SSHTransport
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"

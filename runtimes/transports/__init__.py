@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib
 
-from edgeprune.errors import EdgepruneError
+from edgeprune.core.errors import EdgepruneError
 from edgeprune.runtimes.transports.base import Result, Transport, run_killable
 
 # name -> "module:Class" (imported when used)

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgeprune.errors import EdgepruneError, MissingRuntimeError
+from edgeprune.core.errors import EdgepruneError, MissingRuntimeError
 from edgeprune.runtimes.transports.base import RemoteShell, Result, run_killable
 
 SERIAL_ENV = "ANDROID_SERIAL"

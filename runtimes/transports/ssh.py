@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edgeprune.errors import EdgepruneError, MissingRuntimeError
+from edgeprune.core.errors import EdgepruneError, MissingRuntimeError
 from edgeprune.runtimes.transports.base import RemoteShell, Result, run_killable
 
 SSH_CONFIG_ENV = "EDGEPRUNE_SSH_CONFIG"

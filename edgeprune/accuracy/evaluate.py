@@ -1,0 +1,393 @@
+"""``edgeprune evaluate``: run a model over an image folder and compare it with references.
+
+The model is either a SRC (the static PyTorch graph of a checkpoint or built-in spec)
+or an exported artifact, run through its runtime's runner (``get_runner``; ``.onnx``
+and ``.ort`` in onnxruntime, ``.engine`` in TensorRT, ``.mlpackage`` in CoreML,
+``.pte`` in ExecuTorch, or ``--runtime``). Images go through the DeiT preprocessing
+(``edgeprune.core.images``).
+
+Reported:
+
+* ``top1`` / ``top5`` (%) when the folder is ImageNet-style (class sub-folders);
+* per reference: ``top1_agreement`` (% of images whose top-1 class equals the
+  reference's), ``kl`` (mean over images of KL(p_ref ‖ p_model) in nats, softmax of
+  the logits) and ``max_logit_diff`` (max |logit − reference logit| over all images and
+  classes).
+
+References: ``--reference SRC`` if given; for an artifact, otherwise the PyTorch model
+of the source its manifest records (``<artifact>.manifest.json``, or the older
+``<stem>.manifest.json``); and for a pruned model, also its **dense backbone** (the same
+weights with no token pruning). A PyTorch SRC is not compared with itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edgeprune.core.errors import EdgepruneError
+from edgeprune.core.images import ImageSet, Preprocess, batches, preprocess_for, scan
+from edgeprune.core.source import Source, resolve
+
+ARTIFACT_RUNTIMES = {
+    ".onnx": "onnxruntime",
+    ".ort": "onnxruntime",
+    ".engine": "tensorrt",
+    ".plan": "tensorrt",
+    ".mlpackage": "coreml",
+    ".pte": "executorch",
+}
+
+
+# ---- models ---------------------------------------------------------------------------
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run PyTorch on ``n`` intra-op threads inside the block (None: leave it)."""
+    if n is not None and n < 1:
+        raise EdgepruneError(f"--threads {n} must be at least 1")
+    old = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+class Predictor:
+    """Something that turns a batch of images into logits (numpy float32, B×classes)."""
+
+    name: str
+    what: str = ""  # a longer description
+    batch: int | None = None  # a fixed batch size (static artifacts), None for any
+
+    def __call__(self, x: torch.Tensor) -> np.ndarray:
+        raise NotImplementedError
+
+
+class TorchPredictor(Predictor):
+    def __init__(self, name: str, module: torch.nn.Module, what: str = ""):
+        self.name, self.module, self.what = name, module.eval(), what or name
+
+    def __call__(self, x: torch.Tensor) -> np.ndarray:
+        with torch.no_grad():
+            return self.module(x).float().numpy()
+
+
+class RunnerPredictor(Predictor):
+    """An artifact through its runner; batches are padded to the graph's static batch."""
+
+    def __init__(self, name: str, runner):
+        self.name, self.runner, self.what = name, runner, name
+        shapes = runner.input_shapes()
+        if len(shapes) != 1:
+            raise EdgepruneError(f"{name} has {len(shapes)} inputs; expected one image input")
+        self.input_name, shape = next(iter(shapes.items()))
+        if len(shape) != 4:
+            raise EdgepruneError(f"{name} takes a {len(shape)}-d input, not B×3×H×W")
+        self.batch, self.image_shape = int(shape[0]), tuple(int(d) for d in shape[1:])
+
+    def __call__(self, x: torch.Tensor) -> np.ndarray:
+        if tuple(x.shape[1:]) != self.image_shape:
+            raise EdgepruneError(
+                f"{self.name} takes images {list(self.image_shape)}, got {list(x.shape[1:])}"
+            )
+        out = []
+        for i in range(0, x.shape[0], self.batch):
+            chunk = x[i : i + self.batch].numpy().astype(np.float32)
+            n = chunk.shape[0]
+            if n < self.batch:  # pad with copies of the last image, drop their outputs
+                pad = np.repeat(chunk[-1:], self.batch - n, axis=0)
+                chunk = np.concatenate([chunk, pad])
+            logits = self.runner.run({self.input_name: chunk})[0]
+            out.append(np.asarray(logits, dtype=np.float32).reshape(self.batch, -1)[:n])
+        return np.concatenate(out)
+
+
+def is_artifact(text: str) -> bool:
+    return Path(text).suffix.lower() in ARTIFACT_RUNTIMES
+
+
+def manifest_of(artifact: Path) -> tuple[Path, dict] | None:
+    """The manifest written beside ``artifact``: ``<artifact>.manifest.json`` (one per
+    artifact), else the older ``<stem>.manifest.json``. None when there is none."""
+    artifact = Path(artifact)
+    for p in (
+        artifact.with_name(artifact.name + ".manifest.json"),
+        artifact.with_name(artifact.stem + ".manifest.json"),
+    ):
+        if p.is_file():
+            try:
+                data = json.loads(p.read_text())
+            except (OSError, ValueError):
+                raise EdgepruneError(f"manifest {p} is not valid JSON") from None
+            # a stem-named manifest may belong to another artifact of the same stem
+            if isinstance(data, dict) and data.get("artifact") in (None, artifact.name):
+                return p, data
+    return None
+
+
+def source_from_manifest(artifact: Path, heads: int | None = None) -> Source:
+    """The SRC an artifact was exported from, as its manifest records it (spec and
+    token plan). A checkpoint path is looked up as written, then beside the manifest."""
+    found = manifest_of(artifact)
+    if found is None:
+        raise EdgepruneError(
+            f"{artifact} has no manifest beside it, so its source is unknown",
+            "pass --reference SRC",
+        )
+    mpath, man = found
+    spec = man.get("spec")
+    if not isinstance(spec, dict) or not isinstance(spec.get("source"), str):
+        raise EdgepruneError(f"manifest {mpath} records no source", "pass --reference SRC")
+    text = spec["source"]
+    if spec.get("kind") == "checkpoint" and not Path(text).exists():
+        beside = mpath.parent / text
+        if not beside.exists():
+            raise EdgepruneError(
+                f"the source of {artifact}, {text}, is not here", "pass --reference SRC"
+            )
+        text = str(beside)
+    from edgeprune.core.methods import get_method
+
+    method = get_method(str(spec.get("method", "dense")))
+    opts = {k: v for k, v in (spec.get("options") or {}).items() if k in method.user_options}
+    keep = tuple(float(r) for r in spec.get("keep_ratios") or ()) or None
+    locs = tuple(int(x) for x in spec.get("prune_locs") or ()) or None
+    try:
+        src = resolve(
+            text, method=method.name, keep=keep, locs=locs, heads=heads, method_options=opts
+        )
+    except EdgepruneError:
+        src = resolve(text, method=method.name, heads=heads, method_options=opts)
+    want = (man.get("token_plan") or {}).get("tokens_per_block")
+    if want is not None and list(src.plan.attn_tokens) != list(want):
+        raise EdgepruneError(
+            f"the source {text} recorded in {mpath.name} no longer gives the artifact's token plan",
+            "pass --reference SRC",
+        )
+    return src
+
+
+def dense_backbone(source: Source) -> torch.nn.Module:
+    """The pruned model's backbone with no token pruning: a dense DeiT with the same
+    weights (the selectors' parameters left out)."""
+    from edgeprune.core.models.deit import VisionTransformer
+
+    dense = VisionTransformer(source.arch)
+    sd = source.model().state_dict()
+    dense.load_state_dict({k: v for k, v in sd.items() if k in dense.state_dict()})
+    return dense.eval()
+
+
+def load_artifact(path: Path, runtime: str | None, threads: int | None) -> Predictor:
+    from edgeprune.runtimes.base import get_runner
+
+    if not path.exists():
+        raise EdgepruneError(f"artifact {path} does not exist")
+    rt = runtime or ARTIFACT_RUNTIMES.get(path.suffix.lower())
+    if rt is None:
+        raise EdgepruneError(f"cannot tell the runtime of {path}", "pass --runtime")
+    runner = get_runner(rt, threads=threads)
+    runner.load(path)
+    return RunnerPredictor(f"{path.name} ({rt})", runner)
+
+
+# ---- metrics --------------------------------------------------------------------------
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
+    m = x.max(axis=1, keepdims=True)
+    return x - m - np.log(np.exp(x - m).sum(axis=1, keepdims=True))
+
+
+def compare_logits(model: np.ndarray, ref: np.ndarray) -> dict:
+    """Agreement of ``model`` with ``ref`` (both N×classes)."""
+    lp, lq = _log_softmax(ref), _log_softmax(model)
+    kl = (np.exp(lp) * (lp - lq)).sum(axis=1)
+    return {
+        "top1_agreement": float(100.0 * (model.argmax(1) == ref.argmax(1)).mean()),
+        "kl": float(kl.mean()),
+        "max_logit_diff": float(np.abs(model - ref).max()),
+    }
+
+
+def topk_accuracy(logits: np.ndarray, labels: np.ndarray, k: int) -> float:
+    k = min(k, logits.shape[1])
+    top = np.argpartition(-logits, k - 1, axis=1)[:, :k]
+    return float(100.0 * (top == labels[:, None]).any(axis=1).mean())
+
+
+@dataclass
+class EvalReport:
+    model: str
+    images: ImageSet
+    preprocess: Preprocess
+    logits: np.ndarray  # N×classes, the images that could be read
+    read: list[int]  # their positions in ``images.files``
+    skipped: list[Path]
+    references: dict[str, np.ndarray] = field(default_factory=dict)
+    reference_names: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def predictions(self) -> list[int]:
+        """Top-1 class per image read, in order."""
+        return [int(c) for c in self.logits.argmax(1)]
+
+    @property
+    def labels(self) -> np.ndarray | None:
+        if self.images.labels is None:
+            return None
+        return np.array([self.images.labels[i] for i in self.read], dtype=np.int64)
+
+    def accuracy(self, logits: np.ndarray) -> dict | None:
+        y = self.labels
+        if y is None:
+            return None
+        return {"top1": topk_accuracy(logits, y, 1), "top5": topk_accuracy(logits, y, 5)}
+
+    def to_dict(self) -> dict:
+        refs = {}
+        for name, ref in self.references.items():
+            refs[name] = {
+                "what": self.reference_names.get(name, name),
+                **compare_logits(self.logits, ref),
+                "accuracy": self.accuracy(ref),
+            }
+        return {
+            "model": self.model,
+            **self.images.describe(),
+            "images_read": len(self.read),
+            "skipped_unreadable": len(self.skipped),
+            "skipped_files": [str(p) for p in self.skipped[:20]],
+            "preprocess": self.preprocess.to_dict(),
+            "accuracy": self.accuracy(self.logits),
+            "references": refs,
+            "notes": self.notes,
+        }
+
+
+# ---- the evaluation -------------------------------------------------------------------
+@dataclass
+class EvalRequest:
+    model: str  # SRC or an artifact path
+    images: Path
+    reference: str | None = None
+    limit: int | None = None
+    batch: int = 16
+    runtime: str | None = None
+    threads: int | None = None
+    heads: int | None = None
+    resize: int | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    dense_reference: bool = True
+    method: str | None = None  # overrides for a SRC (as every command's --method/--keep/--locs)
+    keep: tuple[float, ...] | str | None = None
+    locs: tuple[int, ...] | str | None = None
+
+
+def build_predictors(req: EvalRequest) -> tuple[Predictor, list[Predictor], Source, list[str]]:
+    """The model under test, its references, the source that fixes the arch, notes."""
+    notes: list[str] = []
+    refs: list[Predictor] = []
+    ref_src = None
+    if req.reference is not None:
+        ref_src = resolve(req.reference, heads=req.heads)
+    if is_artifact(req.model):
+        if (req.method, req.keep, req.locs) != (None, None, None):
+            raise EdgepruneError(
+                "--method/--keep/--locs apply to a SRC, not to an exported artifact",
+                "an artifact's schedule is fixed; give --reference SRC to compare with another",
+            )
+        if not Path(req.model).exists():
+            raise EdgepruneError(f"artifact {req.model} does not exist")
+        src = ref_src if ref_src is not None else source_from_manifest(Path(req.model), req.heads)
+        model = load_artifact(Path(req.model), req.runtime, req.threads)
+        key = "source" if ref_src is None else "reference"
+        refs.append(TorchPredictor(key, src.model(), f"{src.text} in PyTorch"))
+    else:
+        if req.runtime is not None:
+            raise EdgepruneError("--runtime applies to an exported artifact, not a SRC")
+        src = resolve(req.model, req.method, req.keep, req.locs, heads=req.heads)
+        model = TorchPredictor(f"{src.text} (PyTorch)", src.model())
+        if ref_src is not None:
+            refs.append(TorchPredictor("reference", ref_src.model(), f"{ref_src.text} in PyTorch"))
+    if ref_src is not None and ref_src.arch.to_dict() != src.arch.to_dict():
+        raise EdgepruneError(
+            f"--reference {req.reference} is a {ref_src.arch.name}, the model a {src.arch.name}"
+        )
+    notes += src.notes
+    if req.dense_reference and src.method.name != "dense":
+        refs.append(TorchPredictor("dense", dense_backbone(src), f"dense backbone of {src.text}"))
+    if not refs:
+        notes.append("no reference: a dense PyTorch model with no --reference is its own")
+    return model, refs, src, notes
+
+
+def evaluate(req: EvalRequest, progress: Callable[[int, int], None] | None = None) -> EvalReport:
+    """Run the model and its references over the folder (see the module docstring)."""
+    if req.limit is not None and req.limit < 1:
+        raise EdgepruneError(f"--limit {req.limit} must be at least 1")
+    if req.batch < 1:
+        raise EdgepruneError(f"--batch {req.batch} must be at least 1")
+    with torch_threads(req.threads):
+        return _evaluate(req, progress)
+
+
+def _evaluate(req: EvalRequest, progress: Callable[[int, int], None] | None) -> EvalReport:
+    images = scan(req.images)  # before loading any model: an empty folder fails fast
+    model, refs, src, notes = build_predictors(req)
+    pre = preprocess_for(src.arch.img_size, req.resize, req.mean, req.std)
+    images = images.limit(req.limit)
+    if images.labelled and len(images.classes) > src.arch.num_classes:
+        raise EdgepruneError(
+            f"{req.images} has {len(images.classes)} class folders but the model has "
+            f"{src.arch.num_classes} outputs"
+        )
+    if images.labelled and len(images.classes) != src.arch.num_classes:
+        notes.append(
+            f"{len(images.classes)} class folders for {src.arch.num_classes} outputs: label i "
+            "is the i-th folder name in sorted order"
+        )
+    batch = model.batch or req.batch
+    skipped: list[Path] = []
+    logits, read = [], []
+    ref_logits: dict[str, list[np.ndarray]] = {r.name: [] for r in refs}
+    total = len(images.files)
+    for b in batches(images, pre, batch, skipped):
+        logits.append(model(b.images))
+        for r in refs:
+            ref_logits[r.name].append(r(b.images))
+        read += b.indices
+        if progress is not None:
+            progress(len(read) + len(skipped), total)
+    if not read:
+        raise EdgepruneError(f"none of the {total} images in {req.images} could be read")
+    out = np.concatenate(logits)
+    if not np.isfinite(out).all():
+        notes.append("the model produced non-finite logits")
+    if skipped:
+        notes.append(f"{len(skipped)} unreadable image(s) skipped")
+    return EvalReport(
+        model.name,
+        images,
+        pre,
+        out,
+        read,
+        skipped,
+        {k: np.concatenate(v) for k, v in ref_logits.items()},
+        {r.name: r.what for r in refs},
+        notes,
+    )
+
+
+def fmt_pct(v: float | None) -> str:
+    return "—" if v is None or not math.isfinite(v) else f"{v:.2f} %"

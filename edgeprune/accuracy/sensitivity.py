@@ -1,0 +1,253 @@
+"""``edgeprune sensitivity``: measured accuracy per pruning stage and keep ratio, written
+as the ``edgeprune.accuracy.sensitivity`` file that ``budget --sensitivity`` reads.
+
+For every pruning stage s of the SRC and every keep ratio r of the grid, the static
+model with stage s at r and the other stages not pruning is run over the image folder:
+
+* methods whose ratios are cumulative (DynamicViT, SPViT, A-ViT: a fraction of the
+  original patches) get ``[1, …, 1, r, r, …, r]``: earlier stages keep everything,
+  stage s keeps r, later stages keep what reaches them;
+* methods whose ratios are relative to each stage's input (EViT) get ``r`` at stage s
+  and 1.0 elsewhere.
+
+The metric (said in the file's ``metric`` and ``metric_description``): **top-1
+accuracy (%)** when the folder is labelled (class sub-folders), else **top-1
+agreement with the dense backbone (%)** (same weights, no pruning; 100 for the dense
+model itself). Every point also records agreement and KL divergence to the dense
+backbone. ``budget`` combines the curves additively: predicted = dense − Σ_s (dense −
+acc_s(r_s)), an approximation that ignores interactions between stages.
+
+``resume``: each measured point is saved (atomically) to a resume file; a rerun with
+the same request continues from it, and the file is removed when the result is written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edgeprune.budget.search import SENSITIVITY_SCHEMA, stage_schedule
+from edgeprune.core.errors import EdgepruneError
+from edgeprune.accuracy.evaluate import compare_logits, dense_backbone, topk_accuracy
+from edgeprune.core.images import batches, preprocess_for, scan
+from edgeprune.core.source import Source, resolve
+
+SENSITIVITY_VERSION = 1
+DEFAULT_GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+
+
+@dataclass
+class SensitivityRequest:
+    src: str
+    images: Path
+    grid: tuple[float, ...] = DEFAULT_GRID
+    limit: int | None = None
+    batch: int = 16
+    heads: int | None = None
+    resize: int | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    method: str | None = None
+    locs: tuple[int, ...] | None = None
+    metric: str | None = None  # "top1" | "agreement"; None: top1 when labelled
+    threads: int | None = None  # torch intra-op threads (None: torch's default)
+
+
+def parse_grid(text: str | None) -> tuple[float, ...]:
+    from edgeprune.core.parsing import parse_floats
+
+    grid = parse_floats(text, "--grid") if text is not None else DEFAULT_GRID
+    if not grid or any(not (math.isfinite(r) and 0 < r <= 1) for r in grid):
+        raise EdgepruneError(f"--grid {text} needs keep ratios in (0, 1]", "e.g. 0.3,0.5,0.7,1")
+    return tuple(sorted(set(grid)))
+
+
+def schedule_model(source: Source, keep: Sequence[float]) -> torch.nn.Module:
+    """The static model of ``source`` at another keep schedule, same weights."""
+    cfg = source.method.with_overrides(source.config, source.arch, tuple(keep))
+    plan = source.method.token_plan(source.arch, cfg)
+    m = source.method.build(source.arch, plan)
+    m.load_state_dict(source.model().state_dict())
+    return m.eval()
+
+
+class ResumeFile:
+    """Points measured so far, saved atomically after each one."""
+
+    def __init__(self, path: Path | None, key: dict):
+        from edgeprune.profiling.resume import read_resume
+
+        self.path, self.key, self.points = path, key, {}
+        data = read_resume(path, key, "request") or {}
+        for p in data.get("points", []):
+            self.points[(p["stage"], p["keep_ratio"])] = p
+
+    def put(self, point: dict) -> None:
+        from edgeprune.core.atomic import write_json_atomic
+
+        self.points[(point["stage"], point["keep_ratio"])] = point
+        if self.path is not None:
+            write_json_atomic(
+                self.path, {"request": self.key, "points": list(self.points.values())}
+            )
+
+    def done(self) -> None:
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
+
+
+def _request_key(req: SensitivityRequest, source: Source, files: list[Path], pre) -> dict:
+    h = hashlib.sha256()
+    for f in files:
+        h.update(str(f).encode() + b"\0")
+    src_digest = None
+    if source.kind == "checkpoint":
+        from edgeprune.export.manifest import sha256_file
+
+        src_digest = sha256_file(Path(source.text))
+    return {
+        "source": source.text,
+        "source_sha256": src_digest,
+        "method": source.method.name,
+        "locs": list(source.config.prune_locs),
+        "grid": list(req.grid),
+        "images": str(req.images),
+        "files_sha256": h.hexdigest(),
+        "preprocess": pre.to_dict(),
+    }
+
+
+def _logits(model: torch.nn.Module, x: torch.Tensor, batch: int) -> np.ndarray:
+    with torch.no_grad():
+        return torch.cat([model(x[i : i + batch]) for i in range(0, len(x), batch)]).numpy()
+
+
+def measure(
+    req: SensitivityRequest,
+    resume: Path | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> dict:
+    """Measure the curves; returns the ``edgeprune.accuracy.sensitivity`` dict."""
+    from edgeprune.accuracy.evaluate import torch_threads
+
+    with torch_threads(req.threads):
+        return _measure(req, resume, progress)
+
+
+def _measure(req: SensitivityRequest, resume: Path | None, progress) -> dict:
+    from edgeprune.export.manifest import now_utc
+
+    images = scan(req.images)
+    source = resolve(req.src, method=req.method, locs=req.locs, heads=req.heads)
+    locs = tuple(source.config.prune_locs)
+    if source.method.name == "dense" or not locs:
+        raise EdgepruneError(
+            f"{req.src} prunes no tokens, so it has no stages to measure",
+            "give a pruned SRC, e.g. deit_tiny:dynamicvit@0.7 or --method dynamicvit",
+        )
+    pre = preprocess_for(source.arch.img_size, req.resize, req.mean, req.std)
+    images = images.limit(req.limit)
+    skipped: list[Path] = []
+    parts = list(batches(images, pre, req.batch, skipped))
+    if not parts:
+        raise EdgepruneError(
+            f"none of the {len(images.files)} images in {req.images} could be read"
+        )
+    x = torch.cat([b.images for b in parts])
+    labels = np.concatenate([b.labels.numpy() for b in parts]) if images.labelled else None
+    dense_logits = _logits(dense_backbone(source), x, req.batch)
+    if req.metric not in (None, "top1", "agreement"):
+        raise EdgepruneError(f"--metric {req.metric} is unknown", "expected top1 or agreement")
+    if req.metric == "top1" and labels is None:
+        raise EdgepruneError(f"--metric top1 needs labels: {req.images} has no class folders")
+    labelled = labels is not None and req.metric != "agreement"
+
+    def metric(logits: np.ndarray) -> float:
+        if labelled:
+            return topk_accuracy(logits, labels, 1)
+        return compare_logits(logits, dense_logits)["top1_agreement"]
+
+    store = ResumeFile(resume, _request_key(req, source, images.files, pre))
+    todo = [(s, r) for s in range(len(locs)) for r in req.grid]
+    for i, (s, r) in enumerate(todo):
+        if progress is not None:
+            progress(f"stage {locs[s]} @ {r:g}", i, len(todo))
+        if (locs[s], r) in store.points:
+            continue
+        keep = stage_schedule(len(locs), s, r, source.method.cumulative)
+        logits = _logits(schedule_model(source, keep), x, req.batch)
+        cmp = compare_logits(logits, dense_logits)
+        store.put(
+            {
+                "stage": locs[s],
+                "keep_ratio": r,
+                "keep_ratios": list(keep),
+                "accuracy": metric(logits),
+                "agreement_with_dense": cmp["top1_agreement"],
+                "kl_to_dense": cmp["kl"],
+            }
+        )
+    if progress is not None:
+        progress("done", len(todo), len(todo))
+    stages = {}
+    for loc in locs:
+        pts = [store.points[(loc, r)] for r in req.grid]
+        stages[str(loc)] = {
+            "keep_ratios": [p["keep_ratio"] for p in pts],
+            "accuracy": [p["accuracy"] for p in pts],
+            "agreement_with_dense": [p["agreement_with_dense"] for p in pts],
+            "kl_to_dense": [p["kl_to_dense"] for p in pts],
+            "schedules": [p["keep_ratios"] for p in pts],
+        }
+    result = {
+        "schema": SENSITIVITY_SCHEMA,
+        "version": SENSITIVITY_VERSION,
+        "created": now_utc(),
+        "metric": "top1" if labelled else "agreement_with_dense",
+        "metric_description": (
+            "top-1 accuracy (%) on the labelled image folder"
+            if labelled
+            else "top-1 agreement (%) with the dense backbone"
+            + (" (no labels in the folder)" if labels is None else " (--metric agreement)")
+        ),
+        "dense": metric(dense_logits),
+        "stages": stages,
+        "source": source.describe(),
+        "arch": source.arch.name,
+        "method": source.method.name,
+        "locs": list(locs),
+        "ratio_semantics": (
+            "cumulative: a fraction of the original patches; other stages keep all they get"
+            if source.method.cumulative
+            else "relative to the stage's input; other stages at 1.0"
+        ),
+        "images": {**images.describe(), "read": len(x), "skipped_unreadable": len(skipped)},
+        "preprocess": pre.to_dict(),
+        "notes": list(source.notes),
+    }
+    store.done()
+    return result
+
+
+def measure_to_file(
+    req: SensitivityRequest,
+    out: Path,
+    force: bool = False,
+    resume: bool = False,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> dict:
+    """``edgeprune sensitivity``: measure the curves and write them to ``out`` (with
+    ``resume``, progress is kept in ``<out>.partial.json`` and a rerun continues it)."""
+    from edgeprune.core.atomic import check_writable_target, write_json_atomic
+    from edgeprune.profiling.resume import resume_path
+
+    check_writable_target(out, force)
+    data = measure(req, resume_path(Path(out)) if resume else None, progress)
+    write_json_atomic(out, data)
+    return data

@@ -1,0 +1,459 @@
+"""Keep-ratio budgets: the schedule that meets a latency target and keeps the most.
+
+Given a latency model (a device profile), a method and its pruning locations, the
+search evaluates many keep schedules at once with the latency model (one vectorised
+call) and picks, among those whose predicted latency is ≤ the target, the one with
+the highest objective:
+
+* default: the tokens kept, ``Σ_blocks (attn_tokens + mlp_tokens) / 2`` (the accuracy
+  proxy the papers use; for pre-block methods simply the sum of tokens per block);
+* with a sensitivity file: the predicted accuracy (see ``Sensitivity``).
+
+Schedules: ``geometric`` is DynamicViT's ``[r, r², r³…]`` for cumulative methods (and
+``[r, r, r…]`` for methods whose ratios are relative to each stage's input), ``r`` on
+a 0.001 grid; ``free`` searches every stage on a grid (non-increasing ratios for
+cumulative methods), then refines around the best point at a quarter of the step.
+
+``scale`` re-anchors the table to the machine's speed now (``budget --verify``, see
+``verify.py``): every prediction is multiplied by it before it meets the target, which
+is the same search on the table at the target divided by ``scale``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edgeprune.core.arch import Arch
+from edgeprune.core.errors import EdgepruneError
+from edgeprune.core.flops import plan_flops
+from edgeprune.latency.model import LatencyModel
+from edgeprune.core.methods import Method, MethodConfig, get_method
+from edgeprune.core.methods.base import geometric
+from edgeprune.core.plan import TokenPlan, dense_plan
+
+SENSITIVITY_SCHEMA = "edgeprune.accuracy.sensitivity"
+SCHEDULES = ("geometric", "free")
+MAX_FREE_CANDIDATES = 25_000
+MAX_MARGIN = 0.5  # --margin above this is refused
+MAX_AUTO_MARGIN = 0.10  # --margin auto never aims further under the target than this
+
+
+# ---- targets ---------------------------------------------------------------------------
+def target_from(target_ms: float | None, target_fps: float | None) -> float:
+    """The latency target in ms from exactly one of --target-ms / --target-fps."""
+    if (target_ms is None) == (target_fps is None):
+        raise EdgepruneError("give exactly one of --target-ms and --target-fps")
+    name, v = ("--target-ms", target_ms) if target_ms is not None else ("--target-fps", target_fps)
+    if not (isinstance(v, int | float) and math.isfinite(v) and v > 0):
+        raise EdgepruneError(f"{name} {v} is not a positive finite number")
+    return float(v) if target_ms is not None else 1000.0 / float(v)
+
+
+# ---- sensitivity -----------------------------------------------------------------------
+@dataclass(frozen=True)
+class Sensitivity:
+    """Accuracy measured at a few keep ratios per pruning stage.
+
+    File format (JSON)::
+
+        {"schema": "edgeprune.accuracy.sensitivity", "metric": "top1", "dense": 72.2,
+         "stages": {"3": {"keep_ratios": [0.3, 0.5, 0.7, 1.0],
+                          "accuracy":    [66.0, 69.9, 71.5, 72.2]},
+                    "6": {...}, "9": {...}}}
+
+    ``stages`` is keyed by pruning location; each curve is the accuracy measured when
+    that stage's ratio is varied (the others at a reference schedule, or dense).
+    Predicted accuracy of a schedule = dense − Σ_stages (dense − acc_s(r_s)), each
+    ``acc_s`` read by linear interpolation (held constant past its ends): the usual
+    additive per-layer sensitivity model.
+    """
+
+    dense: float
+    stages: dict[int, tuple[tuple[float, ...], tuple[float, ...]]]
+    metric: str = "accuracy"
+
+    def predict(self, locs: tuple[int, ...], ratios: tuple[float, ...]) -> float:
+        return self.predict_many(locs, [ratios])[0]
+
+    def predict_many(self, locs: tuple[int, ...], schedules: list[tuple[float, ...]]) -> list:
+        """Predicted accuracy of many schedules at once (each curve held constant past
+        its ends). The additive model can fall below 0 for aggressive schedules; accuracy
+        and agreement cannot, so the prediction is floored at 0."""
+        import torch
+
+        from edgeprune.latency.table import piecewise_linear
+
+        r = torch.tensor(schedules, dtype=torch.float64).reshape(len(schedules), len(locs))
+        acc = torch.full((len(schedules),), float(self.dense), dtype=torch.float64)
+        for j, loc in enumerate(locs):
+            xs, ys = self.stages[loc]
+            acc -= self.dense - piecewise_linear(xs, ys, r[:, j], extrapolate=False)
+        return acc.clamp(min=0.0).tolist()
+
+    def check_locs(self, locs: tuple[int, ...], path: str) -> None:
+        missing = [loc for loc in locs if loc not in self.stages]
+        if missing:
+            raise EdgepruneError(
+                f"sensitivity file {path} has no curve for pruning location(s) {missing}",
+                f"it has: {sorted(self.stages)}",
+            )
+
+
+def load_sensitivity(path: str | Path) -> Sensitivity:
+    path = Path(path)
+    if not path.exists():
+        raise EdgepruneError(f"sensitivity file {path} does not exist")
+
+    def bad(what: str) -> EdgepruneError:
+        return EdgepruneError(
+            f"sensitivity file {path} is not valid: {what}",
+            'expected {"schema": "edgeprune.accuracy.sensitivity", "dense": ACC, '
+            '"stages": {"LOC": {"keep_ratios": [...], "accuracy": [...]}}}',
+        )
+
+    from edgeprune.core.atomic import read_json_file
+
+    d = read_json_file(path, bad, SENSITIVITY_SCHEMA)
+    try:
+        dense = float(d["dense"])
+        stages = {}
+        for k, v in d["stages"].items():
+            xs = tuple(float(x) for x in v["keep_ratios"])
+            ys = tuple(float(y) for y in v["accuracy"])
+            if not xs or len(xs) != len(ys):
+                raise bad(f"stage {k}: keep_ratios and accuracy differ in length")
+            if any(b <= a for a, b in zip(xs, xs[1:], strict=False)):
+                raise bad(f"stage {k}: keep_ratios must strictly increase")
+            if not all(math.isfinite(v) for v in xs + ys + (dense,)):
+                raise bad(f"stage {k}: non-finite values")
+            stages[int(k)] = (xs, ys)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise bad(f"{e.__class__.__name__}: {e}") from None
+    return Sensitivity(dense, stages, str(d.get("metric", "accuracy")))
+
+
+# ---- candidates ------------------------------------------------------------------------
+@dataclass
+class Candidate:
+    keep_ratios: tuple[float, ...]
+    plan: TokenPlan
+    predicted_ms: float = math.nan
+    kept_tokens: float = 0.0
+    accuracy: float | None = None
+
+    def objective(self) -> float:
+        return self.accuracy if self.accuracy is not None else self.kept_tokens
+
+
+def kept_tokens(plan: TokenPlan) -> float:
+    """The accuracy proxy: Σ over blocks of the tokens attention and MLP see, halved."""
+    return sum(a + m for a, m in zip(plan.attn_tokens, plan.mlp_tokens, strict=True)) / 2
+
+
+def _grid(step: float) -> list[float]:
+    n = round(1 / step)
+    return [round(i * step, 6) for i in range(1, n + 1)]
+
+
+def _free_tuples(values: list[float], n: int, cumulative: bool) -> list[tuple[float, ...]]:
+    if cumulative:  # non-increasing tuples
+        return list(itertools.combinations_with_replacement(sorted(values, reverse=True), n))
+    return list(itertools.product(values, repeat=n))
+
+
+def _count(g: int, n: int, cumulative: bool) -> int:
+    return math.comb(g + n - 1, n) if cumulative else g**n
+
+
+def _plans(method: Method, arch: Arch, locs: tuple[int, ...], ratio_sets) -> dict[tuple, Candidate]:
+    """Candidates keyed by their token counts (schedules giving the same plan merge)."""
+    out: dict[tuple, Candidate] = {}
+    for ratios in ratio_sets:
+        try:
+            plan = method.token_plan(arch, MethodConfig(tuple(locs), tuple(ratios), {}))
+        except (EdgepruneError, ValueError):
+            continue
+        key = (plan.attn_tokens, plan.mlp_tokens, tuple(s.tokens_in for s in plan.selectors))
+        if key not in out:
+            out[key] = Candidate(tuple(ratios), plan)
+    return out
+
+
+def _evaluate(model: LatencyModel, cands: list[Candidate], locs, sens: Sensitivity | None) -> None:
+    ms = model.predict_many([c.plan for c in cands])
+    acc = sens.predict_many(tuple(locs), [c.keep_ratios for c in cands]) if sens else None
+    for i, (c, t) in enumerate(zip(cands, ms.tolist(), strict=True)):
+        c.predicted_ms = t
+        c.kept_tokens = kept_tokens(c.plan)
+        if acc is not None:
+            c.accuracy = acc[i]
+
+
+def _best(cands: list[Candidate], target: float) -> Candidate | None:
+    ok = [c for c in cands if c.predicted_ms <= target]
+    if not ok:
+        return None
+    return max(ok, key=lambda c: (c.objective(), -c.predicted_ms, sum(c.keep_ratios)))
+
+
+def pareto_front(cands: list[Candidate]) -> list[Candidate]:
+    """Candidates no other beats on both latency (lower) and objective (higher)."""
+    front, best = [], -math.inf
+    for c in sorted(cands, key=lambda c: (c.predicted_ms, -c.objective())):
+        if c.objective() > best:
+            front.append(c)
+            best = c.objective()
+    return front
+
+
+# ---- the margin ------------------------------------------------------------------------
+def measured_error(table) -> tuple[float, dict]:
+    """The table's own measured error, as a fraction, and its parts: the end-to-end fit's
+    residual on the whole models timed in the sweep (root mean square), the median
+    interpolation error at the off-grid check points, and the median spread of a point's
+    repeated passes (the noise). The error is the largest of those the table records."""
+    parts: dict[str, float] = {}
+    fit = table.extra.get("e2e_fit") or []
+    if fit:
+        res = [r["corrected_ms"] / r["measured_ms"] - 1 for r in fit if r["measured_ms"] > 0]
+        parts["e2e_residual"] = math.sqrt(sum(r * r for r in res) / len(res)) if res else 0.0
+    chk = (table.extra.get("interp_check") or {}).get("points") or []
+    if chk:
+        errs = sorted(p["rel_err"] for p in chk)
+        parts["interpolation"] = errs[len(errs) // 2]
+    noise = table.extra.get("noise")
+    if noise:
+        parts["noise"] = float(noise["median_spread"])
+    return (max(parts.values()) if parts else 0.0), parts
+
+
+def resolve_margin(text: str | None, table) -> tuple[float, str]:
+    """``--margin``: ``auto`` (default: the table's measured error, at most 10 %), a
+    percentage (``3%``) or a fraction (``0.03``); ``0`` aims at the target itself."""
+    t = (text or "auto").strip().lower()
+    if t == "auto":
+        err, parts = measured_error(table)
+        if not parts:
+            return 0.0, "auto: the table records no measured error (profiled before 0.2)"
+        m = min(err, MAX_AUTO_MARGIN)
+        what = ", ".join(f"{k} {v:.1%}" for k, v in parts.items())
+        return m, f"auto: the table's measured error ({what})"
+    try:
+        m = float(t[:-1]) / 100 if t.endswith("%") else float(t)
+    except ValueError:
+        raise EdgepruneError(
+            f"--margin '{text}' is not auto, a percentage or a fraction", "e.g. --margin 3%"
+        ) from None
+    if not (math.isfinite(m) and 0 <= m <= MAX_MARGIN):
+        raise EdgepruneError(f"--margin '{text}' must lie in 0..{MAX_MARGIN:.0%}")
+    return m, "given"
+
+
+# ---- the search ------------------------------------------------------------------------
+class UnreachableTarget(EdgepruneError):
+    """Even the fastest schedule's prediction misses the target (less the margin)."""
+
+
+@dataclass
+class BudgetResult:
+    method: str
+    arch: Arch
+    locs: tuple[int, ...]
+    schedule: str
+    target_ms: float
+    chosen: Candidate
+    dense_ms: float
+    fastest: Candidate
+    status: str  # "ok" or "dense" (the dense model already meets the target)
+    candidates: list[Candidate] = field(default_factory=list)
+    objective: str = "kept_tokens"
+    margin: float = 0.0  # the prediction aims this fraction under the target
+    margin_source: str = "none"  # where the margin came from (see resolve_margin)
+    # predictions × scale meet the target: the table re-anchored to the machine now
+    # (dense measured / dense predicted; 1: the table's own predictions)
+    scale: float = 1.0
+
+    @property
+    def aim_ms(self) -> float:
+        return self.target_ms * (1 - self.margin)
+
+    @property
+    def predicted_ms(self) -> float:
+        """The chosen schedule's prediction, re-anchored (the table's × ``scale``)."""
+        return self.chosen.predicted_ms * self.scale
+
+    @property
+    def margin_ms(self) -> float:
+        return self.target_ms - self.predicted_ms
+
+    def gflops(self) -> float:
+        m = get_method(self.chosen.plan.method)
+        return plan_flops(self.chosen.plan, m.selector_macs(self.arch, self.chosen.plan)).total
+
+
+def search(
+    model: LatencyModel,
+    target_ms: float,
+    method: str = "dynamicvit",
+    schedule: str = "geometric",
+    locs: tuple[int, ...] | None = None,
+    sensitivity: Sensitivity | None = None,
+    sensitivity_path: str = "<sensitivity>",
+    margin: float = 0.0,
+    margin_source: str = "none",
+    scale: float = 1.0,
+) -> BudgetResult:
+    """The keep schedule with the highest objective whose predicted latency ≤ the target
+    less ``margin`` (a fraction: the table's own measured error, see ``resolve_margin``),
+    each prediction × ``scale`` (the table re-anchored to the machine now; 1: as is).
+
+    Raises UnreachableTarget when even the fastest schedule misses it."""
+    if not (math.isfinite(target_ms) and target_ms > 0):
+        raise EdgepruneError(f"target {target_ms} ms is not a positive finite number")
+    if not 0 <= margin <= MAX_MARGIN:
+        raise EdgepruneError(f"--margin {margin:.1%} must lie in 0..{MAX_MARGIN:.0%}")
+    if not (math.isfinite(scale) and scale > 0):
+        raise EdgepruneError(f"re-anchoring scale {scale} is not a positive finite number")
+    aim = target_ms * (1 - margin) / scale  # in the table's own terms
+    if schedule not in SCHEDULES:
+        raise EdgepruneError(
+            f"unknown --schedule '{schedule}'", f"expected: {', '.join(SCHEDULES)}"
+        )
+    arch = model.arch
+    meth = get_method(method)
+    if meth.name == "dense":
+        raise EdgepruneError("the dense model has no keep ratios to budget", "pass --method")
+    locs = tuple(locs) if locs is not None else tuple(meth.default_locs)
+    meth.validate(MethodConfig(locs, tuple(1.0 for _ in locs)), arch)
+    if sensitivity is not None:
+        sensitivity.check_locs(locs, sensitivity_path)
+    n = len(locs)
+
+    if schedule == "geometric":
+        sets = [geometric(i / 1000, n, meth.cumulative) for i in range(1, 1001)]
+        cands = list(_plans(meth, arch, locs, sets).values())
+        _evaluate(model, cands, locs, sensitivity)
+    else:
+        step = next(
+            (
+                s
+                for s in (0.02, 0.025, 0.05, 0.1, 0.125, 0.2, 0.25, 0.5)
+                if _count(round(1 / s), n, meth.cumulative) <= MAX_FREE_CANDIDATES
+            ),
+            1.0,
+        )
+        cands = list(
+            _plans(meth, arch, locs, _free_tuples(_grid(step), n, meth.cumulative)).values()
+        )
+        _evaluate(model, cands, locs, sensitivity)
+        best = _best(cands, aim)
+        if best is not None and 9**n <= MAX_FREE_CANDIDATES:
+            fine = step / 4
+            around = [
+                [round(r + k * fine, 6) for k in range(-4, 5) if 0 < round(r + k * fine, 6) <= 1]
+                for r in best.keep_ratios
+            ]
+            sets = [
+                t
+                for t in itertools.product(*around)
+                if not meth.cumulative or all(b <= a for a, b in zip(t, t[1:], strict=False))
+            ]
+            known = {(c.plan.attn_tokens, c.plan.mlp_tokens) for c in cands}
+            extra = [c for k, c in _plans(meth, arch, locs, sets).items() if k[:2] not in known]
+            _evaluate(model, extra, locs, sensitivity)
+            cands += extra
+    if not cands:
+        raise EdgepruneError(f"no valid keep schedule of {method} at locations {list(locs)}")
+
+    dense_ms = float(model.predict(dense_plan(arch)).total_ms)
+    fastest = min(cands, key=lambda c: c.predicted_ms)
+    objective = f"predicted {sensitivity.metric}" if sensitivity else "kept_tokens"
+    common = dict(
+        method=meth.name,
+        arch=arch,
+        locs=locs,
+        schedule=schedule,
+        target_ms=target_ms,
+        dense_ms=dense_ms,
+        fastest=fastest,
+        candidates=cands,
+        objective=objective,
+        margin=margin,
+        margin_source=margin_source,
+        scale=scale,
+    )
+    if dense_ms <= aim:
+        dense = Candidate((), dense_plan(arch), dense_ms, kept_tokens(dense_plan(arch)))
+        if sensitivity is not None:
+            dense.accuracy = sensitivity.dense
+        return BudgetResult(chosen=dense, status="dense", **common)
+    best = _best(cands, aim)
+    if best is None:
+        less = f" less the {margin:.1%} margin ({aim * scale:.3f} ms)" if margin else ""
+        fast = fastest.predicted_ms * scale
+        where = "on this profile"
+        if scale != 1.0:
+            where = (
+                f"on this profile re-anchored to this machine now (dense measured "
+                f"{dense_ms * scale:.3f} ms vs the table's {dense_ms:.3f} ms: predictions "
+                f"× {scale:.3f})"
+            )
+        raise UnreachableTarget(
+            f"target {target_ms:.3f} ms{less} is unreachable {where}: the fastest "
+            f"{method} schedule ({fmt_ratios(fastest.keep_ratios)} at {list(locs)}) predicts "
+            f"{fast:.3f} ms (dense {dense_ms * scale:.3f} ms)",
+            f"ask for at least {fast:.3f} ms, or prune at more locations",
+        )
+    meth.validate(MethodConfig(locs, best.keep_ratios), arch)
+    return BudgetResult(chosen=best, status="ok", **common)
+
+
+def fmt_ratios(ratios) -> str:
+    return "[" + ", ".join(f"{r:.4g}" for r in ratios) + "]"
+
+
+def stage_schedule(n: int, s: int, r: float, cumulative: bool) -> tuple[float, ...]:
+    """Keep ratios with stage ``s`` at ``r`` and the other stages not pruning."""
+    if cumulative:
+        return tuple(1.0 if i < s else r for i in range(n))
+    return tuple(r if i == s else 1.0 for i in range(n))
+
+
+# ---- budget --sensitivity: its plot's measured points (edgeprune.render.plots) and summary ------
+def measured_curves(result, sens, model) -> list[tuple[int, list[float], list[float]]]:
+    """Per stage: the predicted latency and measured accuracy of its single-stage
+    schedules (the points the sensitivity file holds)."""
+    meth = get_method(result.method)
+    out = []
+    n = len(result.locs)
+    for s, loc in enumerate(result.locs):
+        xs, ys = sens.stages[loc]
+        plans, acc = [], []
+        for r, y in zip(xs, ys, strict=True):
+            keep = stage_schedule(n, s, r, meth.cumulative)
+            try:
+                plans.append(meth.token_plan(result.arch, MethodConfig(result.locs, keep, {})))
+            except EdgepruneError:
+                continue
+            acc.append(y)
+        if plans:
+            out.append((loc, [float(v) for v in model.predict_many(plans)], acc))
+    return out
+
+
+def chosen_summary(result, sens) -> str:
+    """One line naming the point ``budget --sensitivity`` chose on the front."""
+    ch = result.chosen
+    front = pareto_front(result.candidates)
+    on = any(c.keep_ratios == ch.keep_ratios for c in front) or result.status == "dense"
+    name = (
+        "dense" if not ch.keep_ratios else "[" + ", ".join(f"{r:.3g}" for r in ch.keep_ratios) + "]"
+    )
+    return (
+        f"chosen point: {name} at {ch.predicted_ms:.3f} ms, predicted {sens.metric} "
+        f"{ch.objective():.2f} (dense {sens.dense:.2f} at {result.dense_ms:.3f} ms); "
+        f"{'on' if on else 'off'} the Pareto front of {len(front)} schedules"
+    )

@@ -1,0 +1,150 @@
+"""Write files so that a reader never sees half of one: temp name, fsync, rename."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from edgeprune.core.errors import EdgepruneError
+
+
+def check_writable_target(path: Path, force: bool = False) -> None:
+    """Fail early, before any work, if ``path`` cannot be written as asked."""
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.exists():
+        raise EdgepruneError(f"output directory {parent} does not exist", "create it first")
+    if not parent.is_dir():
+        raise EdgepruneError(f"{parent} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise EdgepruneError(f"output directory {parent} is not writable")
+    if path.is_dir():
+        raise EdgepruneError(f"output {path} is a directory", "give a file path")
+    if path.exists() and not force:
+        raise EdgepruneError(f"{path} already exists", "pass --force to overwrite it")
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it into place on success,
+    remove it on any failure (including KeyboardInterrupt)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+    os.close(fd)
+    tmp_path = Path(tmp)
+    os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; finished files follow umask
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp_path, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp_path.unlink()
+        raise
+
+
+@contextlib.contextmanager
+def output_lock(path: Path, wait: bool = False) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` while it is being produced, so that two runs
+    writing the same output never interleave: the second fails cleanly (or waits).
+
+    The lock is ``flock`` on a hidden ``.<name>.lock`` beside the output; it is
+    released when the process ends, however it ends."""
+    import fcntl
+
+    path = Path(path)
+    lock = path.parent / f".{path.name}.lock"
+    for _attempt in range(5):
+        fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            os.close(fd)
+            raise EdgepruneError(
+                f"another edgeprune process is writing {path}",
+                "wait for it to finish, or choose another --out",
+            ) from None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(lock).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)  # the previous holder removed the file as we locked it: retry
+    else:
+        raise EdgepruneError(f"could not lock {path} for writing", "try again")
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            lock.unlink()
+        os.close(fd)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    with atomic_path(Path(path)) as tmp:
+        tmp.write_text(text)
+
+
+def write_json_atomic(path: Path, obj: object) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def check_writable_dir_target(path: Path, force: bool = False) -> None:
+    """Like :func:`check_writable_target`, for an artifact that is a directory
+    (a CoreML ``.mlpackage``)."""
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise EdgepruneError(f"output directory {parent} does not exist", "create it first")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise EdgepruneError(f"output directory {parent} is not writable")
+    if path.exists() and not path.is_dir():
+        raise EdgepruneError(f"output {path} exists and is not a directory")
+    if path.exists() and not force:
+        raise EdgepruneError(f"{path} already exists", "pass --force to overwrite it")
+
+
+@contextlib.contextmanager
+def atomic_dir(path: Path) -> Iterator[Path]:
+    """Yield a temporary directory beside ``path`` to build a directory artifact in
+    (its contents go *inside* the yielded path); on success it replaces ``path``
+    (an old one is moved aside first and removed after), on failure it is removed."""
+    import shutil
+
+    path = Path(path)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or "."))
+    os.chmod(tmp, 0o777 & ~_umask())
+    try:
+        yield tmp
+        old = None
+        if path.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=tmp.parent))
+            os.replace(path, old / "x")
+        os.replace(tmp, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def read_json_file(path: Path, bad, schema: str) -> dict:
+    """A JSON object whose ``schema`` is ``schema``, from ``path``; ``bad(what)`` makes
+    the error (one line, what the file should be) for a file that is not."""
+    try:
+        d = json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise bad("not JSON") from None
+    if not isinstance(d, dict) or d.get("schema") != schema:
+        raise bad(f"'schema' is not '{schema}'")
+    return d

@@ -1,0 +1,426 @@
+"""How the CLI shows results: rich tables and summary lines built from library results
+(the CLI prints them; nothing here computes or decides)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+from rich.table import Table
+
+if TYPE_CHECKING:
+    from edgeprune.budget.run import BudgetRun
+    from edgeprune.profiling.measure import ProfileOutcome
+    from edgeprune.profiling.validate import ValidationReport
+
+
+def devices_table(rows: list[dict]) -> Table:
+    t = Table(title="devices", title_justify="left")
+    for col in ("name", "runtime", "precision", "threads", "reach", "reachable", "why"):
+        t.add_column(col)
+    for r in rows:
+        name = r["name"] + (f" ({', '.join(r['aliases'])})" if r["aliases"] else "")
+        reach = r["transport"] if r["transport"] == "local" else f"{r['transport']} {r['host']}"
+        t.add_row(
+            name,
+            r["runtime"],
+            r["precision"],
+            str(r["threads"] or "all"),
+            reach,
+            "[green]yes[/]" if r["reachable"] else "[red]no[/]",
+            r["why"],
+        )
+    return t
+
+
+def profile_lines(res: ProfileOutcome) -> list[str]:
+    from edgeprune.profiling.measure import summary
+
+    table, d, s = res.table, res.table.device, summary(res.table)
+    lines = [
+        f"[green]wrote[/] {res.path}{f' and {res.plot}' if res.plot else ''}  "
+        f"({res.seconds:.0f} s; {d['runtime']} {d.get('runtime_version', '')}, "
+        f"{d.get('precision', '')}, {d['threads']} threads, batch {table.batch}, "
+        f"host {d.get('host', 'local')})",
+        f"block @ {s['tokens']} tokens: {s['block_ms']:.3f} ms median; embed "
+        f"{s['embed_ms']:.3f} ms; head {s['head_ms']:.3f} ms",
+    ]
+    if "noise" in s:
+        n = s["noise"]
+        lines.append(
+            f"noise: passes of a point spread {n['median_spread']:.1%} (median), "
+            f"{n['p90_spread']:.1%} (p90) over {n['points']} points; "
+            f"{s.get('retimed', 0)} re-timed for breaking the monotone shape by more than "
+            f"{n['shape_tolerance']:.1%}, {s.get('still_breaking', 0)} still breaking it "
+            "(the stored curves are monotone fits)"
+        )
+    if "interp_max_rel_err" in s:
+        lines.append(
+            f"interpolation check: max error {s['interp_max_rel_err']:.1%} over "
+            f"{s['interp_points']} off-grid points"
+        )
+    if "e2e" in s:
+        e = s["e2e"]
+        lines.append(
+            f"end-to-end: {e['anchors']} whole models; predicted = {e['offset_ms']:+.3f} ms + "
+            f"{e['scale']:.3f} × pieces (anchors within {e['worst_rel_err']:.1%})"
+        )
+    return lines
+
+
+def budget_lines(run: BudgetRun) -> list[str]:
+    res, c = run.result, run.result.chosen
+    target, k = res.target_ms, res.scale
+    anchored = f" (re-anchored: the table's × {k:.3f})" if k != 1.0 else ""
+    if res.status == "dense":
+        head = (
+            f"the dense model already meets the target: {res.dense_ms * k:.3f} ms ≤ "
+            f"{target:.3f} ms{anchored}, no pruning needed (the fastest {res.method} schedule "
+            f"{[round(r, 4) for r in res.fastest.keep_ratios]} would predict "
+            f"{res.fastest.predicted_ms * k:.3f} ms)"
+        )
+    else:
+        head = (
+            f"keep ratios {[round(r, 4) for r in c.keep_ratios]} at blocks {list(res.locs)} "
+            f"({res.method}, {res.schedule}): predicted {res.predicted_ms:.3f} ms{anchored} ≤ "
+            f"target {target:.3f} ms (margin {res.margin_ms:.3f} ms; dense "
+            f"{res.dense_ms * k:.3f} ms)"
+        )
+    extra = f", predicted {run.metric} {c.accuracy:.2f}" if c.accuracy is not None else ""
+    lines = [
+        head,
+        f"tokens/block: {' '.join(map(str, c.plan.attn_tokens))}",
+        f"GFLOPs {res.gflops():.3f}, kept tokens {c.kept_tokens:g}{extra}",
+    ]
+    if res.margin:
+        lines.append(
+            f"aimed {res.margin:.1%} under the target, at {res.aim_ms:.3f} ms ({res.margin_source})"
+        )
+    if run.sensitivity is not None:
+        from edgeprune.budget.search import chosen_summary
+
+        lines.append(chosen_summary(res, run.sensitivity))
+    if run.verification is not None:
+        lines += verification_lines(run.verification)
+    lines.append(f"[green]wrote[/] {run.path}" + (f" and {run.plot}" if run.plot else ""))
+    return lines
+
+
+def _choice_text(ch: dict | None) -> str:
+    if ch is None:
+        return "nothing (the target is unreachable on it)"
+    what = "dense" if ch["status"] == "dense" else str([round(r, 4) for r in ch["keep_ratios"]])
+    return f"{what} ({ch['table_predicted_ms']:.3f} ms in the table)"
+
+
+def reanchor_lines(v) -> list[str]:
+    a = v.reanchor
+    if a is None:
+        return ["not re-anchored (--no-reanchor): the table's own choice and predictions"]
+    return [
+        f"re-anchored: dense measured {a.dense_measured_ms:.3f} ms here now ({a.rounds} "
+        f"bursts) vs {a.dense_table_ms:.3f} ms in the table: predictions × {a.scale:.3f}",
+        f"the table alone picks {_choice_text(a.table_choice)}; re-anchored it picks "
+        f"{_choice_text(a.choice)} × {a.scale:.3f} = {a.choice['predicted_ms']:.3f} ms",
+    ]
+
+
+def refined_lines(v) -> list[str]:
+    r = v.refined
+    if not r:
+        return []
+    f = r["first"]
+    at = f.get("at_anchor_ms", f["measured_ms"])
+    return [
+        f"refined: that pick measured {f['measured_ms']:.3f} ms ({at:.3f} ms at the anchor's "
+        f"speed); chosen again with the table × {r['scale']:.3f} (its own measured / "
+        f"predicted), {r['margin']:.0%} under the target"
+    ]
+
+
+def verification_lines(v) -> list[str]:
+    verdict = "[green]budget met[/]" if v.met else "[red]budget NOT met[/]"
+    table = f", the table's {v.table_predicted_ms:.3f} ms" if v.reanchor else ""
+    return (
+        reanchor_lines(v)
+        + refined_lines(v)
+        + [
+            f"{verdict} when measured: {v.measured_ms:.3f} ms (p90 {v.measured_p90_ms:.3f}) vs "
+            f"target {v.target_ms:.3f} ms ({v.vs_target:+.1%}); predicted {v.predicted_ms:.3f} ms "
+            f"(error {v.error:+.1%}{table})",
+            f"dense measured {v.dense_measured_ms:.3f} ms vs predicted {v.dense_predicted_ms:.3f} "
+            f"ms (machine drift {v.drift:+.1%}); speedup {v.speedup:.2f}× "
+            f"({v.runtime}, {v.threads} thread(s), {v.rounds} interleaved rounds × {v.burst})",
+        ]
+        + moved_lines(v)
+    )
+
+
+def moved_lines(v) -> list[str]:
+    """When the machine changed speed between re-anchor and measurement: by how much,
+    and the pick at the anchor's speed (its ratio to dense, timed beside it, holds)."""
+    from edgeprune.budget.verify import steady
+
+    if steady(v.moved):
+        return []
+    return [
+        f"[yellow]the machine changed speed during the check[/]: dense {v.dense_measured_ms:.3f} "
+        f"ms now vs {v.reanchor.dense_measured_ms:.3f} ms at the re-anchor ({v.moved:+.1%}); "
+        f"at the re-anchor's speed the pick takes {v.at_anchor_ms:.3f} ms "
+        f"({v.at_anchor_vs_target:+.1%} vs target). The verdict is the measurement; on a "
+        "quieter machine (or 1 thread) it would be steadier"
+    ]
+
+
+def validation_table(profile, rep: ValidationReport) -> Table:
+    t = Table(title=f"{profile}: {rep.method}, {rep.threads} thread(s)", title_justify="left")
+    for col in ("keep ratios", "predicted ms", "measured ms", "error"):
+        t.add_column(col, justify="right")
+    for r in rep.results:
+        t.add_row(
+            ", ".join(f"{x:g}" for x in r.keep_ratios),
+            f"{r.predicted_ms:.3f}",
+            f"{r.measured_ms:.3f}",
+            f"{r.rel_error:.1%}",
+        )
+    return t
+
+
+def validation_lines(rep: ValidationReport) -> list[str]:
+    lines = [
+        f"|pred − meas| / meas: median {rep.median_error:.1%} (target ≤ 5 %), "
+        f"p90 {rep.p90_error:.1%} (target ≤ 10 %) over {len(rep.results)} models"
+    ]
+    if rep.drift is not None:
+        lines.append(
+            f"machine drift since profiling: {rep.drift:+.1%} (the profile's "
+            f"{len(rep.anchors)} whole-model anchors re-timed now; included in the error)"
+        )
+    if (dc := rep.drift_corrected) is not None:
+        lines.append(
+            f"with the predictions scaled by that drift: median {dc[0]:.1%}, p90 {dc[1]:.1%} "
+            "(a small figure here and a large one above: the machine moved, not the table)"
+        )
+    if rep.noise is not None:
+        lines.append(
+            f"noise: a model's runs spread {rep.noise:.1%} ((p90 − p10) / median, median over "
+            "the models); errors much below it are luck, not accuracy"
+        )
+    return lines
+
+
+def inspect_table(src: str, source, n_params: int) -> Table:
+    a, fl, cfg, plan = source.arch, source.flops(), source.config, source.plan
+    t = Table(title=f"{src}", show_header=False, title_justify="left")
+    t.add_row("method", source.method.name)
+    t.add_row(
+        "arch",
+        f"{a.name} (embed {a.embed_dim}, heads {a.num_heads}, depth {a.depth}, "
+        f"patch {a.patch_size}, {a.img_size}²)",
+    )
+    t.add_row("weights", "random (built-in spec)" if source.is_builtin else "checkpoint")
+    t.add_row("prune locs", ", ".join(map(str, cfg.prune_locs)) or "—")
+    t.add_row("keep ratios", ", ".join(f"{r:g}" for r in cfg.keep_ratios) or "—")
+    if cfg.options:
+        t.add_row("options", ", ".join(f"{k}={v}" for k, v in cfg.options.items()))
+    t.add_row("tokens/block", " ".join(map(str, plan.tokens_per_block)))
+    if plan.mlp_tokens != plan.attn_tokens:
+        t.add_row("tokens/MLP", " ".join(map(str, plan.mlp_tokens)))
+    t.add_row("params", f"{n_params / 1e6:.2f} M")
+    t.add_row("GFLOPs dense", f"{fl.dense:.2f}")
+    t.add_row("GFLOPs pruned", f"{fl.pruned:.2f}  (backbone at the token plan)")
+    t.add_row("GFLOPs selectors", f"{fl.selectors:.3f}  (scoring; top-k and gather are free)")
+    t.add_row("GFLOPs total", f"{fl.total:.2f}  ({fl.total / fl.dense:.0%} of dense)")
+    return t
+
+
+def predict_table(source, pred, title: str) -> Table:
+    t = Table(title=title, title_justify="left")
+    t.add_column("part")
+    t.add_column("tokens", justify="right")
+    t.add_column("ms", justify="right")
+    t.add_row("embed", "", f"{pred.embed_ms:.3f}")
+    sel_at = {
+        s.block: (s, ms) for s, ms in zip(source.plan.selectors, pred.selectors_ms, strict=True)
+    }
+    for b, ms in enumerate(pred.blocks_ms):
+        if b in sel_at:
+            s, sms = sel_at[b]
+            t.add_row(f"selector ({s.where} {b})", f"{s.tokens_in}→{s.tokens_out}", f"{sms:.3f}")
+        a, m = pred.attn_tokens[b], pred.mlp_tokens[b]
+        t.add_row(f"block {b}", str(a) if a == m else f"{a}/{m}", f"{ms:.3f}")
+    t.add_row("head", "", f"{pred.head_ms:.3f}")
+    if pred.overhead_ms or pred.scale != 1.0:
+        t.add_row(f"end-to-end offset (parts × {pred.scale:.3f})", "", f"{pred.overhead_ms:.3f}")
+    t.add_row("[bold]total[/]", "", f"[bold]{pred.total_ms:.3f}[/]")
+    return t
+
+
+def calibration_lines(path, data: dict) -> list[str]:
+    r = data["report"]
+    return [
+        f"[green]wrote[/] {path}",
+        f"tokens/block: {' '.join(map(str, data['counts']))}",
+        f"zipped vs masked: top-1 agreement {r['top1_agreement']:.0%}, "
+        f"max |logit diff| {r['max_logit_diff']:.3g} over {r['inputs']} inputs",
+    ]
+
+
+def bench_line(artifact, dev, t) -> str:
+    return (
+        f"{artifact} on {dev.name} ({t.runtime} {t.runtime_version}, {t.threads} threads): "
+        f"median {t.median_ms:.3f} ms, p90 {t.p90_ms:.3f} ms, min {t.min_ms:.3f}, "
+        f"max {t.max_ms:.3f} over {t.runs} runs"
+    )
+
+
+def table_lines(path, t) -> list[str]:
+    """``profile-info``: one line about the latency table, then the block curve at its
+    ends and at 68 tokens."""
+    d = t.device
+    lines = [
+        f"{path}: {t.arch.name}{' + ' + t.method if t.method else ''} on {d['name']} "
+        f"({d['runtime']} {d.get('runtime_version', '')}, {d.get('precision', '')}, "
+        f"{d['threads']} threads, batch {t.batch}, {'measured' if t.measured else 'ESTIMATED'}, "
+        f"{t.date})"
+    ]
+    for n in (t.block.tokens[0], 68, t.block.tokens[-1]):
+        lines.append(f"  block @ {n:>3} tokens: {t.block.at(n):.3f} ms")
+    return lines
+
+
+def findings_table(model, target: str, findings) -> Table:
+    """``edgeprune check``: what in the graph the target rejects (error) or runs slowly."""
+    t = Table(title=f"{model} on {target}: {len(findings)} finding(s)", title_justify="left")
+    for col in ("severity", "rule", "where", "detail"):
+        t.add_column(col)
+    for f in findings:
+        severity = "[red]error[/]" if f.severity == "error" else "[yellow]slow[/]"
+        t.add_row(severity, f.rule, f.where, f.detail)
+    return t
+
+
+def print_export(result, out, err) -> None:
+    """What ``export`` did: kept files, next steps, the artifact, parity, warnings."""
+    from rich.markup import escape
+
+    for what in result.kept:
+        out.print(f"[green]kept[/] {escape(what)}")
+    for line in result.next_steps:
+        out.print(line, markup=False, soft_wrap=True)
+    if not result.written:
+        return
+    man, p = result.manifest, result.parity
+    out.print(f"[green]wrote[/] {result.artifact}  (sha256 {man['sha256'][:12]}…)")
+    if p.get("status") == "skipped":
+        out.print(f"[yellow]parity not checked:[/] {p['reason']} (recorded in the manifest)")
+    else:
+        out.print(
+            f"parity vs PyTorch ({p['runtime']}): max |diff| {p['max_abs_diff']:.2e}, top-1 "
+            f"agreement {p['top1_agreement']:.0%} over {p['inputs']} inputs "
+            f"(limits {p['atol']:g}, {p['min_top1_agreement']:.0%})"
+        )
+    for w in result.warnings:
+        err.print(f"[yellow]warning:[/] {w}")
+    out.print(f"tokens/block: {' '.join(map(str, man['token_plan']['tokens_per_block']))}")
+
+
+@contextmanager
+def progress(console, label: str, bar: bool = False) -> Iterator[Callable[..., None]]:
+    """A transient progress display on stderr (a terminal only); yields
+    ``update(description, done=None, total=None)``."""
+    from rich import progress as rp
+
+    cols = (
+        [rp.TextColumn("{task.description:<18}"), rp.BarColumn(), rp.MofNCompleteColumn()]
+        if bar
+        else [rp.SpinnerColumn(), rp.TextColumn("{task.description}")]
+    )
+    with rp.Progress(
+        *cols,
+        rp.TimeElapsedColumn(),
+        console=console,
+        transient=True,
+        disable=not console.is_terminal,
+    ) as prog:
+        task = prog.add_task(label, total=None)
+
+        def update(desc: str, done: int | None = None, total: int | None = None) -> None:
+            prog.update(task, description=desc, completed=done, total=total)
+
+        yield update
+
+
+# ---- accuracy: evaluate, sensitivity, finetune (issue 15) ----------------------------
+def print_evaluation(d: dict, out, err) -> None:
+    """``evaluate``'s report: notes, what was read, and one row per comparison."""
+    from edgeprune.accuracy.evaluate import fmt_pct
+
+    for n in d["notes"]:
+        err.print(f"[yellow]note:[/] {n}")
+    acc = d["accuracy"]
+    label = "labelled" if d["labelled"] else "unlabelled"
+    out.print(
+        f"{d['model']} on {d['images_read']} images ({label}, {d['folder']}; "
+        f"{d['skipped_unreadable']} unreadable skipped)"
+    )
+    t = Table(title_justify="left")
+    for col in ("compared with", "top-1", "top-5", "top-1 agreement", "KL (nats)", "max |Δlogit|"):
+        t.add_column(col, justify="right")
+    t.add_row(
+        "labels" if acc else "—", fmt_pct(acc and acc["top1"]), fmt_pct(acc and acc["top5"]),
+        "", "", "",
+    )  # fmt: skip
+    for name, r in d["references"].items():
+        a = r["accuracy"] or {}
+        out.print(f"{name}: {r['what']}")
+        t.add_row(
+            name,
+            fmt_pct(a.get("top1")),
+            fmt_pct(a.get("top5")),
+            fmt_pct(r["top1_agreement"]),
+            f"{r['kl']:.3g}",
+            f"{r['max_logit_diff']:.3g}",
+        )
+    out.print(t)
+
+
+def sensitivity_lines(path, data: dict) -> list[str]:
+    lines = [f"{data['metric_description']}; dense {data['dense']:.2f}"]
+    for loc, st in data["stages"].items():
+        pts = ", ".join(
+            f"{r:g}: {a:.1f}" for r, a in zip(st["keep_ratios"], st["accuracy"], strict=True)
+        )
+        lines.append(f"stage {loc}: {pts}")
+    lines.append(f"[green]wrote[/] {path}")
+    return lines
+
+
+def finetune_lines(res, path) -> list[str]:
+    keep = ",".join(f"{r:g}" for r in res.keep_ratios)
+    return [
+        f"predicted {res.start_ms:.3f} ms at the start (dense {res.dense_ms:.3f}) → "
+        f"{res.final_ms:.3f} ms for the learned keep ratios {list(res.keep_ratios)} "
+        f"(target {res.target_ms:.3f} ms; {len(res.steps)} steps in {res.seconds:.1f} s)",
+        f"[green]wrote[/] {path}; export it with: edgeprune export {path} "
+        f"--keep {keep} --locs {','.join(map(str, res.locs))}",
+    ]
+
+
+def step_logger(out, steps: int) -> Callable:
+    """``finetune``'s log: the predicted ms (and the losses) every steps/20 steps and at
+    the end."""
+    every = max(1, steps // 20)
+
+    def log(st, n: int) -> None:
+        if st.step % every == 0 or st.step == n - 1:
+            ce = f" ce {st.ce:.3f}" if st.ce is not None else ""
+            out.print(
+                f"step {st.step + 1:>4}/{n}  predicted {st.predicted_ms:.3f} ms  keep "
+                f"{[round(k, 2) for k in st.keep]}  kl {st.distill:.4f} tok {st.token_distill:.4f}"
+                f"{ce} lat {st.latency_loss:.4f}",
+                soft_wrap=True,
+            )
+
+    return log

@@ -1,0 +1,379 @@
+"""``edgeprune finetune``: DynamicViT's training loop with the latency-aware sparsity loss.
+
+What DynamicViT's ``main.py`` + ``DistillDiffPruningLoss_dynamic`` do, with one change:
+the keep-ratio MSE is replaced by ``LatencyAwareSparsityLoss`` (a device profile and a
+target in ms, or a budget file), so the masks are pushed to the token counts whose
+*predicted latency on that device* meets the target.
+
+    loss = clf_weight · CE(logits, labels)              (labelled folders only)
+         + distill_weight · KL(student ‖ dense teacher)  (logits, batchmean)
+         + distill_weight · KL(kept tokens ‖ teacher's)  (final patch features)
+         + LatencyAwareSparsityLoss(keep masks)          (in place of ratio_weight · MSE)
+
+The student is the static DynamicViT model's parameters run in training mode
+(``edgeprune.training.forms``: Gumbel-hard keep masks with a straight-through gradient,
+masked attention); the teacher is the dense backbone (frozen). From a dense SRC (or a
+built-in spec) the predictors are new and start by keeping every token, so the
+predicted latency starts at the dense value; a DynamicViT checkpoint continues from its
+own predictors. Predictors train at ``lr``, the backbone at ``lr · backbone_lr_scale``.
+
+At the end the keep ratios are read off the trained predictors (the mean noiseless
+keep decision per stage over the folder, cumulative), the static plan at those ratios
+gives the deployed model's predicted latency, and the checkpoint is saved as
+``{"model": state_dict}`` in DynamicViT's key layout (plus an ``edgeprune`` record),
+which ``edgeprune export CKPT --keep r1,r2,r3`` takes.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from edgeprune.core.errors import EdgepruneError
+from edgeprune.core.images import ImageSet, Preprocess, batches, preprocess_for, scan
+from edgeprune.core.source import Source, resolve
+
+
+@dataclass
+class FinetuneRequest:
+    src: str
+    images: Path
+    profile: Path | None = None  # a profile (with target_ms) or a budget file
+    budget: Path | None = None
+    target_ms: float | None = None
+    steps: int = 100
+    batch: int = 8
+    lr: float = 1e-3
+    backbone_lr_scale: float = 0.01
+    latency_weight: float = 10.0
+    shape: str = "squared"
+    distill_weight: float = 0.5
+    clf_weight: float = 1.0
+    tau: float = 1.0
+    locs: tuple[int, ...] | None = None
+    device: str = "cpu"
+    seed: int = 0
+    limit: int | None = None
+    heads: int | None = None
+    resize: int | None = None
+    flip: bool = True
+    threads: int | None = None  # torch intra-op threads (None: torch's default)
+
+
+@dataclass
+class Step:
+    step: int
+    loss: float
+    distill: float
+    token_distill: float
+    ce: float | None
+    latency_loss: float
+    predicted_ms: float
+    keep: list[float]  # mean keep fraction per stage (cumulative)
+
+
+@dataclass
+class FinetuneResult:
+    method: str
+    arch: str
+    locs: tuple[int, ...]
+    target_ms: float
+    dense_ms: float
+    start_ms: float  # predicted from the first step's masks
+    keep_ratios: tuple[float, ...]  # read off the trained predictors
+    final_ms: float  # predicted for the static plan at keep_ratios
+    steps: list[Step] = field(default_factory=list)
+    seconds: float = 0.0
+    device: str = "cpu"
+    images: int = 0
+    labelled: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        last = self.steps[-1] if self.steps else None
+        return {
+            "method": self.method,
+            "arch": self.arch,
+            "locs": list(self.locs),
+            "target_ms": self.target_ms,
+            "dense_ms": self.dense_ms,
+            "start_predicted_ms": self.start_ms,
+            "end_predicted_ms_training_masks": last.predicted_ms if last else None,
+            "keep_ratios": list(self.keep_ratios),
+            "end_predicted_ms": self.final_ms,
+            "steps": len(self.steps),
+            "seconds": self.seconds,
+            "device": self.device,
+            "images": self.images,
+            "labelled": self.labelled,
+            "final_distill_loss": last.distill if last else None,
+            "notes": self.notes,
+        }
+
+
+def _student(
+    source: Source, locs: tuple[int, ...] | None, seed: int
+) -> tuple[torch.nn.Module, bool]:
+    """The DynamicViT static model to train and whether its predictors are new."""
+    from edgeprune.core.methods import MethodConfig, get_method
+    from edgeprune.core.models.deit import init_random_
+    from edgeprune.training.forms import init_keep_all_
+
+    meth = get_method("dynamicvit")
+    if source.method.name == "dynamicvit" and source.kind == "checkpoint":
+        if locs is not None and tuple(locs) != tuple(source.config.prune_locs):
+            raise EdgepruneError(
+                f"--locs {list(locs)} differs from the checkpoint's "
+                f"{list(source.config.prune_locs)}"
+            )
+        return source.model(), False
+    if source.method.name not in ("dense", "dynamicvit"):
+        raise EdgepruneError(
+            f"finetune trains DynamicViT; {source.text} is {source.method.name}",
+            "give a dense or DynamicViT SRC",
+        )
+    locs = tuple(locs) if locs is not None else meth.default_locs
+    keep = tuple(1.0 for _ in locs)
+    cfg = MethodConfig(locs, keep, {})
+    meth.validate(cfg, source.arch)
+    model = meth.build(source.arch, meth.token_plan(source.arch, cfg))
+    init_random_(model.score_predictor, seed)
+    missing = model.load_state_dict(
+        {k: v for k, v in source.model().state_dict().items() if not k.startswith("score_")},
+        strict=False,
+    ).missing_keys
+    assert all(k.startswith("score_predictor.") for k in missing), missing
+    init_keep_all_(model, seed=seed)
+    return model, True
+
+
+def _latency_loss(req: FinetuneRequest, locs: tuple[int, ...]):
+    from edgeprune.training.loss import LatencyAwareSparsityLoss
+
+    if (req.profile is None) == (req.budget is None):
+        raise EdgepruneError("give exactly one of --profile (with --target-ms) or --budget")
+    if req.profile is not None and req.target_ms is None:
+        raise EdgepruneError("--profile needs --target-ms", "or give --budget FILE")
+    what = req.profile or req.budget
+    if not Path(what).exists():
+        raise EdgepruneError(f"{'profile' if req.profile else 'budget'} file {what} does not exist")
+    return LatencyAwareSparsityLoss(
+        what,
+        target_ms=req.target_ms,
+        method="dynamicvit",
+        locs=locs,
+        weight=req.latency_weight,
+        shape=req.shape,
+    )
+
+
+def _loader(images: ImageSet, pre: Preprocess, batch: int, seed: int) -> Iterator:
+    """Endless shuffled batches (x, labels or None); decodes the folder once."""
+    parts = list(batches(images, pre, 64))
+    if not parts:
+        raise EdgepruneError(f"none of the images in {images.root} could be read")
+    x = torch.cat([p.images for p in parts])
+    y = torch.cat([p.labels for p in parts]) if images.labelled else None
+    g = torch.Generator().manual_seed(seed)
+    while True:
+        order = torch.randperm(len(x), generator=g)
+        for i in range(0, len(order), batch):
+            idx = order[i : i + batch]
+            if len(idx) < min(batch, len(x)):
+                break
+            yield x[idx], (y[idx] if y is not None else None)
+
+
+def finetune(
+    req: FinetuneRequest, progress: Callable[[Step, int], None] | None = None
+) -> tuple[FinetuneResult, torch.nn.Module]:
+    """Train; returns the result and the trained static model (DynamicViT layout)."""
+    from edgeprune.accuracy.evaluate import torch_threads
+
+    with torch_threads(req.threads):
+        return _finetune(req, progress)
+
+
+def _finetune(
+    req: FinetuneRequest, progress: Callable[[Step, int], None] | None
+) -> tuple[FinetuneResult, torch.nn.Module]:
+    from edgeprune.accuracy.evaluate import dense_backbone
+    from edgeprune.training.forms import DynamicViTTraining, distillation_losses, teacher_forward
+
+    if req.steps < 1 or req.batch < 1:
+        raise EdgepruneError("--steps and --batch must be at least 1")
+    if not (math.isfinite(req.lr) and req.lr > 0):
+        raise EdgepruneError(f"--lr {req.lr} is not a positive number")
+    device = torch.device(req.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise EdgepruneError("--device cuda: no CUDA GPU here", "use --device cpu")
+    images = scan(req.images).limit(req.limit)
+    source = resolve(req.src, heads=req.heads)
+    torch.manual_seed(req.seed)
+    locs = req.locs
+    if locs is None and req.budget is not None:
+        from edgeprune.budget.file import load_budget
+
+        locs = load_budget(req.budget).locs or None  # train the stages the budget names
+    student, fresh = _student(source, locs, req.seed)
+    locs = tuple(student.plan.prune_locs)
+    crit = _latency_loss(req, locs)
+    crit.latency.check_arch(source.arch)
+    teacher = dense_backbone(source).to(device).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    student = student.to(device).train()
+    train = DynamicViTTraining(student, req.tau)
+    pred_params = list(student.score_predictor.parameters())
+    ids = {id(p) for p in pred_params}
+    back = [p for p in student.parameters() if id(p) not in ids]
+    groups = [{"params": pred_params, "lr": req.lr}]
+    if req.backbone_lr_scale > 0:
+        groups.append({"params": back, "lr": req.lr * req.backbone_lr_scale})
+    else:
+        for p in back:
+            p.requires_grad_(False)
+    opt = torch.optim.AdamW(groups, weight_decay=0.0)
+    # DynamicViT's schedule: cosine decay of every group's learning rate over the run
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=req.steps)
+    pre = preprocess_for(source.arch.img_size, req.resize)
+    data = _loader(images, pre, req.batch, req.seed)
+    from edgeprune.core.methods import MethodConfig, get_method
+    from edgeprune.core.plan import dense_plan
+
+    dense_ms = float(crit.latency.predict(dense_plan(source.arch)).total_ms)
+    steps: list[Step] = []
+    t0 = time.perf_counter()
+    for i in range(req.steps):
+        x, y = next(data)
+        if req.flip:
+            flip = torch.rand(x.shape[0]) < 0.5
+            x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+        x = x.to(device)
+        logits, feats, masks = train(x)
+        with torch.no_grad():
+            t_logits, t_feats = teacher_forward(teacher, x)
+        cls_kl, tok_kl = distillation_losses(logits, feats, masks[-1], t_logits, t_feats)
+        lat = crit([m.cpu() if m.device.type != "cpu" else m for m in masks]).to(device)
+        ce = F.cross_entropy(logits, y.to(device)) if y is not None else None
+        loss = req.distill_weight * (cls_kl + tok_kl) + lat
+        if ce is not None:
+            loss = loss + req.clf_weight * ce
+        if not torch.isfinite(loss):
+            raise EdgepruneError(f"the loss became non-finite at step {i}", "lower --lr")
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        with torch.no_grad():
+            cpu_masks = [m.detach().cpu() for m in masks]
+            st = Step(
+                i,
+                float(loss),
+                float(cls_kl),
+                float(tok_kl),
+                float(ce) if ce is not None else None,
+                float(lat),
+                float(crit.predicted_ms(cpu_masks)),
+                [float(m.mean()) for m in cpu_masks],
+            )
+        steps.append(st)
+        if progress is not None:
+            progress(st, req.steps)
+    secs = time.perf_counter() - t0
+    keep = read_keep_ratios(train, images, pre, req.batch, device)
+    meth = get_method("dynamicvit")
+    plan = meth.token_plan(source.arch, MethodConfig(locs, keep, {}))
+    final_ms = float(crit.latency.predict(plan).total_ms)
+    student = student.cpu().eval()
+    notes = list(source.notes)
+    if fresh:
+        notes.append("new predictors, initialised to keep every token")
+    if not images.labelled:
+        notes.append("unlabelled folder: no cross-entropy term, distillation only")
+    res = FinetuneResult(
+        "dynamicvit",
+        source.arch.name,
+        locs,
+        crit.target_ms,
+        dense_ms,
+        steps[0].predicted_ms,
+        keep,
+        final_ms,
+        steps,
+        secs,
+        str(device),
+        len(images.files),
+        images.labelled,
+        notes,
+    )
+    return res, student
+
+
+def read_keep_ratios(
+    train, images: ImageSet, pre: Preprocess, batch: int, device, draws: int = 4
+) -> tuple:
+    """The keep ratios the trained predictors stand for, as DynamicViT relates training
+    to inference (its ratio loss holds the mean *sampled* mask at ρ, inference keeps
+    int(N·ρ)): the mean Gumbel-hard keep decision per stage over the folder (``draws``
+    noise draws per image), cumulative, non-increasing, at least one token."""
+    was = train.training
+    train.eval()
+    sums, n = None, 0
+    g = torch.random.get_rng_state()
+    torch.manual_seed(1234)
+    with torch.no_grad():
+        for b in batches(images, pre, batch):
+            for _ in range(draws):
+                _, _, masks = train(b.images.to(device))
+                means = torch.stack([m.float().mean(1).sum() for m in masks]).cpu()
+                sums = means if sums is None else sums + means
+                n += b.images.shape[0]
+    torch.random.set_rng_state(g)
+    train.train(was)
+    n_patches = train.model.arch.num_patches
+    out, prev = [], 1.0
+    for v in (sums / n).tolist():
+        r = min(prev, max(1.0 / n_patches, round(v, 4)))
+        out.append(r)
+        prev = r
+    return tuple(out)
+
+
+def save_checkpoint(model: torch.nn.Module, result: FinetuneResult, path: Path) -> None:
+    from edgeprune.core.atomic import atomic_path
+
+    data = {
+        "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        "edgeprune": {
+            "method": result.method,
+            "prune_locs": list(result.locs),
+            "keep_ratios": list(result.keep_ratios),
+            "target_ms": result.target_ms,
+            "predicted_ms": result.final_ms,
+            "steps": len(result.steps),
+        },
+    }
+    with atomic_path(Path(path)) as tmp:
+        torch.save(data, tmp)
+
+
+def finetune_to_file(
+    req: FinetuneRequest,
+    out: Path,
+    force: bool = False,
+    progress: Callable[[Step, int], None] | None = None,
+) -> FinetuneResult:
+    """``edgeprune finetune``: train and write the checkpoint to ``out``."""
+    from edgeprune.core.atomic import check_writable_target
+
+    check_writable_target(out, force)
+    res, model = finetune(req, progress)
+    save_checkpoint(model, res, out)
+    return res

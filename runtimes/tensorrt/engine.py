@@ -1,0 +1,196 @@
+"""TensorRT engines for export: find a builder (the ``tensorrt`` Python API, else
+``trtexec``), build a serialized engine, and run it for parity. Every TensorRT import is
+lazy. This is the one engine builder: the timing runner (runtimes/tensorrt/runner.py) builds
+through ``build_engine_api`` too; finding trtexec and reading its version live in
+runtimes/tensorrt/trtexec.py.
+
+TensorRT 10 builds FP16 from a float32 ONNX with ``BuilderFlag.FP16`` (``--fp16``);
+TensorRT 11 is strongly typed only, so FP16 must already be in the ONNX.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgeprune.core.errors import EdgepruneError, MissingRuntimeError
+from edgeprune.runtimes.tensorrt.trtexec import find_trtexec, probe_version
+
+
+@dataclass(frozen=True)
+class Builder:
+    kind: str  # "api" or "trtexec"
+    version: str  # "10.3.0", or "unknown"
+    path: str | None = None  # trtexec's path
+
+    @property
+    def major(self) -> int:
+        head = self.version.split(".")[0]
+        return int(head) if head.isdigit() else 10
+
+    def describe(self) -> dict:
+        return {"kind": self.kind, "version": self.version, "path": self.path}
+
+
+def find_builder() -> Builder | None:
+    """The TensorRT Python API if it imports, else ``trtexec`` (on the PATH or where
+    JetPack puts it), else None."""
+    try:
+        import tensorrt as trt  # noqa: F401  (optional, heavy)
+
+        return Builder("api", str(getattr(trt, "__version__", "unknown")))
+    except ImportError:
+        pass
+    try:
+        path = find_trtexec()
+    except MissingRuntimeError:
+        return None
+    return Builder("trtexec", trtexec_version(path), path)
+
+
+def trtexec_version(path: str) -> str:
+    """From trtexec's banner (``[TensorRT v100300]`` → ``10.3.0``), or ``unknown``."""
+    v = probe_version(path)
+    return ".".join(map(str, v)) if v else "unknown"
+
+
+# ---- trtexec --------------------------------------------------------------------------
+def run_trtexec(cmd: list[str], what: str, timeout: float = 3600) -> str:
+    try:
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        raise EdgepruneError(f"trtexec timed out while {what}", exit_code=1) from None
+    if res.returncode != 0:
+        tail = " | ".join((res.stdout + res.stderr).strip().splitlines()[-3:])
+        raise EdgepruneError(
+            f"trtexec failed while {what} (exit {res.returncode}): {tail}", exit_code=1
+        )
+    return res.stdout
+
+
+class TrtexecEngineRunner:
+    """Runs an engine through ``trtexec --loadInputs --exportOutput`` (no Python API
+    needed); returns None from ``__call__`` when this trtexec produced no output file."""
+
+    def __init__(
+        self, trtexec: str, engine: Path, input_name: str, output_name: str, dynamic: bool
+    ):
+        self.trtexec, self.engine, self.dynamic = trtexec, engine, dynamic
+        self.input_name, self.output_name = input_name, output_name
+
+    def __call__(self, x: np.ndarray) -> np.ndarray | None:
+        with tempfile.TemporaryDirectory(prefix="edgeprune-trt-") as d:
+            inp, outp = Path(d) / "input.bin", Path(d) / "output.json"
+            np.ascontiguousarray(x, dtype=np.float32).tofile(inp)
+            shape = "x".join(map(str, x.shape))
+            cmd = [
+                self.trtexec,
+                f"--loadEngine={self.engine}",
+                f"--loadInputs={self.input_name}:{inp}",
+                f"--exportOutput={outp}",
+                "--iterations=1",
+                "--warmUp=0",
+                "--duration=0",
+            ]
+            if self.dynamic:  # a static engine takes no --shapes
+                cmd.append(f"--shapes={self.input_name}:{shape}")
+            run_trtexec(cmd, "running the engine")
+            if not outp.exists():
+                return None
+            return parse_exported_output(outp, self.output_name)
+
+
+def parse_exported_output(path: Path, name: str) -> np.ndarray:
+    """trtexec ``--exportOutput``: ``[{"name", "dimensions": "1x1000", "values": [...]}]``."""
+    data = json.loads(Path(path).read_text())
+    for entry in data:
+        if entry.get("name") == name:
+            dims = [int(d) for d in str(entry["dimensions"]).split("x") if d]
+            return np.asarray(entry["values"], dtype=np.float32).reshape(dims)
+    raise EdgepruneError(f"trtexec output has no tensor '{name}'", exit_code=1)
+
+
+# ---- the Python API -------------------------------------------------------------------
+def build_engine_api(
+    onnx_bytes: bytes,
+    precision: str,
+    workspace_mib: int,
+    input_name: str = "input",
+    chw: tuple[int, int, int] | None = None,
+    dynamic_batch: tuple[int, int, int] | None = None,
+    timing_cache: Path | None = None,
+) -> bytes:
+    """Build a serialized engine with the TensorRT API (10: FP16 builder flag; 11:
+    strongly typed, the ONNX given must already be FP16)."""
+    import tensorrt as trt
+
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    major = int(trt.__version__.split(".")[0])
+    flags = 0
+    if major < 10:
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse(onnx_bytes):
+        errs = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise EdgepruneError(f"TensorRT could not parse the ONNX: {errs}", exit_code=1)
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mib << 20)
+    if precision == "fp16" and major < 11:
+        config.set_flag(trt.BuilderFlag.FP16)
+    if dynamic_batch is not None and chw is not None:
+        profile = builder.create_optimization_profile()
+        lo, opt, hi = ((b, *chw) for b in dynamic_batch)
+        profile.set_shape(input_name, lo, opt, hi)
+        config.add_optimization_profile(profile)
+    cache = None
+    if timing_cache is not None:
+        old = timing_cache.read_bytes() if timing_cache.exists() else b""
+        cache = config.create_timing_cache(old)
+        config.set_timing_cache(cache, ignore_mismatch=False)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise EdgepruneError("TensorRT failed to build the engine (see its log)", exit_code=1)
+    if cache is not None:
+        from edgeprune.core.atomic import atomic_path
+
+        with atomic_path(timing_cache) as tmp:
+            tmp.write_bytes(bytes(config.get_timing_cache().serialize()))
+    return bytes(serialized)
+
+
+class ApiRunner:
+    """Runs a serialized engine on the GPU (CUDA buffers through torch)."""
+
+    def __init__(self, engine_bytes: bytes, input_name: str, output_name: str):
+        import tensorrt as trt
+
+        self.trt = trt
+        self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        self.engine = self.runtime.deserialize_cuda_engine(engine_bytes)
+        if self.engine is None:
+            raise EdgepruneError("TensorRT could not load the engine it built", exit_code=1)
+        self.context = self.engine.create_execution_context()
+        self.input_name, self.output_name = input_name, output_name
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        import torch
+
+        ctx = self.context
+        ctx.set_input_shape(self.input_name, tuple(x.shape))
+        inp = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).cuda()
+        shape = tuple(ctx.get_tensor_shape(self.output_name))
+        out = torch.empty(shape, dtype=torch.float32, device="cuda")
+        ctx.set_tensor_address(self.input_name, inp.data_ptr())
+        ctx.set_tensor_address(self.output_name, out.data_ptr())
+        stream = torch.cuda.current_stream()
+        if not ctx.execute_async_v3(stream.cuda_stream):
+            raise EdgepruneError("TensorRT failed to run the engine", exit_code=1)
+        stream.synchronize()
+        return out.cpu().numpy()
