@@ -46,11 +46,11 @@ from timing import (  # noqa: E402
     write_results,
 )
 
-from edgeprune.export.onnx import export_onnx  # noqa: E402
 from edgeprune.core.flops import plan_flops  # noqa: E402
 from edgeprune.core.plan import TokenPlan  # noqa: E402
-from edgeprune.runtimes.onnxruntime import version  # noqa: E402
 from edgeprune.core.source import resolve  # noqa: E402
+from edgeprune.export.onnx import export_onnx  # noqa: E402
+from edgeprune.runtimes.onnxruntime import version  # noqa: E402
 
 GRID = (197, 150, 100, 60, 30, 10)  # the range plans use (ToMe's last block: 11 on DeiT-S)
 DEFAULT_SPECS = {

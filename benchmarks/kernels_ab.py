@@ -24,9 +24,9 @@ import torch
 from overhead import pte_runner
 from timing import host_meta, write_results
 
+from edgeprune.core.source import resolve
 from edgeprune.runtimes.executorch.runner import set_threads, version
 from edgeprune.runtimes.timing import interleave_bursts
-from edgeprune.core.source import resolve
 
 
 def compare(spec: str, threads: int, rounds: int, burst: int) -> dict:

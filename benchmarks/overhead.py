@@ -34,10 +34,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from timing import interleave, pair_ratio, share_of_ideal  # noqa: E402
 
-from edgeprune.export.onnx import export_onnx, simplify, trace_to_onnx  # noqa: E402
 from edgeprune.core.models.deit import VisionTransformer  # noqa: E402
-from edgeprune.runtimes.onnxruntime import make_session  # noqa: E402
 from edgeprune.core.source import resolve  # noqa: E402
+from edgeprune.export.onnx import export_onnx, simplify, trace_to_onnx  # noqa: E402
+from edgeprune.runtimes.onnxruntime import make_session  # noqa: E402
 
 DEFAULT_SPECS = "deit_tiny:spvit,deit_tiny:tome@r16,deit_tiny:dynamicvit@0.7,deit_tiny:evit@0.7"
 

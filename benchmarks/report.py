@@ -33,10 +33,10 @@ from timing import (  # noqa: E402
 
 from edgeprune.core.atomic import write_json_atomic, write_text_atomic  # noqa: E402
 from edgeprune.core.errors import EdgepruneError  # noqa: E402
-from edgeprune.export.onnx import export_onnx  # noqa: E402
 from edgeprune.core.methods import METHODS  # noqa: E402
-from edgeprune.runtimes.onnxruntime import make_session, version  # noqa: E402
 from edgeprune.core.source import resolve  # noqa: E402
+from edgeprune.export.onnx import export_onnx  # noqa: E402
+from edgeprune.runtimes.onnxruntime import make_session, version  # noqa: E402
 
 PAPER_GFLOPS = {
     ("deit_tiny", "dense"): 1.3,

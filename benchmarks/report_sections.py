@@ -9,8 +9,8 @@ from pathlib import Path
 from timing import interleave, pair_ratio, summary
 
 from edgeprune.budget.search import search
-from edgeprune.latency.model import LatencyModel
 from edgeprune.core.source import resolve
+from edgeprune.latency.model import LatencyModel
 from edgeprune.profiling.sweep import ProfileRequest, measure
 
 SPVIT_PAPER = {"dense_ms": 44.0, "spvit_ms": 26.0}

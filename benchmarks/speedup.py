@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 from timing import IDEAL_SHARE_TARGET, gain_share, host_meta, share_of_ideal, write_results
 
+from edgeprune.core.source import resolve
 from edgeprune.export.onnx import export_onnx
 from edgeprune.runtimes.onnxruntime import make_session, version
-from edgeprune.core.source import resolve
 
 DEFAULT_SPECS = [
     f"{arch}:{method}"

@@ -34,10 +34,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from timing import host_meta, pct, write_results  # noqa: E402
 
+from edgeprune.core.source import resolve  # noqa: E402
 from edgeprune.export.executorch.target import lower  # noqa: E402
 from edgeprune.runtimes.executorch.runner import ExecuTorchRunner, set_threads, version  # noqa: E402
 from edgeprune.runtimes.timing import interleave_bursts  # noqa: E402
-from edgeprune.core.source import resolve  # noqa: E402
 
 DEFAULT_SPECS = "deit_tiny:tome@r16,deit_tiny:spvit,deit_tiny:dynamicvit@0.7"
 

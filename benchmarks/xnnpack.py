@@ -33,9 +33,9 @@ from timing import (
     write_results,
 )
 
+from edgeprune.core.source import resolve
 from edgeprune.export.executorch.target import lower
 from edgeprune.runtimes.executorch.runner import ExecuTorchRunner, set_threads, version
-from edgeprune.core.source import resolve
 
 DEFAULT_SPECS = [
     f"{arch}:{method}"

@@ -27,8 +27,8 @@ from edgeprune.export.registry import Target, TargetOption, Tolerance, register
 if TYPE_CHECKING:
     import torch
 
-    from edgeprune.export.registry import ExportRequest, ExportResult
     from edgeprune.core.source import Source
+    from edgeprune.export.registry import ExportRequest, ExportResult
 
 PRECISIONS = ("fp16", "fp32")
 COMPUTE_UNITS = {

@@ -20,8 +20,8 @@ from edgeprune.export.registry import MIN_OPSET, Target, Tolerance, register
 if TYPE_CHECKING:
     import torch
 
-    from edgeprune.export.registry import ExportRequest, ExportResult
     from edgeprune.core.source import Source
+    from edgeprune.export.registry import ExportRequest, ExportResult
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"

@@ -30,8 +30,8 @@ TOLERANCE = {"fp32": Tolerance(1e-4, 1.0), "int8": Tolerance(1.0, 0.0)}
 ORT_DOMAINS = frozenset({"", "ai.onnx", "com.microsoft", "ai.onnx.ml"})
 
 if TYPE_CHECKING:
-    from edgeprune.export.registry import ExportRequest, ExportResult
     from edgeprune.core.source import Source
+    from edgeprune.export.registry import ExportRequest, ExportResult
 
 
 def quantize_int8(onnx_file: Path, out_file: Path) -> None:

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 from edgeprune.core.errors import EdgepruneError
 
 if TYPE_CHECKING:
-    from edgeprune.export.check import Finding, Graph
     from edgeprune.core.source import Source
+    from edgeprune.export.check import Finding, Graph
 
 MIN_OPSET = 17
 

@@ -30,8 +30,8 @@ from edgeprune.export.parity import check_parity, parity_inputs
 from edgeprune.export.registry import Target, TargetOption, Tolerance, register
 
 if TYPE_CHECKING:
-    from edgeprune.export.registry import ExportRequest, ExportResult
     from edgeprune.core.source import Source
+    from edgeprune.export.registry import ExportRequest, ExportResult
 
 PRECISIONS = ("fp32", "fp16")
 # Tolerances against PyTorch fp32. fp32 engines may use TF32 on Ampere and newer

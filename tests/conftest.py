@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from edgeprune.core.arch import get_arch
 from edgeprune.cli.app import main
+from edgeprune.core.arch import get_arch
 
 
 def timm_vit_keys(depth: int) -> set[str]:

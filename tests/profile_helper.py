@@ -18,8 +18,8 @@ import numpy as np
 from edgeprune.core.arch import Arch, get_arch
 from edgeprune.latency.table import Curve, EndToEnd, LatencyTable, Point
 from edgeprune.profiles.devices import get_device
-from edgeprune.runtimes.timing import TimingPolicy
 from edgeprune.profiling.sweep import ProfileRequest, measure
+from edgeprune.runtimes.timing import TimingPolicy
 
 
 def measure_table(

@@ -5,10 +5,10 @@ import onnx
 import pytest
 import torch
 
-from edgeprune.export.onnx import export_onnx
 from edgeprune.core.methods.avit import EPS, AViTStatic, halting
 from edgeprune.core.models.deit import gather_tokens
 from edgeprune.core.source import resolve
+from edgeprune.export.onnx import export_onnx
 
 
 @pytest.mark.parametrize("batch", [1, 8])

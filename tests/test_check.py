@@ -80,8 +80,8 @@ def test_unsupported_ops():
 
 
 def test_real_export_is_clean_and_cli_exit_codes(cli, tmp_path):
-    from edgeprune.export.onnx import verified_onnx
     from edgeprune.core.source import resolve
+    from edgeprune.export.onnx import verified_onnx
 
     v = verified_onnx(resolve("deit_tiny:dynamicvit@0.7"), n_parity_inputs=1)
     good = tmp_path / "m.onnx"

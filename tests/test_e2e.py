@@ -10,11 +10,11 @@ import torch
 
 from edgeprune.budget.search import search
 from edgeprune.core.errors import EdgepruneError
+from edgeprune.core.plan import dense_plan
+from edgeprune.core.source import resolve
 from edgeprune.latency.model import LatencyModel, fit_correction
 from edgeprune.latency.table import Anchor, EndToEnd, from_dict
 from edgeprune.training.loss import LatencyAwareSparsityLoss
-from edgeprune.core.plan import dense_plan
-from edgeprune.core.source import resolve
 from tests.profile_helper import synthetic_table
 
 OFFSET, SCALE = 0.4, 1.15

@@ -8,8 +8,8 @@ import shutil
 import numpy as np
 import pytest
 
-from edgeprune.core.errors import EdgepruneError
 from edgeprune.accuracy.evaluate import EvalRequest, compare_logits, evaluate, topk_accuracy
+from edgeprune.core.errors import EdgepruneError
 from edgeprune.core.images import write_demo_images
 from tests.accuracy_helper import HEADS, LOCS, write_dense, write_dynamicvit
 

@@ -96,8 +96,8 @@ def test_fast_lowering_gives_the_same_program_byte_for_byte(monkeypatch, method)
     from executorch.exir.passes.sym_to_tensor_pass import SymToTensorPass
     from torch.fx.traceback import NodeSource
 
-    from edgeprune.export.executorch.target import lower
     from edgeprune.export.executorch.lowering import APPLIES
+    from edgeprune.export.executorch.target import lower
 
     src = tiny_source(method, locs=(1,), keep=(0.5,), arch=TINY2)
     model, x = src.model(), torch.zeros(1, 3, 64, 64)

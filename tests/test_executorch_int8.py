@@ -71,9 +71,9 @@ def test_pruned_int8_selector_stays_fp32(tmp_path, method):
     ranking) and the selection stay fp32 — its linears keep fp32 weights while the
     blocks' are int8 — and the program lowers, loads and agrees with PyTorch fp32 in the
     runtime."""
-    from edgeprune.export.executorch.target import export_executorch
-    from edgeprune.export.executorch.int8 import quantize, random_calibration
     from edgeprune.core.methods.tokenops import prepare_trace, xnnpack_form
+    from edgeprune.export.executorch.int8 import quantize, random_calibration
+    from edgeprune.export.executorch.target import export_executorch
     from tests.test_executorch import TINY2, tiny_source
 
     src = tiny_source(method, (1,), (0.5,), TINY2)

@@ -267,8 +267,8 @@ def test_profile_on_the_kernels_device_lowers_with_them_and_records_it(
     # validate-profile and budget --verify hand the table's flag to LocalModels (they
     # take keep-ratio schedules, so a DynamicViT table on the same device stands in)
     from edgeprune.budget import verify
-    from edgeprune.profiling import validate
     from edgeprune.latency.model import load_model
+    from edgeprune.profiling import validate
 
     q = tmp_path / "q.json"
     code, _, err = cli(

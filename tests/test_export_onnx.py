@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from edgeprune.core.errors import ParityError
+from edgeprune.core.source import resolve
 from edgeprune.export.manifest import sha256_file
 from edgeprune.export.onnx import export_onnx
 from edgeprune.runtimes.onnxruntime import make_session, run
-from edgeprune.core.source import resolve
 
 
 @pytest.mark.parametrize("batch", [1, 4])

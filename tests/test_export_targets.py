@@ -12,13 +12,13 @@ from onnx import TensorProto
 
 from edgeprune.core.arch import get_arch
 from edgeprune.core.errors import EdgepruneError
+from edgeprune.core.methods import METHODS
+from edgeprune.core.source import resolve
 from edgeprune.export import ort as ort_mod
 from edgeprune.export import tensorrt as trt_mod
 from edgeprune.export.onnx import verified_onnx
 from edgeprune.export.parity import compare
 from edgeprune.export.targets import ExportRequest, export_source
-from edgeprune.core.methods import METHODS
-from edgeprune.core.source import resolve
 
 SPEC = "deit_tiny:dynamicvit@0.7"
 

@@ -9,11 +9,11 @@ import math
 import pytest
 import torch
 
-from edgeprune.training.finetune import FinetuneRequest, finetune, save_checkpoint
 from edgeprune.core.images import write_demo_images
-from edgeprune.training.loss import LatencyAwareSparsityLoss
 from edgeprune.core.methods import MethodConfig, get_method
+from edgeprune.training.finetune import FinetuneRequest, finetune, save_checkpoint
 from edgeprune.training.forms import DynamicViTTraining, softmax_with_policy
+from edgeprune.training.loss import LatencyAwareSparsityLoss
 from tests.accuracy_helper import HEADS, LOCS, TINY, tiny_table, write_dense, write_profile
 
 TARGET = 3.0  # the dense model predicts 4.05 ms on tiny_table
@@ -154,9 +154,9 @@ def test_finetune_cli_logs_predicted_ms(cli, setup, tmp_path):
 
 
 def test_budget_file_sets_target_and_stages(setup, tmp_path):
-    from edgeprune.core.atomic import write_json_atomic
-    from edgeprune.budget.search import search
     from edgeprune.budget.file import budget_dict
+    from edgeprune.budget.search import search
+    from edgeprune.core.atomic import write_json_atomic
     from edgeprune.latency.model import load_model
 
     d = setup

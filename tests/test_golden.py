@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from edgeprune.export.onnx import export_onnx
 from edgeprune.core.methods.avit_calibration import calibrate, masked_forward
-from edgeprune.runtimes.onnxruntime import make_session, run
 from edgeprune.core.source import resolve
+from edgeprune.export.onnx import export_onnx
+from edgeprune.runtimes.onnxruntime import make_session, run
 
 GOLDEN = Path(__file__).parent / "golden"
 # how each key-less fixture is chosen on the command line (as a user would)

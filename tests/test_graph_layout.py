@@ -7,7 +7,6 @@ import onnx
 import pytest
 import torch
 
-from edgeprune.export.onnx import verified_onnx
 from edgeprune.core.methods.dynamicvit import PredictorLG
 from edgeprune.core.methods.spvit import MultiheadPredictor
 from edgeprune.core.methods.tokenops import (
@@ -18,8 +17,9 @@ from edgeprune.core.methods.tokenops import (
 )
 from edgeprune.core.methods.tome import bipartite_merge
 from edgeprune.core.models.deit import init_random_
-from edgeprune.runtimes.onnxruntime import make_session, run
 from edgeprune.core.source import resolve
+from edgeprune.export.onnx import verified_onnx
+from edgeprune.runtimes.onnxruntime import make_session, run
 
 
 def _per_head_loop(m: MultiheadPredictor, x, policy=None):

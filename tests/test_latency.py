@@ -9,10 +9,10 @@ import torch
 
 from edgeprune.budget.search import Sensitivity, search, target_from
 from edgeprune.core.errors import EdgepruneError
-from edgeprune.latency.model import LatencyModel, interp
-from edgeprune.training.loss import LatencyAwareSparsityLoss, ratio_mse
 from edgeprune.core.plan import SelectorStage, TokenPlan, dense_plan
 from edgeprune.core.source import resolve
+from edgeprune.latency.model import LatencyModel, interp
+from edgeprune.training.loss import LatencyAwareSparsityLoss, ratio_mse
 from tests.profile_helper import synthetic_table
 
 

@@ -7,9 +7,10 @@ import json
 
 import pytest
 
+from edgeprune.budget.file import resolve_with_budget
+from edgeprune.core.source import resolve
 from edgeprune.latency.model import load_model
 from edgeprune.training.loss import LatencyAwareSparsityLoss
-from edgeprune.core.source import resolve
 from tests.profile_helper import measure_table, scaled_table, synthetic_table
 
 
@@ -318,7 +319,7 @@ def test_reanchored_budget_file_records_the_anchor_and_the_verified_schedule(hal
     assert d["predicted_ms"] == v["predicted_ms"]
     assert v["table_predicted_ms"] == d["table_predicted_ms"]
     assert v["predicted_ms"] == pytest.approx(v["table_predicted_ms"] * scale)
-    assert resolve("deit_tiny", budget=run.path).plan == run.result.chosen.plan
+    assert resolve_with_budget("deit_tiny", run.path).plan == run.result.chosen.plan
     b = load_budget(run.path)  # the loss aims at the target in the table's terms
     assert LatencyAwareSparsityLoss(b).target_ms == pytest.approx(d["target_ms"] / scale)
     text = "\n".join(budget_lines(run))

@@ -94,8 +94,8 @@ def test_calibration_inputs_and_calibrate_source(tmp_path):
 
 
 def test_resolve_with_budget(tmp_path):
+    from edgeprune.budget.file import resolve_with_budget
     from edgeprune.budget.run import make_budget
-    from edgeprune.core.source import resolve
     from tests.profile_helper import synthetic_table
 
     table = tmp_path / "t.json"
@@ -103,12 +103,12 @@ def test_resolve_with_budget(tmp_path):
     run = make_budget(table, target_ms=10.0, out=tmp_path / "b.json", no_plot=True)
     assert run.result.status == "ok" and run.data["predicted_ms"] <= 10.0
     assert run.plot is None and (tmp_path / "b.json").exists()
-    src = resolve("deit_tiny", budget=run.path)
+    src = resolve_with_budget("deit_tiny", run.path)
     assert src.method.name == "dynamicvit"
     assert src.config.keep_ratios == tuple(run.data["keep_ratios"])
     with pytest.raises(EdgepruneError, match="--budget sets the keep ratios"):
-        resolve("deit_tiny", keep="0.5,0.4,0.3", budget=run.path)
+        resolve_with_budget("deit_tiny", run.path, keep="0.5,0.4,0.3")
     with pytest.raises(EdgepruneError, match="contradicts"):
-        resolve("deit_tiny", method="evit", budget=run.path)
+        resolve_with_budget("deit_tiny", run.path, method="evit")
     with pytest.raises(EdgepruneError, match="is for deit_tiny"):
-        resolve("deit_small", budget=run.path)
+        resolve_with_budget("deit_small", run.path)

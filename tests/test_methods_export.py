@@ -3,8 +3,8 @@
 import onnx
 import pytest
 
-from edgeprune.export.onnx import export_onnx
 from edgeprune.core.source import resolve
+from edgeprune.export.onnx import export_onnx
 
 SPECS = ["deit_tiny:spvit", "deit_tiny:evit@0.7", "deit_tiny:tome@r16"]
 

@@ -84,8 +84,8 @@ class _BurstyRunner:
 def test_sweep_retimes_a_burst_and_stores_a_monotone_curve():
     from edgeprune.core.arch import get_arch
     from edgeprune.profiles.devices import get_device
-    from edgeprune.runtimes.timing import TimingPolicy
     from edgeprune.profiling.sweep import ProfileRequest, measure
+    from edgeprune.runtimes.timing import TimingPolicy
 
     req = ProfileRequest(
         get_device("cpu"), get_arch("deit_tiny"), None, threads=1, grid=[1, 32, 197],

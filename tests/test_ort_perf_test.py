@@ -251,8 +251,8 @@ def test_a_failure_is_told_by_its_own_line():
 
 
 def test_bench_picks_the_runner_by_the_artifacts_kind():
-    from edgeprune.profiling.bench import runtime_for
     from edgeprune.profiles.devices import get_device
+    from edgeprune.profiling.bench import runtime_for
 
     android = get_device("android-arm64")
     assert android.options["ort_perf_test"] == PERF_TEST

@@ -9,8 +9,8 @@ import pytest
 
 from edgeprune.core.arch import get_arch
 from edgeprune.latency.table import load
-from edgeprune.profiling.pieces import make_block, module_to_onnx
 from edgeprune.profiles.devices import all_devices, get_device
+from edgeprune.profiling.pieces import make_block, module_to_onnx
 from edgeprune.profiling.sweep import anchor_specs, check_grid_points, default_grid, parse_grid
 
 FAST = ("--arch", "deit_tiny", "--grid", "1,32,197", "--runs", "3", "--check-points", "1",
@@ -71,8 +71,8 @@ def test_profile_writes_valid_table_and_plot(cli, tmp_path):
     assert t.embed.median_ms > 0 and t.head.median_ms > 0
     assert "interp_check" in t.extra
     # whole models timed in the same sweep: dense, the default schedule, the sparse corner
-    from edgeprune.latency.model import LatencyModel
     from edgeprune.core.source import resolve
+    from edgeprune.latency.model import LatencyModel
 
     labels = [a.label for a in t.e2e.anchors]
     assert labels[:2] == ["deit_tiny:dense", "deit_tiny:dynamicvit"] and len(labels) == 3

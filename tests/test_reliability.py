@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import torch
 
+from edgeprune.core.source import resolve
 from edgeprune.export.manifest import sha256_file
 from edgeprune.export.onnx import export_onnx
 from edgeprune.runtimes.onnxruntime import make_session, run
-from edgeprune.core.source import resolve
 
 
 def _spawn(*args: str, cwd: Path) -> subprocess.Popen:

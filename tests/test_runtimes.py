@@ -15,6 +15,7 @@ from edgeprune.core.errors import EdgepruneError, MissingRuntimeError
 from edgeprune.profiling.pieces import make_block, module_to_onnx
 from edgeprune.runtimes.base import get_runner
 from edgeprune.runtimes.tensorrt.runner import TrtexecRunner, parse_export_times, trtexec_argv
+from edgeprune.runtimes.tensorrt.trtexec import parse_trtexec_version
 from edgeprune.runtimes.timing import (
     Timing,
     TimingPolicy,
@@ -22,7 +23,6 @@ from edgeprune.runtimes.timing import (
     interleave_samples,
     percentile,
 )
-from edgeprune.runtimes.tensorrt.trtexec import parse_trtexec_version
 
 
 @pytest.fixture(scope="module")

@@ -7,9 +7,9 @@ import shutil
 
 import pytest
 
+from edgeprune.accuracy.sensitivity import SensitivityRequest, measure
 from edgeprune.budget.search import load_sensitivity, stage_schedule
 from edgeprune.core.images import write_demo_images
-from edgeprune.accuracy.sensitivity import SensitivityRequest, measure
 from tests.accuracy_helper import HEADS, LOCS, write_dynamicvit, write_profile
 
 GRID = (0.25, 0.5, 1.0)

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -388,6 +387,3 @@ def _evaluate(req: EvalRequest, progress: Callable[[int, int], None] | None) -> 
         notes,
     )
 
-
-def fmt_pct(v: float | None) -> str:
-    return "—" if v is None or not math.isfinite(v) else f"{v:.2f} %"

@@ -32,9 +32,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from edgeprune.accuracy.evaluate import compare_logits, dense_backbone, topk_accuracy
 from edgeprune.budget.search import SENSITIVITY_SCHEMA, stage_schedule
 from edgeprune.core.errors import EdgepruneError
-from edgeprune.accuracy.evaluate import compare_logits, dense_backbone, topk_accuracy
 from edgeprune.core.images import batches, preprocess_for, scan
 from edgeprune.core.source import Source, resolve
 

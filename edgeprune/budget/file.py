@@ -9,6 +9,7 @@ from pathlib import Path
 
 from edgeprune.budget.search import BudgetResult
 from edgeprune.core.errors import EdgepruneError
+from edgeprune.core.source import Source, resolve
 from edgeprune.latency.model import LatencyModel
 
 BUDGET_SCHEMA = "edgeprune.budget.search"
@@ -121,3 +122,36 @@ def load_budget(path: str | Path) -> Budget:
     if not (math.isfinite(b.reanchor_scale) and b.reanchor_scale > 0):
         raise bad(f"reanchor_scale {b.reanchor_scale} is not a positive finite number")
     return b
+
+
+def resolve_with_budget(
+    src: str,
+    budget_path: str | Path,
+    method: str | None = None,
+    keep=None,
+    locs=None,
+    heads: int | None = None,
+    method_options: dict[str, object] | None = None,
+) -> Source:
+    """SRC at the budget's method, keep ratios and locations (refusing --keep/--locs,
+    a contradicting --method, and a budget made for another arch)."""
+    b = load_budget(budget_path)
+    if keep is not None or locs is not None:
+        raise EdgepruneError("--budget sets the keep ratios and locations", "drop --keep/--locs")
+    if method is not None and method != b.method:
+        raise EdgepruneError(f"--method {method} contradicts the budget's method {b.method}")
+    pruned = bool(b.locs)
+    source = resolve(
+        src,
+        method=b.method,
+        keep=b.keep_ratios if pruned else None,
+        locs=b.locs if pruned else None,
+        heads=heads,
+        method_options=method_options,
+    )
+    if source.arch.name != b.arch:
+        raise EdgepruneError(
+            f"budget {budget_path} is for {b.arch}, but {src} is {source.arch.name}",
+            f"use a {b.arch} model or a budget made for {source.arch.name}",
+        )
+    return source

@@ -10,10 +10,10 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from edgeprune.budget.search import BudgetResult, Sensitivity, UnreachableTarget
 from edgeprune.budget.file import budget_dict
-from edgeprune.latency.model import LatencyModel
+from edgeprune.budget.search import BudgetResult, Sensitivity, UnreachableTarget, chosen_summary
 from edgeprune.budget.verify import Verification
+from edgeprune.latency.model import LatencyModel
 
 
 @dataclass
@@ -28,6 +28,13 @@ class BudgetRun:
     metric: str | None  # the sensitivity file's metric (None: kept tokens)
     sensitivity: Sensitivity | None = None
     verification: Verification | None = None  # budget --verify
+
+    @property
+    def chosen_summary(self) -> str | None:
+        """``budget --sensitivity``: the line naming the chosen point on the front."""
+        if self.sensitivity is None:
+            return None
+        return chosen_summary(self.result, self.sensitivity)
 
 
 def make_budget(
@@ -56,10 +63,10 @@ def make_budget(
     with ``reanchor``, chosen again on the table re-anchored to the machine's speed now
     (dense timed here first); the file holds the schedule verified and the
     verification."""
-    from edgeprune.core.atomic import check_writable_target, write_json_atomic
     from edgeprune.budget.search import load_sensitivity, resolve_margin, search, target_from
-    from edgeprune.latency.model import load_model
+    from edgeprune.core.atomic import check_writable_target, write_json_atomic
     from edgeprune.core.parsing import parse_ints
+    from edgeprune.latency.model import load_model
 
     target = target_from(target_ms, target_fps)
     model = load_model(profile)

@@ -29,10 +29,10 @@ from pathlib import Path
 from edgeprune.core.arch import Arch
 from edgeprune.core.errors import EdgepruneError
 from edgeprune.core.flops import plan_flops
-from edgeprune.latency.model import LatencyModel
 from edgeprune.core.methods import Method, MethodConfig, get_method
 from edgeprune.core.methods.base import geometric
 from edgeprune.core.plan import TokenPlan, dense_plan
+from edgeprune.latency.model import LatencyModel
 
 SENSITIVITY_SCHEMA = "edgeprune.accuracy.sensitivity"
 SCHEDULES = ("geometric", "free")
@@ -288,6 +288,11 @@ class BudgetResult:
     @property
     def margin_ms(self) -> float:
         return self.target_ms - self.predicted_ms
+
+    @property
+    def front(self) -> list[Candidate]:
+        """The candidates' Pareto front (``pareto_front``)."""
+        return pareto_front(self.candidates)
 
     def gflops(self) -> float:
         m = get_method(self.chosen.plan.method)

@@ -28,8 +28,8 @@ from dataclasses import dataclass
 
 from edgeprune.budget.search import BudgetResult
 from edgeprune.core.errors import EdgepruneError
-from edgeprune.latency.model import LatencyModel
 from edgeprune.core.records import record
+from edgeprune.latency.model import LatencyModel
 
 ANCHOR_ROUNDS = 20  # bursts of the dense model timed to re-anchor the table
 # a re-anchored pick measured over the target, or more than REFINE_BAND under it, is
@@ -133,6 +133,11 @@ class Verification:
         return self.measured_ms <= self.target_ms
 
     @property
+    def steady(self) -> bool:
+        """The machine held its speed since the re-anchor (``steady``)."""
+        return steady(self.moved)
+
+    @property
     def error(self) -> float:
         """(measured − predicted) / measured, for the chosen schedule."""
         return (self.measured_ms - self.predicted_ms) / self.measured_ms
@@ -199,9 +204,9 @@ def verify_budget(
     compare. ``table_result``: what the table alone chose (None: unreachable on it,
     allowed only with ``reanchor``). Returns the verified result and the verification."""
     from edgeprune.core.plan import dense_plan
-    from edgeprune.runtimes.base import get_runner
     from edgeprune.core.source import resolve
     from edgeprune.profiling.validate import LocalModels, check_local_runtime
+    from edgeprune.runtimes.base import get_runner
 
     if rounds < 3:
         raise EdgepruneError(f"--rounds {rounds} must be at least 3")

@@ -79,9 +79,9 @@ def sensitivity(
 ) -> None:
     """Accuracy per pruning stage and keep ratio (others not pruning): the file that
     'budget --sensitivity' reads. Top-1 when labelled, else agreement with dense."""
+    from edgeprune.accuracy.sensitivity import SensitivityRequest, measure_to_file, parse_grid
     from edgeprune.core.parsing import parse_ints
     from edgeprune.profiling.resume import resume_path
-    from edgeprune.accuracy.sensitivity import SensitivityRequest, measure_to_file, parse_grid
 
     req = SensitivityRequest(src, images, parse_grid(grid), limit, batch, heads)
     pre.into(req)
@@ -127,9 +127,9 @@ def finetune(
 ) -> None:
     """DynamicViT fine-tuning (dense teacher, KL distillation, Gumbel keep masks) with the
     latency-aware sparsity loss in place of the keep-ratio MSE; logs predicted ms per step."""
-    from edgeprune.training.finetune import FinetuneRequest, finetune_to_file
     from edgeprune.core.parsing import parse_ints
     from edgeprune.render.tables import finetune_lines, step_logger
+    from edgeprune.training.finetune import FinetuneRequest, finetune_to_file
 
     req = FinetuneRequest(src, images, profile, budget, target_ms, steps, batch, lr)
     req.backbone_lr_scale, req.latency_weight, req.shape = backbone_lr_scale, latency_weight, shape

@@ -309,10 +309,13 @@ class Pruning(Group):
 
     def resolve(self, src: str, budget: Path | None = None):
         """``src`` as a ``Source`` with these overrides (and a budget file's)."""
+        from edgeprune.budget.file import resolve_with_budget
         from edgeprune.core.source import resolve
 
         m, opts = self.method, self.method_options()
-        return resolve(src, m, self.keep, self.locs, self.heads, opts, budget)
+        if budget is not None:
+            return resolve_with_budget(src, budget, m, self.keep, self.locs, self.heads, opts)
+        return resolve(src, m, self.keep, self.locs, self.heads, opts)
 
 
 @dataclass

@@ -115,12 +115,9 @@ def resolve(
     locs: str | tuple[int, ...] | None = None,
     heads: int | None = None,
     method_options: dict[str, object] | None = None,
-    budget: str | Path | None = None,
 ) -> Source:
-    """Resolve a SRC and the command-line overrides into a Source. ``budget``: a budget
-    file (``edgeprune budget``) that sets the method, keep ratios and locations."""
-    if budget is not None:
-        return resolve_with_budget(src, budget, method, keep, locs, heads, method_options)
+    """Resolve a SRC and the command-line overrides into a Source (a budget file sets
+    them instead through ``edgeprune.budget.file.resolve_with_budget``)."""
     keep_t = parse_floats(keep, "--keep") if isinstance(keep, str) else keep
     locs_t = parse_ints(locs, "--locs") if isinstance(locs, str) else locs
     if looks_like_path(src):
@@ -229,38 +226,3 @@ def _from_checkpoint(
     src_obj = Source(src, "checkpoint", arch, meth, cfg, plan, state_dict=sd, notes=notes)
     src_obj.model()  # load now, so a layout/shape problem is reported before any work
     return src_obj
-
-
-def resolve_with_budget(
-    src: str,
-    budget_path: str | Path,
-    method: str | None = None,
-    keep=None,
-    locs=None,
-    heads: int | None = None,
-    method_options: dict[str, object] | None = None,
-) -> Source:
-    """SRC at the budget's method, keep ratios and locations (refusing --keep/--locs,
-    a contradicting --method, and a budget made for another arch)."""
-    from edgeprune.budget.file import load_budget
-
-    b = load_budget(budget_path)
-    if keep is not None or locs is not None:
-        raise EdgepruneError("--budget sets the keep ratios and locations", "drop --keep/--locs")
-    if method is not None and method != b.method:
-        raise EdgepruneError(f"--method {method} contradicts the budget's method {b.method}")
-    pruned = bool(b.locs)
-    source = resolve(
-        src,
-        method=b.method,
-        keep=b.keep_ratios if pruned else None,
-        locs=b.locs if pruned else None,
-        heads=heads,
-        method_options=method_options,
-    )
-    if source.arch.name != b.arch:
-        raise EdgepruneError(
-            f"budget {budget_path} is for {b.arch}, but {src} is {source.arch.name}",
-            f"use a {b.arch} model or a budget made for {source.arch.name}",
-        )
-    return source

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from edgeprune.core.errors import EdgepruneError
-from edgeprune.latency.table import Anchor, Curve, EndToEnd, LatencyTable, piecewise_linear
 from edgeprune.core.records import record
+from edgeprune.latency.table import Anchor, Curve, EndToEnd, LatencyTable, piecewise_linear
 
 if TYPE_CHECKING:
     import torch

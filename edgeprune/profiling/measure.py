@@ -41,8 +41,8 @@ class ProfileJob:
     def request(self) -> ProfileRequest:
         from edgeprune.core.arch import get_arch
         from edgeprune.core.methods import get_method
-        from edgeprune.runtimes.timing import TimingPolicy, policy_for
         from edgeprune.profiling.sweep import parse_grid
+        from edgeprune.runtimes.timing import TimingPolicy, policy_for
 
         a = get_arch(self.arch)
         if self.batch < 1:
@@ -79,6 +79,11 @@ class ProfileOutcome:
     path: Path
     plot: Path | None
     seconds: float
+
+    @property
+    def summary(self) -> dict:
+        """The figures ``edgeprune profile`` reports about the table (``summary``)."""
+        return summary(self.table)
 
 
 def profile_device(job: ProfileJob, progress: Progress | None = None) -> ProfileOutcome:

@@ -4,7 +4,7 @@ For a device whose descriptor says ``remote_runner = "edgeprune"``: run
 ``<remote_python> -m edgeprune profile|bench … --here`` in a temporary directory
 there and copy the JSON back. The temporary directory is removed in every case, also
 on timeout or Ctrl-C. (A device with only its runtime's own tool, e.g. trtexec on a
-Jetson, is driven from here instead: see ``edgeprune.profiling.measure`` and ``edgeprune.profiling.bench``.)
+Jetson, is driven from here instead: see ``profiling.measure`` and ``profiling.bench``.)
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from edgeprune.latency.table import LatencyTable, load
 from edgeprune.runtimes.timing import Timing
 
 if TYPE_CHECKING:
-    from edgeprune.runtimes.transports import Transport
     from edgeprune.profiling.sweep import ProfileRequest
+    from edgeprune.runtimes.transports import Transport
 
 
 def _remote_failed(transport: Transport, python: str, res) -> EdgepruneError:

@@ -22,11 +22,11 @@ from pathlib import Path
 
 from edgeprune.core.arch import Arch
 from edgeprune.core.errors import EdgepruneError
+from edgeprune.core.plan import SelectorStage, TokenPlan
 from edgeprune.latency.model import fit_end_to_end
 from edgeprune.latency.table import Curve, LatencyTable, Point
-from edgeprune.profiling.monotone import isotonic, noise_summary, pass_spread, shape_breaks
-from edgeprune.core.plan import SelectorStage, TokenPlan
 from edgeprune.profiles.devices import Device
+from edgeprune.profiling.monotone import isotonic, noise_summary, pass_spread, shape_breaks
 from edgeprune.profiling.resume import ResumeFile
 from edgeprune.runtimes.base import runner_for_device, runtime
 from edgeprune.runtimes.timing import Timing, TimingPolicy
@@ -179,8 +179,8 @@ def anchor_specs(arch: Arch, method: str | None) -> list[tuple[str, tuple[float,
 
 
 def anchor_pieces(req: ProfileRequest) -> list[ModelPiece]:
-    from edgeprune.export.onnx import simplify, trace_to_onnx
     from edgeprune.core.source import resolve
+    from edgeprune.export.onnx import simplify, trace_to_onnx
 
     out = []
     for i, (spec, keep) in enumerate(anchor_specs(req.arch, req.method)):

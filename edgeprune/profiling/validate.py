@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from edgeprune.core.errors import EdgepruneError
-from edgeprune.latency.model import LatencyModel
 from edgeprune.core.methods.base import geometric
 from edgeprune.core.records import record
+from edgeprune.latency.model import LatencyModel
 from edgeprune.runtimes.timing import Timing
 
 

@@ -1,18 +1,13 @@
 """The PNGs edgeprune writes (matplotlib, imported lazily, set up in ``_pyplot`` only):
 a latency table's curves, a budget's Pareto front (latency, or accuracy with
-``--sensitivity``), validate-profile's scatter."""
+``--sensitivity``), validate-profile's scatter. Like ``tables``, it reads the results
+it is given and imports no job."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from edgeprune.core.atomic import atomic_path
-from edgeprune.latency.table import LatencyTable
-
-if TYPE_CHECKING:
-    from edgeprune.budget.search import BudgetResult
-    from edgeprune.profiling.validate import ValidationReport
 
 
 def _pyplot():
@@ -34,7 +29,8 @@ def _save(fig, path: Path, dpi: int | None = None) -> Path:
     return path
 
 
-def plot_table(table: LatencyTable, path: Path) -> Path:
+def plot_table(table, path: Path) -> Path:
+    """``table``: a ``latency.table.LatencyTable``."""
     fig, ax = _pyplot().subplots(figsize=(7, 4.5), dpi=110)
     curves = {"block": table.block, "attn": table.attn, "mlp": table.mlp}
     curves.update({f"selector ({k})": v for k, v in table.selectors.items()})
@@ -65,8 +61,6 @@ def plot_table(table: LatencyTable, path: Path) -> Path:
 
 def _candidates_and_front(ax, result, color: str, label: str) -> None:
     """A budget search's candidates (at most ~4000 drawn) and their Pareto front."""
-    from edgeprune.budget.search import pareto_front
-
     cands = result.candidates
     step = max(1, len(cands) // 4000)
     ax.scatter(
@@ -76,7 +70,7 @@ def _candidates_and_front(ax, result, color: str, label: str) -> None:
         c=color,
         label=label,
     )
-    front = pareto_front(cands)
+    front = result.front
     ax.plot(
         [c.predicted_ms for c in front], [c.objective() for c in front], "-", c="C0",
         label="Pareto front",
@@ -95,14 +89,14 @@ def _target_line(ax, result) -> None:
     ax.axvline(t / k, ls="--", c="C2", label=f"target {t:.2f} ms{at}")
 
 
-def plot_pareto(result: BudgetResult, path: Path) -> None:
-    """The candidates, their Pareto front, the chosen schedule, target and dense."""
-    from edgeprune.budget.search import fmt_ratios
-
+def plot_pareto(result, path: Path) -> None:
+    """The candidates, their Pareto front, the chosen schedule, target and dense
+    (``result``: a ``budget.search.BudgetResult``)."""
     fig, ax = _pyplot().subplots(figsize=(7, 4.5))
     _candidates_and_front(ax, result, "0.75", f"{result.schedule} schedules")
     ch = result.chosen
-    _chosen(ax, ch, 14, f"chosen {fmt_ratios(ch.keep_ratios)}: {ch.predicted_ms:.2f} ms")
+    ratios = "[" + ", ".join(f"{r:.4g}" for r in ch.keep_ratios) + "]"
+    _chosen(ax, ch, 14, f"chosen {ratios}: {ch.predicted_ms:.2f} ms")
     _target_line(ax, result)
     ax.axvline(result.dense_ms, ls=":", c="0.4", label=f"dense {result.dense_ms:.2f} ms")
     ax.set_xlabel("predicted latency (ms)")
@@ -113,8 +107,9 @@ def plot_pareto(result: BudgetResult, path: Path) -> None:
     _save(fig, path, dpi=110)
 
 
-def plot_validation(report: ValidationReport, path: Path) -> None:
-    """Predicted vs measured per schedule, with the ±5 % band."""
+def plot_validation(report, path: Path) -> None:
+    """Predicted vs measured per schedule, with the ±5 % band (``report``: a
+    ``profiling.validate.ValidationReport``)."""
     meas = [r.measured_ms for r in report.results]
     pred = [r.predicted_ms for r in report.results]
     lo, hi = min(meas + pred) * 0.9, max(meas + pred) * 1.1

@@ -1,18 +1,14 @@
 """How the CLI shows results: rich tables and summary lines built from library results
-(the CLI prints them; nothing here computes or decides)."""
+(the CLI prints them; nothing here computes or decides). The results come from the jobs,
+which this module does not import: each function names the result it reads."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
 
 from rich.table import Table
-
-if TYPE_CHECKING:
-    from edgeprune.budget.run import BudgetRun
-    from edgeprune.profiling.measure import ProfileOutcome
-    from edgeprune.profiling.validate import ValidationReport
 
 
 def devices_table(rows: list[dict]) -> Table:
@@ -34,10 +30,9 @@ def devices_table(rows: list[dict]) -> Table:
     return t
 
 
-def profile_lines(res: ProfileOutcome) -> list[str]:
-    from edgeprune.profiling.measure import summary
-
-    table, d, s = res.table, res.table.device, summary(res.table)
+def profile_lines(res) -> list[str]:
+    """``res``: a ``profiling.measure.ProfileOutcome``."""
+    table, d, s = res.table, res.table.device, res.summary
     lines = [
         f"[green]wrote[/] {res.path}{f' and {res.plot}' if res.plot else ''}  "
         f"({res.seconds:.0f} s; {d['runtime']} {d.get('runtime_version', '')}, "
@@ -69,7 +64,8 @@ def profile_lines(res: ProfileOutcome) -> list[str]:
     return lines
 
 
-def budget_lines(run: BudgetRun) -> list[str]:
+def budget_lines(run) -> list[str]:
+    """``run``: a ``budget.run.BudgetRun``."""
     res, c = run.result, run.result.chosen
     target, k = res.target_ms, res.scale
     anchored = f" (re-anchored: the table's × {k:.3f})" if k != 1.0 else ""
@@ -97,10 +93,8 @@ def budget_lines(run: BudgetRun) -> list[str]:
         lines.append(
             f"aimed {res.margin:.1%} under the target, at {res.aim_ms:.3f} ms ({res.margin_source})"
         )
-    if run.sensitivity is not None:
-        from edgeprune.budget.search import chosen_summary
-
-        lines.append(chosen_summary(res, run.sensitivity))
+    if run.chosen_summary is not None:
+        lines.append(run.chosen_summary)
     if run.verification is not None:
         lines += verification_lines(run.verification)
     lines.append(f"[green]wrote[/] {run.path}" + (f" and {run.plot}" if run.plot else ""))
@@ -160,9 +154,7 @@ def verification_lines(v) -> list[str]:
 def moved_lines(v) -> list[str]:
     """When the machine changed speed between re-anchor and measurement: by how much,
     and the pick at the anchor's speed (its ratio to dense, timed beside it, holds)."""
-    from edgeprune.budget.verify import steady
-
-    if steady(v.moved):
+    if v.steady:
         return []
     return [
         f"[yellow]the machine changed speed during the check[/]: dense {v.dense_measured_ms:.3f} "
@@ -173,7 +165,8 @@ def moved_lines(v) -> list[str]:
     ]
 
 
-def validation_table(profile, rep: ValidationReport) -> Table:
+def validation_table(profile, rep) -> Table:
+    """``rep``: a ``profiling.validate.ValidationReport``."""
     t = Table(title=f"{profile}: {rep.method}, {rep.threads} thread(s)", title_justify="left")
     for col in ("keep ratios", "predicted ms", "measured ms", "error"):
         t.add_column(col, justify="right")
@@ -187,7 +180,8 @@ def validation_table(profile, rep: ValidationReport) -> Table:
     return t
 
 
-def validation_lines(rep: ValidationReport) -> list[str]:
+def validation_lines(rep) -> list[str]:
+    """``rep``: a ``profiling.validate.ValidationReport``."""
     lines = [
         f"|pred − meas| / meas: median {rep.median_error:.1%} (target ≤ 5 %), "
         f"p90 {rep.p90_error:.1%} (target ≤ 10 %) over {len(rep.results)} models"
@@ -327,6 +321,10 @@ def print_export(result, out, err) -> None:
 
 
 @contextmanager
+def fmt_pct(v: float | None) -> str:
+    return "—" if v is None or not math.isfinite(v) else f"{v:.2f} %"
+
+
 def progress(console, label: str, bar: bool = False) -> Iterator[Callable[..., None]]:
     """A transient progress display on stderr (a terminal only); yields
     ``update(description, done=None, total=None)``."""
@@ -355,8 +353,6 @@ def progress(console, label: str, bar: bool = False) -> Iterator[Callable[..., N
 # ---- accuracy: evaluate, sensitivity, finetune (issue 15) ----------------------------
 def print_evaluation(d: dict, out, err) -> None:
     """``evaluate``'s report: notes, what was read, and one row per comparison."""
-    from edgeprune.accuracy.evaluate import fmt_pct
-
     for n in d["notes"]:
         err.print(f"[yellow]note:[/] {n}")
     acc = d["accuracy"]

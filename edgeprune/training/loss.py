@@ -24,9 +24,9 @@ import torch
 from torch import nn
 
 from edgeprune.core.errors import EdgepruneError
+from edgeprune.core.methods import MethodConfig, get_method
 from edgeprune.latency.model import LatencyModel
 from edgeprune.latency.table import LatencyTable
-from edgeprune.core.methods import MethodConfig, get_method
 
 SHAPES = ("hinge", "squared", "squared_hinge")
 

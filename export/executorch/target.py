@@ -37,6 +37,7 @@ from pathlib import Path
 import torch
 
 from edgeprune.core.errors import EdgepruneError, MissingRuntimeError
+from edgeprune.core.source import Source
 from edgeprune.export.registry import (
     ExportRequest,
     ExportResult,
@@ -45,7 +46,6 @@ from edgeprune.export.registry import (
     Tolerance,
     register,
 )
-from edgeprune.core.source import Source
 
 INSTALL_HINT = 'pip install "edgeprune[executorch]"  (executorch 1.4.x, built against torch 2.13)'
 # int8 against PyTorch fp32: top-1 agreement at least 50 % is enforced (a program gone
@@ -305,8 +305,8 @@ def lower(
     require_executorch()
     step = progress or (lambda _msg: None)
     seconds: dict[str, float] = {}
-    from edgeprune.export.executorch.lowering import fast_lowering, one_pass_table
     from edgeprune.core.methods.tokenops import edgeprune_kernels, prepare_trace, xnnpack_form
+    from edgeprune.export.executorch.lowering import fast_lowering, one_pass_table
 
     prepare_trace(model)  # choices made from the weights' values, which a trace has not
     own = contextlib.nullcontext() if kernels is None else edgeprune_kernels(kernels)

@@ -20,8 +20,8 @@ from pathlib import Path
 
 from edgeprune.core.errors import EdgepruneError, MissingRuntimeError
 from edgeprune.runtimes.base import RunnerBase, Runtime
-from edgeprune.runtimes.timing import Timing, TimingPolicy, time_callable
 from edgeprune.runtimes.tensorrt.trtexec import find_trtexec, probe_version
+from edgeprune.runtimes.timing import Timing, TimingPolicy, time_callable
 
 _NONFINITE = re.compile(r"(?<![\w\"])-?(nan|inf)(?![\w\"])", re.IGNORECASE)
 
