@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from onnx import numpy_helper
+
 DYNAMIC_OPS = ("Shape", "ConstantOfShape", "NonZero")
 
 # ops every graph target's converter maps (TensorRT 10's ONNX parser, CoreML's MIL);
@@ -115,8 +117,6 @@ class Graph:
     """An ONNX graph read once for the rules: its nodes, I/O and constant values."""
 
     def __init__(self, proto):
-        from onnx import numpy_helper
-
         self.proto = proto
         g = proto.graph
         self.nodes = list(g.node)

@@ -16,6 +16,10 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+import torch
+from onnx import TensorProto
+
 from edgeprune.core.atomic import atomic_dir, write_json_atomic
 from edgeprune.core.errors import EdgepruneError
 from edgeprune.export.check import COMMON_OPS, Finding, Graph
@@ -91,8 +95,6 @@ def convert(
     """The ``ct.models.MLModel`` (not loaded for prediction off macOS)."""
     logging.getLogger("coremltools").setLevel(logging.ERROR)  # before the import: it warns
     import coremltools as ct
-    import numpy as np
-    import torch
 
     dummy = torch.zeros(batch, 3, img, img)
     sink = io.StringIO()
@@ -203,7 +205,6 @@ def _parity(source: Source, pkg: Path, batch: int, precision: str, units: str, n
 def _drop_aliases(ep):
     """Remove ``aten.alias`` nodes (identity views that coremltools cannot convert),
     wiring their users to the aliased tensor."""
-    import torch
 
     aliases = {torch.ops.aten.alias.default}
     if hasattr(torch.ops.aten, "alias_copy"):
@@ -235,8 +236,6 @@ class CoreMLTarget(Target):
     dynamic_dim = "error"
 
     def graph_rules(self, graph: Graph) -> list[Finding]:
-        from onnx import TensorProto
-
         out = []
         for vi in graph.io:
             if vi.type.tensor_type.elem_type == TensorProto.INT64:

@@ -12,14 +12,14 @@ dependency (``onnxconverter-common`` does the same with a block list).
 from __future__ import annotations
 
 import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
 
 KEEP_FP32 = frozenset({"LayerNormalization", "Softmax", "LogSoftmax", "ReduceMean"})
 
 
 def to_fp16(proto, keep_fp32: frozenset[str] = KEEP_FP32):
     """A float16 copy of ``proto`` (ModelProto); float32 graph I/O is kept."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
 
     model = onnx.shape_inference.infer_shapes(proto)
     g = model.graph
@@ -102,7 +102,6 @@ def _orig(name: str, in_names: dict[str, str], out_names: dict[str, str]) -> str
 
 def _retype_node(node, f32: int, f16: int) -> None:
     """float32 constants and casts inside the fp16 region become float16."""
-    from onnx import numpy_helper
 
     for attr in node.attribute:
         if node.op_type == "Cast" and attr.name == "to" and attr.i == f32:

@@ -9,6 +9,14 @@ import platform
 from importlib import metadata
 from pathlib import Path
 
+from edgeprune.core.atomic import (
+    atomic_path,
+    check_writable_dir_target,
+    check_writable_target,
+    write_json_atomic,
+)
+from edgeprune.core.errors import EdgepruneError
+
 MANIFEST_VERSION = 1
 
 
@@ -31,8 +39,6 @@ def prepare_outputs(
     and any side files may be written (absent, or ``force``). Returns the manifest path.
 
     ``directory``: ``out`` is a bundle directory (an .mlpackage), checked as one."""
-    from edgeprune.core.atomic import check_writable_dir_target, check_writable_target
-    from edgeprune.core.errors import EdgepruneError
 
     out = Path(out)
     if out.suffix not in suffixes:
@@ -99,7 +105,6 @@ def base_manifest(source, target: str, artifact: Path, batch: int, *extra_versio
 def write_file_artifact(out: Path, data: bytes, manifest: dict, mpath: Path) -> dict:
     """Write ``data`` to ``out`` and the manifest (with the file's sha256) beside it, each
     under a temporary name renamed into place; returns the manifest."""
-    from edgeprune.core.atomic import atomic_path, write_json_atomic
 
     with atomic_path(out) as tmp:
         tmp.write_bytes(data)

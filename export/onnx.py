@@ -7,12 +7,18 @@ from __future__ import annotations
 import contextlib
 import io
 import warnings
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import onnx
+import onnxsim
+import torch
+
 from edgeprune.core.errors import EdgepruneError
+from edgeprune.export.check import static_problems
 from edgeprune.export.manifest import base_manifest, prepare_outputs, write_file_artifact
 from edgeprune.export.parity import Parity, check_parity
 from edgeprune.export.registry import MIN_OPSET, Target, Tolerance, register
@@ -42,7 +48,6 @@ def trace_to_onnx(
     ``dynamic_batch`` makes dim 0 of the input and output symbolic (``batch``), for a
     TensorRT optimization profile; every other dimension and every TopK K stay constant.
     """
-    import torch
 
     dummy = torch.zeros(tuple(input_shape))
     axes = {input_name: {0: "batch"}, output_name: {0: "batch"}} if dynamic_batch else None
@@ -65,8 +70,6 @@ def trace_to_onnx(
 
 def simplify(model_bytes: bytes):
     """onnxsim the graph; return the ModelProto."""
-    import onnx
-    import onnxsim
 
     proto = onnx.load_from_string(model_bytes)
     with contextlib.redirect_stdout(io.StringIO()):
@@ -89,8 +92,6 @@ class VerifiedOnnx:
     dynamic_batch: bool = False
 
     def ops(self) -> dict[str, int]:
-        from collections import Counter
-
         return dict(sorted(Counter(n.op_type for n in self.proto.graph.node).items()))
 
 
@@ -116,7 +117,6 @@ def verified_onnx(
     """Trace, simplify, check the graph is static and matches PyTorch; in memory only.
 
     Raises (exit 1) when the graph is not static or the parity check fails."""
-    from edgeprune.export.check import static_problems
 
     check_onnx_options(batch, opset)
     step = progress or (lambda _msg: None)

@@ -18,6 +18,12 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from onnxruntime.quantization import QuantType, quantize_dynamic
+from onnxruntime.tools.convert_onnx_models_to_ort import (
+    OptimizationStyle,
+    convert_onnx_models_to_ort,
+)
+
 from edgeprune.core.errors import EdgepruneError
 from edgeprune.export.manifest import base_manifest, prepare_outputs, write_file_artifact
 from edgeprune.export.onnx import io_spec, verified_onnx
@@ -35,18 +41,12 @@ if TYPE_CHECKING:
 
 
 def quantize_int8(onnx_file: Path, out_file: Path) -> None:
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
     quantize_dynamic(str(onnx_file), str(out_file), weight_type=QuantType.QInt8)
 
 
 def to_ort_format(onnx_file: Path, out_dir: Path) -> Path:
     """``python -m onnxruntime.tools.convert_onnx_models_to_ort`` (Fixed optimization
     style: the graph ONNX Runtime Mobile loads without further optimization)."""
-    from onnxruntime.tools.convert_onnx_models_to_ort import (
-        OptimizationStyle,
-        convert_onnx_models_to_ort,
-    )
 
     logging.getLogger("ort_format_model.utils").setLevel(logging.WARNING)
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):

@@ -8,9 +8,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from edgeprune.core.errors import ParityError
 from edgeprune.export.registry import Tolerance
+from edgeprune.runtimes.base import get_runner
 
 PARITY_SEED = 1234
 
@@ -46,7 +48,6 @@ class Parity:
 def parity_inputs(batch: int, img_size: int, n_inputs: int, seed: int = PARITY_SEED):
     """The random images every parity check uses (same seed: same images for every
     target, so ONNX, engine and ORT figures are comparable)."""
-    import torch
 
     g = torch.Generator().manual_seed(seed)
     for _ in range(-(-n_inputs // batch)):
@@ -73,7 +74,6 @@ def compare(
     runtime: str = "onnxruntime",
 ) -> Parity:
     """Run PyTorch and ``run_fn`` (a runner, or numpy in → logits out) on the same images."""
-    import torch
 
     fn = as_function(run_fn)
     max_diff, agree, seen = 0.0, 0, 0
@@ -120,8 +120,6 @@ def check_parity(
     already loaded (or a function of one array). ``label`` names the runtime in the
     figures (default ``runtime``)."""
     if isinstance(artifact, str | Path | bytes):
-        from edgeprune.runtimes.base import get_runner
-
         runner = get_runner(runtime, **runner_options)
         runner.load(artifact)
         artifact = runner

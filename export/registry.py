@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 from edgeprune.core.errors import EdgepruneError
+from edgeprune.export.manifest import manifest_path
 
 if TYPE_CHECKING:
     from edgeprune.core.source import Source
@@ -139,7 +140,6 @@ class Target:
 
     def result(self, out: Path, manifest: dict) -> ExportResult:
         """The result of an export that wrote its artifact and manifest."""
-        from edgeprune.export.manifest import manifest_path
 
         return ExportResult(self.name, Path(out), manifest, manifest_path(out))
 

@@ -13,6 +13,9 @@ from dataclasses import fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import onnx
+
+from edgeprune.core.atomic import output_lock
 from edgeprune.core.errors import EdgepruneError
 from edgeprune.export.check import Finding, check_graph
 from edgeprune.export.registry import (
@@ -93,7 +96,6 @@ def check_onnx(proto, target: str) -> list[Finding]:
 
 def check_file(path: Path, target: str) -> list[Finding]:
     """``edgeprune check``: what in the ONNX file ``path`` ``target`` rejects or runs slowly."""
-    import onnx
 
     rules = checkable_target(target)
     path = Path(path)
@@ -116,7 +118,6 @@ def export_source(
     """Export ``source`` as ``req`` asks (to ``req.out``, else ``<name><suffix>``), under a
     lock on the output: two runs writing the same output never interleave; the second
     fails cleanly (each exporter re-checks ``--force`` under the lock)."""
-    from edgeprune.core.atomic import output_lock
 
     req = validate(req)
     target = get_target(req.target)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from edgeprune.core.atomic import atomic_path, write_json_atomic
 from edgeprune.core.errors import EdgepruneError, MissingRuntimeError
 from edgeprune.export.check import COMMON_OPS, Finding, Graph, errors_of
+from edgeprune.export.fp16 import to_fp16
 from edgeprune.export.manifest import (
     base_manifest,
     manifest_path,
@@ -28,6 +29,13 @@ from edgeprune.export.manifest import (
 from edgeprune.export.onnx import INPUT_NAME, OUTPUT_NAME, io_spec, verified_onnx
 from edgeprune.export.parity import check_parity, parity_inputs
 from edgeprune.export.registry import Target, TargetOption, Tolerance, register
+from edgeprune.runtimes.tensorrt.engine import (
+    ApiRunner,
+    TrtexecEngineRunner,
+    build_engine_api,
+    find_builder,
+    run_trtexec,
+)
 
 if TYPE_CHECKING:
     from edgeprune.core.source import Source
@@ -133,7 +141,6 @@ def export_trt(
     """Build and check an engine; returns the manifest. ``manifest["engine"]["status"]``
     is ``"verified"``, ``"unverified"`` (built, parity could not run) or
     ``"not_built"`` (no TensorRT here: the ONNX and the commands are kept)."""
-    from edgeprune.runtimes.tensorrt.engine import find_builder
 
     out = Path(out)
     opts.validate()
@@ -160,8 +167,6 @@ def export_trt(
     fp16_bytes = None
     fp16_parity = None
     if opts.precision == "fp16":
-        from edgeprune.export.fp16 import to_fp16
-
         step("converting the ONNX to FP16 (for TensorRT 11)")
         fp16_bytes = to_fp16(v.proto).SerializeToString()
         fp16_parity = check_parity(
@@ -235,8 +240,6 @@ def export_trt(
 def _build(builder, onnx_file: Path, engine_tmp: Path, opts: TrtOptions, chw):
     """Build the engine into ``engine_tmp``; return a runner for it."""
     if builder.kind == "api":
-        from edgeprune.runtimes.tensorrt.engine import ApiRunner, build_engine_api
-
         data = build_engine_api(
             onnx_file.read_bytes(),
             opts.precision,
@@ -248,7 +251,6 @@ def _build(builder, onnx_file: Path, engine_tmp: Path, opts: TrtOptions, chw):
         )
         engine_tmp.write_bytes(data)
         return ApiRunner(data, INPUT_NAME, OUTPUT_NAME)
-    from edgeprune.runtimes.tensorrt.engine import TrtexecEngineRunner, run_trtexec
 
     cmd = trtexec_command(onnx_file, engine_tmp, opts, chw, builder.major, builder.path)
     run_trtexec(cmd, "building the engine")

@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import os
 import tomllib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from importlib import resources
 
 from edgeprune.core.errors import EdgepruneError
 from edgeprune.core.records import record
+from edgeprune.runtimes.base import RUNTIMES, runtime_here
+from edgeprune.runtimes.transports import TRANSPORTS, check_device, open_transport
 
 PRECISIONS = ("fp32", "fp16", "int8")
 
@@ -81,8 +84,6 @@ def _from_toml(text: str, origin: str) -> Device:
         dev = Device(**kwargs)
     except TypeError as e:
         raise EdgepruneError(f"device descriptor {origin} is incomplete ({e})") from None
-    from edgeprune.runtimes.base import RUNTIMES
-    from edgeprune.runtimes.transports import TRANSPORTS, check_device
 
     if dev.runtime not in RUNTIMES:
         raise EdgepruneError(f"device {dev.name}: unknown runtime '{dev.runtime}'")
@@ -129,8 +130,6 @@ def device_for(
 def reachability(dev: Device, timeout: float = 4.0) -> tuple[bool, str]:
     """Quick check: the runtime runs here (local), or the transport answers within
     ``timeout``."""
-    from edgeprune.runtimes.base import runtime_here
-    from edgeprune.runtimes.transports import open_transport
 
     if dev.transport == "local":
         return runtime_here(dev)
@@ -144,7 +143,6 @@ def reachability(dev: Device, timeout: float = 4.0) -> tuple[bool, str]:
 def reachability_all(devs: list[Device], timeout: float = 4.0) -> list[tuple[bool, str]]:
     """``reachability`` for every device at once (in threads: one slow host does not
     hold the others up)."""
-    from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(max_workers=max(1, len(devs))) as pool:
         return list(pool.map(lambda d: reachability(d, timeout), devs))

@@ -4,10 +4,13 @@ binary ``onnxruntime_perf_test`` times ``.onnx`` and ``.ort`` models there."""
 
 from __future__ import annotations
 
+import importlib.util
 import re
+import tempfile
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 
 from edgeprune.core.errors import EdgepruneError, MissingRuntimeError
 from edgeprune.runtimes.base import DeviceBinaryRunner, RunnerBase, Runtime
@@ -15,8 +18,6 @@ from edgeprune.runtimes.timing import Timing, TimingPolicy, time_callable
 
 
 def version() -> str:
-    import onnxruntime as ort
-
     return ort.__version__
 
 
@@ -37,7 +38,6 @@ def make_session(
     providers: list[str] | None = None,
     optimization: str = "all",
 ):
-    import onnxruntime as ort
 
     so = ort.SessionOptions()
     if threads:
@@ -142,8 +142,6 @@ class OnnxRuntimeRunner(RunnerBase):
 
 
 def available(**_options) -> tuple[bool, str]:
-    import importlib.util
-
     ok = importlib.util.find_spec("onnxruntime") is not None
     return ok, "onnxruntime installed" if ok else "onnxruntime not installed"
 
@@ -223,7 +221,6 @@ class OrtPerfTestRunner(DeviceBinaryRunner):
 
     def _invoke(self, runs: int) -> tuple[str, str]:
         """Run it there; (its stdout, the result file's text, or "" if it wrote none)."""
-        import tempfile
 
         data, suffix = self.loaded(self._model)
         self.check_binary()

@@ -8,6 +8,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
+from edgeprune.core.errors import EdgepruneError
+
 if TYPE_CHECKING:
     import numpy as np
 
@@ -35,8 +37,6 @@ BENCH_POLICY = TimingPolicy(min_runs=20, min_time_s=1.0)
 def policy_for(runs: int | None, default: TimingPolicy = BENCH_POLICY) -> TimingPolicy:
     """``--runs N``: exactly N timed runs; None: ``default`` (adaptive)."""
     if runs is not None and runs < 1:
-        from edgeprune.core.errors import EdgepruneError
-
         raise EdgepruneError(f"--runs {runs} must be at least 1")
     return TimingPolicy.fixed(runs) if runs else default
 

@@ -33,7 +33,10 @@ import torch
 
 from edgeprune.core.errors import EdgepruneError
 from edgeprune.core.images import ImageSet, Preprocess, batches, preprocess_for, scan
+from edgeprune.core.methods import get_method
+from edgeprune.core.models.deit import VisionTransformer
 from edgeprune.core.source import Source, resolve
+from edgeprune.runtimes.base import get_runner
 
 ARTIFACT_RUNTIMES = {
     ".onnx": "onnxruntime",
@@ -154,7 +157,6 @@ def source_from_manifest(artifact: Path, heads: int | None = None) -> Source:
                 f"the source of {artifact}, {text}, is not here", "pass --reference SRC"
             )
         text = str(beside)
-    from edgeprune.core.methods import get_method
 
     method = get_method(str(spec.get("method", "dense")))
     opts = {k: v for k, v in (spec.get("options") or {}).items() if k in method.user_options}
@@ -178,7 +180,6 @@ def source_from_manifest(artifact: Path, heads: int | None = None) -> Source:
 def dense_backbone(source: Source) -> torch.nn.Module:
     """The pruned model's backbone with no token pruning: a dense DeiT with the same
     weights (the selectors' parameters left out)."""
-    from edgeprune.core.models.deit import VisionTransformer
 
     dense = VisionTransformer(source.arch)
     sd = source.model().state_dict()
@@ -187,8 +188,6 @@ def dense_backbone(source: Source) -> torch.nn.Module:
 
 
 def load_artifact(path: Path, runtime: str | None, threads: int | None) -> Predictor:
-    from edgeprune.runtimes.base import get_runner
-
     if not path.exists():
         raise EdgepruneError(f"artifact {path} does not exist")
     rt = runtime or ARTIFACT_RUNTIMES.get(path.suffix.lower())

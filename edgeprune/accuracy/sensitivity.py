@@ -32,11 +32,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edgeprune.accuracy.evaluate import compare_logits, dense_backbone, topk_accuracy
+from edgeprune.accuracy.evaluate import compare_logits, dense_backbone, topk_accuracy, torch_threads
 from edgeprune.budget.search import SENSITIVITY_SCHEMA, stage_schedule
+from edgeprune.core.atomic import check_writable_target, write_json_atomic
 from edgeprune.core.errors import EdgepruneError
 from edgeprune.core.images import batches, preprocess_for, scan
+from edgeprune.core.parsing import parse_floats
 from edgeprune.core.source import Source, resolve
+from edgeprune.export.manifest import now_utc, sha256_file
+from edgeprune.profiling.resume import read_resume, resume_path
 
 SENSITIVITY_VERSION = 1
 DEFAULT_GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
@@ -60,8 +64,6 @@ class SensitivityRequest:
 
 
 def parse_grid(text: str | None) -> tuple[float, ...]:
-    from edgeprune.core.parsing import parse_floats
-
     grid = parse_floats(text, "--grid") if text is not None else DEFAULT_GRID
     if not grid or any(not (math.isfinite(r) and 0 < r <= 1) for r in grid):
         raise EdgepruneError(f"--grid {text} needs keep ratios in (0, 1]", "e.g. 0.3,0.5,0.7,1")
@@ -81,16 +83,12 @@ class ResumeFile:
     """Points measured so far, saved atomically after each one."""
 
     def __init__(self, path: Path | None, key: dict):
-        from edgeprune.profiling.resume import read_resume
-
         self.path, self.key, self.points = path, key, {}
         data = read_resume(path, key, "request") or {}
         for p in data.get("points", []):
             self.points[(p["stage"], p["keep_ratio"])] = p
 
     def put(self, point: dict) -> None:
-        from edgeprune.core.atomic import write_json_atomic
-
         self.points[(point["stage"], point["keep_ratio"])] = point
         if self.path is not None:
             write_json_atomic(
@@ -108,8 +106,6 @@ def _request_key(req: SensitivityRequest, source: Source, files: list[Path], pre
         h.update(str(f).encode() + b"\0")
     src_digest = None
     if source.kind == "checkpoint":
-        from edgeprune.export.manifest import sha256_file
-
         src_digest = sha256_file(Path(source.text))
     return {
         "source": source.text,
@@ -134,15 +130,12 @@ def measure(
     progress: Callable[[str, int, int], None] | None = None,
 ) -> dict:
     """Measure the curves; returns the ``edgeprune.accuracy.sensitivity`` dict."""
-    from edgeprune.accuracy.evaluate import torch_threads
 
     with torch_threads(req.threads):
         return _measure(req, resume, progress)
 
 
 def _measure(req: SensitivityRequest, resume: Path | None, progress) -> dict:
-    from edgeprune.export.manifest import now_utc
-
     images = scan(req.images)
     source = resolve(req.src, method=req.method, locs=req.locs, heads=req.heads)
     locs = tuple(source.config.prune_locs)
@@ -244,8 +237,6 @@ def measure_to_file(
 ) -> dict:
     """``edgeprune sensitivity``: measure the curves and write them to ``out`` (with
     ``resume``, progress is kept in ``<out>.partial.json`` and a rerun continues it)."""
-    from edgeprune.core.atomic import check_writable_target, write_json_atomic
-    from edgeprune.profiling.resume import resume_path
 
     check_writable_target(out, force)
     data = measure(req, resume_path(Path(out)) if resume else None, progress)

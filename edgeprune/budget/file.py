@@ -8,17 +8,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgeprune.budget.search import BudgetResult
+from edgeprune.core.atomic import read_json_file
 from edgeprune.core.errors import EdgepruneError
 from edgeprune.core.source import Source, resolve
+from edgeprune.export.manifest import now_utc, sha256_file
 from edgeprune.latency.model import LatencyModel
+from edgeprune.latency.table import from_dict, load
 
 BUDGET_SCHEMA = "edgeprune.budget.search"
 BUDGET_VERSION = 1
 
 
 def budget_dict(result: BudgetResult, model: LatencyModel, profile_path: str | Path) -> dict:
-    from edgeprune.export.manifest import now_utc, sha256_file
-
     c = result.chosen
     p = Path(profile_path)
     return {
@@ -77,8 +78,6 @@ class Budget:
         return self.target_ms / self.reanchor_scale
 
     def latency_model(self) -> LatencyModel:
-        from edgeprune.latency.table import from_dict, load
-
         if isinstance(self.data.get("profile_table"), dict):
             return LatencyModel(from_dict(self.data["profile_table"], "budget's profile_table"))
         path = (self.data.get("profile") or {}).get("path")
@@ -99,7 +98,6 @@ def load_budget(path: str | Path) -> Budget:
             f"budget file {path} is not valid: {what}", "re-run 'edgeprune budget'"
         )
 
-    from edgeprune.core.atomic import read_json_file
 
     d = read_json_file(path, bad, BUDGET_SCHEMA)
     if d.get("version") != BUDGET_VERSION:

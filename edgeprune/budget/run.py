@@ -11,9 +11,22 @@ from functools import partial
 from pathlib import Path
 
 from edgeprune.budget.file import budget_dict
-from edgeprune.budget.search import BudgetResult, Sensitivity, UnreachableTarget, chosen_summary
-from edgeprune.budget.verify import Verification
-from edgeprune.latency.model import LatencyModel
+from edgeprune.budget.search import (
+    BudgetResult,
+    Sensitivity,
+    UnreachableTarget,
+    chosen_summary,
+    load_sensitivity,
+    measured_curves,
+    resolve_margin,
+    search,
+    target_from,
+)
+from edgeprune.budget.verify import Verification, verify_budget
+from edgeprune.core.atomic import check_writable_target, write_json_atomic
+from edgeprune.core.parsing import parse_ints
+from edgeprune.latency.model import LatencyModel, load_model
+from edgeprune.render.plots import plot_accuracy_pareto, plot_pareto
 
 
 @dataclass
@@ -63,10 +76,6 @@ def make_budget(
     with ``reanchor``, chosen again on the table re-anchored to the machine's speed now
     (dense timed here first); the file holds the schedule verified and the
     verification."""
-    from edgeprune.budget.search import load_sensitivity, resolve_margin, search, target_from
-    from edgeprune.core.atomic import check_writable_target, write_json_atomic
-    from edgeprune.core.parsing import parse_ints
-    from edgeprune.latency.model import load_model
 
     target = target_from(target_ms, target_fps)
     model = load_model(profile)
@@ -89,8 +98,6 @@ def make_budget(
         res = None  # the machine may run faster now than the table says: re-anchoring decides
     checked = None
     if verify:
-        from edgeprune.budget.verify import verify_budget
-
         res, checked = verify_budget(
             model, choose, res, rounds, reanchor=reanchor, progress=progress
         )
@@ -99,13 +106,8 @@ def make_budget(
         data["verification"] = checked.to_dict()
     write_json_atomic(out, data)
     if plot_path is not None and sens is not None:
-        from edgeprune.budget.search import measured_curves
-        from edgeprune.render.plots import plot_accuracy_pareto
-
         plot_accuracy_pareto(res, sens, model, plot_path, measured_curves(res, sens, model))
     elif plot_path is not None:
-        from edgeprune.render.plots import plot_pareto
-
         plot_pareto(res, plot_path)
     metric = sens.metric if sens else None
     return BudgetRun(res, data, model, out, plot_path, metric, sens, checked)

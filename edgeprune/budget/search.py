@@ -26,13 +26,17 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from edgeprune.core.arch import Arch
+from edgeprune.core.atomic import read_json_file
 from edgeprune.core.errors import EdgepruneError
 from edgeprune.core.flops import plan_flops
 from edgeprune.core.methods import Method, MethodConfig, get_method
 from edgeprune.core.methods.base import geometric
 from edgeprune.core.plan import TokenPlan, dense_plan
 from edgeprune.latency.model import LatencyModel
+from edgeprune.latency.table import piecewise_linear
 
 SENSITIVITY_SCHEMA = "edgeprune.accuracy.sensitivity"
 SCHEDULES = ("geometric", "free")
@@ -82,9 +86,7 @@ class Sensitivity:
         """Predicted accuracy of many schedules at once (each curve held constant past
         its ends). The additive model can fall below 0 for aggressive schedules; accuracy
         and agreement cannot, so the prediction is floored at 0."""
-        import torch
 
-        from edgeprune.latency.table import piecewise_linear
 
         r = torch.tensor(schedules, dtype=torch.float64).reshape(len(schedules), len(locs))
         acc = torch.full((len(schedules),), float(self.dense), dtype=torch.float64)
@@ -114,7 +116,6 @@ def load_sensitivity(path: str | Path) -> Sensitivity:
             '"stages": {"LOC": {"keep_ratios": [...], "accuracy": [...]}}}',
         )
 
-    from edgeprune.core.atomic import read_json_file
 
     d = read_json_file(path, bad, SENSITIVITY_SCHEMA)
     try:

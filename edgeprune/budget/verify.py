@@ -26,10 +26,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from edgeprune.budget.search import BudgetResult
+from edgeprune.budget.search import BudgetResult, UnreachableTarget
 from edgeprune.core.errors import EdgepruneError
+from edgeprune.core.plan import dense_plan
 from edgeprune.core.records import record
+from edgeprune.core.source import resolve
 from edgeprune.latency.model import LatencyModel
+from edgeprune.profiling.validate import LocalModels, check_local_runtime
+from edgeprune.runtimes.base import get_runner
 
 ANCHOR_ROUNDS = 20  # bursts of the dense model timed to re-anchor the table
 # a re-anchored pick measured over the target, or more than REFINE_BAND under it, is
@@ -203,10 +207,6 @@ def verify_budget(
     method… bound); export the chosen schedule, time it and dense interleaved here,
     compare. ``table_result``: what the table alone chose (None: unreachable on it,
     allowed only with ``reanchor``). Returns the verified result and the verification."""
-    from edgeprune.core.plan import dense_plan
-    from edgeprune.core.source import resolve
-    from edgeprune.profiling.validate import LocalModels, check_local_runtime
-    from edgeprune.runtimes.base import get_runner
 
     if rounds < 3:
         raise EdgepruneError(f"--rounds {rounds} must be at least 3")
@@ -269,7 +269,6 @@ def verify_budget(
 
 def _source(result: BudgetResult):
     """The model a search result chose: dense, or its method at the chosen schedule."""
-    from edgeprune.core.source import resolve
 
     arch = result.arch.name
     if result.status == "dense":
@@ -282,7 +281,6 @@ def _refine(choose, result: BudgetResult, measured_ms: float, step) -> BudgetRes
     (``refine_basis`` / its table prediction), REFINE_MARGIN under the target. None:
     nothing new to try (the same schedule, dense, or no schedule meets the target at
     that scale)."""
-    from edgeprune.budget.search import UnreachableTarget
 
     scale = measured_ms / result.chosen.predicted_ms
     step(f"refining: the pick measures {measured_ms:.2f} ms, re-scaling the table × {scale:.3f}")

@@ -1,19 +1,14 @@
-"""The accuracy commands (issue 15): ``demo-images``, ``evaluate``, ``sensitivity``,
-``finetune``. Thin like ``cli.py``, which registers them on its app: each parses its
-options (``cli_options.py``), calls one library function and renders (``render.py``)."""
+"""The accuracy commands: ``demo-images`` (a synthetic image folder), ``evaluate`` a model or
+artifact on images, ``sensitivity`` (top-1 per pruning stage and keep ratio)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from rich.console import Console
-
 from edgeprune.cli import options as o
-from edgeprune.render.tables import progress
-
-out = Console()
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+from edgeprune.cli.console import err, out, progress
+from edgeprune.render.tables import print_evaluation, sensitivity_lines
 
 
 def demo_images(
@@ -50,12 +45,11 @@ def evaluate(
     req = EvalRequest(model, images, reference, limit, batch, runtime, threads, pruning.heads)
     req.method, req.keep, req.locs = pruning.method, pruning.keep, pruning.locs
     pre.into(req)
-    with progress(err, "evaluating", bar=True) as step:
+    with progress("evaluating", bar=True) as step:
         rep = run_evaluate(req, lambda i, n: step("evaluating", i, n))
     if as_json:
         print(json.dumps(rep.to_dict()))
         return
-    from edgeprune.render.tables import print_evaluation
 
     print_evaluation(rep.to_dict(), out, err)
 
@@ -88,7 +82,7 @@ def sensitivity(
     req.method, req.locs, req.metric = method, parse_ints(locs, "--locs"), metric
     req.threads = threads
     try:
-        with progress(err, "sensitivity", bar=True) as step:
+        with progress("sensitivity", bar=True) as step:
             data = measure_to_file(req, out_path, force, resume, step)
     except KeyboardInterrupt:
         if resume and resume_path(out_path).exists():
@@ -97,58 +91,13 @@ def sensitivity(
         raise
     for n in data["notes"]:
         err.print(f"[yellow]note:[/] {n}")
-    from edgeprune.render.tables import sensitivity_lines
 
     for line in sensitivity_lines(out_path, data):
         out.print(line)
-
-
-def finetune(
-    src: o.SrcArg,
-    images: o.EvalImagesOpt,
-    out_path: o.CkptOutOpt,
-    profile: o.FtProfileOpt = None,
-    target_ms: o.TargetMsOpt = None,
-    budget: o.BudgetOpt = None,
-    steps: o.StepsOpt = 100,
-    batch: o.StepBatchOpt = 8,
-    lr: o.LrOpt = 3e-3,
-    backbone_lr_scale: o.BackboneLrOpt = 0.01,
-    latency_weight: o.LatWeightOpt = 10.0,
-    shape: o.ShapeOpt = "squared",
-    locs: o.LocsOpt = None,
-    device: o.TrainDeviceOpt = "cpu",
-    threads: o.TorchThreadsOpt = None,
-    limit: o.LimitOpt = None,
-    heads: o.HeadsOpt = None,
-    seed: o.TrainSeedOpt = 0,
-    force: o.ForceOpt = False,
-    as_json: o.JsonOpt = False,
-) -> None:
-    """DynamicViT fine-tuning (dense teacher, KL distillation, Gumbel keep masks) with the
-    latency-aware sparsity loss in place of the keep-ratio MSE; logs predicted ms per step."""
-    from edgeprune.core.parsing import parse_ints
-    from edgeprune.render.tables import finetune_lines, step_logger
-    from edgeprune.training.finetune import FinetuneRequest, finetune_to_file
-
-    req = FinetuneRequest(src, images, profile, budget, target_ms, steps, batch, lr)
-    req.backbone_lr_scale, req.latency_weight, req.shape = backbone_lr_scale, latency_weight, shape
-    req.locs, req.device, req.seed = parse_ints(locs, "--locs"), device, seed
-    req.limit, req.heads, req.threads = limit, heads, threads
-    res = finetune_to_file(req, out_path, force, None if as_json else step_logger(out, steps))
-    if as_json:
-        d = {**res.to_dict(), "checkpoint": str(out_path)}
-        print(json.dumps({**d, "predicted_ms_per_step": [s.predicted_ms for s in res.steps]}))
-        return
-    for n in res.notes:
-        err.print(f"[yellow]note:[/] {n}")
-    for line in finetune_lines(res, out_path):
-        out.print(line, soft_wrap=True)
 
 
 COMMANDS = {
     "demo-images": demo_images,
     "evaluate": evaluate,
     "sensitivity": sensitivity,
-    "finetune": finetune,
 }

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from edgeprune.core.errors import EdgepruneError
+
 
 @dataclass(frozen=True)
 class Arch:
@@ -53,8 +55,6 @@ HEADS_BY_DIM = {a.embed_dim: a.num_heads for a in ARCHS.values()}
 
 
 def get_arch(name: str) -> Arch:
-    from edgeprune.core.errors import EdgepruneError
-
     try:
         return ARCHS[name]
     except KeyError:
@@ -72,7 +72,6 @@ def arch_from_dims(
     num_heads: int | None = None,
 ) -> Arch:
     """The arch of a checkpoint, named after the DeiT model it matches (or 'custom')."""
-    from edgeprune.core.errors import EdgepruneError
 
     heads = num_heads or HEADS_BY_DIM.get(embed_dim)
     if heads is None:

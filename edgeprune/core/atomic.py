@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -54,7 +56,6 @@ def output_lock(path: Path, wait: bool = False) -> Iterator[None]:
 
     The lock is ``flock`` on a hidden ``.<name>.lock`` beside the output; it is
     released when the process ends, however it ends."""
-    import fcntl
 
     path = Path(path)
     lock = path.parent / f".{path.name}.lock"
@@ -119,7 +120,6 @@ def atomic_dir(path: Path) -> Iterator[Path]:
     """Yield a temporary directory beside ``path`` to build a directory artifact in
     (its contents go *inside* the yielded path); on success it replaces ``path``
     (an old one is moved aside first and removed after), on failure it is removed."""
-    import shutil
 
     path = Path(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or "."))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import pickletools
 import re
 import warnings
 import zipfile
@@ -60,7 +61,6 @@ def _weights_only_detail(message: str) -> str:
 
 def _pickle_imports_objects(path: Path, limit: int = 64 << 20) -> bool:
     """Does a plain pickle file import globals or call them? Parsed, never executed."""
-    import pickletools
 
     try:
         data = path.read_bytes()[:limit]

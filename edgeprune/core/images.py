@@ -24,7 +24,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 
 from edgeprune.core.errors import EdgepruneError
 
@@ -75,7 +77,6 @@ class Preprocess:
 
     def __call__(self, im) -> torch.Tensor:
         """A PIL image -> normalised float tensor 3×crop×crop."""
-        from PIL import Image
 
         im = im.convert("RGB")
         w, h = im.size
@@ -268,8 +269,6 @@ def write_demo_images(
     angle and frequency, its own hue) with random phase, offset and noise per image, so
     the classes can be told apart and no two images are equal. For smoke tests and the
     README's examples; not a benchmark."""
-    import numpy as np
-    from PIL import Image
 
     root = Path(folder)
     if classes < 1 or per_class < 1 or size < 8:

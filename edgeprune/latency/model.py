@@ -24,9 +24,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import numpy as np
+import torch
+
 from edgeprune.core.errors import EdgepruneError
 from edgeprune.core.records import record
-from edgeprune.latency.table import Anchor, Curve, EndToEnd, LatencyTable, piecewise_linear
+from edgeprune.latency.table import Anchor, Curve, EndToEnd, LatencyTable, load, piecewise_linear
 
 if TYPE_CHECKING:
     import torch
@@ -130,7 +133,6 @@ class LatencyModel:
         method: str | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-block (``[..., depth]``) and per-selector (``[..., S]``) latencies, ms."""
-        import torch
 
         tb = self.table
         same = attn == mlp
@@ -158,7 +160,6 @@ class LatencyModel:
     ) -> torch.Tensor:
         """Predicted ms from token counts (float tensors, ``[..., depth]`` and
         ``[..., S]``); differentiable. ``mlp`` defaults to ``attn``."""
-        import torch
 
         mlp = attn if mlp is None else mlp
         if selector_in is None:
@@ -176,8 +177,6 @@ class LatencyModel:
     # ---- plans -------------------------------------------------------------------------
     @staticmethod
     def plan_tensors(plans: list[TokenPlan]) -> tuple[torch.Tensor, ...]:
-        import torch
-
         attn = torch.tensor([p.attn_tokens for p in plans], dtype=torch.float64)
         mlp = torch.tensor([p.mlp_tokens for p in plans], dtype=torch.float64)
         n_sel = {len(p.selectors) for p in plans}
@@ -191,8 +190,6 @@ class LatencyModel:
     def predict_many(self, plans: list[TokenPlan]) -> torch.Tensor:
         """Predicted ms of many plans of one method at once (float64 tensor [K])."""
         if not plans:
-            import torch
-
             return torch.zeros(0, dtype=torch.float64)
         self.check_plan(plans[0])
         attn, mlp, sel = self.plan_tensors(plans)
@@ -224,7 +221,6 @@ def fit_correction(raw_ms: list[float], measured_ms: list[float]) -> tuple[float
     Two or more anchors that span at least 20 % of the range fit both terms; otherwise
     (or when the affine fit comes out implausible: scale outside 0.5–2, or an offset
     larger than half the smallest anchor) only a scale is fitted through zero."""
-    import numpy as np
 
     if not raw_ms or len(raw_ms) != len(measured_ms) or min(raw_ms) <= 0:
         raise ValueError("anchors need positive predicted latencies")
@@ -270,7 +266,6 @@ def fit_end_to_end(
 
 def load_model(path) -> LatencyModel:
     """A LatencyModel from a profile file (validated by ``latency_table.load``)."""
-    from edgeprune.latency.table import load
 
     return LatencyModel(load(path), str(path))
 

@@ -39,6 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import torch
+
 from edgeprune.core.arch import Arch
 from edgeprune.core.atomic import write_json_atomic
 from edgeprune.core.errors import EdgepruneError
@@ -54,7 +56,6 @@ def piecewise_linear(xs, ys, x: torch.Tensor, extrapolate: bool = True) -> torch
     """The one linear interpolation: ``ys`` at ``x`` (a float tensor of any shape,
     differentiable in ``x``) between the increasing knots ``xs``; past the ends, linear
     extrapolation from the two nearest knots, or (``extrapolate=False``) the end value."""
-    import torch
 
     t = torch.tensor(xs, dtype=x.dtype, device=x.device)
     y = torch.tensor(ys, dtype=x.dtype, device=x.device)
@@ -76,7 +77,6 @@ class Curve:
 
     def at(self, n: float) -> float:
         """Median latency at n tokens: ``piecewise_linear``, clamped at zero."""
-        import torch
 
         x = torch.tensor(float(n), dtype=torch.float64)
         return float(piecewise_linear(self.tokens, self.median_ms, x).clamp(min=0.0))

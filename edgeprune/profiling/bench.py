@@ -8,6 +8,7 @@ from pathlib import Path
 
 from edgeprune.core.errors import EdgepruneError
 from edgeprune.profiles.devices import Device
+from edgeprune.profiling.remote import bench_remote
 from edgeprune.runtimes.base import runner_for_device, runtime
 from edgeprune.runtimes.timing import Timing, policy_for
 from edgeprune.runtimes.transports import open_transport
@@ -58,8 +59,6 @@ def bench(
     else:
         transport = open_transport(device, **transport_options)
         if device.remote_runner == "edgeprune":
-            from edgeprune.profiling.remote import bench_remote
-
             return bench_remote(artifact, device, transport, threads, runs)
         device = runtime_for(artifact, device)
         runner = runner_for_device(device, threads or device.threads or None, transport)

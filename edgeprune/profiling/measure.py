@@ -8,11 +8,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edgeprune.core.arch import get_arch
+from edgeprune.core.atomic import check_writable_target
 from edgeprune.core.errors import EdgepruneError
+from edgeprune.core.methods import get_method
 from edgeprune.latency.table import LatencyTable
 from edgeprune.profiles.devices import Device
+from edgeprune.profiling.remote import profile_remote
 from edgeprune.profiling.resume import resume_path
-from edgeprune.profiling.sweep import ProfileRequest
+from edgeprune.profiling.sweep import ProfileRequest, measure, parse_grid
+from edgeprune.render.plots import plot_table
+from edgeprune.runtimes.base import runner_for_device
+from edgeprune.runtimes.timing import TimingPolicy, policy_for
+from edgeprune.runtimes.transports import open_transport
 
 Progress = Callable[[str, int, int], None]
 
@@ -39,11 +47,6 @@ class ProfileJob:
     transport_options: dict = field(default_factory=dict)  # e.g. SSH config, timeout
 
     def request(self) -> ProfileRequest:
-        from edgeprune.core.arch import get_arch
-        from edgeprune.core.methods import get_method
-        from edgeprune.profiling.sweep import parse_grid
-        from edgeprune.runtimes.timing import TimingPolicy, policy_for
-
         a = get_arch(self.arch)
         if self.batch < 1:
             raise EdgepruneError(f"--batch {self.batch} is not a positive batch size")
@@ -89,7 +92,6 @@ class ProfileOutcome:
 def profile_device(job: ProfileJob, progress: Progress | None = None) -> ProfileOutcome:
     """Measure ``job.device``'s latency table and write it (and its plot) atomically.
     On interruption nothing is written but the resume file (with ``resume``)."""
-    from edgeprune.core.atomic import check_writable_target
 
     req = job.request()
     dest = job.destination(req)
@@ -105,8 +107,6 @@ def profile_device(job: ProfileJob, progress: Progress | None = None) -> Profile
         partial.unlink(missing_ok=True)
     secs = time.perf_counter() - t0
     if png is not None:
-        from edgeprune.render.plots import plot_table
-
         plot_table(table, png)
     return ProfileOutcome(table, dest, png, secs)
 
@@ -120,20 +120,15 @@ def sweep_on_device(
 ) -> LatencyTable:
     """The sweep where the device is: here, with edgeprune on the far side of its
     transport, or here driving the runtime's own runner through the transport."""
-    from edgeprune.profiling.sweep import measure
 
     dev = req.device
     if dev.transport == "local":
         return measure(req, progress, resume=resume)
     if resume is not None:
         raise EdgepruneError(f"--resume is not supported over {dev.transport} yet", "drop --resume")
-    from edgeprune.runtimes.base import runner_for_device
-    from edgeprune.runtimes.transports import open_transport
 
     transport = open_transport(dev, **(transport_options or {}))
     if dev.remote_runner == "edgeprune":
-        from edgeprune.profiling.remote import profile_remote
-
         return profile_remote(req, transport, runs, progress)
     transport.check()
     runner = runner_for_device(dev, req.threads_used, transport)

@@ -16,6 +16,8 @@ from __future__ import annotations
 import statistics
 from collections.abc import Sequence
 
+from edgeprune.runtimes.timing import percentile
+
 
 def isotonic(y: Sequence[float], w: Sequence[float] | None = None) -> list[float]:
     """The non-decreasing sequence closest to ``y`` in weighted least squares (pool
@@ -61,7 +63,6 @@ def pass_spread(pass_medians: Sequence[float]) -> float:
 
 def noise_summary(spreads: Sequence[float]) -> dict:
     """Median and p90 of the per-point spreads, and how many points were measured."""
-    from edgeprune.runtimes.timing import percentile
 
     if not spreads:
         return {"points": 0, "median_spread": 0.0, "p90_spread": 0.0}

@@ -3,13 +3,15 @@ shape, and their ONNX export (static shapes, as the deployed graph has them)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
 
 from edgeprune.core.arch import Arch
 from edgeprune.core.models.deit import Block, VisionTransformer, init_random_
+from edgeprune.export.onnx import trace_to_onnx
+from edgeprune.export.targets import get_target
 
 PIECE_SEED = 0
 
@@ -96,7 +98,6 @@ def make_chain(arch: Arch, table: str, n: int) -> nn.Module:
 
 def make_vit(arch: Arch) -> VisionTransformer:
     """A depth-0 ViT: only embed and head are used, so no blocks are built."""
-    from dataclasses import replace
 
     return VisionTransformer(replace(arch, depth=0)).init_random(PIECE_SEED).eval()
 
@@ -104,13 +105,11 @@ def make_vit(arch: Arch) -> VisionTransformer:
 def module_to_onnx(module: nn.Module, input_shape: tuple[int, ...], opset: int = 17) -> bytes:
     """A piece traced at one fixed input shape by the exporter's own tracer
     (``trace_to_onnx``: every dimension a constant); its output is named ``output``."""
-    from edgeprune.export.onnx import trace_to_onnx
 
     return trace_to_onnx(module, input_shape, opset, output_name="output")
 
 
 def lower_module(module: nn.Module, input_shape: tuple[int, ...], target: str) -> bytes:
     """``module`` at one fixed input shape as export target ``target``'s artifact."""
-    from edgeprune.export.targets import get_target
 
     return get_target(target).module_artifact(module, input_shape)

@@ -15,20 +15,28 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import os
 import platform
+import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from edgeprune.core.arch import Arch
 from edgeprune.core.errors import EdgepruneError
+from edgeprune.core.methods import get_method
+from edgeprune.core.methods.base import geometric
+from edgeprune.core.methods.tokenops import edgeprune_kernels
 from edgeprune.core.plan import SelectorStage, TokenPlan
+from edgeprune.core.source import resolve
+from edgeprune.export.onnx import simplify, trace_to_onnx
 from edgeprune.latency.model import fit_end_to_end
 from edgeprune.latency.table import Curve, LatencyTable, Point
 from edgeprune.profiles.devices import Device
 from edgeprune.profiling.monotone import isotonic, noise_summary, pass_spread, shape_breaks
+from edgeprune.profiling.pieces import Embed, Head, Piece, lower_module, make_chain, make_vit
 from edgeprune.profiling.resume import ResumeFile
-from edgeprune.runtimes.base import runner_for_device, runtime
+from edgeprune.runtimes.base import device_options, runner_for_device, runtime
 from edgeprune.runtimes.timing import Timing, TimingPolicy
 
 CURVE_TABLES = ("block", "attn", "mlp")
@@ -105,7 +113,6 @@ def fingerprint() -> dict:
                     break
     except OSError:
         pass
-    import os
 
     info = {
         "hostname": platform.node(),
@@ -120,8 +127,6 @@ def fingerprint() -> dict:
 
 
 def _selector_stages(arch: Arch, method_name: str, grid: Sequence[int]) -> list[SelectorStage]:
-    from edgeprune.core.methods import get_method
-
     method = get_method(method_name)
     plan = method.token_plan(arch, method.default_config(arch))
     own = {s.tokens_in: s for s in plan.selectors}
@@ -153,8 +158,6 @@ class ModelPiece:
         return self.build()
 
     def artifact(self, target: str = "onnx") -> bytes:
-        from edgeprune.profiling.pieces import lower_module
-
         if target == "onnx":
             return self.onnx()
         return lower_module(self.model(), self.input_shape, target)
@@ -166,9 +169,6 @@ def anchor_specs(arch: Arch, method: str | None) -> list[tuple[str, tuple[float,
     None of them is among validate-profile's schedules, so its check stays out of sample."""
     specs: list[tuple[str, tuple[float, ...] | None]] = [(f"{arch.name}:dense", None)]
     if method and method != "dense":
-        from edgeprune.core.methods import get_method
-        from edgeprune.core.methods.base import geometric
-
         m = get_method(method)
         specs.append((f"{arch.name}:{method}", None))
         n = len(m.default_locs)
@@ -179,9 +179,6 @@ def anchor_specs(arch: Arch, method: str | None) -> list[tuple[str, tuple[float,
 
 
 def anchor_pieces(req: ProfileRequest) -> list[ModelPiece]:
-    from edgeprune.core.source import resolve
-    from edgeprune.export.onnx import simplify, trace_to_onnx
-
     out = []
     for i, (spec, keep) in enumerate(anchor_specs(req.arch, req.method)):
         src = resolve(spec, keep=keep)
@@ -199,14 +196,11 @@ def anchor_pieces(req: ProfileRequest) -> list[ModelPiece]:
 
 def plan_pieces(req: ProfileRequest):
     """Every piece to time, in order, as (table, tokens, builder) with lazy builders."""
-    from edgeprune.profiling.pieces import Embed, Head, Piece, make_chain, make_vit
 
     arch, b, c = req.arch, req.batch, req.arch.embed_dim
     grid = list(req.grid or default_grid(arch.num_tokens))
     final_tokens = arch.num_tokens
     if req.method:
-        from edgeprune.core.methods import get_method
-
         m = get_method(req.method)
         plan = m.token_plan(arch, m.default_config(arch))
         if req.grid is None:  # the plan's own token counts are measured, not interpolated
@@ -225,8 +219,6 @@ def plan_pieces(req: ProfileRequest):
         for n in grid:
             pieces.append(lambda t=table, n=n: Piece(t, n, mods[t], (b, n, c), req.chain))
     if req.method:
-        from edgeprune.core.methods import get_method
-
         m = get_method(req.method)
         for st in _selector_stages(arch, req.method, grid):
             pieces.append(
@@ -280,8 +272,6 @@ def measure(
     """Run the sweep here (or through ``runner``'s transport) and return the table. A
     descriptor with ``custom_kernels = true`` (ExecuTorch) lowers every piece as
     ``export --custom-kernels`` does, and the table records it for what reads it."""
-    from edgeprune.core.methods.tokenops import edgeprune_kernels
-    from edgeprune.runtimes.base import device_options
 
     kernels = bool(device_options(req.device).get("custom_kernels"))
     with edgeprune_kernels(kernels):
@@ -362,7 +352,6 @@ def _measure(
             spreads[k] = pass_spread([t.median_ms for t in v])
         return {k: _combine(v) for k, v in per.items()}, done
 
-    from edgeprune.profiling.pieces import Piece, make_chain
 
     blk = make_chain(req.arch, "block", req.chain)
     # the off-grid check points are timed in the same interleaved passes as the grid,
@@ -511,7 +500,6 @@ def _split_policy(p: TimingPolicy, rounds: int) -> TimingPolicy:
 
 def _combine(ts: list[Timing]) -> Timing:
     """One point from its passes: median of the pass medians (and of the p90s)."""
-    import statistics
 
     if len(ts) == 1:
         return ts[0]

@@ -16,11 +16,21 @@ from pathlib import Path
 
 import numpy as np
 
+from edgeprune.core.arch import ARCHS
+from edgeprune.core.atomic import check_writable_target
 from edgeprune.core.errors import EdgepruneError
+from edgeprune.core.methods import get_method
 from edgeprune.core.methods.base import geometric
+from edgeprune.core.methods.tokenops import edgeprune_kernels
 from edgeprune.core.records import record
-from edgeprune.latency.model import LatencyModel
-from edgeprune.runtimes.timing import Timing
+from edgeprune.core.source import resolve
+from edgeprune.export.targets import ExportRequest, export_source, get_target
+from edgeprune.latency.model import LatencyModel, load_model
+from edgeprune.profiling.sweep import anchor_specs
+from edgeprune.render.plots import plot_validation
+from edgeprune.runtimes.base import RUNTIMES, get_runner, runtime
+from edgeprune.runtimes.base import runtime as runtime_of
+from edgeprune.runtimes.timing import Timing, time_interleaved
 
 
 @dataclass(frozen=True)
@@ -120,7 +130,6 @@ def random_schedules(method, n_stages: int, count: int, seed: int = 0) -> list[t
 
 def check_local_runtime(model: LatencyModel, what: str) -> str:
     """The runtime the table was measured with, refused unless it runs models here."""
-    from edgeprune.runtimes.base import RUNTIMES, runtime
 
     name = str(model.table.device.get("runtime"))
     if name not in RUNTIMES:
@@ -165,15 +174,11 @@ class LocalModels:
 
     def load(self, source, label: str):
         """Export ``source`` and load it: a loaded runner."""
-        from edgeprune.export.targets import ExportRequest, export_source, get_target
-        from edgeprune.runtimes.base import get_runner
-        from edgeprune.runtimes.base import runtime as runtime_of
 
         target = runtime_of(self.runtime).target
         self.step(f"exporting {label}")
         path = Path(self._tmp.name) / f"m{len(self.runners)}{get_target(target).suffix}"
         req = ExportRequest(target, path, batch=self.batch, parity_inputs=1, force=True)
-        from edgeprune.core.methods.tokenops import edgeprune_kernels
 
         with edgeprune_kernels(self.kernels):
             res = export_source(source, req)
@@ -188,7 +193,6 @@ class LocalModels:
     def time(self, runners: Sequence, rounds: int = 30, burst: int = 3) -> list[Timing]:
         """Time loaded runners interleaved (``runtimes.timing.time_interleaved``) on one
         seeded input: one Timing each."""
-        from edgeprune.runtimes.timing import time_interleaved
 
         self.step(f"timing {len(runners)} model(s), {rounds} interleaved rounds")
         img = self.arch.img_size
@@ -226,10 +230,6 @@ def validate_profile(
     progress: Callable[[str], None] | None = None,
     burst: int = 3,
 ) -> ValidationReport:
-    from edgeprune.core.arch import ARCHS
-    from edgeprune.core.methods import get_method
-    from edgeprune.core.source import resolve
-    from edgeprune.profiling.sweep import anchor_specs
 
     tb = model.table
     if configs < 1:
@@ -281,9 +281,6 @@ def validate_to_plot(
     """``edgeprune validate-profile``: validate the latency table ``profile`` and write
     the scatter plot (default ``<profile stem>.validate.png`` here). ``settings``:
     ``validate_profile``'s (configs, threads, rounds, seed, progress, burst)."""
-    from edgeprune.core.atomic import check_writable_target
-    from edgeprune.latency.model import load_model
-    from edgeprune.render.plots import plot_validation
 
     model = load_model(profile)
     plot_path = plot or Path(Path(profile).stem + ".validate.png")

@@ -8,6 +8,8 @@ import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+from rich import progress as rp
+from rich.markup import escape
 from rich.table import Table
 
 
@@ -297,7 +299,6 @@ def findings_table(model, target: str, findings) -> Table:
 
 def print_export(result, out, err) -> None:
     """What ``export`` did: kept files, next steps, the artifact, parity, warnings."""
-    from rich.markup import escape
 
     for what in result.kept:
         out.print(f"[green]kept[/] {escape(what)}")
@@ -320,16 +321,14 @@ def print_export(result, out, err) -> None:
     out.print(f"tokens/block: {' '.join(map(str, man['token_plan']['tokens_per_block']))}")
 
 
-@contextmanager
 def fmt_pct(v: float | None) -> str:
     return "—" if v is None or not math.isfinite(v) else f"{v:.2f} %"
 
 
+@contextmanager
 def progress(console, label: str, bar: bool = False) -> Iterator[Callable[..., None]]:
     """A transient progress display on stderr (a terminal only); yields
     ``update(description, done=None, total=None)``."""
-    from rich import progress as rp
-
     cols = (
         [rp.TextColumn("{task.description:<18}"), rp.BarColumn(), rp.MofNCompleteColumn()]
         if bar

@@ -35,9 +35,22 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from edgeprune.accuracy.evaluate import dense_backbone, torch_threads
+from edgeprune.budget.file import load_budget
+from edgeprune.core.atomic import atomic_path, check_writable_target
 from edgeprune.core.errors import EdgepruneError
 from edgeprune.core.images import ImageSet, Preprocess, batches, preprocess_for, scan
+from edgeprune.core.methods import MethodConfig, get_method
+from edgeprune.core.models.deit import init_random_
+from edgeprune.core.plan import dense_plan
 from edgeprune.core.source import Source, resolve
+from edgeprune.training.forms import (
+    DynamicViTTraining,
+    distillation_losses,
+    init_keep_all_,
+    teacher_forward,
+)
+from edgeprune.training.loss import LatencyAwareSparsityLoss
 
 
 @dataclass
@@ -121,9 +134,6 @@ def _student(
     source: Source, locs: tuple[int, ...] | None, seed: int
 ) -> tuple[torch.nn.Module, bool]:
     """The DynamicViT static model to train and whether its predictors are new."""
-    from edgeprune.core.methods import MethodConfig, get_method
-    from edgeprune.core.models.deit import init_random_
-    from edgeprune.training.forms import init_keep_all_
 
     meth = get_method("dynamicvit")
     if source.method.name == "dynamicvit" and source.kind == "checkpoint":
@@ -154,8 +164,6 @@ def _student(
 
 
 def _latency_loss(req: FinetuneRequest, locs: tuple[int, ...]):
-    from edgeprune.training.loss import LatencyAwareSparsityLoss
-
     if (req.profile is None) == (req.budget is None):
         raise EdgepruneError("give exactly one of --profile (with --target-ms) or --budget")
     if req.profile is not None and req.target_ms is None:
@@ -194,7 +202,6 @@ def finetune(
     req: FinetuneRequest, progress: Callable[[Step, int], None] | None = None
 ) -> tuple[FinetuneResult, torch.nn.Module]:
     """Train; returns the result and the trained static model (DynamicViT layout)."""
-    from edgeprune.accuracy.evaluate import torch_threads
 
     with torch_threads(req.threads):
         return _finetune(req, progress)
@@ -203,8 +210,6 @@ def finetune(
 def _finetune(
     req: FinetuneRequest, progress: Callable[[Step, int], None] | None
 ) -> tuple[FinetuneResult, torch.nn.Module]:
-    from edgeprune.accuracy.evaluate import dense_backbone
-    from edgeprune.training.forms import DynamicViTTraining, distillation_losses, teacher_forward
 
     if req.steps < 1 or req.batch < 1:
         raise EdgepruneError("--steps and --batch must be at least 1")
@@ -218,8 +223,6 @@ def _finetune(
     torch.manual_seed(req.seed)
     locs = req.locs
     if locs is None and req.budget is not None:
-        from edgeprune.budget.file import load_budget
-
         locs = load_budget(req.budget).locs or None  # train the stages the budget names
     student, fresh = _student(source, locs, req.seed)
     locs = tuple(student.plan.prune_locs)
@@ -244,8 +247,6 @@ def _finetune(
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=req.steps)
     pre = preprocess_for(source.arch.img_size, req.resize)
     data = _loader(images, pre, req.batch, req.seed)
-    from edgeprune.core.methods import MethodConfig, get_method
-    from edgeprune.core.plan import dense_plan
 
     dense_ms = float(crit.latency.predict(dense_plan(source.arch)).total_ms)
     steps: list[Step] = []
@@ -347,8 +348,6 @@ def read_keep_ratios(
 
 
 def save_checkpoint(model: torch.nn.Module, result: FinetuneResult, path: Path) -> None:
-    from edgeprune.core.atomic import atomic_path
-
     data = {
         "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
         "edgeprune": {
@@ -371,7 +370,6 @@ def finetune_to_file(
     progress: Callable[[Step, int], None] | None = None,
 ) -> FinetuneResult:
     """``edgeprune finetune``: train and write the checkpoint to ``out``."""
-    from edgeprune.core.atomic import check_writable_target
 
     check_writable_target(out, force)
     res, model = finetune(req, progress)

@@ -16,6 +16,7 @@ and penalises exceeding the target.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,9 +24,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from edgeprune.budget.file import BUDGET_SCHEMA, Budget, load_budget
 from edgeprune.core.errors import EdgepruneError
 from edgeprune.core.methods import MethodConfig, get_method
-from edgeprune.latency.model import LatencyModel
+from edgeprune.latency.model import LatencyModel, load_model
 from edgeprune.latency.table import LatencyTable
 
 SHAPES = ("hinge", "squared", "squared_hinge")
@@ -33,22 +35,14 @@ SHAPES = ("hinge", "squared", "squared_hinge")
 
 def _open(obj, method, locs, target_ms):
     """(LatencyModel, method, locs, target) from a profile / budget (object or path)."""
-    from edgeprune.budget.file import BUDGET_SCHEMA, Budget, load_budget
 
     if isinstance(obj, str | Path):
-        import json
-
         p = Path(obj)
         try:
             is_budget = p.exists() and json.loads(p.read_text()).get("schema") == BUDGET_SCHEMA
         except (ValueError, UnicodeDecodeError, AttributeError):
             is_budget = False
-        if is_budget:
-            obj = load_budget(p)
-        else:
-            from edgeprune.latency.model import load_model
-
-            obj = load_model(p)
+        obj = load_budget(p) if is_budget else load_model(p)
     if isinstance(obj, Budget):
         model = obj.latency_model()
         if method is not None and method != obj.method:

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from edgeprune.core.errors import EdgepruneError
+from edgeprune.core.images import batches, preprocess_for, scan
 
 QUANTIZED_MODULES = ("patch_embed", "blocks", "head")
 ANNOTATION = "quantization_annotation"  # the key PT2E quantizers annotate nodes under
@@ -61,7 +62,6 @@ def random_calibration(batch: int, img_size: int, n: int = RANDOM_CALIBRATION) -
 def image_calibration(folder: Path, batch: int, img_size: int) -> Calibration:
     """Up to ``MAX_CALIBRATION_IMAGES`` images of ``folder`` (DeiT preprocessing), in
     batches of ``batch``; the last batch is filled up with the first images."""
-    from edgeprune.core.images import batches, preprocess_for, scan
 
     found = scan(folder)
     images = found.limit(MAX_CALIBRATION_IMAGES)

@@ -55,9 +55,12 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
+import weakref
 from collections.abc import Callable, Iterator
 
 import torch
+from torch.export import ExportedProgram
+from torch.fx import traceback as fxt
 
 
 def _calls(graph: torch.fx.Graph) -> Iterator[tuple[torch.fx.Node, str]]:
@@ -220,8 +223,6 @@ def _root(sources: list) -> object | None:
 
 
 def _short_provenance():
-    from torch.fx import traceback as fxt
-
     cls = getattr(fxt, "NodeSource", None)
     if cls is None:
         return None
@@ -426,9 +427,7 @@ def _skip_idle_decompositions():
     times after ours: ``{}`` to functionalise, then twice around the partitioner's
     preserved ops; each is a full re-trace, and on our decomposed, functional graphs
     the ones whose table matches no node change nothing)."""
-    import weakref
 
-    from torch.export import ExportedProgram
 
     orig = ExportedProgram.run_decompositions
     done: weakref.WeakSet = weakref.WeakSet()

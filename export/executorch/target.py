@@ -35,9 +35,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch.fx.passes.infra.pass_base import PassResult
 
 from edgeprune.core.errors import EdgepruneError, MissingRuntimeError
+from edgeprune.core.methods.tokenops import edgeprune_kernels, prepare_trace, xnnpack_form
 from edgeprune.core.source import Source
+from edgeprune.export.executorch.int8 import QUANTIZER, calibration_for, quantize
+from edgeprune.export.executorch.lowering import fast_lowering, one_pass_table
+from edgeprune.export.manifest import base_manifest, prepare_outputs, write_file_artifact
+from edgeprune.export.onnx import io_spec
+from edgeprune.export.parity import check_parity, compare
 from edgeprune.export.registry import (
     ExportRequest,
     ExportResult,
@@ -46,6 +53,8 @@ from edgeprune.export.registry import (
     Tolerance,
     register,
 )
+from edgeprune.runtimes.executorch.kernel_library import SOURCES, build, source_of
+from edgeprune.runtimes.executorch.runner import ExecuTorchRunner, installed
 
 INSTALL_HINT = 'pip install "edgeprune[executorch]"  (executorch 1.4.x, built against torch 2.13)'
 # int8 against PyTorch fp32: top-1 agreement at least 50 % is enforced (a program gone
@@ -59,7 +68,6 @@ SUFFIX = ".pte"
 
 def require_executorch() -> None:
     """Raise one line (exit 2) when the ExecuTorch exporter cannot run here."""
-    from edgeprune.runtimes.executorch.runner import installed
 
     if not installed():
         raise MissingRuntimeError("--target executorch needs the executorch package", INSTALL_HINT)
@@ -193,7 +201,6 @@ def _drop_noop_expands(gm):
     """Edge pass: remove ``expand_copy`` to the shape it already has (``matmul`` on 4-D
     tensors decomposes into them; XNNPACK does not take ``expand``)."""
     from executorch.exir.dialects._ops import ops as exir_ops
-    from torch.fx.passes.infra.pass_base import PassResult
 
     g, changed = gm.graph, False
     for n in list(g.nodes):
@@ -305,8 +312,6 @@ def lower(
     require_executorch()
     step = progress or (lambda _msg: None)
     seconds: dict[str, float] = {}
-    from edgeprune.core.methods.tokenops import edgeprune_kernels, prepare_trace, xnnpack_form
-    from edgeprune.export.executorch.lowering import fast_lowering, one_pass_table
 
     prepare_trace(model)  # choices made from the weights' values, which a trace has not
     own = contextlib.nullcontext() if kernels is None else edgeprune_kernels(kernels)
@@ -321,8 +326,6 @@ def lower(
         t0 = time.perf_counter()
         quantized = None
         if calibration is not None:
-            from edgeprune.export.executorch.int8 import quantize
-
             step(f"int8 quantization (PT2E, {len(calibration.batches)} calibration batches)")
             model = quantized = quantize(model, example, calibration)
             seconds["quantize"] = round(time.perf_counter() - t0, 2)
@@ -382,8 +385,6 @@ def export_executorch(
     here for the parity check; a phone's executor_runner must be built with them.
     Nothing is written unless the program matches PyTorch fp32 in the ExecuTorch
     runtime (within the precision's tolerance)."""
-    from edgeprune.export.manifest import base_manifest, prepare_outputs, write_file_artifact
-    from edgeprune.export.onnx import io_spec
 
     out = Path(out)
     if batch < 1:
@@ -393,14 +394,12 @@ def export_executorch(
     img = source.arch.img_size
     calibration = None
     if int8:  # the images are read first: a bad folder is one line, executorch or not
-        from edgeprune.export.executorch.int8 import calibration_for
 
         calibration = calibration_for(images, batch, img)
     require_executorch()
     mpath = prepare_outputs(out, ExecuTorchTarget.accepted_suffixes(), force)
     step = progress or (lambda _msg: None)
     if custom_kernels:  # no compiler or no headers: one line before the export's work
-        from edgeprune.runtimes.executorch.kernel_library import build
 
         step("edgeprune's ExecuTorch kernels (built once per machine)")
         build()
@@ -423,8 +422,6 @@ def export_executorch(
         }
     )
     if low.kernels():
-        from edgeprune.runtimes.executorch.kernel_library import SOURCES, source_of
-
         manifest["custom_kernels"] = {
             "ops": low.kernels(),
             "sources": [
@@ -433,8 +430,6 @@ def export_executorch(
             "runtime": "executor_runner must be built with these sources (README)",
         }
     if calibration is not None:
-        from edgeprune.export.executorch.int8 import QUANTIZER
-
         manifest["quantization"] = {**QUANTIZER, "calibration": calibration.info}
     return write_file_artifact(out, low.buffer, manifest, mpath)
 
@@ -443,8 +438,6 @@ def _parity(source: Source, low: Lowered, batch: int, n_inputs: int) -> dict:
     """The program in the ExecuTorch runtime against PyTorch fp32 (enforced, with the
     precision's tolerance); for int8 also against the quantized graph in PyTorch
     (recorded: how far the XNNPACK int8 kernels are from PT2E's reference ops)."""
-    from edgeprune.export.parity import check_parity, compare
-    from edgeprune.runtimes.executorch.runner import ExecuTorchRunner
 
     precision = "fp32" if low.quantized is None else "int8"
     runner = ExecuTorchRunner()

@@ -24,6 +24,7 @@ import shlex
 import shutil
 import subprocess
 import tempfile
+from importlib import metadata
 from pathlib import Path
 
 from edgeprune.core.errors import EdgepruneError, MissingRuntimeError
@@ -115,7 +116,6 @@ def cache_dir() -> Path:
 def library_path() -> Path:
     """Where the library for these sources, this executorch (version, headers, runtime
     library), this compiler command and these flags is cached, built or not."""
-    from importlib import metadata
 
     include, lib = _wheel()
     key = hashlib.sha256()

@@ -9,16 +9,23 @@ take turns, they do not share a setting silently.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
 import logging
+import re
+import sys
+import tempfile
 import threading
 from importlib import metadata
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from edgeprune.core.errors import EdgepruneError, MissingRuntimeError
 from edgeprune.runtimes.base import DeviceBinaryRunner, RunnerBase, Runtime
+from edgeprune.runtimes.executorch import kernel_library as executorch_kernels
+from edgeprune.runtimes.executorch.kernel_library import needs_kernels, ready
 from edgeprune.runtimes.timing import Timing, TimingPolicy, time_callable
 
 BACKEND = "XnnpackBackend"
@@ -29,8 +36,6 @@ _DTYPES = {6: np.float32, 5: np.float16, 4: np.int64, 3: np.int32}
 
 def installed() -> bool:
     """Whether the executorch package is importable (without importing it)."""
-    import importlib.util
-    import sys
 
     if "executorch" in sys.modules:
         return sys.modules["executorch"] is not None
@@ -49,8 +54,6 @@ def available(custom_kernels: bool = False, **_options) -> tuple[bool, str]:
     if not rt.backend_registry.is_available(BACKEND):
         return False, f"executorch has no {BACKEND}"
     if custom_kernels:
-        from edgeprune.runtimes.executorch.kernel_library import ready
-
         try:
             ok, why = ready()
         except EdgepruneError as e:
@@ -135,7 +138,6 @@ class ExecuTorchRunner(RunnerBase):
 
     def load(self, artifact: str | Path | bytes) -> None:
         artifact = read_program(artifact)
-        from edgeprune.runtimes.executorch import kernel_library as executorch_kernels
 
         if executorch_kernels.needs_kernels(artifact):  # exported with --custom-kernels
             executorch_kernels.load()
@@ -160,8 +162,6 @@ class ExecuTorchRunner(RunnerBase):
         }
 
     def _inputs(self, seed: int = 0) -> list:
-        import torch
-
         rng = np.random.default_rng(seed)
         meta = self.method.metadata
         feeds = []
@@ -172,8 +172,6 @@ class ExecuTorchRunner(RunnerBase):
         return feeds
 
     def run(self, inputs: dict[str, np.ndarray] | np.ndarray) -> list[np.ndarray]:
-        import torch
-
         arrays = [inputs] if isinstance(inputs, np.ndarray) else list(inputs.values())
         set_threads(self.threads)
         outs = self.method.execute([torch.from_numpy(np.ascontiguousarray(a)) for a in arrays])
@@ -229,8 +227,6 @@ class ExecutorRunnerRunner(DeviceBinaryRunner):
         return {}
 
     def _invoke(self, extra: list[str], files: dict[str, bytes], pull: list[str]):
-        import tempfile
-
         self.check_binary()
         self.loaded(self._pte)
         t = self.transport
@@ -247,7 +243,6 @@ class ExecutorRunnerRunner(DeviceBinaryRunner):
             res = t.run(argv, cwd=rdir)
             if res.returncode != 0:
                 text = (res.stderr or res.stdout).strip().splitlines()
-                from edgeprune.runtimes.executorch.kernel_library import needs_kernels
 
                 raise EdgepruneError(
                     f"executor_runner failed on {t.where}: "
@@ -289,14 +284,11 @@ class ExecutorRunnerRunner(DeviceBinaryRunner):
 
 def parse_iterations(log: str) -> list[float]:
     """The per-iteration times (ms) of an executor_runner log, in order."""
-    import re
 
     return [float(m.group(3)) for m in re.finditer(ITERATION_RE, log)]
 
 
 def parse_total(log: str) -> tuple[int, float] | None:
-    import re
-
     m = re.search(TOTAL_RE, log)
     return (int(m.group(1)), float(m.group(2))) if m else None
 

@@ -17,7 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from edgeprune.core.atomic import atomic_path
 from edgeprune.core.errors import EdgepruneError, MissingRuntimeError
 from edgeprune.runtimes.tensorrt.trtexec import find_trtexec, probe_version
 
@@ -158,8 +160,6 @@ def build_engine_api(
     if serialized is None:
         raise EdgepruneError("TensorRT failed to build the engine (see its log)", exit_code=1)
     if cache is not None:
-        from edgeprune.core.atomic import atomic_path
-
         with atomic_path(timing_cache) as tmp:
             tmp.write_bytes(bytes(config.get_timing_cache().serialize()))
     return bytes(serialized)
@@ -180,8 +180,6 @@ class ApiRunner:
         self.input_name, self.output_name = input_name, output_name
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        import torch
-
         ctx = self.context
         ctx.set_input_shape(self.input_name, tuple(x.shape))
         inp = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).cuda()

@@ -12,16 +12,22 @@ in the ONNX (its weights and activations typed float16). Both are handled here.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import shutil
 import tempfile
 from pathlib import Path
 
+import onnx
+import torch
+
 from edgeprune.core.errors import EdgepruneError, MissingRuntimeError
 from edgeprune.runtimes.base import RunnerBase, Runtime
+from edgeprune.runtimes.tensorrt.engine import build_engine_api
 from edgeprune.runtimes.tensorrt.trtexec import find_trtexec, probe_version
 from edgeprune.runtimes.timing import Timing, TimingPolicy, time_callable
+from edgeprune.runtimes.transports.local import LocalTransport
 
 _NONFINITE = re.compile(r"(?<![\w\"])-?(nan|inf)(?![\w\"])", re.IGNORECASE)
 
@@ -79,8 +85,6 @@ def trtexec_argv(
 
 
 def onnx_is_fp16(path_or_bytes: str | Path | bytes) -> bool:
-    import onnx
-
     proto = (
         onnx.load_from_string(path_or_bytes)
         if isinstance(path_or_bytes, bytes)
@@ -113,7 +117,6 @@ class TrtexecRunner(RunnerBase):
         transport=None,
         timeout: float = 600.0,
     ):
-        from edgeprune.runtimes.transports.local import LocalTransport
 
         self.transport = transport or LocalTransport()
         super().__init__(threads, precision)
@@ -170,7 +173,6 @@ class TensorRTPythonRunner(RunnerBase):
 
     def __init__(self, threads: int | None = None, precision: str = "fp16"):
         import tensorrt as trt  # noqa: F401  (checked by the caller)
-        import torch
 
         if not torch.cuda.is_available():
             raise MissingRuntimeError(
@@ -189,7 +191,6 @@ class TensorRTPythonRunner(RunnerBase):
     def load(self, artifact: str | Path | bytes) -> None:
         import tensorrt as trt
 
-        from edgeprune.runtimes.tensorrt.engine import build_engine_api
 
         major = int(trt.__version__.split(".")[0])
         _check_strong_typing(major, self.precision, artifact)
@@ -214,7 +215,6 @@ class TensorRTPythonRunner(RunnerBase):
 
     def _context(self):
         import tensorrt as trt
-        import torch
 
         ctx = self._engine.create_execution_context()
         bufs = {}
@@ -228,8 +228,6 @@ class TensorRTPythonRunner(RunnerBase):
         return ctx, bufs
 
     def run(self, inputs):
-        import torch
-
         ctx, bufs = self._context()
         if not isinstance(inputs, dict):
             inputs = {next(iter(self.input_shapes())): inputs}
@@ -242,8 +240,6 @@ class TensorRTPythonRunner(RunnerBase):
         return [bufs[n].float().cpu().numpy() for n in outs]
 
     def time(self, policy: TimingPolicy | None = None) -> Timing:
-        import torch
-
         ctx, _bufs = self._context()
         stream = torch.cuda.current_stream()
 
@@ -268,9 +264,6 @@ def get_tensorrt_runner(threads: int | None = None, precision: str = "fp16", tra
 
 
 def available(trtexec: str | None = None, **_options) -> tuple[bool, str]:
-    import importlib.util
-    import shutil
-
     if importlib.util.find_spec("tensorrt") is not None:
         return True, "tensorrt Python package"
     for cand in ("trtexec", trtexec):

@@ -7,13 +7,12 @@ from __future__ import annotations
 import re
 
 from edgeprune.core.errors import EdgepruneError, MissingRuntimeError
+from edgeprune.runtimes.transports.local import LocalTransport
 
 JETPACK_TRTEXEC = "/usr/src/tensorrt/bin/trtexec"
 
 
 def _local():
-    from edgeprune.runtimes.transports.local import LocalTransport
-
     return LocalTransport()
 
 

@@ -11,7 +11,9 @@ from pathlib import Path
 import torch
 
 from edgeprune.core.arch import Arch
+from edgeprune.core.atomic import check_writable_target, write_json_atomic
 from edgeprune.core.errors import EdgepruneError
+from edgeprune.core.images import load_images
 from edgeprune.core.methods.avit import (
     CALIBRATION_FORMAT,
     EPS,
@@ -22,6 +24,7 @@ from edgeprune.core.methods.avit import (
 )
 from edgeprune.core.methods.base import MethodConfig
 from edgeprune.core.models.deit import VisionTransformer
+from edgeprune.core.source import resolve
 
 RANDOM_SEED = 0
 
@@ -120,8 +123,6 @@ def calibration_inputs(arch: Arch, images: Path | None, random: int | None) -> t
     if (images is None) == (random is None):
         raise EdgepruneError("give exactly one of --images DIR or --random N")
     if images is not None:
-        from edgeprune.core.images import load_images
-
         if not images.is_dir():
             raise EdgepruneError(f"--images {images} is not a folder")
         return load_images(images, arch.img_size)
@@ -145,8 +146,6 @@ def calibrate_source(
     """Calibrate the A-ViT model ``src`` and write the calibration JSON to ``out``
     (atomically). Gates default to the model's (its checkpoint name, else the released
     ones). Returns (the resolved source, the calibration data)."""
-    from edgeprune.core.atomic import check_writable_target, write_json_atomic
-    from edgeprune.core.source import resolve
 
     if (images is None) == (random is None):
         raise EdgepruneError("give exactly one of --images DIR or --random N")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
@@ -215,7 +215,6 @@ class PredictorMethod(Method):
     def stage_alone(self, arch: Arch, stages: Sequence[SelectorStage]) -> StageAlone:
         """The last of ``stages`` of this method's static model, alone (a depth-0 model:
         no blocks; the earlier stages only shape the model, e.g. SPViT's package tokens)."""
-        from dataclasses import replace
 
         a0 = replace(arch, depth=0)
         plan = TokenPlan(a0, self.name, (), (), (), (), tuple(stages))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from edgeprune.core.arch import Arch
+from edgeprune.core.errors import EdgepruneError
 from edgeprune.core.methods.base import Method, MethodConfig
 from edgeprune.core.models.deit import VisionTransformer
 from edgeprune.core.plan import TokenPlan, dense_plan
@@ -12,8 +13,6 @@ class Dense(Method):
     name = "dense"
 
     def validate(self, cfg: MethodConfig, arch: Arch) -> None:
-        from edgeprune.core.errors import EdgepruneError
-
         if cfg.prune_locs or cfg.keep_ratios:
             raise EdgepruneError(
                 "a dense model has no keep schedule",

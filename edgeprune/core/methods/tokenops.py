@@ -35,6 +35,8 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 
+from edgeprune.core.models.deit import gather_tokens
+
 _XNNPACK: contextvars.ContextVar[bool] = contextvars.ContextVar("xnnpack_form", default=False)
 
 
@@ -177,8 +179,6 @@ def take_rows(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     portable kernel that copies K rows; at batch 1 ``idx`` may come flattened (K), which
     saves the flattening (a portable copy) when it indexes several tensors."""
     if not _XNNPACK.get():
-        from edgeprune.core.models.deit import gather_tokens
-
         return gather_tokens(x, idx)
     b, n, c = x.shape
     if b == 1:

@@ -1,0 +1,144 @@
+"""The device commands: list ``devices``, ``profile`` one into a latency table, ``bench`` an
+artifact on one, ``profile-info`` and ``validate-profile`` for a latency table."""
+
+from __future__ import annotations
+
+import json
+
+from edgeprune.cli import options as o
+from edgeprune.cli.console import err, lines, out, progress
+from edgeprune.render.tables import (
+    bench_line,
+    devices_table,
+    profile_lines,
+    table_lines,
+    validation_lines,
+    validation_table,
+)
+
+
+def devices(
+    as_json: o.JsonOpt = False,
+    timeout: o.CheckTimeoutOpt = 4.0,
+) -> None:
+    """List the device descriptors and whether each can be reached from here."""
+    from edgeprune.profiles.devices import device_rows
+
+    rows = device_rows(timeout)
+    if as_json:
+        print(json.dumps({"devices": rows}))
+        return
+
+    out.print(devices_table(rows))
+
+
+@o.grouped
+def profile(
+    device: o.DeviceOpt,
+    arch: o.ArchOpt = "deit_small",
+    method: o.SweepMethodOpt = None,
+    threads: o.ThreadsOpt = None,
+    batch: o.BatchOpt = 1,
+    out_path: o.TableOutOpt = None,
+    runs: o.SweepRunsOpt = None,
+    grid: o.GridOpt = None,
+    check_points: o.CheckPointsOpt = 4,
+    chain: o.ChainOpt = 4,
+    halves: o.HalvesOpt = True,
+    e2e: o.E2eOpt = True,
+    plot: o.PlotFlagOpt = True,
+    force: o.ForceOpt = False,
+    resume: o.ResumeOpt = False,
+    remote: o.Remote = o.Remote(timeout=900.0),
+) -> None:
+    """Measure a device's latency table (block/attn/mlp vs tokens, embed, head, selectors)."""
+    from edgeprune.profiling.measure import ProfileJob, profile_device
+
+    job = ProfileJob(
+        remote.device(device),
+        arch, method, threads, batch, out_path, runs, grid, check_points, chain, halves, e2e,
+        plot, force, resume, remote.transport_options(),
+    )  # fmt: skip
+    try:
+        with progress(job.device.name, bar=True) as step:
+            res = profile_device(job, step)
+    except KeyboardInterrupt:
+        kept = job.resume_file()
+        if kept is not None and kept.exists():
+            err.print(f"note: progress kept in {kept}; rerun with --resume", markup=False)
+        raise
+
+    lines(profile_lines(res))
+
+
+@o.grouped
+def bench(
+    artifact: o.ArtifactArg,
+    device: o.BenchDeviceOpt = None,
+    threads: o.ThreadsOpt = None,
+    runs: o.BenchRunsOpt = None,
+    as_json: o.JsonOpt = False,
+    remote: o.Remote = o.Remote(timeout=600.0),
+) -> None:
+    """End-to-end latency of one artifact: median, p90, min, max, runs."""
+    from edgeprune.profiling.bench import bench as run_bench
+    from edgeprune.profiling.bench import device_name
+
+    dev = remote.device(device_name(artifact, device))
+    t = run_bench(artifact, dev, threads, runs, **remote.transport_options())
+    info = {"artifact": str(artifact), "device": dev.name, "host": dev.host or "local"}
+    info.update(t.to_dict())
+    if as_json:
+        print(json.dumps(info))
+        return
+
+    out.print(bench_line(artifact, dev, t))
+
+
+def profile_info(
+    path: o.TableArg,
+    as_json: o.InfoJsonOpt = False,
+) -> None:
+    """Validate a latency table and summarise it."""
+    from edgeprune.latency.table import load
+
+    t = load(path)
+    if as_json:
+        print(json.dumps(t.to_dict()))
+        return
+
+    lines(table_lines(path, t))
+
+
+def validate_profile_cmd(
+    profile_file: o.ValidateArg,
+    configs: o.ConfigsOpt = 20,
+    threads: o.ValThreadsOpt = None,
+    rounds: o.RoundsOpt = 30,
+    burst: o.BurstOpt = 3,
+    seed: o.SeedOpt = 0,
+    plot: o.ScatterOpt = None,
+    as_json: o.JsonOpt = False,
+) -> None:
+    """Export random schedules, measure them end-to-end, report the prediction error."""
+    from edgeprune.profiling.validate import validate_to_plot
+
+    settings = dict(configs=configs, threads=threads, rounds=rounds, seed=seed, burst=burst)
+    with progress("validating") as step:
+        rep, plot_path = validate_to_plot(profile_file, plot, progress=step, **settings)
+    if as_json:
+        print(json.dumps({**rep.to_dict(), "plot": str(plot_path)}))
+        return
+
+    out.print(validation_table(profile_file, rep))
+    lines(validation_lines(rep))
+    out.print(f"[green]wrote[/] {plot_path}")
+
+
+COMMANDS = {
+    "devices": devices,
+    "profile": profile,
+    "bench": bench,
+    "profile-info": profile_info,
+    "validate-profile": validate_profile_cmd,
+}
