@@ -19,7 +19,6 @@ Not part of the test run; run it on a quiet machine.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import platform
 import subprocess
@@ -28,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from timing import write_results
+from timing import host_meta, write_results
 
 
 def cli(*args: str) -> tuple[int, dict]:
@@ -164,9 +163,9 @@ def main() -> None:
     import onnxruntime
 
     meta = {
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        **host_meta(),
         "runtime": f"onnxruntime {onnxruntime.__version__} CPUExecutionProvider",
-        "machine": f"{platform.machine()} ({platform.processor() or 'cpu'})",
+        "python": platform.python_version(),
         "method": args.method,
     }
     rows = []

@@ -1,173 +1,382 @@
-"""Report sections 3, 4 and 6: they need a profile of this machine, the latency model
-and the budget. Called from report.py."""
+"""REPORT.md's sections but the speedups (report_speed.py): fidelity to each method's
+code (tests/golden/ and tests/test_golden.py), the latency model's error, budgets met,
+export times and accuracy, each from the files that record it."""
 
 from __future__ import annotations
 
-import time
+import ast
+import json
+import os
 from pathlib import Path
 
-from timing import interleave, pair_ratio, summary
-
-from edgeprune.budget.search import search
-from edgeprune.core.source import resolve
-from edgeprune.latency.model import LatencyModel
-from edgeprune.profiling.sweep import ProfileRequest, measure
-
-SPVIT_PAPER = {"dense_ms": 44.0, "spvit_ms": 26.0}
+from report_data import Run, Section, newest, signed, spec_order, table
 
 
-def _profile(arch: str, method: str, threads: int, quick: bool, data: dict) -> LatencyModel:
-    from edgeprune.profiles.devices import get_device as gd
-
-    t0 = time.perf_counter()
-    req = ProfileRequest(
-        device=gd("cpu"),
-        arch=resolve(arch).arch,
-        method=method,
-        threads=threads,
-        rounds=2 if quick else 3,
-    )
-    table = measure(req)
-    data.setdefault("profile_seconds", {})[f"{arch}:{method}"] = time.perf_counter() - t0
-    return LatencyModel(table, f"{arch}/{method} profile")
+def rel(path: Path, results: Path) -> str:
+    """``path`` as a link target from the results folder, where REPORT.md lives."""
+    return Path(os.path.relpath(path, results)).as_posix()
 
 
-def run_sections(data: dict, timer, quick: bool, runs: int, budget: float, workdir: Path) -> None:
-    sections = data["sections"]
-    # ---- 3. SPViT's real-time DeiT-T ------------------------------------------------
-    print("3. SPViT real-time DeiT-T")
-    t = interleave(
-        {"dense": timer.runner("deit_tiny", 1, 1), "spvit": timer.runner("deit_tiny:spvit", 1, 1)},
-        runs=max(runs, 60),
-        warmup=5,
-        max_seconds=budget * 2,
-    )
-    r = pair_ratio(t["dense"], t["spvit"])
-    dense_ms = summary(t["dense"])
-    spvit_ms = summary(t["spvit"])
-    paper = SPVIT_PAPER["dense_ms"] / SPVIT_PAPER["spvit_ms"]
-    model = _profile("deit_tiny", "spvit", 1, quick, data)
-    target = dense_ms["median"] * SPVIT_PAPER["spvit_ms"] / SPVIT_PAPER["dense_ms"]
-    res = search(model, target, method="spvit", schedule="free")
-    chosen = ",".join(f"{x:.3f}" for x in res.chosen.keep_ratios)
-    spec = "deit_tiny:spvit@budget"
-    src = resolve("deit_tiny:spvit", keep=chosen)
-    path = workdir / "budget.onnx"
-    from edgeprune.export.onnx import export_onnx
-
-    export_onnx(src, path, force=True, n_parity_inputs=2)
-    timer.paths[(spec, 1)] = path
-    # the budget promises what ``edgeprune bench`` measures: a model running back to
-    # back. So this check times steady-state bursts (3 runs, the first discarded), interleaved.
-    tb = interleave(
-        {"dense": timer.runner("deit_tiny", 1, 1), "budget": timer.runner(spec, 1, 1)},
-        runs=max(runs, 60),
-        warmup=5,
-        max_seconds=budget * 4,
-        burst=3,
-    )
-    meas = summary(tb["budget"])
-    dense_again = summary(tb["dense"])
-    target_again = dense_again["median"] * SPVIT_PAPER["spvit_ms"] / SPVIT_PAPER["dense_ms"]
-    data["spvit_realtime"] = {
-        "dense_ms": dense_ms,
-        "spvit_ms": spvit_ms,
-        "speedup": r,
-        "paper_speedup": paper,
-        "budget": {
-            "target_ms": target,
-            "keep_ratios": list(res.chosen.keep_ratios),
-            "predicted_ms": res.chosen.predicted_ms,
-            "measured_ms": meas,
-            "dense_ms_same_run": dense_again,
-            "target_ms_same_run": target_again,
-            "tokens_per_block": list(res.chosen.plan.tokens_per_block),
-        },
-    }
-    sections["3"] = {
-        "heading": "## 3. SPViT's real-time DeiT-T (1 thread, batch 1)",
-        "lines": [
-            "| | dense DeiT-T | DeiT-T at SPViT's schedule | speedup |",
-            "|---|---|---|---|",
-            f"| paper (Samsung Galaxy S20) | 44 ms | 26 ms | {paper:.2f}× |",
-            f"| ours (ONNX Runtime, this CPU, median / p90) | {dense_ms['median']:.2f} / {dense_ms['p90']:.2f} ms "
-            f"| {spvit_ms['median']:.2f} / {spvit_ms['p90']:.2f} ms | {r['median']:.2f}× (p10–p90 {r['p10']:.2f}–{r['p90']:.2f}) |",
-            "",
-            f"Budget on a profile of this machine (deit_tiny/spvit, 1 thread) with target = 26/44 × measured dense "
-            f"= {target:.2f} ms: `free` schedule keep ratios {[round(x, 3) for x in res.chosen.keep_ratios]}, "
-            f"predicted {res.chosen.predicted_ms:.2f} ms; exported and measured (steady state: interleaved "
-            f"bursts of 3 runs, the first discarded) {meas['median']:.2f} ms "
-            f"(p90 {meas['p90']:.2f}) against dense {dense_again['median']:.2f} ms in the same run "
-            f"(target in that run {target_again:.2f} ms): "
-            f"{'meets' if meas['median'] <= target_again else 'misses'} the target by "
-            f"{abs(target_again - meas['median']) / target_again:.1%}.",
-        ],
-    }
-    # ---- 4. latency model error --------------------------------------------------------
-    print("4. latency model error")
-    from edgeprune.profiling.validate import validate_profile
-
-    lines = [
-        "| profile | configs | median error | p90 error | end-to-end fit | machine drift since profiling |",
-        "|---|---|---|---|---|---|",
-    ]
-    data["model_error"] = []
-    for arch, method in (("deit_tiny", "dynamicvit"), ("deit_small", "dynamicvit")):
-        m = (
-            model
-            if (arch, method) == ("deit_tiny", "spvit")
-            else _profile(arch, method, 1, quick, data)
+def _golden_rows(golden: Path, results: Path) -> list[list[str]]:
+    rows = []
+    for meta_path in sorted(golden.glob("*/meta.json")):
+        m = json.loads(meta_path.read_text())
+        d = meta_path.parent
+        repo = m["repository"].removeprefix("https://github.com/")
+        files = [meta_path, d / "expected.pt", d / m["checkpoint"]]
+        rows.append(
+            [
+                d.name,
+                f"{repo} @ {m['commit'][:10]}: `{m['official_file']}`, {m['class']}",
+                m["path"],
+                m["compare"],
+                f"torch {m.get('torch', '?')}, timm {m.get('timm', '?')}",
+                " · ".join(f"[{p.name}]({rel(p, results)})" for p in files),
+            ]
         )
-        rep = validate_profile(m, configs=8 if quick else 20, threads=1, rounds=10 if quick else 30)
-        row = {"profile": f"{arch}/{method}", **rep.to_dict()}
-        data["model_error"].append(row)
-        e2e = m.table.e2e
-        fit = f"{e2e.offset_ms:+.2f} ms + {e2e.scale:.3f} × pieces" if e2e else "none"
-        drift = f"{rep.drift:+.1%}" if rep.drift is not None else "n/a"
-        lines.append(
-            f"| {arch}/{method} (1 thread) | {len(rep.results)} | {rep.median_error:.1%} | "
-            f"{rep.p90_error:.1%} | {fit} | {drift} |"
-        )
-        if arch == "deit_tiny":
-            tiny_model = m
-    lines += [
+    return rows
+
+
+def _constants(tree: ast.Module) -> list[str]:
+    """Module-level numbers (tolerances) and the keys of module-level dict literals."""
+    out = []
+    for node in tree.body:
+        if not (isinstance(node, ast.Assign) and len(node.targets) == 1):
+            continue
+        name = getattr(node.targets[0], "id", None)
+        if name is None:
+            continue
+        if isinstance(node.value, ast.Constant) and type(node.value.value) in (int, float):
+            out.append(f"`{name}` = {node.value.value!r}")
+        elif isinstance(node.value, ast.Dict):
+            keys = [k.value for k in node.value.keys if isinstance(k, ast.Constant)]
+            out.append(f"`{name}`: {', '.join(map(str, keys))}")
+    return out
+
+
+def golden_tests(test_file: Path) -> list[str]:
+    """Each test of ``test_file``: how it is parametrised, what it says it checks, and
+    its assertions as written."""
+    src = test_file.read_text()
+    tree = ast.parse(src)
+    lines = []
+    for node in tree.body:
+        if not (isinstance(node, ast.FunctionDef) and node.name.startswith("test_")):
+            continue
+        params = [ast.get_source_segment(src, d) for d in node.decorator_list]
+        doc = " ".join((ast.get_docstring(node) or "").split())
+        asserts = [
+            f"`{' '.join(ast.get_source_segment(src, a.test).split())}`"
+            for a in ast.walk(node)
+            if isinstance(a, ast.Assert)
+        ]
+        head = f"- `{node.name}`" + "".join(f" (`@{p}`)" for p in params)
+        lines.append(head + (f": {doc}" if doc else ""))
+        lines.append("  asserts " + "; ".join(asserts) + ".")
+    consts = _constants(tree)
+    if consts:
+        lines.append("- Module constants: " + "; ".join(consts) + ".")
+    return lines
+
+
+def fidelity(golden: Path, test_file: Path, results: Path) -> Section:
+    sec = Section("1. Fidelity to each method's own code")
+    doc = " ".join((ast.get_docstring(ast.parse(test_file.read_text())) or "").split())
+    inputs, maker = rel(golden / "input.pt", results), rel(golden / "make_golden.py", results)
+    sec.add(
+        f"[{test_file.name}]({rel(test_file, results)}): {doc}",
         "",
-        "Predicted = offset + scale × (sum of the profiled pieces), the correction fitted on the "
-        "profile's whole-model anchors (dense, the default schedule, 0.6 per stage), none of them "
-        "among the validated schedules. Models are timed interleaved in bursts of 3 runs, the "
-        "first discarded (steady state). The drift column is the profile's anchors re-timed "
-        "during validation: how much the machine itself changed since it was profiled; it is "
-        "part of the error, not removed from it.",
-    ]
-    sections["4"] = {
-        "heading": "## 4. Latency model error (validate-profile: random schedules, exported and measured)",
-        "lines": lines,
-    }
-    # ---- 6. selector overhead ----------------------------------------------------------
-    print("6. selector overhead")
-    lines = [
-        "| model | predicted total ms | selectors ms | selectors' share of latency |",
-        "|---|---|---|---|",
-    ]
-    data["selector_overhead"] = []
-    for mdl, spec in ((model, "deit_tiny:spvit"), (tiny_model, "deit_tiny:dynamicvit@0.7")):
-        p = mdl.predict(resolve(spec).plan)
-        share = sum(p.selectors_ms) / p.total_ms
-        data["selector_overhead"].append(
-            {
-                "spec": spec,
-                "total_ms": p.total_ms,
-                "selectors_ms": sum(p.selectors_ms),
-                "share": share,
-            }
-        )
-        lines.append(f"| {spec} | {p.total_ms:.2f} | {sum(p.selectors_ms):.3f} | {share:.1%} |")
-    lines += [
+        f"The fixtures (the inputs [input.pt]({inputs}), written by [make_golden.py]({maker})), "
+        "per method, as their meta.json records them:",
         "",
-        "Profile sweep wall time: "
-        + ", ".join(f"{k} {v:.0f} s" for k, v in data["profile_seconds"].items()),
+        *table(
+            [
+                "method",
+                "authors' code",
+                "reference inference",
+                "compared",
+                "authors' side ran",
+                "fixture",
+            ],
+            _golden_rows(golden, results),
+        ),
+        "",
+        f"What [{test_file.name}]({rel(test_file, results)}) checks:",
+        "",
+        *golden_tests(test_file),
+        "",
+        "These are assertions of the test suite, not recorded runs: they hold wherever "
+        "`pytest tests/test_golden.py` passes. The fixtures record the authors' side "
+        "(torch, timm); the machine that wrote them is not recorded.",
+    )
+    return sec
+
+
+def _profile_key(run: Run, r: dict) -> tuple:
+    return (r["arch"], r["method"], r["threads"])
+
+
+def _latency_rows(sec: Section, runs: list[Run]) -> list[list[str]]:
+    picked = newest([(run, r) for run in runs for r in run.data["rows"]], _profile_key)
+    picked.sort(key=lambda p: (spec_order(p[1]["arch"]), p[1]["threads"]))
+    rows = []
+    for run, r in picked:
+        v, noise = r["validate"], r.get("noise") or {}
+        dc = v.get("drift_corrected")
+        rows.append(
+            [
+                f"{r['arch']}/{r['method']}",
+                str(r["threads"]),
+                "" if "median_spread" not in noise else f"{noise['median_spread']:.1%}",
+                str(v["configs"]),
+                f"{v['median_rel_error']:.1%}",
+                f"{v['p90_rel_error']:.1%}",
+                f"{v['max_rel_error']:.1%}",
+                f"{v['within_10pct']}/{v['configs']}",
+                signed(v.get("drift")),
+                "" if not dc else f"{dc['median_rel_error']:.1%} / {dc['p90_rel_error']:.1%}",
+                sec.cite(run),
+            ]
+        )
+    return rows
+
+
+def _reproduce_error_rows(sec: Section, runs: list[Run]) -> list[list[str]]:
+    items = [(run, r) for run in runs for r in run.data.get("model_error", [])]
+    picked = newest(items, lambda run, r: (r["profile"], r["threads"]))
+    return [
+        [
+            r["profile"].removesuffix(" profile"),
+            str(r["threads"]),
+            str(r["configs"]),
+            f"{r['median_rel_error']:.1%}",
+            f"{r['p90_rel_error']:.1%}",
+            signed(r.get("drift")),
+            sec.cite(run),
+        ]
+        for run, r in sorted(picked, key=lambda p: p[1]["profile"])
     ]
-    sections["6"] = {
-        "heading": "## 6. Selector overhead (scoring + top-k + gather, from the measured profile)",
-        "lines": lines,
-    }
+
+
+def latency_model(runs: dict[str, list[Run]]) -> Section:
+    sec = Section("3. Latency-model error")
+    sec.add(
+        "latency_model.py runs what a user runs: `edgeprune profile` (the latency table), then "
+        "`edgeprune validate-profile`: random schedules of the method, each exported and timed "
+        "against its prediction. Error = |predicted − measured| / measured. *Drift*: the "
+        "profile's own whole-model anchors re-timed during validation against when they were "
+        "profiled (the machine's change of speed, part of the error); the last column takes "
+        "it out. *Profile noise*: median spread of the table's repeated passes. Newest run per "
+        "arch, method and threads.",
+        "",
+        *table(
+            [
+                "profile",
+                "threads",
+                "profile noise",
+                "schedules",
+                "median error",
+                "p90 error",
+                "worst",
+                "within ±10 %",
+                "drift since profiling",
+                "error with the drift taken out (median / p90)",
+                "run",
+            ],
+            _latency_rows(sec, runs["latency_model"]),
+        ),
+        "",
+        "reproduce.py's check, on profiles it measures itself (fewer schedules). Newest run "
+        "per profile and threads:",
+        "",
+        *table(
+            ["profile", "threads", "schedules", "median error", "p90 error", "drift", "run"],
+            _reproduce_error_rows(sec, runs["reproduce"]),
+        ),
+    )
+    return sec
+
+
+def _budget_rows(sec: Section, runs: list[Run]) -> tuple[list[list[str]], int]:
+    items = [(run, (r, b)) for run in runs for r in run.data["rows"] for b in r["budgets"]]
+    picked = newest(items, lambda run, rb: (*_profile_key(run, rb[0]), rb[1]["fraction"]))
+    picked.sort(
+        key=lambda p: (spec_order(p[1][0]["arch"]), p[1][0]["threads"], p[1][1]["fraction"])
+    )
+    rows, met = [], 0
+    for run, (r, b) in picked:
+        head = [
+            f"{r['arch']}/{r['method']}",
+            str(r["threads"]),
+            f"{b['fraction']:.2f}",
+            f"{b['target_ms']:.2f}",
+        ]
+        if "measured_ms" not in b:
+            rows.append(
+                head + ["", "", "", f"no: {b.get('error', 'not verified')}", "", "", sec.cite(run)]
+            )
+            continue
+        met += bool(b.get("met"))
+        rows.append(
+            head
+            + [
+                f"{b['predicted_ms']:.2f}",
+                f"{b['measured_ms']:.2f}",
+                signed(b.get("vs_target")),
+                "yes" if b.get("met") else "no",
+                signed(b.get("moved")),
+                signed(b.get("at_anchor_vs_target")),
+                sec.cite(run),
+            ]
+        )
+    return rows, met
+
+
+def _spvit_budget_rows(sec: Section, runs: list[Run]) -> list[list[str]]:
+    rows = []
+    for run in sorted(runs, key=lambda r: (r.date, r.name))[-1:]:
+        rt = run.data.get("spvit_realtime")
+        if not rt:
+            continue
+        b = rt["budget"]
+        meas, target = b["measured_ms"]["median"], b["target_ms_same_run"]
+        rows.append(
+            [
+                "deit_tiny:spvit, `free` schedule",
+                "1",
+                f"{target:.2f}",
+                ", ".join(f"{x:.3f}" for x in b["keep_ratios"]),
+                f"{b['predicted_ms']:.2f}",
+                f"{meas:.2f}",
+                signed(meas / target - 1),
+                "yes" if meas <= target else "no",
+                sec.cite(run),
+            ]
+        )
+    return rows
+
+
+def budgets(runs: dict[str, list[Run]]) -> Section:
+    sec = Section("4. Budgets met")
+    rows, met = _budget_rows(sec, runs["latency_model"])
+    sec.add(
+        "latency_model.py's `edgeprune budget --verify` at fractions of the table's dense "
+        "prediction: the chosen schedule is exported and timed against dense, interleaved; "
+        "met = measured median ≤ target. *Machine moved*: dense beside the pick against dense "
+        "at the re-anchor; the last column is the pick at the re-anchor's speed. Newest run "
+        "per arch, method, threads and fraction.",
+        "",
+        *table(
+            [
+                "profile",
+                "threads",
+                "target (× dense)",
+                "target ms",
+                "predicted ms",
+                "measured ms",
+                "measured vs target",
+                "met",
+                "machine moved during the check",
+                "at the re-anchor's speed vs target",
+                "run",
+            ],
+            rows,
+        ),
+        "",
+        f"Met: {met} of {len(rows)}.",
+        "",
+        "reproduce.py's budget: SPViT DeiT-T for 26/44 of the dense latency measured in the same "
+        "run (the paper's 44 → 26 ms), on a profile of that machine; measured in bursts of 3, "
+        "the first dropped. Newest run:",
+        "",
+        *table(
+            [
+                "model",
+                "threads",
+                "target ms",
+                "keep ratios",
+                "predicted ms",
+                "measured ms",
+                "measured vs target",
+                "met",
+                "run",
+            ],
+            _spvit_budget_rows(sec, runs["reproduce"]),
+        ),
+    )
+    return sec
+
+
+def _export_rows(sec: Section, runs: list[Run]) -> list[list[str]]:
+    items = [(run, r["spec"]) for run in runs for r in run.data["rows"]]
+    picked = newest(items, lambda run, spec: (spec, bool(run.meta.get("custom_kernels"))))
+    picked.sort(key=lambda p: (bool(p[0].meta.get("custom_kernels")), spec_order(p[1])))
+    rows = []
+    for run, spec in picked:
+        for r in (r for r in run.data["rows"] if r["spec"] == spec):
+            e = r["export_seconds"]
+            rows.append(
+                [
+                    spec,
+                    "yes" if run.meta.get("custom_kernels") else "no",
+                    str(r["run"] + 1),
+                    f"{r['wall_s']:.1f}",
+                    f"{e['export']:.1f}",
+                    f"{e['lower']:.1f}",
+                    f"{e['serialize']:.1f}",
+                    str(r["segments"]),
+                    sec.cite(run),
+                ]
+            )
+    return rows
+
+
+def exports(runs: dict[str, list[Run]]) -> Section:
+    sec = Section("5. Export times")
+    items = [(run, r) for run in runs["reproduce"] for r in run.data.get("export_cost", [])]
+    onnx = newest(items, lambda run, r: (r["spec"], r["batch"]))
+    onnx.sort(key=lambda p: (p[1]["batch"], spec_order(p[1]["spec"])))
+    sec.add(
+        "export_time.py: `edgeprune export SPEC --target executorch` as its own command, timed "
+        "from outside (imports, torch.export, lowering, serialisation and the 16-input parity "
+        "check); the middle columns are the manifest's split, in seconds. Newest run per spec "
+        "and --custom-kernels; every repeat of that run.",
+        "",
+        *table(
+            [
+                "spec",
+                "--custom-kernels",
+                "repeat",
+                "command wall s",
+                "torch.export + rewrites",
+                "lowering",
+                "serialise",
+                "XNNPACK segments",
+                "run",
+            ],
+            _export_rows(sec, runs["export_time"]),
+        ),
+        "",
+        "reproduce.py: ONNX export inside one process (tracing, simplification and the parity "
+        "check), wall seconds. Newest run per model and batch:",
+        "",
+        *table(
+            ["model", "batch", "ONNX export s", "run"],
+            ([r["spec"], str(r["batch"]), f"{r['seconds']:.1f}", sec.cite(run)] for run, r in onnx),
+        ),
+    )
+    return sec
+
+
+def accuracy(runs: dict[str, list[Run]]) -> Section:
+    sec = Section("6. Accuracy")
+    if not runs["accuracy"]:
+        sec.add(
+            "No result file covers accuracy: no benchmark in this folder measured top-1 (or any "
+            "other accuracy) of a pruned model on a dataset. Section 1 covers agreement with "
+            "each method's own code on the golden inputs; that is fidelity, not accuracy."
+        )
+        return sec
+    sec.add("Accuracy result files (their own tables are in each .md):", "")
+    sec.add(*(f"- {sec.cite(run)}" for run in sorted(runs["accuracy"], key=lambda r: r.date)))
+    return sec

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 import platform
 import statistics
 from collections.abc import Callable
@@ -61,11 +62,29 @@ def gain_share(speedup: float, gflops_ratio: float) -> float | None:
     return (speedup - 1) / (gflops_ratio - 1) if gflops_ratio > 1 else None
 
 
+def cpu_model() -> str | None:
+    """The CPU's model name from /proc/cpuinfo (None where there is none)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
 def host_meta() -> dict:
-    """When and where a benchmark ran: UTC date and machine, for its results file."""
+    """When and where a benchmark ran, for its results file: UTC date, architecture, CPU
+    model and the cores this process may use (two hosts of one architecture differ in
+    ``cpu``; REPORT.md names each run's machine from these keys)."""
     return {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "cpu": cpu_model(),
+        "cores": len(os.sched_getaffinity(0))
+        if hasattr(os, "sched_getaffinity")
+        else os.cpu_count(),
     }
 
 

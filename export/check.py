@@ -105,7 +105,7 @@ COMMON_OPS = frozenset(
 )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Finding:
     severity: str  # "error" or "slow"
     rule: str
@@ -162,15 +162,18 @@ def check_graph(proto, target) -> list[Finding]:
         ops = target.supported_ops
         if node.domain not in target.op_domains or (ops is not None and node.op_type not in ops):
             detail = f"domain '{node.domain}'" if ops is None else f"not supported by {target.name}"
-            out.append(Finding("error", "unsupported op", where, detail))
+            out.append(Finding(severity="error", rule="unsupported op", where=where, detail=detail))
         if node.op_type in target.slow_ops:
-            out.append(Finding("slow", "slow op", where, target.slow_ops[node.op_type]))
+            slow = target.slow_ops[node.op_type]
+            out.append(Finding(severity="slow", rule="slow op", where=where, detail=slow))
         if node.op_type == "TopK" and graph.topk_k(node) is None:
             detail = "K is computed at run time"
-            out.append(Finding(target.computed_topk, "TopK K not constant", where, detail))
+            rule, severity = "TopK K not constant", target.computed_topk
+            out.append(Finding(severity=severity, rule=rule, where=where, detail=detail))
     for vi, bad in graph.dynamic_dims():
         detail = f"dims {bad} are not constant{target.dynamic_dim_note}"
-        out.append(Finding(target.dynamic_dim, "dynamic dimension", f"'{vi.name}'", detail))
+        where, severity = f"'{vi.name}'", target.dynamic_dim
+        out.append(Finding(severity=severity, rule="dynamic dimension", where=where, detail=detail))
     return out + target.graph_rules(graph)
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import logging
 import sys
 import warnings
 from pathlib import Path
@@ -27,6 +26,7 @@ from edgeprune.export.manifest import base_manifest, prepare_outputs, sha256_tre
 from edgeprune.export.onnx import INPUT_NAME, OUTPUT_NAME, io_spec
 from edgeprune.export.parity import check_parity
 from edgeprune.export.registry import Target, TargetOption, Tolerance, register
+from edgeprune.runtimes.coreml import import_coremltools
 
 if TYPE_CHECKING:
     import torch
@@ -93,9 +93,7 @@ def convert(
     compute_units: str = "all",
 ):
     """The ``ct.models.MLModel`` (not loaded for prediction off macOS)."""
-    logging.getLogger("coremltools").setLevel(logging.ERROR)  # before the import: it warns
-    import coremltools as ct
-
+    ct = import_coremltools()
     dummy = torch.zeros(batch, 3, img, img)
     sink = io.StringIO()
     with (
@@ -132,7 +130,7 @@ def add_metadata(mlmodel, source: Source) -> None:
     )
     mlmodel.author = "edgeprune"
     meta = mlmodel.user_defined_metadata
-    meta["edgeprune.core.source"] = d["source"]
+    meta["edgeprune.source"] = d["source"]
     meta["edgeprune.method"] = d["method"]
     meta["edgeprune.prune_locs"] = json.dumps(d["prune_locs"])
     meta["edgeprune.keep_ratios"] = json.dumps(d["keep_ratios"])
@@ -143,6 +141,7 @@ def add_metadata(mlmodel, source: Source) -> None:
 def export_coreml(
     source: Source,
     out: Path,
+    *,
     batch: int = 1,
     precision: str = "fp16",
     min_target: str = "ios17",
@@ -195,8 +194,8 @@ def export_coreml(
 def _parity(source: Source, pkg: Path, batch: int, precision: str, units: str, n: int) -> dict:
     """The saved package, loaded in the CoreML runner, against PyTorch."""
     p = check_parity(
-        "the CoreML model", source, pkg, batch, n, TOLERANCE[precision], "coreml",
-        "nothing was written", f"coreml ({units})",
+        "the CoreML model", source, pkg, batch=batch, n_inputs=n, tol=TOLERANCE[precision],
+        runtime="coreml", hint="nothing was written", label=f"coreml ({units})",
         precision=precision, compute_units=COMPUTE_UNITS[units],
     )  # fmt: skip
     return p.to_dict()
@@ -216,6 +215,10 @@ def _drop_aliases(ep):
             g.erase_node(node)
     ep.graph_module.recompile()
     return ep
+
+
+def _int64_finding(where: str, detail: str) -> Finding:
+    return Finding(severity="error", rule="int64 tensor", where=where, detail=detail)
 
 
 @register
@@ -239,9 +242,8 @@ class CoreMLTarget(Target):
         out = []
         for vi in graph.io:
             if vi.type.tensor_type.elem_type == TensorProto.INT64:
-                out.append(
-                    Finding("error", "int64 tensor", f"'{vi.name}'", "CoreML I/O has no int64")
-                )
+                detail = "CoreML I/O has no int64"
+                out.append(_int64_finding(f"'{vi.name}'", detail))
         # Slice bounds of ±INT64_MAX are ONNX's "to the end": CoreML clamps those
         slice_bounds = {i for n in graph.nodes if n.op_type == "Slice" for i in n.input[1:]}
         for name, arr in graph.consts.items():
@@ -249,10 +251,18 @@ class CoreMLTarget(Target):
                 continue
             if abs(arr).max() > 2**31 - 1:
                 detail = "int64 value outside int32"
-                out.append(Finding("error", "int64 tensor", f"'{name}'", detail))
+                out.append(_int64_finding(f"'{name}'", detail))
         return out
 
     def export(self, source: Source, req: ExportRequest, out: Path, progress=None) -> ExportResult:
         o = req.options
-        args = (req.batch, req.precision, o["min_target"], o["compute_units"])
-        return self.result(out, export_coreml(source, out, *args, **req.common(progress)))
+        man = export_coreml(
+            source,
+            out,
+            batch=req.batch,
+            precision=req.precision,
+            min_target=o["min_target"],
+            compute_units=o["compute_units"],
+            **req.common(progress),
+        )
+        return self.result(out, man)

@@ -79,7 +79,7 @@ def simplify(model_bytes: bytes):
     return simplified
 
 
-@dataclass
+@dataclass(kw_only=True)
 class VerifiedOnnx:
     """An ONNX graph that is static (up to the batch dim, with ``dynamic_batch``) and
     matches PyTorch: what every target builds from."""
@@ -107,6 +107,7 @@ def check_onnx_options(batch: int, opset: int) -> None:
 
 def verified_onnx(
     source: Source,
+    *,
     batch: int = 1,
     opset: int = MIN_OPSET,
     n_parity_inputs: int = 16,
@@ -135,8 +136,17 @@ def verified_onnx(
     data = proto.SerializeToString()
     step(f"parity check ({n_parity_inputs} inputs, onnxruntime)")
     tol = Tolerance(atol, TOLERANCE["fp32"].min_top1)
-    parity = check_parity("ONNX output", source, data, batch, n_parity_inputs, tol)
-    return VerifiedOnnx(data, proto, parity, batch, opset, dynamic_batch)
+    parity = check_parity(
+        "ONNX output", source, data, batch=batch, n_inputs=n_parity_inputs, tol=tol
+    )
+    return VerifiedOnnx(
+        data=data,
+        proto=proto,
+        parity=parity,
+        batch=batch,
+        opset=opset,
+        dynamic_batch=dynamic_batch,
+    )
 
 
 def io_spec(source: Source, batch: int | str, dtype: str = "float32") -> dict:
@@ -150,6 +160,7 @@ def io_spec(source: Source, batch: int | str, dtype: str = "float32") -> dict:
 def export_onnx(
     source: Source,
     out: Path,
+    *,
     batch: int = 1,
     opset: int = MIN_OPSET,
     force: bool = False,
@@ -164,17 +175,28 @@ def export_onnx(
     out = Path(out)
     check_onnx_options(batch, opset)
     mpath = prepare_outputs(out, OnnxTarget.accepted_suffixes(), force)
-    v = verified_onnx(source, batch, opset, n_parity_inputs, atol, progress=progress)
+    v = verified_onnx(
+        source,
+        batch=batch,
+        opset=opset,
+        n_parity_inputs=n_parity_inputs,
+        atol=atol,
+        progress=progress,
+    )
+    manifest = onnx_manifest(source, out, v, batch=batch, opset=opset)
+    return write_file_artifact(out, v.data, manifest, mpath)
+
+
+def onnx_manifest(
+    source: Source, out: Path, v: VerifiedOnnx, *, batch: int | str, opset: int
+) -> dict:
+    """The ``onnx`` target's manifest of the verified graph ``v`` written at ``out`` (the
+    file's sha256 is added when it is written). ``batch``: "batch" for a dynamic one."""
     manifest = base_manifest(source, "onnx", out, batch)
     manifest.update(
-        {
-            "opset": opset,
-            **io_spec(source, batch),
-            "ops": v.ops(),
-            "parity": v.parity.to_dict(),
-        }
+        {"opset": opset, **io_spec(source, batch), "ops": v.ops(), "parity": v.parity.to_dict()}
     )
-    return write_file_artifact(out, v.data, manifest, mpath)
+    return manifest
 
 
 @register
@@ -190,5 +212,5 @@ class OnnxTarget(Target):
         return trace_to_onnx(module, input_shape, MIN_OPSET, output_name="output")
 
     def export(self, source: Source, req: ExportRequest, out: Path, progress=None) -> ExportResult:
-        man = export_onnx(source, out, req.batch, req.opset, **req.common(progress))
+        man = export_onnx(source, out, batch=req.batch, opset=req.opset, **req.common(progress))
         return self.result(out, man)

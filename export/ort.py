@@ -65,7 +65,9 @@ def export_ort(source: Source, out: Path, req: ExportRequest, progress=None) -> 
     batch, opset, force, n_parity_inputs = req.batch, req.opset, req.force, req.parity_inputs
     mpath = prepare_outputs(out, OrtTarget.accepted_suffixes(), force)
     step = progress or (lambda _msg: None)
-    v = verified_onnx(source, batch, opset, n_parity_inputs, progress=step)
+    v = verified_onnx(
+        source, batch=batch, opset=opset, n_parity_inputs=n_parity_inputs, progress=step
+    )
     precision = "int8" if int8 else "fp32"
     with tempfile.TemporaryDirectory(prefix="edgeprune-ort-") as d:
         work = Path(d)
@@ -81,7 +83,14 @@ def export_ort(source: Source, out: Path, req: ExportRequest, progress=None) -> 
         ort_file = to_ort_format(model_file, work / "ort")
         step(f"parity check ({n_parity_inputs} inputs, the .ort file in onnxruntime)")
         what = f"the {precision} ORT model"
-        parity = check_parity(what, source, ort_file, batch, n_parity_inputs, TOLERANCE[precision])
+        parity = check_parity(
+            what,
+            source,
+            ort_file,
+            batch=batch,
+            n_inputs=n_parity_inputs,
+            tol=TOLERANCE[precision],
+        )
         manifest = base_manifest(source, "ort", out, batch)
         manifest.update(
             {

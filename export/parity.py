@@ -17,7 +17,7 @@ from edgeprune.runtimes.base import get_runner
 PARITY_SEED = 1234
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Parity:
     max_abs_diff: float
     top1_agreement: float
@@ -65,15 +65,16 @@ def as_function(runner) -> Callable[[np.ndarray], np.ndarray | None]:
 def compare(
     model,
     run_fn,
+    *,
     batch: int,
     img_size: int,
     n_inputs: int = 16,
-    atol: float = 1e-4,
-    min_top1: float = 1.0,
+    tol: Tolerance = Tolerance(1e-4, 1.0),
     seed: int = PARITY_SEED,
     runtime: str = "onnxruntime",
 ) -> Parity:
-    """Run PyTorch and ``run_fn`` (a runner, or numpy in → logits out) on the same images."""
+    """Run PyTorch and ``run_fn`` (a runner, or numpy in → logits out) on the same images;
+    the figures are judged against ``tol``."""
 
     fn = as_function(run_fn)
     max_diff, agree, seen = 0.0, 0, 0
@@ -84,7 +85,14 @@ def compare(
             max_diff = max(max_diff, float(np.abs(ref - out).max()))
             agree += int((ref.argmax(-1) == out.argmax(-1)).sum())
             seen += batch
-    return Parity(max_diff, agree / seen, seen, atol, min_top1, runtime=runtime)
+    return Parity(
+        max_abs_diff=max_diff,
+        top1_agreement=agree / seen,
+        inputs=seen,
+        atol=tol.atol,
+        min_top1=tol.min_top1,
+        runtime=runtime,
+    )
 
 
 def require(parity: Parity, what: str, hint: str = "no file was written") -> Parity:
@@ -104,6 +112,7 @@ def check_parity(
     what: str,
     source,
     artifact,
+    *,
     batch: int,
     n_inputs: int,
     tol: Tolerance,
@@ -124,5 +133,13 @@ def check_parity(
         runner.load(artifact)
         artifact = runner
     img = source.arch.img_size
-    p = compare(source.model(), artifact, batch, img, n_inputs, *tol, runtime=label or runtime)
+    p = compare(
+        source.model(),
+        artifact,
+        batch=batch,
+        img_size=img,
+        n_inputs=n_inputs,
+        tol=tol,
+        runtime=label or runtime,
+    )
     return require(p, what, hint)

@@ -44,7 +44,7 @@ class TargetOption:
     parse: Callable[[Any], Any] | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ExportRequest:
     """What to export: the options every target takes, and ``options`` for the ones only
     some targets take (by ``TargetOption.name``; ``None``/``False`` means not given)."""
@@ -70,7 +70,7 @@ class ExportRequest:
         return {"force": self.force, "n_parity_inputs": self.parity_inputs, "progress": progress}
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ExportResult:
     """What an export did. ``error`` is set when the export could not finish here (e.g.
     no TensorRT to build the engine): the caller shows the result, then raises it."""
@@ -141,7 +141,12 @@ class Target:
     def result(self, out: Path, manifest: dict) -> ExportResult:
         """The result of an export that wrote its artifact and manifest."""
 
-        return ExportResult(self.name, Path(out), manifest, manifest_path(out))
+        return ExportResult(
+            target=self.name,
+            artifact=Path(out),
+            manifest=manifest,
+            manifest_path=manifest_path(out),
+        )
 
 
 TARGETS: dict[str, Target] = {}

@@ -10,10 +10,15 @@ commands; written also when no engine could be built here).
 from __future__ import annotations
 
 import contextlib
+import json
 import shlex
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+import onnx
 
 from edgeprune.core.atomic import atomic_path, write_json_atomic
 from edgeprune.core.errors import EdgepruneError, MissingRuntimeError
@@ -26,8 +31,15 @@ from edgeprune.export.manifest import (
     sha256_file,
     skipped,
 )
-from edgeprune.export.onnx import INPUT_NAME, OUTPUT_NAME, io_spec, verified_onnx
-from edgeprune.export.parity import check_parity, parity_inputs
+from edgeprune.export.onnx import (
+    INPUT_NAME,
+    OUTPUT_NAME,
+    VerifiedOnnx,
+    io_spec,
+    onnx_manifest,
+    verified_onnx,
+)
+from edgeprune.export.parity import Parity, check_parity, parity_inputs
 from edgeprune.export.registry import Target, TargetOption, Tolerance, register
 from edgeprune.runtimes.tensorrt.engine import (
     ApiRunner,
@@ -64,7 +76,7 @@ SUPPORTED_OPS = COMMON_OPS | {
 }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TrtOptions:
     precision: str = "fp32"
     workspace_mib: int = 1024
@@ -142,98 +154,176 @@ def export_trt(
     is ``"verified"``, ``"unverified"`` (built, parity could not run) or
     ``"not_built"`` (no TensorRT here: the ONNX and the commands are kept)."""
 
-    out = Path(out)
     opts.validate()
-    batch, opset, force, n_parity_inputs = req.batch, req.opset, req.force, req.parity_inputs
-    onnx_path = out.with_suffix(".onnx")
-    fp16_path = out.with_suffix(".fp16.onnx")
-    side = (onnx_path,) + ((fp16_path,) if opts.precision == "fp16" else ())
-    mpath = prepare_outputs(out, TrtTarget.accepted_suffixes(), force, side)
-    step = progress or (lambda _msg: None)
-    dyn = opts.dynamic_batch
-    if dyn is not None:
-        batch = dyn[1]
-    v = verified_onnx(
-        source, batch, opset, n_parity_inputs, dynamic_batch=dyn is not None, progress=step
-    )
-    problems = errors_of(TrtTarget().graph_rules(Graph(v.proto)))
-    if problems:
-        raise EdgepruneError(
-            f"TensorRT cannot build this graph: {'; '.join(problems[:3])}", exit_code=1
+    job = _TrtExport(source=source, out=Path(out), opts=opts, req=req, progress=progress)
+    mpath = prepare_outputs(job.out, TrtTarget.accepted_suffixes(), req.force, job.side_files())
+    job.make_graphs()
+    job.manifest = _manifest(job)
+    builder = find_builder()
+    with contextlib.ExitStack() as stack:  # every file appears together, or none
+        job.step("writing the verified ONNX")
+        onnx_tmp, fp16_tmp = job.write_graphs(stack)
+        if builder is None:
+            job.manifest["engine"] = {
+                "status": "not_built",
+                "reason": "neither the tensorrt Python module nor trtexec is available here",
+            }
+            job.manifest["parity"] = skipped("no TensorRT here: build the engine on the device")
+        else:
+            job.build(stack, builder, onnx_tmp, fp16_tmp)
+        write_json_atomic(mpath, job.manifest)
+    return job.manifest
+
+
+@dataclass(kw_only=True)
+class _TrtExport:
+    """One ``export --target trt``: what was asked, and what it has made so far (the
+    verified float32 graph, the FP16 graph, the manifest)."""
+
+    source: Source
+    out: Path
+    opts: TrtOptions
+    req: ExportRequest
+    progress: Callable[[str], None] | None = None
+    verified: VerifiedOnnx | None = None
+    fp16: bytes | None = None  # the FP16 ONNX (``--precision fp16``)
+    fp16_parity: Parity | None = None
+    manifest: dict = field(default_factory=dict)
+
+    def step(self, message: str) -> None:
+        if self.progress is not None:
+            self.progress(message)
+
+    @property
+    def batch(self) -> int:
+        """The batch the graphs are traced and checked at (OPT with --dynamic-batch)."""
+        dyn = self.opts.dynamic_batch
+        return self.req.batch if dyn is None else dyn[1]
+
+    @property
+    def chw(self) -> tuple[int, int, int]:
+        img = self.source.arch.img_size
+        return (3, img, img)
+
+    @property
+    def onnx_path(self) -> Path:
+        return self.out.with_suffix(".onnx")
+
+    @property
+    def fp16_path(self) -> Path:
+        return self.out.with_suffix(".fp16.onnx")
+
+    def graphs(self) -> tuple[Path, ...]:
+        """The ONNX files kept beside the engine: the verified float32 graph, and the FP16
+        one with ``--precision fp16``."""
+        return (self.onnx_path,) + ((self.fp16_path,) if self.opts.precision == "fp16" else ())
+
+    def side_files(self) -> tuple[Path, ...]:
+        """The files written beside the engine, each graph with its own manifest (refused
+        up front if they exist)."""
+        return tuple(f for g in self.graphs() for f in (g, manifest_path(g)))
+
+    def make_graphs(self) -> None:
+        """The verified float32 ONNX (refused when TensorRT cannot build it) and, for
+        fp16, its FP16 conversion checked in onnxruntime."""
+        dynamic = self.opts.dynamic_batch is not None
+        n = self.req.parity_inputs
+        self.verified = verified_onnx(
+            self.source,
+            batch=self.batch,
+            opset=self.req.opset,
+            n_parity_inputs=n,
+            dynamic_batch=dynamic,
+            progress=self.step,
         )
-    img = source.arch.img_size
-    chw = (3, img, img)
+        problems = errors_of(TrtTarget().graph_rules(Graph(self.verified.proto)))
+        if problems:
+            raise EdgepruneError(
+                f"TensorRT cannot build this graph: {'; '.join(problems[:3])}", exit_code=1
+            )
+        if self.opts.precision == "fp16":
+            self.step("converting the ONNX to FP16 (for TensorRT 11)")
+            self.fp16 = to_fp16(self.verified.proto).SerializeToString()
+            self.fp16_parity = check_parity(
+                "the FP16 ONNX", self.source, self.fp16, batch=self.batch, n_inputs=n,
+                tol=TOLERANCE["fp16"], hint="no file was written; try --precision fp32",
+            )  # fmt: skip
 
-    fp16_bytes = None
-    fp16_parity = None
-    if opts.precision == "fp16":
-        step("converting the ONNX to FP16 (for TensorRT 11)")
-        fp16_bytes = to_fp16(v.proto).SerializeToString()
-        fp16_parity = check_parity(
-            "the FP16 ONNX", source, fp16_bytes, batch, n_parity_inputs, TOLERANCE["fp16"],
-            hint="no file was written; try --precision fp32",
-        )  # fmt: skip
+    def write_graphs(self, stack: contextlib.ExitStack) -> tuple[Path, Path | None]:
+        """The ONNX files and their manifests under temporary names (renamed when
+        ``stack`` closes)."""
+        onnx_tmp = self._write_graph(stack, self.onnx_path, self.verified.data, "onnx")
+        if self.fp16 is None:
+            return onnx_tmp, None
+        return onnx_tmp, self._write_graph(stack, self.fp16_path, self.fp16, "onnx_fp16")
 
+    def _write_graph(self, stack: contextlib.ExitStack, path: Path, data: bytes, key: str):
+        """One kept graph with the ``onnx`` target's manifest under its own name, so that
+        ``evaluate``, ``bench`` and ``check`` take it like any exported ONNX."""
+        tmp = stack.enter_context(atomic_path(path))
+        _write(tmp, data, self.manifest[key])
+        batch = "batch" if self.opts.dynamic_batch is not None else self.batch
+        man = onnx_manifest(self.source, path, self.verified, batch=batch, opset=self.req.opset)
+        man["sha256"] = self.manifest[key]["sha256"]
+        man["kept_by"] = {"target": "trt", "artifact": self.out.name}
+        if key == "onnx_fp16":
+            man["precision"] = "fp16"
+            man["parity"] = self.fp16_parity.to_dict()
+            man["ops"] = dict(Counter(n.op_type for n in Graph(onnx.load_from_string(data)).nodes))
+        mtmp = stack.enter_context(atomic_path(manifest_path(path)))
+        mtmp.write_text(json.dumps(man, indent=2, sort_keys=False) + "\n")
+        return tmp
+
+    def build(self, stack: contextlib.ExitStack, builder, onnx_tmp: Path, fp16_tmp) -> None:
+        """Build the engine (from the FP16 ONNX on TensorRT ≥ 11, else from the float32
+        one) and check it against PyTorch."""
+        man = self.manifest
+        man["builder"] = builder.describe()
+        from_fp16 = fp16_tmp is not None and builder.major >= 11
+        tmp = stack.enter_context(atomic_path(self.out))
+        self.step(f"building the engine ({builder.kind}, TensorRT {builder.version})")
+        runner = _build(builder, fp16_tmp if from_fp16 else onnx_tmp, tmp, self.opts, self.chw)
+        self.step("parity check (engine vs PyTorch)")
+        man["parity"] = _engine_parity(
+            self.source, runner, self.opts, self.batch, self.req.parity_inputs
+        )
+        man["engine"] = {
+            "status": "verified" if man["parity"]["status"] == "passed" else "unverified",
+            "built_from": (self.fp16_path if from_fp16 else self.onnx_path).name,
+        }
+        man["sha256"] = sha256_file(tmp)
+
+
+def _manifest(job: _TrtExport) -> dict:
+    """The manifest before the build: the graphs, their parity, the trtexec lines."""
+    opts, out, dyn = job.opts, job.out, job.opts.dynamic_batch
     # file names only: the line is run on the device, in the folder holding these files
     name = Path(out.name)
-    onnx_for_11 = fp16_path if fp16_bytes else onnx_path
+    onnx_for_11 = job.fp16_path if job.fp16 is not None else job.onnx_path
     commands = {
-        "tensorrt10": trtexec_command(Path(onnx_path.name), name, opts, chw, 10),
-        "tensorrt11": trtexec_command(Path(onnx_for_11.name), name, opts, chw, 11),
+        "tensorrt10": trtexec_command(Path(job.onnx_path.name), name, opts, job.chw, 10),
+        "tensorrt11": trtexec_command(Path(onnx_for_11.name), name, opts, job.chw, 11),
     }
-    manifest = base_manifest(source, "trt", out, batch, "tensorrt")
+    manifest = base_manifest(job.source, "trt", out, job.batch, "tensorrt")
     manifest.update(
         {
             "precision": opts.precision,
             "workspace_mib": opts.workspace_mib,
             "dynamic_batch": list(dyn) if dyn else None,
             "timing_cache": str(opts.timing_cache) if opts.timing_cache else None,
-            **io_spec(source, "batch" if dyn else batch),
+            **io_spec(job.source, "batch" if dyn else job.batch),
             "onnx": {
-                "file": onnx_path.name,
-                "opset": opset,
-                "ops": v.ops(),
-                "parity": v.parity.to_dict(),
+                "file": job.onnx_path.name,
+                "opset": job.req.opset,
+                "ops": job.verified.ops(),
+                "parity": job.verified.parity.to_dict(),
             },
             "trtexec_commands": {k: shlex.join(c) for k, c in commands.items()},
             "tolerance": TOLERANCE[opts.precision].to_dict(),
         }
     )
-    if fp16_bytes is not None:
-        manifest["onnx_fp16"] = {"file": fp16_path.name, "parity": fp16_parity.to_dict()}
-
-    builder = find_builder()
-    with contextlib.ExitStack() as stack:  # every file appears together, or none
-        step("writing the verified ONNX")
-        onnx_tmp = stack.enter_context(atomic_path(onnx_path))
-        _write(onnx_tmp, v.data, manifest["onnx"])
-        fp16_tmp = None
-        if fp16_bytes is not None:
-            fp16_tmp = stack.enter_context(atomic_path(fp16_path))
-            _write(fp16_tmp, fp16_bytes, manifest["onnx_fp16"])
-        if builder is None:
-            manifest["engine"] = {
-                "status": "not_built",
-                "reason": "neither the tensorrt Python module nor trtexec is available here",
-            }
-            manifest["parity"] = skipped("no TensorRT here: build the engine on the device")
-            write_json_atomic(mpath, manifest)
-            return manifest
-        manifest["builder"] = builder.describe()
-        use_fp16_onnx = fp16_tmp is not None and builder.major >= 11
-        engine_onnx = fp16_tmp if use_fp16_onnx else onnx_tmp
-        tmp = stack.enter_context(atomic_path(out))
-        step(f"building the engine ({builder.kind}, TensorRT {builder.version})")
-        runner = _build(builder, engine_onnx, tmp, opts, chw)
-        step("parity check (engine vs PyTorch)")
-        manifest["parity"] = _engine_parity(source, runner, opts, batch, n_parity_inputs)
-        status = manifest["parity"]["status"]
-        manifest["engine"] = {
-            "status": "verified" if status == "passed" else "unverified",
-            "built_from": (fp16_path if use_fp16_onnx else onnx_path).name,
-        }
-        manifest["sha256"] = sha256_file(tmp)
-        write_json_atomic(mpath, manifest)
+    if job.fp16 is not None:
+        manifest["onnx_fp16"] = {"file": job.fp16_path.name, "parity": job.fp16_parity.to_dict()}
     return manifest
 
 
@@ -243,11 +333,11 @@ def _build(builder, onnx_file: Path, engine_tmp: Path, opts: TrtOptions, chw):
         data = build_engine_api(
             onnx_file.read_bytes(),
             opts.precision,
-            opts.workspace_mib,
-            INPUT_NAME,
-            chw,
-            opts.dynamic_batch,
-            opts.timing_cache,
+            workspace_mib=opts.workspace_mib,
+            input_name=INPUT_NAME,
+            chw=chw,
+            dynamic_batch=opts.dynamic_batch,
+            timing_cache=opts.timing_cache,
         )
         engine_tmp.write_bytes(data)
         return ApiRunner(data, INPUT_NAME, OUTPUT_NAME)
@@ -265,10 +355,10 @@ def _engine_parity(source: Source, runner, opts: TrtOptions, batch: int, n: int)
     first = runner(next(iter(parity_inputs(batch, source.arch.img_size, 1, seed=99))).numpy())
     if first is None:
         return skipped("this trtexec wrote no --exportOutput file; the engine was not run")
-    tol = TOLERANCE[opts.precision]
     return check_parity(
-        "the engine", source, runner, batch, n, tol, "tensorrt", "nothing was written"
-    ).to_dict()
+        "the engine", source, runner, batch=batch, n_inputs=n, tol=TOLERANCE[opts.precision],
+        runtime="tensorrt", hint="nothing was written",
+    ).to_dict()  # fmt: skip
 
 
 def _write(tmp: Path, data: bytes, record: dict) -> None:
@@ -312,14 +402,25 @@ class TrtTarget(Target):
         for node in (n for n in graph.nodes if n.op_type == "TopK"):
             where, k = graph.where(node), graph.topk_k(node)
             if k is not None and k > TOPK_MAX:
-                out.append(Finding("error", "TopK K too large", where, f"K={k} > {TOPK_MAX}"))
+                detail = f"K={k} > {TOPK_MAX}"
+                out.append(
+                    Finding(severity="error", rule="TopK K too large", where=where, detail=detail)
+                )
             if not next((a.i for a in node.attribute if a.name == "sorted"), 1):
-                out.append(Finding("error", "unsorted TopK", where, "TensorRT needs sorted=1"))
+                detail = "TensorRT needs sorted=1"
+                out.append(
+                    Finding(severity="error", rule="unsorted TopK", where=where, detail=detail)
+                )
         return out
 
     def export(self, source: Source, req: ExportRequest, out: Path, progress=None) -> ExportResult:
         o = req.options
-        opts = TrtOptions(req.precision, o["workspace_mib"], o["dynamic_batch"], o["timing_cache"])
+        opts = TrtOptions(
+            precision=req.precision,
+            workspace_mib=o["workspace_mib"],
+            dynamic_batch=o["dynamic_batch"],
+            timing_cache=o["timing_cache"],
+        )
         man = export_trt(source, out, opts, req, progress)
         result = self.result(out, man)
         status = man["engine"]["status"]

@@ -8,8 +8,9 @@ and the registry of runtimes.
 
 A new runtime is one module that defines its runner and ``RUNTIME = Runtime(...)``
 (name, factory, availability check, the descriptor keys it reads), plus one line in
-``RUNTIMES`` below. Heavy runtime packages are imported inside each module's
-functions, never here.
+``RUNTIMES`` below. Heavy runtime packages are imported through one helper each
+(``import_tensorrt``, ``import_coremltools``, ``import_executorch``: one line when the
+package is missing), never here.
 """
 
 from __future__ import annotations

@@ -1,8 +1,12 @@
 """CoreML: predictions and timing through coremltools, which can only run models on
-macOS (conversion works anywhere; see edgeprune.export). Elsewhere: a clear error."""
+macOS (conversion works anywhere; see edgeprune.export). Elsewhere: a clear error.
+
+``import_coremltools()`` is the one place coremltools (heavy) is imported, here and for
+the CoreML export target."""
 
 from __future__ import annotations
 
+import logging
 import platform
 from pathlib import Path
 
@@ -13,18 +17,26 @@ from edgeprune.runtimes.base import RunnerBase, Runtime
 from edgeprune.runtimes.timing import Timing, TimingPolicy, time_callable
 
 
+def import_coremltools():
+    """The ``coremltools`` module, its import-time log lines silenced; one line
+    (``MissingRuntimeError``, exit 2) where it is not installed."""
+    logging.getLogger("coremltools").setLevel(logging.ERROR)  # before the import: it warns
+    try:
+        import coremltools as ct
+    except ImportError:
+        raise MissingRuntimeError(
+            "coremltools is not installed", "pip install coremltools"
+        ) from None
+    return ct
+
+
 def check_available() -> None:
     if platform.system() != "Darwin":
         raise MissingRuntimeError(
             f"CoreML needs macOS to run a model (this is {platform.system()})",
             "run 'edgeprune profile --device iphone' on a Mac, or over SSH to one with --host",
         )
-    try:
-        import coremltools  # noqa: F401
-    except ImportError:
-        raise MissingRuntimeError(
-            "coremltools is not installed", "pip install coremltools"
-        ) from None
+    import_coremltools()
 
 
 class CoreMLRunner(RunnerBase):
@@ -40,13 +52,10 @@ class CoreMLRunner(RunnerBase):
         self._path: str | None = None
 
     def version(self) -> str:
-        import coremltools as ct
-
-        return ct.__version__
+        return import_coremltools().__version__
 
     def load(self, artifact: str | Path | bytes) -> None:
-        import coremltools as ct
-
+        ct = import_coremltools()
         if isinstance(artifact, bytes):
             raise EdgepruneError("CoreML models are loaded from an .mlpackage path")
         self._path = str(artifact)
@@ -66,8 +75,7 @@ class CoreMLRunner(RunnerBase):
         return list(self._model.predict(inputs).values())
 
     def time(self, policy: TimingPolicy | None = None) -> Timing:
-        import coremltools as ct
-
+        ct = import_coremltools()
         policy = policy or TimingPolicy()
         feeds = {
             k: np.random.default_rng(0).standard_normal(s).astype(np.float32)

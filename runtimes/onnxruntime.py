@@ -77,12 +77,6 @@ class OnnxRuntimeRunner(RunnerBase):
         provider: str = "CPUExecutionProvider",
         optimization: str = "all",
     ):
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            raise MissingRuntimeError(
-                "onnxruntime is not installed", "pip install onnxruntime"
-            ) from None
         if provider not in ort.get_available_providers():
             raise MissingRuntimeError(
                 f"onnxruntime here has no {provider}",
@@ -282,13 +276,15 @@ def timing_from_summary(stdout: str, extra: dict, meta: dict) -> Timing:
     if {"Min", "Max", "P50", "P90"} <= set(stats):
         extra["note"] = f"min/P50/P90/max printed by {PERF_TEST} over all its runs (no result file)"
         med, p90, lo, hi = stats["P50"], stats["P90"], stats["Min"], stats["Max"]
-        return Timing(med, p90, lo, hi, runs, **meta, extra=extra)
+        return Timing(
+            median_ms=med, p90_ms=p90, min_ms=lo, max_ms=hi, runs=runs, **meta, extra=extra
+        )
     avg = AVERAGE_RE.findall(stdout)
     if not avg:
         raise EdgepruneError(f"{PERF_TEST} printed no timing")
     ms = float(avg[-1])
     extra["note"] = f"mean over its runs, printed by {PERF_TEST} (no per-run times)"
-    return Timing(ms, ms, ms, ms, runs, **meta, extra=extra)
+    return Timing(median_ms=ms, p90_ms=ms, min_ms=ms, max_ms=ms, runs=runs, **meta, extra=extra)
 
 
 def make(threads=None, precision="fp32", transport=None, ort_perf_test=None, **options):

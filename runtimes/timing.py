@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     import numpy as np
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TimingPolicy:
     """How long to time one thing: warm-up runs, then timed runs until both
     ``min_runs`` and ``min_time_s`` are reached, stopping at ``max_runs`` or
@@ -41,7 +41,7 @@ def policy_for(runs: int | None, default: TimingPolicy = BENCH_POLICY) -> Timing
     return TimingPolicy.fixed(runs) if runs else default
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Timing:
     """Latency of one artifact or piece, in milliseconds."""
 

@@ -34,9 +34,9 @@ def measure_table(
     """The sweep ``edgeprune profile --device cpu --grid BLOCK_TOKENS --no-halves
     --no-e2e --check-points 0`` runs, with one timed run per piece per round."""
     req = ProfileRequest(
-        get_device("cpu"),
-        get_arch(arch) if isinstance(arch, str) else arch,
-        method,
+        device=get_device("cpu"),
+        arch=get_arch(arch) if isinstance(arch, str) else arch,
+        method=method,
         threads=threads,
         batch=batch,
         grid=list(block_tokens),

@@ -68,7 +68,7 @@ def corpus_dir(tmp_path_factory) -> Path:
     (d / "truncated.json").write_text(json.dumps(tbl)[:120])
     (d / "v99.json").write_text(json.dumps({**tbl, "version": 99}))
     budget = {
-        "schema": "edgeprune.budget.search",
+        "schema": "edgeprune.budget",
         "version": 1,
         "method": "dynamicvit",
         "arch": "deit_tiny",

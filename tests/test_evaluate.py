@@ -34,7 +34,7 @@ SCHEDULE = {"keep": "0.75,0.5,0.25", "locs": "1,2,3"}
 
 
 def _req(model, images, **kw):
-    return EvalRequest(str(model), images, heads=HEADS, threads=1, **kw)
+    return EvalRequest(model=str(model), images=images, heads=HEADS, threads=1, **kw)
 
 
 def test_onnx_artifact_matches_pytorch_image_by_image(setup):

@@ -64,7 +64,12 @@ def test_bad_option_combinations_one_line_exit_2(cli, tmp_path, args, needle):
 
 # ---- TensorRT -------------------------------------------------------------------------
 def test_trtexec_command_construction(tmp_path):
-    opts = trt_mod.TrtOptions("fp16", 2048, (1, 8, 32), tmp_path / "t.cache")
+    opts = trt_mod.TrtOptions(
+        precision="fp16",
+        workspace_mib=2048,
+        dynamic_batch=(1, 8, 32),
+        timing_cache=tmp_path / "t.cache",
+    )
     cmd = trt_mod.trtexec_command(tmp_path / "m.onnx", tmp_path / "m.engine", opts, (3, 224, 224))
     assert cmd[:4] == [
         "trtexec",
@@ -95,7 +100,14 @@ def test_trt_missing_runtime_keeps_onnx_and_prints_command(cli, tmp_path, no_ten
     assert len(errors) == 1 and errors[0].startswith("error: neither TensorRT")
     assert not out.exists()
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == ["emptybin", "m.engine.manifest.json", "m.fp16.onnx", "m.onnx"]
+    assert names == [
+        "emptybin",
+        "m.engine.manifest.json",
+        "m.fp16.onnx",
+        "m.fp16.onnx.manifest.json",
+        "m.onnx",
+        "m.onnx.manifest.json",
+    ]
     man = json.loads((tmp_path / "m.engine.manifest.json").read_text())
     assert man["engine"]["status"] == "not_built"
     assert man["parity"] == {
@@ -163,7 +175,7 @@ def test_trt_subprocess_path_with_stand_in_trtexec_runs_parity(tmp_path, monkeyp
     monkeypatch.setattr(trt_mod, "verified_onnx", lambda *a, **k: v)
     exe = _stand_in(tmp_path, monkeypatch, export=True)
     out = tmp_path / "m.engine"
-    man = export_source(src, ExportRequest("trt", out, parity_inputs=2)).manifest
+    man = export_source(src, ExportRequest(target="trt", out=out, parity_inputs=2)).manifest
     assert man["builder"] == {"kind": "trtexec", "version": "10.3.0", "path": str(exe)}
     # the stand-in computes with onnxruntime, so this checks the plumbing, not TensorRT
     assert man["parity"]["status"] == "passed" and man["parity"]["runtime"] == "tensorrt"
@@ -178,7 +190,8 @@ def test_trt_stand_in_trtexec_without_output_is_unverified(tmp_path, monkeypatch
     src, v = dyvit
     monkeypatch.setattr(trt_mod, "verified_onnx", lambda *a, **k: v)
     _stand_in(tmp_path, monkeypatch, export=False, version="110000")
-    man = export_source(src, ExportRequest("trt", tmp_path / "m.engine", parity_inputs=2)).manifest
+    req = ExportRequest(target="trt", out=tmp_path / "m.engine", parity_inputs=2)
+    man = export_source(src, req).manifest
     assert man["engine"]["status"] == "unverified"  # never claimed verified without parity
     assert man["parity"]["status"] == "skipped" and "exportOutput" in man["parity"]["reason"]
 
@@ -195,14 +208,84 @@ def test_trt_prefers_python_api_when_it_imports(monkeypatch):
     assert b.kind == "api" and b.major == 10
 
 
+def _stand_in_tensorrt(version: str, calls: list):
+    """A STAND-IN for the tensorrt module (no TensorRT here): records what the builder
+    is asked to do, so the API plumbing is checked, not TensorRT."""
+    from types import ModuleType, SimpleNamespace
+
+    def record(name, result=None):
+        return lambda *args, **kwargs: calls.append((name, args, kwargs)) or result
+
+    cache = SimpleNamespace(serialize=lambda: b"NEW CACHE")
+    config = SimpleNamespace(
+        set_memory_pool_limit=record("workspace"),
+        set_flag=record("flag"),
+        add_optimization_profile=record("add_profile"),
+        create_timing_cache=record("timing_cache", cache),
+        set_timing_cache=record("set_timing_cache"),
+        get_timing_cache=lambda: cache,
+    )
+    profile = SimpleNamespace(set_shape=record("shape"))
+    builder = SimpleNamespace(
+        create_network=record("network", "NETWORK"),
+        create_builder_config=lambda: config,
+        create_optimization_profile=lambda: profile,
+        build_serialized_network=record("build", b"ENGINE"),
+    )
+    trt = ModuleType("tensorrt")
+    trt.__version__ = version
+    trt.Logger = type("Logger", (), {"WARNING": 2, "__init__": lambda self, level: None})
+    trt.Builder = lambda logger: builder
+    trt.OnnxParser = lambda network, logger: SimpleNamespace(
+        parse=record("parse", True), num_errors=0
+    )
+    trt.MemoryPoolType = SimpleNamespace(WORKSPACE="WORKSPACE")
+    trt.BuilderFlag = SimpleNamespace(FP16="FP16")
+    trt.NetworkDefinitionCreationFlag = SimpleNamespace(EXPLICIT_BATCH=0)
+    return trt
+
+
+@pytest.mark.parametrize("version", ["10.3.0", "11.0.0"])
+def test_engine_builder_drives_the_tensorrt_api(monkeypatch, tmp_path, version):
+    """The ONNX is parsed, the workspace set, FP16 is a builder flag on TensorRT 10 only
+    (11 is strongly typed), a dynamic batch is an optimization profile on the input, and
+    the timing cache is read before the build and written after it."""
+    from edgeprune.runtimes.tensorrt.engine import build_engine_api
+
+    calls: list = []
+    monkeypatch.setitem(sys.modules, "tensorrt", _stand_in_tensorrt(version, calls))
+    cache = tmp_path / "t.cache"
+    cache.write_bytes(b"OLD CACHE")
+    data = build_engine_api(
+        b"ONNX", "fp16", workspace_mib=512, chw=(3, 224, 224), dynamic_batch=(1, 8, 32),
+        timing_cache=cache,
+    )  # fmt: skip
+    assert data == b"ENGINE" and cache.read_bytes() == b"NEW CACHE"
+    seen = {name: args for name, args, _ in calls}
+    assert seen["parse"] == (b"ONNX",) and seen["workspace"] == ("WORKSPACE", 512 << 20)
+    assert ("flag" in seen) is (version == "10.3.0")
+    assert seen["shape"] == ("input", (1, 3, 224, 224), (8, 3, 224, 224), (32, 3, 224, 224))
+    assert seen["timing_cache"] == (b"OLD CACHE",)
+    assert [name for name, _, _ in calls][-1] == "build"
+
+
 def test_fp16_onnx_runs_in_onnxruntime_and_agrees(dyvit):
     from edgeprune.export.fp16 import to_fp16
     from edgeprune.runtimes.onnxruntime import make_session, run
 
     src, v = dyvit
+    before = v.proto.SerializeToString()
     p16 = to_fp16(v.proto)
+    assert v.proto.SerializeToString() == before  # the float32 graph is left as it was
     inits = {i.name: i.data_type for i in p16.graph.initializer}
     assert TensorProto.FLOAT16 in inits.values()
+    # a valid ONNX: every node after the nodes that make its inputs (onnxruntime's
+    # converter appends the I/O casts at the end; onnx.checker refuses that order)
+    onnx.checker.check_model(p16)
+    made = {i.name for i in p16.graph.input} | set(inits)
+    for n in p16.graph.node:
+        assert all(i in made for i in n.input if i), n.name
+        made |= set(n.output)
     producers = {o: n for n in p16.graph.node for o in n.output}
     for n in p16.graph.node:
         if n.op_type == "LayerNormalization":  # inputs kept in fp32: a Cast or a fp32 weight
@@ -211,7 +294,8 @@ def test_fp16_onnx_runs_in_onnxruntime_and_agrees(dyvit):
             assert inits[n.input[1]] == TensorProto.FLOAT
     assert p16.graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT
     sess = make_session(p16.SerializeToString())
-    p = compare(src.model(), lambda x: run(sess, x), 1, 224, 4, *trt_mod.TOLERANCE["fp16"])
+    tol = trt_mod.TOLERANCE["fp16"]
+    p = compare(src.model(), lambda x: run(sess, x), batch=1, img_size=224, n_inputs=4, tol=tol)
     assert p.ok and p.top1_agreement >= 0.9 and p.max_abs_diff < 0.5
 
 
@@ -223,7 +307,7 @@ def test_ort_format_model_loads_and_matches(tmp_path, monkeypatch, dyvit, int8):
     src, v = dyvit
     monkeypatch.setattr(ort_mod, "verified_onnx", lambda *a, **k: v)
     out = tmp_path / "m.ort"
-    req = ExportRequest("ort", out, parity_inputs=4, options={"int8": int8})
+    req = ExportRequest(target="ort", out=out, parity_inputs=4, options={"int8": int8})
     man = export_source(src, req).manifest
     assert out.read_bytes()[4:8] == b"ORTM"  # flatbuffer identifier of the ORT format
     make_session(out)
@@ -353,15 +437,15 @@ def test_a_new_target_is_one_registered_class(tmp_path):
 
     try:
         with pytest.raises(EdgepruneError, match="--backend does not apply to --target onnx"):
-            validate(ExportRequest("onnx", options={"backend": "portable"}))
+            validate(ExportRequest(target="onnx", options={"backend": "portable"}))
         with pytest.raises(EdgepruneError, match="--int8 does not apply to --target toy"):
-            validate(ExportRequest("toy", options={"int8": True}))
+            validate(ExportRequest(target="toy", options={"int8": True}))
         with pytest.raises(EdgepruneError, match="--backend npu is unknown"):
-            validate(ExportRequest("toy", options={"backend": "npu"}))
+            validate(ExportRequest(target="toy", options={"backend": "npu"}))
         with pytest.raises(EdgepruneError, match="--precision fp16 is not supported") as e:
-            validate(ExportRequest("toy", precision="fp16"))
+            validate(ExportRequest(target="toy", precision="fp16"))
         assert "--target toy takes --precision fp32" in e.value.one_line()
-        res = export_source(None, ExportRequest("toy"), name=str(tmp_path / "m"))
+        res = export_source(None, ExportRequest(target="toy"), name=str(tmp_path / "m"))
         assert res.artifact == tmp_path / "m.toy" and res.artifact.read_text() == "xnnpack"
         assert res.manifest_path.name == "m.toy.manifest.json" and res.exit_code == 0
     finally:
@@ -374,9 +458,38 @@ def test_unbuilt_engine_is_an_error_of_the_result(tmp_path, monkeypatch, no_tens
 
     src, v = dyvit
     monkeypatch.setattr(trt_mod, "verified_onnx", lambda *a, **k: v)
-    res = export_source(src, ExportRequest("trt", tmp_path / "m.engine", parity_inputs=2))
+    req = ExportRequest(target="trt", out=tmp_path / "m.engine", parity_inputs=2)
+    res = export_source(src, req)
     assert isinstance(res.error, MissingRuntimeError) and res.exit_code == 2
     assert not res.written and not (tmp_path / "m.engine").exists()
     assert res.kept == [f"the verified ONNX {tmp_path / 'm.onnx'} (parity passed)"]
     assert res.next_steps[1].startswith("  TensorRT 10: trtexec --onnx=m.onnx")
     assert "m.engine.manifest.json" in res.error.one_line()
+
+
+def test_trt_kept_graphs_carry_their_own_manifests(cli, tmp_path, no_tensorrt):
+    """The ONNX graphs that ``--target trt`` keeps are artifacts in their own right: each
+    has the onnx target's manifest (its file's real sha256, its own parity), so that
+    ``evaluate`` takes the kept graph like any exported ONNX."""
+    import hashlib
+
+    out = tmp_path / "m.engine"
+    cli("export", SPEC, "-t", "trt", "--precision", "fp16", "-o", out, "--parity-inputs", "2")
+    for name, precision in (("m.onnx", None), ("m.fp16.onnx", "fp16")):
+        man = json.loads((tmp_path / f"{name}.manifest.json").read_text())
+        data = (tmp_path / name).read_bytes()
+        assert man["target"] == "onnx" and man["artifact"] == name
+        assert man["sha256"] == hashlib.sha256(data).hexdigest()
+        assert man["kept_by"] == {"target": "trt", "artifact": "m.engine"}
+        assert man["parity"]["status"] == "passed" and man.get("precision") == precision
+        ops = {n.op_type for n in onnx.load_from_string(data).graph.node}
+        assert set(man["ops"]) == ops
+    images = tmp_path / "imgs"
+    assert cli("demo-images", images, "--classes", "2", "--per-class", "2", "--size", "64")[0] == 0
+    code, stdout, err = cli("evaluate", tmp_path / "m.onnx", "--images", images, "--json")
+    assert code == 0, err
+    report = json.loads(stdout)
+    assert report["images"] == 4
+    ref = report["references"]["source"]
+    assert ref["what"] == f"{SPEC} in PyTorch" and ref["top1_agreement"] == 100.0
+

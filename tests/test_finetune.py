@@ -41,8 +41,8 @@ def request(d, **kw) -> FinetuneRequest:
     """The tiny model's fine-tuning run towards TARGET on the setup's profile; ``kw``: what
     a test varies (steps, seed, the latency weight)."""
     return FinetuneRequest(
-        str(d / "dense.pth"),
-        d / "imgs",
+        src=str(d / "dense.pth"),
+        images=d / "imgs",
         profile=d / "profile.json",
         target_ms=TARGET,
         batch=8,
@@ -164,8 +164,8 @@ def test_budget_file_sets_target_and_stages(setup, tmp_path):
     res = search(model, 3.2, "dynamicvit", "geometric", LOCS)
     write_json_atomic(tmp_path / "b.json", budget_dict(res, model, d / "profile.json"))
     req = FinetuneRequest(
-        str(d / "dense.pth"),
-        d / "imgs",
+        src=str(d / "dense.pth"),
+        images=d / "imgs",
         budget=tmp_path / "b.json",
         steps=3,
         batch=4,

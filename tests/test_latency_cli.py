@@ -39,7 +39,7 @@ def test_predict_json_matches_library(cli, profile):
     lib = load_model(profile).predict(resolve("deit_tiny:dynamicvit@0.7").plan)
     assert abs(d["predicted_ms"] - lib.total_ms) < 1e-9
     assert len(d["blocks_ms"]) == 12 and d["tokens_per_block"][-1] == 68
-    code, out, _ = cli("predict", "deit_tiny:dynamicvit@0.7", "--profile", profile)
+    code, out, _ = cli("predict", "deit_tiny:dynamicvit@0.7", "--profile", profile, "--verbose")
     assert code == 0 and "block 11" in out and "total" in out
 
 
@@ -186,7 +186,7 @@ def test_bad_inputs_one_line_exit_2_nothing_written(cli, profile, tmp_path):
 
 
 def test_budget_margin_auto_given_and_refused(cli, profile, tmp_path):
-    from edgeprune.budget.search import measured_error
+    from edgeprune.latency.model import measured_error
 
     dense = load_model(profile).predict(resolve("deit_tiny").plan).total_ms
     target = round(0.6 * dense, 3)
@@ -261,7 +261,7 @@ def halved(profile, tmp_path_factory):
     """A table whose times were all halved (it says the machine is twice as fast as it
     is), and ``budget --verify`` on it at 0.6 × the real dense (1.2 × the table's),
     re-anchored and not: {"reanchor": BudgetRun, "table": BudgetRun, "target": ms}."""
-    from edgeprune.budget.run import make_budget
+    from edgeprune.budget.run import BudgetRequest, make_budget
     from edgeprune.latency.table import load
 
     d = tmp_path_factory.mktemp("halved")
@@ -270,14 +270,16 @@ def halved(profile, tmp_path_factory):
     target = round(1.2 * load_model(p).predict(resolve("deit_tiny").plan).total_ms, 3)
     runs = {
         name: make_budget(
-            p,
-            target,
-            out=d / f"{name}.json",
-            no_plot=True,
-            verify=True,
-            rounds=3,
-            reanchor=name == "reanchor",
-        )  # fmt: skip
+            BudgetRequest(
+                profile=p,
+                target_ms=target,
+                out=d / f"{name}.json",
+                no_plot=True,
+                verify=True,
+                rounds=3,
+                reanchor=name == "reanchor",
+            )
+        )
         for name in ("reanchor", "table")
     }
     return {**runs, "target": target, "profile": p}
@@ -380,7 +382,10 @@ def _anchored(anchor_dense: float, dense_now: float, pick: float, target: float)
     from edgeprune.budget.verify import Anchor, Verification
 
     ch = {"status": "ok", "keep_ratios": [0.4], "table_predicted_ms": 1.0, "predicted_ms": 1.0}
-    anchor = Anchor(7.7, anchor_dense, 20, 3, ch, ch)
+    anchor = Anchor(
+        dense_table_ms=7.7, dense_measured_ms=anchor_dense, rounds=20, burst=3, table_choice=ch,
+        choice=ch,
+    )  # fmt: skip
     return Verification(
         target_ms=target, predicted_ms=3.48, table_predicted_ms=3.65, measured_ms=pick,
         measured_p90_ms=pick, dense_predicted_ms=7.7, dense_measured_ms=dense_now,
@@ -409,7 +414,11 @@ def test_a_machine_that_changes_speed_during_the_check_is_reported_not_hidden():
     assert steady.met and "changed speed" not in "\n".join(verification_lines(steady))
     from edgeprune.budget.verify import Verification
 
-    plain = Verification(3.87, 3.5, 3.5, 3.7, 3.8, 7.7, 7.6, "onnxruntime", 1, 30, 3)
+    plain = Verification(
+        target_ms=3.87, predicted_ms=3.5, table_predicted_ms=3.5, measured_ms=3.7,
+        measured_p90_ms=3.8, dense_predicted_ms=7.7, dense_measured_ms=7.6,
+        runtime="onnxruntime", threads=1, rounds=30, burst=3,
+    )  # fmt: skip
     assert plain.moved is None and plain.at_anchor_ms is None  # --no-reanchor
 
 
@@ -430,7 +439,10 @@ def test_refinement_decides_on_the_pick_at_the_anchors_speed_when_the_machine_mo
     )
 
     ch = {"status": "ok", "keep_ratios": [0.4], "table_predicted_ms": 1.0, "predicted_ms": 1.0}
-    anchor = Anchor(7.74, 7.12, 20, 3, ch, ch)
+    anchor = Anchor(
+        dense_table_ms=7.74, dense_measured_ms=7.12, rounds=20, burst=3, table_choice=ch,
+        choice=ch,
+    )  # fmt: skip
     assert needs_refining(5.71, 4.26)  # the raw figure
     first = refine_basis(5.71, 9.92, anchor)
     assert first == at_anchor_speed(5.71, 9.92, anchor) == pytest.approx(5.71 * 7.12 / 9.92)

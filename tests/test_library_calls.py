@@ -17,24 +17,26 @@ from edgeprune.profiles.devices import get_device
 def test_profile_job_names_validates_and_resumes(tmp_path):
     from edgeprune.profiling.measure import ProfileJob
 
-    job = ProfileJob(get_device("cpu"), "deit_tiny", "DynamicViT")
+    job = ProfileJob(device=get_device("cpu"), arch="deit_tiny", method="DynamicViT")
     req = job.request()
     assert req.method == "dynamicvit" and req.arch.name == "deit_tiny"
     assert str(job.destination(req)) == "profile_cpu_deit_tiny_dynamicvit.json"
     assert job.resume_file() is None
-    job = ProfileJob(get_device("cpu"), "deit_tiny", out=tmp_path / "t.json", resume=True)
+    job = ProfileJob(
+        device=get_device("cpu"), arch="deit_tiny", out=tmp_path / "t.json", resume=True
+    )
     assert job.resume_file() == tmp_path / "t.json.partial.json"
     for bad, msg in (({"batch": 0}, "--batch 0"), ({"threads": 0}, "--threads 0"),
                      ({"runs": 0}, "--runs 0"), ({"grid": "x"}, "--grid")):  # fmt: skip
         with pytest.raises(EdgepruneError, match=msg):
-            ProfileJob(get_device("cpu"), "deit_tiny", **bad).request()
+            ProfileJob(device=get_device("cpu"), arch="deit_tiny", **bad).request()
 
 
 def test_resume_is_refused_through_a_transport():
     from edgeprune.profiling.measure import ProfileJob, sweep_on_device
 
     dev = get_device("cpu").at_host("nobody@example.invalid")
-    req = ProfileJob(dev, "deit_tiny").request()
+    req = ProfileJob(device=dev, arch="deit_tiny").request()
     with pytest.raises(EdgepruneError, match="--resume is not supported over ssh"):
         sweep_on_device(req, resume=Path("r.json"))
 
@@ -44,8 +46,11 @@ def test_profile_device_writes_table_and_drops_resume_file(tmp_path):
     from edgeprune.profiling.measure import ProfileJob, profile_device, summary
 
     out = tmp_path / "t.json"
-    job = ProfileJob(get_device("cpu"), "deit_tiny", None, 1, 1, out, 2, "1,197", 0, 1,
-                     False, False, False, False, True)  # fmt: skip
+    job = ProfileJob(
+        device=get_device("cpu"), arch="deit_tiny", method=None, threads=1, batch=1, out=out,
+        runs=2, grid="1,197", check_points=0, chain=1, halves=False, e2e=False, plot=False,
+        force=False, resume=True,
+    )  # fmt: skip
     steps = []
     res = profile_device(job, lambda d, i, n: steps.append((d, i, n)))
     assert res.path == out and res.plot is None and out.exists()
@@ -95,12 +100,13 @@ def test_calibration_inputs_and_calibrate_source(tmp_path):
 
 def test_resolve_with_budget(tmp_path):
     from edgeprune.budget.file import resolve_with_budget
-    from edgeprune.budget.run import make_budget
+    from edgeprune.budget.run import BudgetRequest, make_budget
     from tests.profile_helper import synthetic_table
 
     table = tmp_path / "t.json"
     synthetic_table().save(table)
-    run = make_budget(table, target_ms=10.0, out=tmp_path / "b.json", no_plot=True)
+    req = BudgetRequest(profile=table, target_ms=10.0, out=tmp_path / "b.json", no_plot=True)
+    run = make_budget(req)
     assert run.result.status == "ok" and run.data["predicted_ms"] <= 10.0
     assert run.plot is None and (tmp_path / "b.json").exists()
     src = resolve_with_budget("deit_tiny", run.path)

@@ -88,9 +88,9 @@ def test_sweep_retimes_a_burst_and_stores_a_monotone_curve():
     from edgeprune.runtimes.timing import TimingPolicy
 
     req = ProfileRequest(
-        get_device("cpu"), get_arch("deit_tiny"), None, threads=1, grid=[1, 32, 197],
-        policy=TimingPolicy.fixed(3, warmup=1), check_points=0, halves=False, rounds=3,
-        chain=1, e2e=False,
+        device=get_device("cpu"), arch=get_arch("deit_tiny"), method=None, threads=1,
+        grid=[1, 32, 197], policy=TimingPolicy.fixed(3, warmup=1), check_points=0,
+        halves=False, rounds=3, chain=1, e2e=False,
     )  # fmt: skip
     # the burst hits all three passes of the first sweep: the median cannot hide it
     table = measure(req, runner=_BurstyRunner(passes=3))

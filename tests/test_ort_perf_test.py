@@ -245,9 +245,10 @@ def test_a_failure_is_told_by_its_own_line():
     from edgeprune.runtimes.transports import Result
 
     warn = "2026-11-23 [W:onnxruntime:Default, env.cc:1] a warning\n"
-    res = Result(255, "Setting intra_op_num_threads to 4\nRun failed:Got invalid dims\n", warn)
+    out = "Setting intra_op_num_threads to 4\nRun failed:Got invalid dims\n"
+    res = Result(returncode=255, stdout=out, stderr=warn)
     assert failure_line(res) == "Run failed:Got invalid dims"
-    assert failure_line(Result(255, "", "")) == "exit 255"
+    assert failure_line(Result(returncode=255, stdout="", stderr="")) == "exit 255"
 
 
 def test_bench_picks_the_runner_by_the_artifacts_kind():

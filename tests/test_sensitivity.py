@@ -30,8 +30,9 @@ def setup(tmp_path_factory):
 
 def _req(d, images="imgs", **kw):
     return SensitivityRequest(
-        str(d / "dyvit.pth"), d / images, GRID, heads=HEADS, locs=LOCS, batch=4, threads=1, **kw
-    )
+        src=str(d / "dyvit.pth"), images=d / images, grid=GRID, heads=HEADS, locs=LOCS, batch=4,
+        threads=1, **kw,
+    )  # fmt: skip
 
 
 def test_schedules_keep_the_other_stages_whole():
@@ -85,7 +86,11 @@ def test_resume_reuses_the_points_measured_before_an_interruption(setup, tmp_pat
     with pytest.raises(Exception, match="different request"):
         measure(
             SensitivityRequest(
-                str(d / "dyvit.pth"), d / "flat", (0.5, 1.0), heads=HEADS, locs=LOCS
+                src=str(d / "dyvit.pth"),
+                images=d / "flat",
+                grid=(0.5, 1.0),
+                heads=HEADS,
+                locs=LOCS,
             ),
             partial,
         )

@@ -9,13 +9,13 @@ from dataclasses import dataclass
 import pytest
 import typer
 
-from edgeprune.cli import options as o
+from edgeprune.cli import groups as g
 from edgeprune.core.records import record
 
 
 def test_grouped_spreads_a_group_in_place_and_hands_one_instance():
-    @o.grouped
-    def cmd(x: int, remote: o.Remote = o.Remote(timeout=900.0), flag: bool = False):
+    @g.grouped
+    def cmd(x: int, remote: g.Remote = g.Remote(timeout=900.0), flag: bool = False):
         return x, remote, flag
 
     params = inspect.signature(cmd).parameters
@@ -24,14 +24,14 @@ def test_grouped_spreads_a_group_in_place_and_hands_one_instance():
     assert params["timeout"].default == 900.0 and params["here"].default is False
     given = {**{n: params[n].default for n in names[1:]}, "x": 1, "host": "me@jetson"}
     got = cmd(**given)
-    assert got == (1, o.Remote(host="me@jetson", timeout=900.0), False)
+    assert got == (1, g.Remote(host="me@jetson", timeout=900.0), False)
 
 
 def test_grouped_refuses_a_group_that_repeats_a_parameter():
     with pytest.raises(TypeError, match="repeats"):
 
-        @o.grouped
-        def cmd(timeout: float = 1.0, remote: o.Remote = o.Remote()):
+        @g.grouped
+        def cmd(timeout: float = 1.0, remote: g.Remote = g.Remote()):
             return timeout, remote
 
 
@@ -52,7 +52,7 @@ def test_model_choice_resolves_like_the_library():
     from edgeprune.core.source import resolve
 
     src = "deit_tiny:dynamicvit@0.7"
-    got = o.ModelChoice(keep="0.8,0.6,0.4").resolve(src)
+    got = g.ModelChoice(keep="0.8,0.6,0.4").resolve(src)
     want = resolve(src, keep="0.8,0.6,0.4")
     assert got.plan == want.plan
 

@@ -222,8 +222,10 @@ def topk_accuracy(logits: np.ndarray, labels: np.ndarray, k: int) -> float:
     return float(100.0 * (top == labels[:, None]).any(axis=1).mean())
 
 
-@dataclass
+@dataclass(kw_only=True)
 class EvalReport:
+    """What ``evaluate`` found: the model's logits on the images read, its references'."""
+
     model: str
     images: ImageSet
     preprocess: Preprocess
@@ -273,8 +275,10 @@ class EvalReport:
 
 
 # ---- the evaluation -------------------------------------------------------------------
-@dataclass
+@dataclass(kw_only=True)
 class EvalRequest:
+    """What ``edgeprune evaluate`` runs: the model, its image folder and references."""
+
     model: str  # SRC or an artifact path
     images: Path
     reference: str | None = None
@@ -375,14 +379,13 @@ def _evaluate(req: EvalRequest, progress: Callable[[int, int], None] | None) -> 
     if skipped:
         notes.append(f"{len(skipped)} unreadable image(s) skipped")
     return EvalReport(
-        model.name,
-        images,
-        pre,
-        out,
-        read,
-        skipped,
-        {k: np.concatenate(v) for k, v in ref_logits.items()},
-        {r.name: r.what for r in refs},
-        notes,
+        model=model.name,
+        images=images,
+        preprocess=pre,
+        logits=out,
+        read=read,
+        skipped=skipped,
+        references={k: np.concatenate(v) for k, v in ref_logits.items()},
+        reference_names={r.name: r.what for r in refs},
+        notes=notes,
     )
-

@@ -36,7 +36,7 @@ from edgeprune.accuracy.evaluate import compare_logits, dense_backbone, topk_acc
 from edgeprune.budget.search import SENSITIVITY_SCHEMA, stage_schedule
 from edgeprune.core.atomic import check_writable_target, write_json_atomic
 from edgeprune.core.errors import EdgepruneError
-from edgeprune.core.images import batches, preprocess_for, scan
+from edgeprune.core.images import ImageSet, Preprocess, batches, preprocess_for, scan
 from edgeprune.core.parsing import parse_floats
 from edgeprune.core.source import Source, resolve
 from edgeprune.export.manifest import now_utc, sha256_file
@@ -46,8 +46,11 @@ SENSITIVITY_VERSION = 1
 DEFAULT_GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class SensitivityRequest:
+    """What ``edgeprune sensitivity`` measures: the SRC, the image folder, the grid of
+    keep ratios and how the images are read."""
+
     src: str
     images: Path
     grid: tuple[float, ...] = DEFAULT_GRID
@@ -135,7 +138,39 @@ def measure(
         return _measure(req, resume, progress)
 
 
+@dataclass(kw_only=True)
+class _Inputs:
+    """The pruned source, its stages, and the images it is measured on, as read."""
+
+    source: Source
+    locs: tuple[int, ...]
+    images: ImageSet
+    pre: Preprocess
+    x: torch.Tensor  # the images read, preprocessed
+    labels: np.ndarray | None  # their labels (None: an unlabelled folder)
+    skipped: list[Path]
+    dense_logits: np.ndarray  # the dense backbone's answers
+
+    def metric(self, logits: np.ndarray, labelled: bool) -> float:
+        """Top-1 accuracy (``labelled``), else top-1 agreement with dense (%)."""
+        if labelled:
+            return topk_accuracy(logits, self.labels, 1)
+        return compare_logits(logits, self.dense_logits)["top1_agreement"]
+
+
 def _measure(req: SensitivityRequest, resume: Path | None, progress) -> dict:
+    inp = _inputs(req)
+    labelled = _labelled(req, inp.labels)
+    store = ResumeFile(resume, _request_key(req, inp.source, inp.images.files, inp.pre))
+    _measure_points(req, inp, labelled, store, progress)
+    result = _result(req, inp, labelled, _stage_curves(inp.locs, req.grid, store))
+    store.done()
+    return result
+
+
+def _inputs(req: SensitivityRequest) -> _Inputs:
+    """Resolve the SRC (refusing one that prunes nothing), read the images and run the
+    dense backbone over them."""
     images = scan(req.images)
     source = resolve(req.src, method=req.method, locs=req.locs, heads=req.heads)
     locs = tuple(source.config.prune_locs)
@@ -154,43 +189,55 @@ def _measure(req: SensitivityRequest, resume: Path | None, progress) -> dict:
         )
     x = torch.cat([b.images for b in parts])
     labels = np.concatenate([b.labels.numpy() for b in parts]) if images.labelled else None
-    dense_logits = _logits(dense_backbone(source), x, req.batch)
+    return _Inputs(
+        source=source, locs=locs, images=images, pre=pre, x=x, labels=labels, skipped=skipped,
+        dense_logits=_logits(dense_backbone(source), x, req.batch),
+    )  # fmt: skip
+
+
+def _labelled(req: SensitivityRequest, labels: np.ndarray | None) -> bool:
+    """Whether the metric is top-1 accuracy (else agreement with dense); ``--metric``
+    checked against the folder."""
     if req.metric not in (None, "top1", "agreement"):
         raise EdgepruneError(f"--metric {req.metric} is unknown", "expected top1 or agreement")
     if req.metric == "top1" and labels is None:
         raise EdgepruneError(f"--metric top1 needs labels: {req.images} has no class folders")
-    labelled = labels is not None and req.metric != "agreement"
+    return labels is not None and req.metric != "agreement"
 
-    def metric(logits: np.ndarray) -> float:
-        if labelled:
-            return topk_accuracy(logits, labels, 1)
-        return compare_logits(logits, dense_logits)["top1_agreement"]
 
-    store = ResumeFile(resume, _request_key(req, source, images.files, pre))
+def _measure_points(
+    req: SensitivityRequest, inp: _Inputs, labelled: bool, store: ResumeFile, progress
+) -> None:
+    """Measure every (stage, keep ratio) point not in ``store`` yet, saving each."""
+    locs, cumulative = inp.locs, inp.source.method.cumulative
     todo = [(s, r) for s in range(len(locs)) for r in req.grid]
     for i, (s, r) in enumerate(todo):
         if progress is not None:
             progress(f"stage {locs[s]} @ {r:g}", i, len(todo))
         if (locs[s], r) in store.points:
             continue
-        keep = stage_schedule(len(locs), s, r, source.method.cumulative)
-        logits = _logits(schedule_model(source, keep), x, req.batch)
-        cmp = compare_logits(logits, dense_logits)
+        keep = stage_schedule(len(locs), s, r, cumulative)
+        logits = _logits(schedule_model(inp.source, keep), inp.x, req.batch)
+        cmp = compare_logits(logits, inp.dense_logits)
         store.put(
             {
                 "stage": locs[s],
                 "keep_ratio": r,
                 "keep_ratios": list(keep),
-                "accuracy": metric(logits),
+                "accuracy": inp.metric(logits, labelled),
                 "agreement_with_dense": cmp["top1_agreement"],
                 "kl_to_dense": cmp["kl"],
             }
         )
     if progress is not None:
         progress("done", len(todo), len(todo))
+
+
+def _stage_curves(locs: tuple[int, ...], grid: Sequence[float], store: ResumeFile) -> dict:
+    """The file's ``stages``: per pruning location, its points along the grid."""
     stages = {}
     for loc in locs:
-        pts = [store.points[(loc, r)] for r in req.grid]
+        pts = [store.points[(loc, r)] for r in grid]
         stages[str(loc)] = {
             "keep_ratios": [p["keep_ratio"] for p in pts],
             "accuracy": [p["accuracy"] for p in pts],
@@ -198,7 +245,13 @@ def _measure(req: SensitivityRequest, resume: Path | None, progress) -> dict:
             "kl_to_dense": [p["kl_to_dense"] for p in pts],
             "schedules": [p["keep_ratios"] for p in pts],
         }
-    result = {
+    return stages
+
+
+def _result(req: SensitivityRequest, inp: _Inputs, labelled: bool, stages: dict) -> dict:
+    """The ``edgeprune.accuracy.sensitivity`` dict."""
+    source = inp.source
+    return {
         "schema": SENSITIVITY_SCHEMA,
         "version": SENSITIVITY_VERSION,
         "created": now_utc(),
@@ -207,25 +260,27 @@ def _measure(req: SensitivityRequest, resume: Path | None, progress) -> dict:
             "top-1 accuracy (%) on the labelled image folder"
             if labelled
             else "top-1 agreement (%) with the dense backbone"
-            + (" (no labels in the folder)" if labels is None else " (--metric agreement)")
+            + (" (no labels in the folder)" if inp.labels is None else " (--metric agreement)")
         ),
-        "dense": metric(dense_logits),
+        "dense": inp.metric(inp.dense_logits, labelled),
         "stages": stages,
         "source": source.describe(),
         "arch": source.arch.name,
         "method": source.method.name,
-        "locs": list(locs),
+        "locs": list(inp.locs),
         "ratio_semantics": (
             "cumulative: a fraction of the original patches; other stages keep all they get"
             if source.method.cumulative
             else "relative to the stage's input; other stages at 1.0"
         ),
-        "images": {**images.describe(), "read": len(x), "skipped_unreadable": len(skipped)},
-        "preprocess": pre.to_dict(),
+        "images": {
+            **inp.images.describe(),
+            "read": len(inp.x),
+            "skipped_unreadable": len(inp.skipped),
+        },
+        "preprocess": inp.pre.to_dict(),
         "notes": list(source.notes),
     }
-    store.done()
-    return result
 
 
 def measure_to_file(

@@ -15,7 +15,7 @@ from edgeprune.export.manifest import now_utc, sha256_file
 from edgeprune.latency.model import LatencyModel
 from edgeprune.latency.table import from_dict, load
 
-BUDGET_SCHEMA = "edgeprune.budget.search"
+BUDGET_SCHEMA = "edgeprune.budget"
 BUDGET_VERSION = 1
 
 
@@ -60,8 +60,10 @@ def budget_dict(result: BudgetResult, model: LatencyModel, profile_path: str | P
     }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Budget:
+    """A budget file, read: the schedule chosen, the target, and the file's data."""
+
     method: str
     arch: str
     locs: tuple[int, ...]
@@ -98,7 +100,6 @@ def load_budget(path: str | Path) -> Budget:
             f"budget file {path} is not valid: {what}", "re-run 'edgeprune budget'"
         )
 
-
     d = read_json_file(path, bad, BUDGET_SCHEMA)
     if d.get("version") != BUDGET_VERSION:
         raise bad(f"version {d.get('version')!r}, this edgeprune reads {BUDGET_VERSION}")
@@ -128,6 +129,7 @@ def resolve_with_budget(
     method: str | None = None,
     keep=None,
     locs=None,
+    *,
     heads: int | None = None,
     method_options: dict[str, object] | None = None,
 ) -> Source:

@@ -25,11 +25,47 @@ from edgeprune.budget.search import (
 from edgeprune.budget.verify import Verification, verify_budget
 from edgeprune.core.atomic import check_writable_target, write_json_atomic
 from edgeprune.core.parsing import parse_ints
-from edgeprune.latency.model import LatencyModel, load_model
+from edgeprune.latency.model import (
+    Expected,
+    LatencyModel,
+    expected_from_measurement,
+    expected_from_table,
+    load_model,
+)
 from edgeprune.render.plots import plot_accuracy_pareto, plot_pareto
 
 
-@dataclass
+@dataclass(kw_only=True)
+class BudgetRequest:
+    """What ``edgeprune budget`` asks for: the profile, the target (``target_ms`` or
+    ``target_fps``), the search's settings, where the file and its plot go, and with
+    ``verify`` how the choice is measured here."""
+
+    profile: Path
+    target_ms: float | None = None
+    target_fps: float | None = None
+    method: str | None = None
+    schedule: str = "geometric"
+    locs: str | None = None
+    sensitivity: Path | None = None
+    out: Path = Path("budget.json")
+    plot: Path | None = None
+    no_plot: bool = False
+    force: bool = False
+    margin: str | None = "auto"
+    verify: bool = False
+    rounds: int = 30
+    reanchor: bool = True
+
+    @property
+    def plot_path(self) -> Path | None:
+        """Where the plot goes: ``plot``, else ``<out>.pareto.png`` (None: ``no_plot``)."""
+        if self.no_plot:
+            return None
+        return self.plot or self.out.with_name(self.out.stem + ".pareto.png")
+
+
+@dataclass(kw_only=True)
 class BudgetRun:
     """What ``edgeprune budget`` made: the search result, the file's data, where."""
 
@@ -49,25 +85,24 @@ class BudgetRun:
             return None
         return chosen_summary(self.result, self.sensitivity)
 
+    @property
+    def expected(self) -> Expected:
+        """The one latency quoted for the chosen schedule: measured with --verify (± to
+        its p90), else the table's prediction (re-anchored when it was) ± its error."""
+        res, v = self.result, self.verification
+        if v is not None:
+            e = expected_from_measurement(
+                f"{self.model.table.device.get('name')} (measured here, {v.runtime})",
+                v.measured_ms,
+                v.measured_p90_ms - v.measured_ms,
+                table_ms=v.table_predicted_ms,
+            )
+            e.parts.update(plus_minus="p90 − median", predicted_ms=v.predicted_ms)
+            return e
+        return expected_from_table(self.model, res.chosen.predicted_ms, res.scale)
 
-def make_budget(
-    profile: Path,
-    target_ms: float | None = None,
-    target_fps: float | None = None,
-    method: str | None = None,
-    schedule: str = "geometric",
-    locs: str | None = None,
-    sensitivity: Path | None = None,
-    out: Path = Path("budget.json"),
-    plot: Path | None = None,
-    no_plot: bool = False,
-    force: bool = False,
-    margin: str | None = "auto",
-    verify: bool = False,
-    rounds: int = 30,
-    reanchor: bool = True,
-    progress: Callable[[str], None] | None = None,
-) -> BudgetRun:
+
+def make_budget(req: BudgetRequest, progress: Callable[[str], None] | None = None) -> BudgetRun:
     """Search the keep schedule for a target on a latency table (aiming ``margin`` under
     it, see ``budget.resolve_margin``) and write the budget file (and, unless
     ``no_plot``, its Pareto plot, default ``<out>.pareto.png``; with a sensitivity file,
@@ -77,37 +112,52 @@ def make_budget(
     (dense timed here first); the file holds the schedule verified and the
     verification."""
 
-    target = target_from(target_ms, target_fps)
-    model = load_model(profile)
-    sens = load_sensitivity(sensitivity) if sensitivity is not None else None
-    plot_path = None if no_plot else (plot or out.with_name(out.stem + ".pareto.png"))
-    check_writable_target(out, force)
+    target = target_from(req.target_ms, req.target_fps)
+    model = load_model(req.profile)
+    sens = load_sensitivity(req.sensitivity) if req.sensitivity is not None else None
+    plot_path = req.plot_path
+    check_writable_target(req.out, req.force)
     if plot_path is not None:
-        check_writable_target(plot_path, force)
-    meth = method or model.table.method or "dynamicvit"
-    frac, why = resolve_margin(margin, model.table)
+        check_writable_target(plot_path, req.force)
+    frac, why = resolve_margin(req.margin, model.table)
     choose = partial(
-        search, model, target, meth, schedule, parse_ints(locs, "--locs"), sens,
-        str(sensitivity), margin=frac, margin_source=why,
+        search, model, target, req.method or model.table.method or "dynamicvit", req.schedule,
+        parse_ints(req.locs, "--locs"), sens, sensitivity_path=str(req.sensitivity),
+        margin=frac, margin_source=why,
     )  # fmt: skip
+    res, checked = _choose(req, model, choose, progress)
+    data = budget_dict(res, model, req.profile)
+    if checked is not None:
+        data["verification"] = checked.to_dict()
+    write_json_atomic(req.out, data)
+    _plot(res, sens, model, plot_path)
+    return BudgetRun(
+        result=res, data=data, model=model, path=req.out, plot=plot_path,
+        metric=sens.metric if sens else None, sensitivity=sens, verification=checked,
+    )  # fmt: skip
+
+
+def _choose(
+    req: BudgetRequest, model: LatencyModel, choose: Callable[..., BudgetResult], progress
+) -> tuple[BudgetResult, Verification | None]:
+    """The search's choice on the table and, with ``verify``, the verified one."""
     try:
         res = choose()
     except UnreachableTarget:
-        if not (verify and reanchor):
+        if not (req.verify and req.reanchor):
             raise
         res = None  # the machine may run faster now than the table says: re-anchoring decides
-    checked = None
-    if verify:
-        res, checked = verify_budget(
-            model, choose, res, rounds, reanchor=reanchor, progress=progress
-        )
-    data = budget_dict(res, model, profile)
-    if checked is not None:
-        data["verification"] = checked.to_dict()
-    write_json_atomic(out, data)
-    if plot_path is not None and sens is not None:
-        plot_accuracy_pareto(res, sens, model, plot_path, measured_curves(res, sens, model))
-    elif plot_path is not None:
-        plot_pareto(res, plot_path)
-    metric = sens.metric if sens else None
-    return BudgetRun(res, data, model, out, plot_path, metric, sens, checked)
+    if not req.verify:
+        return res, None
+    return verify_budget(
+        model, choose, res, rounds=req.rounds, reanchor=req.reanchor, progress=progress
+    )
+
+
+def _plot(res: BudgetResult, sens: Sensitivity | None, model: LatencyModel, path: Path | None):
+    """The budget's plot: predicted accuracy vs latency with a sensitivity file, else
+    the Pareto front of kept tokens (nothing without a path)."""
+    if path is not None and sens is not None:
+        plot_accuracy_pareto(res, sens, model, path, measured_curves(res, sens, model))
+    elif path is not None:
+        plot_pareto(res, path)

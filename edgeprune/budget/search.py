@@ -35,10 +35,10 @@ from edgeprune.core.flops import plan_flops
 from edgeprune.core.methods import Method, MethodConfig, get_method
 from edgeprune.core.methods.base import geometric
 from edgeprune.core.plan import TokenPlan, dense_plan
-from edgeprune.latency.model import LatencyModel
+from edgeprune.latency.model import LatencyModel, measured_error
 from edgeprune.latency.table import piecewise_linear
 
-SENSITIVITY_SCHEMA = "edgeprune.accuracy.sensitivity"
+SENSITIVITY_SCHEMA = "edgeprune.sensitivity"
 SCHEDULES = ("geometric", "free")
 MAX_FREE_CANDIDATES = 25_000
 MAX_MARGIN = 0.5  # --margin above this is refused
@@ -63,7 +63,7 @@ class Sensitivity:
 
     File format (JSON)::
 
-        {"schema": "edgeprune.accuracy.sensitivity", "metric": "top1", "dense": 72.2,
+        {"schema": "edgeprune.sensitivity", "metric": "top1", "dense": 72.2,
          "stages": {"3": {"keep_ratios": [0.3, 0.5, 0.7, 1.0],
                           "accuracy":    [66.0, 69.9, 71.5, 72.2]},
                     "6": {...}, "9": {...}}}
@@ -86,8 +86,6 @@ class Sensitivity:
         """Predicted accuracy of many schedules at once (each curve held constant past
         its ends). The additive model can fall below 0 for aggressive schedules; accuracy
         and agreement cannot, so the prediction is floored at 0."""
-
-
         r = torch.tensor(schedules, dtype=torch.float64).reshape(len(schedules), len(locs))
         acc = torch.full((len(schedules),), float(self.dense), dtype=torch.float64)
         for j, loc in enumerate(locs):
@@ -112,10 +110,9 @@ def load_sensitivity(path: str | Path) -> Sensitivity:
     def bad(what: str) -> EdgepruneError:
         return EdgepruneError(
             f"sensitivity file {path} is not valid: {what}",
-            'expected {"schema": "edgeprune.accuracy.sensitivity", "dense": ACC, '
+            'expected {"schema": "edgeprune.sensitivity", "dense": ACC, '
             '"stages": {"LOC": {"keep_ratios": [...], "accuracy": [...]}}}',
         )
-
 
     d = read_json_file(path, bad, SENSITIVITY_SCHEMA)
     try:
@@ -211,26 +208,6 @@ def pareto_front(cands: list[Candidate]) -> list[Candidate]:
 
 
 # ---- the margin ------------------------------------------------------------------------
-def measured_error(table) -> tuple[float, dict]:
-    """The table's own measured error, as a fraction, and its parts: the end-to-end fit's
-    residual on the whole models timed in the sweep (root mean square), the median
-    interpolation error at the off-grid check points, and the median spread of a point's
-    repeated passes (the noise). The error is the largest of those the table records."""
-    parts: dict[str, float] = {}
-    fit = table.extra.get("e2e_fit") or []
-    if fit:
-        res = [r["corrected_ms"] / r["measured_ms"] - 1 for r in fit if r["measured_ms"] > 0]
-        parts["e2e_residual"] = math.sqrt(sum(r * r for r in res) / len(res)) if res else 0.0
-    chk = (table.extra.get("interp_check") or {}).get("points") or []
-    if chk:
-        errs = sorted(p["rel_err"] for p in chk)
-        parts["interpolation"] = errs[len(errs) // 2]
-    noise = table.extra.get("noise")
-    if noise:
-        parts["noise"] = float(noise["median_spread"])
-    return (max(parts.values()) if parts else 0.0), parts
-
-
 def resolve_margin(text: str | None, table) -> tuple[float, str]:
     """``--margin``: ``auto`` (default: the table's measured error, at most 10 %), a
     percentage (``3%``) or a fraction (``0.03``); ``0`` aims at the target itself."""
@@ -258,8 +235,10 @@ class UnreachableTarget(EdgepruneError):
     """Even the fastest schedule's prediction misses the target (less the margin)."""
 
 
-@dataclass
+@dataclass(kw_only=True)
 class BudgetResult:
+    """What a search chose, with what it weighed (``candidates``) and aimed at."""
+
     method: str
     arch: Arch
     locs: tuple[int, ...]
@@ -307,6 +286,7 @@ def search(
     schedule: str = "geometric",
     locs: tuple[int, ...] | None = None,
     sensitivity: Sensitivity | None = None,
+    *,
     sensitivity_path: str = "<sensitivity>",
     margin: float = 0.0,
     margin_source: str = "none",
@@ -317,66 +297,19 @@ def search(
     each prediction × ``scale`` (the table re-anchored to the machine now; 1: as is).
 
     Raises UnreachableTarget when even the fastest schedule misses it."""
-    if not (math.isfinite(target_ms) and target_ms > 0):
-        raise EdgepruneError(f"target {target_ms} ms is not a positive finite number")
-    if not 0 <= margin <= MAX_MARGIN:
-        raise EdgepruneError(f"--margin {margin:.1%} must lie in 0..{MAX_MARGIN:.0%}")
-    if not (math.isfinite(scale) and scale > 0):
-        raise EdgepruneError(f"re-anchoring scale {scale} is not a positive finite number")
+    _check_search(target_ms, margin, scale, schedule)
     aim = target_ms * (1 - margin) / scale  # in the table's own terms
-    if schedule not in SCHEDULES:
-        raise EdgepruneError(
-            f"unknown --schedule '{schedule}'", f"expected: {', '.join(SCHEDULES)}"
-        )
     arch = model.arch
-    meth = get_method(method)
-    if meth.name == "dense":
-        raise EdgepruneError("the dense model has no keep ratios to budget", "pass --method")
-    locs = tuple(locs) if locs is not None else tuple(meth.default_locs)
-    meth.validate(MethodConfig(locs, tuple(1.0 for _ in locs)), arch)
+    meth, locs = _method_at(method, locs, arch)
     if sensitivity is not None:
         sensitivity.check_locs(locs, sensitivity_path)
-    n = len(locs)
-
-    if schedule == "geometric":
-        sets = [geometric(i / 1000, n, meth.cumulative) for i in range(1, 1001)]
-        cands = list(_plans(meth, arch, locs, sets).values())
-        _evaluate(model, cands, locs, sensitivity)
-    else:
-        step = next(
-            (
-                s
-                for s in (0.02, 0.025, 0.05, 0.1, 0.125, 0.2, 0.25, 0.5)
-                if _count(round(1 / s), n, meth.cumulative) <= MAX_FREE_CANDIDATES
-            ),
-            1.0,
-        )
-        cands = list(
-            _plans(meth, arch, locs, _free_tuples(_grid(step), n, meth.cumulative)).values()
-        )
-        _evaluate(model, cands, locs, sensitivity)
-        best = _best(cands, aim)
-        if best is not None and 9**n <= MAX_FREE_CANDIDATES:
-            fine = step / 4
-            around = [
-                [round(r + k * fine, 6) for k in range(-4, 5) if 0 < round(r + k * fine, 6) <= 1]
-                for r in best.keep_ratios
-            ]
-            sets = [
-                t
-                for t in itertools.product(*around)
-                if not meth.cumulative or all(b <= a for a, b in zip(t, t[1:], strict=False))
-            ]
-            known = {(c.plan.attn_tokens, c.plan.mlp_tokens) for c in cands}
-            extra = [c for k, c in _plans(meth, arch, locs, sets).items() if k[:2] not in known]
-            _evaluate(model, extra, locs, sensitivity)
-            cands += extra
+    space = _Space(model, meth, locs, sensitivity)
+    cands = space.geometric() if schedule == "geometric" else space.free(aim)
     if not cands:
         raise EdgepruneError(f"no valid keep schedule of {method} at locations {list(locs)}")
 
     dense_ms = float(model.predict(dense_plan(arch)).total_ms)
     fastest = min(cands, key=lambda c: c.predicted_ms)
-    objective = f"predicted {sensitivity.metric}" if sensitivity else "kept_tokens"
     common = dict(
         method=meth.name,
         arch=arch,
@@ -386,35 +319,141 @@ def search(
         dense_ms=dense_ms,
         fastest=fastest,
         candidates=cands,
-        objective=objective,
+        objective=f"predicted {sensitivity.metric}" if sensitivity else "kept_tokens",
         margin=margin,
         margin_source=margin_source,
         scale=scale,
     )
     if dense_ms <= aim:
-        dense = Candidate((), dense_plan(arch), dense_ms, kept_tokens(dense_plan(arch)))
-        if sensitivity is not None:
-            dense.accuracy = sensitivity.dense
-        return BudgetResult(chosen=dense, status="dense", **common)
+        return BudgetResult(chosen=_dense(arch, dense_ms, sensitivity), status="dense", **common)
     best = _best(cands, aim)
     if best is None:
-        less = f" less the {margin:.1%} margin ({aim * scale:.3f} ms)" if margin else ""
-        fast = fastest.predicted_ms * scale
-        where = "on this profile"
-        if scale != 1.0:
-            where = (
-                f"on this profile re-anchored to this machine now (dense measured "
-                f"{dense_ms * scale:.3f} ms vs the table's {dense_ms:.3f} ms: predictions "
-                f"× {scale:.3f})"
-            )
-        raise UnreachableTarget(
-            f"target {target_ms:.3f} ms{less} is unreachable {where}: the fastest "
-            f"{method} schedule ({fmt_ratios(fastest.keep_ratios)} at {list(locs)}) predicts "
-            f"{fast:.3f} ms (dense {dense_ms * scale:.3f} ms)",
-            f"ask for at least {fast:.3f} ms, or prune at more locations",
-        )
+        raise _unreachable(
+            method, aim, locs=locs, target_ms=target_ms, dense_ms=dense_ms, fastest=fastest,
+            margin=margin, scale=scale,
+        )  # fmt: skip
     meth.validate(MethodConfig(locs, best.keep_ratios), arch)
     return BudgetResult(chosen=best, status="ok", **common)
+
+
+def _check_search(target_ms: float, margin: float, scale: float, schedule: str) -> None:
+    """Refuse a target, margin, re-anchoring scale or schedule out of range."""
+    if not (math.isfinite(target_ms) and target_ms > 0):
+        raise EdgepruneError(f"target {target_ms} ms is not a positive finite number")
+    if not 0 <= margin <= MAX_MARGIN:
+        raise EdgepruneError(f"--margin {margin:.1%} must lie in 0..{MAX_MARGIN:.0%}")
+    if not (math.isfinite(scale) and scale > 0):
+        raise EdgepruneError(f"re-anchoring scale {scale} is not a positive finite number")
+    if schedule not in SCHEDULES:
+        raise EdgepruneError(
+            f"unknown --schedule '{schedule}'", f"expected: {', '.join(SCHEDULES)}"
+        )
+
+
+def _method_at(method: str, locs: tuple[int, ...] | None, arch: Arch) -> tuple[Method, tuple]:
+    """The pruning method and its locations (default: the method's), validated."""
+    meth = get_method(method)
+    if meth.name == "dense":
+        raise EdgepruneError("the dense model has no keep ratios to budget", "pass --method")
+    locs = tuple(locs) if locs is not None else tuple(meth.default_locs)
+    meth.validate(MethodConfig(locs, tuple(1.0 for _ in locs)), arch)
+    return meth, locs
+
+
+@dataclass(frozen=True)
+class _Space:
+    """The schedules a search weighs: a method's keep ratios at ``locs``, each
+    candidate evaluated on the latency model (and the sensitivity file)."""
+
+    model: LatencyModel
+    meth: Method
+    locs: tuple[int, ...]
+    sensitivity: Sensitivity | None
+
+    def evaluated(self, ratio_sets) -> dict[tuple, Candidate]:
+        """Candidates of ``ratio_sets`` keyed by their token counts, evaluated."""
+        out = _plans(self.meth, self.model.arch, self.locs, ratio_sets)
+        _evaluate(self.model, list(out.values()), self.locs, self.sensitivity)
+        return out
+
+    def geometric(self) -> list[Candidate]:
+        """``geometric``: one ratio r on a 0.001 grid, ``[r, r², r³…]`` (or ``[r, r…]``)."""
+        n = len(self.locs)
+        sets = [geometric(i / 1000, n, self.meth.cumulative) for i in range(1, 1001)]
+        return list(self.evaluated(sets).values())
+
+    def free(self, aim: float) -> list[Candidate]:
+        """``free``: every stage on the finest grid within MAX_FREE_CANDIDATES, then a
+        quarter step around the best point under ``aim`` (when the refinement fits)."""
+        n, cumulative = len(self.locs), self.meth.cumulative
+        step = next(
+            (
+                s
+                for s in (0.02, 0.025, 0.05, 0.1, 0.125, 0.2, 0.25, 0.5)
+                if _count(round(1 / s), n, cumulative) <= MAX_FREE_CANDIDATES
+            ),
+            1.0,
+        )
+        cands = list(self.evaluated(_free_tuples(_grid(step), n, cumulative)).values())
+        best = _best(cands, aim)
+        if best is not None and 9**n <= MAX_FREE_CANDIDATES:
+            cands += self._around(best, step / 4, cands)
+        return cands
+
+    def _around(self, best: Candidate, fine: float, cands: list[Candidate]) -> list[Candidate]:
+        """The new candidates within four ``fine`` steps of ``best`` in every stage."""
+        around = [
+            [round(r + k * fine, 6) for k in range(-4, 5) if 0 < round(r + k * fine, 6) <= 1]
+            for r in best.keep_ratios
+        ]
+        sets = [
+            t
+            for t in itertools.product(*around)
+            if not self.meth.cumulative or all(b <= a for a, b in zip(t, t[1:], strict=False))
+        ]
+        known = {(c.plan.attn_tokens, c.plan.mlp_tokens) for c in cands}
+        fresh = _plans(self.meth, self.model.arch, self.locs, sets)
+        extra = [c for k, c in fresh.items() if k[:2] not in known]
+        _evaluate(self.model, extra, self.locs, self.sensitivity)
+        return extra
+
+
+def _dense(arch: Arch, dense_ms: float, sensitivity: Sensitivity | None) -> Candidate:
+    """The dense model as a candidate (it already meets the target)."""
+    dense = Candidate((), dense_plan(arch), dense_ms, kept_tokens(dense_plan(arch)))
+    if sensitivity is not None:
+        dense.accuracy = sensitivity.dense
+    return dense
+
+
+def _unreachable(
+    method: str,
+    aim: float,
+    *,
+    locs: tuple[int, ...],
+    target_ms: float,
+    dense_ms: float,
+    fastest: Candidate,
+    margin: float,
+    scale: float,
+) -> UnreachableTarget:
+    """The error: even the fastest schedule of ``method`` misses ``aim`` (the target
+    less the margin, in the table's terms)."""
+    less = f" less the {margin:.1%} margin ({aim * scale:.3f} ms)" if margin else ""
+    fast = fastest.predicted_ms * scale
+    where = "on this profile"
+    if scale != 1.0:
+        where = (
+            f"on this profile re-anchored to this machine now (dense measured "
+            f"{dense_ms * scale:.3f} ms vs the table's {dense_ms:.3f} ms: predictions "
+            f"× {scale:.3f})"
+        )
+    return UnreachableTarget(
+        f"target {target_ms:.3f} ms{less} is unreachable {where}: the fastest "
+        f"{method} schedule ({fmt_ratios(fastest.keep_ratios)} at {list(locs)}) predicts "
+        f"{fast:.3f} ms (dense {dense_ms * scale:.3f} ms)",
+        f"ask for at least {fast:.3f} ms, or prune at more locations",
+    )
 
 
 def fmt_ratios(ratios) -> str:

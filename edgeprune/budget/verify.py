@@ -34,6 +34,7 @@ from edgeprune.core.source import resolve
 from edgeprune.latency.model import LatencyModel
 from edgeprune.profiling.validate import LocalModels, check_local_runtime
 from edgeprune.runtimes.base import get_runner
+from edgeprune.runtimes.timing import Timing
 
 ANCHOR_ROUNDS = 20  # bursts of the dense model timed to re-anchor the table
 # a re-anchored pick measured over the target, or more than REFINE_BAND under it, is
@@ -94,7 +95,7 @@ def choice(result: BudgetResult | None) -> dict | None:
     }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Anchor:
     """The table re-anchored to the machine now: dense timed alone before the search."""
 
@@ -115,8 +116,10 @@ class Anchor:
         )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Verification:
+    """``budget --verify``'s measurement of the verified schedule, against dense."""
+
     target_ms: float
     predicted_ms: float  # the verified schedule's prediction, re-anchored (× scale)
     table_predicted_ms: float  # the same from the table alone
@@ -196,6 +199,7 @@ def verify_budget(
     model: LatencyModel,
     choose: Callable[..., BudgetResult],
     table_result: BudgetResult | None,
+    *,
     rounds: int = 30,
     burst: int = 3,
     threads: int | None = None,
@@ -213,58 +217,96 @@ def verify_budget(
     runtime = check_local_runtime(model, "budget --verify")
     tb = model.table
     threads = threads or int(tb.device.get("threads") or 1)
-    arch = model.arch.name
     step = progress or (lambda _m: None)
     kernels = bool(tb.device.get("custom_kernels"))
     with LocalModels(runtime, threads, tb.batch, progress, kernels) as here:
-        dense = here.load(resolve(arch), "the dense model")
+        dense = here.load(resolve(model.arch.name), "the dense model")
+        check = _Check(here=here, dense=dense, rounds=rounds, burst=burst, step=step)
         anchor, result = None, table_result
         if reanchor:
-            step(f"re-anchoring: timing the dense model, {ANCHOR_ROUNDS} bursts")
-            (now,) = here.time([dense], ANCHOR_ROUNDS, burst)
-            dense_table = float(model.predict(dense_plan(model.arch)).total_ms)
-            result = choose(scale=now.median_ms / dense_table)
-            anchor = Anchor(
-                dense_table, now.median_ms, ANCHOR_ROUNDS, burst,
-                choice(table_result), choice(result),
-            )  # fmt: skip
+            anchor, result = check.reanchor(model, choose, table_result)
         if result is None:
             raise ValueError("verify_budget needs the table's own choice without reanchor")
-        chosen = result.chosen
-        pruned = here.load(_source(result), f"the chosen schedule {list(chosen.keep_ratios)}")
-        t_pruned, t_dense = here.time([pruned, dense], rounds, burst)
-        refined = None
-        first_ms = refine_basis(t_pruned.median_ms, t_dense.median_ms, anchor)
-        if reanchor and needs_refining(first_ms, result.target_ms):
-            again = _refine(choose, result, first_ms, step)
-            if again is not None:
-                first = {
-                    **choice(result), "scale": result.scale,
-                    "measured_ms": t_pruned.median_ms, "dense_measured_ms": t_dense.median_ms,
-                    "at_anchor_ms": at_anchor_speed(t_pruned.median_ms, t_dense.median_ms, anchor),
-                    "basis_ms": first_ms,
-                }  # fmt: skip
-                result, chosen = again, again.chosen
-                pruned = here.load(
-                    _source(result), f"the refined schedule {list(chosen.keep_ratios)}"
-                )
-                t_pruned, t_dense = here.time([pruned, dense], rounds, burst)
-                refined = {"first": first, "scale": result.scale, "margin": REFINE_MARGIN}
-    return result, Verification(
-        target_ms=result.target_ms,
-        predicted_ms=result.predicted_ms,
-        table_predicted_ms=chosen.predicted_ms,
-        measured_ms=t_pruned.median_ms,
-        measured_p90_ms=t_pruned.p90_ms,
-        dense_predicted_ms=result.dense_ms,
-        dense_measured_ms=t_dense.median_ms,
+        measured = check.measure(choose, result, anchor, refine=reanchor)
+    return measured.result, Verification(
+        target_ms=measured.result.target_ms,
+        predicted_ms=measured.result.predicted_ms,
+        table_predicted_ms=measured.result.chosen.predicted_ms,
+        measured_ms=measured.pick.median_ms,
+        measured_p90_ms=measured.pick.p90_ms,
+        dense_predicted_ms=measured.result.dense_ms,
+        dense_measured_ms=measured.dense.median_ms,
         runtime=f"{runtime} {get_runner(runtime, threads=threads).version()}",
         threads=threads,
         rounds=rounds,
         burst=burst,
         reanchor=anchor,
-        refined=refined,
+        refined=measured.refined,
     )
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Measured:
+    """The schedule verified, its timing and dense's beside it, and the refinement."""
+
+    result: BudgetResult
+    pick: Timing
+    dense: Timing
+    refined: dict | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Check:
+    """The models of one verification, loaded here: dense, and the picks timed beside it."""
+
+    here: LocalModels
+    dense: object  # the dense model's loaded runner
+    rounds: int
+    burst: int
+    step: Callable[[str], None]
+
+    def reanchor(
+        self, model: LatencyModel, choose: Callable[..., BudgetResult], table_result
+    ) -> tuple[Anchor, BudgetResult]:
+        """Time dense alone and choose again on the table × (dense now / predicted)."""
+        self.step(f"re-anchoring: timing the dense model, {ANCHOR_ROUNDS} bursts")
+        (now,) = self.here.time([self.dense], ANCHOR_ROUNDS, self.burst)
+        dense_table = float(model.predict(dense_plan(model.arch)).total_ms)
+        result = choose(scale=now.median_ms / dense_table)
+        anchor = Anchor(
+            dense_table_ms=dense_table, dense_measured_ms=now.median_ms, rounds=ANCHOR_ROUNDS,
+            burst=self.burst, table_choice=choice(table_result), choice=choice(result),
+        )  # fmt: skip
+        return anchor, result
+
+    def time_pick(self, result: BudgetResult, what: str) -> tuple[Timing, Timing]:
+        """Load the schedule ``result`` chose and time it and dense interleaved."""
+        keep = list(result.chosen.keep_ratios)
+        pruned = self.here.load(_source(result), f"the {what} schedule {keep}")
+        t_pruned, t_dense = self.here.time([pruned, self.dense], self.rounds, self.burst)
+        return t_pruned, t_dense
+
+    def measure(
+        self, choose, result: BudgetResult, anchor: Anchor | None, *, refine: bool
+    ) -> _Measured:
+        """Time the pick; with ``refine``, when it lands outside the band, choose once
+        more on its own measurement and time that one instead."""
+        t_pruned, t_dense = self.time_pick(result, "chosen")
+        first_ms = refine_basis(t_pruned.median_ms, t_dense.median_ms, anchor)
+        if not (refine and needs_refining(first_ms, result.target_ms)):
+            return _Measured(result=result, pick=t_pruned, dense=t_dense)
+        again = _refine(choose, result, first_ms, self.step)
+        if again is None:
+            return _Measured(result=result, pick=t_pruned, dense=t_dense)
+        first = {
+            **choice(result), "scale": result.scale,
+            "measured_ms": t_pruned.median_ms, "dense_measured_ms": t_dense.median_ms,
+            "at_anchor_ms": at_anchor_speed(t_pruned.median_ms, t_dense.median_ms, anchor),
+            "basis_ms": first_ms,
+        }  # fmt: skip
+        t_pruned, t_dense = self.time_pick(again, "refined")
+        refined = {"first": first, "scale": again.scale, "margin": REFINE_MARGIN}
+        return _Measured(result=again, pick=t_pruned, dense=t_dense, refined=refined)
 
 
 def _source(result: BudgetResult):

@@ -6,12 +6,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from edgeprune.cli import groups as g
 from edgeprune.cli import options as o
 from edgeprune.cli.console import err, out, progress
 from edgeprune.render.tables import print_evaluation, sensitivity_lines
 
 
 def demo_images(
+    *,
     folder: o.DemoFolderArg,
     classes: o.ClassesOpt = 4,
     per_class: o.PerClassOpt = 8,
@@ -25,8 +27,9 @@ def demo_images(
     out.print(f"[green]wrote[/] {len(imgs.files)} images in {len(imgs.classes)} classes: {folder}")
 
 
-@o.grouped
+@g.grouped
 def evaluate(
+    *,
     model: o.ModelArg,
     images: o.EvalImagesOpt,
     reference: o.ReferenceOpt = None,
@@ -34,16 +37,21 @@ def evaluate(
     batch: o.EvalBatchOpt = 16,
     runtime: o.RuntimeOpt = None,
     threads: o.EvalThreadsOpt = None,
-    pruning: o.Pruning = o.Pruning(),
-    pre: o.Preprocess = o.Preprocess(),
+    pruning: g.Pruning = g.Pruning(),
+    pre: g.Preprocess = g.Preprocess(),
     as_json: o.JsonOpt = False,
 ) -> None:
-    """Top-1/top-5 on an image folder and agreement (top-1, KL, max logit diff) with references."""
+    """Top-1/top-5 on an image folder, and agreement with references.
+
+    Agreement: top-1, KL and max logit difference against each reference."""
     from edgeprune.accuracy.evaluate import EvalRequest
     from edgeprune.accuracy.evaluate import evaluate as run_evaluate
 
-    req = EvalRequest(model, images, reference, limit, batch, runtime, threads, pruning.heads)
-    req.method, req.keep, req.locs = pruning.method, pruning.keep, pruning.locs
+    req = EvalRequest(
+        model=model, images=images, reference=reference, limit=limit, batch=batch,
+        runtime=runtime, threads=threads, heads=pruning.heads, method=pruning.method,
+        keep=pruning.keep, locs=pruning.locs,
+    )  # fmt: skip
     pre.into(req)
     with progress("evaluating", bar=True) as step:
         rep = run_evaluate(req, lambda i, n: step("evaluating", i, n))
@@ -54,8 +62,9 @@ def evaluate(
     print_evaluation(rep.to_dict(), out, err)
 
 
-@o.grouped
+@g.grouped
 def sensitivity(
+    *,
     src: o.SrcArg,
     images: o.EvalImagesOpt,
     out_path: o.SensOutOpt = Path("sensitivity.json"),
@@ -65,22 +74,24 @@ def sensitivity(
     method: o.MethodOpt = None,
     locs: o.LocsOpt = None,
     heads: o.HeadsOpt = None,
-    pre: o.Preprocess = o.Preprocess(),
+    pre: g.Preprocess = g.Preprocess(),
     metric: o.MetricOpt = None,
     threads: o.TorchThreadsOpt = None,
     resume: o.SensResumeOpt = False,
     force: o.ForceOpt = False,
 ) -> None:
-    """Accuracy per pruning stage and keep ratio (others not pruning): the file that
-    'budget --sensitivity' reads. Top-1 when labelled, else agreement with dense."""
+    """Accuracy per pruning stage and keep ratio, for 'budget --sensitivity'.
+
+    Each stage pruned alone; top-1 when the images are labelled, else agreement with dense."""
     from edgeprune.accuracy.sensitivity import SensitivityRequest, measure_to_file, parse_grid
     from edgeprune.core.parsing import parse_ints
     from edgeprune.profiling.resume import resume_path
 
-    req = SensitivityRequest(src, images, parse_grid(grid), limit, batch, heads)
+    req = SensitivityRequest(
+        src=src, images=images, grid=parse_grid(grid), limit=limit, batch=batch, heads=heads,
+        method=method, locs=parse_ints(locs, "--locs"), metric=metric, threads=threads,
+    )  # fmt: skip
     pre.into(req)
-    req.method, req.locs, req.metric = method, parse_ints(locs, "--locs"), metric
-    req.threads = threads
     try:
         with progress("sensitivity", bar=True) as step:
             data = measure_to_file(req, out_path, force, resume, step)

@@ -16,7 +16,23 @@ from edgeprune.cli import options as o
 from edgeprune.cli.console import err
 from edgeprune.core.errors import EdgepruneError
 
+
+class _Command(typer.core.TyperCommand):
+    """A command whose --help lists --help as the flag it is (no value placeholder)."""
+
+    def get_help_option(self, ctx):
+        option = super().get_help_option(ctx)
+        if option is not None:
+            option.metavar = ""
+        return option
+
+
+class _Group(typer.core.TyperGroup, _Command):
+    """The app's group, with the same --help row as its commands."""
+
+
 app = typer.Typer(
+    cls=_Group,
     name="edgeprune",
     help="Deploy token-pruned Vision Transformers: static top-k graphs, export, profile, budget.",
     no_args_is_help=True,
@@ -35,9 +51,25 @@ def _root(
 
 
 # the command groups, in the order --help lists them
-for group in (model, devices, budget, accuracy, training):
-    for name, command in group.COMMANDS.items():
-        app.command(name)(command)
+GROUPS = (model, devices, budget, accuracy, training)
+COMMANDS = {name: command for g in GROUPS for name, command in g.COMMANDS.items()}
+for name, command in COMMANDS.items():
+    app.command(name, cls=_Command)(command)
+# old names, still accepted, not shown: old name -> the command's name now
+COMMAND_ALIASES = {"validate-profile": "validate", "profile-info": "table-info"}
+for old, new in COMMAND_ALIASES.items():
+    app.command(old, cls=_Command, hidden=True)(COMMANDS[new])
+# old option names, still accepted, not shown: option -> its name now (on every command)
+OPTION_ALIASES = {"--profile": "--table"}
+
+
+def _new_names(args: list[str]) -> list[str]:
+    """``args`` with old option names spelled as today (``--profile x``, ``--profile=x``)."""
+    out = []
+    for a in args:
+        name, eq, value = a.partition("=")
+        out.append(OPTION_ALIASES.get(name, name) + eq + value if a.startswith("--") else a)
+    return out
 
 
 def _install_signal_handlers() -> None:
@@ -58,7 +90,7 @@ def _usage_error(e: Exception) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: runs the app and turns every failure into one line and an exit code."""
-    args = list(sys.argv[1:] if argv is None else argv)
+    args = _new_names(list(sys.argv[1:] if argv is None else argv))
     _install_signal_handlers()
     _state["debug"] = "--debug" in args or os.environ.get("EDGEPRUNE_DEBUG") == "1"
     try:

@@ -8,37 +8,47 @@ from pathlib import Path
 
 import typer
 
+from edgeprune.cli import groups as g
 from edgeprune.cli import options as o
 from edgeprune.cli.console import err, lines, note, out, progress
-from edgeprune.render.tables import budget_lines, predict_table
+from edgeprune.render.tables import budget_lines, expected_line, predict_table
 
 
-@o.grouped
+@g.grouped
 def predict(
+    *,
     src: o.SrcArg,
-    profile: o.ProfileOpt,
-    pruning: o.Pruning = o.Pruning(),
+    profile: o.TableOpt,
+    pruning: g.Pruning = g.Pruning(),
     batch: o.PredictBatchOpt = 1,
     budget: o.BudgetOpt = None,
     as_json: o.JsonOpt = False,
+    verbose: o.VerboseOpt = False,
 ) -> None:
-    """Predicted latency of a model on a profiled device, with the per-block breakdown."""
+    """Predict a model's latency on a device from its latency table.
+
+    One expected latency (± the table's error); --verbose adds the block-by-block parts.
+    With --budget, the budget's re-anchoring to the machine it was verified on applies."""
+    from edgeprune.budget.file import load_budget
     from edgeprune.latency.model import predict_source
 
     source = pruning.resolve(src, budget)
-    model, pred, info = predict_source(profile, source, batch)
+    rescale = load_budget(budget).reanchor_scale if budget is not None else 1.0
+    model, pred, info = predict_source(profile, source, batch, rescale=rescale)
     if as_json:
         print(json.dumps(info))
         return
     note(source)
     if not model.table.measured:
-        err.print("[yellow]note:[/] this profile is estimated, not measured")
-
-    out.print(predict_table(source, pred, f"{src} on {info['device']} (profile {profile})"))
+        err.print("[yellow]note:[/] this latency table is estimated, not measured")
+    if verbose:
+        out.print(predict_table(source, pred, f"{src} on {info['device']} (table {profile})"))
+    out.print(expected_line(info["expected"]))
 
 
 def budget_cmd(
-    profile: o.ProfileOpt,
+    *,
+    profile: o.TableOpt,
     target_ms: o.TargetMsOpt = None,
     target_fps: o.TargetFpsOpt = None,
     method: o.BudgetMethodOpt = None,
@@ -54,22 +64,27 @@ def budget_cmd(
     verify: o.VerifyOpt = False,
     rounds: o.RoundsOpt = 30,
     reanchor: o.ReanchorOpt = True,
+    verbose: o.VerboseOpt = False,
 ) -> None:
-    """Keep ratios that meet a latency target and keep the most tokens (or accuracy)."""
-    from edgeprune.budget.run import make_budget
+    """The keep ratios that meet a latency target and keep the most (tokens or accuracy)."""
+    from edgeprune.budget.run import BudgetRequest, make_budget
 
+    req = BudgetRequest(
+        profile=profile, target_ms=target_ms, target_fps=target_fps, method=method,
+        schedule=schedule, locs=locs, sensitivity=sensitivity, out=out_path, plot=plot,
+        no_plot=no_plot, force=force, margin=margin, verify=verify, rounds=rounds,
+        reanchor=reanchor,
+    )  # fmt: skip
     with progress("verifying") as step:
-        run = make_budget(
-            profile, target_ms, target_fps, method, schedule, locs, sensitivity, out_path,
-            plot, no_plot, force, margin, verify, rounds, reanchor, step,
-        )  # fmt: skip
+        run = make_budget(req, step)
     if as_json:
-        print(json.dumps({k: v for k, v in run.data.items() if k != "profile_table"}))
+        data = {k: v for k, v in run.data.items() if k != "profile_table"}
+        print(json.dumps({**data, "expected": run.expected.to_dict()}))
     else:
         if not run.model.table.measured:
-            err.print("[yellow]note:[/] this profile is estimated, not measured")
+            err.print("[yellow]note:[/] this latency table is estimated, not measured")
 
-        lines(budget_lines(run))
+        lines(budget_lines(run, verbose))
     if run.verification is not None and not run.verification.met:
         raise typer.Exit(1)
 

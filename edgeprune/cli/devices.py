@@ -1,14 +1,16 @@
 """The device commands: list ``devices``, ``profile`` one into a latency table, ``bench`` an
-artifact on one, ``profile-info`` and ``validate-profile`` for a latency table."""
+artifact on one, ``table-info`` and ``validate`` for a latency table."""
 
 from __future__ import annotations
 
 import json
 
+from edgeprune.cli import groups as g
 from edgeprune.cli import options as o
 from edgeprune.cli.console import err, lines, out, progress
 from edgeprune.render.tables import (
     bench_line,
+    devices_notes,
     devices_table,
     profile_lines,
     table_lines,
@@ -18,6 +20,7 @@ from edgeprune.render.tables import (
 
 
 def devices(
+    *,
     as_json: o.JsonOpt = False,
     timeout: o.CheckTimeoutOpt = 4.0,
 ) -> None:
@@ -30,10 +33,12 @@ def devices(
         return
 
     out.print(devices_table(rows))
+    lines(devices_notes(rows))
 
 
-@o.grouped
+@g.grouped
 def profile(
+    *,
     device: o.DeviceOpt,
     arch: o.ArchOpt = "deit_small",
     method: o.SweepMethodOpt = None,
@@ -49,15 +54,16 @@ def profile(
     plot: o.PlotFlagOpt = True,
     force: o.ForceOpt = False,
     resume: o.ResumeOpt = False,
-    remote: o.Remote = o.Remote(timeout=900.0),
+    remote: g.Remote = g.Remote(timeout=900.0),
 ) -> None:
-    """Measure a device's latency table (block/attn/mlp vs tokens, embed, head, selectors)."""
+    """Measure a device's latency table (blocks vs tokens, embed, head, selectors)."""
     from edgeprune.profiling.measure import ProfileJob, profile_device
 
     job = ProfileJob(
-        remote.device(device),
-        arch, method, threads, batch, out_path, runs, grid, check_points, chain, halves, e2e,
-        plot, force, resume, remote.transport_options(),
+        device=remote.device(device), arch=arch, method=method, threads=threads, batch=batch,
+        out=out_path, runs=runs, grid=grid, check_points=check_points, chain=chain,
+        halves=halves, e2e=e2e, plot=plot, force=force, resume=resume,
+        transport_options=remote.transport_options(),
     )  # fmt: skip
     try:
         with progress(job.device.name, bar=True) as step:
@@ -71,14 +77,15 @@ def profile(
     lines(profile_lines(res))
 
 
-@o.grouped
+@g.grouped
 def bench(
+    *,
     artifact: o.ArtifactArg,
     device: o.BenchDeviceOpt = None,
     threads: o.ThreadsOpt = None,
     runs: o.BenchRunsOpt = None,
     as_json: o.JsonOpt = False,
-    remote: o.Remote = o.Remote(timeout=600.0),
+    remote: g.Remote = g.Remote(timeout=600.0),
 ) -> None:
     """End-to-end latency of one artifact: median, p90, min, max, runs."""
     from edgeprune.profiling.bench import bench as run_bench
@@ -95,11 +102,12 @@ def bench(
     out.print(bench_line(artifact, dev, t))
 
 
-def profile_info(
+def table_info(
+    *,
     path: o.TableArg,
     as_json: o.InfoJsonOpt = False,
 ) -> None:
-    """Validate a latency table and summarise it."""
+    """Read a latency table (its schema checked) and summarise it."""
     from edgeprune.latency.table import load
 
     t = load(path)
@@ -110,8 +118,9 @@ def profile_info(
     lines(table_lines(path, t))
 
 
-def validate_profile_cmd(
-    profile_file: o.ValidateArg,
+def validate(
+    *,
+    table: o.ValidateArg,
     configs: o.ConfigsOpt = 20,
     threads: o.ValThreadsOpt = None,
     rounds: o.RoundsOpt = 30,
@@ -120,17 +129,19 @@ def validate_profile_cmd(
     plot: o.ScatterOpt = None,
     as_json: o.JsonOpt = False,
 ) -> None:
-    """Export random schedules, measure them end-to-end, report the prediction error."""
+    """Validate a latency table: its predictions against whole models measured here.
+
+    Exports random schedules, times them end to end, reports the prediction error."""
     from edgeprune.profiling.validate import validate_to_plot
 
     settings = dict(configs=configs, threads=threads, rounds=rounds, seed=seed, burst=burst)
     with progress("validating") as step:
-        rep, plot_path = validate_to_plot(profile_file, plot, progress=step, **settings)
+        rep, plot_path = validate_to_plot(table, plot, progress=step, **settings)
     if as_json:
         print(json.dumps({**rep.to_dict(), "plot": str(plot_path)}))
         return
 
-    out.print(validation_table(profile_file, rep))
+    out.print(validation_table(table, rep))
     lines(validation_lines(rep))
     out.print(f"[green]wrote[/] {plot_path}")
 
@@ -139,6 +150,6 @@ COMMANDS = {
     "devices": devices,
     "profile": profile,
     "bench": bench,
-    "profile-info": profile_info,
-    "validate-profile": validate_profile_cmd,
+    "table-info": table_info,
+    "validate": validate,
 }

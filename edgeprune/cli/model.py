@@ -4,21 +4,24 @@ graph for a target, ``calibrate`` A-ViT's keep counts."""
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 
 import typer
 
+from edgeprune.cli import groups as g
 from edgeprune.cli import options as o
 from edgeprune.cli.console import err, lines, note, out, progress
 from edgeprune.render.tables import calibration_lines, findings_table, inspect_table, print_export
 
 
-@o.grouped
+@g.grouped
 def inspect(
+    *,
     src: o.SrcArg,
-    choice: o.ModelChoice = o.ModelChoice(),
+    choice: g.ModelChoice = g.ModelChoice(),
     as_json: o.JsonOpt = False,
 ) -> None:
-    """Show what a model is: method, arch, keep schedule, tokens per block, params, GFLOPs."""
+    """Show a model: method, arch, keep schedule, tokens per block, params, GFLOPs."""
     source = choice.resolve(src)
     info = source.inspect()
     if as_json:
@@ -29,30 +32,18 @@ def inspect(
     out.print(inspect_table(src, source, info["params"]))
 
 
-@o.grouped
+@g.grouped
 def export(
+    *,
     src: o.SrcArg,
-    target: o.TargetOpt = "onnx",
-    out_path: o.OutOpt = None,
-    batch: o.ExportBatchOpt = 1,
-    opset: o.OpsetOpt = 17,
-    force: o.ExportForceOpt = False,
-    parity_inputs: o.ParityOpt = 16,
-    precision: o.PrecisionOpt = None,
-    int8: o.Int8Opt = False,
-    images: o.ImagesOpt = None,
-    custom_kernels: o.KernelsOpt = False,
-    dynamic_batch: o.DynBatchOpt = None,
-    workspace_mib: o.WorkspaceOpt = None,
-    timing_cache: o.CacheOpt = None,
-    min_target: o.MinTargetOpt = None,
-    compute_units: o.UnitsOpt = None,
-    choice: o.ModelChoice = o.ModelChoice(),
+    choice: g.ModelChoice = g.ModelChoice(),
+    output: g.ExportOutput = g.ExportOutput(),
+    options: g.TargetOptions = g.TargetOptions(),
 ) -> None:
-    """Export the static graph to a target and check it against PyTorch; writes a manifest."""
+    """Export the static graph to a target, with parity against PyTorch and a manifest."""
     from edgeprune.export.targets import export_source, request_from, validate
 
-    req = validate(request_from(dict(locals()), out=out_path))  # before loading anything
+    req = validate(request_from({**asdict(output), **asdict(options)}))  # before loading
     source = choice.resolve(src)
     note(source)
     with progress("exporting") as step:
@@ -64,11 +55,13 @@ def export(
 
 
 def check(
+    *,
     model: o.OnnxArg,
     target: o.CheckTargetOpt = "trt",
 ) -> None:
-    """Static report of what in an ONNX graph a target will reject or run slowly.
-    Exit 0 when clean, 1 when not."""
+    """Check an ONNX graph for what a target will reject or run slowly.
+
+    A static report; exit 0 when clean, 1 when not."""
     from edgeprune.export.targets import check_file
 
     findings = check_file(model, target)
@@ -81,6 +74,7 @@ def check(
 
 
 def calibrate(
+    *,
     src: o.SrcArg,
     out_path: o.CalibOutOpt,
     images: o.ImagesOpt = None,
@@ -91,13 +85,15 @@ def calibrate(
     heads: o.HeadsOpt = None,
     force: o.ForceOpt = False,
 ) -> None:
-    """A-ViT: run the masked (released) halting model on calibration images and record
-    how many tokens still run in each block; the JSON feeds --calibration."""
+    """A-ViT: record how many tokens still run in each block, on calibration images.
+
+    Runs the masked (released) halting model; the JSON feeds --calibration."""
     from edgeprune.core.methods.avit_calibration import calibrate_source
 
     source, data = calibrate_source(
-        src, out_path, images, random, quantile, gate_scale, gate_center, heads, force
-    )
+        src, out_path, images=images, random=random, quantile=quantile, gate_scale=gate_scale,
+        gate_center=gate_center, heads=heads, force=force,
+    )  # fmt: skip
     note(source)
 
     lines(calibration_lines(out_path, data))

@@ -11,10 +11,11 @@ from edgeprune.render.tables import finetune_lines, step_logger
 
 
 def finetune(
+    *,
     src: o.SrcArg,
     images: o.EvalImagesOpt,
     out_path: o.CkptOutOpt,
-    profile: o.FtProfileOpt = None,
+    profile: o.FtTableOpt = None,
     target_ms: o.TargetMsOpt = None,
     budget: o.BudgetOpt = None,
     steps: o.StepsOpt = 100,
@@ -32,15 +33,19 @@ def finetune(
     force: o.ForceOpt = False,
     as_json: o.JsonOpt = False,
 ) -> None:
-    """DynamicViT fine-tuning (dense teacher, KL distillation, Gumbel keep masks) with the
-    latency-aware sparsity loss in place of the keep-ratio MSE; logs predicted ms per step."""
+    """Fine-tune a pruned model to a latency table's target (DynamicViT).
+
+    Dense teacher, KL distillation, Gumbel keep masks, with the latency-aware sparsity
+    loss in place of the keep-ratio MSE; logs the predicted ms per step."""
     from edgeprune.core.parsing import parse_ints
     from edgeprune.training.finetune import FinetuneRequest, finetune_to_file
 
-    req = FinetuneRequest(src, images, profile, budget, target_ms, steps, batch, lr)
-    req.backbone_lr_scale, req.latency_weight, req.shape = backbone_lr_scale, latency_weight, shape
-    req.locs, req.device, req.seed = parse_ints(locs, "--locs"), device, seed
-    req.limit, req.heads, req.threads = limit, heads, threads
+    req = FinetuneRequest(
+        src=src, images=images, profile=profile, budget=budget, target_ms=target_ms,
+        steps=steps, batch=batch, lr=lr, backbone_lr_scale=backbone_lr_scale,
+        latency_weight=latency_weight, shape=shape, locs=parse_ints(locs, "--locs"),
+        device=device, seed=seed, limit=limit, heads=heads, threads=threads,
+    )  # fmt: skip
     res = finetune_to_file(req, out_path, force, None if as_json else step_logger(out, steps))
     if as_json:
         d = {**res.to_dict(), "checkpoint": str(out_path)}

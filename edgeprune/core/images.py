@@ -186,12 +186,6 @@ def scan(folder: str | Path) -> ImageSet:
 def read_image(path: Path, pre: Preprocess) -> torch.Tensor:
     """One image through ``pre``; raises EdgepruneError when it cannot be decoded."""
     try:
-        from PIL import Image
-    except ImportError:
-        raise EdgepruneError(
-            "reading images needs Pillow, which is not installed", "pip install pillow"
-        ) from None
-    try:
         with Image.open(path) as im:
             return pre(im)
     # a broken file: OSError (unidentified, truncated), SyntaxError/ValueError (broken

@@ -21,6 +21,7 @@ call it, so they cannot disagree.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -270,9 +271,78 @@ def load_model(path) -> LatencyModel:
     return LatencyModel(load(path), str(path))
 
 
-def predict_source(profile, source, batch: int = 1) -> tuple[LatencyModel, Prediction, dict]:
+@dataclass(frozen=True, kw_only=True)
+class Expected:
+    """The one latency quoted for a schedule on a device: ``ms`` ± ``plus_minus_ms``, and
+    what it was made from (``basis``; ``parts``: the table's prediction, the rescale
+    applied to it, a measurement). Every command that states a latency states this."""
+
+    device: str
+    ms: float
+    plus_minus_ms: float | None  # None: nothing says how far off it may be
+    basis: str  # "latency table", "latency table, rescaled", "measured"
+    parts: dict
+
+    def line(self) -> str:
+        pm = "± unknown" if self.plus_minus_ms is None else f"±{self.plus_minus_ms:.2f}"
+        return f"expected latency on {self.device}: {self.ms:.2f} ms ({pm}, {self.basis})"
+
+    def to_dict(self) -> dict:
+        return {
+            "device": self.device,
+            "ms": self.ms,
+            "plus_minus_ms": self.plus_minus_ms,
+            "basis": self.basis,
+            "parts": self.parts,
+        }
+
+
+def table_error(table: LatencyTable) -> tuple[float | None, str]:
+    """The relative error of a table's predictions, and where it comes from: the error
+    ``validate`` measured on whole models when it has run (``extra["validation"]``), else
+    the table's own measured error (``measured_error``); None when it records neither."""
+    validation = table.extra.get("validation") or {}
+    if isinstance(validation.get("median_error"), int | float):
+        return abs(float(validation["median_error"])), "validated on whole models"
+    err, parts = measured_error(table)
+    if not parts:
+        return None, "the table records no measured error"
+    return err, "the table's measured error"
+
+
+def expected_from_table(model: LatencyModel, table_ms: float, rescale: float = 1.0) -> Expected:
+    """The latency expected from the table's prediction ``table_ms``, × ``rescale`` (a
+    budget's re-anchoring to a machine's speed), ± the table's error."""
+    err, why = table_error(model.table)
+    ms = table_ms * rescale
+    return Expected(
+        device=str(model.table.device.get("name")),
+        ms=ms,
+        plus_minus_ms=None if err is None else ms * err,
+        basis="latency table" if rescale == 1.0 else "latency table, rescaled",
+        parts={"table_ms": table_ms, "rescale": rescale, "error": err, "error_from": why},
+    )
+
+
+def expected_from_measurement(
+    device: str, measured_ms: float, plus_minus_ms: float, *, table_ms: float | None = None
+) -> Expected:
+    """The latency measured (the median, ± its interval), with the table's prediction."""
+    return Expected(
+        device=device,
+        ms=measured_ms,
+        plus_minus_ms=plus_minus_ms,
+        basis="measured",
+        parts={"measured_ms": measured_ms, "table_ms": table_ms},
+    )
+
+
+def predict_source(
+    profile, source, batch: int = 1, *, rescale: float = 1.0
+) -> tuple[LatencyModel, Prediction, dict]:
     """``edgeprune predict``: the latency table at ``profile``, the prediction for the
-    resolved ``source`` at ``batch``, and the facts reported about it."""
+    resolved ``source`` at ``batch`` (× ``rescale``: a budget's stored re-anchoring), and
+    the facts reported about it, with the one expected latency (``info["expected"]``)."""
     model = load_model(profile)
     model.check_batch(batch)
     pred = model.predict(source.plan)
@@ -288,5 +358,26 @@ def predict_source(profile, source, batch: int = 1) -> tuple[LatencyModel, Predi
         "batch": model.table.batch,
         **pred.to_dict(),
         "gflops": source.flops().total,
+        "expected": expected_from_table(model, pred.total_ms, rescale).to_dict(),
     }
     return model, pred, info
+
+
+def measured_error(table) -> tuple[float, dict]:
+    """The table's own measured error, as a fraction, and its parts: the end-to-end fit's
+    residual on the whole models timed in the sweep (root mean square), the median
+    interpolation error at the off-grid check points, and the median spread of a point's
+    repeated passes (the noise). The error is the largest of those the table records."""
+    parts: dict[str, float] = {}
+    fit = table.extra.get("e2e_fit") or []
+    if fit:
+        res = [r["corrected_ms"] / r["measured_ms"] - 1 for r in fit if r["measured_ms"] > 0]
+        parts["e2e_residual"] = math.sqrt(sum(r * r for r in res) / len(res)) if res else 0.0
+    chk = (table.extra.get("interp_check") or {}).get("points") or []
+    if chk:
+        errs = sorted(p["rel_err"] for p in chk)
+        parts["interpolation"] = errs[len(errs) // 2]
+    noise = table.extra.get("noise")
+    if noise:
+        parts["noise"] = float(noise["median_spread"])
+    return (max(parts.values()) if parts else 0.0), parts

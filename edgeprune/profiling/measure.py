@@ -25,7 +25,7 @@ from edgeprune.runtimes.transports import open_transport
 Progress = Callable[[str, int, int], None]
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ProfileJob:
     """What ``edgeprune profile`` asks for (the sweep's own settings in ``request``)."""
 
@@ -53,9 +53,9 @@ class ProfileJob:
         if self.threads is not None and self.threads < 1:
             raise EdgepruneError(f"--threads {self.threads} must be at least 1")
         return ProfileRequest(
-            self.device,
-            a,
-            get_method(self.method).name if self.method is not None else None,
+            device=self.device,
+            arch=a,
+            method=get_method(self.method).name if self.method is not None else None,
             threads=self.threads,
             batch=self.batch,
             grid=parse_grid(self.grid, a.num_tokens),
@@ -76,8 +76,10 @@ class ProfileJob:
         return resume_path(self.destination(self.request())) if self.resume else None
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ProfileOutcome:
+    """What ``profile_device`` made: the table, where it and its plot went, how long."""
+
     table: LatencyTable
     path: Path
     plot: Path | None
@@ -108,7 +110,7 @@ def profile_device(job: ProfileJob, progress: Progress | None = None) -> Profile
     secs = time.perf_counter() - t0
     if png is not None:
         plot_table(table, png)
-    return ProfileOutcome(table, dest, png, secs)
+    return ProfileOutcome(table=table, path=dest, plot=png, seconds=secs)
 
 
 def sweep_on_device(

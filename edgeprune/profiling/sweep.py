@@ -81,8 +81,10 @@ def parse_grid(text: str | None, num_tokens: int) -> list[int] | None:
     return vals
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ProfileRequest:
+    """What one sweep measures, and how (``edgeprune profile``'s settings, parsed)."""
+
     device: Device
     arch: Arch
     method: str | None = None
@@ -275,127 +277,160 @@ def measure(
 
     kernels = bool(device_options(req.device).get("custom_kernels"))
     with edgeprune_kernels(kernels):
-        table = _measure(req, progress, runner, resume)
+        table = Sweep(req, progress, runner, resume).run()
     if kernels:
         table.device["custom_kernels"] = True
     return table
 
 
-def _measure(
-    req: ProfileRequest,
-    progress: Callable[[str, int, int], None] | None,
-    runner,
-    resume: Path | None,
-) -> LatencyTable:
-    if req.batch < 1:
-        raise EdgepruneError(f"--batch {req.batch} is not a positive batch size")
-    factory = (
-        (lambda: runner)
-        if runner is not None
-        else (lambda: runner_for_device(req.device, req.threads_used))
-    )
-    first = factory()
-    fmt = runtime(req.device.runtime).target  # what the runner loads: onnx, executorch…
-    grid, pieces = plan_pieces(req)
-    checks = check_grid_points(grid, req.check_points)
-    rounds = max(1, req.rounds)
-    total = (len(pieces) + len(checks)) * rounds
-    step = progress or (lambda _d, _i, _n: None)
-    results: dict[str, dict[int | None, Timing]] = {}
-    version = first.version()
-    per_round = _split_policy(req.policy, rounds)
+class Sweep:
+    """One profile sweep, step by step: plan the pieces, load them, time them in
+    interleaved passes, re-time the points that break the monotone shape, fit the
+    curves, check interpolation off the grid, and fit the whole-model anchors.
 
-    # Machines are shared and noisy: a burst of load hits a stretch of time, not a token
-    # count. So every piece is loaded once and timed in ``rounds`` interleaved passes
-    # (A B C … A B C …); each point keeps the median of its passes.
-    def load_all(items):
+    Machines are shared and noisy: a burst of load hits a stretch of time, not a token
+    count. So every piece is loaded once and timed in ``rounds`` interleaved passes
+    (A B C … A B C …); each point keeps the median of its passes."""
+
+    def __init__(
+        self,
+        req: ProfileRequest,
+        progress: Callable[[str, int, int], None] | None = None,
+        runner=None,
+        resume: Path | None = None,
+    ):
+        if req.batch < 1:
+            raise EdgepruneError(f"--batch {req.batch} is not a positive batch size")
+        self.req = req
+        self.runner = runner  # one shared runner (through a transport), else one per piece
+        first = self._new_runner()
+        self.fmt = runtime(req.device.runtime).target  # what the runner loads: onnx, executorch…
+        self.grid, self.pieces = plan_pieces(req)
+        self.checks = check_grid_points(self.grid, req.check_points)
+        self.rounds = max(1, req.rounds)
+        self.total = (len(self.pieces) + len(self.checks)) * self.rounds
+        self.done = 0
+        self.step = progress or (lambda _d, _i, _n: None)
+        self.results: dict[str, dict[int | None, Timing]] = {}
+        self.version = first.version()
+        self.per_round = _split_policy(req.policy, self.rounds)
+        self.ckpt = ResumeFile(resume, _request_key(req, self.grid)) if resume is not None else None
+        self.spreads: dict[tuple, float] = {}  # relative spread of each point's passes
+        self.retimed: list[list] = []
+        self.raw: dict[str, list[float]] = {}  # each curve's medians before the monotone fit
+
+    def run(self) -> LatencyTable:
+        """The whole sweep: the latency table (with its end-to-end fit)."""
+        anchors, loaded = self._time_pieces()
+        noise, tol = self._retime(loaded)
+        curves = {t: self._curve(t) for t in SHAPED_TABLES if t in self.results}
+        interp = self._interp_check(curves["block"])
+        self.step("done", self.total, self.total)
+        table = self._table(curves, self._extra(noise, tol, interp))
+        if anchors:
+            table.e2e = fit_end_to_end(table, self._anchor_times(anchors))
+        return table
+
+    # ---- timing ---------------------------------------------------------------------
+    def _new_runner(self):
+        """The shared runner, or a fresh one for the device."""
+        if self.runner is not None:
+            return self.runner
+        return runner_for_device(self.req.device, self.req.threads_used)
+
+    def _load(self, items: list) -> list[tuple]:
+        """(piece, runner) for every piece, each loaded in its own runner (with a shared
+        runner, pieces are loaded each time they are timed)."""
         loaded = []
         for piece in items:
-            r = factory() if runner is None else runner
-            if runner is None:
-                r.load(piece.artifact(fmt))
+            r = self._new_runner()
+            if self.runner is None:
+                r.load(piece.artifact(self.fmt))
             loaded.append((piece, r))
         return loaded
 
-    ckpt = ResumeFile(resume, _request_key(req, grid)) if resume is not None else None
+    def _time_pieces(self) -> tuple[list[ModelPiece], list[tuple]]:
+        """Build, load and time every piece and the off-grid check points. The check
+        points are timed in the same interleaved passes as the grid, so that drift in
+        the machine's load cannot pass for interpolation error."""
+        req = self.req
+        blk = make_chain(req.arch, "block", req.chain)
+        check_items = [
+            Piece("check", n, blk, (req.batch, n, req.arch.embed_dim), req.chain)
+            for n in self.checks
+        ]
+        built = [b() for b in self.pieces]
+        anchors = [p for p in built if isinstance(p, ModelPiece)]
+        loaded = self._load(built + check_items)
+        for (table, tokens), t in self._passes(loaded, "").items():
+            self.results.setdefault(table, {})[tokens] = t
+        return anchors, loaded
 
-    spreads: dict[tuple, float] = {}  # relative spread of each point's passes
-
-    def sweep(loaded, label: str, done: int, resumable: bool = True) -> tuple[dict, int]:
+    def _passes(self, loaded: list[tuple], label: str, resumable: bool = True) -> dict:
+        """Time ``loaded`` in ``rounds`` interleaved passes: the median point of each."""
         per: dict[tuple, list[Timing]] = {}
-        use = ckpt if resumable else None
-        for rnd in range(rounds):
+        use = self.ckpt if resumable else None
+        for rnd in range(self.rounds):
             for piece, r in loaded:
-                step(f"{label}{piece.table} {piece.tokens or ''}".strip(), done, total)
+                what = f"{label}{piece.table} {piece.tokens or ''}".strip()
+                self.step(what, self.done, self.total)
                 saved = use.get(piece.table, piece.tokens, rnd) if use else None
-                if saved is not None:  # measured before an interruption (--resume)
-                    per.setdefault((piece.table, piece.tokens), []).append(saved)
-                    done += 1
-                    continue
-                if runner is not None:  # one shared runner (trtexec): load each time
-                    r.load(piece.artifact(fmt))
-                t = r.time(per_round)
-                if piece.repeat > 1:
-                    k = piece.repeat
-                    t = replace(
-                        t,
-                        median_ms=t.median_ms / k,
-                        p90_ms=t.p90_ms / k,
-                        min_ms=t.min_ms / k,
-                        max_ms=t.max_ms / k,
-                    )
-                per.setdefault((piece.table, piece.tokens), []).append(t)
-                if use is not None:
-                    use.put(piece.table, piece.tokens, rnd, t)
-                done += 1
+                if saved is None:  # else measured before an interruption (--resume)
+                    saved = self._time_one(piece, r)
+                    if use is not None:
+                        use.put(piece.table, piece.tokens, rnd, saved)
+                per.setdefault((piece.table, piece.tokens), []).append(saved)
+                self.done += 1
         for k, v in per.items():
-            spreads[k] = pass_spread([t.median_ms for t in v])
-        return {k: _combine(v) for k, v in per.items()}, done
+            self.spreads[k] = pass_spread([t.median_ms for t in v])
+        return {k: _combine(v) for k, v in per.items()}
 
+    def _time_one(self, piece, r) -> Timing:
+        """One pass's timing of one piece (per repeat of the piece)."""
+        if self.runner is not None:  # one shared runner (trtexec): load each time
+            r.load(piece.artifact(self.fmt))
+        t = r.time(self.per_round)
+        if piece.repeat <= 1:
+            return t
+        k = piece.repeat
+        return replace(
+            t, median_ms=t.median_ms / k, p90_ms=t.p90_ms / k, min_ms=t.min_ms / k,
+            max_ms=t.max_ms / k,
+        )  # fmt: skip
 
-    blk = make_chain(req.arch, "block", req.chain)
-    # the off-grid check points are timed in the same interleaved passes as the grid,
-    # so that drift in the machine's load cannot pass for interpolation error
-    check_items = [
-        Piece("check", n, blk, (req.batch, n, req.arch.embed_dim), req.chain) for n in checks
-    ]
-    built = [b() for b in pieces]
-    anchors = [p for p in built if isinstance(p, ModelPiece)]
-    loaded = load_all(built + check_items)
-    timed, done = sweep(loaded, "", 0)
-    for (table, tokens), t in timed.items():
-        results.setdefault(table, {})[tokens] = t
+    def _retime(self, loaded: list[tuple]) -> tuple[dict, float]:
+        """A point that breaks the expected shape (slower than a point with more tokens,
+        by more than the noise) is a burst of load, not the model: time it again, in
+        fresh interleaved passes, and keep the new figure. The stored curves are
+        monotone fits. Returns the noise summary and the shape tolerance."""
+        noise = noise_summary(list(self.spreads.values()))
+        tol = max(MIN_SHAPE_TOLERANCE, 2 * noise["median_spread"])
+        by_key = {(p.table, p.tokens): (p, r) for p, r in loaded}
+        for attempt in range(self.req.retime):
+            again = [by_key[k] for k in _shape_breaks(self.results, tol)]
+            if not again:
+                break
+            self.total += len(again) * self.rounds
+            timed = self._passes(again, f"re-timing {attempt + 1}: ", resumable=False)
+            for (table, tokens), t in timed.items():
+                self.results[table][tokens] = t
+                self.retimed.append([table, tokens])
+        return noise, tol
 
-    # A point that breaks the expected shape (slower than a point with more tokens, by
-    # more than the noise) is a burst of load, not the model: time it again, in fresh
-    # interleaved passes, and keep the new figure. The stored curves are monotone fits.
-    noise = noise_summary(list(spreads.values()))
-    tol = max(MIN_SHAPE_TOLERANCE, 2 * noise["median_spread"])
-    by_key = {(p.table, p.tokens): (p, r) for p, r in loaded}
-    retimed: list[list] = []
-    for attempt in range(req.retime):
-        again = [by_key[k] for k in _shape_breaks(results, tol)]
-        if not again:
-            break
-        total += len(again) * rounds
-        timed, done = sweep(again, f"re-timing {attempt + 1}: ", done, resumable=False)
-        for (table, tokens), t in timed.items():
-            results[table][tokens] = t
-            retimed.append([table, tokens])
-    raw: dict[str, list[float]] = {}
-
-    def curve(table: str) -> Curve:
-        r = results[table]
+    # ---- the table ------------------------------------------------------------------
+    def _curve(self, table: str) -> Curve:
+        """A table's curve: the monotone fit of its medians and of its p90s."""
+        r = self.results[table]
         ts = sorted(r)
-        raw[table] = [r[t].median_ms for t in ts]
-        med = isotonic(raw[table])
+        self.raw[table] = [r[t].median_ms for t in ts]
+        med = isotonic(self.raw[table])
         return Curve(tuple(ts), tuple(med), tuple(isotonic([r[t].p90_ms for t in ts])))
 
-    block = curve("block")
-    interp = []
-    if checks:
-        for n in checks:
-            t = results["check"][n]
+    def _interp_check(self, block: Curve) -> list[dict]:
+        """The off-grid check points: measured against interpolated on the block curve."""
+        interp = []
+        for n in self.checks:
+            t = self.results["check"][n]
             est = block.at(n)
             interp.append(
                 {
@@ -405,72 +440,85 @@ def _measure(
                     "rel_err": abs(est - t.median_ms) / t.median_ms if t.median_ms else 0.0,
                 }
             )
-    step("done", total, total)
-    emb, head = results["embed"][None], next(iter(results["head"].values()))
-    dev = req.device
-    runs = [t.runs for k, r in results.items() if k not in ("check", "e2e") for t in r.values()]
-    extra: dict = {
-        "grid": list(grid),
-        "timing": {
-            "warmup": req.policy.warmup,
-            "min_runs": req.policy.min_runs,
-            "max_runs": req.policy.max_runs,
-            "min_time_s": req.policy.min_time_s,
-            "max_time_s": req.policy.max_time_s,
-            "runs_per_point": [min(runs), max(runs)],
-            "rounds": rounds,
-        },
-        "pieces": f"a chain of {req.chain} DeiT blocks (distinct seeded random weights) "
-        f"exported to {fmt} at each token count; times divided by the chain length",
-        "chain": req.chain,
-        "head_tokens": next(iter(results["head"])),
-    }
-    extra["noise"] = {**noise, "shape_tolerance": tol}
-    extra["retimed"] = {
-        "count": len(retimed),
-        "points": retimed,
-        "still_breaking": [list(k) for k in _shape_breaks(results, tol)],
-    }
-    extra["raw_median_ms"] = raw
-    if interp:
-        extra["interp_check"] = {
-            "table": "block",
-            "points": interp,
-            "max_rel_err": max(p["rel_err"] for p in interp),
+        return interp
+
+    def _extra(self, noise: dict, tol: float, interp: list[dict]) -> dict:
+        """The table's ``extra``: how it was measured and how well."""
+        req, results = self.req, self.results
+        runs = [t.runs for k, r in results.items() if k not in ("check", "e2e") for t in r.values()]
+        extra: dict = {
+            "grid": list(self.grid),
+            "timing": {
+                "warmup": req.policy.warmup,
+                "min_runs": req.policy.min_runs,
+                "max_runs": req.policy.max_runs,
+                "min_time_s": req.policy.min_time_s,
+                "max_time_s": req.policy.max_time_s,
+                "runs_per_point": [min(runs), max(runs)],
+                "rounds": self.rounds,
+            },
+            "pieces": f"a chain of {req.chain} DeiT blocks (distinct seeded random weights) "
+            f"exported to {self.fmt} at each token count; times divided by the chain length",
+            "chain": req.chain,
+            "head_tokens": next(iter(results["head"])),
         }
-    if "selector" in results:
-        extra["selector_keep_off_plan"] = SELECTOR_KEEP
-    table = LatencyTable(
-        device={
+        extra["noise"] = {**noise, "shape_tolerance": tol}
+        extra["retimed"] = {
+            "count": len(self.retimed),
+            "points": self.retimed,
+            "still_breaking": [list(k) for k in _shape_breaks(results, tol)],
+        }
+        extra["raw_median_ms"] = self.raw
+        if interp:
+            extra["interp_check"] = {
+                "table": "block",
+                "points": interp,
+                "max_rel_err": max(p["rel_err"] for p in interp),
+            }
+        if "selector" in results:
+            extra["selector_keep_off_plan"] = SELECTOR_KEEP
+        return extra
+
+    def _device_info(self) -> dict:
+        """The table's ``device``: the descriptor, the runtime's version, this machine."""
+        dev = self.req.device
+        return {
             "name": dev.name,
             "runtime": dev.runtime,
-            "runtime_version": version,
+            "runtime_version": self.version,
             "precision": dev.precision,
-            "threads": req.threads_used,
+            "threads": self.req.threads_used,
             "host": dev.host or "local",
             "transport": dev.transport,
             "fingerprint": fingerprint(),
-        },
-        arch=req.arch,
-        method=req.method,
-        batch=req.batch,
-        date=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-        measured=True,
-        block=block,
-        embed=Point(emb.median_ms, emb.p90_ms),
-        head=Point(head.median_ms, head.p90_ms),
-        attn=curve("attn") if "attn" in results else None,
-        mlp=curve("mlp") if "mlp" in results else None,
-        selectors={req.method: curve("selector")} if "selector" in results else {},
-        extra=extra,
-    )
-    if anchors:
-        timed = results["e2e"]
-        measured = [
+        }
+
+    def _table(self, curves: dict[str, Curve], extra: dict) -> LatencyTable:
+        """The latency table of the timed pieces (before the end-to-end fit)."""
+        req, results = self.req, self.results
+        emb, head = results["embed"][None], next(iter(results["head"].values()))
+        return LatencyTable(
+            device=self._device_info(),
+            arch=req.arch,
+            method=req.method,
+            batch=req.batch,
+            date=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+            measured=True,
+            block=curves["block"],
+            embed=Point(emb.median_ms, emb.p90_ms),
+            head=Point(head.median_ms, head.p90_ms),
+            attn=curves.get("attn"),
+            mlp=curves.get("mlp"),
+            selectors={req.method: curves["selector"]} if "selector" in curves else {},
+            extra=extra,
+        )
+
+    def _anchor_times(self, anchors: list[ModelPiece]) -> list[tuple]:
+        """(label, plan, median ms, p90 ms) of every whole model timed."""
+        timed = self.results["e2e"]
+        return [
             (a.label, a.plan, timed[a.tokens].median_ms, timed[a.tokens].p90_ms) for a in anchors
         ]
-        table.e2e = fit_end_to_end(table, measured)
-    return table
 
 
 def _shape_breaks(results: dict, tol: float) -> list[tuple[str, int]]:

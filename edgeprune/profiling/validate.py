@@ -33,8 +33,10 @@ from edgeprune.runtimes.base import runtime as runtime_of
 from edgeprune.runtimes.timing import Timing, time_interleaved
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ConfigResult:
+    """One random schedule: predicted and measured."""
+
     keep_ratios: tuple[float, ...]
     predicted_ms: float
     measured_ms: float
@@ -54,8 +56,10 @@ class ConfigResult:
         }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ValidationReport:
+    """What ``validate-profile`` found: every schedule's error, and the machine's drift."""
+
     profile: str
     method: str
     threads: int
@@ -178,7 +182,7 @@ class LocalModels:
         target = runtime_of(self.runtime).target
         self.step(f"exporting {label}")
         path = Path(self._tmp.name) / f"m{len(self.runners)}{get_target(target).suffix}"
-        req = ExportRequest(target, path, batch=self.batch, parity_inputs=1, force=True)
+        req = ExportRequest(target=target, out=path, batch=self.batch, parity_inputs=1, force=True)
 
         with edgeprune_kernels(self.kernels):
             res = export_source(source, req)
@@ -205,6 +209,7 @@ def time_sources(
     runtime: str,
     threads: int,
     batch: int,
+    *,
     rounds: int = 30,
     burst: int = 3,
     progress: Callable[[str], None] | None = None,
@@ -221,17 +226,8 @@ def time_sources(
         return here.time(runners, rounds, burst)
 
 
-def validate_profile(
-    model: LatencyModel,
-    configs: int = 20,
-    threads: int | None = None,
-    rounds: int = 30,
-    seed: int = 0,
-    progress: Callable[[str], None] | None = None,
-    burst: int = 3,
-) -> ValidationReport:
-
-    tb = model.table
+def _check_settings(configs: int, threads: int | None, rounds: int, burst: int) -> None:
+    """Refuse ``validate-profile`` settings out of range."""
     if configs < 1:
         raise EdgepruneError(f"--configs {configs} must be at least 1")
     if threads is not None and threads < 1:
@@ -240,7 +236,11 @@ def validate_profile(
         raise EdgepruneError(f"--rounds {rounds} must be at least 3")
     if burst < 1:
         raise EdgepruneError(f"--burst {burst} must be at least 1")
-    runtime = check_local_runtime(model, "validate-profile")
+
+
+def _profiled_method(model: LatencyModel):
+    """The pruning method the profile was measured for (refused: none, or a custom arch)."""
+    tb = model.table
     if tb.arch.name not in ARCHS or ARCHS[tb.arch.name] != tb.arch:
         raise EdgepruneError(f"profile arch {tb.arch.name} is not a built-in architecture")
     method_name = tb.method or (next(iter(tb.selectors)) if len(tb.selectors) == 1 else None)
@@ -248,7 +248,26 @@ def validate_profile(
         raise EdgepruneError(
             f"profile {model.source} names no pruning method", "profile with --method"
         )
-    meth = get_method(method_name)
+    return get_method(method_name)
+
+
+def validate_profile(
+    model: LatencyModel,
+    *,
+    configs: int = 20,
+    threads: int | None = None,
+    rounds: int = 30,
+    seed: int = 0,
+    progress: Callable[[str], None] | None = None,
+    burst: int = 3,
+) -> ValidationReport:
+    """Time ``configs`` random schedules of the profile's method (and its anchors)
+    end-to-end here and compare them with the latency model's predictions."""
+
+    tb = model.table
+    _check_settings(configs, threads, rounds, burst)
+    runtime = check_local_runtime(model, "validate-profile")
+    meth = _profiled_method(model)
     threads = threads or int(tb.device.get("threads") or 1)
     used = random_schedules(meth, len(meth.default_locs), configs, seed)
     sources = [resolve(f"{tb.arch.name}:{meth.name}", keep=r) for r in used]
@@ -261,10 +280,13 @@ def validate_profile(
         labels.append(f"anchor {a.label}")
     kernels = bool(tb.device.get("custom_kernels"))
     timings = time_sources(
-        sources, runtime, threads, tb.batch, rounds, burst, progress, labels, kernels
-    )
+        sources, runtime, threads, tb.batch, rounds=rounds, burst=burst, progress=progress,
+        labels=labels, kernels=kernels,
+    )  # fmt: skip
     results = tuple(
-        ConfigResult(r, p, t.median_ms, t.p90_ms)
+        ConfigResult(
+            keep_ratios=r, predicted_ms=p, measured_ms=t.median_ms, measured_p90_ms=t.p90_ms
+        )
         for r, p, t in zip(used, preds, timings[: len(used)], strict=True)
     )
     again = tuple(
@@ -272,7 +294,10 @@ def validate_profile(
         for a, t in zip(anchors, timings[len(used) :], strict=False)
     )
     noise = float(np.median([t.extra.get("spread", 0.0) for t in timings]))
-    return ValidationReport(model.source, meth.name, threads, rounds, results, burst, again, noise)
+    return ValidationReport(
+        profile=model.source, method=meth.name, threads=threads, rounds=rounds, results=results,
+        burst=burst, anchors=again, noise=noise,
+    )  # fmt: skip
 
 
 def validate_to_plot(

@@ -8,28 +8,47 @@ import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+from rich import box
 from rich import progress as rp
 from rich.markup import escape
 from rich.table import Table
 
 
 def devices_table(rows: list[dict]) -> Table:
-    t = Table(title="devices", title_justify="left")
-    for col in ("name", "runtime", "precision", "threads", "reach", "reachable", "why"):
-        t.add_column(col)
+    """The device profiles, one row each, narrow enough for 80 columns (why one cannot be
+    reached: ``devices_notes``)."""
+    t = Table(title="devices", title_justify="left", box=box.SIMPLE_HEAD)
+    for col in ("device", "runtime", "threads", "reach", "ok"):
+        t.add_column(col, no_wrap=True, min_width=len(col) if col != "ok" else 3)
     for r in rows:
-        name = r["name"] + (f" ({', '.join(r['aliases'])})" if r["aliases"] else "")
-        reach = r["transport"] if r["transport"] == "local" else f"{r['transport']} {r['host']}"
+        name = r["name"] + "".join(f"\n ({a})" for a in r["aliases"])
         t.add_row(
             name,
-            r["runtime"],
-            r["precision"],
+            f"{r['runtime']} {r['precision']}",
             str(r["threads"] or "all"),
-            reach,
+            _reach(r),
             "[green]yes[/]" if r["reachable"] else "[red]no[/]",
-            r["why"],
         )
     return t
+
+
+def _reach(row: dict) -> str:
+    """How a device is reached: local, ssh HOST, adb [SERIAL]."""
+    if row["transport"] == "local":
+        return "local"
+    where = row.get("host") or row.get("serial")
+    return f"{row['transport']} {where}" if where else row["transport"]
+
+
+def devices_notes(rows: list[dict], width: int = 160) -> list[str]:
+    """One line per device that cannot be reached: its name and why (cut to ``width``)."""
+    notes = []
+    for r in rows:
+        if not r["reachable"]:
+            why = " ".join(str(r["why"]).split())
+            why = why if len(why) <= width else why[: width - 1] + "…"
+            notes.append(f"{r['name']}: {escape(why)}")
+    return notes
 
 
 def profile_lines(res) -> list[str]:
@@ -66,28 +85,26 @@ def profile_lines(res) -> list[str]:
     return lines
 
 
-def budget_lines(run) -> list[str]:
-    """``run``: a ``budget.run.BudgetRun``."""
+def budget_lines(run, verbose: bool = False) -> list[str]:
+    """``run``: a ``budget.run.BudgetRun``. The expected latency first (measured with
+    --verify), then the schedule; ``verbose`` adds the figures it is made of."""
     res, c = run.result, run.result.chosen
-    target, k = res.target_ms, res.scale
-    anchored = f" (re-anchored: the table's × {k:.3f})" if k != 1.0 else ""
     if res.status == "dense":
-        head = (
-            f"the dense model already meets the target: {res.dense_ms * k:.3f} ms ≤ "
-            f"{target:.3f} ms{anchored}, no pruning needed (the fastest {res.method} schedule "
-            f"{[round(r, 4) for r in res.fastest.keep_ratios]} would predict "
-            f"{res.fastest.predicted_ms * k:.3f} ms)"
+        what = (
+            f"the dense model already meets the target of {res.target_ms:.3f} ms: no pruning "
+            f"needed (the fastest {res.method} schedule "
+            f"{[round(r, 4) for r in res.fastest.keep_ratios]} would take "
+            f"{res.fastest.predicted_ms * res.scale:.3f} ms)"
         )
     else:
-        head = (
+        what = (
             f"keep ratios {[round(r, 4) for r in c.keep_ratios]} at blocks {list(res.locs)} "
-            f"({res.method}, {res.schedule}): predicted {res.predicted_ms:.3f} ms{anchored} ≤ "
-            f"target {target:.3f} ms (margin {res.margin_ms:.3f} ms; dense "
-            f"{res.dense_ms * k:.3f} ms)"
+            f"({res.method}, {res.schedule}) for a target of {res.target_ms:.3f} ms"
         )
     extra = f", predicted {run.metric} {c.accuracy:.2f}" if c.accuracy is not None else ""
     lines = [
-        head,
+        expected_line(run.expected.to_dict()),
+        what,
         f"tokens/block: {' '.join(map(str, c.plan.attn_tokens))}",
         f"GFLOPs {res.gflops():.3f}, kept tokens {c.kept_tokens:g}{extra}",
     ]
@@ -97,10 +114,23 @@ def budget_lines(run) -> list[str]:
         )
     if run.chosen_summary is not None:
         lines.append(run.chosen_summary)
+    if verbose:
+        lines += prediction_lines(res)
     if run.verification is not None:
-        lines += verification_lines(run.verification)
+        lines += verification_lines(run.verification, verbose)
     lines.append(f"[green]wrote[/] {run.path}" + (f" and {run.plot}" if run.plot else ""))
     return lines
+
+
+def prediction_lines(res) -> list[str]:
+    """What the table predicts for the pick and for dense, and its re-anchoring."""
+    k = res.scale
+    anchored = f" × {k:.3f} (re-anchored) = {res.predicted_ms:.3f} ms" if k != 1.0 else ""
+    return [
+        f"the table predicts {res.chosen.predicted_ms:.3f} ms{anchored} (dense "
+        f"{res.dense_ms:.3f} ms{f' × {k:.3f}' if k != 1.0 else ''}); margin to the target "
+        f"{res.margin_ms:.3f} ms"
+    ]
 
 
 def _choice_text(ch: dict | None) -> str:
@@ -135,22 +165,30 @@ def refined_lines(v) -> list[str]:
     ]
 
 
-def verification_lines(v) -> list[str]:
+def verification_lines(v, verbose: bool = False) -> list[str]:
+    """The verdict of ``budget --verify``; ``verbose`` adds the re-anchoring, the
+    refinement, the predictions beside the measurement and dense's timing."""
     verdict = "[green]budget met[/]" if v.met else "[red]budget NOT met[/]"
-    table = f", the table's {v.table_predicted_ms:.3f} ms" if v.reanchor else ""
-    return (
-        reanchor_lines(v)
-        + refined_lines(v)
-        + [
-            f"{verdict} when measured: {v.measured_ms:.3f} ms (p90 {v.measured_p90_ms:.3f}) vs "
-            f"target {v.target_ms:.3f} ms ({v.vs_target:+.1%}); predicted {v.predicted_ms:.3f} ms "
-            f"(error {v.error:+.1%}{table})",
-            f"dense measured {v.dense_measured_ms:.3f} ms vs predicted {v.dense_predicted_ms:.3f} "
-            f"ms (machine drift {v.drift:+.1%}); speedup {v.speedup:.2f}× "
-            f"({v.runtime}, {v.threads} thread(s), {v.rounds} interleaved rounds × {v.burst})",
-        ]
-        + moved_lines(v)
-    )
+    lines = [
+        f"{verdict} when measured: {v.measured_ms:.3f} ms vs target {v.target_ms:.3f} ms "
+        f"({v.vs_target:+.1%})"
+    ]
+    if verbose:
+        table = f", the table's {v.table_predicted_ms:.3f} ms" if v.reanchor else ""
+        lines = (
+            reanchor_lines(v)
+            + refined_lines(v)
+            + lines
+            + [
+                f"measured {v.measured_ms:.3f} ms (p90 {v.measured_p90_ms:.3f}) against "
+                f"predicted {v.predicted_ms:.3f} ms (error {v.error:+.1%}{table})",
+                f"dense measured {v.dense_measured_ms:.3f} ms vs predicted "
+                f"{v.dense_predicted_ms:.3f} ms (machine drift {v.drift:+.1%}); speedup "
+                f"{v.speedup:.2f}× ({v.runtime}, {v.threads} thread(s), {v.rounds} "
+                f"interleaved rounds × {v.burst})",
+            ]
+        )
+    return lines + moved_lines(v)
 
 
 def moved_lines(v) -> list[str]:
@@ -229,6 +267,18 @@ def inspect_table(src: str, source, n_params: int) -> Table:
     t.add_row("GFLOPs selectors", f"{fl.selectors:.3f}  (scoring; top-k and gather are free)")
     t.add_row("GFLOPs total", f"{fl.total:.2f}  ({fl.total / fl.dense:.0%} of dense)")
     return t
+
+
+def expected_line(e: dict) -> str:
+    """The one latency quoted for a schedule (``latency.model.Expected.to_dict()``), with
+    its parts in brackets where it is not the table's own prediction."""
+    pm = e["plus_minus_ms"]
+    pm = "± unknown" if pm is None else f"±{pm:.2f}"
+    line = f"[bold]expected latency on {e['device']}: {e['ms']:.2f} ms[/] ({pm}, {e['basis']})"
+    parts = e["parts"]
+    if e["basis"] == "latency table, rescaled":
+        line += f": the table's {parts['table_ms']:.2f} ms × {parts['rescale']:.3f}"
+    return line
 
 
 def predict_table(source, pred, title: str) -> Table:

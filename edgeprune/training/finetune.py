@@ -53,8 +53,11 @@ from edgeprune.training.forms import (
 from edgeprune.training.loss import LatencyAwareSparsityLoss
 
 
-@dataclass
+@dataclass(kw_only=True)
 class FinetuneRequest:
+    """What ``edgeprune finetune`` trains: the SRC, the images, the latency target (a
+    profile with ``target_ms``, or a budget file) and the training's settings."""
+
     src: str
     images: Path
     profile: Path | None = None  # a profile (with target_ms) or a budget file
@@ -79,8 +82,10 @@ class FinetuneRequest:
     threads: int | None = None  # torch intra-op threads (None: torch's default)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Step:
+    """One training step's losses and the latency its masks predict."""
+
     step: int
     loss: float
     distill: float
@@ -91,8 +96,10 @@ class Step:
     keep: list[float]  # mean keep fraction per stage (cumulative)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class FinetuneResult:
+    """What a fine-tuning run ended with: the keep ratios and their predicted latency."""
+
     method: str
     arch: str
     locs: tuple[int, ...]
@@ -210,11 +217,7 @@ def finetune(
 def _finetune(
     req: FinetuneRequest, progress: Callable[[Step, int], None] | None
 ) -> tuple[FinetuneResult, torch.nn.Module]:
-
-    if req.steps < 1 or req.batch < 1:
-        raise EdgepruneError("--steps and --batch must be at least 1")
-    if not (math.isfinite(req.lr) and req.lr > 0):
-        raise EdgepruneError(f"--lr {req.lr} is not a positive number")
+    _check_request(req)
     device = torch.device(req.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise EdgepruneError("--device cuda: no CUDA GPU here", "use --device cpu")
@@ -228,11 +231,60 @@ def _finetune(
     locs = tuple(student.plan.prune_locs)
     crit = _latency_loss(req, locs)
     crit.latency.check_arch(source.arch)
+    loop = _Loop.start(req, student, _frozen_teacher(source, device), crit, device)
+    pre = preprocess_for(source.arch.img_size, req.resize)
+    data = _loader(images, pre, req.batch, req.seed)
+
+    dense_ms = float(crit.latency.predict(dense_plan(source.arch)).total_ms)
+    steps: list[Step] = []
+    t0 = time.perf_counter()
+    for i in range(req.steps):
+        steps.append(loop.step(i, data))
+        if progress is not None:
+            progress(steps[-1], req.steps)
+    secs = time.perf_counter() - t0
+    keep = read_keep_ratios(loop.train, images, pre, req.batch, device)
+    meth = get_method("dynamicvit")
+    plan = meth.token_plan(source.arch, MethodConfig(locs, keep, {}))
+    res = FinetuneResult(
+        method="dynamicvit",
+        arch=source.arch.name,
+        locs=locs,
+        target_ms=crit.target_ms,
+        dense_ms=dense_ms,
+        start_ms=steps[0].predicted_ms,
+        keep_ratios=keep,
+        final_ms=float(crit.latency.predict(plan).total_ms),
+        steps=steps,
+        seconds=secs,
+        device=str(device),
+        images=len(images.files),
+        labelled=images.labelled,
+        notes=_notes(source, fresh, images),
+    )
+    return res, loop.train.model.cpu().eval()
+
+
+def _check_request(req: FinetuneRequest) -> None:
+    """Refuse steps, batch or learning rate out of range."""
+    if req.steps < 1 or req.batch < 1:
+        raise EdgepruneError("--steps and --batch must be at least 1")
+    if not (math.isfinite(req.lr) and req.lr > 0):
+        raise EdgepruneError(f"--lr {req.lr} is not a positive number")
+
+
+def _frozen_teacher(source: Source, device: torch.device) -> torch.nn.Module:
+    """The dense backbone, frozen, in eval mode on ``device``."""
     teacher = dense_backbone(source).to(device).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
-    student = student.to(device).train()
-    train = DynamicViTTraining(student, req.tau)
+    return teacher
+
+
+def _optimizer(student: torch.nn.Module, req: FinetuneRequest):
+    """AdamW with the predictors at ``lr`` and the backbone at ``lr ·
+    backbone_lr_scale`` (frozen at 0), and DynamicViT's schedule: cosine decay of every
+    group's learning rate over the run."""
     pred_params = list(student.score_predictor.parameters())
     ids = {id(p) for p in pred_params}
     back = [p for p in student.parameters() if id(p) not in ids]
@@ -243,78 +295,81 @@ def _finetune(
         for p in back:
             p.requires_grad_(False)
     opt = torch.optim.AdamW(groups, weight_decay=0.0)
-    # DynamicViT's schedule: cosine decay of every group's learning rate over the run
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=req.steps)
-    pre = preprocess_for(source.arch.img_size, req.resize)
-    data = _loader(images, pre, req.batch, req.seed)
+    return opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=req.steps)
 
-    dense_ms = float(crit.latency.predict(dense_plan(source.arch)).total_ms)
-    steps: list[Step] = []
-    t0 = time.perf_counter()
-    for i in range(req.steps):
+
+@dataclass(kw_only=True)
+class _Loop:
+    """The moving parts of one run: the student in training form, the frozen teacher,
+    the latency loss and the optimiser, on one device."""
+
+    req: FinetuneRequest
+    train: DynamicViTTraining
+    teacher: torch.nn.Module
+    crit: LatencyAwareSparsityLoss
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler
+    device: torch.device
+
+    @classmethod
+    def start(cls, req: FinetuneRequest, student, teacher, crit, device) -> _Loop:
+        """The student moved to ``device`` in training mode, and its optimiser."""
+        student = student.to(device).train()
+        train = DynamicViTTraining(student, req.tau)
+        opt, sched = _optimizer(student, req)
+        return cls(
+            req=req, train=train, teacher=teacher, crit=crit, opt=opt, sched=sched, device=device
+        )
+
+    def batch(self, data: Iterator) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The next batch, half of it flipped (with ``flip``), on the device."""
         x, y = next(data)
-        if req.flip:
+        if self.req.flip:
             flip = torch.rand(x.shape[0]) < 0.5
             x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
-        x = x.to(device)
-        logits, feats, masks = train(x)
+        return x.to(self.device), y
+
+    def step(self, i: int, data: Iterator) -> Step:
+        """One optimisation step on the next batch: its losses and predicted latency."""
+        req, device = self.req, self.device
+        x, y = self.batch(data)
+        logits, feats, masks = self.train(x)
         with torch.no_grad():
-            t_logits, t_feats = teacher_forward(teacher, x)
+            t_logits, t_feats = teacher_forward(self.teacher, x)
         cls_kl, tok_kl = distillation_losses(logits, feats, masks[-1], t_logits, t_feats)
-        lat = crit([m.cpu() if m.device.type != "cpu" else m for m in masks]).to(device)
+        lat = self.crit([m.cpu() if m.device.type != "cpu" else m for m in masks]).to(device)
         ce = F.cross_entropy(logits, y.to(device)) if y is not None else None
         loss = req.distill_weight * (cls_kl + tok_kl) + lat
         if ce is not None:
             loss = loss + req.clf_weight * ce
         if not torch.isfinite(loss):
             raise EdgepruneError(f"the loss became non-finite at step {i}", "lower --lr")
-        opt.zero_grad()
+        self.opt.zero_grad()
         loss.backward()
-        opt.step()
-        sched.step()
+        self.opt.step()
+        self.sched.step()
         with torch.no_grad():
             cpu_masks = [m.detach().cpu() for m in masks]
-            st = Step(
-                i,
-                float(loss),
-                float(cls_kl),
-                float(tok_kl),
-                float(ce) if ce is not None else None,
-                float(lat),
-                float(crit.predicted_ms(cpu_masks)),
-                [float(m.mean()) for m in cpu_masks],
+            return Step(
+                step=i,
+                loss=float(loss),
+                distill=float(cls_kl),
+                token_distill=float(tok_kl),
+                ce=float(ce) if ce is not None else None,
+                latency_loss=float(lat),
+                predicted_ms=float(self.crit.predicted_ms(cpu_masks)),
+                keep=[float(m.mean()) for m in cpu_masks],
             )
-        steps.append(st)
-        if progress is not None:
-            progress(st, req.steps)
-    secs = time.perf_counter() - t0
-    keep = read_keep_ratios(train, images, pre, req.batch, device)
-    meth = get_method("dynamicvit")
-    plan = meth.token_plan(source.arch, MethodConfig(locs, keep, {}))
-    final_ms = float(crit.latency.predict(plan).total_ms)
-    student = student.cpu().eval()
+
+
+def _notes(source: Source, fresh: bool, images: ImageSet) -> list[str]:
+    """The result's notes: the source's, new predictors, no labels."""
     notes = list(source.notes)
     if fresh:
         notes.append("new predictors, initialised to keep every token")
     if not images.labelled:
         notes.append("unlabelled folder: no cross-entropy term, distillation only")
-    res = FinetuneResult(
-        "dynamicvit",
-        source.arch.name,
-        locs,
-        crit.target_ms,
-        dense_ms,
-        steps[0].predicted_ms,
-        keep,
-        final_ms,
-        steps,
-        secs,
-        str(device),
-        len(images.files),
-        images.labelled,
-        notes,
-    )
-    return res, student
+    return notes
 
 
 def read_keep_ratios(

@@ -76,6 +76,7 @@ class LatencyAwareSparsityLoss(nn.Module):
         target_ms: float | None = None,
         method: str | None = None,
         locs: Sequence[int] | None = None,
+        *,
         weight: float = 1.0,
         shape: str = "hinge",
         extra_tokens: int | Sequence[int] | None = None,

@@ -16,17 +16,22 @@ quantized residual add became an int8 slice that XNNPACK refuses at load
 (``Failed to create static slice node … xnn_status_invalid_parameter``). ``BlocksOnly``
 removes every annotation outside those modules after the quantizer has annotated, and
 then every annotation that shares an observer with a removed one.
+
+The quantizer is executorch's (imported through ``import_executorch``), the PT2E flow
+torchao's, which comes with executorch (imported in ``_pt2e`` only).
 """
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from edgeprune.core.errors import EdgepruneError
+from edgeprune.core.errors import EdgepruneError, MissingRuntimeError
 from edgeprune.core.images import batches, preprocess_for, scan
+from edgeprune.runtimes.executorch import INSTALL_HINT, import_executorch
 
 QUANTIZED_MODULES = ("patch_embed", "blocks", "head")
 ANNOTATION = "quantization_annotation"  # the key PT2E quantizers annotate nodes under
@@ -44,7 +49,7 @@ QUANTIZER = {
 }
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Calibration:
     """The calibration batches (each of the exported batch size) and where they came from."""
 
@@ -56,7 +61,7 @@ def random_calibration(batch: int, img_size: int, n: int = RANDOM_CALIBRATION) -
     g = torch.Generator().manual_seed(CALIBRATION_SEED)
     xs = [torch.randn(batch, 3, img_size, img_size, generator=g) for _ in range(-(-n // batch))]
     info = {"source": "random", "seed": CALIBRATION_SEED, "images": len(xs) * batch}
-    return Calibration(xs, info)
+    return Calibration(batches=xs, info=info)
 
 
 def image_calibration(folder: Path, batch: int, img_size: int) -> Calibration:
@@ -76,7 +81,7 @@ def image_calibration(folder: Path, batch: int, img_size: int) -> Calibration:
         "images_in_folder": len(found.files),
         "preprocess": pre.to_dict(),
     }
-    return Calibration(list(x.split(batch)), info)
+    return Calibration(batches=list(x.split(batch)), info=info)
 
 
 def calibration_for(images: Path | None, batch: int, img_size: int) -> Calibration:
@@ -102,11 +107,18 @@ def _observed(ref) -> bool:
     return ann is not None and ann.output_qspec is not None
 
 
+def _pt2e(module: str):
+    """torchao's ``torchao.quantization.pt2e.<module>`` (installed with executorch)."""
+    try:
+        return importlib.import_module(f"torchao.quantization.pt2e.{module}")
+    except ImportError:
+        raise MissingRuntimeError("int8 needs torchao (PT2E quantization)", INSTALL_HINT) from None
+
+
 def keep_outside_fp32(gm: torch.fx.GraphModule) -> None:
     """Drop the annotations of nodes outside ``QUANTIZED_MODULES``, then of every node
     sharing an observer with a dropped one (until none is left dangling)."""
-    from torchao.quantization.pt2e.quantizer import SharedQuantizationSpec
-
+    shared = _pt2e("quantizer").SharedQuantizationSpec
     for n in gm.graph.nodes:
         if ANNOTATION in n.meta and not _in_quantized_module(n):
             del n.meta[ANNOTATION]
@@ -118,10 +130,7 @@ def keep_outside_fp32(gm: torch.fx.GraphModule) -> None:
             if ann is None:
                 continue
             specs = [*ann.input_qspec_map.values(), ann.output_qspec]
-            if any(
-                isinstance(s, SharedQuantizationSpec) and not _observed(s.edge_or_node)
-                for s in specs
-            ):
+            if any(isinstance(s, shared) and not _observed(s.edge_or_node) for s in specs):
                 del n.meta[ANNOTATION]
                 changed = True
 
@@ -129,32 +138,28 @@ def keep_outside_fp32(gm: torch.fx.GraphModule) -> None:
 def xnnpack_quantizer():
     """XNNPACK's quantizer (symmetric, per-channel weights) that leaves what lies
     outside the patch embedding, the blocks and the head in fp32."""
-    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
-        XNNPACKQuantizer,
-        get_symmetric_quantization_config,
-    )
+    xnnpack = import_executorch("backends.xnnpack.quantizer.xnnpack_quantizer")
 
-    class BlocksOnly(XNNPACKQuantizer):
+    class BlocksOnly(xnnpack.XNNPACKQuantizer):
         def annotate(self, model: torch.fx.GraphModule) -> torch.fx.GraphModule:
             model = super().annotate(model)
             keep_outside_fp32(model)
             return model
 
-    return BlocksOnly().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    return BlocksOnly().set_global(xnnpack.get_symmetric_quantization_config(is_per_channel=True))
 
 
 def quantize(model: torch.nn.Module, example: torch.Tensor, calibration: Calibration):
     """``model`` → its PT2E-quantized graph (a ``GraphModule``: q/dq around int8 ops),
     calibrated on ``calibration``; export it again with ``torch.export`` to lower it."""
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
-
+    pt2e = _pt2e("quantize_pt2e")
     try:
         captured = torch.export.export(model.eval(), (example,)).module()
-        prepared = prepare_pt2e(captured, xnnpack_quantizer())
+        prepared = pt2e.prepare_pt2e(captured, xnnpack_quantizer())
         with torch.no_grad():
             for x in calibration.batches:
                 prepared(x)
-        return convert_pt2e(prepared)
+        return pt2e.convert_pt2e(prepared)
     except EdgepruneError:
         raise
     except Exception as e:  # noqa: BLE001  (torch.export / PT2E raise many kinds)

@@ -1,66 +1,35 @@
-"""Faster lowering to XNNPACK, with the same program: four costs of ExecuTorch 1.4's
-pipeline that our ViT graphs do not need (``lower`` in ``export/executorch/target.py`` runs
-inside ``fast_lowering()``).
+"""Which passes of ExecuTorch's lowering to XNNPACK a graph needs: for each pass that
+``xnnpack_patch.py`` may skip, the ops it rewrites, as a check of whether a graph has
+one. ``fast_lowering()`` runs a lowering (``lower`` in ``export/executorch/target.py``)
+with those patches, which skip a pass on a graph that has none of its ops.
 
-Profiled on DeiT-S DynamicViT/0.7 (2-core x86_64, executorch 1.4.1): the lowering
-re-traces the whole graph dozens of times (``run_decompositions`` several times, then
-17 XNNPACK passes per delegate segment, then ExecuTorch's own edge passes), and four
-things make that slow.
+1. **XNNPACK passes** (``APPLIES``, by pass class name). The XNNPACK backend runs all
+   its passes on every delegate segment, and each is a full re-trace even when it
+   changes nothing; the bilinear-upsample pass also pattern-matches every node against
+   traced templates. A pass is skipped only when the segment has none of the ops it
+   rewrites: batch norm, PReLU, 1-D convolution, bilinear upsampling, a masked
+   attention that could become SDPA, max-pool/max getitems, a concatenation of more
+   than five tensors, dim-order or dtype copies, ReLU/hardtanh to fuse, the
+   quantize/dequantize nodes of an int8 program, an ``mm`` that ``ConvertToLinearPass``
+   turns into a linear, a computation on constants alone that ``ConstPropPass`` folds.
+   A segment that has such an op gets that pass, as before.
+2. **ExecuTorch's own edge passes** (``_edge_pass_checks``, by pass class): ``t`` to
+   ``t_copy``, views to copies, symbolic sizes to tensors, mixed dtypes cast, portable
+   dim orders, memory formats to dim orders; each holds exactly the ops it rewrites.
 
-1. **Provenance.** Every node a re-trace creates records where it came from
-   (``node.meta["from_node"]``, a ``torch.fx.traceback.NodeSource``), and each record
-   deep-copies the whole history of its source node. The history grows by one level
-   per pass, so the copying grows with passes × nodes × depth: ~15 % of the lowering.
-   Here each record keeps its immediate source (the node it was made from, which is
-   what ``torch.export`` reads back, ``from_node[-1].name``) and the greatest ancestor
-   (what ExecuTorch numbers debug handles by), not the steps between. The program,
-   its debug handles included, is the same; only that metadata is shorter.
-2. **XNNPACK passes that cannot apply.** The XNNPACK backend runs all its passes on
-   every delegate segment, and each is a full re-trace even when it changes nothing;
-   the bilinear-upsample pass also pattern-matches every node against traced
-   templates. A pass is skipped only when the segment has none of the ops it rewrites
-   (``APPLIES`` below: batch norm, PReLU, 1-D convolution, bilinear upsampling, a
-   masked attention that could become SDPA, max-pool/max getitems, a concatenation of
-   more than five tensors, dim-order or dtype copies, ReLU/hardtanh to fuse, the
-   quantize/dequantize nodes of an int8 program). A segment that has such an op gets
-   that pass, as before.
-
-3. **Decompositions done four times.** ``torch.export``'s program went through our
-   rewrites (one ``run_decompositions``), then ExecuTorch's three (``{}`` to
-   functionalise, then twice around the partitioner's preserved ops), each a full
-   re-trace. ``one_pass_table`` joins ours with ExecuTorch's pre-partition table, and
-   ``_skip_idle_decompositions`` returns a decomposed program as it is when the table
-   matches none of its nodes: one re-trace (two where the partitioner refuses an op
-   it preserved, which ExecuTorch's last call then decomposes).
-
-4. **Edge passes that cannot apply.** ``to_edge`` and ``to_executorch`` run ExecuTorch's
-   own passes (``t`` to ``t_copy``, views to copies, symbolic sizes to tensors, mixed
-   dtypes cast, portable dim orders), each a full re-trace; on our static fp32 graphs
-   most find nothing. ``_edge_pass_checks`` holds, per pass, exactly the ops it
-   rewrites, and a pass is skipped only when the graph has none. (The XNNPACK
-   ``ConvertToLinearPass`` and ``ConstPropPass`` are in ``APPLIES`` the same way.)
-   DeiT-S SPViT, whole command, A/B in one session: 34–37 s → 27–28 s. The two that
-   always find work, aten ops to edge ops and then memory formats to dim orders, run
-   as one re-trace (``_edge_ops_with_dim_order``).
-
-All are plain Python patches of the pipeline's classes, active only inside the
-context and undone after; if ExecuTorch or torch change the names they rely on, the
-lowering runs as it does without them (``EDGEPRUNE_XNNPACK_ALL_PASSES=1`` turns all
-of them off). ``tests/test_executorch.py`` checks that a program lowered both ways is the
-same, byte for byte.
+A graph with control flow always gets every pass: the checks read the top-level graph
+only, and passes walk into the branches.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
-import os
-import weakref
+import functools
 from collections.abc import Callable, Iterator
 
 import torch
-from torch.export import ExportedProgram
-from torch.fx import traceback as fxt
+
+from edgeprune.export.executorch import xnnpack_patch
 
 
 def _calls(graph: torch.fx.Graph) -> Iterator[tuple[torch.fx.Node, str]]:
@@ -211,73 +180,6 @@ APPLIES: dict[str, Callable[[torch.fx.Graph], bool]] = {
 }
 
 
-def _root(sources: list) -> object | None:
-    """The greatest ancestor in a ``from_node`` list (what ExecuTorch's debug handles
-    are numbered by: ``debug_handle_utils.get_greatest_ancestor_node_identifier``)."""
-    if not sources:
-        return None
-    src = sources[-1]
-    while src.from_node:
-        src = src.from_node[-1]
-    return src
-
-
-def _short_provenance():
-    cls = getattr(fxt, "NodeSource", None)
-    if cls is None:
-        return None
-    orig = cls.__init__
-
-    def init(self, node=None, pass_name: str = "", action=None) -> None:
-        history = node.meta.pop("from_node", None) if node is not None else None
-        try:
-            orig(self, node, pass_name, action)
-        finally:
-            if history is not None:
-                node.meta["from_node"] = history
-        root = _root(history or [])
-        if root is not None:
-            self.from_node = [copy.copy(root)]
-
-    cls.__init__ = init
-    return lambda: setattr(cls, "__init__", orig)
-
-
-def _needed_passes_only():
-    """XNNPACK's default pass list, each pass checked against the segment as it is just
-    before that pass would run (an earlier pass, e.g. the clone removal, can create
-    what a later one rewrites)."""
-    try:
-        from executorch.backends.xnnpack._passes import XNNPACKPassManager
-    except ImportError:
-        return None
-    orig_init, orig_transform = XNNPACKPassManager.__init__, XNNPACKPassManager.transform
-
-    def init(self, exported_program, passes=None) -> None:
-        orig_init(self, exported_program, passes)
-        self._edgeprune_checked = not passes  # a caller's own list is left alone
-
-    def transform(self):
-        if not getattr(self, "_edgeprune_checked", False):
-            return orig_transform(self)
-        every, ep = list(self.passes), self.exported_program
-        try:
-            for p in every:
-                if _applies(APPLIES.get(p.__name__), ep.graph):
-                    self.passes, self._exported_program = [p], ep
-                    ep = orig_transform(self)
-        finally:
-            self.passes = every
-        return ep
-
-    XNNPACKPassManager.__init__, XNNPACKPassManager.transform = init, transform
-
-    def restore() -> None:
-        XNNPACKPassManager.__init__, XNNPACKPassManager.transform = orig_init, orig_transform
-
-    return restore
-
-
 _CONTROL_FLOW = ("cond", "while_loop", "map_impl", "scan")
 
 
@@ -324,22 +226,12 @@ def _mixed_types(ops: set) -> Callable[[torch.fx.Graph], bool]:
     return check
 
 
+@functools.cache
 def _edge_pass_checks() -> dict[type, Callable[[torch.fx.Graph], bool]]:
     """ExecuTorch's own edge passes whose every rewrite is an op of a known kind: pass
     class -> does the graph have one? (Each is a full re-trace, also when it changes
     nothing; on our static fp32 graphs most of them find nothing.)"""
-    from executorch.exir.passes.dim_order_ops_registry import DimOrderOpsMap
-    from executorch.exir.passes.legalize_portable_dim_order_pass import (
-        LegalizePortableDimOrderPass,
-    )
-    from executorch.exir.passes.memory_format_ops_pass import MemoryFormatOpsPass
-    from executorch.exir.passes.normalize_transpose_pass import NormalizeTransposePass
-    from executorch.exir.passes.remove_mixed_type_operators import RemoveMixedTypeOperators
-    from executorch.exir.passes.replace_broken_ops_with_function_ops_pass import (
-        ReplaceBrokenOpsWithFunctionalOpsPass,
-    )
-    from executorch.exir.passes.sym_to_tensor_pass import SymToTensorPass
-
+    passes = xnnpack_patch.edge_passes()
     aten = torch.ops.aten
     arithmetic = {
         aten.add.Tensor,
@@ -349,142 +241,30 @@ def _edge_pass_checks() -> dict[type, Callable[[torch.fx.Graph], bool]]:
         aten.div.Tensor_mode,
         aten.minimum.default,
     }
+    legalize = passes["LegalizePortableDimOrderPass"]
     return {
-        NormalizeTransposePass: _has_target(aten.t.default),
-        ReplaceBrokenOpsWithFunctionalOpsPass: _views,
-        SymToTensorPass: _symbolic,
-        RemoveMixedTypeOperators: _mixed_types(arithmetic),
-        LegalizePortableDimOrderPass: _has_target(*LegalizePortableDimOrderPass._target_ops),
+        passes["NormalizeTransposePass"]: _has_target(aten.t.default),
+        passes["ReplaceBrokenOpsWithFunctionalOpsPass"]: _views,
+        passes["SymToTensorPass"]: _symbolic,
+        passes["RemoveMixedTypeOperators"]: _mixed_types(arithmetic),
+        legalize: _has_target(*legalize._target_ops),
         # memory-format edge ops to dim-order ones; idle after the fused op replacement
-        # (``_edge_ops_with_dim_order``) has done it in the same re-trace
-        MemoryFormatOpsPass: _has_target(*DimOrderOpsMap),
+        # (xnnpack_patch, patch 5) has done it in the same re-trace
+        passes["MemoryFormatOpsPass"]: _has_target(*xnnpack_patch.dim_order_ops()),
     }
 
 
-def _edge_ops_with_dim_order():
-    """``to_edge`` re-traces the graph once to turn aten ops into edge ops
-    (``OpReplacePass``) and, right after it, once more to turn the memory-format ones
-    among them into dim-order ops (``MemoryFormatOpsPass``, with dim orders on, as
-    ``lower`` leaves them). Here the first does both in its one re-trace: each op is
-    replaced by its edge op and handed on to ``MemoryFormatOpsPass``'s own rewrite;
-    that pass then finds nothing left and is skipped (``_edge_pass_checks``)."""
-    try:
-        import executorch.exir.program._program as program
-        from executorch.exir.passes.memory_format_ops_pass import MemoryFormatOpsPass
-        from executorch.exir.passes.replace_aten_with_edge_pass import (
-            aten_to_edge,
-            should_lower_to_edge,
-        )
-    except ImportError:
-        return None
-    orig = getattr(program, "OpReplacePass", None)
-    if orig is None:
-        return None
-
-    class OpReplaceWithDimOrder(MemoryFormatOpsPass):
-        def call_operator(self, op, args, kwargs, meta):
-            if should_lower_to_edge(op):
-                op = aten_to_edge(op)
-            return super().call_operator(op, args, kwargs, meta)
-
-    program.OpReplacePass = OpReplaceWithDimOrder
-    return lambda: setattr(program, "OpReplacePass", orig)
-
-
-def _skip_idle_edge_passes():
-    """Each pass of ``_edge_pass_checks`` returns the graph as it is when the graph has
-    nothing it rewrites."""
-    try:
-        checks = _edge_pass_checks()
-        from torch.fx.passes.infra.pass_base import PassResult
-    except (ImportError, AttributeError):
-        return None
-    undo = []
-    for cls, applies in checks.items():
-        own, inherited = cls.__dict__.get("__call__"), cls.__call__
-
-        def call(self, graph_module, _cls=cls, _check=applies, _orig=inherited):
-            if type(self) is _cls and not _applies(_check, graph_module.graph):
-                return PassResult(graph_module, False)
-            return _orig(self, graph_module)
-
-        cls.__call__ = call
-        undo.append((cls, own))
-
-    def restore() -> None:
-        for cls, own in undo:
-            if own is None:
-                del cls.__call__
-            else:
-                cls.__call__ = own
-
-    return restore
-
-
-def _skip_idle_decompositions():
-    """A ``run_decompositions`` on a program that is itself the output of one, with a
-    table that has none of its ops, returns it as it is (ExecuTorch calls it three
-    times after ours: ``{}`` to functionalise, then twice around the partitioner's
-    preserved ops; each is a full re-trace, and on our decomposed, functional graphs
-    the ones whose table matches no node change nothing)."""
-
-
-    orig = ExportedProgram.run_decompositions
-    done: weakref.WeakSet = weakref.WeakSet()
-
-    def run(self, decomp_table=None, decompose_custom_triton_ops=False):
-        if (
-            self in done
-            and decomp_table is not None
-            and not decompose_custom_triton_ops
-            and not any(n.target in decomp_table for n, _ in _calls(self.graph))
-        ):
-            return self
-        out = orig(self, decomp_table, decompose_custom_triton_ops)
-        done.add(out)
-        return out
-
-    ExportedProgram.run_decompositions = run
-    return lambda: setattr(ExportedProgram, "run_decompositions", orig)
-
-
-def one_pass_table(ep, ours: dict, partitioner) -> dict:
-    """``ours`` joined with the table ExecuTorch decomposes with before partitioning
-    (its default table minus the ops ``partitioner`` keeps whole), ours taking
-    precedence: one ``run_decompositions`` does what ours and ExecuTorch's first did
-    one after the other, and ExecuTorch's then finds nothing to decompose (see
-    ``_skip_idle_decompositions``). ``ours`` alone where ExecuTorch's names moved."""
-    if os.environ.get("EDGEPRUNE_XNNPACK_ALL_PASSES"):
-        return ours
-    try:
-        from executorch.exir.program._program import _remove_invalid_ops_for_not_decompose
-        from executorch.exir.tracer import _default_decomposition_table
-    except ImportError:
-        return ours
-    keep, _ = partitioner.ops_to_not_decompose(ep)
-    table = _default_decomposition_table()
-    for op in _remove_invalid_ops_for_not_decompose(keep):
-        table.pop(op, None)
-    table.update(ours)
-    return table
+def needed(pass_cls: type, graph: torch.fx.Graph) -> bool:
+    """Whether ``pass_cls`` (an XNNPACK pass or one of ExecuTorch's edge passes) may find
+    something to rewrite in ``graph``: yes unless its check says no."""
+    check = APPLIES.get(pass_cls.__name__) or _edge_pass_checks().get(pass_cls)
+    return _applies(check, graph)
 
 
 @contextlib.contextmanager
-def fast_lowering() -> Iterator[None]:
-    """The speed-ups for the duration of one lowering (nothing when
-    ``EDGEPRUNE_XNNPACK_ALL_PASSES`` is set)."""
-    if os.environ.get("EDGEPRUNE_XNNPACK_ALL_PASSES"):
-        yield
-        return
-    with contextlib.ExitStack() as undo:
-        for patch in (
-            _short_provenance,
-            _needed_passes_only,
-            _skip_idle_decompositions,
-            _skip_idle_edge_passes,
-            _edge_ops_with_dim_order,
-        ):
-            restore = patch()
-            if restore is not None:
-                undo.callback(restore)
-        yield
+def fast_lowering() -> Iterator[bool]:
+    """The lowering with the passes a graph does not need skipped (``xnnpack_patch``);
+    yields whether the patches are on (off: another executorch or torch version, or
+    ``EDGEPRUNE_XNNPACK_ALL_PASSES`` set)."""
+    with xnnpack_patch.patched(needed) as on:
+        yield on

@@ -40,8 +40,9 @@ from torch.fx.passes.infra.pass_base import PassResult
 from edgeprune.core.errors import EdgepruneError, MissingRuntimeError
 from edgeprune.core.methods.tokenops import edgeprune_kernels, prepare_trace, xnnpack_form
 from edgeprune.core.source import Source
-from edgeprune.export.executorch.int8 import QUANTIZER, calibration_for, quantize
-from edgeprune.export.executorch.lowering import fast_lowering, one_pass_table
+from edgeprune.export.executorch import xnnpack_patch
+from edgeprune.export.executorch.int8 import QUANTIZER, Calibration, calibration_for, quantize
+from edgeprune.export.executorch.lowering import fast_lowering
 from edgeprune.export.manifest import base_manifest, prepare_outputs, write_file_artifact
 from edgeprune.export.onnx import io_spec
 from edgeprune.export.parity import check_parity, compare
@@ -53,10 +54,10 @@ from edgeprune.export.registry import (
     Tolerance,
     register,
 )
+from edgeprune.runtimes.executorch import INSTALL_HINT, import_executorch, installed
 from edgeprune.runtimes.executorch.kernel_library import SOURCES, build, source_of
-from edgeprune.runtimes.executorch.runner import ExecuTorchRunner, installed
+from edgeprune.runtimes.executorch.runner import ExecuTorchRunner
 
-INSTALL_HINT = 'pip install "edgeprune[executorch]"  (executorch 1.4.x, built against torch 2.13)'
 # int8 against PyTorch fp32: top-1 agreement at least 50 % is enforced (a program gone
 # wrong agrees at chance level); max |diff| is recorded, its limit (10, in logits) only
 # catches a blown-up program. Random-weight specs have near-tied logits, so their
@@ -200,8 +201,7 @@ def decompositions() -> dict:
 def _drop_noop_expands(gm):
     """Edge pass: remove ``expand_copy`` to the shape it already has (``matmul`` on 4-D
     tensors decomposes into them; XNNPACK does not take ``expand``)."""
-    from executorch.exir.dialects._ops import ops as exir_ops
-
+    exir_ops = import_executorch("exir.dialects._ops").ops
     g, changed = gm.graph, False
     for n in list(g.nodes):
         if n.op == "call_function" and n.target == exir_ops.edge.aten.expand_copy.default:
@@ -217,20 +217,20 @@ def _drop_noop_expands(gm):
 
 
 def _fold_constants_pass():
-    from executorch.exir.pass_base import ExportedProgramPassBase, ExportedProgramPassResult
-    from executorch.exir.passes.constant_prop_pass import constant_prop_pass
+    pass_base = import_executorch("exir.pass_base")
+    fold = import_executorch("exir.passes.constant_prop_pass").constant_prop_pass
 
-    class FoldConstants(ExportedProgramPassBase):
+    class FoldConstants(pass_base.ExportedProgramPassBase):
         """Computations on weights alone become constants (done once, not per run)."""
 
         def call(self, ep):
-            return ExportedProgramPassResult(constant_prop_pass(ep), True)
+            return pass_base.ExportedProgramPassResult(fold(ep), True)
 
     return FoldConstants()
 
 
 # ---- lowering --------------------------------------------------------------------
-@dataclass
+@dataclass(kw_only=True)
 class Lowered:
     buffer: bytes
     segments: int
@@ -294,8 +294,9 @@ def lower(
     model: torch.nn.Module,
     example: torch.Tensor,
     friendly: bool = True,
+    *,
     progress=None,
-    calibration=None,
+    calibration: Calibration | None = None,
     kernels: bool | None = None,
 ) -> Lowered:
     """``model`` → an XNNPACK-delegated ExecuTorch program (in memory).
@@ -305,69 +306,93 @@ def lower(
     says (``None``).
 
     ``friendly=False`` lowers the graph as ``torch.export`` gives it (for comparison).
-    ``calibration`` (``xnnpack_int8.Calibration``): quantize to int8 first (PT2E, on
-    the graph as exported; the rewrites then run on the quantized graph, so LayerNorm
-    stays one fp32 op for the quantizer). ``Lowered.quantized`` is then the quantized
-    graph in PyTorch."""
+    ``calibration``: quantize to int8 first (PT2E, on the graph as exported; the
+    rewrites then run on the quantized graph, so LayerNorm stays one fp32 op for the
+    quantizer). ``Lowered.quantized`` is then the quantized graph in PyTorch."""
     require_executorch()
     step = progress or (lambda _msg: None)
-    seconds: dict[str, float] = {}
-
     prepare_trace(model)  # choices made from the weights' values, which a trace has not
     own = contextlib.nullcontext() if kernels is None else edgeprune_kernels(kernels)
     # token operations in their XNNPACK form (see methods/tokenops.py)
-    with _quiet(), torch.no_grad(), fast_lowering(), xnnpack_form(), own:
-        from executorch.backends.xnnpack.partition.xnnpack_partitioner import (
-            XnnpackPartitioner,
-        )
-        from executorch.exir import EdgeCompileConfig, to_edge_transform_and_lower
-
-        partitioner = XnnpackPartitioner()
-        t0 = time.perf_counter()
+    with _quiet(), torch.no_grad(), fast_lowering() as fast, xnnpack_form(), own:
+        partitioner = _xnnpack().XnnpackPartitioner()
+        marks = {"start": time.perf_counter()}  # each step's end
         quantized = None
         if calibration is not None:
             step(f"int8 quantization (PT2E, {len(calibration.batches)} calibration batches)")
             model = quantized = quantize(model, example, calibration)
-            seconds["quantize"] = round(time.perf_counter() - t0, 2)
+            marks["quantize"] = time.perf_counter()
         step("torch.export")
-        try:
-            ep = torch.export.export(model if quantized is not None else model.eval(), (example,))
-            if friendly:
-                ep = ep.run_decompositions(one_pass_table(ep, decompositions(), partitioner))
-        except Exception as e:  # noqa: BLE001  (torch.export raises many kinds)
-            raise EdgepruneError(
-                f"torch.export failed: {' '.join(str(e).split())[:200]}", exit_code=1
-            ) from e
-        t1 = time.perf_counter()
-        step("lowering to XNNPACK")
-        passes = [_drop_noop_expands, _fold_constants_pass()] if friendly else []
-        # the IR verifier re-walks the whole graph after every pass (~15 % of the lowering
-        # time); the program is checked where it matters, in the runtime, by the parity
-        edge = to_edge_transform_and_lower(
-            ep,
-            transform_passes=passes,
-            partitioner=[partitioner],
-            compile_config=EdgeCompileConfig(_check_ir_validity=False),
-        )
+        traced = model if quantized is not None else model.eval()
+        ep = _export(traced, example, friendly, partitioner)
+        marks["export"] = time.perf_counter()
+        why = None if fast else xnnpack_patch.unsupported()
+        step("lowering to XNNPACK" + (f" (without edgeprune's speed-ups: {why})" if why else ""))
+        edge = _to_edge(ep, friendly, partitioner)
         segments, outside, inside = delegate_summary(edge.exported_program())
-        t2 = time.perf_counter()
+        marks["lower"] = time.perf_counter()
         step("serializing the ExecuTorch program")
         buffer = edge.to_executorch().buffer
-        t3 = time.perf_counter()
-    seconds.update(
-        {
-            "export": round(t1 - t0 - seconds.get("quantize", 0.0), 2),
-            "lower": round(t2 - t1, 2),
-            "serialize": round(t3 - t2, 2),
-            "total": round(t3 - t0, 2),
-        }
+        marks["serialize"] = time.perf_counter()
+    return Lowered(
+        buffer=buffer,
+        segments=segments,
+        outside=outside,
+        seconds=_seconds(marks),
+        friendly=friendly,
+        quantized=quantized,
+        inside=inside,
     )
-    return Lowered(buffer, segments, outside, seconds, friendly, quantized, inside)
+
+
+def _xnnpack():
+    """XNNPACK's partitioner module."""
+    return import_executorch("backends.xnnpack.partition.xnnpack_partitioner")
+
+
+def _export(model: torch.nn.Module, example: torch.Tensor, friendly: bool, partitioner):
+    """``torch.export`` of ``model``, with the rewrites (``friendly``) applied in the
+    same ``run_decompositions`` as ExecuTorch's own pre-partition table."""
+    try:
+        ep = torch.export.export(model, (example,))
+        if friendly:
+            table = xnnpack_patch.decomposition_table(ep, decompositions(), partitioner)
+            ep = ep.run_decompositions(table)
+    except Exception as e:  # noqa: BLE001  (torch.export raises many kinds)
+        raise EdgepruneError(
+            f"torch.export failed: {' '.join(str(e).split())[:200]}", exit_code=1
+        ) from e
+    return ep
+
+
+def _to_edge(ep, friendly: bool, partitioner):
+    """The program with XNNPACK's delegate segments (and, ``friendly``, the expands
+    dropped and the constants folded first)."""
+    exir = import_executorch("exir")
+    passes = [_drop_noop_expands, _fold_constants_pass()] if friendly else []
+    # the IR verifier re-walks the whole graph after every pass (~15 % of the lowering
+    # time); the program is checked where it matters, in the runtime, by the parity
+    return exir.to_edge_transform_and_lower(
+        ep,
+        transform_passes=passes,
+        partitioner=[partitioner],
+        compile_config=exir.EdgeCompileConfig(_check_ir_validity=False),
+    )
+
+
+def _seconds(marks: dict[str, float]) -> dict[str, float]:
+    """Each step's seconds (from the time marks taken at its end) and the total."""
+    names, times = list(marks), list(marks.values())
+    steps = zip(names[1:], times[1:], times[:-1], strict=True)
+    out = {name: round(t - before, 2) for name, t, before in steps}
+    out["total"] = round(times[-1] - times[0], 2)
+    return out
 
 
 def export_executorch(
     source: Source,
     out: Path,
+    *,
     batch: int = 1,
     force: bool = False,
     n_parity_inputs: int = 16,
@@ -381,39 +406,53 @@ def export_executorch(
 
     ``int8``: PT2E-quantized with XNNPACK's quantizer, calibrated on ``images`` (a
     folder) or seeded random images. ``custom_kernels``: selector steps that take many
-    small ops (ToMe's merge) as edgeprune's own kernels (``runtimes/kernels``), built
+    small ops (ToMe's merge) as edgeprune's own kernels (``runtimes/executorch/kernels``), built
     here for the parity check; a phone's executor_runner must be built with them.
     Nothing is written unless the program matches PyTorch fp32 in the ExecuTorch
     runtime (within the precision's tolerance)."""
 
     out = Path(out)
-    if batch < 1:
-        raise EdgepruneError(f"--batch {batch} is not a positive batch size")
-    if images is not None and not int8:
-        raise EdgepruneError("--images (calibration images) needs --int8")
-    img = source.arch.img_size
-    calibration = None
-    if int8:  # the images are read first: a bad folder is one line, executorch or not
-
-        calibration = calibration_for(images, batch, img)
+    calibration = _calibration(source, batch, int8, images)
     require_executorch()
     mpath = prepare_outputs(out, ExecuTorchTarget.accepted_suffixes(), force)
     step = progress or (lambda _msg: None)
     if custom_kernels:  # no compiler or no headers: one line before the export's work
-
         step("edgeprune's ExecuTorch kernels (built once per machine)")
         build()
-    example = torch.zeros(batch, 3, img, img)
-    # not asked for: as the caller's context says (profile and validate-profile set it
-    # from the device descriptor, so they lower as the profile did)
-    kernels = True if custom_kernels else None
-    low = lower(source.model(), example, friendly, step, calibration, kernels=kernels)
+    img = source.arch.img_size
+    # kernels not asked for: as the caller's context says (profile and validate-profile
+    # set it from the device descriptor, so they lower as the profile did)
+    low = lower(
+        source.model(),
+        torch.zeros(batch, 3, img, img),
+        friendly,
+        progress=step,
+        calibration=calibration,
+        kernels=True if custom_kernels else None,
+    )
     step(f"parity check ({n_parity_inputs} inputs, ExecuTorch runtime)")
     checks = _parity(source, low, batch, n_parity_inputs)
+    manifest = _manifest(source, out, batch, low, checks, calibration)
+    return write_file_artifact(out, low.buffer, manifest, mpath)
+
+
+def _calibration(source: Source, batch: int, int8: bool, images: Path | None):
+    """The calibration for ``--int8`` (None without it), the options checked first. The
+    images are read before anything else: a bad folder is one line, executorch or not."""
+    if batch < 1:
+        raise EdgepruneError(f"--batch {batch} is not a positive batch size")
+    if images is not None and not int8:
+        raise EdgepruneError("--images (calibration images) needs --int8")
+    return calibration_for(images, batch, source.arch.img_size) if int8 else None
+
+
+def _manifest(
+    source: Source, out: Path, batch: int, low: Lowered, checks: dict, calibration
+) -> dict:
     manifest = base_manifest(source, "executorch", out, batch, "executorch")
     manifest.update(
         {
-            "precision": "int8" if int8 else "fp32",
+            "precision": "fp32" if calibration is None else "int8",
             "backend": "XnnpackBackend",
             **io_spec(source, batch),
             "xnnpack": low.xnnpack_report(),
@@ -421,17 +460,17 @@ def export_executorch(
             **checks,
         }
     )
-    if low.kernels():
+    ops = low.kernels()
+    if ops:
         manifest["custom_kernels"] = {
-            "ops": low.kernels(),
-            "sources": [
-                f"{SOURCES.parent.name}/{SOURCES.name}/{source_of(op).name}" for op in low.kernels()
-            ],
+            "ops": ops,
+            # as the repository spells them: runtimes/executorch/kernels/<name>.cpp
+            "sources": [source_of(op).relative_to(SOURCES.parents[2]).as_posix() for op in ops],
             "runtime": "executor_runner must be built with these sources (README)",
         }
     if calibration is not None:
         manifest["quantization"] = {**QUANTIZER, "calibration": calibration.info}
-    return write_file_artifact(out, low.buffer, manifest, mpath)
+    return manifest
 
 
 def _parity(source: Source, low: Lowered, batch: int, n_inputs: int) -> dict:
@@ -443,21 +482,24 @@ def _parity(source: Source, low: Lowered, batch: int, n_inputs: int) -> dict:
     runner = ExecuTorchRunner()
     runner.load(low.buffer)
     label = "executorch (xnnpack)"
+    tol = TOLERANCE[precision]
     parity = check_parity(
         f"the {precision} ExecuTorch program",
         source,
         runner,
-        batch,
-        n_inputs,
-        TOLERANCE[precision],
+        batch=batch,
+        n_inputs=n_inputs,
+        tol=tol,
         hint="nothing was written",
         label=label,
     )
     checks = {"parity": parity.to_dict()}
     if low.quantized is not None:
         img = source.arch.img_size
-        tol = TOLERANCE[precision]
-        p = compare(low.quantized, runner, batch, img, n_inputs, *tol, runtime=label)
+        p = compare(
+            low.quantized, runner, batch=batch, img_size=img, n_inputs=n_inputs, tol=tol,
+            runtime=label,
+        )  # fmt: skip
         checks["parity_vs_quantized_pytorch"] = {
             **p.to_dict(),
             "against": "pytorch int8 (PT2E reference q/dq graph)",
@@ -491,7 +533,7 @@ class ExecuTorchTarget(Target):
         man = export_executorch(
             source,
             out,
-            req.batch,
+            batch=req.batch,
             **req.common(progress),
             int8=req.option("int8"),
             images=req.option("images"),

@@ -28,6 +28,7 @@ from importlib import metadata
 from pathlib import Path
 
 from edgeprune.core.errors import EdgepruneError, MissingRuntimeError
+from edgeprune.runtimes.executorch import import_executorch
 
 SOURCES = Path(__file__).parent / "kernels"
 # the operator names the kernels register (as the program's operator table spells them)
@@ -71,9 +72,7 @@ def compiler() -> list[str]:
 
 def _wheel() -> tuple[Path, Path]:
     """The executorch wheel's header folder and the runtime library the kernels link to."""
-    import executorch
-
-    root = Path(next(iter(executorch.__path__)))  # a namespace package: no __file__
+    root = Path(next(iter(import_executorch().__path__)))  # a namespace package: no __file__
     pyb = root / "extension" / "pybindings"
     libs = sorted(pyb.glob("_portable_lib*.so"))
     include = root / "include"
@@ -182,8 +181,7 @@ def load() -> Path:
         return _LOADED[0][0]
     path = build()
     # the runtime's kernel registry lives in the pybindings library: load it first
-    from executorch.extension.pybindings import portable_lib  # noqa: F401
-
+    import_executorch("extension.pybindings.portable_lib")
     flags = getattr(os, "RTLD_GLOBAL", 0) | getattr(os, "RTLD_NOW", 0)
     try:
         _LOADED.append((path, ctypes.CDLL(str(path), mode=flags)))

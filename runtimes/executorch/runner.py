@@ -9,11 +9,9 @@ take turns, they do not share a setting silently.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import io
 import logging
 import re
-import sys
 import tempfile
 import threading
 from importlib import metadata
@@ -24,22 +22,14 @@ import torch
 
 from edgeprune.core.errors import EdgepruneError, MissingRuntimeError
 from edgeprune.runtimes.base import DeviceBinaryRunner, RunnerBase, Runtime
+from edgeprune.runtimes.executorch import INSTALL_HINT, import_executorch, installed
 from edgeprune.runtimes.executorch import kernel_library as executorch_kernels
 from edgeprune.runtimes.executorch.kernel_library import needs_kernels, ready
 from edgeprune.runtimes.timing import Timing, TimingPolicy, time_callable
 
 BACKEND = "XnnpackBackend"
-INSTALL_HINT = 'pip install "edgeprune[executorch]"  (executorch 1.4.x, built against torch 2.13)'
 # ExecuTorch ScalarType codes of the input dtypes a .pte from edgeprune can have
 _DTYPES = {6: np.float32, 5: np.float16, 4: np.int64, 3: np.int32}
-
-
-def installed() -> bool:
-    """Whether the executorch package is importable (without importing it)."""
-
-    if "executorch" in sys.modules:
-        return sys.modules["executorch"] is not None
-    return importlib.util.find_spec("executorch") is not None
 
 
 def available(custom_kernels: bool = False, **_options) -> tuple[bool, str]:
@@ -78,9 +68,7 @@ def _runtime():
     # pointing at the other one's buffer
     quiet = contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO())
     with _IMPORT_LOCK, quiet[0], quiet[1]:
-        from executorch.runtime import Runtime
-
-        return Runtime.get()
+        return import_executorch("runtime").Runtime.get()
 
 
 _IMPORT_LOCK = threading.Lock()
@@ -90,16 +78,18 @@ def set_threads(n: int | None) -> None:
     """Size the process's XNNPACK thread pool (None: leave it as it is)."""
     if not n:
         return
-    from executorch.extension.pybindings import portable_lib
-
+    portable_lib = _portable_lib()
     if portable_lib._threadpool_get_thread_count() != n:
         portable_lib._unsafe_reset_threadpool(int(n))
 
 
 def thread_count() -> int:
-    from executorch.extension.pybindings import portable_lib
+    return int(_portable_lib()._threadpool_get_thread_count())
 
-    return int(portable_lib._threadpool_get_thread_count())
+
+def _portable_lib():
+    """executorch's pybindings: the runtime, its XNNPACK thread pool."""
+    return import_executorch("extension.pybindings.portable_lib")
 
 
 def read_program(artifact: str | Path | bytes) -> bytes:

@@ -1,7 +1,8 @@
 """TensorRT engines for export: find a builder (the ``tensorrt`` Python API, else
-``trtexec``), build a serialized engine, and run it for parity. Every TensorRT import is
-lazy. This is the one engine builder: the timing runner (runtimes/tensorrt/runner.py) builds
-through ``build_engine_api`` too; finding trtexec and reading its version live in
+``trtexec``), build a serialized engine, and run it for parity. TensorRT is imported
+only through ``import_tensorrt`` (runtimes/tensorrt/__init__.py). This is the one engine
+builder: the timing runner (runtimes/tensorrt/runner.py) builds through
+``build_engine_api`` too; finding trtexec and reading its version live in
 runtimes/tensorrt/trtexec.py.
 
 TensorRT 10 builds FP16 from a float32 ONNX with ``BuilderFlag.FP16`` (``--fp16``);
@@ -21,10 +22,11 @@ import torch
 
 from edgeprune.core.atomic import atomic_path
 from edgeprune.core.errors import EdgepruneError, MissingRuntimeError
+from edgeprune.runtimes.tensorrt import import_tensorrt
 from edgeprune.runtimes.tensorrt.trtexec import find_trtexec, probe_version
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Builder:
     kind: str  # "api" or "trtexec"
     version: str  # "10.3.0", or "unknown"
@@ -43,16 +45,16 @@ def find_builder() -> Builder | None:
     """The TensorRT Python API if it imports, else ``trtexec`` (on the PATH or where
     JetPack puts it), else None."""
     try:
-        import tensorrt as trt  # noqa: F401  (optional, heavy)
-
-        return Builder("api", str(getattr(trt, "__version__", "unknown")))
-    except ImportError:
+        trt = import_tensorrt()
+    except MissingRuntimeError:
         pass
+    else:
+        return Builder(kind="api", version=str(getattr(trt, "__version__", "unknown")))
     try:
         path = find_trtexec()
     except MissingRuntimeError:
         return None
-    return Builder("trtexec", trtexec_version(path), path)
+    return Builder(kind="trtexec", version=trtexec_version(path), path=path)
 
 
 def trtexec_version(path: str) -> str:
@@ -121,27 +123,22 @@ def parse_exported_output(path: Path, name: str) -> np.ndarray:
 def build_engine_api(
     onnx_bytes: bytes,
     precision: str,
-    workspace_mib: int,
+    *,
+    workspace_mib: int = 1024,
     input_name: str = "input",
     chw: tuple[int, int, int] | None = None,
     dynamic_batch: tuple[int, int, int] | None = None,
     timing_cache: Path | None = None,
 ) -> bytes:
     """Build a serialized engine with the TensorRT API (10: FP16 builder flag; 11:
-    strongly typed, the ONNX given must already be FP16)."""
-    import tensorrt as trt
-
+    strongly typed, the ONNX given must already be FP16). ``dynamic_batch`` (MIN, OPT,
+    MAX) with ``chw``: an optimization profile for ``input_name``; ``timing_cache``: a
+    file read before the build and written after it."""
+    trt = import_tensorrt()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     major = int(trt.__version__.split(".")[0])
-    flags = 0
-    if major < 10:
-        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
-    network = builder.create_network(flags)
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse(onnx_bytes):
-        errs = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise EdgepruneError(f"TensorRT could not parse the ONNX: {errs}", exit_code=1)
+    network, _parser = _parse_onnx(trt, builder, logger, onnx_bytes, major)  # parser: kept
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mib << 20)
     if precision == "fp16" and major < 11:
@@ -165,13 +162,26 @@ def build_engine_api(
     return bytes(serialized)
 
 
+def _parse_onnx(trt, builder, logger, onnx_bytes: bytes, major: int):
+    """The network of ``onnx_bytes`` (explicit batch) and its parser; one line when
+    TensorRT's parser refuses the graph."""
+    flags = 0
+    if major < 10:
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse(onnx_bytes):
+        errs = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise EdgepruneError(f"TensorRT could not parse the ONNX: {errs}", exit_code=1)
+    # the parser owns the weights the network refers to: it must outlive the build
+    return network, parser
+
+
 class ApiRunner:
     """Runs a serialized engine on the GPU (CUDA buffers through torch)."""
 
     def __init__(self, engine_bytes: bytes, input_name: str, output_name: str):
-        import tensorrt as trt
-
-        self.trt = trt
+        self.trt = trt = import_tensorrt()
         self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         self.engine = self.runtime.deserialize_cuda_engine(engine_bytes)
         if self.engine is None:

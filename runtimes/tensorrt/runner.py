@@ -24,6 +24,7 @@ import torch
 
 from edgeprune.core.errors import EdgepruneError, MissingRuntimeError
 from edgeprune.runtimes.base import RunnerBase, Runtime
+from edgeprune.runtimes.tensorrt import import_tensorrt
 from edgeprune.runtimes.tensorrt.engine import build_engine_api
 from edgeprune.runtimes.tensorrt.trtexec import find_trtexec, probe_version
 from edgeprune.runtimes.timing import Timing, TimingPolicy, time_callable
@@ -172,8 +173,7 @@ class TensorRTPythonRunner(RunnerBase):
     name = "tensorrt"
 
     def __init__(self, threads: int | None = None, precision: str = "fp16"):
-        import tensorrt as trt  # noqa: F401  (checked by the caller)
-
+        self.trt = import_tensorrt()
         if not torch.cuda.is_available():
             raise MissingRuntimeError(
                 "the tensorrt package is installed but no CUDA device is visible to torch",
@@ -184,14 +184,10 @@ class TensorRTPythonRunner(RunnerBase):
         self._shapes: dict[str, tuple[int, ...]] = {}
 
     def version(self) -> str:
-        import tensorrt as trt
-
-        return trt.__version__
+        return self.trt.__version__
 
     def load(self, artifact: str | Path | bytes) -> None:
-        import tensorrt as trt
-
-
+        trt = self.trt
         major = int(trt.__version__.split(".")[0])
         _check_strong_typing(major, self.precision, artifact)
         data = artifact if isinstance(artifact, bytes) else Path(artifact).read_bytes()
@@ -206,16 +202,11 @@ class TensorRTPythonRunner(RunnerBase):
             self._shapes[name] = tuple(self._engine.get_tensor_shape(name))
 
     def input_shapes(self) -> dict[str, tuple[int, ...]]:
-        import tensorrt as trt
-
-        e = self._engine
-        return {
-            n: s for n, s in self._shapes.items() if e.get_tensor_mode(n) == trt.TensorIOMode.INPUT
-        }
+        e, io_input = self._engine, self.trt.TensorIOMode.INPUT
+        return {n: s for n, s in self._shapes.items() if e.get_tensor_mode(n) == io_input}
 
     def _context(self):
-        import tensorrt as trt
-
+        trt = self.trt
         ctx = self._engine.create_execution_context()
         bufs = {}
         for name, shape in self._shapes.items():
@@ -255,8 +246,8 @@ def get_tensorrt_runner(threads: int | None = None, precision: str = "fp16", tra
     """The Python API where importable (locally), else trtexec (locally or over SSH)."""
     if transport is None or transport.name == "local":
         try:
-            import tensorrt  # noqa: F401
-        except ImportError:
+            import_tensorrt()
+        except MissingRuntimeError:
             pass
         else:
             return TensorRTPythonRunner(threads=threads, precision=precision)

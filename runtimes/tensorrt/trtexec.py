@@ -1,5 +1,5 @@
 """TensorRT's ``trtexec``: where it is and which TensorRT it is (one probe, used by
-the timing runner in ``tensorrt.py`` and the engine builder in ``trt_engine.py``),
+the timing runner in ``runner.py`` and the engine builder in ``engine.py``),
 on this machine or through any transport."""
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from contextlib import AbstractContextManager
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Result:
     """What a command run through a transport gave back."""
 
@@ -157,7 +157,7 @@ def run_killable(argv: list[str], timeout: float | None, what: str) -> Result:
     except BaseException:
         _kill_group(proc)
         raise
-    return Result(proc.returncode, out, errs)
+    return Result(returncode=proc.returncode, stdout=out, stderr=errs)
 
 
 def _kill_group(proc: subprocess.Popen) -> None:

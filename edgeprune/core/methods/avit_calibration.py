@@ -68,6 +68,7 @@ def calibrate(
     scale: float,
     center: float,
     quantile: float,
+    *,
     batch: int = 16,
 ) -> dict:
     """Run the masked model, record running tokens per block, choose counts at the
@@ -135,6 +136,7 @@ def calibration_inputs(arch: Arch, images: Path | None, random: int | None) -> t
 def calibrate_source(
     src: str,
     out: Path,
+    *,
     images: Path | None = None,
     random: int | None = None,
     quantile: float = 1.0,

@@ -34,6 +34,8 @@ from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
+from torch._subclasses.fake_tensor import unset_fake_temporarily
+from torch.fx.experimental.proxy_tensor import disable_proxy_modes_tracing
 
 from edgeprune.core.models.deit import gather_tokens
 
@@ -238,9 +240,6 @@ def _untraced() -> Iterator[None]:
     state = torch._C._get_tracing_state()
     torch._C._set_tracing_state(None)
     try:
-        from torch._subclasses.fake_tensor import unset_fake_temporarily
-        from torch.fx.experimental.proxy_tensor import disable_proxy_modes_tracing
-
         with unset_fake_temporarily(), disable_proxy_modes_tracing():
             yield
     finally:
