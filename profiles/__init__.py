@@ -1,1 +1,2 @@
-"""Device descriptors and measured latency tables (package data)."""
+"""Device profiles: one descriptor per device (``devices/*.toml``: runtime, precision,
+threads, how it is reached), read by ``devices``."""

@@ -1,11 +1,15 @@
-"""Timing statistics and the adaptive timing loop every runner shares."""
+"""Timing statistics and the adaptive timing loop every runner shares: a median with its
+distribution-free 95 % confidence interval, and a loop that times until that interval is
+within a tolerance (or a time limit passes)."""
 
 from __future__ import annotations
 
+import functools
+import math
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from edgeprune.core.errors import EdgepruneError
@@ -14,31 +18,106 @@ if TYPE_CHECKING:
     import numpy as np
 
 
+CONFIDENCE = 0.95  # of the median's interval
+DEFAULT_TOLERANCE = 0.02  # the interval's half-width, as a share of the median (±2 %)
+
+
 @dataclass(frozen=True, kw_only=True)
 class TimingPolicy:
-    """How long to time one thing: warm-up runs, then timed runs until both
-    ``min_runs`` and ``min_time_s`` are reached, stopping at ``max_runs`` or
-    ``max_time_s``. A fixed count: ``TimingPolicy.fixed(n)``."""
+    """How long to time one thing: warm-up runs, then timed runs until ``min_runs`` and
+    ``min_time_s`` are reached and the median's 95 % interval is within ``tolerance``
+    (its half-width as a share of the median; None: no such condition), stopping anyway
+    at ``max_runs`` or ``max_time_s``. A fixed count: ``TimingPolicy.fixed(n)`` (the
+    interval is still reported, and judged against ``tolerance``)."""
 
     warmup: int = 3
     min_runs: int = 10
     max_runs: int = 200
     min_time_s: float = 0.25
     max_time_s: float = 1.5
+    tolerance: float | None = DEFAULT_TOLERANCE
 
     @classmethod
     def fixed(cls, runs: int, warmup: int = 3) -> TimingPolicy:
         return cls(warmup=warmup, min_runs=runs, max_runs=runs, min_time_s=0.0, max_time_s=1e9)
 
+    @property
+    def is_fixed(self) -> bool:
+        return self.min_runs == self.max_runs
 
-BENCH_POLICY = TimingPolicy(min_runs=20, min_time_s=1.0)
+
+# bench: one artifact, worth seconds of timing when the machine is noisy
+BENCH_POLICY = TimingPolicy(min_runs=20, min_time_s=1.0, max_runs=1_000_000, max_time_s=10.0)
 
 
-def policy_for(runs: int | None, default: TimingPolicy = BENCH_POLICY) -> TimingPolicy:
-    """``--runs N``: exactly N timed runs; None: ``default`` (adaptive)."""
+def policy_for(
+    runs: int | None,
+    default: TimingPolicy = BENCH_POLICY,
+    *,
+    tolerance: float | None = None,
+    max_time_s: float | None = None,
+) -> TimingPolicy:
+    """``--runs N``: exactly N timed runs; None: ``default`` (adaptive). ``tolerance``
+    (a share of the median, e.g. 0.02) and ``max_time_s`` replace the default's."""
     if runs is not None and runs < 1:
         raise EdgepruneError(f"--runs {runs} must be at least 1")
-    return TimingPolicy.fixed(runs) if runs else default
+    if tolerance is not None and not 0 < tolerance < 1:
+        raise EdgepruneError(f"--tolerance {tolerance * 100:g} % must be above 0 and below 100")
+    if max_time_s is not None and not max_time_s > 0:
+        raise EdgepruneError(f"--max-time {max_time_s:g} must be above 0 seconds")
+    policy = TimingPolicy.fixed(runs, default.warmup) if runs else default
+    if tolerance is not None:
+        policy = replace(policy, tolerance=tolerance)
+    if max_time_s is not None and not runs:
+        min_time = min(policy.min_time_s, max_time_s)
+        policy = replace(policy, max_time_s=max_time_s, min_time_s=min_time)
+    return policy
+
+
+@functools.lru_cache(maxsize=4096)
+def median_ci_ranks(n: int, confidence: float = CONFIDENCE) -> tuple[int, int] | None:
+    """The ranks (1-based) ``(j, n + 1 - j)`` of the order statistics that bound the
+    distribution-free confidence interval of the median of ``n`` samples: the largest
+    ``j`` with 2 P(B ≤ j − 1) ≤ 1 − ``confidence``, B ~ Binomial(n, ½) (the interval
+    [x₍ⱼ₎, x₍ₙ₊₁₋ⱼ₎] holds the true median with probability 1 − 2 P(B ≤ j − 1), whatever
+    the distribution). None when ``n`` is too small for any (n < 6 at 95 %).
+
+    P(B ≤ k) is summed in log space from 10 standard deviations below the mean, where the
+    terms left out are below 1e-22: O(√n) steps."""
+    if n < 1:
+        return None
+    half_alpha = (1.0 - confidence) / 2.0
+    k = max(0, math.floor(n / 2 - 5 * math.sqrt(n)))
+    log_pmf = math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1) - n * math.log(2)
+    cumulative = 0.0
+    while k <= n:
+        p = math.exp(log_pmf)
+        if cumulative + p > half_alpha:
+            break
+        cumulative += p
+        if k < n:
+            log_pmf += math.log(n - k) - math.log(k + 1)
+        k += 1
+    # P(B ≤ k - 1) ≤ alpha/2 < P(B ≤ k): j - 1 = k - 1
+    return (k, n + 1 - k) if k >= 1 else None
+
+
+def median_ci(sorted_values: Sequence[float], confidence: float = CONFIDENCE):
+    """(low, high): the distribution-free interval of the median of already sorted
+    samples (``median_ci_ranks``); None when there are too few."""
+    ranks = median_ci_ranks(len(sorted_values), confidence)
+    if ranks is None:
+        return None
+    return sorted_values[ranks[0] - 1], sorted_values[ranks[1] - 1]
+
+
+def ci_halfwidth(sorted_values: Sequence[float]) -> float | None:
+    """The 95 % interval's half-width as a share of the median; None: too few samples."""
+    ci = median_ci(sorted_values)
+    med = statistics.median(sorted_values) if sorted_values else 0.0
+    if ci is None or med <= 0:
+        return None
+    return (ci[1] - ci[0]) / 2.0 / med
 
 
 @dataclass(kw_only=True)
@@ -50,24 +129,48 @@ class Timing:
     min_ms: float
     max_ms: float
     runs: int
+    # the median's distribution-free 95 % interval, its half-width as a share of the
+    # median, the tolerance it was held to and whether it got within (None: unknown, e.g.
+    # too few runs, or a number combined from several timings)
+    ci_low_ms: float | None = None
+    ci_high_ms: float | None = None
+    ci_halfwidth: float | None = None
+    tolerance: float | None = None
+    converged: bool | None = None
     threads: int | None = None
     runtime: str = ""
     runtime_version: str = ""
     extra: dict = field(default_factory=dict)
 
     @classmethod
-    def from_samples(cls, samples_ms: list[float], **meta) -> Timing:
+    def from_samples(
+        cls, samples_ms: list[float], *, tolerance: float | None = DEFAULT_TOLERANCE, **meta
+    ) -> Timing:
         if not samples_ms:
             raise ValueError("no timing samples")
         s = sorted(samples_ms)
-        return cls(
+        ci = median_ci(s)
+        t = cls(
             median_ms=statistics.median(s),
             p90_ms=percentile(s, 90),
             min_ms=s[0],
             max_ms=s[-1],
             runs=len(s),
+            ci_low_ms=ci[0] if ci else None,
+            ci_high_ms=ci[1] if ci else None,
+            ci_halfwidth=ci_halfwidth(s),
             **meta,
         )
+        return t.judged(tolerance)
+
+    def judged(self, tolerance: float | None) -> Timing:
+        """This timing held to ``tolerance`` (a share of the median): ``converged`` says
+        whether its interval's half-width is within it (False with too few runs for an
+        interval; None with no tolerance)."""
+        if tolerance is None:
+            return replace(self, tolerance=None, converged=None)
+        ok = self.ci_halfwidth is not None and self.ci_halfwidth <= tolerance
+        return replace(self, tolerance=tolerance, converged=ok)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -86,12 +189,25 @@ def percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
 
 
+def within_tolerance(samples_ms: Sequence[float], tolerance: float | None) -> bool:
+    """Whether the median's 95 % interval is within ``tolerance`` (None: always)."""
+    if tolerance is None:
+        return True
+    hw = ci_halfwidth(sorted(samples_ms))
+    return hw is not None and hw <= tolerance
+
+
 def time_callable(fn: Callable[[], object], policy: TimingPolicy) -> list[float]:
-    """Warm up, then time ``fn`` per ``policy``; returns the samples in ms."""
+    """Warm up, then time ``fn`` per ``policy``; returns the samples in ms.
+
+    Past ``min_runs`` and ``min_time_s`` the interval is checked every ~5 % more runs
+    (one sort each time: about 20 sorts of the final sample list in all, outside the
+    timed calls)."""
     for _ in range(policy.warmup):
         fn()
     samples: list[float] = []
     start = time.perf_counter()
+    next_check = policy.min_runs
     while True:
         t0 = time.perf_counter()
         fn()
@@ -100,8 +216,10 @@ def time_callable(fn: Callable[[], object], policy: TimingPolicy) -> list[float]
         n = len(samples)
         if n >= policy.max_runs or spent >= policy.max_time_s:
             break
-        if n >= policy.min_runs and spent >= policy.min_time_s:
-            break
+        if n >= next_check and spent >= policy.min_time_s:
+            if within_tolerance(samples, policy.tolerance):
+                break
+            next_check = n + max(1, n // 20)
     return samples
 
 

@@ -53,9 +53,10 @@ def test_profile_predict_budget_validate_on_executorch(cli, micro, tmp_path):
 
     b = tmp_path / "b.json"
     target = round(1.5 * max(pred, dense), 4)
-    code, out, err = cli(
-        "budget", "--profile", p, "--target-ms", target, "--out", b, "--no-plot", "--json"
-    )
+    code, out, err = cli(  # a 3-run table may be noisier than an automatic margin absorbs
+        "budget", "--profile", p, "--target-ms", target, "--out", b, "--no-plot", "--json",
+        "--margin", "5%",
+    )  # fmt: skip
     assert code == 0, err
     d = json.loads(out)
     assert d["predicted_ms"] <= target and d["method"] in ("dense", "dynamicvit")

@@ -289,12 +289,11 @@ def test_profile_on_the_kernels_device_lowers_with_them_and_records_it(
             raise _Stop
 
     monkeypatch.setattr(validate, "LocalModels", _Spy)
-    monkeypatch.setattr(verify, "LocalModels", _Spy)  # verify imports it at module top
     model = load_model(q)
     with pytest.raises(_Stop):
         validate.validate_profile(model, configs=1, rounds=3)
     with pytest.raises(_Stop):
-        verify.verify_budget(model, lambda **_: None, None, rounds=3)
+        verify.verify_budget(model, lambda **_: None, None, rounds=3, models=_Spy)
     assert seen == [True, True]
     for kernels in (True, False):
         with LocalModels("executorch", 1, 1, kernels=kernels) as here:

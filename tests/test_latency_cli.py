@@ -13,6 +13,10 @@ from edgeprune.latency.model import load_model
 from edgeprune.training.loss import LatencyAwareSparsityLoss
 from tests.profile_helper import measure_table, scaled_table, synthetic_table
 
+# the table measured here may be noisier than an automatic margin absorbs (``budget``
+# refuses it then, issue 34): tests that are not about the margin state one
+MARGIN = ("--margin", "5%")
+
 
 @pytest.fixture(scope="module")
 def profile(tmp_path_factory):
@@ -48,7 +52,7 @@ def test_budget_predict_loss_agree_and_budget_file_drives_export(cli, profile, t
     target = round(0.6 * dense, 3)
     b = tmp_path / "b.json"
     code, out, err = cli(
-        "budget", "--profile", profile, "--target-ms", target, "--out", b, "--json"
+        "budget", "--profile", profile, "--target-ms", target, "--out", b, "--json", *MARGIN
     )
     assert code == 0, err
     d = json.loads(out)
@@ -78,12 +82,12 @@ def test_budget_predict_loss_agree_and_budget_file_drives_export(cli, profile, t
 
 def test_budget_fps_dense_and_unreachable(cli, profile, tmp_path):
     code, out, _ = cli(
-        "budget", "--profile", profile, "--target-fps", 1, "--out", tmp_path / "d.json"
+        "budget", "--profile", profile, "--target-fps", 1, "--out", tmp_path / "d.json", *MARGIN
     )
     assert code == 0 and "already meets" in out
     before = set(tmp_path.iterdir())
     code, _, err = cli(
-        "budget", "--profile", profile, "--target-ms", 0.5, "--out", tmp_path / "u.json"
+        "budget", "--profile", profile, "--target-ms", 0.5, "--out", tmp_path / "u.json", *MARGIN
     )
     assert code == 2 and "unreachable" in err and "ms" in err
     assert len(err.strip().splitlines()) == 1
@@ -98,6 +102,11 @@ def test_validate_profile_tiny(cli, profile, tmp_path):
     assert code == 0, err
     d = json.loads(out)
     assert d["configs"] == 2 and d["median_rel_error"] >= 0 and png.stat().st_size > 1000
+    # its verdict is written into the table (issue 34): untrusted above a 10 % median error
+    v = json.loads(profile.read_text())["extra"]["validation"]
+    assert v["median_error"] == d["median_rel_error"] == d["recorded"]["median_error"]
+    assert v["trusted"] == (d["median_rel_error"] <= 0.10)
+    assert d["recorded"]["table"] == str(profile)
     assert all(r["measured_ms"] > 0 for r in d["results"])
     assert 0 < d["noise"] < 10  # (p90 − p10) / median of the runs, median over models
     code, text, err = cli("validate-profile", profile, "--configs", 1, "--rounds", 3,
@@ -199,10 +208,16 @@ def test_budget_margin_auto_given_and_refused(cli, profile, tmp_path):
         assert code == 0, err
         return json.loads(out)
 
-    auto = run()
-    assert auto["margin"] == pytest.approx(min(err_frac, 0.10))
-    assert auto["margin_source"].startswith("auto: the table's measured error (noise")
-    assert auto["predicted_ms"] <= target * (1 - auto["margin"]) + 1e-9
+    if err_frac <= 0.10:  # the margin is the measured error itself
+        auto = run()
+        assert auto["margin"] == pytest.approx(err_frac)
+        assert auto["margin_source"].startswith("auto: the table's measured error (noise")
+        assert auto["predicted_ms"] <= target * (1 - auto["margin"]) + 1e-9
+    else:  # measured on a busy machine: refused, not capped (issue 34)
+        code, _, err = cli("budget", "--profile", profile, "--target-ms", target,
+                           "--out", tmp_path / "m.json", "--force")  # fmt: skip
+        assert code == 2 and "above the 10% an automatic margin can absorb" in err
+        assert len(err.strip().splitlines()) == 1
     zero, five = run("--margin", "0"), run("--margin", "5%")
     assert zero["margin"] == 0 and zero["predicted_ms"] <= target
     assert five["margin"] == 0.05 and five["predicted_ms"] <= 0.95 * target + 1e-9
@@ -220,7 +235,7 @@ def test_budget_verify_measures_the_choice_against_dense(cli, profile, tmp_path)
     target = round(0.6 * dense, 3)
     out_file = tmp_path / "v.json"
     code, out, err = cli("budget", "--profile", profile, "--target-ms", target, "--out", out_file,
-                         "--verify", "--rounds", 3, "--json")  # fmt: skip
+                         "--verify", "--rounds", 3, "--json", *MARGIN)  # fmt: skip
     v = json.loads(out)["verification"]
     assert v["measured_ms"] > 0 and v["dense_measured_ms"] > v["measured_ms"] * 0.9
     assert v["met"] == (v["measured_ms"] <= target) and code == (0 if v["met"] else 1), err
@@ -228,7 +243,8 @@ def test_budget_verify_measures_the_choice_against_dense(cli, profile, tmp_path)
     assert json.loads(out_file.read_text())["verification"] == v
     # the human output says the verdict in words
     code2, text, _ = cli("budget", "--profile", profile, "--target-ms", target,
-                         "--out", out_file, "--force", "--verify", "--rounds", 3)  # fmt: skip
+                         "--out", out_file, "--force", "--verify", "--rounds", 3,
+                         *MARGIN)  # fmt: skip
     assert ("budget met when measured" in text) == (code2 == 0)
     assert ("budget NOT met when measured" in text) == (code2 == 1)
 
@@ -244,8 +260,8 @@ def test_budget_verify_refuses_to_call_a_missed_budget_met(cli, profile, tmp_pat
     scaled_table(load(profile), 1 / 5).save(p)
     dense = load_model(p).predict(resolve("deit_tiny").plan).total_ms
     args = ("budget", "--profile", p, "--target-ms", round(0.8 * dense, 4),
-            "--out", tmp_path / "f.json", "--verify", "--rounds", 3)  # fmt: skip
-    code, out, err = cli(*args, "--no-reanchor")
+            "--out", tmp_path / "f.json", "--verify", "--rounds", 3, *MARGIN)  # fmt: skip
+    code, out, err = cli(*args, "--no-reanchor", "--verbose")
     assert code == 1, err
     assert "budget NOT met when measured" in out and "machine drift" in out
     assert "not re-anchored (--no-reanchor)" in out
@@ -278,6 +294,7 @@ def halved(profile, tmp_path_factory):
                 verify=True,
                 rounds=3,
                 reanchor=name == "reanchor",
+                margin=MARGIN[1],
             )
         )
         for name in ("reanchor", "table")
@@ -324,7 +341,7 @@ def test_reanchored_budget_file_records_the_anchor_and_the_verified_schedule(hal
     assert resolve_with_budget("deit_tiny", run.path).plan == run.result.chosen.plan
     b = load_budget(run.path)  # the loss aims at the target in the table's terms
     assert LatencyAwareSparsityLoss(b).target_ms == pytest.approx(d["target_ms"] / scale)
-    text = "\n".join(budget_lines(run))
+    text = "\n".join(budget_lines(run, verbose=True))
     assert "re-anchored: dense measured" in text and "the table alone picks dense" in text
 
 
@@ -354,7 +371,7 @@ def test_no_reanchor_verifies_the_tables_own_choice(halved):
 
     run = halved["table"]
     model = load_model(halved["profile"])
-    frac, _ = resolve_margin("auto", model.table)
+    frac, _ = resolve_margin(MARGIN[1], model.table)
     own = search(model, halved["target"], "dynamicvit", margin=frac)
     assert run.result.scale == 1.0 and run.verification.reanchor is None
     assert run.result.chosen.keep_ratios == own.chosen.keep_ratios

@@ -19,6 +19,10 @@ acc_s(r_s)), an approximation that ignores interactions between stages.
 
 ``resume``: each measured point is saved (atomically) to a resume file; a rerun with
 the same request continues from it, and the file is removed when the result is written.
+
+Measurements that cannot tell schedules apart (every value the same, as 0.0 on random
+weights, or every value at chance level) are recorded in the file's ``indistinct`` (the
+reason; None otherwise), which ``budget --sensitivity`` reads.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ import numpy as np
 import torch
 
 from edgeprune.accuracy.evaluate import compare_logits, dense_backbone, topk_accuracy, torch_threads
-from edgeprune.budget.search import SENSITIVITY_SCHEMA, stage_schedule
+from edgeprune.budget.search import SENSITIVITY_SCHEMA, indistinct, stage_schedule
 from edgeprune.core.atomic import check_writable_target, write_json_atomic
 from edgeprune.core.errors import EdgepruneError
 from edgeprune.core.images import ImageSet, Preprocess, batches, preprocess_for, scan
@@ -248,9 +252,19 @@ def _stage_curves(locs: tuple[int, ...], grid: Sequence[float], store: ResumeFil
     return stages
 
 
+def _indistinct(inp: _Inputs, labelled: bool, dense: float, stages: dict) -> str | None:
+    """Why the measured points cannot tell schedules apart (``budget.indistinct``), or
+    None: every value the same, or (top-1 on labelled images) every value at chance."""
+    values = [dense, *(a for st in stages.values() for a in st["accuracy"])]
+    classes = len(inp.images.classes) if labelled else 0
+    chance = 100 / classes if classes > 1 else None
+    return indistinct(values, chance, len(inp.x), "top-1" if labelled else "agreement")
+
+
 def _result(req: SensitivityRequest, inp: _Inputs, labelled: bool, stages: dict) -> dict:
     """The ``edgeprune.accuracy.sensitivity`` dict."""
     source = inp.source
+    dense = inp.metric(inp.dense_logits, labelled)
     return {
         "schema": SENSITIVITY_SCHEMA,
         "version": SENSITIVITY_VERSION,
@@ -262,8 +276,9 @@ def _result(req: SensitivityRequest, inp: _Inputs, labelled: bool, stages: dict)
             else "top-1 agreement (%) with the dense backbone"
             + (" (no labels in the folder)" if inp.labels is None else " (--metric agreement)")
         ),
-        "dense": inp.metric(inp.dense_logits, labelled),
+        "dense": dense,
         "stages": stages,
+        "indistinct": _indistinct(inp, labelled, dense, stages),
         "source": source.describe(),
         "arch": source.arch.name,
         "method": source.method.name,

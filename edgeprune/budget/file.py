@@ -47,6 +47,8 @@ def budget_dict(result: BudgetResult, model: LatencyModel, profile_path: str | P
         "tokens_per_block": list(c.plan.attn_tokens),
         "mlp_tokens_per_block": list(c.plan.mlp_tokens),
         "predicted_accuracy": c.accuracy,
+        # stages below the sensitivity file's measured keep ratios (budget --extrapolate)
+        "extrapolated": list(result.extrapolated),
         "profile": {
             "path": str(p.resolve()) if p.exists() else str(p),
             "sha256": sha256_file(p) if p.exists() else None,
@@ -54,6 +56,7 @@ def budget_dict(result: BudgetResult, model: LatencyModel, profile_path: str | P
             "measured": model.table.measured,
             "date": model.table.date,
             "batch": model.table.batch,
+            "validation": model.table.validation,  # edgeprune validate's verdict, if any
         },
         # the table itself, so the budget file alone drives the loss
         "profile_table": model.table.to_dict(),
@@ -80,9 +83,10 @@ class Budget:
         return self.target_ms / self.reanchor_scale
 
     def latency_model(self) -> LatencyModel:
-        if isinstance(self.data.get("profile_table"), dict):
-            return LatencyModel(from_dict(self.data["profile_table"], "budget's profile_table"))
         path = (self.data.get("profile") or {}).get("path")
+        if isinstance(self.data.get("profile_table"), dict):
+            table = from_dict(self.data["profile_table"], "budget's profile_table")
+            return LatencyModel(table, f"{path or 'the table'} (as copied in the budget)")
         if not path:
             raise EdgepruneError("the budget names no profile", "re-run 'edgeprune budget'")
         return LatencyModel(load(path), path)

@@ -6,7 +6,7 @@ files) never imports the search's orchestration."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
@@ -15,6 +15,7 @@ from edgeprune.budget.search import (
     BudgetResult,
     Sensitivity,
     UnreachableTarget,
+    check_schedule,
     chosen_summary,
     load_sensitivity,
     measured_curves,
@@ -32,7 +33,9 @@ from edgeprune.latency.model import (
     expected_from_table,
     load_model,
 )
+from edgeprune.latency.table import untrusted_warning
 from edgeprune.render.plots import plot_accuracy_pareto, plot_pareto
+from edgeprune.runtimes.conditions import watched
 
 
 @dataclass(kw_only=True)
@@ -56,6 +59,9 @@ class BudgetRequest:
     verify: bool = False
     rounds: int = 30
     reanchor: bool = True
+    extrapolate: bool = False  # search below the sensitivity file's measured keep ratios
+    pin: tuple[int, ...] | None = None  # --verify: CPUs to measure on
+    wait_quiet_s: float | None = None  # --verify: first wait this long for a quiet machine
 
     @property
     def plot_path(self) -> Path | None:
@@ -77,6 +83,8 @@ class BudgetRun:
     metric: str | None  # the sensitivity file's metric (None: kept tokens)
     sensitivity: Sensitivity | None = None
     verification: Verification | None = None  # budget --verify
+    # one line each: an untrusted table, a sensitivity file that was not used (and why)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def chosen_summary(self) -> str | None:
@@ -114,27 +122,47 @@ def make_budget(req: BudgetRequest, progress: Callable[[str], None] | None = Non
 
     target = target_from(req.target_ms, req.target_fps)
     model = load_model(req.profile)
-    sens = load_sensitivity(req.sensitivity) if req.sensitivity is not None else None
+    sens, ignored = _sensitivity(req)
     plot_path = req.plot_path
     check_writable_target(req.out, req.force)
     if plot_path is not None:
         check_writable_target(plot_path, req.force)
+    check_schedule(req.schedule)
     frac, why = resolve_margin(req.margin, model.table)
     choose = partial(
         search, model, target, req.method or model.table.method or "dynamicvit", req.schedule,
         parse_ints(req.locs, "--locs"), sens, sensitivity_path=str(req.sensitivity),
-        margin=frac, margin_source=why,
+        margin=frac, margin_source=why, extrapolate=req.extrapolate,
     )  # fmt: skip
     res, checked = _choose(req, model, choose, progress)
     data = budget_dict(res, model, req.profile)
+    if ignored is not None:
+        data["sensitivity_ignored"] = ignored
     if checked is not None:
         data["verification"] = checked.to_dict()
     write_json_atomic(req.out, data)
     _plot(res, sens, model, plot_path)
+    warnings = [w for w in (untrusted_warning(model.table, req.profile), ignored) if w]
     return BudgetRun(
         result=res, data=data, model=model, path=req.out, plot=plot_path,
         metric=sens.metric if sens else None, sensitivity=sens, verification=checked,
+        warnings=warnings,
     )  # fmt: skip
+
+
+def _sensitivity(req: BudgetRequest) -> tuple[Sensitivity | None, str | None]:
+    """The sensitivity file, read, or (None, why) when its measurements cannot tell
+    schedules apart (``Sensitivity.indistinct``): the search then weighs kept tokens."""
+    if req.sensitivity is None:
+        return None, None
+    sens = load_sensitivity(req.sensitivity)
+    if sens.indistinct is None:
+        return sens, None
+    return None, (
+        f"sensitivity file {req.sensitivity} cannot tell schedules apart ({sens.indistinct}): "
+        "the budget weighs kept tokens instead; measure it with trained weights on more "
+        "labelled images"
+    )
 
 
 def _choose(
@@ -149,9 +177,11 @@ def _choose(
         res = None  # the machine may run faster now than the table says: re-anchoring decides
     if not req.verify:
         return res, None
-    return verify_budget(
-        model, choose, res, rounds=req.rounds, reanchor=req.reanchor, progress=progress
-    )
+    with watched(pin=req.pin, wait_quiet_s=req.wait_quiet_s, progress=progress) as cond:
+        res, v = verify_budget(
+            model, choose, res, rounds=req.rounds, reanchor=req.reanchor, progress=progress
+        )
+    return res, replace(v, conditions=cond)
 
 
 def _plot(res: BudgetResult, sens: Sensitivity | None, model: LatencyModel, path: Path | None):

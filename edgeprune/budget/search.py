@@ -17,6 +17,12 @@ cumulative methods), then refines around the best point at a quarter of the step
 ``scale`` re-anchors the table to the machine's speed now (``budget --verify``, see
 ``verify.py``): every prediction is multiplied by it before it meets the target, which
 is the same search on the table at the target divided by ``scale``.
+
+The margin comes from evidence (``resolve_margin``): ``auto`` aims the table's own
+measured error under the target, and refuses a table whose error is larger than a
+margin can usefully absorb (MAX_AUTO_MARGIN) rather than capping it silently. With a
+sensitivity file the search keeps to the keep ratios it measured (its lowest ratio per
+stage); ``extrapolate`` goes below them, and the result says which stages it did.
 """
 
 from __future__ import annotations
@@ -42,7 +48,9 @@ SENSITIVITY_SCHEMA = "edgeprune.sensitivity"
 SCHEDULES = ("geometric", "free")
 MAX_FREE_CANDIDATES = 25_000
 MAX_MARGIN = 0.5  # --margin above this is refused
-MAX_AUTO_MARGIN = 0.10  # --margin auto never aims further under the target than this
+# --margin auto absorbs a measured error up to this; a table whose error is larger is
+# refused (a better table, or an explicit --margin), not capped silently
+MAX_AUTO_MARGIN = 0.10
 
 
 # ---- targets ---------------------------------------------------------------------------
@@ -72,26 +80,59 @@ class Sensitivity:
     that stage's ratio is varied (the others at a reference schedule, or dense).
     Predicted accuracy of a schedule = dense − Σ_stages (dense − acc_s(r_s)), each
     ``acc_s`` read by linear interpolation (held constant past its ends): the usual
-    additive per-layer sensitivity model.
+    additive per-layer sensitivity model. Below a stage's lowest measured ratio the
+    curve says nothing: the search keeps above it, or, asked to ``extrapolate``, reads
+    the curve's first segment extended (never above the lowest point's accuracy).
+
+    ``indistinct``: why the measurements cannot tell schedules apart (``indistinct``),
+    None when they can.
     """
 
     dense: float
     stages: dict[int, tuple[tuple[float, ...], tuple[float, ...]]]
     metric: str = "accuracy"
+    indistinct: str | None = None
 
     def predict(self, locs: tuple[int, ...], ratios: tuple[float, ...]) -> float:
         return self.predict_many(locs, [ratios])[0]
 
-    def predict_many(self, locs: tuple[int, ...], schedules: list[tuple[float, ...]]) -> list:
+    def predict_many(
+        self, locs: tuple[int, ...], schedules: list[tuple[float, ...]], extrapolate: bool = False
+    ) -> list:
         """Predicted accuracy of many schedules at once (each curve held constant past
-        its ends). The additive model can fall below 0 for aggressive schedules; accuracy
-        and agreement cannot, so the prediction is floored at 0."""
+        its ends; with ``extrapolate``, below its lowest ratio, its first segment
+        extended down, capped at the lowest point's value). The additive model can fall
+        below 0 for aggressive schedules; accuracy and agreement cannot, so the
+        prediction is floored at 0."""
         r = torch.tensor(schedules, dtype=torch.float64).reshape(len(schedules), len(locs))
         acc = torch.full((len(schedules),), float(self.dense), dtype=torch.float64)
         for j, loc in enumerate(locs):
             xs, ys = self.stages[loc]
-            acc -= self.dense - piecewise_linear(xs, ys, r[:, j], extrapolate=False)
+            y = piecewise_linear(xs, ys, r[:, j], extrapolate=False)
+            if extrapolate and len(xs) > 1:
+                down = piecewise_linear(xs, ys, r[:, j]).clamp(max=ys[0])
+                y = torch.where(r[:, j] < xs[0], down, y)
+            acc -= self.dense - y
         return acc.clamp(min=0.0).tolist()
+
+    def covers(self, locs: tuple[int, ...], ratios: tuple[float, ...]) -> bool:
+        """Whether every stage's keep ratio is at or above the lowest one measured there."""
+        return all(r >= self.stages[loc][0][0] - 1e-9 for loc, r in zip(locs, ratios, strict=True))
+
+    def outside(self, locs: tuple[int, ...], ratios: tuple[float, ...]) -> tuple[str, ...]:
+        """The stages of a schedule below the lowest keep ratio measured there, described
+        (where its prediction is extrapolated); () for dense or a covered schedule."""
+        if not ratios:
+            return ()
+        return tuple(
+            f"stage {loc} at {r:.3g} < {self.stages[loc][0][0]:g} (lowest measured)"
+            for loc, r in zip(locs, ratios, strict=True)
+            if r < self.stages[loc][0][0] - 1e-9
+        )
+
+    def measured_range(self, locs: tuple[int, ...]) -> str:
+        """The lowest keep ratio measured per stage, for messages."""
+        return ", ".join(f"stage {loc} ≥ {self.stages[loc][0][0]:g}" for loc in locs)
 
     def check_locs(self, locs: tuple[int, ...], path: str) -> None:
         missing = [loc for loc in locs if loc not in self.stages]
@@ -130,7 +171,44 @@ def load_sensitivity(path: str | Path) -> Sensitivity:
             stages[int(k)] = (xs, ys)
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise bad(f"{e.__class__.__name__}: {e}") from None
-    return Sensitivity(dense, stages, str(d.get("metric", "accuracy")))
+    metric = str(d.get("metric", "accuracy"))
+    why = d["indistinct"] if "indistinct" in d else _file_indistinct(d, dense, stages)
+    return Sensitivity(dense, stages, metric, str(why) if why else None)
+
+
+def indistinct(
+    values, chance: float | None = None, images: int | None = None, what: str = "value"
+) -> str | None:
+    """Why measured accuracies (in %) cannot tell schedules apart, or None: every value is
+    the same (0.0 on random weights; 100 % agreement where no stage changes an answer),
+    or — given the chance level (100 / classes) and the number of ``images`` — every
+    value lies within two binomial standard deviations of chance (a model that guesses)."""
+    vals = [float(v) for v in values]
+    if not vals:
+        return None
+    if max(vals) - min(vals) <= 1e-9:
+        return f"every measured {what} is {vals[0]:.2f}"
+    if chance is not None and images:
+        p = chance / 100
+        band = max(2 * 100 * math.sqrt(p * (1 - p) / images), 100 / images)
+        if all(abs(v - chance) <= band for v in vals):
+            return (
+                f"every measured {what} is at chance level ({chance:.1f} % ± {band:.1f} over "
+                f"{images} images: {min(vals):.1f}–{max(vals):.1f})"
+            )
+    return None
+
+
+def _file_indistinct(d: dict, dense: float, stages: dict) -> str | None:
+    """``indistinct`` for a file that does not record it (by hand, or an older edgeprune):
+    the chance level is known for a top-1 file that names its classes and images."""
+    values = [dense, *(y for _, ys in stages.values() for y in ys)]
+    info = d.get("images") if isinstance(d.get("images"), dict) else {}
+    classes, n = info.get("classes"), info.get("read", info.get("images"))
+    top1 = d.get("metric") == "top1" and isinstance(classes, int) and classes > 1
+    chance = 100 / classes if top1 else None
+    what = str(d.get("metric") or "value")
+    return indistinct(values, chance, n if isinstance(n, int) else None, what)
 
 
 # ---- candidates ------------------------------------------------------------------------
@@ -180,9 +258,12 @@ def _plans(method: Method, arch: Arch, locs: tuple[int, ...], ratio_sets) -> dic
     return out
 
 
-def _evaluate(model: LatencyModel, cands: list[Candidate], locs, sens: Sensitivity | None) -> None:
+def _evaluate(
+    model: LatencyModel, cands: list[Candidate], locs, sens: Sensitivity | None, extrapolate=False
+) -> None:
     ms = model.predict_many([c.plan for c in cands])
-    acc = sens.predict_many(tuple(locs), [c.keep_ratios for c in cands]) if sens else None
+    schedules = [c.keep_ratios for c in cands]
+    acc = sens.predict_many(tuple(locs), schedules, extrapolate) if sens else None
     for i, (c, t) in enumerate(zip(cands, ms.tolist(), strict=True)):
         c.predicted_ms = t
         c.kept_tokens = kept_tokens(c.plan)
@@ -209,16 +290,25 @@ def pareto_front(cands: list[Candidate]) -> list[Candidate]:
 
 # ---- the margin ------------------------------------------------------------------------
 def resolve_margin(text: str | None, table) -> tuple[float, str]:
-    """``--margin``: ``auto`` (default: the table's measured error, at most 10 %), a
-    percentage (``3%``) or a fraction (``0.03``); ``0`` aims at the target itself."""
+    """``--margin``: ``auto`` (default: the table's measured error, ``measured_error``), a
+    percentage (``3%``) or a fraction (``0.03``); ``0`` aims at the target itself.
+
+    ``auto`` refuses a table whose measured error is above MAX_AUTO_MARGIN: a margin that
+    large gives away most of what pruning buys, and one capped below the error does not
+    cover it. A given margin is echoed with the table's measured error beside it."""
     t = (text or "auto").strip().lower()
+    err, parts = measured_error(table)
+    what = ", ".join(f"{k} {v:.1%}" for k, v in parts.items())
     if t == "auto":
-        err, parts = measured_error(table)
         if not parts:
             return 0.0, "auto: the table records no measured error (profiled before 0.2)"
-        m = min(err, MAX_AUTO_MARGIN)
-        what = ", ".join(f"{k} {v:.1%}" for k, v in parts.items())
-        return m, f"auto: the table's measured error ({what})"
+        if err > MAX_AUTO_MARGIN:
+            raise EdgepruneError(
+                f"the table's measured error is {err:.0%} ({what}), above the "
+                f"{MAX_AUTO_MARGIN:.0%} an automatic margin can absorb",
+                "measure a better table (a quieter machine, more runs) or give --margin",
+            )
+        return err, f"auto: the table's measured error ({what})"
     try:
         m = float(t[:-1]) / 100 if t.endswith("%") else float(t)
     except ValueError:
@@ -227,7 +317,9 @@ def resolve_margin(text: str | None, table) -> tuple[float, str]:
         ) from None
     if not (math.isfinite(m) and 0 <= m <= MAX_MARGIN):
         raise EdgepruneError(f"--margin '{text}' must lie in 0..{MAX_MARGIN:.0%}")
-    return m, "given"
+    return m, f"given: --margin {text.strip()}" + (
+        f"; the table's measured error is {err:.1%} ({what})" if parts else ""
+    )
 
 
 # ---- the search ------------------------------------------------------------------------
@@ -255,6 +347,9 @@ class BudgetResult:
     # predictions × scale meet the target: the table re-anchored to the machine now
     # (dense measured / dense predicted; 1: the table's own predictions)
     scale: float = 1.0
+    # the chosen schedule's stages below the sensitivity file's measured keep ratios
+    # (search(extrapolate=True) only): its predicted accuracy is extrapolated there
+    extrapolated: tuple[str, ...] = ()
 
     @property
     def aim_ms(self) -> float:
@@ -291,10 +386,13 @@ def search(
     margin: float = 0.0,
     margin_source: str = "none",
     scale: float = 1.0,
+    extrapolate: bool = False,
 ) -> BudgetResult:
     """The keep schedule with the highest objective whose predicted latency ≤ the target
     less ``margin`` (a fraction: the table's own measured error, see ``resolve_margin``),
     each prediction × ``scale`` (the table re-anchored to the machine now; 1: as is).
+    With a sensitivity file, only schedules within its measured keep ratios are weighed,
+    unless ``extrapolate`` (the result's ``extrapolated`` names the stages below them).
 
     Raises UnreachableTarget when even the fastest schedule misses it."""
     _check_search(target_ms, margin, scale, schedule)
@@ -303,7 +401,7 @@ def search(
     meth, locs = _method_at(method, locs, arch)
     if sensitivity is not None:
         sensitivity.check_locs(locs, sensitivity_path)
-    space = _Space(model, meth, locs, sensitivity)
+    space = _Space(model, meth, locs, sensitivity, extrapolate)
     cands = space.geometric() if schedule == "geometric" else space.free(aim)
     if not cands:
         raise EdgepruneError(f"no valid keep schedule of {method} at locations {list(locs)}")
@@ -311,29 +409,22 @@ def search(
     dense_ms = float(model.predict(dense_plan(arch)).total_ms)
     fastest = min(cands, key=lambda c: c.predicted_ms)
     common = dict(
-        method=meth.name,
-        arch=arch,
-        locs=locs,
-        schedule=schedule,
-        target_ms=target_ms,
-        dense_ms=dense_ms,
-        fastest=fastest,
-        candidates=cands,
+        method=meth.name, arch=arch, locs=locs, schedule=schedule, target_ms=target_ms,
+        dense_ms=dense_ms, fastest=fastest, candidates=cands, margin=margin,
         objective=f"predicted {sensitivity.metric}" if sensitivity else "kept_tokens",
-        margin=margin,
-        margin_source=margin_source,
-        scale=scale,
-    )
+        margin_source=margin_source, scale=scale,
+    )  # fmt: skip
     if dense_ms <= aim:
         return BudgetResult(chosen=_dense(arch, dense_ms, sensitivity), status="dense", **common)
     best = _best(cands, aim)
     if best is None:
         raise _unreachable(
             method, aim, locs=locs, target_ms=target_ms, dense_ms=dense_ms, fastest=fastest,
-            margin=margin, scale=scale,
+            margin=margin, scale=scale, within=space.within(),
         )  # fmt: skip
     meth.validate(MethodConfig(locs, best.keep_ratios), arch)
-    return BudgetResult(chosen=best, status="ok", **common)
+    out = sensitivity.outside(locs, best.keep_ratios) if sensitivity else ()
+    return BudgetResult(chosen=best, status="ok", extrapolated=out, **common)
 
 
 def _check_search(target_ms: float, margin: float, scale: float, schedule: str) -> None:
@@ -344,6 +435,11 @@ def _check_search(target_ms: float, margin: float, scale: float, schedule: str) 
         raise EdgepruneError(f"--margin {margin:.1%} must lie in 0..{MAX_MARGIN:.0%}")
     if not (math.isfinite(scale) and scale > 0):
         raise EdgepruneError(f"re-anchoring scale {scale} is not a positive finite number")
+    check_schedule(schedule)
+
+
+def check_schedule(schedule: str) -> None:
+    """Refuse an unknown ``--schedule``."""
     if schedule not in SCHEDULES:
         raise EdgepruneError(
             f"unknown --schedule '{schedule}'", f"expected: {', '.join(SCHEDULES)}"
@@ -369,11 +465,27 @@ class _Space:
     meth: Method
     locs: tuple[int, ...]
     sensitivity: Sensitivity | None
+    extrapolate: bool = False  # weigh schedules below the sensitivity file's measured ratios
+
+    def allowed(self, ratio_sets) -> list:
+        """``ratio_sets`` within the sensitivity file's measured keep ratios (all of them
+        without a file, or with ``extrapolate``)."""
+        sens = self.sensitivity
+        if sens is None or self.extrapolate:
+            return list(ratio_sets)
+        return [r for r in ratio_sets if sens.covers(self.locs, tuple(r))]
+
+    def within(self) -> str:
+        """What the search kept to, for the unreachable error ("": everything)."""
+        if self.sensitivity is None or self.extrapolate:
+            return ""
+        return self.sensitivity.measured_range(self.locs)
 
     def evaluated(self, ratio_sets) -> dict[tuple, Candidate]:
-        """Candidates of ``ratio_sets`` keyed by their token counts, evaluated."""
-        out = _plans(self.meth, self.model.arch, self.locs, ratio_sets)
-        _evaluate(self.model, list(out.values()), self.locs, self.sensitivity)
+        """Candidates of ``ratio_sets`` (those ``allowed``) keyed by their token counts,
+        evaluated."""
+        out = _plans(self.meth, self.model.arch, self.locs, self.allowed(ratio_sets))
+        _evaluate(self.model, list(out.values()), self.locs, self.sensitivity, self.extrapolate)
         return out
 
     def geometric(self) -> list[Candidate]:
@@ -412,9 +524,9 @@ class _Space:
             if not self.meth.cumulative or all(b <= a for a, b in zip(t, t[1:], strict=False))
         ]
         known = {(c.plan.attn_tokens, c.plan.mlp_tokens) for c in cands}
-        fresh = _plans(self.meth, self.model.arch, self.locs, sets)
+        fresh = _plans(self.meth, self.model.arch, self.locs, self.allowed(sets))
         extra = [c for k, c in fresh.items() if k[:2] not in known]
-        _evaluate(self.model, extra, self.locs, self.sensitivity)
+        _evaluate(self.model, extra, self.locs, self.sensitivity, self.extrapolate)
         return extra
 
 
@@ -436,12 +548,16 @@ def _unreachable(
     fastest: Candidate,
     margin: float,
     scale: float,
+    within: str = "",
 ) -> UnreachableTarget:
     """The error: even the fastest schedule of ``method`` misses ``aim`` (the target
-    less the margin, in the table's terms)."""
+    less the margin, in the table's terms); ``within``: the sensitivity file's measured
+    keep ratios the search kept to."""
     less = f" less the {margin:.1%} margin ({aim * scale:.3f} ms)" if margin else ""
     fast = fastest.predicted_ms * scale
     where = "on this profile"
+    if within:
+        where += f" within the sensitivity file's measured keep ratios ({within})"
     if scale != 1.0:
         where = (
             f"on this profile re-anchored to this machine now (dense measured "
@@ -452,7 +568,8 @@ def _unreachable(
         f"target {target_ms:.3f} ms{less} is unreachable {where}: the fastest "
         f"{method} schedule ({fmt_ratios(fastest.keep_ratios)} at {list(locs)}) predicts "
         f"{fast:.3f} ms (dense {dense_ms * scale:.3f} ms)",
-        f"ask for at least {fast:.3f} ms, or prune at more locations",
+        f"ask for at least {fast:.3f} ms, or prune at more locations"
+        + (", or measure lower keep ratios (or --extrapolate)" if within else ""),
     )
 
 
@@ -497,8 +614,13 @@ def chosen_summary(result, sens) -> str:
     name = (
         "dense" if not ch.keep_ratios else "[" + ", ".join(f"{r:.3g}" for r in ch.keep_ratios) + "]"
     )
+    beyond = (
+        f"; EXTRAPOLATED below the measured keep ratios ({'; '.join(result.extrapolated)})"
+        if result.extrapolated
+        else ""
+    )
     return (
         f"chosen point: {name} at {ch.predicted_ms:.3f} ms, predicted {sens.metric} "
         f"{ch.objective():.2f} (dense {sens.dense:.2f} at {result.dense_ms:.3f} ms); "
-        f"{'on' if on else 'off'} the Pareto front of {len(front)} schedules"
+        f"{'on' if on else 'off'} the Pareto front of {len(front)} schedules{beyond}"
     )

@@ -19,12 +19,20 @@ machine's speed when the table was re-anchored. When dense moved by more than
 MOVED_NOTE, the refinement step decides and re-scales on that figure, not on the raw
 one, so it corrects the table's error and does not chase the machine
 (``refine_basis``). The verdict stays the raw measurement.
+
+The refinement lands on the aim: the schedule that keeps the most while measuring
+under the target, within ``tolerance`` (REFINE_BAND) of it. A pick outside the band is
+chosen again on its own measurement (the table × measured / predicted, a secant step);
+once one pick measured under the target and another over it, the next is the search's
+pick at the midpoint of their table predictions (a bisection). It stops at the first
+pick within the band, when no new schedule lies between, or after REFINE_ROUNDS more
+picks, and verifies the measured pick that keeps the most under the target.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from edgeprune.budget.search import BudgetResult, UnreachableTarget
 from edgeprune.core.errors import EdgepruneError
@@ -38,10 +46,14 @@ from edgeprune.runtimes.timing import Timing
 
 ANCHOR_ROUNDS = 20  # bursts of the dense model timed to re-anchor the table
 # a re-anchored pick measured over the target, or more than REFINE_BAND under it, is
-# chosen once more with the scale its own measurement gives, aiming REFINE_MARGIN under
-# the target (what is left to cover then is one measurement's noise, not the table's)
+# refined: chosen again with the scale its own measurement gives, aiming REFINE_MARGIN
+# under the target (at most half the band: what is left to cover then is one
+# measurement's noise, not the table's), then by bisection; at most REFINE_ROUNDS picks
+# are measured after the first
 REFINE_BAND = 0.05
 REFINE_MARGIN = 0.02
+REFINE_ROUNDS = 4
+BISECT_STEPS = 40  # searches (no measurement) to find a new schedule between two picks
 # the machine's own speed changed by more than this between re-anchor and measurement:
 # the verification says so, with the pick's time at the anchor's speed
 MOVED_NOTE = 0.05
@@ -76,10 +88,10 @@ def refine_basis(pick_ms: float, dense_ms: float, anchor: Anchor | None) -> floa
     return at_anchor_speed(pick_ms, dense_ms, anchor)
 
 
-def needs_refining(pick_ms: float, target_ms: float) -> bool:
+def needs_refining(pick_ms: float, target_ms: float, tolerance: float = REFINE_BAND) -> bool:
     """Whether a re-anchored pick (its ``refine_basis`` figure) is over the target or
-    more than REFINE_BAND under it."""
-    return not -REFINE_BAND <= pick_ms / target_ms - 1 <= 0
+    more than ``tolerance`` under it."""
+    return not -tolerance <= pick_ms / target_ms - 1 <= 0
 
 
 def choice(result: BudgetResult | None) -> dict | None:
@@ -134,6 +146,7 @@ class Verification:
     reanchor: Anchor | None = None  # None: --no-reanchor
     # the re-anchored pick missed the band: what it was and measured, the new scale
     refined: dict | None = None
+    conditions: dict | None = None  # this machine while measuring (``runtimes.conditions``)
 
     @property
     def met(self) -> bool:
@@ -192,6 +205,7 @@ class Verification:
             ),
             "reanchor": self.reanchor.to_dict() if self.reanchor else None,
             "refined": self.refined,
+            "conditions": self.conditions,
         }
 
 
@@ -205,12 +219,18 @@ def verify_budget(
     threads: int | None = None,
     reanchor: bool = True,
     progress: Callable[[str], None] | None = None,
+    tolerance: float = REFINE_BAND,
+    refine_rounds: int = REFINE_ROUNDS,
+    models: Callable[..., LocalModels] = LocalModels,
 ) -> tuple[BudgetResult, Verification]:
     """Export dense; with ``reanchor``, time it and choose again with
     ``choose(scale=…)`` (the budget search, ``budget.search`` with its target, margin,
     method… bound); export the chosen schedule, time it and dense interleaved here,
-    compare. ``table_result``: what the table alone chose (None: unreachable on it,
-    allowed only with ``reanchor``). Returns the verified result and the verification."""
+    compare; with ``reanchor``, refine a pick outside ``tolerance`` under the target (at
+    most ``refine_rounds`` more picks measured; see the module). ``table_result``: what
+    the table alone chose (None: unreachable on it, allowed only with ``reanchor``).
+    ``models``: how the models are exported, loaded and timed here (``LocalModels``).
+    Returns the verified result and the verification."""
 
     if rounds < 3:
         raise EdgepruneError(f"--rounds {rounds} must be at least 3")
@@ -219,9 +239,12 @@ def verify_budget(
     threads = threads or int(tb.device.get("threads") or 1)
     step = progress or (lambda _m: None)
     kernels = bool(tb.device.get("custom_kernels"))
-    with LocalModels(runtime, threads, tb.batch, progress, kernels) as here:
+    with models(runtime, threads, tb.batch, progress, kernels) as here:
         dense = here.load(resolve(model.arch.name), "the dense model")
-        check = _Check(here=here, dense=dense, rounds=rounds, burst=burst, step=step)
+        check = _Check(
+            here=here, dense=dense, rounds=rounds, burst=burst, step=step, tolerance=tolerance,
+            refine_rounds=refine_rounds,
+        )  # fmt: skip
         anchor, result = None, table_result
         if reanchor:
             anchor, result = check.reanchor(model, choose, table_result)
@@ -256,6 +279,29 @@ class _Measured:
 
 
 @dataclass(frozen=True, kw_only=True)
+class _Tried:
+    """One schedule measured: its search result, its timing and dense's beside it, and
+    the figure the refinement decides on (``refine_basis``)."""
+
+    result: BudgetResult
+    pick: Timing
+    dense: Timing
+    basis_ms: float
+
+    @property
+    def table_ms(self) -> float:
+        return self.result.chosen.predicted_ms
+
+    def record(self, anchor: Anchor | None) -> dict:
+        return {
+            **choice(self.result), "scale": self.result.scale,
+            "measured_ms": self.pick.median_ms, "dense_measured_ms": self.dense.median_ms,
+            "at_anchor_ms": at_anchor_speed(self.pick.median_ms, self.dense.median_ms, anchor),
+            "basis_ms": self.basis_ms,
+        }  # fmt: skip
+
+
+@dataclass(frozen=True, kw_only=True)
 class _Check:
     """The models of one verification, loaded here: dense, and the picks timed beside it."""
 
@@ -264,6 +310,8 @@ class _Check:
     rounds: int
     burst: int
     step: Callable[[str], None]
+    tolerance: float = REFINE_BAND
+    refine_rounds: int = REFINE_ROUNDS
 
     def reanchor(
         self, model: LatencyModel, choose: Callable[..., BudgetResult], table_result
@@ -286,27 +334,133 @@ class _Check:
         t_pruned, t_dense = self.here.time([pruned, self.dense], self.rounds, self.burst)
         return t_pruned, t_dense
 
+    def tried(self, result: BudgetResult, anchor: Anchor | None, what: str) -> _Tried:
+        """Time the schedule ``result`` chose (``time_pick``) and judge it."""
+        pick, dense = self.time_pick(result, what)
+        basis = refine_basis(pick.median_ms, dense.median_ms, anchor)
+        return _Tried(result=result, pick=pick, dense=dense, basis_ms=basis)
+
     def measure(
         self, choose, result: BudgetResult, anchor: Anchor | None, *, refine: bool
     ) -> _Measured:
-        """Time the pick; with ``refine``, when it lands outside the band, choose once
-        more on its own measurement and time that one instead."""
-        t_pruned, t_dense = self.time_pick(result, "chosen")
-        first_ms = refine_basis(t_pruned.median_ms, t_dense.median_ms, anchor)
-        if not (refine and needs_refining(first_ms, result.target_ms)):
-            return _Measured(result=result, pick=t_pruned, dense=t_dense)
-        again = _refine(choose, result, first_ms, self.step)
-        if again is None:
-            return _Measured(result=result, pick=t_pruned, dense=t_dense)
-        first = {
-            **choice(result), "scale": result.scale,
-            "measured_ms": t_pruned.median_ms, "dense_measured_ms": t_dense.median_ms,
-            "at_anchor_ms": at_anchor_speed(t_pruned.median_ms, t_dense.median_ms, anchor),
-            "basis_ms": first_ms,
-        }  # fmt: skip
-        t_pruned, t_dense = self.time_pick(again, "refined")
-        refined = {"first": first, "scale": again.scale, "margin": REFINE_MARGIN}
-        return _Measured(result=again, pick=t_pruned, dense=t_dense, refined=refined)
+        """Time the pick; with ``refine``, while the picks land outside the band, choose
+        again (``_Aim.next``) and time that one, and verify the best (``_Aim.best``)."""
+        first = self.tried(result, anchor, "chosen")
+        aim = _Aim(choose=choose, target_ms=result.target_ms, tolerance=self.tolerance)
+        aim.tried.append(first)
+        if refine:
+            for _ in range(self.refine_rounds):
+                if aim.on_aim(aim.tried[-1]) or (again := aim.next(self.step)) is None:
+                    break
+                aim.tried.append(self.tried(again, anchor, "refined"))
+        best = aim.best()
+        refined = aim.record(best, anchor) if len(aim.tried) > 1 else None
+        return _Measured(result=best.result, pick=best.pick, dense=best.dense, refined=refined)
+
+
+@dataclass(kw_only=True)
+class _Aim:
+    """The refinement's way to the schedule that keeps the most under the target: the
+    picks measured so far, and the next one to measure (secant, then bisection)."""
+
+    choose: Callable[..., BudgetResult]
+    target_ms: float
+    tolerance: float
+    tried: list[_Tried] = field(default_factory=list)
+
+    @property
+    def margin(self) -> float:
+        """How far under the target the refinement aims: REFINE_MARGIN, at most half the
+        band."""
+        return min(REFINE_MARGIN, self.tolerance / 2)
+
+    def on_aim(self, t: _Tried) -> bool:
+        """Under the target and within ``tolerance`` of it."""
+        return not needs_refining(t.basis_ms, self.target_ms, self.tolerance)
+
+    def record(self, best: _Tried, anchor: Anchor | None) -> dict:
+        """The verification's ``refined``: the first pick, the others measured, the
+        verified one's scale, and whether it landed within the band."""
+        return {
+            "first": self.tried[0].record(anchor),
+            "tries": [t.record(anchor) for t in self.tried[1:]],
+            "scale": best.result.scale,
+            "margin": self.margin,
+            "tolerance": self.tolerance,
+            "on_aim": self.on_aim(best),
+        }
+
+    def best(self) -> _Tried:
+        """The pick measured under the target that keeps the most; when none is, the one
+        that measured fastest."""
+        under = [t for t in self.tried if t.basis_ms <= self.target_ms]
+        if under:
+            return max(under, key=lambda t: (t.result.chosen.objective(), -t.basis_ms))
+        return min(self.tried, key=lambda t: t.basis_ms)
+
+    def next(self, step) -> BudgetResult | None:
+        """The next schedule to measure (None: nothing new to try). Between a pick under
+        the target and one over it, the search's pick at the midpoint of their table
+        predictions (``_bisect``); on one side only, the nearest pick re-scaled by its own
+        measurement (``_refine``)."""
+        under = [t for t in self.tried if t.basis_ms <= self.target_ms]
+        over = [t for t in self.tried if t.basis_ms > self.target_ms]
+        lo = max(under, key=lambda t: t.table_ms) if under else None
+        hi = min(over, key=lambda t: t.table_ms) if over else None
+        if lo is not None and hi is not None:
+            return self._bisect(lo.table_ms, hi.table_ms, step)
+        if hi is not None:
+            return self._new(_refine(self.choose, hi.result, hi.basis_ms, step, self.margin))
+        again = self._new(_refine(self.choose, lo.result, lo.basis_ms, step, self.margin))
+        return again if again is not None else self._above(lo.table_ms, step)
+
+    def _above(self, lo_ms: float, step) -> BudgetResult | None:
+        """The first new schedule the search picks above table prediction ``lo_ms``
+        (measured under the target, and re-scaled by its measurement it says nothing
+        more fits: only a measurement over the target proves it); None: none."""
+        for k in range(BISECT_STEPS):
+            again = _at_table_ms(
+                self.choose, self.target_ms, lo_ms * (1 + 1e-3 * 2**k), self.margin
+            )
+            if again is None or self._new(again) is not None:
+                if again is not None:
+                    step(f"refining: trying the next schedule above the table's {lo_ms:.3f} ms")
+                return again
+        return None
+
+    def _new(self, again: BudgetResult | None) -> BudgetResult | None:
+        """``again``, unless it is a schedule measured already (or None)."""
+        known = {t.result.chosen.keep_ratios for t in self.tried}
+        return None if again is None or again.chosen.keep_ratios in known else again
+
+    def _bisect(self, lo_ms: float, hi_ms: float, step) -> BudgetResult | None:
+        """The search's pick at the midpoint of table predictions ``lo_ms`` (measured
+        under the target) and ``hi_ms`` (over it), halving toward ``hi_ms`` while the
+        midpoint gives back a schedule measured already; None when none lies between."""
+        for _ in range(BISECT_STEPS):
+            mid = (lo_ms + hi_ms) / 2
+            if hi_ms - lo_ms <= 1e-5 * hi_ms:  # too narrow to hold a schedule worth timing
+                return None
+            again = _at_table_ms(self.choose, self.target_ms, mid, self.margin)
+            if again is None:
+                return None
+            if self._new(again) is not None:
+                step(f"refining: bisecting between the table's {lo_ms:.3f} and {hi_ms:.3f} ms")
+                return again
+            lo_ms = mid  # nothing new at or under mid: the next schedule lies above it
+        return None
+
+
+def _at_table_ms(choose, target_ms: float, table_ms: float, margin: float) -> BudgetResult | None:
+    """The search's pick whose table prediction is at most ``table_ms`` (the table ×
+    target (1 − margin) / table_ms meets the target less the margin). None: dense or
+    nothing meets it."""
+    try:
+        again = choose(scale=target_ms * (1 - margin) / table_ms, margin=margin,
+                       margin_source="refine")  # fmt: skip
+    except UnreachableTarget:
+        return None
+    return None if again.status == "dense" else again
 
 
 def _source(result: BudgetResult):
@@ -318,16 +472,18 @@ def _source(result: BudgetResult):
     return resolve(f"{arch}:{result.method}", keep=result.chosen.keep_ratios, locs=result.locs)
 
 
-def _refine(choose, result: BudgetResult, measured_ms: float, step) -> BudgetResult | None:
+def _refine(
+    choose, result: BudgetResult, measured_ms: float, step, margin: float = REFINE_MARGIN
+) -> BudgetResult | None:
     """Choose again with the scale the chosen schedule's own measurement gives
-    (``refine_basis`` / its table prediction), REFINE_MARGIN under the target. None:
+    (``refine_basis`` / its table prediction), ``margin`` under the target. None:
     nothing new to try (the same schedule, dense, or no schedule meets the target at
     that scale)."""
 
     scale = measured_ms / result.chosen.predicted_ms
     step(f"refining: the pick measures {measured_ms:.2f} ms, re-scaling the table × {scale:.3f}")
     try:
-        again = choose(scale=scale, margin=REFINE_MARGIN, margin_source="refine")
+        again = choose(scale=scale, margin=margin, margin_source="refine")
     except UnreachableTarget:
         return None
     if again.status == "dense" or again.chosen.keep_ratios == result.chosen.keep_ratios:

@@ -102,7 +102,12 @@ def sensitivity(
         raise
     for n in data["notes"]:
         err.print(f"[yellow]note:[/] {n}")
-
+    if data.get("indistinct"):
+        err.print(
+            f"warning: these measurements cannot tell schedules apart ({data['indistinct']}); "
+            "recorded in the file: 'budget --sensitivity' will weigh kept tokens instead",
+            markup=False, style="yellow",
+        )  # fmt: skip
     for line in sensitivity_lines(out_path, data):
         out.print(line)
 

@@ -5,6 +5,7 @@ and an exit code."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sys
 import threading
@@ -72,6 +73,23 @@ def _new_names(args: list[str]) -> list[str]:
     return out
 
 
+# options whose value may be left out (``--wait-quiet`` alone): option -> that value
+OPTIONAL_VALUES = {"--wait-quiet": f"{o.WAIT_QUIET_S:g}"}
+
+
+def _optional_values(args: list[str]) -> list[str]:
+    """``args`` with the value of an ``OPTIONAL_VALUES`` option filled in where the next
+    word is not a number (``--wait-quiet x.pte`` -> ``--wait-quiet 60 x.pte``)."""
+    out = []
+    for i, a in enumerate(args):
+        out.append(a)
+        if a in OPTIONAL_VALUES:
+            following = args[i + 1] if i + 1 < len(args) else ""
+            if not re.fullmatch(r"[0-9]*\.?[0-9]+", following):
+                out.append(OPTIONAL_VALUES[a])
+    return out
+
+
 def _install_signal_handlers() -> None:
     """SIGTERM unwinds like Ctrl-C, so temporary outputs are removed on the way out."""
     if threading.current_thread() is not threading.main_thread():
@@ -90,7 +108,7 @@ def _usage_error(e: Exception) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: runs the app and turns every failure into one line and an exit code."""
-    args = _new_names(list(sys.argv[1:] if argv is None else argv))
+    args = _optional_values(_new_names(list(sys.argv[1:] if argv is None else argv)))
     _install_signal_handlers()
     _state["debug"] = "--debug" in args or os.environ.get("EDGEPRUNE_DEBUG") == "1"
     try:

@@ -11,7 +11,8 @@ import typer
 from edgeprune.cli import groups as g
 from edgeprune.cli import options as o
 from edgeprune.cli.console import err, lines, note, out, progress
-from edgeprune.render.tables import budget_lines, expected_line, predict_table
+from edgeprune.render.tables import bench_notes, budget_lines, expected_line, predict_table
+from edgeprune.runtimes.conditions import parse_cpus
 
 
 @g.grouped
@@ -31,10 +32,13 @@ def predict(
     With --budget, the budget's re-anchoring to the machine it was verified on applies."""
     from edgeprune.budget.file import load_budget
     from edgeprune.latency.model import predict_source
+    from edgeprune.latency.table import untrusted_warning
 
     source = pruning.resolve(src, budget)
     rescale = load_budget(budget).reanchor_scale if budget is not None else 1.0
     model, pred, info = predict_source(profile, source, batch, rescale=rescale)
+    if (warning := untrusted_warning(model.table, profile)) is not None:
+        err.print(f"warning: {warning}", markup=False, style="yellow")
     if as_json:
         print(json.dumps(info))
         return
@@ -64,7 +68,10 @@ def budget_cmd(
     verify: o.VerifyOpt = False,
     rounds: o.RoundsOpt = 30,
     reanchor: o.ReanchorOpt = True,
+    wait_quiet: o.WaitQuietOpt = None,
+    pin: o.PinOpt = None,
     verbose: o.VerboseOpt = False,
+    extrapolate: o.ExtrapolateOpt = False,
 ) -> None:
     """The keep ratios that meet a latency target and keep the most (tokens or accuracy)."""
     from edgeprune.budget.run import BudgetRequest, make_budget
@@ -73,10 +80,16 @@ def budget_cmd(
         profile=profile, target_ms=target_ms, target_fps=target_fps, method=method,
         schedule=schedule, locs=locs, sensitivity=sensitivity, out=out_path, plot=plot,
         no_plot=no_plot, force=force, margin=margin, verify=verify, rounds=rounds,
-        reanchor=reanchor,
+        reanchor=reanchor, extrapolate=extrapolate, wait_quiet_s=wait_quiet,
+        pin=parse_cpus(pin) if pin is not None else None,
     )  # fmt: skip
     with progress("verifying") as step:
         run = make_budget(req, step)
+    if run.verification is not None:
+        for n in bench_notes(run.verification.conditions or {}):
+            err.print(n, markup=False)
+    for warning in run.warnings:
+        err.print(f"warning: {warning}", markup=False, style="yellow")
     if as_json:
         data = {k: v for k, v in run.data.items() if k != "profile_table"}
         print(json.dumps({**data, "expected": run.expected.to_dict()}))

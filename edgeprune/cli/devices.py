@@ -10,6 +10,7 @@ from edgeprune.cli import options as o
 from edgeprune.cli.console import err, lines, out, progress
 from edgeprune.render.tables import (
     bench_line,
+    bench_notes,
     devices_notes,
     devices_table,
     profile_lines,
@@ -17,6 +18,7 @@ from edgeprune.render.tables import (
     validation_lines,
     validation_table,
 )
+from edgeprune.runtimes.conditions import parse_cpus
 
 
 def devices(
@@ -54,16 +56,20 @@ def profile(
     plot: o.PlotFlagOpt = True,
     force: o.ForceOpt = False,
     resume: o.ResumeOpt = False,
+    wait_quiet: o.WaitQuietOpt = None,
+    pin: o.PinOpt = None,
     remote: g.Remote = g.Remote(timeout=900.0),
 ) -> None:
     """Measure a device's latency table (blocks vs tokens, embed, head, selectors)."""
+    cpus = parse_cpus(pin) if pin is not None else None  # refused before the heavy imports
+
     from edgeprune.profiling.measure import ProfileJob, profile_device
 
     job = ProfileJob(
         device=remote.device(device), arch=arch, method=method, threads=threads, batch=batch,
         out=out_path, runs=runs, grid=grid, check_points=check_points, chain=chain,
         halves=halves, e2e=e2e, plot=plot, force=force, resume=resume,
-        transport_options=remote.transport_options(),
+        transport_options=remote.transport_options(), pin=cpus, wait_quiet_s=wait_quiet,
     )  # fmt: skip
     try:
         with progress(job.device.name, bar=True) as step:
@@ -73,7 +79,8 @@ def profile(
         if kept is not None and kept.exists():
             err.print(f"note: progress kept in {kept}; rerun with --resume", markup=False)
         raise
-
+    for n in bench_notes(res.table.extra.get("conditions") or {}):
+        err.print(n, markup=False)
     lines(profile_lines(res))
 
 
@@ -84,17 +91,36 @@ def bench(
     device: o.BenchDeviceOpt = None,
     threads: o.ThreadsOpt = None,
     runs: o.BenchRunsOpt = None,
+    tolerance: o.ToleranceOpt = None,
+    max_time: o.MaxTimeOpt = None,
+    wait_quiet: o.WaitQuietOpt = None,
+    pin: o.PinOpt = None,
+    cooldown: o.CooldownOpt = 0.0,
     as_json: o.JsonOpt = False,
     remote: g.Remote = g.Remote(timeout=600.0),
 ) -> None:
-    """End-to-end latency of one artifact: median, p90, min, max, runs."""
+    """End-to-end latency of one artifact: the median with its 95 % interval, p90, min,
+    max, runs, and a warning when the machine was busy while timing."""
+    cpus = parse_cpus(pin) if pin is not None else None  # refused before the heavy imports
+
+    from edgeprune.profiling.bench import BenchOptions, device_name
     from edgeprune.profiling.bench import bench as run_bench
-    from edgeprune.profiling.bench import device_name
 
     dev = remote.device(device_name(artifact, device))
-    t = run_bench(artifact, dev, threads, runs, **remote.transport_options())
+    how = BenchOptions(
+        tolerance=tolerance / 100 if tolerance is not None else None,
+        max_time_s=max_time, wait_quiet_s=wait_quiet, pin=cpus, cooldown_s=cooldown,
+    )  # fmt: skip
+    with progress(dev.name) as step:
+        t = run_bench(
+            artifact, dev, threads, runs, options=how, progress=step,
+            **remote.transport_options(),
+        )  # fmt: skip
     info = {"artifact": str(artifact), "device": dev.name, "host": dev.host or "local"}
     info.update(t.to_dict())
+    conditions = t.extra.get("conditions", {})
+    for line in bench_notes(conditions):
+        err.print(line, markup=False)
     if as_json:
         print(json.dumps(info))
         return
@@ -108,9 +134,11 @@ def table_info(
     as_json: o.InfoJsonOpt = False,
 ) -> None:
     """Read a latency table (its schema checked) and summarise it."""
-    from edgeprune.latency.table import load
+    from edgeprune.latency.table import load, untrusted_warning
 
     t = load(path)
+    if (warning := untrusted_warning(t, path)) is not None:
+        err.print(f"warning: {warning}", markup=False, style="yellow")
     if as_json:
         print(json.dumps(t.to_dict()))
         return
@@ -127,16 +155,24 @@ def validate(
     burst: o.BurstOpt = 3,
     seed: o.SeedOpt = 0,
     plot: o.ScatterOpt = None,
+    wait_quiet: o.WaitQuietOpt = None,
+    pin: o.PinOpt = None,
     as_json: o.JsonOpt = False,
 ) -> None:
     """Validate a latency table: its predictions against whole models measured here.
 
     Exports random schedules, times them end to end, reports the prediction error."""
+    cpus = parse_cpus(pin) if pin is not None else None  # refused before the heavy imports
+
     from edgeprune.profiling.validate import validate_to_plot
 
     settings = dict(configs=configs, threads=threads, rounds=rounds, seed=seed, burst=burst)
     with progress("validating") as step:
-        rep, plot_path = validate_to_plot(table, plot, progress=step, **settings)
+        rep, plot_path = validate_to_plot(
+            table, plot, pin=cpus, wait_quiet_s=wait_quiet, progress=step, **settings
+        )
+    for n in bench_notes(rep.conditions or {}):
+        err.print(n, markup=False)
     if as_json:
         print(json.dumps({**rep.to_dict(), "plot": str(plot_path)}))
         return

@@ -103,9 +103,7 @@ CheckTargetOpt = opt(str, "--target", "-t", help="trt | coreml | ort.")
 
 # ---- common -----------------------------------------------------------------------------
 JsonOpt = opt(bool, "--json", help="Print one JSON object.")
-VerboseOpt = opt(
-    bool, "--verbose", "-v", help="Also show what the expected latency is made of."
-)
+VerboseOpt = opt(bool, "--verbose", "-v", help="Also show what the expected latency is made of.")
 ForceOpt = opt(bool, "--force", "-f", help="Overwrite outputs.")
 ThreadsOpt = opt(int | None, "--threads", help="Threads (default: the device's).")
 # a latency table (what 'edgeprune profile' writes); --profile is its old, hidden name
@@ -248,7 +246,46 @@ ResumeOpt = opt(
 )
 ArtifactArg = arg(Path, "Exported artifact (.onnx, …).", exists=True)
 BenchRunsOpt = opt(
-    int | None, "--runs", panel=MEASURE, help="Timed runs (default: adaptive, ≥ 20)."
+    int | None,
+    "--runs",
+    panel=MEASURE,
+    help="Exactly N timed runs (default: until the median's 95 % interval is within "
+    "the tolerance, at least 20).",
+)
+ToleranceOpt = opt(
+    float | None,
+    "--tolerance",
+    panel=MEASURE,
+    help="Time until the median's 95 % interval is within ± this many % of it (2).",
+)
+MaxTimeOpt = opt(
+    float | None,
+    "--max-time",
+    panel=MEASURE,
+    help="Stop timing after this many seconds, the interval reached or not (10).",
+)
+# --wait-quiet given without a value waits this long (app.OPTIONAL_VALUES)
+WAIT_QUIET_S = 60.0
+WaitQuietOpt = opt(
+    float | None,
+    "--wait-quiet",
+    panel=MEASURE,
+    metavar="[<float>]",
+    help=f"First wait, up to this many seconds ({WAIT_QUIET_S:g} when given alone), until "
+    "other processes leave this machine's CPUs alone; measure anyway after.",
+)
+PinOpt = opt(
+    str | None,
+    "--pin",
+    panel=MEASURE,
+    help="Run on these CPUs only, e.g. 1, 0,1 or 0-3.",
+)
+CooldownOpt = opt(
+    float,
+    "--cooldown",
+    panel=MEASURE,
+    help="Rest this many seconds before timing (a phone cools down); thermal zones are "
+    "read before and after.",
 )
 TableArg = arg(Path, "A latency table written by 'profile'.", **EXISTING)
 
@@ -270,6 +307,13 @@ SensitivityOpt = opt(
     panel=SEARCH,
     help="Accuracy per stage and ratio (from 'edgeprune sensitivity').",
     **EXISTING,
+)
+ExtrapolateOpt = opt(
+    bool,
+    "--extrapolate",
+    panel=SEARCH,
+    help="With --sensitivity: also weigh keep ratios below the lowest measured "
+    "(marked extrapolated in the output, the file and the plot).",
 )
 BudgetOutOpt = opt(Path, "--out", "-o", help="Budget file to write.")
 ParetoOpt = opt(Path | None, "--plot", help="Pareto plot PNG (default: <out>.pareto.png).")

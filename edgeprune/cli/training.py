@@ -53,6 +53,8 @@ def finetune(
         return
     for n in res.notes:
         err.print(f"[yellow]note:[/] {n}")
+    for w in res.warnings:
+        err.print(f"warning: {w}", markup=False, style="yellow")
     for line in finetune_lines(res, out_path):
         out.print(line, soft_wrap=True)
 

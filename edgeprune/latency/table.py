@@ -29,6 +29,12 @@ Latency at a token count between grid points is linear interpolation
 to a whole model (inter-op overhead, cache state, gathers between blocks), so the
 sweep also times a few whole models ("anchors") and stores an affine end-to-end
 correction fitted on them (``tables.e2e``).
+
+``edgeprune validate`` writes its verdict into the file it checked, in
+``extra["validation"]`` (``record_validation``): ``{"median_error", "limit", "trusted",
+"date", …}``. ``extra`` is free-form, so readers that predate it keep reading the file;
+a table whose median error on whole models is above VALIDATION_LIMIT is untrusted, and
+every command that uses it says so (``untrusted_warning``).
 """
 
 from __future__ import annotations
@@ -50,6 +56,8 @@ if TYPE_CHECKING:
 
 SCHEMA = "edgeprune.profile"
 VERSION = 1
+# validate's median error on whole models above this marks a table untrusted
+VALIDATION_LIMIT = 0.10
 
 
 def piecewise_linear(xs, ys, x: torch.Tensor, extrapolate: bool = True) -> torch.Tensor:
@@ -181,6 +189,48 @@ class LatencyTable:
 
     def save(self, path: Path) -> None:
         write_json_atomic(Path(path), self.to_dict())
+
+    @property
+    def validation(self) -> dict | None:
+        """``validate``'s last verdict on this table (``extra["validation"]``), if any."""
+        v = self.extra.get("validation")
+        return v if isinstance(v, dict) else None
+
+    @property
+    def trusted(self) -> bool:
+        """False when ``validate`` marked the table untrusted (its median error on whole
+        models above the limit); True when it passed, or was never validated."""
+        return (self.validation or {}).get("trusted") is not False
+
+
+def untrusted_warning(table: LatencyTable, name: str | Path) -> str | None:
+    """The one line every command using an untrusted table prints (None: trusted)."""
+    if table.trusted:
+        return None
+    v = table.validation or {}
+    err, limit = v.get("median_error"), v.get("limit", VALIDATION_LIMIT)
+    error = f"{err:.1%}" if isinstance(err, int | float) else "?"
+    return (
+        f"latency table {name} is UNTRUSTED: 'edgeprune validate' measured a median error of "
+        f"{error} on whole models ({v.get('date', 'undated')}), above the {limit:.0%} limit; "
+        "its predictions are off by about that much. Profile again on a quiet machine with "
+        "more runs, then validate it again"
+    )
+
+
+def record_validation(path: str | Path, verdict: dict) -> None:
+    """Write ``validate``'s verdict into the table file at ``path``, atomically, in
+    ``extra["validation"]``; everything else in the file stays as it is."""
+    path = Path(path)
+    try:
+        d = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise _bad(path, f"not JSON ({e.__class__.__name__})") from None
+    if not isinstance(d, dict) or d.get("schema") != SCHEMA:
+        raise _bad(path, f"'schema' is not '{SCHEMA}'")
+    extra = d.get("extra") if isinstance(d.get("extra"), dict) else {}
+    d["extra"] = {**extra, "validation": verdict}
+    write_json_atomic(path, d)
 
 
 def _bad(path, what: str) -> EdgepruneError:

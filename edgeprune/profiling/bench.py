@@ -1,16 +1,20 @@
 """``edgeprune bench``: end-to-end latency of one exported artifact, on a device here
-or through the device's transport."""
+or through the device's transport: the median with its 95 % interval, timed until that
+interval is within the tolerance or the time limit passes, and the conditions it was
+timed under (``Timing.extra["conditions"]``, see ``runtimes.conditions``)."""
 
 from __future__ import annotations
 
-from dataclasses import replace
+import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from edgeprune.core.errors import EdgepruneError
 from edgeprune.profiles.devices import Device
 from edgeprune.profiling.remote import bench_remote
 from edgeprune.runtimes.base import runner_for_device, runtime
-from edgeprune.runtimes.timing import Timing, policy_for
+from edgeprune.runtimes.conditions import Watch, hottest, pinned, thermal_over, wait_quiet
+from edgeprune.runtimes.timing import Timing, TimingPolicy, policy_for
 from edgeprune.runtimes.transports import open_transport
 
 # the device ``bench`` uses when none is named: by the artifact's suffix, else "cpu"
@@ -38,29 +42,105 @@ def runtime_for(artifact: Path, device: Device) -> Device:
     return device
 
 
+@dataclass(kw_only=True)
+class BenchOptions:
+    """How ``bench`` measures, beyond threads and runs. ``tolerance``: the interval's
+    half-width to reach, a share of the median (None: ±2 %); ``max_time_s``: time no
+    longer (None: 10 s); ``wait_quiet_s``: first wait up to this long for a quiet machine
+    (None: do not wait); ``pin``: the CPUs to run on (None: as they are); ``cooldown_s``:
+    rest this long before timing (a phone's heat from the last run fades)."""
+
+    tolerance: float | None = None
+    max_time_s: float | None = None
+    wait_quiet_s: float | None = None
+    pin: tuple[int, ...] | None = None
+    cooldown_s: float = 0.0
+
+    def check(self, device: Device) -> None:
+        for name, value in (("--wait-quiet", self.wait_quiet_s), ("--cooldown", self.cooldown_s)):
+            if value is not None and value < 0:
+                raise EdgepruneError(f"{name} {value:g} must be 0 seconds or more")
+        here = self.pin is None and not self.wait_quiet_s
+        if device.transport != "local" and not here:
+            raise EdgepruneError(
+                f"--pin and --wait-quiet act on this machine; {device.name} is reached "
+                f"through {device.transport}",
+                "leave them out for a device elsewhere (--cooldown rests it)",
+            )
+
+
 def bench(
     artifact: Path,
     device: Device,
     threads: int | None = None,
     runs: int | None = None,
+    *,
+    options: BenchOptions | None = None,
+    progress=None,
     **transport_options,
 ) -> Timing:
     """Time ``artifact`` on ``device``: here, through its transport with the runtime's
     own runner (e.g. trtexec over SSH), or with edgeprune on the far side
-    (``remote_runner = "edgeprune"``). ``transport_options``: e.g. ``config``/``timeout``."""
+    (``remote_runner = "edgeprune"``). ``transport_options``: e.g. ``config``/``timeout``;
+    ``progress(text, done, total)``: told while waiting."""
     artifact = Path(artifact)
+    opts = options or BenchOptions()
     if threads is not None and threads < 1:
         raise EdgepruneError(f"--threads {threads} must be at least 1")
     if not artifact.exists():
         raise EdgepruneError(f"artifact {artifact} does not exist")
-    policy = policy_for(runs)
+    opts.check(device)
+    policy = policy_for(runs, tolerance=opts.tolerance, max_time_s=opts.max_time_s)
     if device.transport == "local":
-        runner = runner_for_device(device, threads or device.resolved_threads())
-    else:
-        transport = open_transport(device, **transport_options)
-        if device.remote_runner == "edgeprune":
-            return bench_remote(artifact, device, transport, threads, runs)
-        device = runtime_for(artifact, device)
-        runner = runner_for_device(device, threads or device.threads or None, transport)
+        return _bench_here(artifact, device, threads, policy, opts, progress)
+    transport = open_transport(device, **transport_options)
+    if device.remote_runner == "edgeprune":
+        return bench_remote(artifact, device, transport, threads, runs)
+    device = runtime_for(artifact, device)
+    runner = runner_for_device(device, threads or device.threads or None, transport)
     runner.load(artifact)
-    return runner.time(policy)
+    _cool_down(opts.cooldown_s, progress)
+    before = thermal_over(transport)
+    t = runner.time(policy).judged(policy.tolerance)
+    after = thermal_over(transport)
+    t.extra["conditions"] = {
+        "where": transport.where,
+        "cooldown_s": opts.cooldown_s,
+        "thermal_before": before,
+        "thermal_after": after,
+        "hottest_c": [hottest(before), hottest(after)],
+    }
+    return t
+
+
+def _bench_here(
+    artifact: Path,
+    device: Device,
+    threads: int | None,
+    policy: TimingPolicy,
+    opts: BenchOptions,
+    progress,
+) -> Timing:
+    """``bench`` on this machine: pinned if asked, after the cool-down and the wait for a
+    quiet machine if asked, the conditions watched while timing."""
+    with pinned(opts.pin) as cpus:
+        runner = runner_for_device(device, threads or device.resolved_threads())
+        runner.load(artifact)
+        _cool_down(opts.cooldown_s, progress)
+        wait = None
+        if opts.wait_quiet_s:
+            wait = wait_quiet(opts.wait_quiet_s, cpus=cpus, progress=progress)
+        watch = Watch(cpus)
+        t = runner.time(policy).judged(policy.tolerance)
+        conditions = watch.finish(threads=t.threads, pinned=opts.pin is not None, wait=wait)
+    t.extra["conditions"] = conditions.to_dict()
+    return t
+
+
+def _cool_down(seconds: float, progress) -> None:
+    """Rest ``seconds`` before timing, counting down in ``progress``."""
+    end = time.monotonic() + seconds
+    while (left := end - time.monotonic()) > 0:
+        if progress is not None:
+            progress(f"cooling down ({left:.0f} s)", int(seconds - left), int(seconds))
+        time.sleep(min(1.0, left))

@@ -19,6 +19,7 @@ from edgeprune.profiling.resume import resume_path
 from edgeprune.profiling.sweep import ProfileRequest, measure, parse_grid
 from edgeprune.render.plots import plot_table
 from edgeprune.runtimes.base import runner_for_device
+from edgeprune.runtimes.conditions import watched
 from edgeprune.runtimes.timing import TimingPolicy, policy_for
 from edgeprune.runtimes.transports import open_transport
 
@@ -45,6 +46,8 @@ class ProfileJob:
     force: bool = False
     resume: bool = False
     transport_options: dict = field(default_factory=dict)  # e.g. SSH config, timeout
+    pin: tuple[int, ...] | None = None  # CPUs to measure on (this machine)
+    wait_quiet_s: float | None = None  # first wait up to this long for a quiet machine
 
     def request(self) -> ProfileRequest:
         a = get_arch(self.arch)
@@ -103,7 +106,9 @@ def profile_device(job: ProfileJob, progress: Progress | None = None) -> Profile
         check_writable_target(png, True)
     partial = resume_path(dest) if job.resume else None
     t0 = time.perf_counter()
-    table = sweep_on_device(req, job.runs, progress, partial, job.transport_options)
+    with watched(pin=job.pin, wait_quiet_s=job.wait_quiet_s, progress=progress) as cond:
+        table = sweep_on_device(req, job.runs, progress, partial, job.transport_options)
+    table.extra["conditions"] = cond  # this machine's, also while driving a device
     table.save(dest)
     if partial is not None:
         partial.unlink(missing_ok=True)

@@ -5,13 +5,17 @@ static graphs, parity-checked), timed end-to-end in the profile's runtime and co
 latency model's prediction: |pred − meas| / meas. Models are timed interleaved (drift
 hits all alike) in short bursts whose first run is discarded, so each figure is the
 steady state a model sees running back to back, as the profile's pieces were timed.
+
+The verdict is written back into the table file (``latency.table.record_validation``):
+a table whose median error is above VALIDATION_LIMIT is marked untrusted there, and the
+commands that use it say so; a later validation within the limit clears the mark.
 """
 
 from __future__ import annotations
 
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -24,12 +28,15 @@ from edgeprune.core.methods.base import geometric
 from edgeprune.core.methods.tokenops import edgeprune_kernels
 from edgeprune.core.records import record
 from edgeprune.core.source import resolve
+from edgeprune.export.manifest import now_utc
 from edgeprune.export.targets import ExportRequest, export_source, get_target
 from edgeprune.latency.model import LatencyModel, load_model
+from edgeprune.latency.table import VALIDATION_LIMIT, record_validation
 from edgeprune.profiling.sweep import anchor_specs
 from edgeprune.render.plots import plot_validation
 from edgeprune.runtimes.base import RUNTIMES, get_runner, runtime
 from edgeprune.runtimes.base import runtime as runtime_of
+from edgeprune.runtimes.conditions import watched
 from edgeprune.runtimes.timing import Timing, time_interleaved
 
 
@@ -70,6 +77,10 @@ class ValidationReport:
     anchors: tuple[tuple[str, float, float], ...] = ()
     # the noise seen: median over the models of their runs' (p90 − p10) / median
     noise: float | None = None
+    # what was written into the table file (``verdict``; None: not recorded)
+    recorded: dict | None = None
+    # this machine while measuring (``runtimes.conditions``)
+    conditions: dict | None = None
 
     @property
     def drift(self) -> float | None:
@@ -99,6 +110,22 @@ class ValidationReport:
         e = [abs(r.predicted_ms * (1.0 + d) - r.measured_ms) / r.measured_ms for r in self.results]
         return float(np.median(e)), float(np.percentile(e, 90))
 
+    def verdict(self, limit: float = VALIDATION_LIMIT) -> dict:
+        """The table file's ``extra["validation"]``: the errors, and ``trusted`` (the
+        median error within ``limit``)."""
+        dc = self.drift_corrected
+        return {
+            "median_error": self.median_error,
+            "p90_error": self.p90_error,
+            "drift_corrected_median_error": dc[0] if dc else None,
+            "drift": self.drift,
+            "noise": self.noise,
+            "configs": len(self.results),
+            "limit": limit,
+            "trusted": self.median_error <= limit,
+            "date": now_utc(),
+        }
+
     def to_dict(self) -> dict:
         anchors = [{"label": lb, "profile_ms": t0, "now_ms": t1} for lb, t0, t1 in self.anchors]
         return {
@@ -111,6 +138,7 @@ class ValidationReport:
             if (dc := self.drift_corrected)
             else None,
             "results": [r.to_dict() for r in self.results],
+            "recorded": self.recorded,
         }
 
 
@@ -301,7 +329,12 @@ def validate_profile(
 
 
 def validate_to_plot(
-    profile: Path, plot: Path | None = None, **settings
+    profile: Path,
+    plot: Path | None = None,
+    *,
+    pin: tuple[int, ...] | None = None,
+    wait_quiet_s: float | None = None,
+    **settings,
 ) -> tuple[ValidationReport, Path]:
     """``edgeprune validate-profile``: validate the latency table ``profile`` and write
     the scatter plot (default ``<profile stem>.validate.png`` here). ``settings``:
@@ -310,6 +343,21 @@ def validate_to_plot(
     model = load_model(profile)
     plot_path = plot or Path(Path(profile).stem + ".validate.png")
     check_writable_target(plot_path, force=True)
-    rep = validate_profile(model, **settings)
+    with watched(pin=pin, wait_quiet_s=wait_quiet_s, progress=settings.get("progress")) as cond:
+        rep = validate_profile(model, **settings)
+    rep = replace(rep, conditions=cond)
     plot_validation(rep, plot_path)
-    return rep, plot_path
+    return record_verdict(rep, profile), plot_path
+
+
+def record_verdict(rep: ValidationReport, profile: Path) -> ValidationReport:
+    """Write the report's verdict into the table file ``profile`` (marked untrusted when
+    its median error is above the limit); the report, with what was recorded and where
+    (``recorded["table"]``; ``recorded["error"]`` when the file could not be written)."""
+    verdict = rep.verdict()
+    try:
+        record_validation(profile, verdict)
+        where = {"table": str(profile)}
+    except OSError as e:
+        where = {"table": None, "error": f"{profile} could not be written: {e.strerror or e}"}
+    return replace(rep, recorded={**verdict, **where})

@@ -147,6 +147,8 @@ def plot_accuracy_pareto(result, sens, model, path: Path, measured_points=None) 
     name = (
         "dense" if not ch.keep_ratios else "[" + ", ".join(f"{r:.3g}" for r in ch.keep_ratios) + "]"
     )
+    if result.extrapolated:  # below the measured keep ratios (budget --extrapolate)
+        name += " EXTRAPOLATED"
     _chosen(ax, ch, 15, f"chosen {name}: {ch.predicted_ms:.2f} ms, {ch.objective():.2f}")
     ax.annotate(
         f"chosen {name}",

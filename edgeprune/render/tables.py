@@ -108,7 +108,7 @@ def budget_lines(run, verbose: bool = False) -> list[str]:
         f"tokens/block: {' '.join(map(str, c.plan.attn_tokens))}",
         f"GFLOPs {res.gflops():.3f}, kept tokens {c.kept_tokens:g}{extra}",
     ]
-    if res.margin:
+    if res.margin or res.margin_source.startswith("given"):
         lines.append(
             f"aimed {res.margin:.1%} under the target, at {res.aim_ms:.3f} ms ({res.margin_source})"
         )
@@ -158,10 +158,14 @@ def refined_lines(v) -> list[str]:
         return []
     f = r["first"]
     at = f.get("at_anchor_ms", f["measured_ms"])
+    tries = r.get("tries", [])
+    more = ", ".join(f"{t['measured_ms']:.3f}" for t in tries)
+    landed = "within" if r.get("on_aim") else "none within"
     return [
         f"refined: that pick measured {f['measured_ms']:.3f} ms ({at:.3f} ms at the anchor's "
-        f"speed); chosen again with the table × {r['scale']:.3f} (its own measured / "
-        f"predicted), {r['margin']:.0%} under the target"
+        f"speed); chosen again on the picks' own measurements ({len(tries)} more measured: "
+        f"{more} ms), {landed} {r.get('tolerance', 0.05):.0%} under the target; verified: "
+        f"the one keeping the most under it, the table × {r['scale']:.3f}"
     ]
 
 
@@ -241,7 +245,20 @@ def validation_lines(rep) -> list[str]:
             f"noise: a model's runs spread {rep.noise:.1%} ((p90 − p10) / median, median over "
             "the models); errors much below it are luck, not accuracy"
         )
-    return lines
+    return lines + verdict_lines(rep.recorded)
+
+
+def verdict_lines(v: dict | None) -> list[str]:
+    """``validate``'s verdict, as written into the table file (``ValidationReport.recorded``)."""
+    if v is None:
+        return []
+    where = f"recorded in {v['table']}" if v.get("table") else f"NOT recorded: {v.get('error')}"
+    if v["trusted"]:
+        return [f"trusted: median error {v['median_error']:.1%} ≤ {v['limit']:.0%} ({where})"]
+    return [
+        f"[red]UNTRUSTED[/]: median error {v['median_error']:.1%} > {v['limit']:.0%} ({where}); "
+        "predict, budget, finetune and table-info will say so until a validation passes"
+    ]
 
 
 def inspect_table(src: str, source, n_params: int) -> Table:
@@ -314,11 +331,37 @@ def calibration_lines(path, data: dict) -> list[str]:
 
 
 def bench_line(artifact, dev, t) -> str:
-    return (
+    """``bench``: the median with its 95 % interval, and whether that got within the
+    tolerance (``runtimes.timing.Timing``)."""
+    if t.ci_low_ms is not None and t.ci_halfwidth is not None:
+        ci = f" (95 % CI {t.ci_low_ms:.3f}–{t.ci_high_ms:.3f}, ±{t.ci_halfwidth * 100:.1f} %)"
+    else:
+        ci = " (too few runs for a 95 % interval)"
+    line = (
         f"{artifact} on {dev.name} ({t.runtime} {t.runtime_version}, {t.threads} threads): "
-        f"median {t.median_ms:.3f} ms, p90 {t.p90_ms:.3f} ms, min {t.min_ms:.3f}, "
+        f"median {t.median_ms:.3f} ms{ci}, p90 {t.p90_ms:.3f} ms, min {t.min_ms:.3f}, "
         f"max {t.max_ms:.3f} over {t.runs} runs"
     )
+    if t.converged is False and t.ci_halfwidth is not None:
+        line += f"; not converged: wider than the ±{t.tolerance * 100:g} % tolerance"
+    return line
+
+
+def bench_notes(conditions: dict) -> list[str]:
+    """``bench``'s lines on stderr about the conditions (``runtimes.conditions``): the
+    wait for a quiet machine, the busy-machine warning, a device's temperature."""
+    notes = []
+    wait = conditions.get("wait")
+    if wait and wait.get("quiet"):
+        notes.append(f"note: waited {wait['waited_s']:.0f} s for a quiet machine")
+    if conditions.get("warning"):
+        notes.append(f"warning: {conditions['warning']}")
+    elif wait and wait.get("quiet") is False:
+        notes.append(f"note: not quiet after waiting {wait['waited_s']:.0f} s; measured anyway")
+    hot = conditions.get("hottest_c") or [None, None]
+    if None not in hot:
+        notes.append(f"note: hottest thermal zone {hot[0]:.1f} °C before, {hot[1]:.1f} °C after")
+    return notes
 
 
 def table_lines(path, t) -> list[str]:
@@ -333,6 +376,12 @@ def table_lines(path, t) -> list[str]:
     ]
     for n in (t.block.tokens[0], 68, t.block.tokens[-1]):
         lines.append(f"  block @ {n:>3} tokens: {t.block.at(n):.3f} ms")
+    v = t.validation
+    if v is not None and isinstance(v.get("median_error"), int | float):
+        lines.append(
+            f"  {'trusted' if t.trusted else 'UNTRUSTED'}: median error {v['median_error']:.1%} "
+            f"on {v.get('configs', '?')} whole models (validated {str(v.get('date'))[:10]})"
+        )
     return lines
 
 

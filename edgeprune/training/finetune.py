@@ -44,6 +44,7 @@ from edgeprune.core.methods import MethodConfig, get_method
 from edgeprune.core.models.deit import init_random_
 from edgeprune.core.plan import dense_plan
 from edgeprune.core.source import Source, resolve
+from edgeprune.latency.table import untrusted_warning
 from edgeprune.training.forms import (
     DynamicViTTraining,
     distillation_losses,
@@ -114,6 +115,7 @@ class FinetuneResult:
     images: int = 0
     labelled: bool = False
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # the loss's table is untrusted
 
     def to_dict(self) -> dict:
         last = self.steps[-1] if self.steps else None
@@ -134,6 +136,7 @@ class FinetuneResult:
             "labelled": self.labelled,
             "final_distill_loss": last.distill if last else None,
             "notes": self.notes,
+            "warnings": self.warnings,
         }
 
 
@@ -261,6 +264,7 @@ def _finetune(
         images=len(images.files),
         labelled=images.labelled,
         notes=_notes(source, fresh, images),
+        warnings=[w for w in [untrusted_warning(crit.latency.table, crit.latency.source)] if w],
     )
     return res, loop.train.model.cpu().eval()
 
