@@ -1,4 +1,4 @@
-"""How far repeated ``edgeprune bench`` runs of one artifact agree, quiet and busy (issue 34).
+"""How far repeated ``edgeprune bench`` runs of one artifact agree, quiet and busy.
 
     python benchmarks/bench_spread.py [--artifact deit_tiny.pte] [--repeats 10]
         [--threads N] [--load-end 5] [--wait-quiet 60] [--name bench_spread]
@@ -135,7 +135,7 @@ def summarize(rows: list[dict]) -> dict:
 def report_lines(data: dict) -> list[str]:
     m = data["meta"]
     lines = [
-        "# bench: spread of repeated runs (issue 34)",
+        "# bench: spread of repeated runs",
         "",
         f"{m['artifact']}, {m['repeats']} fresh `edgeprune bench` processes per setting, "
         f"{m['cores']} cores ({m['cpu']}), {m['date']}; before: others used "
@@ -164,6 +164,7 @@ def main() -> None:
     ap.add_argument("--max-time", type=float, default=10.0, help="bench --max-time (s)")
     ap.add_argument("--load-end", type=float, default=5.0, help="wait-quiet: load ends (s)")
     ap.add_argument("--wait-quiet", type=float, default=60.0, help="bench --wait-quiet (s)")
+    ap.add_argument("--pin", help="bench --pin CPUS (default: not pinned)")
     ap.add_argument("--settings", default="quiet,load,wait-quiet")
     ap.add_argument("--name", default="bench_spread")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
@@ -172,6 +173,8 @@ def main() -> None:
     extra = ["--max-time", f"{args.max_time:g}"]
     if args.threads:
         extra += ["--threads", str(args.threads)]
+    if args.pin:
+        extra += ["--pin", args.pin]
     before = read_ticks()
     time.sleep(1.0)
     others = others_pct(before, read_ticks())

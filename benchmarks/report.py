@@ -21,7 +21,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 from report_data import Section, load_runs  # noqa: E402
-from report_sections import accuracy, budgets, exports, fidelity, latency_model  # noqa: E402
+from report_sections import (  # noqa: E402
+    accuracy,
+    budgets,
+    exports,
+    fidelity,
+    latency_model,
+    repeatability,
+)
 from report_speed import speedups  # noqa: E402
 
 from edgeprune.core.atomic import write_text_atomic  # noqa: E402
@@ -41,7 +48,8 @@ HEADER = [
     "the command.",
     "",
     "- **One section per question**: fidelity to each method's code, speedups per runtime "
-    "and thread count, the latency model's error, budgets met, export times, accuracy.",
+    "and thread count, the latency model's error, budgets met, export times, accuracy, and "
+    "how far one measured number moves when measured again.",
     "- **Which run**: where a benchmark ran several times, each row comes from the newest "
     "run (by the date the file records) that measured its configuration; each section says "
     "what a configuration is. Runs are never averaged.",
@@ -62,6 +70,7 @@ def sections(results: Path, golden: Path, golden_tests: Path) -> list[Section]:
         budgets(runs),
         exports(runs),
         accuracy(runs),
+        repeatability(runs),
     ]
 
 

@@ -14,6 +14,7 @@ from timing import IDEAL_SHARE_TARGET
 # a result file belongs to the benchmark script its name starts with (``--name``'s default)
 BENCHMARKS = (
     "accuracy",
+    "bench_spread",
     "ceiling",
     "export_time",
     "kernels_ab",

@@ -380,3 +380,41 @@ def accuracy(runs: dict[str, list[Run]]) -> Section:
     sec.add("Accuracy result files (their own tables are in each .md):", "")
     sec.add(*(f"- {sec.cite(run)}" for run in sorted(runs["accuracy"], key=lambda r: r.date)))
     return sec
+
+
+def repeatability(runs: dict[str, list[Run]]) -> Section:
+    sec = Section("7. One number, measured again")
+    if not runs["bench_spread"]:
+        sec.add("No result file covers the repeatability of `edgeprune bench` yet.")
+        return sec
+    sec.add(
+        "bench_spread.py: `edgeprune bench ARTIFACT --json` run again and again, each a fresh "
+        "process, in three settings: the machine as it was (quiet), a CPU-burning process "
+        "per core throughout (load), and that load ended a few seconds after each bench "
+        "started with `--wait-quiet` (wait-quiet). *Spread*: (max − min) / median of the "
+        "repeated medians, the goal on a quiet machine ≤ 2 %; *CI ±*: the median run's 95 % "
+        "interval half-width; *converged*: runs whose interval reached the tolerance; "
+        "*warned*: runs that printed the busy-machine warning. Every run, with the bench "
+        "options it passed:",
+        "",
+        *table(
+            ["setting", "bench options", "median of medians", "spread", "CI ±", "converged",
+             "warned", "run"],
+            (
+                [
+                    name,
+                    " ".join(run.meta.get("bench_args", [])),
+                    f"{s['median_of_medians_ms']:.3f} ms",
+                    f"{s['spread']:.1%}",
+                    "—" if s["ci_halfwidth_median"] is None else f"{s['ci_halfwidth_median']:.1%}",
+                    f"{s['converged']}/{s['repeats']}",
+                    f"{s['warned']}/{s['repeats']}",
+                    sec.cite(run),
+                ]
+                for run in sorted(runs["bench_spread"], key=lambda r: (r.date, r.name))
+                for name, s in run.data["summary"].items()
+            ),
+        ),
+    )
+    return sec
+

@@ -230,21 +230,32 @@ def interleave_bursts(
     burst: int = 1,
     max_seconds: float | None = None,
     min_rounds: int = 10,
+    *,
+    tolerance: float | None = None,
+    max_rounds: int | None = None,
 ) -> list[list[list[float]]]:
     """Run every fn ``burst`` times in a row per round, the order rotating each round
     (A B C, B C A, …), so the machine's drift hits all of them alike: per fn, per round,
     the burst's times in ms. The first run of a burst follows a different fn; the others
     follow the fn itself. ``max_seconds`` stops early, after at least ``min_rounds``
-    rounds."""
+    rounds. With ``tolerance``, ``rounds`` is a minimum: rounds go on, up to
+    ``max_rounds`` (4 × ``rounds``) or ``max_seconds``, until every fn's median has its
+    95 % interval within ``tolerance`` (the runs kept: a burst's first is dropped)."""
     if burst < 1:
         raise ValueError("burst must be at least 1")
     for _ in range(warmup):
         for fn in fns:
             fn()
     times: list[list[list[float]]] = [[] for _ in fns]
-    k = len(fns)
+    k, skip = len(fns), (0 if burst == 1 else 1)
+    last = rounds if tolerance is None else max(rounds, max_rounds or 4 * rounds)
     start = time.perf_counter()
-    for r in range(rounds):
+    for r in range(last):
+        if r >= rounds and all(
+            within_tolerance([t for runs in per_fn for t in runs[skip:]], tolerance)
+            for per_fn in times
+        ):
+            break
         for j in range(k):
             i = (j + r) % k
             runs = []
@@ -266,13 +277,18 @@ def interleave_samples(
     burst: int = 1,
     max_seconds: float | None = None,
     min_rounds: int = 10,
+    *,
+    tolerance: float | None = None,
 ) -> list[list[float]]:
-    """``interleave_bursts`` flattened: per-fn samples in ms.
+    """``interleave_bursts`` flattened: per-fn samples in ms (with ``tolerance``: as many
+    rounds as its interval needs, see ``interleave_bursts``).
 
     With ``burst`` > 1 the first run of each burst is discarded: what is kept is the
     steady state that a model running back to back sees (as ``bench`` and a deployment
     do), not the cold start right after a different model evicted its weights."""
-    bursts = interleave_bursts(fns, rounds, warmup, burst, max_seconds, min_rounds)
+    bursts = interleave_bursts(
+        fns, rounds, warmup, burst, max_seconds, min_rounds, tolerance=tolerance
+    )
     skip = 0 if burst == 1 else 1
     return [[t for runs in per_fn for t in runs[skip:]] for per_fn in bursts]
 
@@ -283,14 +299,21 @@ def time_interleaved(
     rounds: int = 30,
     warmup: int = 3,
     burst: int = 1,
+    *,
+    tolerance: float | None = DEFAULT_TOLERANCE,
+    max_seconds: float | None = 120.0,
 ) -> list[Timing]:
     """Time ``runners[i].run(inputs[i])`` (loaded runners, see ``runtimes.base``) with
-    ``interleave_samples``: one Timing each, its ``extra["spread"]`` the noise seen
-    (see ``spread``)."""
+    ``interleave_samples``, at least ``rounds`` rounds and more until every median's
+    interval is within ``tolerance`` (at most 4 × ``rounds`` or ``max_seconds``): one
+    Timing each, with its interval, judged against ``tolerance``, and its
+    ``extra["spread"]`` the noise seen (see ``spread``)."""
     fns = [lambda r=r, x=x: r.run(x) for r, x in zip(runners, inputs, strict=True)]
+    samples = interleave_samples(
+        fns, rounds, warmup, burst, max_seconds, min_rounds=rounds, tolerance=tolerance
+    )
     return [
-        Timing.from_samples(t, extra={"spread": spread(t)})
-        for t in interleave_samples(fns, rounds, warmup, burst)
+        Timing.from_samples(s, tolerance=tolerance, extra={"spread": spread(s)}) for s in samples
     ]
 
 

@@ -111,6 +111,20 @@ def test_interleaved_bursts_rotate_and_samples_drop_each_bursts_first_run():
         interleave_bursts(fns, burst=0)
 
 
+def test_interleaved_rounds_go_on_until_every_interval_is_within_the_tolerance():
+    """With a tolerance, ``rounds`` is a minimum: a tolerance no interval can meet runs
+    to 4 × rounds (or ``max_rounds``), one every interval meets stops at ``rounds``."""
+    fns = [lambda: None, lambda: None]
+    rounds_of = lambda bursts: {len(per_fn) for per_fn in bursts}  # noqa: E731
+    assert rounds_of(interleave_bursts(fns, rounds=8, warmup=0)) == {8}
+    assert rounds_of(interleave_bursts(fns, rounds=8, warmup=0, tolerance=1e-12)) == {32}
+    assert rounds_of(interleave_bursts(fns, 8, 0, tolerance=1e-12, max_rounds=11)) == {11}
+    assert rounds_of(interleave_bursts(fns, rounds=8, warmup=0, tolerance=1e9)) == {8}
+    # too few runs for an interval (3 rounds of bursts of 2, each burst's first dropped):
+    # never within any tolerance, so the rounds go on
+    assert rounds_of(interleave_bursts(fns, 3, 0, burst=2, tolerance=1e9)) == {6}
+
+
 def test_parse_export_times_drops_warmup():
     text = json.dumps(_trace(30, warm=3, latency=2.0), indent=1)
     samples = parse_export_times(text, warmup_ms=200.0)

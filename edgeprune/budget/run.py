@@ -95,17 +95,22 @@ class BudgetRun:
 
     @property
     def expected(self) -> Expected:
-        """The one latency quoted for the chosen schedule: measured with --verify (± to
-        its p90), else the table's prediction (re-anchored when it was) ± its error."""
+        """The one latency quoted for the chosen schedule: measured with --verify (± half
+        its median's 95 % interval), else the table's prediction (re-anchored when it was)
+        ± its error."""
         res, v = self.result, self.verification
         if v is not None:
+            ci = v.measured_ci_ms
             e = expected_from_measurement(
                 f"{self.model.table.device.get('name')} (measured here, {v.runtime})",
                 v.measured_ms,
-                v.measured_p90_ms - v.measured_ms,
+                (ci[1] - ci[0]) / 2 if ci else None,
                 table_ms=v.table_predicted_ms,
             )
-            e.parts.update(plus_minus="p90 − median", predicted_ms=v.predicted_ms)
+            e.parts.update(
+                plus_minus="half the 95 % interval", predicted_ms=v.predicted_ms,
+                converged=v.converged,
+            )  # fmt: skip
             return e
         return expected_from_table(self.model, res.chosen.predicted_ms, res.scale)
 

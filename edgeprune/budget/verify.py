@@ -147,6 +147,10 @@ class Verification:
     # the re-anchored pick missed the band: what it was and measured, the new scale
     refined: dict | None = None
     conditions: dict | None = None  # this machine while measuring (``runtimes.conditions``)
+    # the measured median's 95 % interval (None: too few runs for one), and whether it
+    # got within the timing tolerance
+    measured_ci_ms: tuple[float, float] | None = None
+    converged: bool | None = None
 
     @property
     def met(self) -> bool:
@@ -206,6 +210,8 @@ class Verification:
             "reanchor": self.reanchor.to_dict() if self.reanchor else None,
             "refined": self.refined,
             "conditions": self.conditions,
+            "measured_ci_ms": list(self.measured_ci_ms) if self.measured_ci_ms else None,
+            "converged": self.converged,
         }
 
 
@@ -257,6 +263,12 @@ def verify_budget(
         table_predicted_ms=measured.result.chosen.predicted_ms,
         measured_ms=measured.pick.median_ms,
         measured_p90_ms=measured.pick.p90_ms,
+        measured_ci_ms=(
+            (measured.pick.ci_low_ms, measured.pick.ci_high_ms)
+            if measured.pick.ci_low_ms is not None
+            else None
+        ),
+        converged=measured.pick.converged,
         dense_predicted_ms=measured.result.dense_ms,
         dense_measured_ms=measured.dense.median_ms,
         runtime=f"{runtime} {get_runner(runtime, threads=threads).version()}",

@@ -325,7 +325,7 @@ def expected_from_table(model: LatencyModel, table_ms: float, rescale: float = 1
 
 
 def expected_from_measurement(
-    device: str, measured_ms: float, plus_minus_ms: float, *, table_ms: float | None = None
+    device: str, measured_ms: float, plus_minus_ms: float | None, *, table_ms: float | None = None
 ) -> Expected:
     """The latency measured (the median, ± its interval), with the table's prediction."""
     return Expected(
