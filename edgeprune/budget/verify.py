@@ -257,18 +257,22 @@ def verify_budget(
         if result is None:
             raise ValueError("verify_budget needs the table's own choice without reanchor")
         measured = check.measure(choose, result, anchor, refine=reanchor)
-    return measured.result, Verification(
+    return measured.result, _verification(measured, runtime, threads, anchor, rounds, burst)
+
+
+def _verification(
+    measured: _Measured, runtime: str, threads: int, anchor: Anchor | None, rounds: int, burst: int
+) -> Verification:
+    """What ``verify_budget`` reports about the schedule ``measured``."""
+    pick = measured.pick
+    return Verification(
         target_ms=measured.result.target_ms,
         predicted_ms=measured.result.predicted_ms,
         table_predicted_ms=measured.result.chosen.predicted_ms,
-        measured_ms=measured.pick.median_ms,
-        measured_p90_ms=measured.pick.p90_ms,
-        measured_ci_ms=(
-            (measured.pick.ci_low_ms, measured.pick.ci_high_ms)
-            if measured.pick.ci_low_ms is not None
-            else None
-        ),
-        converged=measured.pick.converged,
+        measured_ms=pick.median_ms,
+        measured_p90_ms=pick.p90_ms,
+        measured_ci_ms=(pick.ci_low_ms, pick.ci_high_ms) if pick.ci_low_ms is not None else None,
+        converged=pick.converged,
         dense_predicted_ms=measured.result.dense_ms,
         dense_measured_ms=measured.dense.median_ms,
         runtime=f"{runtime} {get_runner(runtime, threads=threads).version()}",
