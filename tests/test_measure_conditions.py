@@ -7,13 +7,11 @@ under a synthetic CPU load made here: the interval, the busy-machine warning, an
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
 import random
 import re
-import subprocess
 import sys
 import threading
 import time
@@ -27,6 +25,9 @@ from edgeprune.render.tables import bench_line
 from edgeprune.runtimes import conditions as cond
 from edgeprune.runtimes import timing
 from edgeprune.runtimes.timing import Timing, TimingPolicy, median_ci_ranks, time_callable
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import bench_spread  # noqa: E402
 
 HAS_PROC = Path("/proc/stat").exists() and Path("/proc/self/stat").exists()
 CAN_PIN = hasattr(os, "sched_setaffinity")
@@ -362,24 +363,10 @@ def test_bench_over_adb_cools_down_and_reads_thermal_zones(cli, phone, tmp_path)
 
 
 # ---- bench under a synthetic load ----------------------------------------------------------
-BURN = "import time\nend = time.monotonic() + {seconds}\nwhile time.monotonic() < end:\n    pass\n"
-
-
-@contextlib.contextmanager
 def cpu_load(seconds: float = 40.0):
-    """One CPU-burning process per core (each ends by itself after ``seconds``), killed
-    on the way out in every case."""
-    procs = []
-    try:
-        for _ in range(os.cpu_count() or 1):
-            procs.append(subprocess.Popen([sys.executable, "-c", BURN.format(seconds=seconds)]))
-        time.sleep(0.5)  # started and burning
-        yield procs
-    finally:
-        for p in procs:
-            p.kill()
-        for p in procs:
-            p.wait()
+    """One CPU-burning process per core, killed on the way out: the benchmark's own
+    (``benchmarks/bench_spread.cpu_load``)."""
+    return bench_spread.cpu_load(seconds)
 
 
 def others_now(window_s: float = 1.0) -> float:

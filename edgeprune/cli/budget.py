@@ -12,7 +12,6 @@ from edgeprune.cli import groups as g
 from edgeprune.cli import options as o
 from edgeprune.cli.console import err, lines, note, out, progress
 from edgeprune.render.tables import bench_notes, budget_lines, expected_line, predict_table
-from edgeprune.runtimes.conditions import parse_cpus
 
 
 @g.grouped
@@ -50,6 +49,7 @@ def predict(
     out.print(expected_line(info["expected"]))
 
 
+@g.grouped
 def budget_cmd(
     *,
     profile: o.TableOpt,
@@ -68,8 +68,7 @@ def budget_cmd(
     verify: o.VerifyOpt = False,
     rounds: o.RoundsOpt = 30,
     reanchor: o.ReanchorOpt = True,
-    wait_quiet: o.WaitQuietOpt = None,
-    pin: o.PinOpt = None,
+    quiet: g.Quiet = g.Quiet(),
     verbose: o.VerboseOpt = False,
     extrapolate: o.ExtrapolateOpt = False,
 ) -> None:
@@ -80,8 +79,8 @@ def budget_cmd(
         profile=profile, target_ms=target_ms, target_fps=target_fps, method=method,
         schedule=schedule, locs=locs, sensitivity=sensitivity, out=out_path, plot=plot,
         no_plot=no_plot, force=force, margin=margin, verify=verify, rounds=rounds,
-        reanchor=reanchor, extrapolate=extrapolate, wait_quiet_s=wait_quiet,
-        pin=parse_cpus(pin) if pin is not None else None,
+        reanchor=reanchor, extrapolate=extrapolate, wait_quiet_s=quiet.wait_quiet,
+        pin=quiet.cpus(),
     )  # fmt: skip
     with progress("verifying") as step:
         run = make_budget(req, step)

@@ -18,7 +18,6 @@ from edgeprune.render.tables import (
     validation_lines,
     validation_table,
 )
-from edgeprune.runtimes.conditions import parse_cpus
 
 
 def devices(
@@ -56,12 +55,11 @@ def profile(
     plot: o.PlotFlagOpt = True,
     force: o.ForceOpt = False,
     resume: o.ResumeOpt = False,
-    wait_quiet: o.WaitQuietOpt = None,
-    pin: o.PinOpt = None,
+    quiet: g.Quiet = g.Quiet(),
     remote: g.Remote = g.Remote(timeout=900.0),
 ) -> None:
     """Measure a device's latency table (blocks vs tokens, embed, head, selectors)."""
-    cpus = parse_cpus(pin) if pin is not None else None  # refused before the heavy imports
+    cpus = quiet.cpus()  # refused before the heavy imports
 
     from edgeprune.profiling.measure import ProfileJob, profile_device
 
@@ -69,7 +67,7 @@ def profile(
         device=remote.device(device), arch=arch, method=method, threads=threads, batch=batch,
         out=out_path, runs=runs, grid=grid, check_points=check_points, chain=chain,
         halves=halves, e2e=e2e, plot=plot, force=force, resume=resume,
-        transport_options=remote.transport_options(), pin=cpus, wait_quiet_s=wait_quiet,
+        transport_options=remote.transport_options(), pin=cpus, wait_quiet_s=quiet.wait_quiet,
     )  # fmt: skip
     try:
         with progress(job.device.name, bar=True) as step:
@@ -93,15 +91,14 @@ def bench(
     runs: o.BenchRunsOpt = None,
     tolerance: o.ToleranceOpt = None,
     max_time: o.MaxTimeOpt = None,
-    wait_quiet: o.WaitQuietOpt = None,
-    pin: o.PinOpt = None,
+    quiet: g.Quiet = g.Quiet(),
     cooldown: o.CooldownOpt = 0.0,
     as_json: o.JsonOpt = False,
     remote: g.Remote = g.Remote(timeout=600.0),
 ) -> None:
     """End-to-end latency of one artifact: the median with its 95 % interval, p90, min,
     max, runs, and a warning when the machine was busy while timing."""
-    cpus = parse_cpus(pin) if pin is not None else None  # refused before the heavy imports
+    cpus = quiet.cpus()  # refused before the heavy imports
 
     from edgeprune.profiling.bench import BenchOptions, device_name
     from edgeprune.profiling.bench import bench as run_bench
@@ -109,7 +106,7 @@ def bench(
     dev = remote.device(device_name(artifact, device))
     how = BenchOptions(
         tolerance=tolerance / 100 if tolerance is not None else None,
-        max_time_s=max_time, wait_quiet_s=wait_quiet, pin=cpus, cooldown_s=cooldown,
+        max_time_s=max_time, wait_quiet_s=quiet.wait_quiet, pin=cpus, cooldown_s=cooldown,
     )  # fmt: skip
     with progress(dev.name) as step:
         t = run_bench(
@@ -146,6 +143,7 @@ def table_info(
     lines(table_lines(path, t))
 
 
+@g.grouped
 def validate(
     *,
     table: o.ValidateArg,
@@ -155,21 +153,20 @@ def validate(
     burst: o.BurstOpt = 3,
     seed: o.SeedOpt = 0,
     plot: o.ScatterOpt = None,
-    wait_quiet: o.WaitQuietOpt = None,
-    pin: o.PinOpt = None,
+    quiet: g.Quiet = g.Quiet(),
     as_json: o.JsonOpt = False,
 ) -> None:
     """Validate a latency table: its predictions against whole models measured here.
 
     Exports random schedules, times them end to end, reports the prediction error."""
-    cpus = parse_cpus(pin) if pin is not None else None  # refused before the heavy imports
+    cpus = quiet.cpus()  # refused before the heavy imports
 
     from edgeprune.profiling.validate import validate_to_plot
 
     settings = dict(configs=configs, threads=threads, rounds=rounds, seed=seed, burst=burst)
     with progress("validating") as step:
         rep, plot_path = validate_to_plot(
-            table, plot, pin=cpus, wait_quiet_s=wait_quiet, progress=step, **settings
+            table, plot, pin=cpus, wait_quiet_s=quiet.wait_quiet, progress=step, **settings
         )
     for n in bench_notes(rep.conditions or {}):
         err.print(n, markup=False)

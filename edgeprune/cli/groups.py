@@ -32,6 +32,7 @@ from edgeprune.cli.options import (
     OpsetOpt,
     OutOpt,
     ParityOpt,
+    PinOpt,
     PrecisionOpt,
     RemotePythonOpt,
     ResizeOpt,
@@ -42,8 +43,10 @@ from edgeprune.cli.options import (
     TimeoutOpt,
     TomeROpt,
     UnitsOpt,
+    WaitQuietOpt,
     WorkspaceOpt,
 )
+from edgeprune.runtimes.conditions import parse_cpus
 
 
 # ---- option groups ----------------------------------------------------------------------
@@ -108,6 +111,19 @@ class Remote(Group):
 
     def transport_options(self) -> dict:
         return {"config": self.ssh_config, "timeout": self.timeout, "serial": self.serial}
+
+
+@dataclass
+class Quiet(Group):
+    """How a measurement on this machine keeps other work out of its way: first wait for
+    a quiet machine (``--wait-quiet``), run on some CPUs only (``--pin``)."""
+
+    wait_quiet: WaitQuietOpt = None
+    pin: PinOpt = None
+
+    def cpus(self) -> tuple[int, ...] | None:
+        """``--pin``'s CPUs, checked (a bad value is refused before anything heavy loads)."""
+        return parse_cpus(self.pin) if self.pin is not None else None
 
 
 @dataclass
