@@ -12,6 +12,7 @@ import shutil
 import stat
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -129,6 +130,15 @@ def stand_in(tmp_path, monkeypatch):
 
 
 # ---- the real adb client, no device -----------------------------------------------------
+def test_real_adb_two_at_once_both_start_the_server(real_adb):
+    """Two commands that find no adb server start one each; the one that loses the port
+    (adb says 'daemon not running ... Address already in use') asks again instead of
+    failing with the server's start-up log (as `devices` did, checking two adb devices)."""
+    with ThreadPoolExecutor(4) as pool:
+        found = list(pool.map(lambda _: AdbTransport().devices(), range(4)))
+    assert found == [[], [], [], []]
+
+
 def test_real_adb_no_device_is_one_line(real_adb):
     t = AdbTransport()
     with pytest.raises(EdgepruneError) as e:

@@ -18,6 +18,7 @@ import contextlib
 import os
 import shlex
 import shutil
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,6 +81,13 @@ class AdbTransport(RemoteShell):
     def devices(self) -> list[tuple[str, str]]:
         """``adb devices``: (serial, state) of every attached device."""
         res = run_killable([self.adb, "devices"], self.connect_timeout, "adb devices")
+        for _ in range(4):
+            if res.returncode == 0 or "daemon not running" not in (res.stderr or ""):
+                break
+            # two commands started the adb server at once and this one lost the port:
+            # the other one's server answers once it is up
+            time.sleep(0.5)
+            res = run_killable([self.adb, "devices"], self.connect_timeout, "adb devices")
         if res.returncode != 0:
             raise EdgepruneError(f"adb devices failed: {_last(res)}")
         out = []
