@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -86,3 +87,14 @@ def cli(capsys):
         return code, cap.out, cap.err
 
     return _run
+
+
+#: how many cases each fuzz test runs: a few hundred in CI; benchmarks/fuzz.py sets
+#: EDGEPRUNE_FUZZ_CASES to thousands and records the counts per file format
+FUZZ_CASES = int(os.environ.get("EDGEPRUNE_FUZZ_CASES", "200"))
+
+
+@pytest.fixture
+def fuzz_cases() -> int:
+    """The number of cases a fuzz test should generate (seeded: the same cases each run)."""
+    return FUZZ_CASES
