@@ -54,7 +54,7 @@ def run_one(arch: str, threads: int, args, work: Path) -> dict:
     extra = json.loads(table.read_text()).get("extra", {})
     _, val = cli(
         "validate-profile", str(table), "--configs", str(args.configs),
-        "--plot", str(work / f"{table.stem}.validate.png"),
+        "--plot", str(work / f"{table.stem}.validate.png"), "--force",
     )  # fmt: skip
     errors = [abs(r["rel_error"]) for r in val["results"]]
     dense_pred = cli("predict", arch, "-p", str(table))[1]["predicted_ms"]

@@ -19,6 +19,7 @@ BENCHMARKS = (
     "export_time",
     "kernels_ab",
     "latency_model",
+    "mutation",
     "reproduce",
     "speedup",
     "switch_cost",

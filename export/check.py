@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 from onnx import numpy_helper
 
+from edgeprune.core.errors import EdgepruneError
+
 DYNAMIC_OPS = ("Shape", "ConstantOfShape", "NonZero")
 
 # ops every graph target's converter maps (TensorRT 10's ONNX parser, CoreML's MIL);
@@ -113,6 +115,19 @@ class Finding:
     detail: str
 
 
+def _array(tensor, what: str):
+    """A tensor of the graph as numpy; a damaged one (a data type it does not know,
+    data that does not fill its shape) is one line, not numpy's error."""
+    try:
+        return numpy_helper.to_array(tensor)
+    except (KeyError, TypeError, ValueError, IndexError) as e:
+        msg = " ".join(str(e).split())[:120]
+        raise EdgepruneError(
+            f"the ONNX model is damaged: {what} '{tensor.name[:80]}' cannot be read "
+            f"({type(e).__name__}: {msg})"
+        ) from None
+
+
 class Graph:
     """An ONNX graph read once for the rules: its nodes, I/O and constant values."""
 
@@ -121,17 +136,17 @@ class Graph:
         g = proto.graph
         self.nodes = list(g.node)
         self.io = list(g.input) + list(g.output)
-        self.consts = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+        self.consts = {i.name: _array(i, "initializer") for i in g.initializer}
         for node in g.node:
-            if node.op_type == "Constant":
+            if node.op_type == "Constant" and node.output:
                 for a in node.attribute:
                     if a.name == "value":
-                        self.consts[node.output[0]] = numpy_helper.to_array(a.t)
+                        self.consts[node.output[0]] = _array(a.t, "Constant")
                 self.consts.setdefault(node.output[0], None)
 
     @staticmethod
     def where(node) -> str:
-        return f"{node.op_type} '{node.name or node.output[0]}'"
+        return f"{node.op_type} '{node.name or (node.output[0] if node.output else '?')}'"
 
     def topk_k(self, node) -> int | None:
         """K of a TopK node when it is a constant (``None``: computed at run time)."""
@@ -139,7 +154,9 @@ class Graph:
         if k not in self.consts:
             return None
         value = self.consts[k]
-        return -1 if value is None else int(value.reshape(-1)[0])
+        if value is None or value.size == 0 or value.dtype.kind not in "iu":
+            return -1
+        return int(value.reshape(-1)[0])
 
     def dynamic_dims(self, skip_batch: bool = False):
         """(value info, indices of its non-constant dims) for every graph input/output."""

@@ -1,5 +1,10 @@
 """The one parity check every target uses: the artifact and PyTorch on the same seeded
-inputs, max |diff| and top-1 agreement against the target's tolerance, one error."""
+inputs, max |diff| and top-1 agreement against the target's tolerance, one error.
+
+Quantized programs are judged by what quantization may change and what it must not:
+top-1 agreement with fp32 and the mean KL(fp32 ‖ artifact) of the softmax outputs
+(``kl_divergence``, nats), both against the tolerance; their max |diff| is a loose
+sanity bound (int8 logits are expected to move)."""
 
 from __future__ import annotations
 
@@ -24,12 +29,15 @@ class Parity:
     inputs: int
     atol: float
     min_top1: float = 1.0
+    kl: float = 0.0  # mean KL(reference ‖ artifact) of the softmax outputs, nats
+    max_kl: float | None = None  # its limit (None: recorded, not judged)
     against: str = "pytorch fp32"
     runtime: str = "onnxruntime"
 
     @property
     def ok(self) -> bool:
-        return self.max_abs_diff <= self.atol and self.top1_agreement >= self.min_top1
+        kl_ok = self.max_kl is None or self.kl <= self.max_kl
+        return self.max_abs_diff <= self.atol and self.top1_agreement >= self.min_top1 and kl_ok
 
     def to_dict(self) -> dict:
         return {
@@ -41,6 +49,8 @@ class Parity:
             "inputs": self.inputs,
             "atol": self.atol,
             "min_top1_agreement": self.min_top1,
+            "kl_divergence": float(self.kl),
+            "max_kl_divergence": self.max_kl,
             "passed": self.ok,
         }
 
@@ -52,6 +62,19 @@ def parity_inputs(batch: int, img_size: int, n_inputs: int, seed: int = PARITY_S
     g = torch.Generator().manual_seed(seed)
     for _ in range(-(-n_inputs // batch)):
         yield torch.randn(batch, 3, img_size, img_size, generator=g)
+
+
+def kl_divergence(ref: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """KL(softmax(ref) ‖ softmax(out)) per row of two logit arrays (…×classes), in nats,
+    computed in float64 from log-softmaxes (no overflow, no log of 0)."""
+
+    def log_softmax(z: np.ndarray) -> np.ndarray:
+        z = np.asarray(z, dtype=np.float64)
+        z = z - z.max(axis=-1, keepdims=True)
+        return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+
+    lp, lq = log_softmax(ref), log_softmax(out)
+    return np.maximum((np.exp(lp) * (lp - lq)).sum(axis=-1), 0.0)
 
 
 def as_function(runner) -> Callable[[np.ndarray], np.ndarray | None]:
@@ -77,13 +100,14 @@ def compare(
     the figures are judged against ``tol``."""
 
     fn = as_function(run_fn)
-    max_diff, agree, seen = 0.0, 0, 0
+    max_diff, agree, seen, kl = 0.0, 0, 0, 0.0
     with torch.no_grad():
         for x in parity_inputs(batch, img_size, n_inputs, seed):
             ref = model(x).numpy()
             out = np.asarray(fn(x.numpy()), dtype=np.float32).reshape(ref.shape)
             max_diff = max(max_diff, float(np.abs(ref - out).max()))
             agree += int((ref.argmax(-1) == out.argmax(-1)).sum())
+            kl += float(kl_divergence(ref, out).sum())
             seen += batch
     return Parity(
         max_abs_diff=max_diff,
@@ -91,6 +115,8 @@ def compare(
         inputs=seen,
         atol=tol.atol,
         min_top1=tol.min_top1,
+        kl=kl / seen,
+        max_kl=tol.max_kl,
         runtime=runtime,
     )
 
@@ -101,7 +127,12 @@ def require(parity: Parity, what: str, hint: str = "no file was written") -> Par
         raise ParityError(
             f"{what} differs from PyTorch: max |diff| {parity.max_abs_diff:.3g} "
             f"(limit {parity.atol:g}), top-1 agreement {parity.top1_agreement:.1%} "
-            f"(needs {parity.min_top1:.0%})",
+            f"(needs {parity.min_top1:.0%})"
+            + (
+                f", KL(fp32 ‖ it) {parity.kl:.3g} (limit {parity.max_kl:g})"
+                if parity.max_kl is not None
+                else ""
+            ),
             hint,
             exit_code=1,
         )

@@ -18,6 +18,7 @@ import onnx
 from edgeprune.core.atomic import output_lock
 from edgeprune.core.errors import EdgepruneError
 from edgeprune.export.check import Finding, check_graph
+from edgeprune.export.manifest import verify_artifact
 from edgeprune.export.registry import (
     TARGETS,
     ExportRequest,
@@ -94,13 +95,15 @@ def check_onnx(proto, target: str) -> list[Finding]:
     return check_graph(proto, checkable_target(target))
 
 
-def check_file(path: Path, target: str) -> list[Finding]:
-    """``edgeprune check``: what in the ONNX file ``path`` ``target`` rejects or runs slowly."""
+def check_file(path: Path, target: str, verify_hash: bool = True) -> list[Finding]:
+    """``edgeprune check``: what in the ONNX file ``path`` ``target`` rejects or runs slowly
+    (its sha256 checked against its manifest first, unless ``verify_hash`` is False)."""
 
     rules = checkable_target(target)
     path = Path(path)
     if not path.is_file():
         raise EdgepruneError(f"{path} does not exist")
+    verify_artifact(path, verify_hash)
     try:
         proto = onnx.load(str(path))
     except Exception as e:  # noqa: BLE001  (protobuf raises various errors)

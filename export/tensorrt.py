@@ -10,7 +10,6 @@ commands; written also when no engine could be built here).
 from __future__ import annotations
 
 import contextlib
-import json
 import shlex
 from collections import Counter
 from collections.abc import Callable
@@ -22,6 +21,7 @@ import onnx
 
 from edgeprune.core.atomic import atomic_path, write_json_atomic
 from edgeprune.core.errors import EdgepruneError, MissingRuntimeError
+from edgeprune.core.schema import dumps
 from edgeprune.export.check import COMMON_OPS, Finding, Graph, errors_of
 from edgeprune.export.fp16 import to_fp16
 from edgeprune.export.manifest import (
@@ -271,7 +271,7 @@ class _TrtExport:
             man["parity"] = self.fp16_parity.to_dict()
             man["ops"] = dict(Counter(n.op_type for n in Graph(onnx.load_from_string(data)).nodes))
         mtmp = stack.enter_context(atomic_path(manifest_path(path)))
-        mtmp.write_text(json.dumps(man, indent=2, sort_keys=False) + "\n")
+        mtmp.write_text(dumps(man, str(manifest_path(path)), indent=2, sort_keys=False) + "\n")
         return tmp
 
     def build(self, stack: contextlib.ExitStack, builder, onnx_tmp: Path, fp16_tmp) -> None:

@@ -18,9 +18,13 @@ import tomllib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from importlib import resources
+from typing import Annotated
+
+from pydantic import Field
 
 from edgeprune.core.errors import EdgepruneError
 from edgeprune.core.records import record
+from edgeprune.core.schema import Strict, validate
 from edgeprune.runtimes.base import RUNTIMES, runtime_here
 from edgeprune.runtimes.transports import TRANSPORTS, check_device, open_transport
 
@@ -71,19 +75,45 @@ class Device:
         return record(self, "name runtime precision threads transport host")
 
 
+Name = Annotated[str, Field(min_length=1, max_length=200)]
+
+
+class DeviceFile(Strict):
+    """A device descriptor (TOML): ``Device``'s fields, and the options runtimes and
+    transports read (others are kept in ``options`` unchecked)."""
+
+    name: Name
+    runtime: Name
+    precision: str = "fp32"
+    threads: Annotated[int, Field(ge=0, le=4096)] = 0
+    transport: str = "local"
+    host: Name | None = None
+    description: str = ""
+    aliases: Annotated[list[Name], Field(max_length=100)] = []
+    remote_runner: Name = "edgeprune"
+    remote_python: Name = "python3"
+    trtexec: Name | None = None
+    compute_units: str = "ALL"
+    # options (runtimes' device_options, transports' from_device)
+    serial: str | None = None
+    executor_runner: Name | None = None
+    ort_perf_test: Name | None = None
+    custom_kernels: bool | None = None
+
+
 def _from_toml(text: str, origin: str) -> Device:
     try:
         d = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise EdgepruneError(f"device descriptor {origin} is not valid TOML ({e})") from None
+    except (tomllib.TOMLDecodeError, RecursionError) as e:
+        raise EdgepruneError(
+            f"device descriptor {origin} is not valid TOML ({e.__class__.__name__}: {e})"
+        ) from None
+    validate(DeviceFile, d, f"device descriptor {origin} is not valid")
     known = {f for f in Device.__dataclass_fields__ if f != "options"}
     kwargs = {k: v for k, v in d.items() if k in known}
     kwargs["options"] = {k: v for k, v in d.items() if k not in known}
     kwargs["aliases"] = tuple(kwargs.get("aliases", ()))
-    try:
-        dev = Device(**kwargs)
-    except TypeError as e:
-        raise EdgepruneError(f"device descriptor {origin} is incomplete ({e})") from None
+    dev = Device(**kwargs)
 
     if dev.runtime not in RUNTIMES:
         raise EdgepruneError(f"device {dev.name}: unknown runtime '{dev.runtime}'")

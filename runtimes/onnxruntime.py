@@ -4,7 +4,9 @@ binary ``onnxruntime_perf_test`` times ``.onnx`` and ``.ort`` models there."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import re
 import tempfile
 from pathlib import Path
@@ -14,7 +16,7 @@ import onnxruntime as ort
 
 from edgeprune.core.errors import EdgepruneError, MissingRuntimeError
 from edgeprune.runtimes.base import DeviceBinaryRunner, RunnerBase, Runtime
-from edgeprune.runtimes.timing import Timing, TimingPolicy, time_callable
+from edgeprune.runtimes.timing import Timing, TimingPolicy, parse_ms, time_callable
 
 
 def version() -> str:
@@ -93,8 +95,11 @@ class OnnxRuntimeRunner(RunnerBase):
     def load(self, artifact: str | Path | bytes) -> None:
         if not isinstance(artifact, bytes) and not Path(artifact).is_file():
             raise EdgepruneError(f"artifact {artifact} does not exist")
-        try:
-            self._session = make_session(artifact, self.threads, [self.provider], self.optimization)
+        try:  # (its Python wrapper prints "EP Error … Falling back" to stdout: kept off it)
+            with contextlib.redirect_stdout(io.StringIO()):
+                self._session = make_session(
+                    artifact, self.threads, [self.provider], self.optimization
+                )
         except Exception as e:  # onnxruntime raises its own Fail/InvalidProtobuf types
             what = "the model" if isinstance(artifact, bytes) else artifact
             hint = "is it an .onnx file exported by 'edgeprune export'?"
@@ -151,7 +156,7 @@ RESULT_FILE = "times.txt"
 # the statistics it prints: "P50 Latency: 0.0587108 s" (older builds: "... is 0.0587108sec")
 STAT_RE = re.compile(r"^(Min|Max|P50|P90) Latency(?::| is) *([0-9.eE+-]+) *s", re.MULTILINE)
 AVERAGE_RE = re.compile(r"Average (?:inference )?time cost(?: total)?: *([0-9.eE+-]+) ms")
-COUNT_RE = re.compile(r"(?:Total inference requests: *|Total iterations:|Runs:)(\d+)")
+COUNT_RE = re.compile(r"(?:Total inference requests: *|Total iterations:|Runs:)([0-9]{1,12})\b")
 
 
 def read_model(artifact: str | Path | bytes) -> tuple[bytes, str]:
@@ -259,18 +264,15 @@ def parse_result_file(text: str) -> list[float]:
     runs = []
     for line in text.splitlines():
         parts = line.rsplit(",", 4)
-        if len(parts) == 5:
-            try:
-                runs.append((int(parts[4]), float(parts[1]) * 1e3))
-            except ValueError:
-                continue
+        if len(parts) == 5 and re.fullmatch(r"[0-9]{1,9}", parts[4].strip()):
+            runs.append((int(parts[4]), parse_ms(parts[1].strip(), PERF_TEST) * 1e3))
     return [ms for _, ms in sorted(runs)]
 
 
 def timing_from_summary(stdout: str, extra: dict, meta: dict) -> Timing:
     """A Timing from the statistics onnxruntime_perf_test prints (no result file): its
     min/P50/P90/max, else its average; ``extra["note"]`` says which."""
-    stats = {k: float(v) * 1e3 for k, v in STAT_RE.findall(stdout)}
+    stats = {k: parse_ms(v, PERF_TEST) * 1e3 for k, v in STAT_RE.findall(stdout)}
     count = COUNT_RE.findall(stdout)
     runs = int(count[-1]) if count else 1
     if {"Min", "Max", "P50", "P90"} <= set(stats):
@@ -282,7 +284,7 @@ def timing_from_summary(stdout: str, extra: dict, meta: dict) -> Timing:
     avg = AVERAGE_RE.findall(stdout)
     if not avg:
         raise EdgepruneError(f"{PERF_TEST} printed no timing")
-    ms = float(avg[-1])
+    ms = parse_ms(avg[-1], PERF_TEST)
     extra["note"] = f"mean over its runs, printed by {PERF_TEST} (no per-run times)"
     return Timing(median_ms=ms, p90_ms=ms, min_ms=ms, max_ms=ms, runs=runs, **meta, extra=extra)
 

@@ -6,13 +6,17 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
+
+from pydantic import ConfigDict, Field, field_validator
 
 from edgeprune.core.errors import EdgepruneError
+from edgeprune.core.schema import NonNegative, Strict, Threads, non_finite_in, validate
 
 if TYPE_CHECKING:
     import numpy as np
@@ -142,12 +146,23 @@ class Timing:
     runtime_version: str = ""
     extra: dict = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        """A timing is never negative, NaN or out of order, whoever built it (a runner's
+        samples, a runtime's printed summary, a remote edgeprune's JSON, a resume file):
+        one line instead of a ``"median_ms": -2.35`` or a bare ``NaN`` written out."""
+        problem = timing_problem(self)
+        if problem:
+            by = f"{self.runtime} " if self.runtime else ""
+            raise EdgepruneError(f"the {by}runner reported an impossible timing: {problem}")
+
     @classmethod
     def from_samples(
         cls, samples_ms: list[float], *, tolerance: float | None = DEFAULT_TOLERANCE, **meta
     ) -> Timing:
         if not samples_ms:
             raise ValueError("no timing samples")
+        runtime = meta.get("runtime")
+        check_samples(samples_ms, f"the {runtime} runner" if runtime else "the runner")
         s = sorted(samples_ms)
         ci = median_ci(s)
         t = cls(
@@ -177,6 +192,95 @@ class Timing:
         if not d["extra"]:
             d.pop("extra")
         return d
+
+    @classmethod
+    def from_dict(cls, data: object, what: str, hint: str | None = None) -> Timing:
+        """A Timing from its JSON form (``to_dict``: what ``bench --json`` prints, a remote
+        edgeprune's answer), checked by ``TimingFile``: an unknown key, a wrong type, a
+        negative or non-finite time is one line ``<what>: <field>: <problem>``."""
+        v = validate(TimingFile, data, what, hint)
+        try:
+            return cls(**{k: getattr(v, k) for k in TimingFile.model_fields})
+        except EdgepruneError as e:  # out of order: say whose timing it was
+            raise EdgepruneError(f"{what}: {e.message.split(': ', 1)[-1]}", hint) from None
+
+
+class TimingFile(Strict):
+    """The JSON form of a :class:`Timing` (``Timing.to_dict``). Unknown keys are refused:
+    a key this version does not know means the writer is another edgeprune, whose
+    numbers may not mean the same."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    median_ms: NonNegative  # ms, finite
+    p90_ms: NonNegative
+    min_ms: NonNegative
+    max_ms: NonNegative
+    runs: Annotated[int, Field(ge=1, le=10**12)]
+    ci_low_ms: NonNegative | None = None
+    ci_high_ms: NonNegative | None = None
+    ci_halfwidth: NonNegative | None = None
+    tolerance: Annotated[float, Field(gt=0, lt=1, allow_inf_nan=False)] | None = None
+    converged: bool | None = None
+    threads: Threads | None = None
+    runtime: Annotated[str, Field(max_length=200)] = ""
+    runtime_version: Annotated[str, Field(max_length=200)] = ""
+    extra: dict = {}
+
+    @field_validator("extra")
+    @classmethod
+    def _finite(cls, extra: dict) -> dict:
+        bad = non_finite_in(extra)
+        if bad is not None:
+            raise ValueError(f"{bad} is not a finite number")
+        return extra
+
+
+def _is_ms(x: object) -> bool:
+    """A time in ms: a real number (numpy's too), not a bool, finite and ≥ 0."""
+    return isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x) and x >= 0
+
+
+def timing_problem(t: Timing) -> str | None:
+    """What makes ``t`` impossible (a time negative, NaN or infinite; no runs; min,
+    median, p90 and max out of order), or None."""
+    for name in ("median_ms", "p90_ms", "min_ms", "max_ms"):
+        if not _is_ms(getattr(t, name)):
+            return f"{name} {getattr(t, name)!r} (times are finite and ≥ 0)"
+    for name in ("ci_low_ms", "ci_high_ms", "ci_halfwidth"):
+        if getattr(t, name) is not None and not _is_ms(getattr(t, name)):
+            return f"{name} {getattr(t, name)!r} (finite and ≥ 0, or none)"
+    if not isinstance(t.runs, numbers.Integral) or isinstance(t.runs, bool) or t.runs < 1:
+        return f"runs {t.runs!r} (at least 1)"
+    slack = 1e-9 * t.max_ms  # percentile interpolation may round by an ulp
+    if not t.min_ms - slack <= t.median_ms <= t.max_ms + slack:
+        return f"median_ms {t.median_ms:g} outside min_ms {t.min_ms:g} … max_ms {t.max_ms:g}"
+    if not t.min_ms - slack <= t.p90_ms <= t.max_ms + slack:
+        return f"p90_ms {t.p90_ms:g} outside min_ms {t.min_ms:g} … max_ms {t.max_ms:g}"
+    return None
+
+
+def parse_ms(text: str, what: str) -> float:
+    """A time in ms as ``what`` (a runtime's own tool) printed it: a finite number ≥ 0,
+    else one line (``EdgepruneError``): "1.2.3", "-2.35" or "nan" are never a time."""
+    try:
+        value = float(text)
+    except ValueError:
+        msg = f"{what} printed '{text[:40]}' where a time in ms was expected"
+        raise EdgepruneError(msg) from None
+    if not _is_ms(value):
+        raise EdgepruneError(f"{what} printed a time of {text[:40]} ms (negative or not finite)")
+    return value
+
+
+def check_samples(samples_ms: Sequence[float], what: str) -> None:
+    """Every sample a finite number ≥ 0 (ms), else one line naming ``what`` timed them."""
+    for x in samples_ms:
+        if not _is_ms(x):
+            raise EdgepruneError(
+                f"{what} reported a time of {x!r} ms: times are finite and ≥ 0",
+                "the runtime's output is corrupt or its clock misbehaved",
+            )
 
 
 def percentile(sorted_values: list[float], q: float) -> float:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -98,3 +99,27 @@ FUZZ_CASES = int(os.environ.get("EDGEPRUNE_FUZZ_CASES", "200"))
 def fuzz_cases() -> int:
     """The number of cases a fuzz test should generate (seeded: the same cases each run)."""
     return FUZZ_CASES
+
+
+# ---- system tools some tests use for real (sshd, adb, g++) -------------------------------
+def in_ci() -> bool:
+    """Whether this run is CI (``CI=true``, as CI services and .ci/run set it)."""
+    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
+
+
+def tool_unavailable(reason: str) -> None:
+    """A test cannot run for want of a system tool: it skips, saying why — and under
+    ``CI=true`` it FAILS, so that CI never goes green with the transport tests skipped
+    (.ci/system-deps installs the tools)."""
+    if in_ci():
+        pytest.fail(f"CI=true and {reason} (.ci/system-deps installs it)", pytrace=False)
+    pytest.skip(reason)
+
+
+def need_tool(name: str, *paths: str) -> str:
+    """The path of system tool ``name`` (on PATH, or at one of ``paths``); when it is
+    missing, ``tool_unavailable`` (skip; under CI=true, fail)."""
+    found = shutil.which(name) or next((p for p in paths if os.access(p, os.X_OK)), None)
+    if found is None:
+        tool_unavailable(f"'{name}' is not installed")
+    return found

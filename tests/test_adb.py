@@ -20,6 +20,7 @@ import pytest
 
 from edgeprune.core.errors import EdgepruneError, MissingRuntimeError
 from edgeprune.runtimes.transports.adb import AdbTransport
+from tests.conftest import need_tool
 
 REAL_ADB = shutil.which("adb")
 
@@ -106,8 +107,7 @@ def _script(path: Path, text: str) -> Path:
 @pytest.fixture
 def real_adb(monkeypatch):
     """The real adb client on a private server port; its server is stopped afterwards."""
-    if REAL_ADB is None:
-        pytest.skip("Debian's adb client is not installed (.ci/system-deps installs it)")
+    need_tool("adb")  # missing: skip, or fail under CI=true
     port = str(15037 + os.getpid() % 1000)
     monkeypatch.setenv("ANDROID_ADB_SERVER_PORT", port)
     monkeypatch.delenv("ANDROID_SERIAL", raising=False)
@@ -167,8 +167,7 @@ def test_no_adb_on_path_is_one_line(tmp_path, monkeypatch):
 
 
 def test_bad_serial_refused():
-    if REAL_ADB is None:
-        pytest.skip("needs adb on PATH")
+    need_tool("adb")
     with pytest.raises(EdgepruneError, match="not an adb serial"):
         AdbTransport(serial="-s x")
 

@@ -5,10 +5,12 @@ import onnx
 import pytest
 import torch
 
-from edgeprune.core.methods.avit import EPS, AViTStatic, halting
-from edgeprune.core.models.deit import gather_tokens
+from edgeprune.core.methods.avit import AViTStatic
 from edgeprune.core.source import resolve
 from edgeprune.export.onnx import export_onnx
+from tests.reference_vit import RefViT, halting, rows
+
+EPS = 0.01  # A-ViT's halting threshold 1 - eps (released act_vision_transformer.py)
 
 
 @pytest.mark.parametrize("batch", [1, 8])
@@ -29,21 +31,23 @@ def test_uncalibrated_avit_exports_with_parity(tmp_path, batch):
 
 
 def plain_sum_reference(model: AViTStatic, img: torch.Tensor):
-    """The straightforward formulation: rank on the plain sum of sigmoids.
+    """The straightforward formulation, written out by hand (tests/reference_vit.py on
+    the model's weights): rank on the plain sum of sigmoids σ(γ·x_0 − β).
     Returns the logits and, per image, whether CLS halted before the last block."""
-    x = model.embed(img)
+    ref = RefViT(model.state_dict(), model.arch.num_heads, dtype=img.dtype)
+    x = ref.embed(img)
     c = torch.zeros_like(x[:, :, 0])
     c0 = torch.zeros_like(x[:, 0, :1])
     rem, run = torch.ones_like(c0), torch.ones_like(c0)
     out = torch.zeros_like(x[:, 0])
-    depth = len(model.blocks)
-    for i, blk in enumerate(model.blocks):
+    depth = ref.depth
+    for i in range(depth):
         keep = model.keep_at.get(i)
         if keep is not None:
             _, idx = torch.topk(c[:, 1:], keep, dim=1, largest=False)
-            x = torch.cat([x[:, :1], gather_tokens(x[:, 1:], idx)], dim=1)
+            x = torch.cat([x[:, :1], rows(x[:, 1:], idx)], dim=1)
             c = torch.cat([c[:, :1], torch.gather(c[:, 1:], 1, idx)], dim=1)
-        x = blk(x)
+        x = ref.block(i, x)
         h = halting(x, model.scale, model.center)
         c = c + h
         h0 = torch.ones_like(c0) if i == depth - 1 else h[:, :1]
@@ -55,7 +59,7 @@ def plain_sum_reference(model: AViTStatic, img: torch.Tensor):
         run = not_reached
         if i == depth - 2:
             halted_early = run[:, 0] == 0
-    return model.head(model.norm(out)), halted_early
+    return ref.classify(out[:, None]), halted_early
 
 
 @pytest.mark.parametrize(

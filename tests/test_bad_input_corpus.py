@@ -87,9 +87,14 @@ def corpus_dir(tmp_path_factory) -> Path:
     (d / "noimages" / "readme.txt").write_text("no images here")
     (d / "demo").mkdir()
     (d / "demo" / "keep.txt").write_text("a folder that is not empty")
+    (d / "wide_imgs").mkdir()  # a 40000×1 PNG of a few hundred bytes (issue 33)
+    from PIL import Image
+
+    Image.new("L", (40000, 1)).save(d / "wide_imgs" / "wide.png")
     (d / "small_profile.json").write_text(
         json.dumps({**tbl, "arch": {"name": "deit_small", "embed_dim": 384, "num_heads": 6}})
     )
+    _hostile_artifacts(d)  # issue 33: checkpoints, manifests (tests/test_hostile_artifacts.py)
     return d
 
 
@@ -428,6 +433,92 @@ CASES: dict[str, tuple[list[str], str, int]] = {
         2,
     ),
     "demo-images into a non-empty folder": (["demo-images", f"{P}/demo"], "not empty", 2),
+    # hostile checkpoints, manifests and finetune numbers (issue 33; test_hostile_artifacts)
+    "checkpoint: unpickler IndexError": (["inspect", f"{P}/pop.pth"], "not a readable", 2),
+    "checkpoint: unpickler KeyError": (["inspect", f"{P}/memo.pth"], "not a readable", 2),
+    "checkpoint: storage key not found": (
+        ["export", f"{P}/storagekey.pth", "--out", f"{P}/sk.onnx"],
+        "not a readable",
+        2,
+    ),
+    "checkpoint: 1-d pos_embed": (["inspect", f"{P}/pos1d.pth"], "pos_embed", 2),
+    "checkpoint: integer weights": (["inspect", f"{P}/intw.pth"], "not floating point", 2),
+    "checkpoint: a block missing": (["inspect", f"{P}/gap.pth"], "blocks.1", 2),
+    "checkpoint: block index not a number": (["inspect", f"{P}/blockx.pth"], "blocks.x", 2),
+    "evaluate --reference of another arch": (
+        ["evaluate", f"{P}/dt.onnx", "--images", f"{P}/demo_imgs", "--reference", "deit_small"],
+        "deit_small",
+        2,
+    ),
+    "manifest with string keep ratios": (
+        ["evaluate", f"{P}/km.onnx", "--images", f"{P}/demo_imgs"],
+        "keep_ratios",
+        2,
+    ),
+    "manifest with a list for options": (
+        ["evaluate", f"{P}/om.onnx", "--images", f"{P}/demo_imgs"],
+        "options",
+        2,
+    ),
+    "finetune negative latency weight": (
+        ["finetune", "deit_tiny", "--images", f"{P}/demo_imgs", "--profile", f"{P}/profile.json",
+         "--target-ms", "5", "--latency-weight", "-10", "--out", f"{P}/f.pth"],
+        "--latency-weight",
+        2,
+    ),  # fmt: skip
+    "finetune NaN latency weight": (
+        ["finetune", "deit_tiny", "--images", f"{P}/demo_imgs", "--profile", f"{P}/profile.json",
+         "--target-ms", "5", "--latency-weight", "nan", "--out", f"{P}/f.pth"],
+        "--latency-weight",
+        2,
+    ),  # fmt: skip
+    "finetune negative backbone lr scale": (
+        ["finetune", "deit_tiny", "--images", f"{P}/demo_imgs", "--profile", f"{P}/profile.json",
+         "--target-ms", "5", "--backbone-lr-scale", "-1", "--out", f"{P}/f.pth"],
+        "--backbone-lr-scale",
+        2,
+    ),  # fmt: skip
+    "finetune --device tpu": (
+        ["finetune", "deit_tiny", "--images", f"{P}/demo_imgs", "--profile", f"{P}/profile.json",
+         "--target-ms", "5", "--device", "tpu", "--out", f"{P}/f.pth"],
+        "tpu",
+        2,
+    ),  # fmt: skip
+    # outputs never collide, images bounded (issue 33)
+    "demo-images into a file": (["demo-images", f"{P}/profile.json"], "not a folder", 2),
+    "demo-images absurd size": (["demo-images", f"{P}/new", "--size", "100000"], "--size", 2),
+    "demo-images absurd count": (
+        ["demo-images", f"{P}/new", "--classes", "1000", "--per-class", "100000"],
+        "more than",
+        2,
+    ),
+    "budget --out and --plot one file": (
+        ["budget", "--table", f"{P}/profile.json", "--target-ms", "10", "--out", f"{P}/b.json",
+         "--plot", f"{P}/b.json"],
+        "should end in .png",
+        2,
+    ),  # fmt: skip
+    "budget --out over its table": (
+        ["budget", "--table", f"{P}/profile.json", "--target-ms", "10", "--out",
+         f"{P}/profile.json", "--force"],
+        "is the input --table",
+        2,
+    ),  # fmt: skip
+    "validate --plot over its table": (
+        ["validate", f"{P}/profile.json", "--plot", f"{P}/profile.json", "--force"],
+        "should end in .png",
+        2,
+    ),
+    "profile --out a plot's name": (
+        ["profile", "--device", "cpu", "--arch", "deit_tiny", "--out", f"{P}/t.png"],
+        "should end in .json",
+        2,
+    ),
+    "calibrate on a 40000x1 image": (
+        ["calibrate", "deit_tiny:avit", "--images", f"{P}/wide_imgs", "--out", f"{P}/c.json"],
+        "20:1",
+        2,
+    ),
 }
 
 
@@ -455,3 +546,28 @@ def test_bad_input(name, corpus_dir, cli):
     assert "Traceback" not in err
     assert _snapshot(corpus_dir) == before, name
     assert not (corpus_dir / "PWNED").exists()
+
+
+def _hostile_artifacts(d: Path) -> None:
+    """Checkpoints that crashed the unpickler or the arch reader, and manifests with
+    fields of the wrong type (issue 33, test_hostile_artifacts.py)."""
+    from edgeprune.core.source import resolve
+    from tests.test_hostile_artifacts import storage_key_mismatch
+
+    (d / "pop.pth").write_bytes(b"t.")  # TUPLE with nothing marked: IndexError
+    (d / "memo.pth").write_bytes(b"\x80\x02h\x05.")  # a memo entry never set: KeyError
+    (d / "storagekey.pth").write_bytes(storage_key_mismatch())  # AssertionError
+    sd = make_state_dict("deit_tiny")
+    torch.save({**sd, "pos_embed": sd["pos_embed"].flatten()}, d / "pos1d.pth")
+    torch.save({**sd, "cls_token": sd["cls_token"].long()}, d / "intw.pth")
+    torch.save({k: v for k, v in sd.items() if not k.startswith("blocks.1.")}, d / "gap.pth")
+    torch.save({**sd, "blocks.x.attn.qkv.weight": torch.zeros(1)}, d / "blockx.pth")
+    spec = resolve("deit_tiny").describe()
+    for name, changed in (
+        ("dt", spec),
+        ("km", {**spec, "keep_ratios": ["a", "b", "c"]}),
+        ("om", {**spec, "options": [1, 2]}),
+    ):
+        (d / f"{name}.onnx").write_bytes(b"an artifact: refused before it is read")
+        man = {"artifact": f"{name}.onnx", "target": "onnx", "spec": changed}
+        (d / f"{name}.onnx.manifest.json").write_text(json.dumps(man))

@@ -82,6 +82,22 @@ BAD = [
     ["export", "deit_tiny", "--budget", "nope.json"],
     ["evaluate", "deit_tiny", "--images", "nope"],
     ["export", "deit_tiny", "--batch", "x"],
+    # time limits and waits: positive (waits: non-negative) finite seconds only
+    ["profile", "--device", "cpu", "--timeout", "0"],
+    ["profile", "--device", "cpu", "--timeout", "-1"],
+    ["bench", "--timeout", "nan", "nope.pte"],
+    ["bench", "--timeout", "inf", "nope.pte"],
+    ["devices", "--timeout", "0"],
+    ["devices", "--timeout", "nan"],
+    ["bench", "--max-time", "inf", "nope.pte"],
+    ["bench", "--max-time", "0", "nope.pte"],
+    ["bench", "--cooldown", "-1", "nope.pte"],
+    ["bench", "--cooldown", "nan", "nope.pte"],
+    ["validate", "--wait-quiet=nan", "nope.json"],
+    ["budget", "--table", "nope.json", "--target-ms", "5", "--verify", "--wait-quiet=inf"],
+    ["demo-images", "d", "--size", "100000"],
+    ["demo-images", "d", "--per-class", str(10**9)],
+    ["demo-images", "/dev/null"],
 ]
 
 

@@ -87,11 +87,14 @@ def test_table_round_trip_and_bad_e2e():
     assert back.e2e == tb.e2e
     good = tb.e2e.to_dict()
     for bad, needle in (
-        ({**good, "scale": 0.0}, "positive scale"),
-        ({**good, "offset_ms": "x"}, "malformed"),
-        ({"anchors": "no"}, "list of anchors"),
+        ({**good, "scale": 0.0}, "tables.e2e.scale: Input should be greater than 0"),
+        ({**good, "offset_ms": "x"}, "tables.e2e.offset_ms: Input should be a valid number"),
+        ({"anchors": "no"}, "tables.e2e.anchors: Input should be a valid list"),
         ({**good, "anchors": [{**anchor.to_dict(), "attn_tokens": [197]}]}, "12 token counts"),
-        ({**good, "anchors": [{**anchor.to_dict(), "median_ms": -1}]}, "non-positive"),
+        (
+            {**good, "anchors": [{**anchor.to_dict(), "median_ms": -1}]},
+            r"anchors\[0\].median_ms: Input should be greater than 0",
+        ),
     ):
         with pytest.raises(EdgepruneError, match=needle) as e:
             from_dict(_with_e2e(bad), "p.json")

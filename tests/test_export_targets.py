@@ -302,7 +302,7 @@ def test_fp16_onnx_runs_in_onnxruntime_and_agrees(dyvit):
 # ---- ONNX Runtime Mobile --------------------------------------------------------------
 @pytest.mark.parametrize("int8", [False, True])
 def test_ort_format_model_loads_and_matches(tmp_path, monkeypatch, dyvit, int8):
-    from edgeprune.runtimes.onnxruntime import make_session
+    from edgeprune.runtimes.onnxruntime import make_session, run
 
     src, v = dyvit
     monkeypatch.setattr(ort_mod, "verified_onnx", lambda *a, **k: v)
@@ -314,7 +314,15 @@ def test_ort_format_model_loads_and_matches(tmp_path, monkeypatch, dyvit, int8):
     p = man["parity"]
     assert p["status"] == "passed" and p["inputs"] == 4
     if int8:
-        assert man["precision"] == "int8" and p["atol"] == 1.0 and p["max_abs_diff"] > 1e-4
+        assert man["precision"] == "int8" and p["max_abs_diff"] > 1e-4
+        # judged by KL(fp32 ‖ int8) (measured ~0.001; broken quantizations ≥ 0.15) and
+        # top-1 agreement: on 32 seeded images ≥ 85 % (measured 90.6 %: this random-weight
+        # DeiT-T's 1000 logits are near-tied, top-2 margins down to 0.05)
+        assert p["max_kl_divergence"] == 0.1 and p["kl_divergence"] <= 0.01
+        sess = make_session(out)
+        wide = compare(src.model(), lambda x: run(sess, x), batch=1, img_size=224,
+                       n_inputs=32, tol=ort_mod.TOLERANCE["int8"])  # fmt: skip
+        assert wide.ok and wide.top1_agreement >= 0.85 and wide.kl <= 0.01, wide.to_dict()
     else:
         assert p["max_abs_diff"] <= 1e-4 and p["top1_agreement"] == 1.0
     assert json.loads((tmp_path / "m.ort.manifest.json").read_text()) == man

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from edgeprune.budget.search import Sensitivity, search, target_from
+from edgeprune.budget.search import MAX_FREE_CANDIDATES, Sensitivity, search, target_from
 from edgeprune.core.errors import EdgepruneError
 from edgeprune.core.plan import SelectorStage, TokenPlan, dense_plan
 from edgeprune.core.source import resolve
@@ -95,7 +95,8 @@ def test_target_fps_and_bad_targets():
 def test_geometric_budget_meets_target_and_is_tight(model):
     r = search(model, 7.0, "dynamicvit", "geometric")
     c = r.chosen
-    assert r.status == "ok" and c.predicted_ms <= 7.0 and r.margin_ms >= 0
+    assert r.status == "ok" and c.predicted_ms <= 7.0
+    assert r.margin_ms == pytest.approx(7.0 - c.predicted_ms, abs=1e-12)
     # the next larger base ratio that changes the plan goes over the target
     base = c.keep_ratios[0]
     bigger = [x for x in r.candidates if x.keep_ratios[0] > base]
@@ -104,15 +105,15 @@ def test_geometric_budget_meets_target_and_is_tight(model):
     assert c.keep_ratios[1] == pytest.approx(base**2, abs=1e-9)
 
 
-def test_free_budget_keeps_at_least_as_many_tokens_and_is_fast(model):
-    import time
-
+def test_free_budget_keeps_at_least_as_many_tokens_in_bounded_work(model):
+    """Its cost is bounded by what it weighs (not by a wall-clock assert): at most
+    MAX_FREE_CANDIDATES grid schedules plus the 9³ of the refinement."""
     g = search(model, 7.0, "dynamicvit", "geometric").chosen
-    t0 = time.perf_counter()
-    f = search(model, 7.0, "dynamicvit", "free").chosen
-    assert time.perf_counter() - t0 < 10
+    r = search(model, 7.0, "dynamicvit", "free")
+    f = r.chosen
     assert f.predicted_ms <= 7.0 and f.kept_tokens >= g.kept_tokens
     assert list(f.keep_ratios) == sorted(f.keep_ratios, reverse=True)
+    assert len(r.candidates) <= MAX_FREE_CANDIDATES + 9**3
 
 
 def test_budget_dense_meets_and_unreachable(model):

@@ -1,114 +1,21 @@
-"""SPViT, EViT and ToMe static graphs against straightforward reference formulations."""
+"""SPViT, EViT and ToMe static graphs against straightforward reference formulations,
+written out by hand (tests/reference_vit.py; test_references_static.py checks them
+against the authors' code)."""
 
 import contextlib
-import math
 
 import pytest
 import torch
 
 from edgeprune.core.methods.tokenops import xnnpack_form
 from edgeprune.core.source import resolve
+from tests import reference_vit as R
 
 
-def run_block_masked(blk, x, alive):
-    b, n, _ = x.shape
-    bias = torch.zeros(b, 1, 1, n).masked_fill(~alive[:, None, None, :], float("-inf"))
-    out, _ = blk.attn.attend(*blk.attn.qkv_heads(blk.norm1(x)), bias=bias)
-    x = x + blk.attn.proj(out)
-    return x + blk.mlp(blk.norm2(x))
-
-
-def spvit_masked(model, img, ratios, locs):
-    """Hard top-k keep decisions as an attention mask over a sequence that only grows:
-    dropped tokens stay (masked out), each stage appends its package token (the keep-
-    probability-weighted mean of the tokens it dropped)."""
-    x = model.embed(img)
-    b = x.shape[0]
-    n_patch = x.shape[1] - 1
-    alive = torch.ones(b, x.shape[1], dtype=torch.bool)
-    for i, blk in enumerate(model.blocks):
-        if i in locs:
-            s = locs.index(i)
-            rest, rest_alive = x[:, 1:], alive[:, 1:]
-            mixed, soft = model.score_predictor[s](rest, rest_alive.unsqueeze(-1).float())
-            p = torch.softmax(mixed, dim=-1)[:, :, 0]
-            is_patch = torch.zeros_like(rest_alive)
-            is_patch[:, :n_patch] = True
-            cand = rest_alive & is_patch
-            k = int(n_patch * ratios[s])
-            idx = torch.topk(p.masked_fill(~cand, -1.0), k, dim=1).indices
-            keep = torch.zeros_like(cand)
-            keep.scatter_(1, idx, True)
-            dropped = (cand & ~keep).float() * soft
-            package = (rest * dropped.unsqueeze(-1)).sum(1, keepdim=True)
-            new_alive = rest_alive & (keep | ~is_patch)
-            alive = torch.cat([alive[:, :1], new_alive, torch.ones(b, 1, dtype=torch.bool)], dim=1)
-            x = torch.cat([x, package], dim=1)
-        x = run_block_masked(blk, x, alive)
-    return model.classify(x)
-
-
-def evit_reference(model, img, rates, locs):
-    """EViT as published: ceil(rate·(N−1)) by CLS attention, complement gathered by
-    index, fused token = attention-weighted sum."""
-    x = model.embed(img)
-    for i, blk in enumerate(model.blocks):
-        out, attn = blk.attn.attend(*blk.attn.qkv_heads(blk.norm1(x)))
-        x = x + blk.attn.proj(out)
-        if i in locs:
-            n = x.shape[1]
-            left = math.ceil(rates[locs.index(i)] * (n - 1))
-            cls_attn = attn[:, :, 0, 1:].mean(dim=1)
-            order = torch.argsort(cls_attn, dim=1, descending=True)
-            top, rest_idx = order[:, :left], order[:, left:]
-            non_cls = x[:, 1:]
-            c = x.shape[-1]
-            kept = torch.gather(non_cls, 1, top.unsqueeze(-1).expand(-1, -1, c))
-            others = torch.gather(non_cls, 1, rest_idx.unsqueeze(-1).expand(-1, -1, c))
-            w = torch.gather(cls_attn, 1, rest_idx)
-            fused = (others * w.unsqueeze(-1)).sum(dim=1, keepdim=True)
-            x = torch.cat([x[:, :1], kept, fused], dim=1)
-        x = x + blk.mlp(blk.norm2(x))
-    return model.classify(x)
-
-
-def _tome_merge(z, unm_idx, src_idx, dst_idx, rb):
-    src, dst = z[..., ::2, :], z[..., 1::2, :]
-    n, t1, c = src.shape
-    unm = src.gather(-2, unm_idx.expand(n, t1 - rb, c))
-    src = src.gather(-2, src_idx.expand(n, rb, c))
-    dst = dst.scatter_reduce(-2, dst_idx.expand(n, rb, c), src, reduce="sum")
-    return torch.cat([unm, dst], dim=1)
-
-
-def tome_reference(model, img, r):
-    """ToMe's bipartite soft matching with argsort, sort and scatter_reduce."""
-    x = model.embed(img)
-    size = torch.ones(x.shape[0], x.shape[1], 1)
-    for blk in model.blocks:
-        q, k, v = blk.attn.qkv_heads(blk.norm1(x))
-        out, _ = blk.attn.attend(q, k, v, size.log()[:, None, None, :, 0])
-        x = x + blk.attn.proj(out)
-        t = x.shape[1]
-        rb = min(r, (t - 1) // 2)
-        if rb > 0:
-            metric = k.mean(1)
-            metric = metric / metric.norm(dim=-1, keepdim=True)
-            a, bm = metric[..., ::2, :], metric[..., 1::2, :]
-            scores = a @ bm.transpose(-1, -2)
-            scores[..., 0, :] = -math.inf
-            node_max, node_idx = scores.max(dim=-1)
-            edge_idx = node_max.argsort(dim=-1, descending=True)[..., None]
-            unm_idx, src_idx = edge_idx[..., rb:, :], edge_idx[..., :rb, :]
-            dst_idx = node_idx[..., None].gather(dim=-2, index=src_idx)
-            unm_idx = unm_idx.sort(dim=1)[0]
-
-            idx = (unm_idx, src_idx, dst_idx, rb)
-            x = _tome_merge(x * size, *idx)
-            size = _tome_merge(size, *idx)
-            x = x / size
-        x = x + blk.mlp(blk.norm2(x))
-    return model.classify(x)
+def reference(model) -> R.RefViT:
+    """The hand-written DeiT and selectors (tests/reference_vit.py) on the model's own
+    weights: no edgeprune module runs in it."""
+    return R.RefViT(model.state_dict(), model.arch.num_heads)
 
 
 @pytest.fixture(scope="module")
@@ -131,8 +38,9 @@ def test_spvit_equals_masked(img, form):
     model = src.model()
     with torch.no_grad(), _form(form):
         ours = model(img)
-        ref = spvit_masked(model, img, src.config.keep_ratios, list(src.config.prune_locs))
-        dense = type(model).__mro__[2].forward(model, img)
+        r = reference(model)
+        ref = R.spvit_masked(r, img, src.config.keep_ratios, list(src.config.prune_locs))
+        dense = r.dense(img)
     assert (ours - ref).abs().max().item() <= 1e-5
     assert (ours - dense).abs().max().item() > 1e-3
 
@@ -150,7 +58,7 @@ def test_evit_equals_reference(img, form):
     model = src.model()
     with torch.no_grad(), _form(form):
         ours = model(img)
-        ref = evit_reference(model, img, src.config.keep_ratios, list(src.config.prune_locs))
+        ref = R.evit(reference(model), img, src.config.keep_ratios, src.config.prune_locs)
     assert (ours - ref).abs().max().item() <= 1e-5
 
 
@@ -162,7 +70,7 @@ def test_tome_equals_reference(img, form):
     model = src.model()
     with torch.no_grad(), _form(form):
         ours = model(img)
-        ref = tome_reference(model, img, 16)
+        ref = R.tome(reference(model), img, 16)
     assert (ours - ref).abs().max().item() <= 1e-5
 
 

@@ -22,6 +22,7 @@ from edgeprune.core.errors import EdgepruneError
 from edgeprune.latency.table import load
 from edgeprune.profiling.pieces import make_block, module_to_onnx
 from edgeprune.runtimes.transports.ssh import SSHTransport
+from tests.conftest import need_tool, tool_unavailable
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 
@@ -39,8 +40,10 @@ def _keygen(path: Path) -> str:
 
 @pytest.fixture(scope="module")
 def sshd(tmp_path_factory):
-    if not os.path.exists(SSHD) or shutil.which("ssh") is None or shutil.which("scp") is None:
-        pytest.skip("OpenSSH server/client not installed (.ci/system-deps installs them)")
+    # missing: skip, or fail under CI=true (tests/conftest.py need_tool)
+    for tool in ("ssh", "scp", "ssh-keygen"):
+        need_tool(tool)
+    need_tool("sshd", SSHD)
     d = tmp_path_factory.mktemp("sshd")
     host_pub = _keygen(d / "host_key")
     other_pub = _keygen(d / "other_key")
@@ -64,14 +67,14 @@ def sshd(tmp_path_factory):
     deadline = time.time() + 10
     while time.time() < deadline:
         if proc.poll() is not None:
-            pytest.skip(f"sshd could not start: {proc.stderr.read().strip()[:200]}")
+            tool_unavailable(f"sshd could not start: {proc.stderr.read().strip()[:200]}")
         with socket.socket() as s:
             if s.connect_ex(("127.0.0.1", port)) == 0:
                 break
         time.sleep(0.1)
     else:
         proc.kill()
-        pytest.skip("sshd did not start listening within 10 s")
+        tool_unavailable("sshd did not start listening within 10 s")
     (d / "known_hosts").write_text(f"[127.0.0.1]:{port} {host_pub}\n")
     (d / "wrong_known_hosts").write_text(f"[127.0.0.1]:{port} {other_pub}\n")
     user = getpass.getuser()
@@ -88,7 +91,7 @@ def sshd(tmp_path_factory):
     try:
         ok = SSHTransport("edgeprune-test", config=str(d / "ssh_config")).reachable(10)
         if not ok[0]:
-            pytest.skip(f"cannot log in to the test sshd: {ok[1]}")
+            tool_unavailable(f"cannot log in to the test sshd: {ok[1]}")
         yield SimpleNamespace(config=str(d / "ssh_config"), dir=d)
     finally:
         proc.terminate()

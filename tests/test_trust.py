@@ -182,7 +182,7 @@ def test_validate_writes_its_verdict_into_the_table(cli, tmp_path, monkeypatch):
     assert code == 0, err
     assert "UNTRUSTED: median error 47.0% > 10% (recorded in " in _text(out)
     assert load(p).trusted is False
-    code, out, err = cli("validate", p, "--plot", tmp_path / "v.png", "--json")
+    code, out, err = cli("validate", p, "--plot", tmp_path / "v.png", "--json", "--force")
     assert json.loads(out)["recorded"]["trusted"] is False
 
 

@@ -23,7 +23,6 @@ weights with no token pruning). A PyTorch SRC is not compared with itself.
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +35,7 @@ from edgeprune.core.images import ImageSet, Preprocess, batches, preprocess_for,
 from edgeprune.core.methods import get_method
 from edgeprune.core.models.deit import VisionTransformer
 from edgeprune.core.source import Source, resolve
+from edgeprune.export.manifest import ManifestFile, hash_note, read_manifest, verify_artifact
 from edgeprune.runtimes.base import get_runner
 
 ARTIFACT_RUNTIMES = {
@@ -117,23 +117,10 @@ def is_artifact(text: str) -> bool:
     return Path(text).suffix.lower() in ARTIFACT_RUNTIMES
 
 
-def manifest_of(artifact: Path) -> tuple[Path, dict] | None:
-    """The manifest written beside ``artifact``: ``<artifact>.manifest.json`` (one per
-    artifact), else the older ``<stem>.manifest.json``. None when there is none."""
-    artifact = Path(artifact)
-    for p in (
-        artifact.with_name(artifact.name + ".manifest.json"),
-        artifact.with_name(artifact.stem + ".manifest.json"),
-    ):
-        if p.is_file():
-            try:
-                data = json.loads(p.read_text())
-            except (OSError, ValueError):
-                raise EdgepruneError(f"manifest {p} is not valid JSON") from None
-            # a stem-named manifest may belong to another artifact of the same stem
-            if isinstance(data, dict) and data.get("artifact") in (None, artifact.name):
-                return p, data
-    return None
+def manifest_of(artifact: Path) -> tuple[Path, ManifestFile] | None:
+    """The manifest written beside ``artifact``, its fields checked
+    (``export.manifest.read_manifest``). None when there is none."""
+    return read_manifest(Path(artifact))
 
 
 def source_from_manifest(artifact: Path, heads: int | None = None) -> Source:
@@ -146,11 +133,11 @@ def source_from_manifest(artifact: Path, heads: int | None = None) -> Source:
             "pass --reference SRC",
         )
     mpath, man = found
-    spec = man.get("spec")
-    if not isinstance(spec, dict) or not isinstance(spec.get("source"), str):
+    spec = man.spec
+    if spec is None:
         raise EdgepruneError(f"manifest {mpath} records no source", "pass --reference SRC")
-    text = spec["source"]
-    if spec.get("kind") == "checkpoint" and not Path(text).exists():
+    text = spec.source
+    if spec.kind == "checkpoint" and not Path(text).exists():
         beside = mpath.parent / text
         if not beside.exists():
             raise EdgepruneError(
@@ -158,23 +145,44 @@ def source_from_manifest(artifact: Path, heads: int | None = None) -> Source:
             )
         text = str(beside)
 
-    method = get_method(str(spec.get("method", "dense")))
-    opts = {k: v for k, v in (spec.get("options") or {}).items() if k in method.user_options}
-    keep = tuple(float(r) for r in spec.get("keep_ratios") or ()) or None
-    locs = tuple(int(x) for x in spec.get("prune_locs") or ()) or None
+    method = get_method(spec.method)
+    recorded = spec.options.model_dump(exclude_none=True)
+    opts = {k: v for k, v in recorded.items() if k in method.user_options}
+    keep = tuple(spec.keep_ratios) or None
+    locs = tuple(spec.prune_locs) or None
     try:
         src = resolve(
             text, method=method.name, keep=keep, locs=locs, heads=heads, method_options=opts
         )
     except EdgepruneError:
         src = resolve(text, method=method.name, heads=heads, method_options=opts)
-    want = (man.get("token_plan") or {}).get("tokens_per_block")
+    want = man.token_plan.tokens_per_block if man.token_plan is not None else None
     if want is not None and list(src.plan.attn_tokens) != list(want):
         raise EdgepruneError(
             f"the source {text} recorded in {mpath.name} no longer gives the artifact's token plan",
             "pass --reference SRC",
         )
     return src
+
+
+def check_reference_arch(artifact: Path, ref: Source, reference: str, notes: list[str]) -> None:
+    """``--reference`` for an artifact must be the same network as the artifact (as its
+    manifest records): a DeiT-S reference for a DeiT-T artifact compares nothing. Where
+    no manifest records it, a note says it was not checked."""
+    found = manifest_of(artifact)
+    arch = found[1].spec.arch if found is not None and found[1].spec is not None else None
+    if arch is None:
+        notes.append(
+            f"no manifest beside {Path(artifact).name} records its architecture: "
+            f"--reference {reference} was not checked against it"
+        )
+        return
+    if arch.dims() != {k: v for k, v in ref.arch.to_dict().items() if k != "name"}:
+        raise EdgepruneError(
+            f"--reference {reference} is a {ref.arch.name}, but {Path(artifact).name} was "
+            f"exported from a {arch.name} ({found[0].name})",
+            "give the reference it was exported from (or a model of the same architecture)",
+        )
 
 
 def dense_backbone(source: Source) -> torch.nn.Module:
@@ -294,6 +302,7 @@ class EvalRequest:
     method: str | None = None  # overrides for a SRC (as every command's --method/--keep/--locs)
     keep: tuple[float, ...] | str | None = None
     locs: tuple[int, ...] | str | None = None
+    verify_hash: bool = True  # an artifact's sha256 checked against its manifest first
 
 
 def build_predictors(req: EvalRequest) -> tuple[Predictor, list[Predictor], Source, list[str]]:
@@ -311,6 +320,11 @@ def build_predictors(req: EvalRequest) -> tuple[Predictor, list[Predictor], Sour
             )
         if not Path(req.model).exists():
             raise EdgepruneError(f"artifact {req.model} does not exist")
+        hashed = verify_artifact(Path(req.model), req.verify_hash)
+        if (unchecked := hash_note(Path(req.model), hashed)) is not None:
+            notes.append(unchecked)
+        if ref_src is not None:
+            check_reference_arch(Path(req.model), ref_src, req.reference, notes)
         src = ref_src if ref_src is not None else source_from_manifest(Path(req.model), req.heads)
         model = load_artifact(Path(req.model), req.runtime, req.threads)
         key = "source" if ref_src is None else "reference"

@@ -32,19 +32,22 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import torch
+from pydantic import Field
 
 from edgeprune.accuracy.evaluate import compare_logits, dense_backbone, topk_accuracy, torch_threads
-from edgeprune.budget.search import SENSITIVITY_SCHEMA, indistinct, stage_schedule
-from edgeprune.core.atomic import check_writable_target, write_json_atomic
+from edgeprune.budget.search import SENSITIVITY_SCHEMA, Accuracy, indistinct, stage_schedule
+from edgeprune.core.atomic import Output, check_outputs, write_json_atomic
 from edgeprune.core.errors import EdgepruneError
 from edgeprune.core.images import ImageSet, Preprocess, batches, preprocess_for, scan
 from edgeprune.core.parsing import parse_floats
+from edgeprune.core.schema import NonNegative, Strict
 from edgeprune.core.source import Source, resolve
 from edgeprune.export.manifest import now_utc, sha256_file
-from edgeprune.profiling.resume import read_resume, resume_path
+from edgeprune.profiling.resume import ResumeData, read_resume, resume_path
 
 SENSITIVITY_VERSION = 1
 DEFAULT_GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
@@ -86,14 +89,32 @@ def schedule_model(source: Source, keep: Sequence[float]) -> torch.nn.Module:
     return m.eval()
 
 
+Ratio = Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)]
+
+
+class PointFile(Strict):
+    """One measured point in the resume file: it goes into the sensitivity file as is."""
+
+    stage: Annotated[int, Field(ge=0, le=10_000)]
+    keep_ratio: Ratio
+    keep_ratios: Annotated[list[Ratio], Field(max_length=10_000)]
+    accuracy: Accuracy
+    agreement_with_dense: Accuracy
+    kl_to_dense: NonNegative
+
+
+class SensitivityResume(ResumeData):
+    points: list[PointFile] = []
+
+
 class ResumeFile:
     """Points measured so far, saved atomically after each one."""
 
     def __init__(self, path: Path | None, key: dict):
         self.path, self.key, self.points = path, key, {}
-        data = read_resume(path, key, "request") or {}
-        for p in data.get("points", []):
-            self.points[(p["stage"], p["keep_ratio"])] = p
+        data = read_resume(path, key, "request", SensitivityResume)
+        for p in data.points if data is not None else []:
+            self.points[(p.stage, p.keep_ratio)] = p.model_dump()
 
     def put(self, point: dict) -> None:
         self.points[(point["stage"], point["keep_ratio"])] = point
@@ -108,20 +129,28 @@ class ResumeFile:
 
 
 def _request_key(req: SensitivityRequest, source: Source, files: list[Path], pre) -> dict:
+    """What must match for saved points to be reused by --resume: the options, and the
+    contents (sha256) of every file read — each image, the checkpoint, a calibration —
+    so changed pixels or weights under the same names are never taken for the old ones."""
     h = hashlib.sha256()
     for f in files:
-        h.update(str(f).encode() + b"\0")
+        name = Path(f).relative_to(req.images) if Path(f).is_relative_to(req.images) else f
+        h.update(str(name).encode() + b"\0")
+        h.update(sha256_file(f).encode())
     src_digest = None
     if source.kind == "checkpoint":
         src_digest = sha256_file(Path(source.text))
+    calib = source.config.options.get("calibration")
     return {
         "source": source.text,
         "source_sha256": src_digest,
         "method": source.method.name,
+        "options": {k: str(v) for k, v in sorted(source.config.options.items())},
+        "calibration_sha256": sha256_file(Path(str(calib))) if calib else None,
         "locs": list(source.config.prune_locs),
         "grid": list(req.grid),
         "images": str(req.images),
-        "files_sha256": h.hexdigest(),
+        "images_sha256": h.hexdigest(),
         "preprocess": pre.to_dict(),
     }
 
@@ -308,7 +337,8 @@ def measure_to_file(
     """``edgeprune sensitivity``: measure the curves and write them to ``out`` (with
     ``resume``, progress is kept in ``<out>.partial.json`` and a rerun continues it)."""
 
-    check_writable_target(out, force)
+    ins = {"SRC": req.src, "--images": req.images}
+    check_outputs({"--out": Output(Path(out), ".json")}, ins, force)
     data = measure(req, resume_path(Path(out)) if resume else None, progress)
     write_json_atomic(out, data)
     return data

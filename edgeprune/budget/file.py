@@ -6,20 +6,49 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, model_validator
+from pydantic_core import PydanticCustomError
 
 from edgeprune.budget.search import BudgetResult
-from edgeprune.core.atomic import read_json_file
 from edgeprune.core.errors import EdgepruneError
+from edgeprune.core.schema import Strict, load_json, validate
 from edgeprune.core.source import Source, resolve
 from edgeprune.export.manifest import now_utc, sha256_file
 from edgeprune.latency.model import LatencyModel
-from edgeprune.latency.table import from_dict, load
+from edgeprune.latency.table import MAX_MS, from_dict, load
 
 BUDGET_SCHEMA = "edgeprune.budget"
 BUDGET_VERSION = 1
 
 
 def budget_dict(result: BudgetResult, model: LatencyModel, profile_path: str | Path) -> dict:
+    """The budget file's content; refused (one line) if any number in it is NaN or ±inf,
+    so that no file with a non-number is ever written."""
+    d = _budget_dict(result, model, profile_path)
+    if (where := _non_finite(d)) is not None:
+        raise EdgepruneError(
+            f"the budget's {where} is not a finite number; no budget file written",
+            "check the latency table and the sensitivity file it was made from",
+        )
+    return d
+
+
+def _non_finite(obj, where: str = "value") -> str | None:
+    """Where the first NaN/±inf float in ``obj`` (nested dicts and lists) is, or None."""
+    if isinstance(obj, float):
+        return None if math.isfinite(obj) else where
+    if isinstance(obj, dict):
+        items = [(f"{where}.{k}" if where != "value" else str(k), v) for k, v in obj.items()]
+    elif isinstance(obj, list | tuple):
+        items = [(f"{where}[{i}]", v) for i, v in enumerate(obj)]
+    else:
+        return None
+    return next((bad for w, v in items if (bad := _non_finite(v, w)) is not None), None)
+
+
+def _budget_dict(result: BudgetResult, model: LatencyModel, profile_path: str | Path) -> dict:
     c = result.chosen
     p = Path(profile_path)
     return {
@@ -84,12 +113,42 @@ class Budget:
 
     def latency_model(self) -> LatencyModel:
         path = (self.data.get("profile") or {}).get("path")
-        if isinstance(self.data.get("profile_table"), dict):
+        if self.data.get("profile_table") is not None:
             table = from_dict(self.data["profile_table"], "budget's profile_table")
             return LatencyModel(table, f"{path or 'the table'} (as copied in the budget)")
         if not path:
             raise EdgepruneError("the budget names no profile", "re-run 'edgeprune budget'")
         return LatencyModel(load(path), path)
+
+
+Ms = Annotated[float, Field(ge=0, le=MAX_MS, allow_inf_nan=False)]
+
+
+class BudgetProfileFile(Strict):
+    path: str | None = None
+    sha256: str | None = None
+
+
+class BudgetFile(Strict):
+    """A budget file: the fields edgeprune reads back (the others are a record).
+    ``schema`` and ``version`` are checked before; ``profile_table`` when it is used
+    (``latency.table.from_dict``)."""
+
+    method: Annotated[str, Field(min_length=1, max_length=200)]
+    arch: Annotated[str, Field(min_length=1, max_length=200)]
+    locs: Annotated[list[Annotated[int, Field(ge=0, le=10_000)]], Field(max_length=10_000)]
+    keep_ratios: list[Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)]]
+    target_ms: Annotated[float, Field(gt=0, le=MAX_MS, allow_inf_nan=False)]
+    predicted_ms: Ms
+    reanchor_scale: Annotated[float, Field(gt=0, le=1e6, allow_inf_nan=False)] = 1.0
+    profile: BudgetProfileFile | None = None
+    profile_table: dict | None = None
+
+    @model_validator(mode="after")
+    def _same_length(self) -> BudgetFile:
+        if len(self.locs) != len(self.keep_ratios):
+            raise PydanticCustomError("budget_shape", "locs and keep_ratios differ in length")
+        return self
 
 
 def load_budget(path: str | Path) -> Budget:
@@ -98,33 +157,25 @@ def load_budget(path: str | Path) -> Budget:
         raise EdgepruneError(
             f"budget file {path} does not exist", "write one with 'edgeprune budget'"
         )
-
-    def bad(what: str) -> EdgepruneError:
-        return EdgepruneError(
-            f"budget file {path} is not valid: {what}", "re-run 'edgeprune budget'"
-        )
-
-    d = read_json_file(path, bad, BUDGET_SCHEMA)
+    what, hint = f"budget file {path} is not valid", "re-run 'edgeprune budget'"
+    d = load_json(path, what, hint)
+    if not isinstance(d, dict) or d.get("schema") != BUDGET_SCHEMA:
+        raise EdgepruneError(f"{what}: 'schema' is not '{BUDGET_SCHEMA}'", hint)
     if d.get("version") != BUDGET_VERSION:
-        raise bad(f"version {d.get('version')!r}, this edgeprune reads {BUDGET_VERSION}")
-    try:
-        b = Budget(
-            method=str(d["method"]),
-            arch=str(d["arch"]),
-            locs=tuple(int(x) for x in d["locs"]),
-            keep_ratios=tuple(float(x) for x in d["keep_ratios"]),
-            target_ms=float(d["target_ms"]),
-            predicted_ms=float(d["predicted_ms"]),
-            data=d,
-            reanchor_scale=float(d.get("reanchor_scale", 1.0)),
+        raise EdgepruneError(
+            f"{what}: version {d.get('version')!r}, this edgeprune reads {BUDGET_VERSION}", hint
         )
-    except (KeyError, TypeError, ValueError) as e:
-        raise bad(f"{e.__class__.__name__}: {e}") from None
-    if len(b.locs) != len(b.keep_ratios):
-        raise bad("locs and keep_ratios differ in length")
-    if not (math.isfinite(b.reanchor_scale) and b.reanchor_scale > 0):
-        raise bad(f"reanchor_scale {b.reanchor_scale} is not a positive finite number")
-    return b
+    f = validate(BudgetFile, d, what, hint)
+    return Budget(
+        method=f.method,
+        arch=f.arch,
+        locs=tuple(f.locs),
+        keep_ratios=tuple(f.keep_ratios),
+        target_ms=f.target_ms,
+        predicted_ms=f.predicted_ms,
+        data=d,
+        reanchor_scale=f.reanchor_scale,
+    )
 
 
 def resolve_with_budget(

@@ -24,7 +24,7 @@ from edgeprune.budget.search import (
     target_from,
 )
 from edgeprune.budget.verify import Verification, verify_budget
-from edgeprune.core.atomic import check_writable_target, write_json_atomic
+from edgeprune.core.atomic import Output, check_outputs, write_json_atomic
 from edgeprune.core.parsing import parse_ints
 from edgeprune.latency.model import (
     Expected,
@@ -125,13 +125,14 @@ def make_budget(req: BudgetRequest, progress: Callable[[str], None] | None = Non
     (dense timed here first); the file holds the schedule verified and the
     verification."""
 
+    plot_path = req.plot_path
+    check_outputs(
+        {"--out": Output(req.out, ".json"), "--plot": plot_path and Output(plot_path, ".png")},
+        {"--table": req.profile, "--sensitivity": req.sensitivity}, req.force,
+    )  # fmt: skip
     target = target_from(req.target_ms, req.target_fps)
     model = load_model(req.profile)
     sens, ignored = _sensitivity(req)
-    plot_path = req.plot_path
-    check_writable_target(req.out, req.force)
-    if plot_path is not None:
-        check_writable_target(plot_path, req.force)
     check_schedule(req.schedule)
     frac, why = resolve_margin(req.margin, model.table)
     choose = partial(

@@ -30,17 +30,21 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
+from typing import Annotated
 
 import torch
+from pydantic import Field, model_validator
+from pydantic_core import PydanticCustomError
 
 from edgeprune.core.arch import Arch
-from edgeprune.core.atomic import read_json_file
 from edgeprune.core.errors import EdgepruneError
 from edgeprune.core.flops import plan_flops
 from edgeprune.core.methods import Method, MethodConfig, get_method
 from edgeprune.core.methods.base import geometric
 from edgeprune.core.plan import TokenPlan, dense_plan
+from edgeprune.core.schema import Strict, load_json, validate
 from edgeprune.latency.model import LatencyModel, measured_error
 from edgeprune.latency.table import piecewise_linear
 
@@ -113,6 +117,11 @@ class Sensitivity:
                 down = piecewise_linear(xs, ys, r[:, j]).clamp(max=ys[0])
                 y = torch.where(r[:, j] < xs[0], down, y)
             acc -= self.dense - y
+        if not bool(torch.isfinite(acc).all()):  # never a NaN into a budget or a plot
+            raise EdgepruneError(
+                "the sensitivity curves predict a non-finite accuracy",
+                "check the sensitivity file: its accuracies must be finite numbers",
+            )
         return acc.clamp(min=0.0).tolist()
 
     def covers(self, locs: tuple[int, ...], ratios: tuple[float, ...]) -> bool:
@@ -143,37 +152,59 @@ class Sensitivity:
             )
 
 
+#: an accuracy or agreement in % (a file in [0, 1] fits too)
+Accuracy = Annotated[float, Field(ge=0, le=100, allow_inf_nan=False)]
+Count = Annotated[int, Field(ge=0, le=1_000_000_000)]
+
+
+class StageCurveFile(Strict):
+    keep_ratios: Annotated[
+        list[Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)]], Field(min_length=1)
+    ]
+    accuracy: list[Accuracy]
+
+    @model_validator(mode="after")
+    def _lists(self) -> StageCurveFile:
+        if len(self.keep_ratios) != len(self.accuracy):
+            raise PydanticCustomError("curve", "keep_ratios and accuracy differ in length")
+        if any(b <= a for a, b in pairwise(self.keep_ratios)):
+            raise PydanticCustomError("curve", "keep_ratios must strictly increase")
+        return self
+
+
+class SensitivityImagesFile(Strict):
+    classes: Count | None = None
+    read: Count | None = None
+    images: Count | None = None
+
+
+class SensitivityFile(Strict):
+    """A sensitivity file (``schema`` checked before): what ``budget`` reads."""
+
+    dense: Accuracy
+    stages: dict[Annotated[str, Field(pattern=r"^[0-9]{1,4}$")], StageCurveFile]
+    metric: str = "accuracy"
+    indistinct: str | None = None
+    images: SensitivityImagesFile | None = None
+
+
 def load_sensitivity(path: str | Path) -> Sensitivity:
     path = Path(path)
     if not path.exists():
         raise EdgepruneError(f"sensitivity file {path} does not exist")
-
-    def bad(what: str) -> EdgepruneError:
-        return EdgepruneError(
-            f"sensitivity file {path} is not valid: {what}",
-            'expected {"schema": "edgeprune.sensitivity", "dense": ACC, '
-            '"stages": {"LOC": {"keep_ratios": [...], "accuracy": [...]}}}',
-        )
-
-    d = read_json_file(path, bad, SENSITIVITY_SCHEMA)
-    try:
-        dense = float(d["dense"])
-        stages = {}
-        for k, v in d["stages"].items():
-            xs = tuple(float(x) for x in v["keep_ratios"])
-            ys = tuple(float(y) for y in v["accuracy"])
-            if not xs or len(xs) != len(ys):
-                raise bad(f"stage {k}: keep_ratios and accuracy differ in length")
-            if any(b <= a for a, b in zip(xs, xs[1:], strict=False)):
-                raise bad(f"stage {k}: keep_ratios must strictly increase")
-            if not all(math.isfinite(v) for v in xs + ys + (dense,)):
-                raise bad(f"stage {k}: non-finite values")
-            stages[int(k)] = (xs, ys)
-    except (KeyError, TypeError, ValueError, AttributeError) as e:
-        raise bad(f"{e.__class__.__name__}: {e}") from None
-    metric = str(d.get("metric", "accuracy"))
-    why = d["indistinct"] if "indistinct" in d else _file_indistinct(d, dense, stages)
-    return Sensitivity(dense, stages, metric, str(why) if why else None)
+    what = f"sensitivity file {path} is not valid"
+    hint = (
+        'expected {"schema": "edgeprune.sensitivity", "dense": ACC, '
+        '"stages": {"LOC": {"keep_ratios": [...], "accuracy": [...]}}} with accuracies in % '
+        "(0 to 100) and keep ratios in (0, 1]"
+    )
+    d = load_json(path, what, hint)
+    if not isinstance(d, dict) or d.get("schema") != SENSITIVITY_SCHEMA:
+        raise EdgepruneError(f"{what}: 'schema' is not '{SENSITIVITY_SCHEMA}'", hint)
+    f = validate(SensitivityFile, d, what, hint)
+    stages = {int(k): (tuple(v.keep_ratios), tuple(v.accuracy)) for k, v in f.stages.items()}
+    why = f.indistinct if "indistinct" in d else _file_indistinct(d, f.dense, stages)
+    return Sensitivity(f.dense, stages, f.metric, why or None)
 
 
 def indistinct(

@@ -3,12 +3,11 @@ artifact on images, ``sensitivity`` (top-1 per pruning stage and keep ratio)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from edgeprune.cli import groups as g
 from edgeprune.cli import options as o
-from edgeprune.cli.console import err, out, progress
+from edgeprune.cli.console import err, out, print_json, progress
 from edgeprune.render.tables import print_evaluation, sensitivity_lines
 
 
@@ -39,6 +38,7 @@ def evaluate(
     threads: o.EvalThreadsOpt = None,
     pruning: g.Pruning = g.Pruning(),
     pre: g.Preprocess = g.Preprocess(),
+    no_verify_hash: o.NoVerifyHashOpt = False,
     as_json: o.JsonOpt = False,
 ) -> None:
     """Top-1/top-5 on an image folder, and agreement with references.
@@ -50,13 +50,13 @@ def evaluate(
     req = EvalRequest(
         model=model, images=images, reference=reference, limit=limit, batch=batch,
         runtime=runtime, threads=threads, heads=pruning.heads, method=pruning.method,
-        keep=pruning.keep, locs=pruning.locs,
+        keep=pruning.keep, locs=pruning.locs, verify_hash=not no_verify_hash,
     )  # fmt: skip
     pre.into(req)
     with progress("evaluating", bar=True) as step:
         rep = run_evaluate(req, lambda i, n: step("evaluating", i, n))
     if as_json:
-        print(json.dumps(rep.to_dict()))
+        print_json(rep.to_dict())
         return
 
     print_evaluation(rep.to_dict(), out, err)

@@ -3,14 +3,13 @@ keep schedule that meets a target, optionally verified by measurement)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
 
 from edgeprune.cli import groups as g
 from edgeprune.cli import options as o
-from edgeprune.cli.console import err, lines, note, out, progress
+from edgeprune.cli.console import err, lines, note, out, print_json, progress
 from edgeprune.render.tables import bench_notes, budget_lines, expected_line, predict_table
 
 
@@ -39,7 +38,7 @@ def predict(
     if (warning := untrusted_warning(model.table, profile)) is not None:
         err.print(f"warning: {warning}", markup=False, style="yellow")
     if as_json:
-        print(json.dumps(info))
+        print_json(info)
         return
     note(source)
     if not model.table.measured:
@@ -91,7 +90,7 @@ def budget_cmd(
         err.print(f"warning: {warning}", markup=False, style="yellow")
     if as_json:
         data = {k: v for k, v in run.data.items() if k != "profile_table"}
-        print(json.dumps({**data, "expected": run.expected.to_dict()}))
+        print_json({**data, "expected": run.expected.to_dict()})
     else:
         if not run.model.table.measured:
             err.print("[yellow]note:[/] this latency table is estimated, not measured")

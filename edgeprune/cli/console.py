@@ -25,3 +25,11 @@ def progress(label: str, bar: bool = False):
 def lines(text_lines: list[str]) -> None:
     for line in text_lines:
         out.print(line)
+
+
+def print_json(obj) -> None:
+    """``--json``: ``obj`` as one line of JSON on stdout, never with NaN or Infinity in it
+    (not JSON: one error line instead, see ``core.schema.dumps``)."""
+    from edgeprune.core.schema import dumps
+
+    print(dumps(obj, "the --json output"))

@@ -3,11 +3,9 @@ artifact on one, ``table-info`` and ``validate`` for a latency table."""
 
 from __future__ import annotations
 
-import json
-
 from edgeprune.cli import groups as g
 from edgeprune.cli import options as o
-from edgeprune.cli.console import err, lines, out, progress
+from edgeprune.cli.console import err, lines, out, print_json, progress
 from edgeprune.render.tables import (
     bench_line,
     bench_notes,
@@ -30,7 +28,7 @@ def devices(
 
     rows = device_rows(timeout)
     if as_json:
-        print(json.dumps({"devices": rows}))
+        print_json({"devices": rows})
         return
 
     out.print(devices_table(rows))
@@ -93,6 +91,7 @@ def bench(
     max_time: o.MaxTimeOpt = None,
     quiet: g.Quiet = g.Quiet(),
     cooldown: o.CooldownOpt = 0.0,
+    no_verify_hash: o.NoVerifyHashOpt = False,
     as_json: o.JsonOpt = False,
     remote: g.Remote = g.Remote(timeout=600.0),
 ) -> None:
@@ -100,6 +99,7 @@ def bench(
     max, runs, and a warning when the machine was busy while timing."""
     cpus = quiet.cpus()  # refused before the heavy imports
 
+    from edgeprune.export.manifest import hash_note
     from edgeprune.profiling.bench import BenchOptions, device_name
     from edgeprune.profiling.bench import bench as run_bench
 
@@ -107,6 +107,7 @@ def bench(
     how = BenchOptions(
         tolerance=tolerance / 100 if tolerance is not None else None,
         max_time_s=max_time, wait_quiet_s=quiet.wait_quiet, pin=cpus, cooldown_s=cooldown,
+        verify_hash=not no_verify_hash,
     )  # fmt: skip
     with progress(dev.name) as step:
         t = run_bench(
@@ -118,8 +119,10 @@ def bench(
     conditions = t.extra.get("conditions", {})
     for line in bench_notes(conditions):
         err.print(line, markup=False)
+    if (unchecked := hash_note(artifact, t.extra.get("sha256", ""))) is not None:
+        err.print(f"note: {unchecked}", markup=False)
     if as_json:
-        print(json.dumps(info))
+        print_json(info)
         return
 
     out.print(bench_line(artifact, dev, t))
@@ -137,7 +140,7 @@ def table_info(
     if (warning := untrusted_warning(t, path)) is not None:
         err.print(f"warning: {warning}", markup=False, style="yellow")
     if as_json:
-        print(json.dumps(t.to_dict()))
+        print_json(t.to_dict())
         return
 
     lines(table_lines(path, t))
@@ -153,6 +156,7 @@ def validate(
     burst: o.BurstOpt = 3,
     seed: o.SeedOpt = 0,
     plot: o.ScatterOpt = None,
+    force: o.ForceOpt = False,
     quiet: g.Quiet = g.Quiet(),
     as_json: o.JsonOpt = False,
 ) -> None:
@@ -166,12 +170,13 @@ def validate(
     settings = dict(configs=configs, threads=threads, rounds=rounds, seed=seed, burst=burst)
     with progress("validating") as step:
         rep, plot_path = validate_to_plot(
-            table, plot, pin=cpus, wait_quiet_s=quiet.wait_quiet, progress=step, **settings
+            table, plot, pin=cpus, wait_quiet_s=quiet.wait_quiet, force=force, progress=step,
+            **settings,
         )
     for n in bench_notes(rep.conditions or {}):
         err.print(n, markup=False)
     if as_json:
-        print(json.dumps({**rep.to_dict(), "plot": str(plot_path)}))
+        print_json({**rep.to_dict(), "plot": str(plot_path)})
         return
 
     out.print(validation_table(table, rep))

@@ -3,14 +3,13 @@ graph for a target, ``calibrate`` A-ViT's keep counts."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict
 
 import typer
 
 from edgeprune.cli import groups as g
 from edgeprune.cli import options as o
-from edgeprune.cli.console import err, lines, note, out, progress
+from edgeprune.cli.console import err, lines, note, out, print_json, progress
 from edgeprune.render.tables import calibration_lines, findings_table, inspect_table, print_export
 
 
@@ -25,7 +24,7 @@ def inspect(
     source = choice.resolve(src)
     info = source.inspect()
     if as_json:
-        print(json.dumps(info))
+        print_json(info)
         return
     note(source)
 
@@ -41,9 +40,14 @@ def export(
     options: g.TargetOptions = g.TargetOptions(),
 ) -> None:
     """Export the static graph to a target, with parity against PyTorch and a manifest."""
+    from edgeprune.core.atomic import Output, check_outputs
     from edgeprune.export.targets import export_source, request_from, validate
 
     req = validate(request_from({**asdict(output), **asdict(options)}))  # before loading
+    if req.out is not None:  # not an input (whether it may be replaced: the exporter's call)
+        artifact = Output(req.out, folder=req.out.suffix == ".mlpackage")
+        ins = {"SRC": src, "--calibration": choice.calibration, "--budget": choice.budget}
+        check_outputs({"--out": artifact}, {**ins, "--images": options.images}, force=True)
     source = choice.resolve(src)
     note(source)
     with progress("exporting") as step:
@@ -58,13 +62,17 @@ def check(
     *,
     model: o.OnnxArg,
     target: o.CheckTargetOpt = "trt",
+    no_verify_hash: o.NoVerifyHashOpt = False,
 ) -> None:
     """Check an ONNX graph for what a target will reject or run slowly.
 
     A static report; exit 0 when clean, 1 when not."""
+    from edgeprune.export.manifest import hash_note
     from edgeprune.export.targets import check_file
 
-    findings = check_file(model, target)
+    findings = check_file(model, target, verify_hash=not no_verify_hash)
+    if no_verify_hash:
+        err.print(f"note: {hash_note(model, 'not checked')}", markup=False)
     if not findings:
         out.print(f"[green]clean:[/] nothing in {model} that {target} rejects or runs slowly")
         return

@@ -3,6 +3,7 @@ its --help panel), shared by the command modules; option groups are in ``groups`
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated
 
@@ -51,8 +52,36 @@ def is_folder(value: Path | None) -> Path | None:
     return value
 
 
+def is_new_folder(value: Path | None) -> Path | None:
+    """An argument naming a folder to write: absent, or an empty folder."""
+    if value is not None and value.exists():
+        if not value.is_dir():
+            raise typer.BadParameter(f"{value} exists and is not a folder")
+        if any(value.iterdir()):
+            raise typer.BadParameter(f"{value} exists and is not empty")
+    return value
+
+
 # an input file must exist (and be a file): refused before the command loads anything
 EXISTING = {"exists": True, "dir_okay": False}
+
+# the longest limit or wait an option takes: 11.6 days (longer ones overflow poll())
+MAX_SECONDS = 1_000_000.0
+
+
+def positive_seconds(value: float | None) -> float | None:
+    """A time limit (``--timeout``, ``--max-time``): finite, > 0 (0 is not "no limit")."""
+    if value is not None and not (math.isfinite(value) and 0 < value <= MAX_SECONDS):
+        raise typer.BadParameter(f"{value:g} is not a time limit: give seconds in (0, 1000000]")
+    return value
+
+
+def some_seconds(value: float | None) -> float | None:
+    """A wait (``--wait-quiet``, ``--cooldown``): finite, ≥ 0."""
+    if value is not None and not (math.isfinite(value) and 0 <= value <= MAX_SECONDS):
+        raise typer.BadParameter(f"{value:g} is not a wait: give seconds in [0, 1000000]")
+    return value
+
 
 
 # ---- a model: SRC and what overrides it ---------------------------------------------
@@ -95,7 +124,7 @@ CalibrationOpt = opt(
 TomeROpt = opt(int | None, "--tome-r", panel=MODEL, help="ToMe: tokens merged per block (e.g. 16).")
 
 DebugOpt = opt(bool, "--debug", help="Show full tracebacks on errors.")
-CheckTimeoutOpt = opt(float, "--timeout", help="Per-host check (s).")
+CheckTimeoutOpt = opt(float, "--timeout", help="Per-host check (s).", callback=positive_seconds)
 InfoJsonOpt = opt(bool, "--json", help="Print the validated table.")
 ValidateArg = arg(Path, "The latency table to validate.", **EXISTING)
 OnnxArg = arg(Path, "An ONNX model.", show_default=False, **EXISTING)
@@ -200,7 +229,11 @@ RemotePythonOpt = opt(
     str | None, "--remote-python", panel=REMOTE, help="Python with edgeprune on the remote host."
 )
 TimeoutOpt = opt(
-    float, "--timeout", panel=REMOTE, help="Overall limit (s) for one remote command (SSH, adb)."
+    float,
+    "--timeout",
+    panel=REMOTE,
+    help="Overall limit (s) for one remote command (SSH, adb).",
+    callback=positive_seconds,
 )
 SerialOpt = opt(
     str | None,
@@ -245,6 +278,13 @@ ResumeOpt = opt(
     "from it if present (same options needed).",
 )
 ArtifactArg = arg(Path, "Exported artifact (.onnx, …).", exists=True)
+# evaluate, bench, check: an artifact's sha256 is checked against its manifest first
+NoVerifyHashOpt = opt(
+    bool,
+    "--no-verify-hash",
+    help="Use the artifact even if its sha256 differs from its manifest's (the output "
+    "says it was not checked).",
+)
 BenchRunsOpt = opt(
     int | None,
     "--runs",
@@ -263,6 +303,7 @@ MaxTimeOpt = opt(
     "--max-time",
     panel=MEASURE,
     help="Stop timing after this many seconds, the interval reached or not (10).",
+    callback=positive_seconds,
 )
 # --wait-quiet given without a value waits this long (app.OPTIONAL_VALUES)
 WAIT_QUIET_S = 60.0
@@ -273,6 +314,7 @@ WaitQuietOpt = opt(
     metavar="[<float>]",
     help=f"First wait, up to this many seconds ({WAIT_QUIET_S:g} when given alone), until "
     "other processes leave this machine's CPUs alone; measure anyway after.",
+    callback=some_seconds,
 )
 PinOpt = opt(
     str | None,
@@ -286,6 +328,7 @@ CooldownOpt = opt(
     panel=MEASURE,
     help="Rest this many seconds before timing (a phone cools down); thermal zones are "
     "read before and after.",
+    callback=some_seconds,
 )
 TableArg = arg(Path, "A latency table written by 'profile'.", **EXISTING)
 
@@ -368,10 +411,11 @@ StdOpt = opt(str | None, "--std", panel=IMAGES, help="Normalisation std (ImageNe
 EvalBatchOpt = opt(int, "--batch", "-b", panel=IMAGES, help="Images per forward pass.")
 TorchThreadsOpt = opt(int | None, "--threads", help="PyTorch CPU threads.")
 EvalThreadsOpt = opt(int | None, "--threads", help="Runtime (and PyTorch) threads.")
-DemoFolderArg = arg(Path, "New folder to write.", show_default=False)
-ClassesOpt = opt(int, "--classes", help="Class sub-folders.")
-PerClassOpt = opt(int, "--per-class", help="Images per class.")
-SizeOpt = opt(int, "--size", help="Image side in pixels.")
+DemoFolderArg = arg(Path, "New folder to write.", show_default=False, callback=is_new_folder)
+# the bounds core/images.py keeps (DEMO_MAX_SIZE, DEMO_MAX_IMAGES), refused here first
+ClassesOpt = opt(int, "--classes", help="Class sub-folders.", min=1, max=1000)
+PerClassOpt = opt(int, "--per-class", help="Images per class.", min=1, max=100_000)
+SizeOpt = opt(int, "--size", help="Image side in pixels.", min=8, max=2048)
 DemoSeedOpt = opt(int, "--seed", help="Seed of the synthetic images.")
 ModelArg = arg(str, "SRC, or an exported artifact (.onnx, .ort, …).", show_default=False)
 ReferenceOpt = opt(
@@ -398,8 +442,8 @@ BackboneLrOpt = opt(
     float, "--backbone-lr-scale", panel=TRAINING, help="Backbone lr = lr × this (0: frozen)."
 )
 LatWeightOpt = opt(
-    float, "--latency-weight", panel=TRAINING, help="Weight of the latency-aware loss."
+    float, "--latency-weight", panel=TRAINING, help="Weight of the latency-aware loss (≥ 0)."
 )
 ShapeOpt = opt(str, "--shape", panel=TRAINING, help="Loss shape: squared | hinge | squared_hinge.")
-TrainDeviceOpt = opt(str, "--device", panel=TRAINING, help="cpu or cuda.")
+TrainDeviceOpt = opt(str, "--device", panel=TRAINING, help="cpu, cuda, cuda:N or mps.")
 TrainSeedOpt = opt(int, "--seed", panel=TRAINING, help="Training seed.")

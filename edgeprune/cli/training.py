@@ -3,10 +3,8 @@ latency-aware sparsity loss."""
 
 from __future__ import annotations
 
-import json
-
 from edgeprune.cli import options as o
-from edgeprune.cli.console import err, out
+from edgeprune.cli.console import err, out, print_json
 from edgeprune.render.tables import finetune_lines, step_logger
 
 
@@ -49,7 +47,7 @@ def finetune(
     res = finetune_to_file(req, out_path, force, None if as_json else step_logger(out, steps))
     if as_json:
         d = {**res.to_dict(), "checkpoint": str(out_path)}
-        print(json.dumps({**d, "predicted_ms_per_step": [s.predicted_ms for s in res.steps]}))
+        print_json({**d, "predicted_ms_per_step": [s.predicted_ms for s in res.steps]})
         return
     for n in res.notes:
         err.print(f"[yellow]note:[/] {n}")

@@ -8,10 +8,12 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from edgeprune.core.errors import EdgepruneError
+from edgeprune.core.schema import dumps
 
 
 def check_writable_target(path: Path, force: bool = False) -> None:
@@ -27,6 +29,75 @@ def check_writable_target(path: Path, force: bool = False) -> None:
         raise EdgepruneError(f"output {path} is a directory", "give a file path")
     if path.exists() and not force:
         raise EdgepruneError(f"{path} already exists", "pass --force to overwrite it")
+
+
+@dataclass(frozen=True)
+class Output:
+    """An output for :func:`check_outputs` that is more than a file path: the suffix its
+    kind needs (``.png`` for a plot, ``.json`` for a table), or a folder."""
+
+    path: Path
+    suffix: str | None = None
+    folder: bool = False
+
+
+def check_outputs(
+    outputs: Mapping[str, Path | Output | None],
+    inputs: Mapping[str, str | Path | None] | None = None,
+    force: bool = False,
+) -> None:
+    """Every output of one command, checked together before any work. Keys name each
+    path as the user knows it (``"--out"``, ``"--plot"``, ``"the plot beside --out"``);
+    None values are skipped (an input may be a SRC string: a built-in spec names no
+    file). Refused, in this order: an output without its kind's suffix; an output that
+    is an input (the same file after ``resolve()``, or the same inode), or a folder
+    output holding an input; two outputs that are the same file; then each output as
+    :func:`check_writable_target` (a folder: :func:`check_writable_dir_target`) would
+    refuse it (an existing one without ``force``)."""
+
+    outs = {k: v if isinstance(v, Output) else Output(Path(v)) for k, v in outputs.items() if v}
+    ins = {k: Path(v) for k, v in (inputs or {}).items() if v}
+    for name, o in outs.items():
+        if o.suffix is not None and o.path.suffix.lower() != o.suffix:
+            raise EdgepruneError(f"{name} {o.path} should end in {o.suffix}")
+    for name, o in outs.items():
+        for what, path in ins.items():
+            held = "is" if same_file(o.path, path) else "holds" if o.folder else None
+            if held == "holds" and not _inside(path, o.path):
+                held = None
+            if held is not None:
+                raise EdgepruneError(
+                    f"{name} {o.path} {held} the input {what} {path}", "write it elsewhere"
+                )
+    names = list(outs)
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            if same_file(outs[a].path, outs[b].path):
+                raise EdgepruneError(
+                    f"{a} and {b} are the same file {outs[a].path}", "give them different names"
+                )
+    for o in outs.values():
+        (check_writable_dir_target if o.folder else check_writable_target)(o.path, force)
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """``a`` and ``b`` name one file: equal once resolved (links followed), or one inode."""
+    try:
+        if Path(a).resolve() == Path(b).resolve():
+            return True
+    except (OSError, RuntimeError):  # a link loop
+        pass
+    try:
+        return os.path.samefile(a, b)
+    except (OSError, ValueError):
+        return False
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    try:
+        return Path(path).resolve().is_relative_to(Path(folder).resolve())
+    except (OSError, RuntimeError):
+        return False
 
 
 @contextlib.contextmanager
@@ -98,7 +169,8 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 
 def write_json_atomic(path: Path, obj: object) -> None:
-    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    text = dumps(obj, str(path), indent=2, sort_keys=False)  # never NaN/Infinity
+    write_text_atomic(path, text + "\n")
 
 
 def check_writable_dir_target(path: Path, force: bool = False) -> None:

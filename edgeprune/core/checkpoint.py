@@ -6,7 +6,6 @@ import pickle
 import pickletools
 import re
 import warnings
-import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -43,10 +42,15 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
             f"{path} is not a readable PyTorch checkpoint ({detail})",
             "expected a file written by torch.save",
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
-        msg = " ".join(str(e).split())[:160] or type(e).__name__
+    except Exception as e:  # noqa: BLE001  (a damaged file fails anywhere in the reader)
+        # zip and legacy readers alike: RuntimeError, EOFError, BadZipFile, struct.error,
+        # IndexError ("pop from empty list"), KeyError, AssertionError ("storage key …
+        # not found"), MemoryError (a size field made huge)… whichever the bytes lead to
+        msg = " ".join(str(e).split())[:160]
+        msg = f"{type(e).__name__}: {msg}" if msg else type(e).__name__
         raise EdgepruneError(
-            f"{path} is not a readable PyTorch checkpoint (truncated or corrupt: {msg})"
+            f"{path} is not a readable PyTorch checkpoint (truncated or corrupt: {msg})",
+            "expected a file written by torch.save",
         ) from None
     return unwrap(obj, path)
 
@@ -115,6 +119,7 @@ def arch_from_state_dict(sd: Mapping[str, torch.Tensor], num_heads: int | None =
         raise EdgepruneError(
             "distilled DeiT (dist_token) is not supported", "use the non-distilled checkpoint"
         )
+    _check_tensors(sd)
     cls = sd["cls_token"]
     if cls.ndim != 3 or cls.shape[:2] != (1, 1):
         raise EdgepruneError(f"cls_token has shape {tuple(cls.shape)}, expected (1, 1, C)")
@@ -125,17 +130,54 @@ def arch_from_state_dict(sd: Mapping[str, torch.Tensor], num_heads: int | None =
             f"patch_embed.proj.weight has shape {tuple(w.shape)}, expected ({c}, 3, P, P)"
         )
     patch = int(w.shape[-1])
-    n = int(sd["pos_embed"].shape[1]) - 1
-    grid = int(round(n**0.5))
-    if grid * grid != n or sd["pos_embed"].shape[-1] != c:
-        raise EdgepruneError(
-            f"pos_embed has shape {tuple(sd['pos_embed'].shape)}, expected (1, 1+G*G, {c})"
-        )
-    blocks = {int(k.split(".")[1]) for k in sd if k.startswith("blocks.")}
-    if not blocks:
+    pos = sd["pos_embed"]
+    n = int(pos.shape[1]) - 1 if pos.ndim == 3 else -1
+    grid = int(round(n**0.5)) if n > 0 else 0
+    if grid < 1 or grid * grid != n or pos.shape[0] != 1 or pos.shape[-1] != c:
+        raise EdgepruneError(f"pos_embed has shape {tuple(pos.shape)}, expected (1, 1+G*G, {c})")
+    head, norm = sd["head.weight"], sd["norm.weight"]
+    if head.ndim != 2 or head.shape[0] < 1 or head.shape[1] != c:
+        raise EdgepruneError(f"head.weight has shape {tuple(head.shape)}, expected (classes, {c})")
+    if tuple(norm.shape) != (c,):
+        raise EdgepruneError(f"norm.weight has shape {tuple(norm.shape)}, expected ({c},)")
+    depth = _depth(sd)
+    return arch_from_dims(c, depth, patch, grid * patch, int(head.shape[0]), num_heads)
+
+
+VIT_PREFIXES = ("cls_token", "pos_embed", "patch_embed.", "blocks.", "norm.", "head.")
+
+
+def _check_tensors(sd: Mapping[str, torch.Tensor]) -> None:
+    """The ViT's weights are floating-point tensors, and no tensor is complex or boolean
+    (none is a weight: loading would cast it silently)."""
+    for k, v in sd.items():
+        vit = k.startswith(VIT_PREFIXES)
+        if (vit and not v.is_floating_point()) or v.is_complex() or v.dtype == torch.bool:
+            raise EdgepruneError(
+                f"{k} is a {str(v.dtype).replace('torch.', '')} tensor, not floating point",
+                "expected a ViT state_dict of float weights",
+            )
+
+
+def _depth(sd: Mapping[str, torch.Tensor]) -> int:
+    """The number of blocks: ``blocks.0`` … ``blocks.{depth-1}``, none missing."""
+    found = set()
+    for k in sd:
+        if k.startswith("blocks."):
+            index = k.split(".")[1]
+            if not re.fullmatch(r"[0-9]{1,4}", index):
+                raise EdgepruneError(f"unknown key layout: {k[:80]}", "expected blocks.N.* keys")
+            found.add(int(index))
+    if not found:
         raise EdgepruneError("unknown key layout: no blocks.N.* keys", "expected a timm ViT")
-    depth = max(blocks) + 1
-    return arch_from_dims(c, depth, patch, grid * patch, int(sd["head.weight"].shape[0]), num_heads)
+    depth = max(found) + 1
+    if len(found) != depth:
+        missing = min(set(range(depth)) - found)
+        raise EdgepruneError(
+            f"blocks.{missing}.* missing, but blocks up to blocks.{depth - 1} are there",
+            "expected blocks.0 … blocks.N-1 of a timm ViT",
+        )
+    return depth
 
 
 def load_into(model: torch.nn.Module, sd: Mapping[str, torch.Tensor], what: str) -> None:

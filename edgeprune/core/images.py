@@ -13,13 +13,21 @@ of its name in the sorted list of sub-folder names (hidden ones, starting with `
 are ignored), and its images are labelled with that index; images directly in the top
 folder are then ignored (counted). A folder with no sub-folders is **unlabelled**: its
 images are read in sorted name order. Images are ``.png``, ``.jpg``, ``.jpeg``,
-``.bmp``, ``.webp`` files (any case). A file that cannot be decoded is skipped and
-counted (``strict=True``: an error instead, as ``calibrate`` wants).
+``.bmp``, ``.webp`` files (any case), decoded only as those formats. A file that cannot
+be decoded is skipped and counted (``strict=True``: an error instead, as ``calibrate``
+wants).
+
+Bounds: an image's size is read from its header before it is decoded; one over
+``MAX_PIXELS`` (8192×8192) or longer than ``MAX_ASPECT`` (20:1) on one side is refused
+as unreadable (a 196-byte PNG may declare 40000×1, which the resize would blow up).
 """
 
 from __future__ import annotations
 
 import math
+import struct
+import warnings
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,9 +36,21 @@ import numpy as np
 import torch
 from PIL import Image
 
+from edgeprune.core.atomic import Output, atomic_dir, check_outputs
 from edgeprune.core.errors import EdgepruneError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+# the decoders tried, whatever the suffix says (WEBP where this PIL reads it)
+IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "WEBP")
+MAX_PIXELS = 8192 * 8192
+MAX_ASPECT = 20.0
+# what a broken file raises while PIL reads it: OSError (unidentified, truncated),
+# SyntaxError/ValueError (broken chunks), EOFError, struct.error and zlib.error (short or
+# bad data), DecompressionBombError (a declared size past PIL's own limit)
+DECODE_ERRORS = (
+    OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error,
+    Image.DecompressionBombError, Image.DecompressionBombWarning,
+)  # fmt: skip
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CROP_PCT = 0.875
@@ -78,6 +98,7 @@ class Preprocess:
     def __call__(self, im) -> torch.Tensor:
         """A PIL image -> normalised float tensor 3×crop×crop."""
 
+        check_size(im.size, "image")
         im = im.convert("RGB")
         w, h = im.size
         s = self.resize_to
@@ -183,16 +204,42 @@ def scan(folder: str | Path) -> ImageSet:
     return ImageSet(root, files, labels, classes, ignored)
 
 
-def read_image(path: Path, pre: Preprocess) -> torch.Tensor:
-    """One image through ``pre``; raises EdgepruneError when it cannot be decoded."""
+def check_size(size: tuple[int, int], name: object) -> None:
+    """Refuse an image of ``size`` (w, h) over ``MAX_PIXELS`` or ``MAX_ASPECT``."""
+    w, h = size
+    if w < 1 or h < 1 or w * h > MAX_PIXELS:
+        raise EdgepruneError(
+            f"cannot read image {name} ({w}×{h} pixels; at most {MAX_PIXELS:,} are read)"
+        )
+    if max(w, h) > MAX_ASPECT * min(w, h):
+        raise EdgepruneError(
+            f"cannot read image {name} ({w}×{h}: longer than {MAX_ASPECT:g}:1 on one side)"
+        )
+
+
+def decode(path: Path) -> Image.Image:
+    """The RGB pixels of the image file ``path``, its declared size checked
+    (``check_size``) before they are decoded; EdgepruneError naming the file when it is
+    not an image this reads, or is too large, truncated or corrupt."""
     try:
-        with Image.open(path) as im:
-            return pre(im)
-    # a broken file: OSError (unidentified, truncated), SyntaxError/ValueError (broken
-    # PNG chunks), DecompressionBombError (absurd declared size)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path, formats=_formats()) as im:
+                check_size(im.size, path)
+                return im.convert("RGB")
+    except DECODE_ERRORS as e:
         msg = " ".join(str(e).split())[:160]
         raise EdgepruneError(f"cannot read image {path} ({msg})") from None
+
+
+def _formats() -> tuple[str, ...]:
+    Image.init()  # every plugin registered (once)
+    return tuple(f for f in IMAGE_FORMATS if f in Image.OPEN)
+
+
+def read_image(path: Path, pre: Preprocess) -> torch.Tensor:
+    """One image through ``pre``; raises EdgepruneError when it cannot be decoded."""
+    return pre(decode(path))
 
 
 @dataclass
@@ -251,6 +298,10 @@ def load_images(folder: str | Path, img_size: int, pre: Preprocess | None = None
 
 
 # ---- a demo folder (no dataset can be downloaded here) -----------------------------------
+DEMO_MAX_SIZE = 2048  # pixels a side (the CLI's --size range says the same)
+DEMO_MAX_IMAGES = 100_000  # classes × per-class
+
+
 def write_demo_images(
     folder: str | Path,
     classes: int = 4,
@@ -262,28 +313,48 @@ def write_demo_images(
     ``class_000``…, ``per_class`` PNGs each. Each class is a pattern (stripes at its own
     angle and frequency, its own hue) with random phase, offset and noise per image, so
     the classes can be told apart and no two images are equal. For smoke tests and the
-    README's examples; not a benchmark."""
+    README's examples; not a benchmark. The folder appears whole or not at all: it is
+    written under a temporary name beside it and renamed into place at the end."""
 
     root = Path(folder)
-    if classes < 1 or per_class < 1 or size < 8:
-        raise EdgepruneError("demo images need classes ≥ 1, per-class ≥ 1 and size ≥ 8")
-    if root.exists() and any(root.iterdir()):
-        raise EdgepruneError(f"{root} exists and is not empty", "give a new folder")
+    _check_demo(root, classes, per_class, size)
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
-    for c in range(classes):
-        d = root / f"class_{c:03d}"
-        d.mkdir(parents=True, exist_ok=True)
-        angle = math.pi * c / classes
-        freq = 3.0 + 2.0 * (c % 3)
-        hue = np.array([math.cos(2 * math.pi * (c / classes + k / 3)) for k in range(3)])
-        for i in range(per_class):
-            phase = rng.uniform(0, 2 * math.pi)
-            wave = np.sin(
-                2 * math.pi * freq * (xx * math.cos(angle) + yy * math.sin(angle)) + phase
-            )
-            img = 0.5 + 0.35 * wave[..., None] * hue[None, None, :]
-            img = img + rng.normal(0, 0.05, img.shape) + rng.uniform(-0.1, 0.1)
-            data = (np.clip(img, 0, 1) * 255).astype(np.uint8)
-            Image.fromarray(data, "RGB").save(d / f"img_{i:03d}.png")
+    with atomic_dir(root) as tmp:
+        for c in range(classes):
+            d = tmp / f"class_{c:03d}"
+            d.mkdir()
+            angle = math.pi * c / classes
+            freq = 3.0 + 2.0 * (c % 3)
+            hue = np.array([math.cos(2 * math.pi * (c / classes + k / 3)) for k in range(3)])
+            for i in range(per_class):
+                phase = rng.uniform(0, 2 * math.pi)
+                wave = np.sin(
+                    2 * math.pi * freq * (xx * math.cos(angle) + yy * math.sin(angle)) + phase
+                )
+                img = 0.5 + 0.35 * wave[..., None] * hue[None, None, :]
+                img = img + rng.normal(0, 0.05, img.shape) + rng.uniform(-0.1, 0.1)
+                _save_png((np.clip(img, 0, 1) * 255).astype(np.uint8), d / f"img_{i:03d}.png")
     return scan(root)
+
+
+def _check_demo(root: Path, classes: int, per_class: int, size: int) -> None:
+    """The demo folder's counts within bounds, and ``root`` new (or an empty folder)."""
+    if classes < 1 or per_class < 1 or not 8 <= size <= DEMO_MAX_SIZE:
+        raise EdgepruneError(
+            f"demo images need classes ≥ 1, per-class ≥ 1 and 8 ≤ size ≤ {DEMO_MAX_SIZE}"
+        )
+    if classes * per_class > DEMO_MAX_IMAGES:
+        raise EdgepruneError(
+            f"{classes} × {per_class} demo images are more than {DEMO_MAX_IMAGES:,}",
+            "ask for fewer classes or fewer per class",
+        )
+    if root.exists() and not root.is_dir():
+        raise EdgepruneError(f"{root} exists and is not a folder", "give a new folder")
+    if root.exists() and any(root.iterdir()):
+        raise EdgepruneError(f"{root} exists and is not empty", "give a new folder")
+    check_outputs({"the folder": Output(root, folder=True)}, force=root.exists())
+
+
+def _save_png(data: np.ndarray, path: Path) -> None:
+    Image.fromarray(data, "RGB").save(path, format="PNG")

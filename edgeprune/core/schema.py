@@ -99,3 +99,32 @@ def load_json(path: str | Path, what: str, hint: str | None = None) -> Any:
 
 def finite(x: float) -> bool:
     return isinstance(x, int | float) and math.isfinite(x)
+
+
+def non_finite_in(obj: object, where: str = "") -> str | None:
+    """Where in a JSON-like tree (dicts, lists, tuples) a float is NaN or infinite, as
+    ``a.b[2]`` (``"the value"`` for a bare float), or None when there is none."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return where or "the value"
+    if isinstance(obj, dict):
+        items = [(f"{where}.{k}" if where else str(k), v) for k, v in obj.items()]
+    elif isinstance(obj, list | tuple):
+        items = [(f"{where}[{i}]", v) for i, v in enumerate(obj)]
+    else:
+        return None
+    for at, v in items:
+        found = non_finite_in(v, at)
+        if found is not None:
+            return found
+    return None
+
+
+def dumps(obj: Any, what: str = "JSON output", **kwargs) -> str:
+    """``json.dumps`` that never writes NaN or Infinity (not JSON: other readers refuse
+    the file, and a NaN there was a bug upstream): one line naming the field instead."""
+    bad = non_finite_in(obj)
+    if bad is not None:
+        raise EdgepruneError(
+            f"refusing to write a non-finite number (NaN or infinity) at {bad} into {what}"
+        )
+    return json.dumps(obj, allow_nan=False, **kwargs)

@@ -39,17 +39,19 @@ every command that uses it says so (``untrusted_warning``).
 
 from __future__ import annotations
 
-import json
-import math
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
 import torch
+from pydantic import ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
 
 from edgeprune.core.arch import Arch
 from edgeprune.core.atomic import write_json_atomic
 from edgeprune.core.errors import EdgepruneError
+from edgeprune.core.schema import Strict, Tokens, load_json, validate
 
 if TYPE_CHECKING:
     import torch
@@ -220,127 +222,232 @@ def untrusted_warning(table: LatencyTable, name: str | Path) -> str | None:
 
 def record_validation(path: str | Path, verdict: dict) -> None:
     """Write ``validate``'s verdict into the table file at ``path``, atomically, in
-    ``extra["validation"]``; everything else in the file stays as it is."""
+    ``extra["validation"]``; everything else in the file stays as it is (a file that is
+    not a valid latency table is refused, not rewritten)."""
     path = Path(path)
-    try:
-        d = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise _bad(path, f"not JSON ({e.__class__.__name__})") from None
-    if not isinstance(d, dict) or d.get("schema") != SCHEMA:
-        raise _bad(path, f"'schema' is not '{SCHEMA}'")
+    d = load_json(path, f"profile {path} is not a valid latency table", HINT)
+    from_dict(d, path)
     extra = d.get("extra") if isinstance(d.get("extra"), dict) else {}
     d["extra"] = {**extra, "validation": verdict}
     write_json_atomic(path, d)
 
 
+HINT = "re-measure it with 'edgeprune profile'"
+
+# ---- the file, as pydantic models (edgeprune.core.schema) ------------------------------
+#: a latency in ms: far beyond any real device, small enough that a model's sum of
+#: pieces times the end-to-end scale stays finite
+MAX_MS = 1e9
+Millis = Annotated[float, Field(ge=0, le=MAX_MS, allow_inf_nan=False)]
+PositiveMillis = Annotated[float, Field(gt=0, le=MAX_MS, allow_inf_nan=False)]
+#: a token list: one entry per grid point or per block
+TokenList = Annotated[list[Tokens], Field(max_length=100_000)]
+Count = Annotated[int, Field(ge=0, le=1_000_000_000)]
+#: a relative error or spread (0.1: 10 %); a table off by more than 1000× says nothing
+Share = Annotated[float, Field(ge=0, le=1000, allow_inf_nan=False)]
+
+
+def _shape_error(what: str) -> PydanticCustomError:
+    return PydanticCustomError("table_shape", what)
+
+
+class CurveFile(Strict):
+    tokens: Annotated[TokenList, Field(min_length=1)]
+    median_ms: list[Millis]
+    p90_ms: list[Millis] | None = None
+
+    @model_validator(mode="after")
+    def _lists(self) -> CurveFile:
+        n = len(self.tokens)
+        if len(self.median_ms) != n or (self.p90_ms is not None and len(self.p90_ms) != n):
+            raise _shape_error("tokens, median_ms and p90_ms differ in length")
+        if any(b <= a for a, b in pairwise(self.tokens)):
+            raise _shape_error("tokens must strictly increase")
+        return self
+
+
+class PointFile(Strict):
+    median_ms: Millis
+    p90_ms: Millis | None = None
+
+
+class AnchorFile(Strict):
+    label: str
+    attn_tokens: TokenList
+    mlp_tokens: TokenList
+    selector_tokens_in: TokenList = []
+    median_ms: PositiveMillis
+    p90_ms: Millis | None = None
+
+
+class EndToEndFile(Strict):
+    anchors: Annotated[list[AnchorFile], Field(max_length=100_000)]
+    offset_ms: Annotated[float, Field(ge=-MAX_MS, le=MAX_MS, allow_inf_nan=False)] = 0.0
+    scale: Annotated[float, Field(gt=0, le=1e6, allow_inf_nan=False)] = 1.0
+
+
+class TablesFile(Strict):
+    block: CurveFile
+    embed: PointFile
+    head: PointFile
+    attn: CurveFile | None = None
+    mlp: CurveFile | None = None
+    selectors: dict[str, CurveFile] = {}
+    e2e: EndToEndFile | None = None
+
+
+class ArchFile(Strict):
+    """``core.arch.Arch``'s fields (no others), bounded."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: Annotated[str, Field(min_length=1, max_length=200)]
+    embed_dim: Annotated[int, Field(ge=1, le=65_536)]
+    num_heads: Annotated[int, Field(ge=1, le=4096)]
+    depth: Annotated[int, Field(ge=1, le=1000)] = 12
+    patch_size: Annotated[int, Field(ge=1, le=4096)] = 16
+    img_size: Annotated[int, Field(ge=1, le=16_384)] = 224
+    mlp_ratio: Annotated[float, Field(gt=0, le=64, allow_inf_nan=False)] = 4.0
+    num_classes: Annotated[int, Field(ge=1, le=1_000_000)] = 1000
+    in_chans: Annotated[int, Field(ge=1, le=64)] = 3
+
+    @model_validator(mode="after")
+    def _dims(self) -> ArchFile:
+        if self.embed_dim % self.num_heads:
+            raise _shape_error("embed_dim is not divisible by num_heads")
+        if self.patch_size > self.img_size:
+            raise _shape_error("patch_size is larger than img_size")
+        return self
+
+
+class DeviceFile(Strict):
+    name: str
+    runtime: str
+    threads: Annotated[int, Field(ge=0, le=4096)]
+    runtime_version: str | None = None
+    precision: str | None = None
+    host: str | None = None
+    transport: str | None = None
+    fingerprint: dict | None = None
+    custom_kernels: bool = False
+
+
+class VerdictFile(Strict):
+    """``extra["validation"]``: what ``untrusted_warning`` and ``table-info`` read."""
+
+    median_error: Share | None = None
+    limit: Annotated[float, Field(gt=0, le=1e6, allow_inf_nan=False)] = VALIDATION_LIMIT
+    trusted: bool | None = None
+    date: str | None = None
+    configs: Count | None = None
+
+
+class NoiseFile(Strict):
+    median_spread: Share  # the latency model's error reads it
+    points: Count | None = None
+    p90_spread: Share | None = None
+    shape_tolerance: Share | None = None
+
+
+class RetimedFile(Strict):
+    count: Count | None = None
+    still_breaking: list | None = None
+
+
+class InterpPointFile(Strict):
+    rel_err: Annotated[float, Field(ge=-1000, le=1000, allow_inf_nan=False)]
+
+
+class InterpCheckFile(Strict):
+    points: list[InterpPointFile]
+    max_rel_err: Share | None = None
+
+
+class FitRowFile(Strict):
+    measured_ms: PositiveMillis
+    corrected_ms: Annotated[float, Field(ge=-MAX_MS, le=MAX_MS, allow_inf_nan=False)]
+
+
+class ExtraFile(Strict):
+    """``extra`` is free-form; the keys edgeprune reads back are typed."""
+
+    validation: VerdictFile | None = None
+    noise: NoiseFile | None = None
+    retimed: RetimedFile | None = None
+    interp_check: InterpCheckFile | None = None
+    e2e_fit: list[FitRowFile] | None = None
+
+
+class TableFile(Strict):
+    """A latency table file (``schema`` and ``version`` are checked before)."""
+
+    measured: bool
+    device: DeviceFile
+    arch: ArchFile
+    method: str | None = None
+    batch: Annotated[int, Field(ge=1, le=1_000_000)]
+    date: str
+    tables: TablesFile
+    extra: ExtraFile | None = None
+
+
 def _bad(path, what: str) -> EdgepruneError:
-    return EdgepruneError(
-        f"profile {path} is not a valid latency table: {what}",
-        "re-measure it with 'edgeprune profile'",
-    )
+    return EdgepruneError(f"profile {path} is not a valid latency table: {what}", HINT)
 
 
-def _curve(d, path, name: str) -> Curve:
-    if not isinstance(d, dict):
-        raise _bad(path, f"tables.{name} is not an object")
-    try:
-        t = tuple(int(x) for x in d["tokens"])
-        m = tuple(float(x) for x in d["median_ms"])
-        p = tuple(float(x) for x in d.get("p90_ms", d["median_ms"]))
-    except (KeyError, TypeError, ValueError) as e:
-        raise _bad(path, f"tables.{name} lacks tokens/median_ms ({e})") from None
-    if not t or len(t) != len(m) or len(t) != len(p):
-        raise _bad(path, f"tables.{name} has mismatched or empty lists")
-    if any(b <= a for a, b in zip(t, t[1:], strict=False)):
-        raise _bad(path, f"tables.{name}.tokens must strictly increase")
-    if any(not math.isfinite(x) or x < 0 for x in m + p):
-        raise _bad(path, f"tables.{name} has negative or non-finite latencies")
-    return Curve(t, m, p)
+def _curve(c: CurveFile | None) -> Curve | None:
+    if c is None:
+        return None
+    return Curve(tuple(c.tokens), tuple(c.median_ms), tuple(c.p90_ms or c.median_ms))
 
 
-def _point(d, path, name: str) -> Point:
-    try:
-        m, p = float(d["median_ms"]), float(d.get("p90_ms", d["median_ms"]))
-    except (KeyError, TypeError, ValueError):
-        raise _bad(path, f"tables.{name} lacks median_ms") from None
-    if not (math.isfinite(m) and m >= 0):
-        raise _bad(path, f"tables.{name} has a negative or non-finite latency")
-    return Point(m, p)
+def _point(p: PointFile) -> Point:
+    return Point(p.median_ms, p.median_ms if p.p90_ms is None else p.p90_ms)
 
 
-def _e2e(d, path, depth: int) -> EndToEnd:
-    if not isinstance(d, dict) or not isinstance(d.get("anchors"), list):
-        raise _bad(path, "tables.e2e needs a list of anchors")
+def _e2e(e: EndToEndFile | None, path, depth: int) -> EndToEnd | None:
+    if e is None:
+        return None
     anchors = []
-    try:
-        for a in d["anchors"]:
-            anchors.append(
-                Anchor(
-                    str(a["label"]),
-                    tuple(int(x) for x in a["attn_tokens"]),
-                    tuple(int(x) for x in a["mlp_tokens"]),
-                    tuple(int(x) for x in a.get("selector_tokens_in", [])),
-                    float(a["median_ms"]),
-                    float(a.get("p90_ms", a["median_ms"])),
-                )
-            )
-        offset, scale = float(d.get("offset_ms", 0.0)), float(d.get("scale", 1.0))
-    except (KeyError, TypeError, ValueError) as e:
-        raise _bad(path, f"tables.e2e has a malformed anchor ({e})") from None
-    for a in anchors:
+    for a in e.anchors:
         if len(a.attn_tokens) != depth or len(a.mlp_tokens) != depth:
-            raise _bad(path, f"tables.e2e anchor {a.label} needs {depth} token counts")
-        if not (math.isfinite(a.median_ms) and a.median_ms > 0):
-            raise _bad(path, f"tables.e2e anchor {a.label} has a non-positive latency")
-    if not (math.isfinite(offset) and math.isfinite(scale) and scale > 0):
-        raise _bad(path, "tables.e2e needs a finite offset_ms and a positive scale")
-    return EndToEnd(tuple(anchors), offset, scale)
+            raise _bad(path, f"tables.e2e anchor {a.label!r} needs {depth} token counts")
+        p90 = a.median_ms if a.p90_ms is None else a.p90_ms
+        anchors.append(
+            Anchor(a.label, tuple(a.attn_tokens), tuple(a.mlp_tokens),
+                   tuple(a.selector_tokens_in), a.median_ms, p90)
+        )  # fmt: skip
+    return EndToEnd(tuple(anchors), e.offset_ms, e.scale)
 
 
 def from_dict(d: dict, path: str | Path = "<dict>") -> LatencyTable:
+    """The latency table in ``d`` (parsed JSON), checked against ``TableFile`` before any
+    field is used: one line naming the field when it does not fit."""
     if not isinstance(d, dict) or d.get("schema") != SCHEMA:
         raise _bad(path, f"'schema' is not '{SCHEMA}'")
     if d.get("version") != VERSION:
         raise EdgepruneError(
             f"profile {path} has version {d.get('version')!r}; "
             f"this edgeprune reads version {VERSION}",
-            "re-measure it with 'edgeprune profile'",
+            HINT,
         )
-    for key in ("device", "arch", "batch", "date", "tables", "measured"):
-        if key not in d:
-            raise _bad(path, f"missing '{key}'")
-    try:
-        arch = Arch(**d["arch"])
-    except TypeError as e:
-        raise _bad(path, f"bad arch ({e})") from None
-    dev = d["device"]
-    if not isinstance(dev, dict) or not all(k in dev for k in ("name", "runtime", "threads")):
-        raise _bad(path, "device needs name, runtime and threads")
-    if not isinstance(d["batch"], int) or d["batch"] < 1:
-        raise _bad(path, "batch must be a positive integer")
-    tb = d["tables"]
-    if not isinstance(tb, dict):
-        raise _bad(path, "tables is not an object")
-    for key in ("block", "embed", "head"):
-        if key not in tb:
-            raise _bad(path, f"missing tables.{key}")
+    f = validate(TableFile, d, f"profile {path} is not a valid latency table", HINT)
+    tb = f.tables
+    arch = Arch(**f.arch.model_dump())
     return LatencyTable(
-        device=dev,
+        device=d["device"],
         arch=arch,
-        method=d.get("method"),
-        batch=d["batch"],
-        date=str(d["date"]),
-        measured=bool(d["measured"]),
-        block=_curve(tb["block"], path, "block"),
-        embed=_point(tb["embed"], path, "embed"),
-        head=_point(tb["head"], path, "head"),
-        attn=_curve(tb["attn"], path, "attn") if "attn" in tb else None,
-        mlp=_curve(tb["mlp"], path, "mlp") if "mlp" in tb else None,
-        selectors={
-            k: _curve(v, path, f"selectors.{k}") for k, v in tb.get("selectors", {}).items()
-        },
-        e2e=_e2e(tb["e2e"], path, arch.depth) if "e2e" in tb else None,
-        extra=d.get("extra", {}),
+        method=f.method,
+        batch=f.batch,
+        date=f.date,
+        measured=f.measured,
+        block=_curve(tb.block),
+        embed=_point(tb.embed),
+        head=_point(tb.head),
+        attn=_curve(tb.attn),
+        mlp=_curve(tb.mlp),
+        selectors={k: _curve(v) for k, v in tb.selectors.items()},
+        e2e=_e2e(tb.e2e, path, arch.depth),
+        extra=d.get("extra") or {},
     )
 
 
@@ -348,8 +455,4 @@ def load(path: str | Path) -> LatencyTable:
     path = Path(path)
     if not path.exists():
         raise EdgepruneError(f"profile {path} does not exist")
-    try:
-        d = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise _bad(path, f"not JSON ({e.__class__.__name__})") from None
-    return from_dict(d, path)
+    return from_dict(load_json(path, f"profile {path} is not a valid latency table", HINT), path)

@@ -10,6 +10,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from edgeprune.core.errors import EdgepruneError
+from edgeprune.export.manifest import verify_artifact
 from edgeprune.profiles.devices import Device
 from edgeprune.profiling.remote import bench_remote
 from edgeprune.runtimes.base import runner_for_device, runtime
@@ -48,13 +49,16 @@ class BenchOptions:
     half-width to reach, a share of the median (None: ±2 %); ``max_time_s``: time no
     longer (None: 10 s); ``wait_quiet_s``: first wait up to this long for a quiet machine
     (None: do not wait); ``pin``: the CPUs to run on (None: as they are); ``cooldown_s``:
-    rest this long before timing (a phone's heat from the last run fades)."""
+    rest this long before timing (a phone's heat from the last run fades);
+    ``verify_hash``: check the artifact against the sha256 its manifest records first
+    (False: ``--no-verify-hash``, recorded as ``extra["sha256"] = "not checked"``)."""
 
     tolerance: float | None = None
     max_time_s: float | None = None
     wait_quiet_s: float | None = None
     pin: tuple[int, ...] | None = None
     cooldown_s: float = 0.0
+    verify_hash: bool = True
 
     def check(self, device: Device) -> None:
         for name, value in (("--wait-quiet", self.wait_quiet_s), ("--cooldown", self.cooldown_s)):
@@ -82,7 +86,8 @@ def bench(
     """Time ``artifact`` on ``device``: here, through its transport with the runtime's
     own runner (e.g. trtexec over SSH), or with edgeprune on the far side
     (``remote_runner = "edgeprune"``). ``transport_options``: e.g. ``config``/``timeout``;
-    ``progress(text, done, total)``: told while waiting."""
+    ``progress(text, done, total)``: told while waiting. The artifact's sha256 is
+    checked against its manifest first (``extra["sha256"]`` says how it went)."""
     artifact = Path(artifact)
     opts = options or BenchOptions()
     if threads is not None and threads < 1:
@@ -90,6 +95,23 @@ def bench(
     if not artifact.exists():
         raise EdgepruneError(f"artifact {artifact} does not exist")
     opts.check(device)
+    hashed = verify_artifact(artifact, opts.verify_hash)
+    t = _bench(artifact, device, threads, runs, opts, progress=progress, **transport_options)
+    t.extra["sha256"] = hashed
+    return t
+
+
+def _bench(
+    artifact: Path,
+    device: Device,
+    threads: int | None,
+    runs: int | None,
+    opts: BenchOptions,
+    *,
+    progress,
+    **transport_options,
+) -> Timing:
+    """``bench`` once its inputs are checked: here, through the transport, or remote."""
     policy = policy_for(runs, tolerance=opts.tolerance, max_time_s=opts.max_time_s)
     if device.transport == "local":
         return _bench_here(artifact, device, threads, policy, opts, progress)

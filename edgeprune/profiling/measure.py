@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgeprune.core.arch import get_arch
-from edgeprune.core.atomic import check_writable_target
+from edgeprune.core.atomic import Output, check_outputs
 from edgeprune.core.errors import EdgepruneError
 from edgeprune.core.methods import get_method
 from edgeprune.latency.table import LatencyTable
@@ -100,10 +100,11 @@ def profile_device(job: ProfileJob, progress: Progress | None = None) -> Profile
 
     req = job.request()
     dest = job.destination(req)
-    check_writable_target(dest, job.force)
     png = dest.with_suffix(".png") if job.plot else None
-    if png is not None:
-        check_writable_target(png, True)
+    check_outputs(
+        {"--out": Output(dest, ".json"), "the plot beside --out": png and Output(png, ".png")},
+        force=job.force,
+    )
     partial = resume_path(dest) if job.resume else None
     t0 = time.perf_counter()
     with watched(pin=job.pin, wait_quiet_s=job.wait_quiet_s, progress=progress) as cond:

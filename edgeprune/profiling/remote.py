@@ -94,10 +94,25 @@ def bench_remote(
         res = transport.run(argv, cwd=rdir)
         if res.returncode != 0:
             raise _remote_failed(transport, python, res)
+    return remote_timing(res.stdout, transport.where)
+
+
+def remote_timing(stdout: str, where: str) -> Timing:
+    """The Timing in the last line of ``edgeprune bench --json`` run on ``where``:
+    JSON (no NaN/Infinity), every field checked (``Timing.from_dict``), one line if not."""
+
+    def _no_constants(name: str) -> float:
+        raise ValueError(f"{name} is not JSON")
+
+    lines = stdout.strip().splitlines()
     try:
-        d = json.loads(res.stdout.strip().splitlines()[-1])
-    except (json.JSONDecodeError, IndexError):
-        raise EdgepruneError(f"remote bench on {transport.where} printed no JSON") from None
-    for key in ("artifact", "device", "host"):
-        d.pop(key, None)
-    return Timing(**d)
+        d = json.loads(lines[-1], parse_constant=_no_constants)
+    except IndexError:
+        raise EdgepruneError(f"remote bench on {where} printed no JSON") from None
+    except (ValueError, RecursionError) as e:  # JSONDecodeError is a ValueError
+        detail = " ".join(str(e).split())[:80] or type(e).__name__
+        raise EdgepruneError(f"remote bench on {where} printed no JSON ({detail})") from None
+    if isinstance(d, dict):
+        d = {k: v for k, v in d.items() if k not in ("artifact", "device", "host")}
+    hint = "is edgeprune there the same version as here?"
+    return Timing.from_dict(d, f"remote bench on {where} printed a bad timing", hint)

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import json
 import os
 import platform
 import statistics
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from edgeprune.core.arch import Arch
@@ -247,11 +248,17 @@ def check_grid_points(grid: Sequence[int], k: int) -> list[int]:
 
 
 def _request_key(req: ProfileRequest, grid: Sequence[int]) -> dict:
-    """What must match for saved timings to be reused by --resume."""
+    """What must match for saved timings to be reused by --resume: the options, the
+    device descriptor's contents (not only its name: an edited descriptor times
+    differently), the architecture's dimensions and the machine they were timed on."""
     p = req.policy
+    words = ("description", "aliases")  # what does not change a timing
+    descriptor = {k: v for k, v in asdict(req.device).items() if k not in words}
     return {
         "device": req.device.name,
-        "arch": req.arch.name,
+        "device_sha256": _sha256_of(descriptor),
+        "machine": fingerprint()["id"],
+        "arch": req.arch.to_dict(),
         "method": req.method,
         "batch": req.batch,
         "threads": req.threads_used,
@@ -263,6 +270,12 @@ def _request_key(req: ProfileRequest, grid: Sequence[int]) -> dict:
         "rounds": req.rounds,
         "policy": [p.warmup, p.min_runs, p.max_runs, p.min_time_s, p.max_time_s],
     }
+
+
+def _sha256_of(data: dict) -> str:
+    """The sha256 of ``data`` as canonical JSON (keys sorted; anything else as text)."""
+    text = json.dumps(data, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def measure(

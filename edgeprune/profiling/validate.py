@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeprune.core.arch import ARCHS
-from edgeprune.core.atomic import check_writable_target
+from edgeprune.core.atomic import Output, check_outputs
 from edgeprune.core.errors import EdgepruneError
 from edgeprune.core.methods import get_method
 from edgeprune.core.methods.base import geometric
@@ -334,15 +334,18 @@ def validate_to_plot(
     *,
     pin: tuple[int, ...] | None = None,
     wait_quiet_s: float | None = None,
+    force: bool = False,
     **settings,
 ) -> tuple[ValidationReport, Path]:
     """``edgeprune validate-profile``: validate the latency table ``profile`` and write
-    the scatter plot (default ``<profile stem>.validate.png`` here). ``settings``:
-    ``validate_profile``'s (configs, threads, rounds, seed, progress, burst)."""
+    the scatter plot (default ``<profile stem>.validate.png`` beside it; an existing one
+    only with ``force``). ``settings``: ``validate_profile``'s (configs, threads, rounds,
+    seed, progress, burst)."""
 
+    profile = Path(profile)
+    plot_path = plot or profile.with_name(profile.stem + ".validate.png")
+    check_outputs({"--plot": Output(plot_path, ".png")}, {"the table": profile}, force)
     model = load_model(profile)
-    plot_path = plot or Path(Path(profile).stem + ".validate.png")
-    check_writable_target(plot_path, force=True)
     with watched(pin=pin, wait_quiet_s=wait_quiet_s, progress=settings.get("progress")) as cond:
         rep = validate_profile(model, **settings)
     rep = replace(rep, conditions=cond)

@@ -27,6 +27,7 @@ which ``edgeprune export CKPT --keep r1,r2,r3`` takes.
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -37,7 +38,7 @@ import torch.nn.functional as F
 
 from edgeprune.accuracy.evaluate import dense_backbone, torch_threads
 from edgeprune.budget.file import load_budget
-from edgeprune.core.atomic import atomic_path, check_writable_target
+from edgeprune.core.atomic import atomic_path, check_outputs
 from edgeprune.core.errors import EdgepruneError
 from edgeprune.core.images import ImageSet, Preprocess, batches, preprocess_for, scan
 from edgeprune.core.methods import MethodConfig, get_method
@@ -221,9 +222,7 @@ def _finetune(
     req: FinetuneRequest, progress: Callable[[Step, int], None] | None
 ) -> tuple[FinetuneResult, torch.nn.Module]:
     _check_request(req)
-    device = torch.device(req.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise EdgepruneError("--device cuda: no CUDA GPU here", "use --device cpu")
+    device = train_device(req.device)
     images = scan(req.images).limit(req.limit)
     source = resolve(req.src, heads=req.heads)
     torch.manual_seed(req.seed)
@@ -270,11 +269,51 @@ def _finetune(
 
 
 def _check_request(req: FinetuneRequest) -> None:
-    """Refuse steps, batch or learning rate out of range."""
-    if req.steps < 1 or req.batch < 1:
-        raise EdgepruneError("--steps and --batch must be at least 1")
-    if not (math.isfinite(req.lr) and req.lr > 0):
-        raise EdgepruneError(f"--lr {req.lr} is not a positive number")
+    """Refuse every number out of range before any work: counts below 1, a learning
+    rate or temperature that is not positive, a negative or non-finite weight (a
+    negative latency weight would reward exceeding the target)."""
+    for flag, n in (("--steps", req.steps), ("--batch", req.batch), ("--limit", req.limit)):
+        if n is not None and not 1 <= n <= 10**9:
+            raise EdgepruneError(f"{flag} {n} must be at least 1")
+    positive = {"--lr": req.lr, "tau": req.tau, "--target-ms": req.target_ms}
+    for flag, x in positive.items():
+        if x is not None and not (_finite(x) and x > 0):
+            raise EdgepruneError(f"{flag} {x} is not a positive number")
+    weights = {
+        "--latency-weight": req.latency_weight,
+        "--backbone-lr-scale": req.backbone_lr_scale,
+        "distill_weight": req.distill_weight,
+        "clf_weight": req.clf_weight,
+    }
+    for flag, x in weights.items():
+        if not (_finite(x) and x >= 0):
+            raise EdgepruneError(f"{flag} {x} must be a finite number ≥ 0")
+    if not 0 <= req.seed < 2**63:
+        raise EdgepruneError(f"--seed {req.seed} must be between 0 and 2^63 - 1")
+
+
+def _finite(x: object) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+
+
+DEVICE_HINT = "expected cpu, cuda, cuda:N or mps"
+
+
+def train_device(name: str) -> torch.device:
+    """``--device``: cpu, cuda, cuda:N or mps, and only one this machine has."""
+    m = re.fullmatch(r"(cpu|mps|cuda)(?::([0-9]{1,3}))?", str(name).strip())
+    if m is None or (m[2] is not None and m[1] != "cuda"):
+        raise EdgepruneError(f"--device {name} is not a training device", DEVICE_HINT)
+    if m[1] == "cuda":
+        if not torch.cuda.is_available():
+            raise EdgepruneError(f"--device {name}: no CUDA GPU here", "use --device cpu")
+        index = int(m[2] or 0)
+        if index >= torch.cuda.device_count():
+            count = torch.cuda.device_count()
+            raise EdgepruneError(f"--device {name}: this machine has {count} CUDA GPU(s)")
+    if m[1] == "mps" and not torch.backends.mps.is_available():
+        raise EdgepruneError(f"--device {name}: no Apple GPU (MPS) here", "use --device cpu")
+    return torch.device(m[0])
 
 
 def _frozen_teacher(source: Source, device: torch.device) -> torch.nn.Module:
@@ -430,7 +469,8 @@ def finetune_to_file(
 ) -> FinetuneResult:
     """``edgeprune finetune``: train and write the checkpoint to ``out``."""
 
-    check_writable_target(out, force)
+    ins = {"SRC": req.src, "--images": req.images, "--table": req.profile, "--budget": req.budget}
+    check_outputs({"--out": out}, ins, force)
     res, model = finetune(req, progress)
     save_checkpoint(model, res, out)
     return res

@@ -11,7 +11,14 @@ it is loaded. On a phone, ``executor_runner`` must be built with the same source
 
 The library is compiled once per source, executorch version and compiler, into
 ``$EDGEPRUNE_CACHE`` (default ``~/.cache/edgeprune``) under a temporary name and renamed
-into place; ``$CXX`` names the compiler (default ``g++``).
+into place; ``$CXX`` names the compiler (default ``g++``), which is stopped after
+``$EDGEPRUNE_CXX_TIMEOUT`` seconds (default 600).
+
+A cached library is loaded only if it is the one built here: its sha256, recorded
+beside it when it was built (``libedgeprune_kernels.so.sha256``), is recomputed and
+compared before every load; a library that does not match, or has no record, is rebuilt,
+never loaded. The cache folders are private (0700): one that others may write is
+refused (``$EDGEPRUNE_CACHE`` itself) or made private (the folders edgeprune makes).
 """
 
 from __future__ import annotations
@@ -19,22 +26,34 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import hashlib
+import hmac
+import math
 import os
 import shlex
 import shutil
-import subprocess
+import stat
 import tempfile
 from importlib import metadata
 from pathlib import Path
+from typing import Annotated
 
+from pydantic import Field
+
+from edgeprune.core.atomic import write_json_atomic
 from edgeprune.core.errors import EdgepruneError, MissingRuntimeError
+from edgeprune.core.schema import Strict, load_json, validate
 from edgeprune.runtimes.executorch import import_executorch
+from edgeprune.runtimes.transports.base import run_killable
 
 SOURCES = Path(__file__).parent / "kernels"
 # the operator names the kernels register (as the program's operator table spells them)
 OPS = ("edgeprune::tome_merge.out",)
 MARK = b"edgeprune::"  # in a program's operator table when it needs one of them
 _LOADED: list[tuple[Path, ctypes.CDLL]] = []  # at most one: what this process loaded
+# the compiler is stopped after this many seconds ($EDGEPRUNE_CXX_TIMEOUT overrides it)
+TIMEOUT_ENV = "EDGEPRUNE_CXX_TIMEOUT"
+COMPILE_TIMEOUT_S = 600.0
+RECORD_SUFFIX = ".sha256"  # beside the library: its sha256 when it was built here
 
 
 def sources() -> list[Path]:
@@ -128,9 +147,93 @@ def library_path() -> Path:
     return cache_dir() / "executorch-kernels" / key.hexdigest()[:16] / "libedgeprune_kernels.so"
 
 
+class _Record(Strict):
+    """The record beside a library built here: its sha256."""
+
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+
+def record_path(library: Path) -> Path:
+    """Where the sha256 of ``library`` is recorded when it is built here."""
+    return library.with_name(library.name + RECORD_SUFFIX)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def verified(library: Path) -> bool:
+    """Whether ``library`` is the one built here: its sha256, recomputed now, equals the
+    one recorded beside it when it was built (False when either is missing)."""
+    record = record_path(library)
+    if not (library.is_file() and record.is_file()):
+        return False
+    try:
+        want = validate(_Record, load_json(record, "record"), "record").sha256
+        return hmac.compare_digest(want, _sha256(library))
+    except (EdgepruneError, OSError):
+        return False
+
+
+def _private(folder: Path) -> None:
+    """Make the cache folders from ``cache_dir()`` down to ``folder`` (0700 when made)
+    and refuse to use them if another user owns one or others may write one: a folder
+    edgeprune made under the cache is made private again (chmod 0700); ``cache_dir()``
+    itself, when ``$EDGEPRUNE_CACHE`` names it, is refused instead."""
+    root = cache_dir()
+    parts = folder.relative_to(root).parts
+    for level in [root] + [root.joinpath(*parts[:i]) for i in range(1, len(parts) + 1)]:
+        try:
+            if level == root:
+                root.parent.mkdir(parents=True, exist_ok=True)
+            level.mkdir(mode=0o700, exist_ok=True)
+            st = level.stat()
+        except OSError as e:
+            raise EdgepruneError(
+                f"cannot write edgeprune's ExecuTorch kernels under {level}: "
+                f"{e.strerror or e}",
+                "set EDGEPRUNE_CACHE to a folder you can write",
+            ) from None
+        if st.st_uid != os.geteuid():
+            raise EdgepruneError(
+                f"the kernel cache folder {level} belongs to another user: a library "
+                "loaded from it could be anyone's",
+                "set EDGEPRUNE_CACHE to a folder of your own",
+            )
+        if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            if level == root and os.environ.get("EDGEPRUNE_CACHE"):
+                raise EdgepruneError(
+                    f"the kernel cache folder {level} is writable by others: a library "
+                    "loaded from it could be replaced",
+                    f"chmod go-w {level}, or set EDGEPRUNE_CACHE to a private folder",
+                )
+            os.chmod(level, 0o700)
+
+
+def compile_timeout() -> float:
+    """How long the compiler may run: ``$EDGEPRUNE_CXX_TIMEOUT`` seconds, else 600."""
+    text = os.environ.get(TIMEOUT_ENV)
+    if not text:
+        return COMPILE_TIMEOUT_S
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and 0 < value <= 1e6):
+        raise EdgepruneError(
+            f"{TIMEOUT_ENV}={text} is not a number of seconds", "e.g. 600 (0 < s ≤ 1000000)"
+        )
+    return value
+
+
 def ready() -> tuple[bool, str]:
-    """Whether the kernels can be loaded here: built already, or a compiler to build them."""
-    if library_path().is_file():
+    """Whether the kernels can be loaded here: built here already (its hash checked), or
+    a compiler to build them."""
+    if verified(library_path()):
         return True, "built"
     try:
         compiler()
@@ -140,15 +243,33 @@ def ready() -> tuple[bool, str]:
 
 
 def build() -> Path:
-    """The kernels' shared library: the cached one, else compiled here (a compiler is
-    needed only then)."""
+    """The kernels' shared library: the cached one if it is the one built here (its
+    sha256 checked against the record), else compiled here (a compiler is needed only
+    then) and its sha256 recorded."""
     out = library_path()
-    if out.is_file():
+    _private(out.parent)
+    if verified(out):
         return out
-    cxx = compiler()
-    include, lib = _wheel()
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
+        cxx = compiler()
+    except MissingRuntimeError as e:
+        if out.exists():
+            raise MissingRuntimeError(
+                f"the cached kernel library {out} does not match the sha256 recorded when "
+                f"it was built here, so it is not loaded; it cannot be rebuilt: {e.message}",
+                e.hint,
+            ) from None
+        raise
+    _compile(cxx, out)
+    return out
+
+
+def _compile(cxx: list[str], out: Path) -> None:
+    """Compile into a temporary file beside ``out``, record its sha256, rename it into
+    place; the compiler is stopped after ``compile_timeout()`` seconds."""
+    include, lib = _wheel()
+    limit = compile_timeout()
+    try:
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".so", dir=out.parent)
     except OSError as e:
         raise EdgepruneError(
@@ -157,7 +278,10 @@ def build() -> Path:
         ) from None
     os.close(fd)
     try:
-        res = subprocess.run(_command(cxx, include, lib, Path(tmp)), capture_output=True, text=True)
+        res = run_killable(
+            _command(cxx, include, lib, Path(tmp)), limit, f"the C++ compiler ({cxx[0]})",
+            hint=f"raise {TIMEOUT_ENV} (seconds, now {limit:g}), or check $CXX",
+        )  # fmt: skip
         if res.returncode != 0:
             lines = [ln.strip() for ln in res.stderr.splitlines() if ln.strip()]
             why = next((ln for ln in lines if "error" in ln), lines[-1] if lines else "")
@@ -167,11 +291,12 @@ def build() -> Path:
                 f"the compiler was {' '.join(cxx)}; the sources are in {SOURCES}",
                 exit_code=1,
             )
+        digest = _sha256(Path(tmp))
         os.replace(tmp, out)
+        write_json_atomic(record_path(out), {"sha256": digest, "library": out.name})
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-    return out
 
 
 def load() -> Path:

@@ -12,6 +12,9 @@ import contextlib
 import io
 import logging
 import re
+import signal
+import subprocess
+import sys
 import tempfile
 import threading
 from importlib import metadata
@@ -25,7 +28,7 @@ from edgeprune.runtimes.base import DeviceBinaryRunner, RunnerBase, Runtime
 from edgeprune.runtimes.executorch import INSTALL_HINT, import_executorch, installed
 from edgeprune.runtimes.executorch import kernel_library as executorch_kernels
 from edgeprune.runtimes.executorch.kernel_library import needs_kernels, ready
-from edgeprune.runtimes.timing import Timing, TimingPolicy, time_callable
+from edgeprune.runtimes.timing import Timing, TimingPolicy, parse_ms, time_callable
 
 BACKEND = "XnnpackBackend"
 # ExecuTorch ScalarType codes of the input dtypes a .pte from edgeprune can have
@@ -101,11 +104,102 @@ def read_program(artifact: str | Path | bytes) -> bytes:
             raise EdgepruneError(f"artifact {artifact} does not exist")
         artifact = p.read_bytes()
     if bytes(artifact[4:8]) != b"ET12":
-        raise EdgepruneError(
-            "the model is not an ExecuTorch program",
-            "give a .pte file exported with 'edgeprune export --target executorch'",
+        raise EdgepruneError("the model is not an ExecuTorch program", PTE_HINT)
+    data = bytes(artifact)
+    try:
+        method_names(data)
+    except (ValueError, UnicodeDecodeError) as e:
+        msg = f"the model is not a valid ExecuTorch program ({' '.join(str(e).split())[:120]})"
+        raise EdgepruneError(msg, PTE_HINT) from None
+    return data
+
+
+PTE_HINT = "give a .pte file exported with 'edgeprune export --target executorch'"
+
+# loads the program from stdin as ExecuTorchRunner.load does (verified, then its method;
+# the bytes kept alive: the program points into them)
+_PROBE = """
+import sys
+from executorch.extension.pybindings import _portable_lib as pl
+data = sys.stdin.buffer.read()
+program = pl._load_program_from_buffer(
+    data, program_verification=pl.Verification.InternalConsistency
+)
+program.load_method("forward")
+"""
+
+
+def probe_program(data: bytes, timeout: float = 300.0) -> None:
+    """Load ``data`` once in a child process (ExecuTorch's runtime alone: a fraction of
+    a second) before this process does: a corrupt program can abort the process that
+    loads it (the XNNPACK delegate logs names read from the damaged payload, and
+    ExecuTorch's Python binding aborts on a log line that is not UTF-8), and that must
+    end as one line, not take edgeprune down. Only the child dying is judged here; a
+    program the runtime refuses is refused again, with its reason, by the real load."""
+    try:
+        res = subprocess.run(
+            [sys.executable, "-c", _PROBE], input=data, capture_output=True, timeout=timeout
         )
-    return bytes(artifact)
+    except subprocess.TimeoutExpired:
+        raise EdgepruneError(
+            f"the ExecuTorch runtime did not finish loading the program within {timeout:g} s",
+            PTE_HINT,
+        ) from None
+    if res.returncode < 0:
+        try:
+            why = signal.Signals(-res.returncode).name
+        except ValueError:
+            why = f"signal {-res.returncode}"
+        said = res.stderr.decode("utf-8", "replace").splitlines()
+        said = [ln for ln in said if re.search(r"what\(\)|terminate|Error", ln)]
+        if said:
+            why += ": " + " ".join(said[-1].split())[:120]
+        raise EdgepruneError(
+            f"the model is not a valid ExecuTorch program: the ExecuTorch runtime "
+            f"crashed loading it ({why})",
+            PTE_HINT,
+        )
+
+
+def method_names(data: bytes) -> list[str]:
+    """The method names a program's flatbuffer holds (``Program.execution_plan[i].name``),
+    read with every offset bounds-checked: ExecuTorch's own loader verifies the buffer but
+    then decodes these names in its Python binding, and a name that is not UTF-8 aborts
+    the whole process there (``terminate called …``), so they are checked first. A
+    ``ValueError`` (or ``UnicodeDecodeError``) when the buffer does not hold them."""
+
+    def u32(pos: int, width: int = 4, signed: bool = False) -> int:
+        if pos < 0 or pos + width > len(data):
+            raise ValueError(f"an offset points outside the file ({pos})")
+        return int.from_bytes(data[pos : pos + width], "little", signed=signed)
+
+    def field(table: int, index: int) -> int | None:
+        vtable = table - u32(table, signed=True)
+        at = 4 + 2 * index
+        off = u32(vtable + at, 2) if at + 2 <= u32(vtable, 2) else 0  # vtable: uint16s
+        return table + off if off else None
+
+    plans = field(u32(0), 1)  # Program.execution_plan
+    if plans is None:
+        return []
+    vec = plans + u32(plans)
+    count = u32(vec)
+    if count > (len(data) - vec) // 4:
+        raise ValueError(f"it claims {count} methods")
+    names = []
+    for k in range(count):
+        elem = vec + 4 + 4 * k
+        plan = elem + u32(elem)
+        at = field(plan, 0)  # ExecutionPlan.name
+        if at is None:
+            names.append("")
+            continue
+        s = at + u32(at)
+        n = u32(s)
+        if s + 4 + n > len(data):
+            raise ValueError("a method name runs past the end of the file")
+        names.append(data[s + 4 : s + 4 + n].decode("utf-8"))
+    return names
 
 
 class ExecuTorchRunner(RunnerBase):
@@ -127,10 +221,13 @@ class ExecuTorchRunner(RunnerBase):
         return version()
 
     def load(self, artifact: str | Path | bytes) -> None:
+        from_file = not isinstance(artifact, bytes | bytearray)
         artifact = read_program(artifact)
 
         if executorch_kernels.needs_kernels(artifact):  # exported with --custom-kernels
             executorch_kernels.load()
+        elif from_file:  # a file from outside: loaded once in a child process first
+            probe_program(artifact)
         set_threads(self.threads)
         try:
             with contextlib.redirect_stderr(io.StringIO()):
@@ -164,20 +261,35 @@ class ExecuTorchRunner(RunnerBase):
     def run(self, inputs: dict[str, np.ndarray] | np.ndarray) -> list[np.ndarray]:
         arrays = [inputs] if isinstance(inputs, np.ndarray) else list(inputs.values())
         set_threads(self.threads)
-        outs = self.method.execute([torch.from_numpy(np.ascontiguousarray(a)) for a in arrays])
+        with _run_errors():
+            outs = self.method.execute([torch.from_numpy(np.ascontiguousarray(a)) for a in arrays])
         return [o.numpy().copy() if hasattr(o, "numpy") else np.asarray(o) for o in outs]
 
     def time(self, policy: TimingPolicy | None = None) -> Timing:
         feeds = self._inputs()
         method = self.method
         set_threads(self.threads)
-        samples = time_callable(lambda: method.execute(feeds), policy or TimingPolicy())
+        with _run_errors():
+            samples = time_callable(lambda: method.execute(feeds), policy or TimingPolicy())
         return self.timing(samples, self.threads or thread_count(), backend=BACKEND)
 
 
+@contextlib.contextmanager
+def _run_errors():
+    """A program that loaded but fails when run (a damaged one can: "Failed to get output
+    type…") is one line, not an internal error."""
+    try:
+        yield
+    except RuntimeError as e:
+        msg = " ".join(str(e).split())[:200]
+        raise EdgepruneError(f"the ExecuTorch runtime failed running the program: {msg}") from None
+
+
 # ---- on a device: ExecuTorch's executor_runner, driven through a transport (adb) ------
-ITERATION_RE = r"Iteration (\d+) of (\d+): ([0-9.]+) ms"
-TOTAL_RE = r"Model executed successfully (\d+) time\(s\) in ([0-9.]+) ms"
+# the numbers are taken as printed (\S+) and checked by parse_ms: a time that is not a
+# number, negative or NaN is an error, never skipped or averaged in
+ITERATION_RE = r"Iteration (\d+) of (\d+): (\S+) ms"
+TOTAL_RE = r"Model executed successfully (\S+) time\(s\) in (\S+) ms"
 BUILD_HINT = (
     "build executor_runner for Android with XNNPACK (ExecuTorch's "
     "examples/xnnpack build, -DANDROID_ABI=arm64-v8a), push it to the phone and name its "
@@ -260,27 +372,47 @@ class ExecutorRunnerRunner(DeviceBinaryRunner):
         p = policy or TimingPolicy()
         n = max(p.min_runs, 1)
         res, _ = self._invoke([f"--num_executions={p.warmup + n}", "--print_output=none"], {}, [])
-        samples = parse_iterations(res.stdout + "\n" + res.stderr)[p.warmup :]
+        samples, note = samples_from_log(res.stdout + "\n" + res.stderr, p.warmup)
         extra = {"backend": BACKEND, "where": self.transport.where}
-        if not samples:
-            total = parse_total(res.stdout + "\n" + res.stderr)
-            if total is None:
-                raise EdgepruneError("executor_runner printed no timing")
-            runs, ms = total
-            samples = [ms / runs]
-            extra["note"] = "mean over runs (this executor_runner logs no per-iteration times)"
+        if note:
+            extra["note"] = note
         return self.timing(samples, **extra)
 
 
-def parse_iterations(log: str) -> list[float]:
-    """The per-iteration times (ms) of an executor_runner log, in order."""
+def samples_from_log(log: str, warmup: int) -> tuple[list[float], str | None]:
+    """The timed runs (ms) of an executor_runner log after ``warmup`` runs, and a note
+    when they are only the mean its summary line gives; one line when there is none or a
+    number in it is not a time."""
+    samples = parse_iterations(log)[warmup:]
+    if samples:
+        return samples, None
+    total = parse_total(log)
+    if total is None:
+        raise EdgepruneError("executor_runner printed no timing")
+    runs, ms = total
+    return [ms / runs], "mean over runs (this executor_runner logs no per-iteration times)"
 
-    return [float(m.group(3)) for m in re.finditer(ITERATION_RE, log)]
+
+def parse_iterations(log: str) -> list[float]:
+    """The per-iteration times (ms) of an executor_runner log, in order; one line
+    (``EdgepruneError``) for a time that is not a finite number ≥ 0."""
+
+    return [parse_ms(m.group(3), "executor_runner") for m in re.finditer(ITERATION_RE, log)]
 
 
 def parse_total(log: str) -> tuple[int, float] | None:
+    """(runs, total ms) of the log's ``Model executed successfully N time(s) in T ms``
+    line; None without one; one line for a count below 1 or a bad time."""
     m = re.search(TOTAL_RE, log)
-    return (int(m.group(1)), float(m.group(2))) if m else None
+    if m is None:
+        return None
+    runs = m.group(1)
+    if not (re.fullmatch(r"[0-9]{1,9}", runs) and int(runs) >= 1):
+        raise EdgepruneError(
+            f"executor_runner printed '{runs[:40]} time(s)' where a number of runs (≥ 1) "
+            "was expected"
+        )
+    return int(runs), parse_ms(m.group(2), "executor_runner")
 
 
 def make(threads=None, precision="fp32", transport=None, executor_runner=None, **_options):

@@ -68,7 +68,10 @@ def run_trtexec(cmd: list[str], what: str, timeout: float = 3600) -> str:
     try:
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
-        raise EdgepruneError(f"trtexec timed out while {what}", exit_code=1) from None
+        raise EdgepruneError(
+            f"trtexec did not finish within {timeout:g} s while {what} and was stopped",
+            exit_code=1,
+        ) from None
     if res.returncode != 0:
         tail = " | ".join((res.stdout + res.stderr).strip().splitlines()[-3:])
         raise EdgepruneError(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import re
 import shutil
 import tempfile
@@ -45,11 +46,27 @@ def parse_export_times(text: str, warmup_ms: float = 0.0, metric: str = "latency
         raise EdgepruneError("trtexec --exportTimes output is not a JSON array")
     rows = [r for r in data if isinstance(r, dict) and metric in r]
     if warmup_ms > 0:
-        rows = [r for r in rows if float(r.get("startComputeMs") or 0.0) >= warmup_ms]
-    out = [float(r[metric]) for r in rows if isinstance(r[metric], int | float)]
+        start = "startComputeMs"
+        rows = [r for r in rows if _ms(r.get(start) or 0.0, start) >= warmup_ms]
+    # every inference's time is a finite number ≥ 0 (a NaN, read as null above, included):
+    # one that is not is an error, never dropped from the samples
+    out = [_ms(r[metric], metric) for r in rows]
     if not out:
         raise EdgepruneError(f"trtexec --exportTimes output holds no '{metric}' values")
     return out
+
+
+def _ms(value: object, name: str) -> float:
+    """A time from --exportTimes: a finite number ≥ 0, else one line."""
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    try:
+        v = float(value) if number else math.nan
+    except OverflowError:  # an integer beyond any float
+        v = math.inf
+    if not (math.isfinite(v) and v >= 0):
+        shown = "NaN" if value is None else repr(value)[:40]  # (its nan was read as null)
+        raise EdgepruneError(f"trtexec --exportTimes output has {name} {shown}: not a time in ms")
+    return v
 
 
 def trtexec_argv(

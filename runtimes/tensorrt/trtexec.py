@@ -35,13 +35,13 @@ def find_trtexec(transport=None) -> str:
 def parse_trtexec_version(text: str) -> tuple[int, int, int] | None:
     """TensorRT version from trtexec's banner: ``[TensorRT v100300]`` is 10.3.0
     (8.x wrote ``v8601`` for 8.6.1)."""
-    m = re.search(r"TensorRT v(\d+)", text)
+    m = re.search(r"TensorRT v([0-9]{1,9})\b", text)
     if m:
         n = int(m.group(1))
         if n >= 100000:  # 10.x and later: MMmmpp
             return n // 10000, (n // 100) % 100, n % 100
         return n // 1000, (n // 100) % 10, n % 100
-    m = re.search(r"TensorRT version:?\s*(\d+)\.(\d+)\.(\d+)", text)
+    m = re.search(r"TensorRT version:?\s*([0-9]{1,6})\.([0-9]{1,6})\.([0-9]{1,6})\b", text)
     if m:
         return int(m.group(1)), int(m.group(2)), int(m.group(3))
     return None

@@ -131,29 +131,41 @@ class RemoteShell:
             )
 
 
-def timed_out(what: str, limit: float | None) -> EdgepruneError:
+# the limit of a command run with no timeout of its own: nothing edgeprune starts runs
+# unbounded (a hanging tool, device or connection ends in one line)
+DEFAULT_TIMEOUT_S = 600.0
+
+
+def timed_out(what: str, limit: float | None, hint: str | None = None) -> EdgepruneError:
     """The one error for a command stopped at its time limit, here or on a device."""
     return EdgepruneError(
         f"{what} did not finish within {limit:g} s and was stopped",
-        "raise --timeout, or check that the device is not stuck",
+        hint or "raise --timeout, or check that the device is not stuck",
     )
 
 
-def run_killable(argv: list[str], timeout: float | None, what: str) -> Result:
-    """Run ``argv`` in its own process group; on timeout or Ctrl-C kill the whole group."""
-    proc = subprocess.Popen(
-        argv,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+def run_killable(
+    argv: list[str], timeout: float | None, what: str, hint: str | None = None
+) -> Result:
+    """Run ``argv`` in its own process group; on timeout or Ctrl-C kill the whole group.
+    ``timeout`` None: ``DEFAULT_TIMEOUT_S``; ``hint``: what the timeout's line suggests."""
+    timeout = timeout or DEFAULT_TIMEOUT_S
+    try:
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+    except OSError as e:  # not there, not executable
+        raise EdgepruneError(f"cannot run {argv[0]}: {e.strerror or e}") from None
     try:
         out, errs = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         _kill_group(proc)
-        raise timed_out(what, timeout) from None
+        raise timed_out(what, timeout, hint) from None
     except BaseException:
         _kill_group(proc)
         raise

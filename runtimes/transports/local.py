@@ -9,25 +9,29 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from edgeprune.runtimes.transports.base import Result, run_killable
+from edgeprune.runtimes.transports.base import DEFAULT_TIMEOUT_S, Result, run_killable
 
 
 class LocalTransport:
     name = "local"
     where = "this machine"
 
+    def __init__(self, timeout: float = DEFAULT_TIMEOUT_S):
+        self.timeout = timeout  # the limit of a command run with no timeout of its own
+
     @classmethod
-    def from_device(cls, device, **_options) -> LocalTransport:
-        return cls()
+    def from_device(cls, device, timeout: float | None = None, **_options) -> LocalTransport:
+        return cls(timeout) if timeout else cls()
 
     @staticmethod
     def check_device(device) -> str | None:
         return None
 
     def run(self, argv: list[str], timeout: float | None = None, cwd: str | None = None) -> Result:
+        what = shlex.join(argv[:1])
         if cwd:
             argv = ["sh", "-c", f"cd {shlex.quote(cwd)} && exec {shlex.join(argv)}"]
-        return run_killable(argv, timeout, shlex.join(argv[:1]))
+        return run_killable(argv, timeout or self.timeout, what)
 
     @contextlib.contextmanager
     def tempdir(self) -> Iterator[str]:

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from edgeprune.core.arch import Arch
-from edgeprune.core.atomic import check_writable_target, write_json_atomic
+from edgeprune.core.atomic import Output, check_outputs, write_json_atomic
 from edgeprune.core.errors import EdgepruneError
 from edgeprune.core.images import load_images
 from edgeprune.core.methods.avit import (
@@ -151,7 +151,7 @@ def calibrate_source(
 
     if (images is None) == (random is None):
         raise EdgepruneError("give exactly one of --images DIR or --random N")
-    check_writable_target(out, force)
+    check_outputs({"--out": Output(Path(out), ".json")}, {"SRC": src, "--images": images}, force)
     source = resolve(src, method="avit", heads=heads)
     imgs = calibration_inputs(source.arch, images, random)
     opts = source.config.options

@@ -1,0 +1,57 @@
+"""REPORT.md's section on how strong the tests are: mutation.py's scores (report.py)."""
+
+from __future__ import annotations
+
+from report_data import Run, Section, table
+
+
+def strength(runs: dict[str, list[Run]]) -> Section:
+    sec = Section("8. How strong the tests are")
+    if not runs["mutation"]:
+        sec.add("No result file covers the tests' strength (mutation.py) yet.")
+        return sec
+    run = max(runs["mutation"], key=lambda r: (r.date, r.name))
+    m = run.meta
+    sec.add(
+        f"mutation.py: {m.get('tool')} {m.get('tool_version')} makes small wrong versions of "
+        "the numeric core (an operator, a constant, a comparison, an argument changed) and runs "
+        "each module's pure-python tests on every one; a version the tests fail on is killed. "
+        "*Score*: killed (runs past the time limit included, counted apart) over all versions, "
+        f"the goal at least {m.get('threshold', 0.85):.0%} per module. *Before*: the suite "
+        "without the tests written to kill what survived; *after*: with them. The versions "
+        "still alive after are listed with their diff in the file, each explained (an "
+        "equivalent change) or marked unexplained.",
+        "",
+        *table(
+            [
+                "module",
+                "phase",
+                "mutants",
+                "killed",
+                "timeout",
+                "survived",
+                "no test",
+                "score",
+                "explained",
+                "run",
+            ],  # fmt: skip
+            (
+                [
+                    mod,
+                    phase,
+                    str(r["total"]),
+                    str(r["killed"]),
+                    str(r["timeout"]),
+                    str(r["survived"]),
+                    str(r["no_tests"]),
+                    f"{r['score']:.1%}" + ("" if r["meets_threshold"] else " ✗"),
+                    str(r["explained"]),
+                    sec.cite(run),
+                ]
+                for mod, phases in run.data.get("modules", {}).items()
+                for phase in ("before", "after")
+                if (r := phases.get(phase))
+            ),
+        ),
+    )
+    return sec
