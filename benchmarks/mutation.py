@@ -472,6 +472,7 @@ def run_module(name: str, target: Target, work: Path, args) -> dict:
         "functions": {
             f: [m.replace("ǁ", ".").removeprefix("x_") for m in ms] for f, ms in functions.items()
         },  # fmt: skip
+        "note": args.note,
         "survivors": survivors,
         "log_tail": log if _troubled(log) else "",
     }
@@ -537,6 +538,7 @@ def main() -> None:
         "--collect", action="store_true",
         help="only read the results of an earlier run in --workdir (nothing is run)",
     )  # fmt: skip
+    ap.add_argument("--note", default="", help="a line on how this phase was run, kept with it")
     ap.add_argument("--out", default=str(RESULTS))
     ap.add_argument("--name", default="mutation", help="results file name (no suffix)")
     args = ap.parse_args()
