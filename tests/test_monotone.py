@@ -77,7 +77,13 @@ class _BurstyRunner:
         t = self.inner.time(policy)
         if self.tokens == 32 and self.left > 0:
             self.left -= 1
-            return replace(t, median_ms=t.median_ms + 50, p90_ms=t.p90_ms + 50)
+            return replace(
+                t,
+                median_ms=t.median_ms + 50,
+                p90_ms=t.p90_ms + 50,
+                min_ms=t.min_ms + 50,
+                max_ms=t.max_ms + 50,
+            )
         return t
 
 

@@ -48,11 +48,13 @@ def line(k: float, top: int = 17) -> Curve:
     return Curve((1, top), (k, k * top), (k, k * top))
 
 
-def table(arch: Arch = SMALL, extra: dict | None = None, **kw) -> LatencyTable:
+def table(
+    arch: Arch = SMALL, extra: dict | None = None, method: str | None = "dynamicvit", **kw
+) -> LatencyTable:
     top = arch.num_tokens
     return LatencyTable(
         device={"name": "hand", "runtime": "none", "threads": 1}, arch=arch,
-        method="dynamicvit", batch=1, date="by hand", measured=False, block=line(0.1, top),
+        method=method, batch=1, date="by hand", measured=False, block=line(0.1, top),
         embed=Point(0.7, 0.7), head=Point(0.3, 0.3),
         selectors={"dynamicvit": line(0.01, top), "evit": line(0.01, top)},
         attn=line(0.04, top), mlp=line(0.06, top), extra=extra or {}, **kw,
@@ -71,6 +73,7 @@ def cand(ratios, ms, kept=0.0, acc=None) -> Candidate:
 # ---- targets, grids, counts ---------------------------------------------------------------
 def test_target_from():
     assert target_from(None, 25) == 40.0 and target_from(12, None) == 12.0
+    assert target_from(0.5, None) == 0.5 and target_from(None, 0.5) == 2000.0
     assert isinstance(target_from(12, None), float)
     with pytest.raises(EdgepruneError, match="^give exactly one of --target-ms and --target-fps$"):
         target_from(None, None)
@@ -179,6 +182,13 @@ def test_sensitivity_floors_at_zero_and_covers():
         "stage 3 at 0.45 < 0.5 (lowest measured)",
     )
     assert SENS.outside((2, 3), (0.5, 0.4 + 0.1 - 1e-10)) == ()
+    # the tolerance itself: 1e-9 under the lowest ratio still counts as measured
+    edge = 0.4 - 1e-9
+    assert SENS.covers((2, 3), (edge, 0.5)) and SENS.outside((2, 3), (edge, 0.5)) == ()
+    with pytest.raises(ValueError):
+        SENS.covers((2, 3), (0.5,))
+    with pytest.raises(ValueError):
+        SENS.outside((2, 3), (0.5,))
 
 
 # ---- the margin ------------------------------------------------------------------------------
@@ -204,8 +214,16 @@ def test_resolve_margin():
         "margin can absorb"
     )
     assert e.value.hint == "measure a better table (a quieter machine, more runs) or give --margin"
-    with pytest.raises(EdgepruneError, match="^--margin 'lots' is not auto, a percentage or a"):
+    with pytest.raises(
+        EdgepruneError, match="^--margin 'lots' is not auto, a percentage or a"
+    ) as e:
         resolve_margin("lots", table())
+    assert e.value.hint == "e.g. --margin 3%"
+    two = table(extra={"noise": {"median_spread": 0.04},
+                       "interp_check": {"points": [{"rel_err": 0.03}]}})  # fmt: skip
+    assert resolve_margin(None, two)[1] == (
+        "auto: the table's measured error (interpolation 3.0%, noise 4.0%)"
+    )
     for bad in ("51%", "0.51", "-0.01", "nan", "inf"):
         with pytest.raises(EdgepruneError, match=f"^--margin '{bad}' must lie in 0..50%$"):
             resolve_margin(bad, table())
@@ -361,6 +379,10 @@ def test_free_search_refines_around_the_best_point():
     assert best.kept_tokens > best_coarse.kept_tokens
     steps = {round(r / 0.005) * 0.005 - r for c in fine for r in c.keep_ratios}
     assert max(abs(s) for s in steps) < 1e-9  # on the quarter-step grid
+    keys = [(c.plan.attn_tokens, c.plan.mlp_tokens) for c in cands]
+    assert len(set(keys)) == len(keys)  # a plan is weighed once
+    assert any(c.keep_ratios[0] < best_coarse.keep_ratios[0] for c in fine)  # both sides
+    assert any(c.keep_ratios[0] > best_coarse.keep_ratios[0] for c in fine)
     assert all(abs(r - q) <= 4 * 0.005 + 1e-9 for c in fine
                for r, q in zip(c.keep_ratios, best_coarse.keep_ratios, strict=True))  # fmt: skip
 
@@ -377,3 +399,64 @@ def test_corrected_table_predictions_meet_the_target():
     m = LatencyModel(table(e2e=EndToEnd((), 0.5, 2.0)))
     r = search(m, 2 * one_stage_ms(10) + 0.5 + 1e-9, "dynamicvit", locs=(2,))
     assert r.chosen.plan.attn_tokens[-1] == 11
+
+
+def test_geometric_schedules_of_a_per_stage_method():
+    """EViT's rates are relative to each stage's input: the geometric schedule is
+    (r, r), r from 0.001 up (0 would keep no token)."""
+    m = LatencyModel(table(method=None))  # a table with both methods' selectors
+    r = search(m, 7.7, "evit", "geometric", locs=(1, 2))
+    assert all(a == b for a, b in (c.keep_ratios for c in r.candidates))
+    assert min(c.keep_ratios[0] for c in r.candidates) == 0.001
+    assert max(c.keep_ratios[0] for c in r.candidates) <= 0.999
+
+
+def test_sensitivity_predictions_in_float64():
+    s = Sensitivity(80.123456789, {1: ((0.1, 0.7), (70.0, 79.0))})
+    # 80.123456789 - (80.123456789 - (70 + 9 * 0.2 / 0.6)) = 73 exactly, in float64
+    assert s.predict((1,), (0.3,)) == pytest.approx(73.0, abs=1e-9)
+
+
+def test_a_non_finite_prediction_says_what_to_check():
+    s = Sensitivity(72.0, {3: ((0.5, 1.0), (math.inf, 60.0))})
+    with pytest.raises(EdgepruneError) as e:
+        s.predict((3,), (0.7,))
+    assert e.value.message == "the sensitivity curves predict a non-finite accuracy"
+    assert e.value.hint == "check the sensitivity file: its accuracies must be finite numbers"
+
+
+def test_search_names_the_sensitivity_file_and_meets_an_aim_equal_to_dense():
+    m = LatencyModel(table())
+    sens = Sensitivity(80.0, {2: ((0.5, 1.0), (60.0, 80.0))})
+    with pytest.raises(EdgepruneError, match="^sensitivity file <sensitivity> has no curve"):
+        search(m, 6.7, "dynamicvit", locs=(1,), sensitivity=sens)
+    with pytest.raises(EdgepruneError, match="^sensitivity file s.json has no curve"):
+        search(m, 6.7, "dynamicvit", locs=(1,), sensitivity=sens, sensitivity_path="s.json")
+    dense = search(m, 100.0, "dynamicvit", locs=(2,)).dense_ms
+    assert search(m, dense, "dynamicvit", locs=(2,)).status == "dense"  # ≤ the aim
+
+
+@pytest.mark.parametrize(
+    "method,locs,step",
+    [
+        ("dynamicvit", (2, 4, 6, 8), 0.05),  # C(53, 4) > 25 000 at 0.02: 0.05
+        ("evit", (2, 4, 6), 0.05),  # 50³ and 40³ > 25 000: 0.05
+        ("evit", (2, 4, 6, 8), 0.1),  # 20⁴ > 25 000: 0.1
+        ("evit", (1, 2, 4, 6, 8), 0.2),  # 10⁵ and 8⁵ > 25 000: 0.2
+    ],
+)
+def test_free_grid_is_the_finest_within_the_candidate_limit(method, locs, step):
+    """Unreachable aim (nothing to refine around): the candidates are the grid itself."""
+    m = LatencyModel(table(TINY, method=None))
+    cands = _Space(m, get_method(method), locs, None).free(0.0)
+    ratios = {r for c in cands for r in c.keep_ratios}
+    assert ratios <= set(_grid(step)) and min(ratios) == step
+    assert len(ratios) > len(_grid(step)) // 2
+
+
+def test_five_stages_are_not_refined():
+    """9⁵ schedules around the best point would pass the candidate limit: no refinement."""
+    m = LatencyModel(table(TINY, method=None))
+    space = _Space(m, get_method("dynamicvit"), (2, 4, 6, 8, 10), None)
+    cands = space.free(1e9)  # every schedule meets it: a best point exists
+    assert {r for c in cands for r in c.keep_ratios} <= set(_grid(0.1))

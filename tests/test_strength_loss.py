@@ -32,7 +32,7 @@ def line(k: float) -> Curve:
 
 
 def table(method: str | None = "dynamicvit", **kw) -> LatencyTable:
-    sels = {m: line(0.001) for m in ("dynamicvit", "evit", "spvit")}
+    sels = {m: line(0.001) for m in ("dynamicvit", "evit", "spvit", "avit")}
     return LatencyTable(
         device={"name": "hand", "runtime": "none", "threads": 1}, arch=TINY, method=method,
         batch=1, date="by hand", measured=False, block=line(0.01), embed=Point(0.3, 0.3),
@@ -141,6 +141,23 @@ def test_locations_given_and_their_default_keep():
     assert crit.locs == (2, 8) and crit.n_stages == 2
     c = torch.tensor([100.0, 50.0], dtype=torch.float64)
     want = 0.36 + 0.01 * (2 * 197 + 6 * 100 + 4 * 50) + 0.001 * (197 + 100)
+    assert float(crit.predicted_ms_from_counts(c)) == pytest.approx(want, rel=1e-12)
+
+
+@pytest.mark.parametrize("method", ["evit", "spvit", "avit", "dynamicvit"])
+def test_any_number_of_locations_for_every_method(method):
+    """Two stages at blocks 2 and 8 (not the default three): the loss lays the counts out
+    as the method does. EViT and SPViT refused it (their plan was made with keep ratio
+    1.0, which prunes nothing) and A-ViT dropped both stages."""
+    crit = LatencyAwareSparsityLoss(LatencyModel(table(None)), 5.0, method, locs=[2, 8])
+    assert crit.n_stages == 2 and crit.locs == (2, 8)
+    c = torch.tensor([100.0, 50.0], dtype=torch.float64)
+    sels = 0.001 * (197 + 100)
+    if method == "evit":  # mid-block: blocks 2 and 8 split attention (before) / MLP (after)
+        blocks = 0.01 * (2 * 197 + 5 * 100 + 3 * 50) + 0.004 * (197 + 100) + 0.006 * (100 + 50)
+    else:
+        blocks = 0.01 * (2 * 197 + 6 * 100 + 4 * 50)
+    want = 0.36 + blocks + sels
     assert float(crit.predicted_ms_from_counts(c)) == pytest.approx(want, rel=1e-12)
 
 

@@ -27,6 +27,7 @@ from torch import nn
 from edgeprune.budget.file import BUDGET_SCHEMA, Budget, load_budget
 from edgeprune.core.errors import EdgepruneError
 from edgeprune.core.methods import MethodConfig, get_method
+from edgeprune.core.methods.base import geometric
 from edgeprune.latency.model import LatencyModel, load_model
 from edgeprune.latency.table import LatencyTable
 
@@ -92,8 +93,12 @@ class LatencyAwareSparsityLoss(nn.Module):
         meth = get_method(method)
         arch = model.arch
         locs = tuple(locs) if locs is not None else tuple(meth.default_locs)
+        # the plan gives the layout only (which blocks each stage feeds); its ratios must
+        # prune at every stage, or EViT and SPViT refuse it and A-ViT drops the stage
         keep = (
-            tuple(meth.default_keep) if len(meth.default_keep) == len(locs) else (1.0,) * len(locs)
+            tuple(meth.default_keep)
+            if len(meth.default_keep) == len(locs)
+            else geometric(0.9, len(locs), meth.cumulative)
         )
         plan = meth.token_plan(arch, MethodConfig(locs, keep, {}))
         model.check_plan(plan)
