@@ -209,6 +209,7 @@ _LAYOUT = (
     "the loss's plan gives the layout only (which blocks each stage feeds): any schedule "
     "that prunes at every stage gives the same one"
 )
+_SAME_LIST = "the predictions are made from the same candidates, one each: equally long"
 _CHECKED = "masks and ratios are checked to be as many just before: strict never decides"
 EXPLAINED: dict[str, tuple[str, str]] = {
     "edgeprune.core.flops.x_plan_flops__mutmut_18": ("strict=None", _STRICT),
@@ -312,6 +313,20 @@ EXPLAINED: dict[str, tuple[str, str]] = {
     "edgeprune.budget.search.xǁ_Spaceǁ_around__mutmut_26": ("<= 2]", _ABOVE),
     "edgeprune.budget.search.xǁ_Spaceǁ_around__mutmut_34": ("strict=None", _PAIRS),
     "edgeprune.budget.search.xǁ_Spaceǁ_around__mutmut_37": ("zip(t, t[1:], )", _PAIRS),
+    "edgeprune.budget.search.x_kept_tokens__mutmut_6": ("strict=None", _STRICT),
+    "edgeprune.budget.search.x_kept_tokens__mutmut_9": ("plan.mlp_tokens, ))", _STRICT),
+    "edgeprune.budget.search.x_kept_tokens__mutmut_10": ("strict=False", _STRICT),
+    "edgeprune.budget.search.x__evaluate__mutmut_18": ("strict=None", _SAME_LIST),
+    "edgeprune.budget.search.x__evaluate__mutmut_21": ("ms.tolist(), )", _SAME_LIST),
+    "edgeprune.budget.search.x__evaluate__mutmut_22": ("strict=False", _SAME_LIST),
+    "edgeprune.budget.search.x__evaluate__mutmut_1": (
+        "extrapolate=True",
+        "every caller passes extrapolate: the default is never read",
+    ),
+    "edgeprune.budget.search.x__plans__mutmut_12": (
+        "tuple(ratios), )",
+        "MethodConfig's options default to {}: the same empty options",
+    ),
     "edgeprune.training.loss.x__open__mutmut_10": (
         "is_budget = None",
         "None is as falsy as False: a file that is not JSON is read as a profile alike",
@@ -597,8 +612,9 @@ def lines_of(data: dict) -> list[str]:
         f"{m['tool']} {m['tool_version']}, {m['workers']} worker, fuzz tests at "
         f"{m['fuzz_cases']} cases; goal: at least {THRESHOLD:.0%} killed per module.",
         "",
-        "| module | phase | mutants | killed | timeout | survived | no tests | score | explained |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| module | phase | mutants | killed | timeout | survived | no tests | not run | score "
+        "| explained |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for mod, phases in data["modules"].items():
         for ph in ("before", "after"):
@@ -606,7 +622,8 @@ def lines_of(data: dict) -> list[str]:
             if r:
                 out.append(
                     f"| {mod} | {ph} | {r['total']} | {r['killed']} | {r['timeout']} | "
-                    f"{r['survived']} | {r['no_tests']} | {r['score']:.1%} | {r['explained']} |"
+                    f"{r['survived']} | {r['no_tests']} | {r['not_run']} | {r['score']:.1%} | "
+                    f"{r['explained']} |"
                 )
     left = [
         (mod, s)

@@ -16,7 +16,8 @@ def strength(runs: dict[str, list[Run]]) -> Section:
         f"mutation.py: {m.get('tool')} {m.get('tool_version')} makes small wrong versions of "
         "the numeric core (an operator, a constant, a comparison, an argument changed) and runs "
         "each module's pure-python tests on every one; a version the tests fail on is killed. "
-        "*Score*: killed (runs past the time limit included, counted apart) over all versions, "
+        "*Score*: killed (runs past the time limit included, counted apart) over all versions "
+        "(those no test reached or that were not run count against it), "
         f"the goal at least {m.get('threshold', 0.85):.0%} per module. *Before*: the suite "
         "without the tests written to kill what survived; *after*: with them. The versions "
         "still alive after are listed with their diff in the file, each explained (an "
@@ -31,6 +32,7 @@ def strength(runs: dict[str, list[Run]]) -> Section:
                 "timeout",
                 "survived",
                 "no test",
+                "not run",
                 "score",
                 "explained",
                 "run",
@@ -44,6 +46,7 @@ def strength(runs: dict[str, list[Run]]) -> Section:
                     str(r["timeout"]),
                     str(r["survived"]),
                     str(r["no_tests"]),
+                    str(r.get("not_run", 0)),
                     f"{r['score']:.1%}" + ("" if r["meets_threshold"] else " ✗"),
                     str(r["explained"]),
                     sec.cite(run),

@@ -257,8 +257,9 @@ def test_method_at():
     with pytest.raises(EdgepruneError, match="^pruning location 6 is outside the model$"):
         _method_at("dynamicvit", None, SMALL)  # the default 3, 6, 9 at depth 4
     assert _method_at("dynamicvit", None, TINY)[1] == (3, 6, 9)
-    with pytest.raises(EdgepruneError, match="^the dense model has no keep ratios to budget$"):
+    with pytest.raises(EdgepruneError, match="^the dense model has no keep ratios to budget$") as e:
         _method_at("dense", None, SMALL)
+    assert e.value.hint == "pass --method"
     with pytest.raises(EdgepruneError, match="outside the model"):
         _method_at("dynamicvit", (2, 5), SMALL)
 
@@ -412,9 +413,10 @@ def test_geometric_schedules_of_a_per_stage_method():
 
 
 def test_sensitivity_predictions_in_float64():
-    s = Sensitivity(80.123456789, {1: ((0.1, 0.7), (70.0, 79.0))})
-    # 80.123456789 - (80.123456789 - (70 + 9 * 0.2 / 0.6)) = 73 exactly, in float64
-    assert s.predict((1,), (0.3,)) == pytest.approx(73.0, abs=1e-9)
+    s = Sensitivity(80.0, {1: ((0.1, 0.7), (70.1234567, 79.0))})
+    # a third of the way from 70.1234567 to 79: float32 would be off by ~1e-6
+    want = 70.1234567 + (79.0 - 70.1234567) / 3
+    assert s.predict((1,), (0.3,)) == pytest.approx(want, abs=1e-9)
 
 
 def test_a_non_finite_prediction_says_what_to_check():
@@ -460,3 +462,22 @@ def test_five_stages_are_not_refined():
     space = _Space(m, get_method("dynamicvit"), (2, 4, 6, 8, 10), None)
     cands = space.free(1e9)  # every schedule meets it: a best point exists
     assert {r for c in cands for r in c.keep_ratios} <= set(_grid(0.1))
+
+
+def test_unreachable_with_a_margin_says_so():
+    m = LatencyModel(table())
+    with pytest.raises(
+        UnreachableTarget, match=r"^target 5.000 ms less the 10.0% margin \(4.500 ms\)"
+    ):
+        search(m, 5.0, "dynamicvit", locs=(2,), margin=0.1)
+
+
+@pytest.mark.parametrize("schedule", ["geometric", "free"])
+def test_extrapolated_accuracy_is_the_first_segment_extended(schedule):
+    m = LatencyModel(table())
+    sens = Sensitivity(80.0, {2: ((0.5, 1.0), (60.0, 80.0))})
+    r = search(m, 6.0, "dynamicvit", schedule, locs=(2,), sensitivity=sens, extrapolate=True)
+    r0 = r.chosen.keep_ratios[0]
+    assert r0 < 0.5 and r.chosen.accuracy == pytest.approx(60.0 - 40.0 * (0.5 - r0))
+    assert all(c.accuracy == pytest.approx(60.0 - 40.0 * (0.5 - c.keep_ratios[0]))
+               for c in r.candidates if c.keep_ratios[0] < 0.5)  # fmt: skip
