@@ -20,13 +20,13 @@ import torch
 from onnx import TensorProto
 
 from edgeprune.core.atomic import atomic_dir, write_json_atomic
+from edgeprune.core.backends.optional import import_coremltools
 from edgeprune.core.errors import EdgepruneError
 from edgeprune.export.check import COMMON_OPS, Finding, Graph
 from edgeprune.export.manifest import base_manifest, prepare_outputs, sha256_tree, skipped
 from edgeprune.export.onnx import INPUT_NAME, OUTPUT_NAME, io_spec
 from edgeprune.export.parity import check_parity
 from edgeprune.export.registry import Target, TargetOption, Tolerance, register
-from edgeprune.runtimes.coreml import import_coremltools
 
 if TYPE_CHECKING:
     import torch

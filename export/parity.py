@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from edgeprune.core.backends.runner import get_runner
 from edgeprune.core.errors import ParityError
 from edgeprune.export.registry import Tolerance
-from edgeprune.runtimes.base import get_runner
 
 PARITY_SEED = 1234
 
@@ -78,8 +78,8 @@ def kl_divergence(ref: np.ndarray, out: np.ndarray) -> np.ndarray:
 
 
 def as_function(runner) -> Callable[[np.ndarray], np.ndarray | None]:
-    """A runner (``edgeprune.runtimes`` interface: ``.run`` returns the outputs) or a
-    plain function of one array, as a function of one array giving the logits."""
+    """A runner (``core.backends.runner.Runner``: ``.run`` returns the outputs) or a plain
+    function of one array, as a function of one array giving the logits."""
     if hasattr(runner, "run"):
         return lambda x: runner.run(x)[0]
     return runner
@@ -105,7 +105,9 @@ def compare(
         for x in parity_inputs(batch, img_size, n_inputs, seed):
             ref = model(x).numpy()
             out = np.asarray(fn(x.numpy()), dtype=np.float32).reshape(ref.shape)
-            max_diff = max(max_diff, float(np.abs(ref - out).max()))
+            diff = float(np.abs(ref - out).max())
+            # NaN in the artifact's outputs: no bound holds (max() would skip a NaN)
+            max_diff = max(max_diff, diff if np.isfinite(out).all() else float("inf"))
             agree += int((ref.argmax(-1) == out.argmax(-1)).sum())
             kl += float(kl_divergence(ref, out).sum())
             seen += batch
@@ -125,8 +127,13 @@ def require(parity: Parity, what: str, hint: str = "no file was written") -> Par
     """Raise the one parity error (exit 1) unless ``parity`` is within its tolerance."""
     if not parity.ok:
         raise ParityError(
-            f"{what} differs from PyTorch: max |diff| {parity.max_abs_diff:.3g} "
-            f"(limit {parity.atol:g}), top-1 agreement {parity.top1_agreement:.1%} "
+            f"{what} differs from PyTorch: "
+            + (
+                f"max |diff| {parity.max_abs_diff:.3g} (limit {parity.atol:g})"
+                if np.isfinite(parity.max_abs_diff)
+                else "its outputs hold NaN or infinity"
+            )
+            + f", top-1 agreement {parity.top1_agreement:.1%} "
             f"(needs {parity.min_top1:.0%})"
             + (
                 f", KL(fp32 ‖ it) {parity.kl:.3g} (limit {parity.max_kl:g})"
@@ -156,7 +163,7 @@ def check_parity(
     ``ParityError`` when it is outside ``tol``.
 
     ``artifact``: a path or bytes, loaded here in ``runtime``'s runner
-    (``edgeprune.runtimes.base.get_runner(runtime, **runner_options)``), or a runner
+    (``edgeprune.core.backends.runner.get_runner(runtime, **runner_options)``), or a runner
     already loaded (or a function of one array). ``label`` names the runtime in the
     figures (default ``runtime``)."""
     if isinstance(artifact, str | Path | bytes):

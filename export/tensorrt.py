@@ -20,6 +20,13 @@ from typing import TYPE_CHECKING
 import onnx
 
 from edgeprune.core.atomic import atomic_path, write_json_atomic
+from edgeprune.core.backends.tensorrt import (
+    ApiRunner,
+    TrtexecEngineRunner,
+    build_engine_api,
+    find_builder,
+    run_trtexec,
+)
 from edgeprune.core.errors import EdgepruneError, MissingRuntimeError
 from edgeprune.core.schema import dumps
 from edgeprune.export.check import COMMON_OPS, Finding, Graph, errors_of
@@ -41,13 +48,6 @@ from edgeprune.export.onnx import (
 )
 from edgeprune.export.parity import Parity, check_parity, parity_inputs
 from edgeprune.export.registry import Target, TargetOption, Tolerance, register
-from edgeprune.runtimes.tensorrt.engine import (
-    ApiRunner,
-    TrtexecEngineRunner,
-    build_engine_api,
-    find_builder,
-    run_trtexec,
-)
 
 if TYPE_CHECKING:
     from edgeprune.core.source import Source

@@ -1,6 +1,6 @@
 """Device descriptors: the TOML files in ``profiles/devices/`` (package data).
 
-A descriptor names the runtime (a name in ``edgeprune.runtimes.base.RUNTIMES``),
+A descriptor names the runtime (a name in ``edgeprune.core.backends.runner.RUNTIMES``),
 precision and threads a device is measured with, and how to reach it: ``transport``
 names a transport of ``edgeprune.runtimes.transports.TRANSPORTS`` (``"local"``, or
 ``"ssh"`` with a ``host``: an ssh alias or user@addr). On a transport other than
@@ -22,10 +22,11 @@ from typing import Annotated
 
 from pydantic import Field
 
+from edgeprune.core.backends.runner import RUNTIMES
 from edgeprune.core.errors import EdgepruneError
 from edgeprune.core.records import record
 from edgeprune.core.schema import Strict, validate
-from edgeprune.runtimes.base import RUNTIMES, runtime_here
+from edgeprune.runtimes.base import runtime_here
 from edgeprune.runtimes.transports import TRANSPORTS, check_device, open_transport
 
 PRECISIONS = ("fp32", "fp16", "int8")

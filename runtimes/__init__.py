@@ -1,2 +1,3 @@
 """Runtime runners: one module (or folder) per runtime, one interface (load, run, time),
-registered in ``base.RUNTIMES``; ``transports`` run them here, over SSH or over adb."""
+registered in ``edgeprune.core.backends.runner.RUNTIMES``; ``transports`` run them here,
+over SSH or over adb. Imports only the core."""

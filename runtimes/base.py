@@ -1,52 +1,27 @@
-"""The one interface every runtime offers (after Polygraphy: a loader and a runner),
-and the registry of runtimes.
+"""What every runner shares (``RunnerBase``), its timing (``TimedRunner.time``: warm-up +
+timed runs on random inputs), runners driving a device's own binary, and the runners a
+device descriptor names. The runner interface and the registry of runtimes are the core's
+(``edgeprune.core.backends.runner``: ``Runner``, ``Runtime``, ``RUNTIMES``, ``get_runner``).
 
-    runner = get_runner("onnxruntime", threads=2)
+    runner = runner_for_device(get_device("cpu"), threads=2)
     runner.load(artifact)              # path or bytes
-    outputs = runner.run({"input": x}) # or runner.run(x) for one input
     timing = runner.time(policy)       # warm-up + timed runs on random inputs
 
-A new runtime is one module that defines its runner and ``RUNTIME = Runtime(...)``
-(name, factory, availability check, the descriptor keys it reads), plus one line in
-``RUNTIMES`` below. Heavy runtime packages are imported through one helper each
-(``import_tensorrt``, ``import_coremltools``, ``import_executorch``: one line when the
-package is missing), never here.
+Heavy runtime packages are imported through one helper each
+(``edgeprune.core.backends.optional``: one line when the package is missing), never here.
 """
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol
 
-import numpy as np
-
+from edgeprune.core.backends.runner import Runner, get_runner, runtime
 from edgeprune.core.errors import EdgepruneError, MissingRuntimeError
 from edgeprune.runtimes.timing import Timing, TimingPolicy
 
-# name -> the module that defines RUNTIME (imported when used)
-RUNTIMES: dict[str, str] = {
-    "onnxruntime": "edgeprune.runtimes.onnxruntime",
-    "tensorrt": "edgeprune.runtimes.tensorrt.runner",
-    "coreml": "edgeprune.runtimes.coreml",
-    "executorch": "edgeprune.runtimes.executorch.runner",
-}
 
-
-class Runner(Protocol):
-    name: str
-    threads: int | None
-    precision: str
-
-    def version(self) -> str: ...
-
-    def load(self, artifact: str | Path | bytes) -> None: ...
-
-    def input_shapes(self) -> dict[str, tuple[int, ...]]: ...
-
-    def run(self, inputs: dict[str, np.ndarray] | np.ndarray) -> list[np.ndarray]: ...
+class TimedRunner(Runner, Protocol):
+    """A runner that also times itself (every runtime's runner does)."""
 
     def time(self, policy: TimingPolicy | None = None) -> Timing: ...
 
@@ -90,51 +65,6 @@ class RunnerBase:
         )
 
 
-@dataclass(frozen=True)
-class Runtime:
-    """A registered runtime.
-
-    ``make(threads=, precision=, **options)`` builds a runner and raises
-    ``MissingRuntimeError`` when it cannot run; ``available(**options)`` says cheaply
-    (no model loaded) whether it can run on this machine, and why not.
-    ``device_options``: descriptor keys passed on as options (e.g. ``compute_units``).
-    ``shells_out``: its runner takes ``transport=`` and runs through any transport
-    (local, ssh, adb…); the others run in this process.
-    ``target``: the export target (``export/targets.py``) whose artifacts the runner
-    loads: what ``profile`` lowers its pieces to and ``validate-profile`` exports to."""
-
-    name: str
-    make: Callable[..., Runner]
-    available: Callable[..., tuple[bool, str]]
-    device_options: tuple[str, ...] = ()
-    shells_out: bool = False
-    target: str = "onnx"
-
-
-def runtime(name: str) -> Runtime:
-    if name not in RUNTIMES:
-        raise EdgepruneError(f"unknown runtime '{name}'", f"expected one of: {', '.join(RUNTIMES)}")
-    return importlib.import_module(RUNTIMES[name]).RUNTIME
-
-
-def get_runner(
-    runtime_name: str, threads: int | None = None, precision: str = "fp32", **options
-) -> Runner:
-    """A runner for ``runtime_name``; raises MissingRuntimeError when it cannot run here.
-    ``transport=`` (a runtime that shells out) runs it through that transport."""
-    rt = runtime(runtime_name)
-    transport = options.get("transport")
-    if transport is not None and transport.name != "local" and not rt.shells_out:
-        raise EdgepruneError(
-            f"the {rt.name} runner runs in this process and cannot go through "
-            f"transport {transport.name}",
-            'use remote_runner = "edgeprune" in the device descriptor',
-        )
-    if not rt.shells_out:
-        options.pop("transport", None)
-    return rt.make(threads=threads, precision=precision, **options)
-
-
 def device_options(device) -> dict:
     """The options ``device``'s descriptor sets for its runtime."""
     out = {}
@@ -147,7 +77,7 @@ def device_options(device) -> dict:
     return out
 
 
-def runner_for_device(device, threads: int | None = None, transport=None) -> Runner:
+def runner_for_device(device, threads: int | None = None, transport=None) -> TimedRunner:
     """The runner for ``device``'s runtime and precision, here or through ``transport``."""
     opts = device_options(device)
     if transport is not None:

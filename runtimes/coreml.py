@@ -1,33 +1,19 @@
 """CoreML: predictions and timing through coremltools, which can only run models on
 macOS (conversion works anywhere; see edgeprune.export). Elsewhere: a clear error.
-
-``import_coremltools()`` is the one place coremltools (heavy) is imported, here and for
-the CoreML export target."""
+coremltools (heavy) is imported through ``core.backends.optional.import_coremltools``."""
 
 from __future__ import annotations
 
-import logging
 import platform
 from pathlib import Path
 
 import numpy as np
 
+from edgeprune.core.backends.optional import import_coremltools
+from edgeprune.core.backends.runner import Runtime
 from edgeprune.core.errors import EdgepruneError, MissingRuntimeError
-from edgeprune.runtimes.base import RunnerBase, Runtime
+from edgeprune.runtimes.base import RunnerBase
 from edgeprune.runtimes.timing import Timing, TimingPolicy, time_callable
-
-
-def import_coremltools():
-    """The ``coremltools`` module, its import-time log lines silenced; one line
-    (``MissingRuntimeError``, exit 2) where it is not installed."""
-    logging.getLogger("coremltools").setLevel(logging.ERROR)  # before the import: it warns
-    try:
-        import coremltools as ct
-    except ImportError:
-        raise MissingRuntimeError(
-            "coremltools is not installed", "pip install coremltools"
-        ) from None
-    return ct
 
 
 def check_available() -> None:

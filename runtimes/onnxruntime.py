@@ -4,18 +4,23 @@ binary ``onnxruntime_perf_test`` times ``.onnx`` and ``.ort`` models there."""
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import importlib.util
 import io
+import json
 import re
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 
+from edgeprune.core.backends.runner import Runtime
 from edgeprune.core.errors import EdgepruneError, MissingRuntimeError
-from edgeprune.runtimes.base import DeviceBinaryRunner, RunnerBase, Runtime
+from edgeprune.runtimes.base import DeviceBinaryRunner, RunnerBase
 from edgeprune.runtimes.timing import Timing, TimingPolicy, parse_ms, time_callable
 
 
@@ -39,9 +44,10 @@ def make_session(
     threads: int | None = None,
     providers: list[str] | None = None,
     optimization: str = "all",
+    options=None,
 ):
-
-    so = ort.SessionOptions()
+    """A session on ``model``; ``options``: SessionOptions to start from (profiling)."""
+    so = options or ort.SessionOptions()
     if threads:
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
@@ -65,6 +71,19 @@ def run(session, x: np.ndarray) -> np.ndarray:
 
 
 _DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64}
+
+
+def random_feeds(session, seed: int = 0) -> dict[str, np.ndarray]:
+    """Seeded random inputs of ``session``'s (static) input shapes and types."""
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for i in session.get_inputs():
+        shape = tuple(d if isinstance(d, int) else 1 for d in i.shape)
+        feeds[i.name] = rng.standard_normal(shape).astype(_DTYPES.get(i.type, np.float32))
+    return feeds
+
+
+LOAD_HINT = "is it an .onnx file exported by 'edgeprune export'?"
 
 
 class OnnxRuntimeRunner(RunnerBase):
@@ -102,8 +121,7 @@ class OnnxRuntimeRunner(RunnerBase):
                 )
         except Exception as e:  # onnxruntime raises its own Fail/InvalidProtobuf types
             what = "the model" if isinstance(artifact, bytes) else artifact
-            hint = "is it an .onnx file exported by 'edgeprune export'?"
-            raise self.cannot_load("onnxruntime", what, e, hint) from None
+            raise self.cannot_load("onnxruntime", what, e, LOAD_HINT) from None
 
     @property
     def session(self):
@@ -121,12 +139,8 @@ class OnnxRuntimeRunner(RunnerBase):
         return out
 
     def _inputs(self, seed: int = 0) -> dict[str, np.ndarray]:
-        rng = np.random.default_rng(seed)
-        feeds = {}
-        for i in self.session.get_inputs():
-            dt = _DTYPES.get(i.type, np.float32)
-            feeds[i.name] = rng.standard_normal(self.input_shapes()[i.name]).astype(dt)
-        return feeds
+        self.input_shapes()  # refuses a dynamic shape
+        return random_feeds(self.session, seed)
 
     def run(self, inputs: dict[str, np.ndarray] | np.ndarray) -> list[np.ndarray]:
         if isinstance(inputs, np.ndarray):
@@ -143,6 +157,92 @@ class OnnxRuntimeRunner(RunnerBase):
 def available(**_options) -> tuple[bool, str]:
     ok = importlib.util.find_spec("onnxruntime") is not None
     return ok, "onnxruntime installed" if ok else "onnxruntime not installed"
+
+
+# ---- a per-operator profile: onnxruntime's own session profiler --------------------------
+@dataclass(kw_only=True)
+class SessionProfile:
+    """What onnxruntime's session profiler saw over ``runs`` timed runs (after the
+    warm-up runs, which are dropped): ``nodes``, one ``(run, node name, op kind, µs)`` per
+    node run; ``run_us``, each run's ``model_run`` time (the node times plus the session's
+    own per-run work); ``graph``, the graph as the session runs it (after onnxruntime's
+    fusions: the names of ``nodes`` are its node names), None when it cannot be saved (an
+    .ort model); ``inputs``: the input shapes."""
+
+    nodes: list[tuple[int, str, str, float]]
+    run_us: list[float]
+    graph: onnx.ModelProto | None
+    threads: int | None
+    version: str
+    inputs: dict[str, tuple[int, ...]]
+
+
+def profile_session(
+    artifact: str | Path | bytes, threads: int | None = None, runs: int = 20, warmup: int = 3
+) -> SessionProfile:
+    """Run ``artifact`` ``warmup + runs`` times on random inputs with the session profiler
+    on (``SessionOptions.enable_profiling``) and read its Chrome-trace file back; the trace
+    and the optimized graph are written to a temporary folder, removed on return."""
+    if not isinstance(artifact, bytes) and not Path(artifact).is_file():
+        raise EdgepruneError(f"artifact {artifact} does not exist")
+    with tempfile.TemporaryDirectory(prefix="edgeprune-ops-") as tmp:
+        so = ort.SessionOptions()
+        so.enable_profiling = True
+        so.profile_file_prefix = str(Path(tmp) / "ort_profile")
+        optimized = Path(tmp) / "optimized.onnx"
+        if not _is_ort_format(artifact):
+            so.optimized_model_filepath = str(optimized)
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                sess = make_session(artifact, threads, options=so)
+        except Exception as e:  # onnxruntime raises its own Fail/InvalidProtobuf types
+            what = "the model" if isinstance(artifact, bytes) else artifact
+            raise OnnxRuntimeRunner.cannot_load("onnxruntime", what, e, LOAD_HINT) from None
+        feeds = random_feeds(sess)
+        shapes = {k: tuple(v.shape) for k, v in feeds.items()}
+        for _ in range(warmup + runs):
+            sess.run(None, feeds)
+        trace = Path(sess.end_profiling())
+        events = json.loads(trace.read_text())
+        trace.unlink(missing_ok=True)
+        graph = onnx.load(str(optimized), load_external_data=False) if optimized.is_file() else None
+    nodes, run_us = node_times(events, warmup)
+    return SessionProfile(
+        nodes=nodes, run_us=run_us, graph=graph, threads=threads, version=version(), inputs=shapes
+    )
+
+
+def _is_ort_format(artifact: str | Path | bytes) -> bool:
+    """An ORT-format (flatbuffer) model: already optimized, not savable as ONNX."""
+    if isinstance(artifact, bytes | bytearray):
+        return bytes(artifact[4:8]) == b"ORTM"
+    with open(artifact, "rb") as f:
+        return f.read(8)[4:8] == b"ORTM"
+
+
+NodeRun = tuple[int, str, str, float]  # (run, node name, op kind, µs)
+
+
+def node_times(events: list[dict], warmup: int) -> tuple[list[NodeRun], list[float]]:
+    """The node runs and the per-run times (µs) of a session profiler trace, the first
+    ``warmup`` runs dropped. A node run belongs to the ``model_run`` event whose span
+    holds it; ``NAME_kernel_time`` events only (older versions also write zero-length
+    ``_fence_before``/``_fence_after`` ones)."""
+    spans = sorted(
+        (e["ts"], e["ts"] + e["dur"])
+        for e in events
+        if e.get("cat") == "Session" and e.get("name") == "model_run"
+    )[warmup:]
+    starts = [a for a, _ in spans]
+    nodes, suffix = [], "_kernel_time"
+    for e in events:
+        if e.get("cat") != "Node" or not e.get("name", "").endswith(suffix):
+            continue
+        run = bisect.bisect_right(starts, e["ts"]) - 1
+        if run >= 0 and e["ts"] <= spans[run][1]:
+            kind = (e.get("args") or {}).get("op_name", "?")
+            nodes.append((run, e["name"][: -len(suffix)], kind, float(e["dur"])))
+    return nodes, [float(b - a) for a, b in spans]
 
 
 # ---- on a device: onnxruntime_perf_test, driven through a transport (adb, ssh) -------

@@ -91,14 +91,36 @@ def test_no_import_cycles():
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph) or [])
 
 
+def test_export_and_runtimes_import_only_the_core():
+    """Issue #30, as pyproject's import-linter contracts say it: the core imports nothing
+    else of edgeprune; export/ and runtimes/ import only themselves and the core (what
+    they share is in core/backends/). Imports inside functions and under TYPE_CHECKING
+    count."""
+    allowed = {
+        "edgeprune.core": ("edgeprune.core",),
+        "edgeprune.export": ("edgeprune.export", "edgeprune.core"),
+        "edgeprune.runtimes": ("edgeprune.runtimes", "edgeprune.core"),
+    }
+    wrong = []
+    for name, deps in import_graph().items():
+        for top, ok in allowed.items():
+            if name == top or name.startswith(top + "."):
+                wrong += [
+                    f"{name} -> {d}"
+                    for d in sorted(deps)
+                    if d != "edgeprune" and not any(d == o or d.startswith(o + ".") for o in ok)
+                ]
+    assert not wrong, wrong
+
+
 def test_cycle_finder_finds_a_cycle():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
 
 
 def test_every_runtime_and_transport_is_registered_where_defined():
+    from edgeprune.core.backends.runner import RUNTIMES, runtime
     from edgeprune.profiles.devices import all_devices
-    from edgeprune.runtimes.base import RUNTIMES, runtime
     from edgeprune.runtimes.transports import TRANSPORTS, transport_class
 
     for name in RUNTIMES:
@@ -117,8 +139,8 @@ def test_every_runtime_and_transport_is_registered_where_defined():
 
 
 def test_runtime_refuses_a_transport_it_cannot_use():
+    from edgeprune.core.backends.runner import get_runner
     from edgeprune.core.errors import EdgepruneError
-    from edgeprune.runtimes.base import get_runner
 
     class Far:
         name = "ssh"
@@ -218,7 +240,8 @@ def test_requests_and_results_are_keyword_only_dataclasses():
 
 
 def test_every_job_package_says_what_it_owns():
-    for pkg in ("core", "latency", "profiling", "budget", "accuracy", "training", "render", "cli"):
+    jobs = ("latency", "profiling", "budget", "accuracy", "training", "render", "cli")
+    for pkg in ("core", "core/backends", *jobs):
         init = ROOT / "edgeprune" / pkg / "__init__.py"
         doc = ast.get_docstring(ast.parse(init.read_text()))
         assert doc and 1 <= len(doc.splitlines()) <= 2, pkg

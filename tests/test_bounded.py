@@ -46,7 +46,7 @@ def test_a_hanging_compiler_is_stopped_in_one_line(tmp_path, monkeypatch):
     """CXX hangs: the build stops at $EDGEPRUNE_CXX_TIMEOUT, kills the compiler and
     everything it started, and leaves nothing in the cache."""
     pytest.importorskip("executorch", reason='needs pip install "edgeprune[executorch]"')
-    from edgeprune.runtimes.executorch import kernel_library as k
+    from edgeprune.core.backends import executorch_kernels as k
 
     cxx, pidfile = _hanging(tmp_path, "slow-cxx")
     monkeypatch.setenv("CXX", str(cxx))
@@ -63,7 +63,7 @@ def test_a_hanging_compiler_is_stopped_in_one_line(tmp_path, monkeypatch):
 @pytest.mark.parametrize("value", ["0", "-1", "nan", "inf", "1e400", "soon", "2e6"])
 def test_the_compiler_timeout_takes_seconds_only(value, tmp_path, monkeypatch):
     pytest.importorskip("executorch", reason='needs pip install "edgeprune[executorch]"')
-    from edgeprune.runtimes.executorch import kernel_library as k
+    from edgeprune.core.backends import executorch_kernels as k
 
     monkeypatch.setenv("EDGEPRUNE_CXX_TIMEOUT", value)
     monkeypatch.setenv("EDGEPRUNE_CACHE", str(tmp_path / "cache"))
@@ -77,8 +77,9 @@ def test_the_compiler_timeout_takes_seconds_only(value, tmp_path, monkeypatch):
 def test_local_commands_are_bounded(tmp_path, monkeypatch):
     """The local transport has a limit of its own (--timeout reaches it), and a command
     run with no limit at all gets the default one."""
+    from edgeprune.core.backends import process
     from edgeprune.profiles.devices import get_device
-    from edgeprune.runtimes.transports import base, open_transport
+    from edgeprune.runtimes.transports import open_transport
     from edgeprune.runtimes.transports.local import LocalTransport
 
     script, pidfile = _hanging(tmp_path, "tool")
@@ -87,15 +88,15 @@ def test_local_commands_are_bounded(tmp_path, monkeypatch):
     with pytest.raises(EdgepruneError, match=r"did not finish within 1 s and was stopped"):
         t.run([str(script)], cwd=str(tmp_path))
     assert _wait_gone(int(pidfile.read_text()))
-    assert LocalTransport().timeout == base.DEFAULT_TIMEOUT_S
-    monkeypatch.setattr(base, "DEFAULT_TIMEOUT_S", 1.0)
+    assert LocalTransport().timeout == process.DEFAULT_TIMEOUT_S
+    monkeypatch.setattr(process, "DEFAULT_TIMEOUT_S", 1.0)
     with pytest.raises(EdgepruneError, match="did not finish within 1 s"):
-        base.run_killable([str(script)], None, "the tool")
+        process.run_killable([str(script)], None, "the tool")
     assert _wait_gone(int(pidfile.read_text()))
 
 
 def test_a_missing_tool_is_one_line(tmp_path):
-    from edgeprune.runtimes.transports.base import run_killable
+    from edgeprune.core.backends.process import run_killable
 
     with pytest.raises(EdgepruneError, match="cannot run .*no-such-tool"):
         run_killable([str(tmp_path / "no-such-tool")], 5, "the tool")
@@ -145,3 +146,29 @@ def test_limits_in_range_are_taken():
 
     assert positive_seconds(0.5) == 0.5 and positive_seconds(MAX_SECONDS) == MAX_SECONDS
     assert some_seconds(0.0) == 0.0 and positive_seconds(None) is None
+
+
+# ---- trtexec -------------------------------------------------------------------------
+def test_a_hanging_trtexec_is_stopped_with_everything_it_started(tmp_path):
+    """trtexec (a stand-in script here: TensorRT is not on this machine) building an
+    engine hangs: at the limit the whole process group is killed, not only trtexec."""
+    from edgeprune.core.backends.tensorrt import run_trtexec
+
+    trtexec, pidfile = _hanging(tmp_path, "trtexec")
+    t0 = time.monotonic()
+    with pytest.raises(EdgepruneError) as e:
+        run_trtexec([str(trtexec), "--onnx=m.onnx"], "building the engine", timeout=1)
+    line = e.value.one_line()
+    assert "trtexec (building the engine) did not finish within 1 s" in line, line
+    assert time.monotonic() - t0 < 15
+    assert _wait_gone(int(pidfile.read_text())), "trtexec's child still runs"
+
+
+def test_a_failing_trtexec_is_one_line_with_its_last_words(tmp_path):
+    trtexec = tmp_path / "trtexec"
+    trtexec.write_text("#!/bin/sh\necho '[E] parse error at node 7' >&2\nexit 3\n")
+    trtexec.chmod(0o755)
+    from edgeprune.core.backends.tensorrt import run_trtexec
+
+    with pytest.raises(EdgepruneError, match=r"exit 3\): \[E\] parse error at node 7"):
+        run_trtexec([str(trtexec)], "building the engine", timeout=10)

@@ -85,8 +85,8 @@ def test_kernel_equals_the_reference_sizes_and_first_maximum(n, r):
     is tied (the first maximum wins, as ArgMax)."""
     from executorch.exir import to_edge_transform_and_lower
 
+    from edgeprune.core.backends import executorch_kernels
     from edgeprune.core.methods.tome import merge_scored
-    from edgeprune.runtimes.executorch import kernel_library as executorch_kernels
     from edgeprune.runtimes.executorch.runner import ExecuTorchRunner
 
     g = torch.Generator().manual_seed(n)
@@ -131,7 +131,7 @@ def test_kernel_breaks_ties_among_the_best_scores_in_token_order():
 
 
 def test_build_is_cached_and_leaves_no_temporary(tmp_path, monkeypatch):
-    from edgeprune.runtimes.executorch import kernel_library as k
+    from edgeprune.core.backends import executorch_kernels as k
 
     monkeypatch.setenv("EDGEPRUNE_CACHE", str(tmp_path))
     first = k.build()
@@ -151,7 +151,7 @@ def test_build_is_cached_and_leaves_no_temporary(tmp_path, monkeypatch):
 def test_a_built_library_needs_no_compiler(tmp_path, monkeypatch):
     """bench or evaluate of a kernel program on a machine with the library built and no
     compiler any more; a descriptor with custom_kernels says whether it can run."""
-    from edgeprune.runtimes.executorch import kernel_library as k
+    from edgeprune.core.backends import executorch_kernels as k
     from edgeprune.runtimes.executorch.runner import available
 
     monkeypatch.setenv("EDGEPRUNE_CACHE", str(tmp_path))
@@ -167,7 +167,7 @@ def test_a_built_library_needs_no_compiler(tmp_path, monkeypatch):
 
 
 def test_an_unwritable_cache_is_one_line(tmp_path, monkeypatch):
-    from edgeprune.runtimes.executorch import kernel_library as k
+    from edgeprune.core.backends import executorch_kernels as k
 
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
@@ -178,7 +178,7 @@ def test_an_unwritable_cache_is_one_line(tmp_path, monkeypatch):
 
 
 def test_no_compiler_or_a_broken_source_is_one_line(tmp_path, monkeypatch):
-    from edgeprune.runtimes.executorch import kernel_library as k
+    from edgeprune.core.backends import executorch_kernels as k
 
     monkeypatch.setenv("EDGEPRUNE_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("CXX", "no-such-compiler-here")
@@ -212,7 +212,7 @@ def test_cli_export_with_custom_kernels_records_them_and_bench_loads_them(cli, m
 
     man = json.loads(manifest_path(out).read_text())
     assert man["custom_kernels"]["ops"] == ["edgeprune::tome_merge.out"]
-    assert man["custom_kernels"]["sources"] == ["runtimes/executorch/kernels/tome_merge.cpp"]
+    assert man["custom_kernels"]["sources"] == ["edgeprune/core/backends/kernels/tome_merge.cpp"]
     assert man["xnnpack"]["ops_outside_delegates"] == {"edgeprune.tome_merge": MICRO.depth}
     assert man["parity"]["status"] == "passed"
     code, text, err = cli("bench", out, "--runs", "5", "--threads", "1")

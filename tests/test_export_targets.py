@@ -199,7 +199,7 @@ def test_trt_stand_in_trtexec_without_output_is_unverified(tmp_path, monkeypatch
 def test_trt_prefers_python_api_when_it_imports(monkeypatch):
     from types import ModuleType
 
-    from edgeprune.runtimes.tensorrt.engine import find_builder
+    from edgeprune.core.backends.tensorrt import find_builder
 
     fake = ModuleType("tensorrt")
     fake.__version__ = "10.3.0"
@@ -250,7 +250,7 @@ def test_engine_builder_drives_the_tensorrt_api(monkeypatch, tmp_path, version):
     """The ONNX is parsed, the workspace set, FP16 is a builder flag on TensorRT 10 only
     (11 is strongly typed), a dynamic batch is an optimization profile on the input, and
     the timing cache is read before the build and written after it."""
-    from edgeprune.runtimes.tensorrt.engine import build_engine_api
+    from edgeprune.core.backends.tensorrt import build_engine_api
 
     calls: list = []
     monkeypatch.setitem(sys.modules, "tensorrt", _stand_in_tensorrt(version, calls))
@@ -500,4 +500,3 @@ def test_trt_kept_graphs_carry_their_own_manifests(cli, tmp_path, no_tensorrt):
     assert report["images"] == 4
     ref = report["references"]["source"]
     assert ref["what"] == f"{SPEC} in PyTorch" and ref["top1_agreement"] == 100.0
-

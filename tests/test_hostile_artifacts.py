@@ -262,7 +262,7 @@ GOOD = {"median_ms": 5.0, "p90_ms": 5.5, "min_ms": 4.9, "max_ms": 6.0, "runs": 2
     [
         (json.dumps({**GOOD, "gpu_ms": 1.0}), "gpu_ms"),
         (json.dumps({**GOOD, "median_ms": -2.35}), "median_ms"),
-        (json.dumps({**GOOD, "median_ms": float("nan")}), "NaN is not JSON"),
+        (json.dumps({**GOOD, "median_ms": float("nan")}), "NaN is not a JSON number"),
         (json.dumps({**GOOD, "runs": "20"}), "runs"),
         (json.dumps({**GOOD, "runs": 0}), "runs"),
         (json.dumps({**GOOD, "median_ms": 9.0}), "median_ms"),

@@ -93,3 +93,46 @@ def test_a_nan_program_fails(source):
         n_inputs=2, tol=INT8,
     )  # fmt: skip
     assert not p.ok
+
+
+def test_one_nan_logit_fails_even_where_top1_agrees(source):
+    """max() skips a NaN: a program whose outputs hold one NaN logit passed the max |diff|
+    bound (and, with no top-1 limit, the check). It fails now, and says why in words."""
+    model = source.model()
+
+    def one_nan(x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            y = model(torch.from_numpy(x)).numpy().copy()
+        y[:, int(np.argmin(y))] = np.nan
+        return y
+
+    loose = Tolerance(1e3, 0.0)
+    p = compare(model, one_nan, batch=1, img_size=64, n_inputs=4, tol=loose)
+    assert not p.ok and math.isinf(p.max_abs_diff)
+    with pytest.raises(ParityError, match="its outputs hold NaN or infinity"):
+        require(p, "the program")
+
+
+def test_export_prints_the_kl_it_was_judged_by():
+    """The int8 verdict's KL and its limit reach the export's text, not only the
+    manifest; an fp32 parity (no KL limit) prints no KL."""
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    from edgeprune.render.tables import print_export
+
+    base = {"status": "passed", "runtime": "executorch (xnnpack)", "max_abs_diff": 0.31,
+            "top1_agreement": 0.94, "inputs": 16, "atol": 1.0, "min_top1_agreement": 0.5,
+            "kl_divergence": 0.0042}  # fmt: skip
+    lines = {}
+    for name, limit in (("int8", 0.1), ("fp32", None)):
+        out, err = Console(record=True, width=200), Console(record=True, width=200)
+        man = {"sha256": "ab" * 32, "token_plan": {"tokens_per_block": [5, 5, 3]}}
+        result = SimpleNamespace(kept=[], next_steps=[], written=True, artifact="m.pte",
+                                 manifest=man, parity={**base, "max_kl_divergence": limit},
+                                 warnings=[])  # fmt: skip
+        print_export(result, out, err)
+        lines[name] = next(ln for ln in out.export_text().splitlines() if "parity" in ln)
+    assert "KL(fp32 ‖ it) 0.0042" in lines["int8"] and "KL 0.1)" in lines["int8"]
+    assert "KL" not in lines["fp32"]

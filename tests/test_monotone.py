@@ -56,7 +56,7 @@ class _BurstyRunner:
     precision = "fp32"
 
     def __init__(self, passes: int):
-        from edgeprune.runtimes.base import get_runner
+        from edgeprune.core.backends.runner import get_runner
 
         self.inner = get_runner("onnxruntime", threads=1)
         self.threads = 1

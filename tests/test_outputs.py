@@ -156,8 +156,12 @@ def fake_validation(monkeypatch):
     def report(model, **_):
         calls.append(model)
         results = tuple(
-            ConfigResult(keep_ratios=(0.5, 0.25, 0.125), predicted_ms=10.0, measured_ms=m,
-                         measured_p90_ms=m * 1.1)  # fmt: skip
+            ConfigResult(
+                keep_ratios=(0.5, 0.25, 0.125),
+                predicted_ms=10.0,
+                measured_ms=m,
+                measured_p90_ms=m * 1.1,
+            )  # fmt: skip
             for m in (10.2, 9.9, 10.1)
         )
         return ValidationReport(profile="t.json", method="dynamicvit", threads=1, rounds=3,
@@ -271,3 +275,30 @@ def test_demo_images_into_an_empty_folder_and_bounds(tmp_path):
     with pytest.raises(EdgepruneError, match="not a folder"):
         write_demo_images(tmp_path / "f", classes=1, per_class=1, size=8)
     assert (tmp_path / "f").read_text() == "a file" and not (tmp_path / "new").exists()
+
+
+def test_a_resume_file_is_checked_against_inputs_but_may_exist(tmp_path):
+    """<out>.partial.json (--resume) joins the collision check: it is refused when it is
+    an input or another output, and its existing is no conflict (a rerun continues it)."""
+    out, partial = tmp_path / "s.json", tmp_path / "s.json.partial.json"
+    partial.write_text("{}")
+    outs = {
+        "--out": Output(out, ".json"),
+        "the resume file": Output(partial, ".json", resumed=True),
+    }
+    check_outputs(outs, {"SRC": tmp_path / "ck.pt"})  # exists, not forced: fine
+    with pytest.raises(EdgepruneError, match="the resume file .* is the input SRC"):
+        check_outputs(outs, {"SRC": partial})
+    with pytest.raises(EdgepruneError, match="are the same file"):
+        check_outputs({**outs, "--plot": partial})
+
+
+def test_sensitivity_resume_file_over_its_checkpoint_is_refused(cli, tmp_path):
+    write_demo_images(tmp_path / "imgs", classes=2, per_class=1, size=16)
+    ckpt = tmp_path / "s.json.partial.json"  # a checkpoint under the resume file's name
+    torch.save(make_state_dict("deit_tiny:dynamicvit"), ckpt)
+    before = _snapshot(tmp_path)
+    _refused(cli("sensitivity", ckpt, "--method", "dynamicvit",
+                 "--images", tmp_path / "imgs", "--out", tmp_path / "s.json", "--resume"),
+             "the resume file", "is the input SRC")  # fmt: skip
+    assert _snapshot(tmp_path) == before

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 from edgeprune.core.arch import get_arch
+from edgeprune.core.backends.runner import get_runner
+from edgeprune.core.backends.tensorrt import parse_trtexec_version
 from edgeprune.core.errors import EdgepruneError, MissingRuntimeError
 from edgeprune.profiling.pieces import make_block, module_to_onnx
-from edgeprune.runtimes.base import get_runner
 from edgeprune.runtimes.tensorrt.runner import TrtexecRunner, parse_export_times, trtexec_argv
-from edgeprune.runtimes.tensorrt.trtexec import parse_trtexec_version
 from edgeprune.runtimes.timing import (
     Timing,
     TimingPolicy,
@@ -211,7 +211,7 @@ def test_export_builder_shares_trtexec_lookup_and_version(tmp_path, monkeypatch)
 
     if importlib.util.find_spec("tensorrt") is not None:
         pytest.skip("the tensorrt Python API is installed: find_builder prefers it")
-    from edgeprune.runtimes.tensorrt.engine import find_builder
+    from edgeprune.core.backends.tensorrt import find_builder
 
     exe = _fake_trtexec(tmp_path, "8601")
     monkeypatch.setenv("PATH", str(tmp_path))

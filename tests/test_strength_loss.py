@@ -221,10 +221,10 @@ def test_built_from_a_table_a_model_a_budget_or_files(tmp_path):
         LatencyAwareSparsityLoss(tmp_path / "missing.json", 5.0)
 
 
-def test_a_file_that_is_not_json_is_read_as_a_profile(tmp_path):
+def test_a_file_that_is_not_json_is_one_line_and_json_not_a_budget_is_a_profile(tmp_path):
     p = tmp_path / "x.json"
     p.write_bytes(b"\xff\xfe not json")
-    with pytest.raises(EdgepruneError, match="not a valid latency table"):
+    with pytest.raises(EdgepruneError, match="neither a latency table nor a budget: not JSON"):
         LatencyAwareSparsityLoss(p, 5.0)
     p.write_text("[1, 2]")  # JSON, but no object: not a budget
     with pytest.raises(EdgepruneError, match="not a valid latency table"):

@@ -64,7 +64,7 @@ def kernels(tmp_path_factory):
     """The kernel library built once, in a cache folder of its own."""
     pytest.importorskip("executorch", reason='needs pip install "edgeprune[executorch]"')
     need_tool("g++")
-    from edgeprune.runtimes.executorch import kernel_library as k
+    from edgeprune.core.backends import executorch_kernels as k
 
     cache = tmp_path_factory.mktemp("kcache") / "cache"
     mp = pytest.MonkeyPatch()

@@ -30,13 +30,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from edgeprune.core.backends.runner import get_runner
 from edgeprune.core.errors import EdgepruneError
 from edgeprune.core.images import ImageSet, Preprocess, batches, preprocess_for, scan
 from edgeprune.core.methods import get_method
 from edgeprune.core.models.deit import VisionTransformer
 from edgeprune.core.source import Source, resolve
 from edgeprune.export.manifest import ManifestFile, hash_note, read_manifest, verify_artifact
-from edgeprune.runtimes.base import get_runner
 
 ARTIFACT_RUNTIMES = {
     ".onnx": "onnxruntime",

@@ -338,7 +338,12 @@ def measure_to_file(
     ``resume``, progress is kept in ``<out>.partial.json`` and a rerun continues it)."""
 
     ins = {"SRC": req.src, "--images": req.images}
-    check_outputs({"--out": Output(Path(out), ".json")}, ins, force)
-    data = measure(req, resume_path(Path(out)) if resume else None, progress)
+    partial = resume_path(Path(out)) if resume else None
+    outs = {
+        "--out": Output(Path(out), ".json"),
+        "the resume file": partial and Output(partial, ".json", resumed=True),
+    }
+    check_outputs(outs, ins, force)
+    data = measure(req, partial, progress)
     write_json_atomic(out, data)
     return data

@@ -35,13 +35,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from edgeprune.budget.search import BudgetResult, UnreachableTarget
+from edgeprune.core.backends.runner import get_runner
 from edgeprune.core.errors import EdgepruneError
 from edgeprune.core.plan import dense_plan
 from edgeprune.core.records import record
 from edgeprune.core.source import resolve
 from edgeprune.latency.model import LatencyModel
 from edgeprune.profiling.validate import LocalModels, check_local_runtime
-from edgeprune.runtimes.base import get_runner
 from edgeprune.runtimes.timing import Timing
 
 ANCHOR_ROUNDS = 20  # bursts of the dense model timed to re-anchor the table

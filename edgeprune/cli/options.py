@@ -30,6 +30,7 @@ SEARCH = "Search"
 VERIFY = "Verify (--verify)"
 IMAGES = "Images"
 TRAINING = "Training"
+OPS = "Per-operator profile (--ops)"
 
 
 def opt(kind, *names: str, panel: str | None = None, **kw):
@@ -81,7 +82,6 @@ def some_seconds(value: float | None) -> float | None:
     if value is not None and not (math.isfinite(value) and 0 <= value <= MAX_SECONDS):
         raise typer.BadParameter(f"{value:g} is not a wait: give seconds in [0, 1000000]")
     return value
-
 
 
 # ---- a model: SRC and what overrides it ---------------------------------------------
@@ -180,7 +180,7 @@ KernelsOpt = opt(
     "--custom-kernels",
     panel=EXECUTORCH,
     help="ToMe's merge as one edgeprune kernel (built here with g++; a phone's "
-    "executor_runner must include runtimes/executorch/kernels).",
+    "executor_runner must include edgeprune/core/backends/kernels).",
 )
 DynBatchOpt = opt(
     str | None, "--dynamic-batch", panel=TRT, help="MIN,OPT,MAX optimization profile."

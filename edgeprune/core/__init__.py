@@ -1,2 +1,2 @@
 """The core of a pruned ViT: architectures, checkpoints and sources, the TokenPlan, FLOPs,
-the methods and models, image folders, errors and atomic files. Imports nothing else."""
+the methods and models, images, errors, atomic files, what backends share. Imports nothing else."""

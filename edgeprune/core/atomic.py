@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
 import shutil
 import tempfile
@@ -39,6 +38,9 @@ class Output:
     path: Path
     suffix: str | None = None
     folder: bool = False
+    #: a file the command keeps between runs and may find there (a resume file): checked
+    #: against the inputs and the other outputs, but its existing is no conflict
+    resumed: bool = False
 
 
 def check_outputs(
@@ -77,7 +79,8 @@ def check_outputs(
                     f"{a} and {b} are the same file {outs[a].path}", "give them different names"
                 )
     for o in outs.values():
-        (check_writable_dir_target if o.folder else check_writable_target)(o.path, force)
+        check = check_writable_dir_target if o.folder else check_writable_target
+        check(o.path, force or o.resumed)
 
 
 def same_file(a: Path, b: Path) -> bool:
@@ -208,15 +211,3 @@ def atomic_dir(path: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-
-
-def read_json_file(path: Path, bad, schema: str) -> dict:
-    """A JSON object whose ``schema`` is ``schema``, from ``path``; ``bad(what)`` makes
-    the error (one line, what the file should be) for a file that is not."""
-    try:
-        d = json.loads(Path(path).read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise bad("not JSON") from None
-    if not isinstance(d, dict) or d.get("schema") != schema:
-        raise bad(f"'schema' is not '{schema}'")
-    return d

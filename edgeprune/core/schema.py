@@ -61,6 +61,8 @@ def first_error(err: ValidationError) -> str:
     msg = e["msg"]
     if e["type"] == "missing":
         msg = "missing"
+    elif e["type"] in ("model_type", "model_attributes_type", "dataclass_type"):
+        msg = "should be an object ({...})"  # not pydantic's "instance of <our class>"
     return " ".join(f"{_where(tuple(e['loc']))}: {msg}".split())
 
 
@@ -76,25 +78,49 @@ def validate(model: type[M], data: Any, what: str, hint: str | None = None) -> M
         raise EdgepruneError(f"{what}: {e.__class__.__name__}", hint) from None
 
 
-def load_json(path: str | Path, what: str, hint: str | None = None) -> Any:
-    """JSON from ``path``, with NaN/Infinity literals refused (Python's json accepts them,
-    JSON does not); one line when the file is missing, unreadable or not JSON."""
-    path = Path(path)
+def loads(text: str | bytes, what: str, hint: str | None = None) -> Any:
+    """JSON from ``text``, with NaN/Infinity literals refused (Python's json accepts them,
+    JSON does not); ``<what>: <why>`` (one line) when it is not JSON."""
 
     def _no_constants(name: str) -> float:
-        raise ValueError(f"{name} is not JSON")
+        raise _NotJson(f"{name} is not a JSON number")
 
     try:
-        return json.loads(path.read_bytes(), parse_constant=_no_constants)
+        return json.loads(text, parse_constant=_no_constants)
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError too
+        raise EdgepruneError(f"{what}: {_why_not_json(e)}", hint) from None
+
+
+def load_json(path: str | Path, what: str, hint: str | None = None) -> Any:
+    """JSON from the file ``path`` (see :func:`loads`); one line when the file is
+    missing, unreadable or not JSON."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
     except FileNotFoundError:
         raise EdgepruneError(f"{path} does not exist", hint) from None
     except IsADirectoryError:
         raise EdgepruneError(f"{path} is a folder, not a file", hint) from None
-    except (ValueError, UnicodeDecodeError, RecursionError) as e:
-        # json.JSONDecodeError is a ValueError
-        raise EdgepruneError(f"{what}: not JSON ({e.__class__.__name__})", hint) from None
     except OSError as e:
         raise EdgepruneError(f"cannot read {path}: {e.strerror or e}", hint) from None
+    return loads(data, f"{what}: not JSON", hint)
+
+
+class _NotJson(ValueError):
+    """A literal Python's json reads and JSON has not (NaN, Infinity, -Infinity)."""
+
+
+def _why_not_json(e: Exception) -> str:
+    """What is wrong with a file that is not JSON, in words (no exception class names)."""
+    if isinstance(e, json.JSONDecodeError):
+        return f"{e.msg.lower()} at line {e.lineno}, column {e.colno}"
+    if isinstance(e, UnicodeDecodeError):
+        return f"not UTF-8 text (byte {e.start})"
+    if isinstance(e, RecursionError):
+        return "nested too deeply"
+    if isinstance(e, _NotJson):
+        return str(e)
+    return "unreadable"
 
 
 def finite(x: float) -> bool:

@@ -9,11 +9,12 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from edgeprune.core.backends.runner import runtime
 from edgeprune.core.errors import EdgepruneError
 from edgeprune.export.manifest import verify_artifact
 from edgeprune.profiles.devices import Device
 from edgeprune.profiling.remote import bench_remote
-from edgeprune.runtimes.base import runner_for_device, runtime
+from edgeprune.runtimes.base import runner_for_device
 from edgeprune.runtimes.conditions import Watch, hottest, pinned, thermal_over, wait_quiet
 from edgeprune.runtimes.timing import Timing, TimingPolicy, policy_for
 from edgeprune.runtimes.transports import open_transport

@@ -101,11 +101,15 @@ def profile_device(job: ProfileJob, progress: Progress | None = None) -> Profile
     req = job.request()
     dest = job.destination(req)
     png = dest.with_suffix(".png") if job.plot else None
+    partial = resume_path(dest) if job.resume else None
     check_outputs(
-        {"--out": Output(dest, ".json"), "the plot beside --out": png and Output(png, ".png")},
+        {
+            "--out": Output(dest, ".json"),
+            "the plot beside --out": png and Output(png, ".png"),
+            "the resume file": partial and Output(partial, ".json", resumed=True),
+        },
         force=job.force,
     )
-    partial = resume_path(dest) if job.resume else None
     t0 = time.perf_counter()
     with watched(pin=job.pin, wait_quiet_s=job.wait_quiet_s, progress=progress) as cond:
         table = sweep_on_device(req, job.runs, progress, partial, job.transport_options)

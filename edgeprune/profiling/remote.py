@@ -9,12 +9,12 @@ Jetson, is driven from here instead: see ``profiling.measure`` and ``profiling.b
 
 from __future__ import annotations
 
-import json
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from edgeprune.core.errors import EdgepruneError, MissingRuntimeError
+from edgeprune.core.schema import loads
 from edgeprune.latency.table import LatencyTable, load
 from edgeprune.runtimes.timing import Timing
 
@@ -101,17 +101,10 @@ def remote_timing(stdout: str, where: str) -> Timing:
     """The Timing in the last line of ``edgeprune bench --json`` run on ``where``:
     JSON (no NaN/Infinity), every field checked (``Timing.from_dict``), one line if not."""
 
-    def _no_constants(name: str) -> float:
-        raise ValueError(f"{name} is not JSON")
-
     lines = stdout.strip().splitlines()
-    try:
-        d = json.loads(lines[-1], parse_constant=_no_constants)
-    except IndexError:
-        raise EdgepruneError(f"remote bench on {where} printed no JSON") from None
-    except (ValueError, RecursionError) as e:  # JSONDecodeError is a ValueError
-        detail = " ".join(str(e).split())[:80] or type(e).__name__
-        raise EdgepruneError(f"remote bench on {where} printed no JSON ({detail})") from None
+    if not lines:
+        raise EdgepruneError(f"remote bench on {where} printed no JSON")
+    d = loads(lines[-1], f"remote bench on {where} printed no JSON")
     if isinstance(d, dict):
         d = {k: v for k, v in d.items() if k not in ("artifact", "device", "host")}
     hint = "is edgeprune there the same version as here?"

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from edgeprune.core.arch import Arch
+from edgeprune.core.backends.runner import runtime
 from edgeprune.core.errors import EdgepruneError
 from edgeprune.core.methods import get_method
 from edgeprune.core.methods.base import geometric
@@ -37,7 +38,7 @@ from edgeprune.profiles.devices import Device
 from edgeprune.profiling.monotone import isotonic, noise_summary, pass_spread, shape_breaks
 from edgeprune.profiling.pieces import Embed, Head, Piece, lower_module, make_chain, make_vit
 from edgeprune.profiling.resume import ResumeFile
-from edgeprune.runtimes.base import device_options, runner_for_device, runtime
+from edgeprune.runtimes.base import device_options, runner_for_device
 from edgeprune.runtimes.timing import Timing, TimingPolicy
 
 CURVE_TABLES = ("block", "attn", "mlp")

@@ -22,6 +22,8 @@ import numpy as np
 
 from edgeprune.core.arch import ARCHS
 from edgeprune.core.atomic import Output, check_outputs
+from edgeprune.core.backends.runner import RUNTIMES, get_runner, runtime
+from edgeprune.core.backends.runner import runtime as runtime_of
 from edgeprune.core.errors import EdgepruneError
 from edgeprune.core.methods import get_method
 from edgeprune.core.methods.base import geometric
@@ -34,8 +36,6 @@ from edgeprune.latency.model import LatencyModel, load_model
 from edgeprune.latency.table import VALIDATION_LIMIT, record_validation
 from edgeprune.profiling.sweep import anchor_specs
 from edgeprune.render.plots import plot_validation
-from edgeprune.runtimes.base import RUNTIMES, get_runner, runtime
-from edgeprune.runtimes.base import runtime as runtime_of
 from edgeprune.runtimes.conditions import watched
 from edgeprune.runtimes.timing import Timing, time_interleaved
 

@@ -410,10 +410,13 @@ def print_export(result, out, err) -> None:
     if p.get("status") == "skipped":
         out.print(f"[yellow]parity not checked:[/] {p['reason']} (recorded in the manifest)")
     else:
+        kl = p.get("max_kl_divergence")  # judged (int8): the KL and its limit
         out.print(
             f"parity vs PyTorch ({p['runtime']}): max |diff| {p['max_abs_diff']:.2e}, top-1 "
-            f"agreement {p['top1_agreement']:.0%} over {p['inputs']} inputs "
-            f"(limits {p['atol']:g}, {p['min_top1_agreement']:.0%})"
+            f"agreement {p['top1_agreement']:.0%}"
+            + (f", KL(fp32 ‖ it) {p['kl_divergence']:.3g}" if kl is not None else "")
+            + f" over {p['inputs']} inputs (limits {p['atol']:g}, "
+            f"{p['min_top1_agreement']:.0%}" + (f", KL {kl:g})" if kl is not None else ")")
         )
     for w in result.warnings:
         err.print(f"[yellow]warning:[/] {w}")

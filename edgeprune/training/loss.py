@@ -16,7 +16,6 @@ and penalises exceeding the target.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,6 +27,7 @@ from edgeprune.budget.file import BUDGET_SCHEMA, Budget, load_budget
 from edgeprune.core.errors import EdgepruneError
 from edgeprune.core.methods import MethodConfig, get_method
 from edgeprune.core.methods.base import geometric
+from edgeprune.core.schema import load_json
 from edgeprune.latency.model import LatencyModel, load_model
 from edgeprune.latency.table import LatencyTable
 
@@ -39,10 +39,8 @@ def _open(obj, method, locs, target_ms):
 
     if isinstance(obj, str | Path):
         p = Path(obj)
-        try:
-            is_budget = p.exists() and json.loads(p.read_text()).get("schema") == BUDGET_SCHEMA
-        except (ValueError, UnicodeDecodeError, AttributeError):
-            is_budget = False
+        data = load_json(p, f"{p} is neither a latency table nor a budget")
+        is_budget = isinstance(data, dict) and data.get("schema") == BUDGET_SCHEMA
         obj = load_budget(p) if is_budget else load_model(p)
     if isinstance(obj, Budget):
         model = obj.latency_model()

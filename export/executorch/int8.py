@@ -29,9 +29,9 @@ from pathlib import Path
 
 import torch
 
+from edgeprune.core.backends.optional import EXECUTORCH_HINT, import_executorch
 from edgeprune.core.errors import EdgepruneError, MissingRuntimeError
 from edgeprune.core.images import batches, preprocess_for, scan
-from edgeprune.runtimes.executorch import INSTALL_HINT, import_executorch
 
 QUANTIZED_MODULES = ("patch_embed", "blocks", "head")
 ANNOTATION = "quantization_annotation"  # the key PT2E quantizers annotate nodes under
@@ -112,7 +112,9 @@ def _pt2e(module: str):
     try:
         return importlib.import_module(f"torchao.quantization.pt2e.{module}")
     except ImportError:
-        raise MissingRuntimeError("int8 needs torchao (PT2E quantization)", INSTALL_HINT) from None
+        raise MissingRuntimeError(
+            "int8 needs torchao (PT2E quantization)", EXECUTORCH_HINT
+        ) from None
 
 
 def keep_outside_fp32(gm: torch.fx.GraphModule) -> None:

@@ -37,6 +37,13 @@ from pathlib import Path
 import torch
 from torch.fx.passes.infra.pass_base import PassResult
 
+from edgeprune.core.backends.executorch_kernels import build, source_name
+from edgeprune.core.backends.optional import (
+    EXECUTORCH_HINT,
+    executorch_installed,
+    import_executorch,
+)
+from edgeprune.core.backends.runner import get_runner
 from edgeprune.core.errors import EdgepruneError, MissingRuntimeError
 from edgeprune.core.methods.tokenops import edgeprune_kernels, prepare_trace, xnnpack_form
 from edgeprune.core.source import Source
@@ -55,9 +62,6 @@ from edgeprune.export.registry import (
     Tolerance,
     register,
 )
-from edgeprune.runtimes.executorch import INSTALL_HINT, import_executorch, installed
-from edgeprune.runtimes.executorch.kernel_library import SOURCES, build, source_of
-from edgeprune.runtimes.executorch.runner import ExecuTorchRunner
 
 # int8 against PyTorch fp32 (export/registry.py INT8): judged by the mean KL(fp32 ‖ int8)
 # of the softmax outputs and by top-1 agreement; max |diff| (10, in logits) only
@@ -69,8 +73,10 @@ SUFFIX = ".pte"
 def require_executorch() -> None:
     """Raise one line (exit 2) when the ExecuTorch exporter cannot run here."""
 
-    if not installed():
-        raise MissingRuntimeError("--target executorch needs the executorch package", INSTALL_HINT)
+    if not executorch_installed():
+        raise MissingRuntimeError(
+            "--target executorch needs the executorch package", EXECUTORCH_HINT
+        )
 
 
 # ---- the rewrites: an ATen decomposition table applied before lowering -------------
@@ -405,8 +411,8 @@ def export_executorch(
 
     ``int8``: PT2E-quantized with XNNPACK's quantizer, calibrated on ``images`` (a
     folder) or seeded random images. ``custom_kernels``: selector steps that take many
-    small ops (ToMe's merge) as edgeprune's own kernels (``runtimes/executorch/kernels``), built
-    here for the parity check; a phone's executor_runner must be built with them.
+    small ops (ToMe's merge) as edgeprune's own kernels (``edgeprune/core/backends/kernels``),
+    built here for the parity check; a phone's executor_runner must be built with them.
     Nothing is written unless the program matches PyTorch fp32 in the ExecuTorch
     runtime (within the precision's tolerance)."""
 
@@ -463,8 +469,8 @@ def _manifest(
     if ops:
         manifest["custom_kernels"] = {
             "ops": ops,
-            # as the repository spells them: runtimes/executorch/kernels/<name>.cpp
-            "sources": [source_of(op).relative_to(SOURCES.parents[2]).as_posix() for op in ops],
+            # as the repository spells them: edgeprune/core/backends/kernels/<name>.cpp
+            "sources": [source_name(op) for op in ops],
             "runtime": "executor_runner must be built with these sources (README)",
         }
     if calibration is not None:
@@ -478,7 +484,7 @@ def _parity(source: Source, low: Lowered, batch: int, n_inputs: int) -> dict:
     (recorded: how far the XNNPACK int8 kernels are from PT2E's reference ops)."""
 
     precision = "fp32" if low.quantized is None else "int8"
-    runner = ExecuTorchRunner()
+    runner = get_runner("executorch")  # this process's ExecuTorch runtime
     runner.load(low.buffer)
     label = "executorch (xnnpack)"
     tol = TOLERANCE[precision]

@@ -65,7 +65,7 @@ from torch.export import ExportedProgram
 from torch.fx.passes.infra.pass_base import PassResult
 from torch.fx.traceback import NodeSource
 
-from edgeprune.runtimes.executorch import import_executorch
+from edgeprune.core.backends.optional import import_executorch
 
 # major.minor of the versions the patches were written (and RELIES_ON hashed) against
 WRITTEN_FOR = {"executorch": "1.4", "torch": "2.13"}

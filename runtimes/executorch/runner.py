@@ -23,11 +23,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from edgeprune.core.backends import executorch_kernels
+from edgeprune.core.backends.executorch_kernels import needs_kernels, ready
+from edgeprune.core.backends.optional import (
+    EXECUTORCH_HINT,
+    executorch_installed,
+    import_executorch,
+)
+from edgeprune.core.backends.runner import Runtime
 from edgeprune.core.errors import EdgepruneError, MissingRuntimeError
-from edgeprune.runtimes.base import DeviceBinaryRunner, RunnerBase, Runtime
-from edgeprune.runtimes.executorch import INSTALL_HINT, import_executorch, installed
-from edgeprune.runtimes.executorch import kernel_library as executorch_kernels
-from edgeprune.runtimes.executorch.kernel_library import needs_kernels, ready
+from edgeprune.runtimes.base import DeviceBinaryRunner, RunnerBase
 from edgeprune.runtimes.timing import Timing, TimingPolicy, parse_ms, time_callable
 
 BACKEND = "XnnpackBackend"
@@ -38,7 +43,7 @@ _DTYPES = {6: np.float32, 5: np.float16, 4: np.int64, 3: np.int32}
 def available(custom_kernels: bool = False, **_options) -> tuple[bool, str]:
     """Whether the ExecuTorch runtime with XNNPACK can run here (and, for a descriptor
     with ``custom_kernels``, edgeprune's kernels be built or loaded), and why not."""
-    if not installed():
+    if not executorch_installed():
         return False, "executorch not installed"
     try:
         rt = _runtime()
@@ -211,7 +216,7 @@ class ExecuTorchRunner(RunnerBase):
         ok, why = available()
         if not ok:
             raise MissingRuntimeError(
-                f"the ExecuTorch runtime cannot run here: {why}", INSTALL_HINT
+                f"the ExecuTorch runtime cannot run here: {why}", EXECUTORCH_HINT
             )
         super().__init__(threads, precision)
         self._method = None
@@ -298,7 +303,7 @@ BUILD_HINT = (
 
 KERNELS_HINT = (
     "the program calls edgeprune's own kernels (exported with --custom-kernels): "
-    "executor_runner must be built with runtimes/executorch/kernels/*.cpp (README: Android)"
+    "executor_runner must be built with edgeprune/core/backends/kernels/*.cpp (README: Android)"
 )
 
 
@@ -322,7 +327,7 @@ class ExecutorRunnerRunner(DeviceBinaryRunner):
 
     def input_shapes(self) -> dict[str, tuple[int, ...]]:
         self.loaded(self._pte)
-        if installed():  # read from the program itself when ExecuTorch is here
+        if executorch_installed():  # read from the program itself when ExecuTorch is here
             local = ExecuTorchRunner()
             local.load(self._pte)
             return local.input_shapes()

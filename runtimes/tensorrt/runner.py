@@ -23,11 +23,11 @@ from pathlib import Path
 import onnx
 import torch
 
+from edgeprune.core.backends.optional import import_tensorrt
+from edgeprune.core.backends.runner import Runtime
+from edgeprune.core.backends.tensorrt import build_engine_api, find_trtexec, probe_version
 from edgeprune.core.errors import EdgepruneError, MissingRuntimeError
-from edgeprune.runtimes.base import RunnerBase, Runtime
-from edgeprune.runtimes.tensorrt import import_tensorrt
-from edgeprune.runtimes.tensorrt.engine import build_engine_api
-from edgeprune.runtimes.tensorrt.trtexec import find_trtexec, probe_version
+from edgeprune.runtimes.base import RunnerBase
 from edgeprune.runtimes.timing import Timing, TimingPolicy, time_callable
 from edgeprune.runtimes.transports.local import LocalTransport
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import importlib
 
+from edgeprune.core.backends.process import Result, run_killable
 from edgeprune.core.errors import EdgepruneError
-from edgeprune.runtimes.transports.base import Result, Transport, run_killable
+from edgeprune.runtimes.transports.base import Transport
 
 # name -> "module:Class" (imported when used)
 TRANSPORTS: dict[str, str] = {

@@ -23,8 +23,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgeprune.core.backends.process import Result, run_killable
 from edgeprune.core.errors import EdgepruneError, MissingRuntimeError
-from edgeprune.runtimes.transports.base import RemoteShell, Result, run_killable
+from edgeprune.runtimes.transports.base import RemoteShell
 
 SERIAL_ENV = "ANDROID_SERIAL"
 REMOTE_ROOT = "/data/local/tmp"

@@ -9,7 +9,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from edgeprune.runtimes.transports.base import DEFAULT_TIMEOUT_S, Result, run_killable
+from edgeprune.core.backends.process import DEFAULT_TIMEOUT_S, Result, run_killable
 
 
 class LocalTransport:

@@ -17,8 +17,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edgeprune.core.backends.process import Result, run_killable
 from edgeprune.core.errors import EdgepruneError, MissingRuntimeError
-from edgeprune.runtimes.transports.base import RemoteShell, Result, run_killable
+from edgeprune.runtimes.transports.base import RemoteShell
 
 SSH_CONFIG_ENV = "EDGEPRUNE_SSH_CONFIG"
 

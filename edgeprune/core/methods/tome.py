@@ -29,8 +29,8 @@ concatenation or slices, the size weights divided before the MatMul), the keys a
 summed over heads with adds, their row norms by a fully-connected layer, and the best
 match is a first-maximum one-hot inside XNNPACK. With edgeprune's own kernels
 (``export --target executorch --custom-kernels``) everything after the scores is one
-``edgeprune::tome_merge`` call (``runtimes/executorch/kernels/tome_merge.cpp``; its PyTorch
-reference is ``merge_scored``, the index form).
+``edgeprune::tome_merge`` call (``edgeprune/core/backends/kernels/tome_merge.cpp``; its
+PyTorch reference is ``merge_scored``, the index form).
 """
 
 from __future__ import annotations
@@ -220,8 +220,9 @@ def _tome_merge_meta(x, size, scores, r):
 
 # ToMe's merge from the scores as one op: XNNPACK has no ArgMax, TopK or row gather, and
 # the graph form takes ~28 small ops a block, each with its own per-run cost; the
-# ExecuTorch kernel (runtimes/executorch/kernels/tome_merge.cpp) does them in one call. Ties among
-# the best scores go in token order there; torch.topk leaves their order unspecified.
+# ExecuTorch kernel (edgeprune/core/backends/kernels/tome_merge.cpp) does them in one call.
+# Ties among the best scores go in token order there; torch.topk leaves their order
+# unspecified.
 define_op(
     "tome_merge(Tensor x, Tensor size, Tensor scores, int r) -> (Tensor, Tensor)",
     "tome_merge.out(Tensor x, Tensor size, Tensor scores, int r, *, Tensor(a!) out_x, "

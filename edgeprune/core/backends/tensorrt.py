@@ -1,9 +1,9 @@
-"""TensorRT engines for export: find a builder (the ``tensorrt`` Python API, else
-``trtexec``), build a serialized engine, and run it for parity. TensorRT is imported
-only through ``import_tensorrt`` (runtimes/tensorrt/__init__.py). This is the one engine
-builder: the timing runner (runtimes/tensorrt/runner.py) builds through
-``build_engine_api`` too; finding trtexec and reading its version live in
-runtimes/tensorrt/trtexec.py.
+"""TensorRT for export and for the timing runner: find a builder (the ``tensorrt`` Python
+API, else ``trtexec``), build a serialized engine, run it for parity, and find trtexec and
+read its version (here or through any transport). TensorRT is imported only through
+``import_tensorrt`` (core/backends/optional.py). This is the one engine builder: export's
+TensorRT target (export/tensorrt.py) and the timing runner (runtimes/tensorrt/runner.py)
+both build through it.
 
 TensorRT 10 builds FP16 from a float32 ONNX with ``BuilderFlag.FP16`` (``--fp16``);
 TensorRT 11 is strongly typed only, so FP16 must already be in the ONNX.
@@ -12,7 +12,8 @@ TensorRT 11 is strongly typed only, so FP16 must already be in the ONNX.
 from __future__ import annotations
 
 import json
-import subprocess
+import re
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,9 +22,9 @@ import numpy as np
 import torch
 
 from edgeprune.core.atomic import atomic_path
+from edgeprune.core.backends.optional import import_tensorrt
+from edgeprune.core.backends.process import run_killable
 from edgeprune.core.errors import EdgepruneError, MissingRuntimeError
-from edgeprune.runtimes.tensorrt import import_tensorrt
-from edgeprune.runtimes.tensorrt.trtexec import find_trtexec, probe_version
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -63,15 +64,63 @@ def trtexec_version(path: str) -> str:
     return ".".join(map(str, v)) if v else "unknown"
 
 
-# ---- trtexec --------------------------------------------------------------------------
-def run_trtexec(cmd: list[str], what: str, timeout: float = 3600) -> str:
+# ---- finding trtexec, its version --------------------------------------------------------
+JETPACK_TRTEXEC = "/usr/src/tensorrt/bin/trtexec"
+
+
+def find_trtexec(transport=None) -> str:
+    """trtexec on the transport's PATH (None: this machine's), else where JetPack puts it."""
+    which = shutil.which if transport is None else transport.which
+    for cand in ("trtexec", JETPACK_TRTEXEC):
+        found = which(cand)
+        if found:
+            return found
+    where = "this machine" if transport is None else transport.where
+    here = transport is None or transport.name == "local"
+    raise MissingRuntimeError(
+        f"TensorRT is not available on {where}: no trtexec on PATH (nor {JETPACK_TRTEXEC})"
+        + (" and no 'tensorrt' Python package" if here else ""),
+        "on a Jetson it comes with JetPack; elsewhere install TensorRT from NVIDIA, "
+        "or profile the device over SSH with --host",
+    )
+
+
+def parse_trtexec_version(text: str) -> tuple[int, int, int] | None:
+    """TensorRT version from trtexec's banner: ``[TensorRT v100300]`` is 10.3.0
+    (8.x wrote ``v8601`` for 8.6.1)."""
+    m = re.search(r"TensorRT v([0-9]{1,9})\b", text)
+    if m:
+        n = int(m.group(1))
+        if n >= 100000:  # 10.x and later: MMmmpp
+            return n // 10000, (n // 100) % 100, n % 100
+        return n // 1000, (n // 100) % 10, n % 100
+    m = re.search(r"TensorRT version:?\s*([0-9]{1,6})\.([0-9]{1,6})\.([0-9]{1,6})\b", text)
+    if m:
+        return int(m.group(1)), int(m.group(2)), int(m.group(3))
+    return None
+
+
+def probe_version(trtexec: str, transport=None) -> tuple[int, int, int] | None:
+    """Run ``trtexec --help`` (here or through ``transport``) and read its version;
+    None when it cannot be run or says none."""
+    argv = [trtexec, "--help"]
     try:
-        res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
-    except subprocess.TimeoutExpired:
-        raise EdgepruneError(
-            f"trtexec did not finish within {timeout:g} s while {what} and was stopped",
-            exit_code=1,
-        ) from None
+        if transport is None:
+            res = run_killable(argv, 60, trtexec)
+        else:
+            res = transport.run(argv, timeout=60)
+    except (OSError, EdgepruneError):
+        return None
+    return parse_trtexec_version(res.stdout + res.stderr)
+
+
+# ---- running an engine through trtexec ---------------------------------------------------
+def run_trtexec(cmd: list[str], what: str, timeout: float = 3600) -> str:
+    """trtexec in its own process group (``run_killable``): at ``timeout`` the whole group
+    is killed, and a failure is one line with the last lines trtexec printed."""
+    res = run_killable(
+        cmd, timeout, f"trtexec ({what})", "raise the limit, or check the device's load"
+    )
     if res.returncode != 0:
         tail = " | ".join((res.stdout + res.stderr).strip().splitlines()[-3:])
         raise EdgepruneError(
@@ -122,7 +171,7 @@ def parse_exported_output(path: Path, name: str) -> np.ndarray:
     raise EdgepruneError(f"trtexec output has no tensor '{name}'", exit_code=1)
 
 
-# ---- the Python API -------------------------------------------------------------------
+# ---- the Python API ----------------------------------------------------------------------
 def build_engine_api(
     onnx_bytes: bytes,
     precision: str,

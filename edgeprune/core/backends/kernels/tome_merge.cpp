@@ -19,8 +19,8 @@
 // (x_b·s_b + Σ x_a·s_a) / (s_b + Σ s_a), as merge_wavg. float32, any batch size.
 //
 // Built on this machine against the executorch wheel's headers by
-// edgeprune/runtimes/executorch_kernels.py; for a phone, compile it into
-// executor_runner (README: "ExecuTorch on a phone").
+// edgeprune/core/backends/executorch_kernels.py; for a phone, compile it into
+// executor_runner (docs/devices.md: "Over adb (Android)").
 
 #include <executorch/runtime/core/exec_aten/util/tensor_util.h>
 #include <executorch/runtime/kernel/kernel_includes.h>

@@ -1,13 +1,14 @@
-"""edgeprune's own ExecuTorch kernels (``runtimes/executorch/kernels/*.cpp``): built on this machine
-against the executorch wheel's headers and runtime, loaded into this process's ExecuTorch
-runtime when a program needs them.
+"""edgeprune's own ExecuTorch kernels (``edgeprune/core/backends/kernels/*.cpp``): built on this
+machine against the executorch wheel's headers and runtime, loaded into this process's
+ExecuTorch runtime when a program needs them (by the runtime here, and by export's parity
+check).
 
 A selector step that takes many small ops in the delegate (ToMe's merge: ~28 ops a
 block, each with a per-run cost) runs as one kernel instead when the program is
 exported with ``--custom-kernels``. The ExecuTorch runtime finds a kernel by its
 operator name (``edgeprune::tome_merge.out``): the shared library registers them when
 it is loaded. On a phone, ``executor_runner`` must be built with the same sources
-(README: "ExecuTorch on a phone").
+(docs/devices.md: "Over adb (Android)").
 
 The library is compiled once per source, executorch version and compiler, into
 ``$EDGEPRUNE_CACHE`` (default ``~/.cache/edgeprune``) under a temporary name and renamed
@@ -40,10 +41,10 @@ from typing import Annotated
 from pydantic import Field
 
 from edgeprune.core.atomic import write_json_atomic
+from edgeprune.core.backends.optional import import_executorch
+from edgeprune.core.backends.process import run_killable
 from edgeprune.core.errors import EdgepruneError, MissingRuntimeError
 from edgeprune.core.schema import Strict, load_json, validate
-from edgeprune.runtimes.executorch import import_executorch
-from edgeprune.runtimes.transports.base import run_killable
 
 SOURCES = Path(__file__).parent / "kernels"
 # the operator names the kernels register (as the program's operator table spells them)
@@ -63,6 +64,12 @@ def sources() -> list[Path]:
 def source_of(op: str) -> Path:
     """The source file of an operator: ``edgeprune::<name>.out`` is ``kernels/<name>.cpp``."""
     return SOURCES / f"{op.split('::', 1)[1].split('.', 1)[0]}.cpp"
+
+
+def source_name(op: str) -> str:
+    """The source file of an operator as the repository spells it (manifests):
+    ``edgeprune/core/backends/kernels/<name>.cpp``."""
+    return source_of(op).relative_to(SOURCES.parents[3]).as_posix()
 
 
 def needs_kernels(program: bytes) -> bool:
@@ -194,8 +201,7 @@ def _private(folder: Path) -> None:
             st = level.stat()
         except OSError as e:
             raise EdgepruneError(
-                f"cannot write edgeprune's ExecuTorch kernels under {level}: "
-                f"{e.strerror or e}",
+                f"cannot write edgeprune's ExecuTorch kernels under {level}: {e.strerror or e}",
                 "set EDGEPRUNE_CACHE to a folder you can write",
             ) from None
         if st.st_uid != os.geteuid():
@@ -318,5 +324,5 @@ def load() -> Path:
     return path
 
 
-if __name__ == "__main__":  # python -m edgeprune.runtimes.executorch.kernel_library: build, print
+if __name__ == "__main__":  # python -m edgeprune.core.backends.executorch_kernels: build, print
     print(load())
