@@ -295,6 +295,36 @@ CASES: dict[str, tuple[list[str], str, int]] = {
     ),
     # bench and check
     "bench corrupt artifact": (["bench", f"{P}/bad.onnx"], "bad.onnx", 2),
+    "bench --ops on a phone over adb": (
+        ["bench", f"{P}/tiny.onnx", "--ops", "--device", "android-arm64"],
+        "--ops cannot profile",
+        2,
+    ),
+    "bench --ops of an ONNX model on the ExecuTorch device": (
+        ["bench", f"{P}/tiny.onnx", "--ops", "--device", "cpu-xnnpack"],
+        "--ops cannot profile",
+        2,
+    ),
+    "bench --etdump missing": (
+        ["bench", f"{P}/tiny.onnx", "--etdump", f"{P}/nope.etdp"],
+        "does not exist",
+        2,
+    ),
+    "bench --etdump garbage": (
+        ["bench", f"{P}/tiny.onnx", "--etdump", f"{P}/corrupt.json"],
+        "not an ETDump",
+        2,
+    ),
+    "bench --trt-profile not a trtexec profile": (
+        ["bench", f"{P}/tiny.onnx", "--trt-profile", f"{P}/profile.json"],
+        "not a list of layer records",
+        2,
+    ),
+    "bench --ops-out over its artifact": (
+        ["bench", f"{P}/tiny.onnx", "--ops-out", f"{P}/tiny.onnx"],
+        "should end in .json",
+        2,
+    ),
     "check corrupt model": (["check", f"{P}/bad.onnx", "--target", "trt"], "bad.onnx", 2),
     "check unknown target": (["check", f"{P}/bad.onnx", "--target", "tpu"], "tpu", 2),
     # accuracy: evaluate, sensitivity, finetune, demo-images (issue 15)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from edgeprune.cli import groups as g
 from edgeprune.cli import options as o
 from edgeprune.cli.console import err, lines, out, print_json, progress
+from edgeprune.render.ops import ops_lines
 from edgeprune.render.tables import (
     bench_line,
     bench_notes,
@@ -93,10 +94,11 @@ def bench(
     cooldown: o.CooldownOpt = 0.0,
     no_verify_hash: o.NoVerifyHashOpt = False,
     as_json: o.JsonOpt = False,
+    ops: g.Ops = g.Ops(),
     remote: g.Remote = g.Remote(timeout=600.0),
 ) -> None:
     """End-to-end latency of one artifact: the median with its 95 % interval, p90, min,
-    max, runs, and a warning when the machine was busy while timing."""
+    max, runs, and a warning when the machine was busy while timing; --ops: where it goes."""
     cpus = quiet.cpus()  # refused before the heavy imports
 
     from edgeprune.export.manifest import hash_note
@@ -109,15 +111,16 @@ def bench(
         max_time_s=max_time, wait_quiet_s=quiet.wait_quiet, pin=cpus, cooldown_s=cooldown,
         verify_hash=not no_verify_hash,
     )  # fmt: skip
+    ops_opts = _check_ops(artifact, dev, ops.options(runs))
     with progress(dev.name) as step:
         t = run_bench(
             artifact, dev, threads, runs, options=how, progress=step,
             **remote.transport_options(),
         )  # fmt: skip
+        profile = _profile_ops(artifact, t.threads, ops_opts, step)
     info = {"artifact": str(artifact), "device": dev.name, "host": dev.host or "local"}
-    info.update(t.to_dict())
-    conditions = t.extra.get("conditions", {})
-    for line in bench_notes(conditions):
+    info |= t.to_dict() | ({"ops": profile.to_dict()} if profile is not None else {})
+    for line in bench_notes(t.extra.get("conditions", {})):
         err.print(line, markup=False)
     if (unchecked := hash_note(artifact, t.extra.get("sha256", ""))) is not None:
         err.print(f"note: {unchecked}", markup=False)
@@ -126,6 +129,27 @@ def bench(
         return
 
     out.print(bench_line(artifact, dev, t))
+    if profile is not None:
+        lines(["", *ops_lines(profile)] + [f"[green]wrote[/] {p}" for p in profile.written])
+
+
+def _check_ops(artifact, dev, opts):
+    """``bench --ops``'s options, refused before timing where they cannot be met."""
+    if opts is not None:
+        from edgeprune.profiling.bench_ops import check_ops
+
+        check_ops(artifact, dev, opts)
+    return opts
+
+
+def _profile_ops(artifact, threads, opts, step):
+    """``bench --ops``: the per-operator profile (and ``--ops-out``'s files), or None."""
+    if opts is None:
+        return None
+    from edgeprune.profiling.bench_ops import ops_profile, write_ops
+
+    step("per-operator profile")
+    return write_ops(ops_profile(artifact, threads, opts), opts)
 
 
 def table_info(
@@ -170,7 +194,12 @@ def validate(
     settings = dict(configs=configs, threads=threads, rounds=rounds, seed=seed, burst=burst)
     with progress("validating") as step:
         rep, plot_path = validate_to_plot(
-            table, plot, pin=cpus, wait_quiet_s=quiet.wait_quiet, force=force, progress=step,
+            table,
+            plot,
+            pin=cpus,
+            wait_quiet_s=quiet.wait_quiet,
+            force=force,
+            progress=step,
             **settings,
         )
     for n in bench_notes(rep.conditions or {}):

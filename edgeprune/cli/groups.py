@@ -1,4 +1,4 @@
-"""Option groups: options that several commands take together (``Remote``,
+"""Option groups: options that several commands take together (``Remote``, ``Ops``,
 ``Pruning``/``ModelChoice``, ``Preprocess``, ``ExportOutput``, ``TargetOptions``). A
 command declares one parameter of the group's type and ``@grouped`` spreads the group's
 options into the signature typer reads."""
@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import get_type_hints
 
 from edgeprune.cli.options import (
+    OPS,
     BudgetOpt,
     CacheOpt,
     CalibrationOpt,
@@ -45,6 +46,7 @@ from edgeprune.cli.options import (
     UnitsOpt,
     WaitQuietOpt,
     WorkspaceOpt,
+    opt,
 )
 from edgeprune.runtimes.conditions import parse_cpus
 
@@ -124,6 +126,66 @@ class Quiet(Group):
     def cpus(self) -> tuple[int, ...] | None:
         """``--pin``'s CPUs, checked (a bad value is refused before anything heavy loads)."""
         return parse_cpus(self.pin) if self.pin is not None else None
+
+
+# ---- bench --ops: a per-operator profile (its options live here: options.py is full) -----
+OpsOpt = opt(
+    bool,
+    "--ops",
+    panel=OPS,
+    help="Also profile per operator: ms, share and nodes per block and per op kind, the "
+    "dense model of the same arch beside (ONNX Runtime here; a .pte: its delegate counts).",
+)
+OpsBaselineOpt = opt(
+    Path | None,
+    "--ops-baseline",
+    panel=OPS,
+    help="The dense .onnx to profile beside (default: exported here from the manifest's arch).",
+)
+OpsOutOpt = opt(
+    Path | None, "--ops-out", panel=OPS, help="Write the profile as JSON here, a PNG beside it."
+)
+EtdumpOpt = opt(
+    Path | None,
+    "--etdump",
+    panel=OPS,
+    help="Read the profile from an ETDump made on a device (executor_runner --etdump_path).",
+)
+TrtProfileOpt = opt(
+    Path | None,
+    "--trt-profile",
+    panel=OPS,
+    help="Read the profile from trtexec --dumpProfile --exportProfile=FILE's JSON.",
+)
+OpsForceOpt = opt(bool, "--force", "-f", panel=OPS, help="Overwrite an existing --ops-out.")
+
+
+@dataclass
+class Ops(Group):
+    """``bench --ops``: a per-operator profile, profiled here or read from a device's file."""
+
+    ops: OpsOpt = False
+    ops_baseline: OpsBaselineOpt = None
+    ops_out: OpsOutOpt = None
+    etdump: EtdumpOpt = None
+    trt_profile: TrtProfileOpt = None
+    force: OpsForceOpt = False
+
+    def wanted(self) -> bool:
+        """Whether any of them asks for a profile (a file given implies --ops)."""
+        given = (self.ops_baseline, self.ops_out, self.etdump, self.trt_profile)
+        return self.ops or any(v is not None for v in given)
+
+    def options(self, runs: int | None = None):
+        """``profiling.bench_ops.OpsOptions`` (None without --ops)."""
+        if not self.wanted():
+            return None
+        from edgeprune.profiling.bench_ops import OpsOptions
+
+        return OpsOptions(
+            baseline=self.ops_baseline, etdump=self.etdump, trt_profile=self.trt_profile,
+            out=self.ops_out, force=self.force, runs=runs or 20,
+        )  # fmt: skip
 
 
 @dataclass

@@ -171,3 +171,47 @@ def plot_accuracy_pareto(result, sens, model, path: Path, measured_points=None) 
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     return _save(fig, path, dpi=110)
+
+
+OPS_KINDS = 8  # kinds drawn in their own colour; the rest as "other kinds"
+
+
+def plot_ops(result, path: Path) -> Path:
+    """``bench --ops --ops-out``: stacked bars per group (embed, blocks, selector, head),
+    one colour per op kind, the pruned model's bar beside the dense one's (hatched)
+    (``result``: a ``profiling.bench_ops.OpsResult``)."""
+    p, d = result.profile, result.baseline
+    models = [(p, "", p.model)] + ([(d, "//", d.model)] if d is not None else [])
+    groups = [r.name for r in p.blocks]
+    groups += [r.name for r in (d.blocks if d else []) if r.name not in groups]
+    top = [k.name for k in p.kinds[:OPS_KINDS]]
+    colours = {k: f"C{i}" for i, k in enumerate(top)}
+    fig, ax = _pyplot().subplots(figsize=(max(7.0, 0.55 * len(groups) + 2), 4.5), dpi=110)
+    width = 0.8 / len(models)
+    for m, (prof, hatch, label) in enumerate(models):
+        rows = {r.name: r for r in prof.blocks}
+        for g, name in enumerate(groups):
+            kinds = rows[name].kinds if name in rows else {}
+            x = g - 0.4 + width * (m + 0.5)
+            bottom = 0.0
+            for kind in [*top, None]:
+                ms = (
+                    kinds.get(kind, 0.0)
+                    if kind
+                    else sum(v for k, v in kinds.items() if k not in top)
+                )
+                ax.bar(x, ms, width, bottom=bottom, color=colours.get(kind, "0.7"), hatch=hatch,
+                       edgecolor="white", linewidth=0.3)  # fmt: skip
+                bottom += ms
+        ax.bar(0, 0, 0, color="white", edgecolor="0.3", hatch=hatch, label=label)
+    for kind in top:
+        ax.bar(0, 0, 0, color=colours[kind], label=kind)
+    ax.bar(0, 0, 0, color="0.7", label="other kinds")
+    ax.set_xticks(range(len(groups)), [g.replace("block ", "b") for g in groups], fontsize=8)
+    ax.set_ylabel("ms per run")
+    title = f"{p.model}: where the time goes ({p.source})"
+    ax.set_title(title + (f", beside {d.model} (hatched)" if d else ""), fontsize=9)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    return _save(fig, path)
