@@ -109,7 +109,7 @@ COMMON_OPS = frozenset(
 
 @dataclass(frozen=True, kw_only=True)
 class Finding:
-    severity: str  # "error" or "slow"
+    severity: str  # "error", "slow", or "fallback" (export/fallbacks.py)
     rule: str
     where: str
     detail: str

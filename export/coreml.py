@@ -22,6 +22,7 @@ from onnx import TensorProto
 from edgeprune.core.atomic import atomic_dir, write_json_atomic
 from edgeprune.core.backends.optional import import_coremltools
 from edgeprune.core.errors import EdgepruneError
+from edgeprune.export import fallbacks
 from edgeprune.export.check import COMMON_OPS, Finding, Graph
 from edgeprune.export.manifest import base_manifest, prepare_outputs, sha256_tree, skipped
 from edgeprune.export.onnx import INPUT_NAME, OUTPUT_NAME, io_spec
@@ -171,6 +172,10 @@ def export_coreml(
             **io_spec(source, batch),
             "tolerance": TOLERANCE[precision].to_dict(),
             "parity": skipped("needs macOS"),
+            "fallbacks": fallbacks.not_checked(
+                f"compute units {compute_units}",
+                "which unit runs each op is in Core ML's compute plan, on macOS only",
+            ),
         }
     )
     with atomic_dir(out) as tmp:

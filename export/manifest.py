@@ -172,6 +172,15 @@ class PlanRecord(Strict):
     tokens_per_block: list[Tokens] | None = None
 
 
+class FallbacksRecord(Strict):
+    """The manifest's ``fallbacks`` (export/fallbacks.py): ops outside the delegate or
+    provider the artifact was exported for."""
+
+    requested: Annotated[str, Field(max_length=200)]
+    checked: bool
+    ops: dict[Annotated[str, Field(max_length=200)], Annotated[int, Field(ge=0, le=10**7)]]
+
+
 class ManifestFile(Strict):
     """``<artifact>.manifest.json`` as read back: the fields edgeprune uses are typed
     and bounded; the rest (versions, parity, notes…) is kept unread."""
@@ -182,6 +191,7 @@ class ManifestFile(Strict):
     spec: SpecRecord | None = None
     token_plan: PlanRecord | None = None
     sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
+    fallbacks: FallbacksRecord | None = None
 
 
 MANIFEST_HINT = "re-export the artifact, or pass --reference SRC"

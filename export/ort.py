@@ -25,6 +25,7 @@ from onnxruntime.tools.convert_onnx_models_to_ort import (
 )
 
 from edgeprune.core.errors import EdgepruneError
+from edgeprune.export import fallbacks
 from edgeprune.export.manifest import base_manifest, prepare_outputs, write_file_artifact
 from edgeprune.export.onnx import io_spec, verified_onnx
 from edgeprune.export.parity import check_parity
@@ -102,6 +103,7 @@ def export_ort(source: Source, out: Path, req: ExportRequest, progress=None) -> 
                 **io_spec(source, batch),
                 "onnx_parity": v.parity.to_dict(),
                 "parity": parity.to_dict(),
+                "fallbacks": fallbacks.ort_assignment(ort_file),
             }
         )
         return write_file_artifact(out, ort_file.read_bytes(), manifest, mpath)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 from edgeprune.core.errors import EdgepruneError
+from edgeprune.export.fallbacks import summary as fallbacks_summary
 from edgeprune.export.manifest import manifest_path
 
 if TYPE_CHECKING:
@@ -156,11 +157,13 @@ class Target:
     def result(self, out: Path, manifest: dict) -> ExportResult:
         """The result of an export that wrote its artifact and manifest."""
 
+        named = fallbacks_summary(manifest.get("fallbacks"))
         return ExportResult(
             target=self.name,
             artifact=Path(out),
             manifest=manifest,
             manifest_path=manifest_path(out),
+            warnings=[named] if named else [],
         )
 
 

@@ -17,8 +17,9 @@ import onnx
 
 from edgeprune.core.atomic import output_lock
 from edgeprune.core.errors import EdgepruneError
+from edgeprune.export import fallbacks
 from edgeprune.export.check import Finding, check_graph
-from edgeprune.export.manifest import verify_artifact
+from edgeprune.export.manifest import read_manifest, verify_artifact
 from edgeprune.export.registry import (
     TARGETS,
     ExportRequest,
@@ -96,19 +97,35 @@ def check_onnx(proto, target: str) -> list[Finding]:
 
 
 def check_file(path: Path, target: str, verify_hash: bool = True) -> list[Finding]:
-    """``edgeprune check``: what in the ONNX file ``path`` ``target`` rejects or runs slowly
-    (its sha256 checked against its manifest first, unless ``verify_hash`` is False)."""
+    """``edgeprune check``: what in the ONNX file ``path`` ``target`` rejects or runs slowly,
+    and the ops its manifest names as run outside the delegate or provider it was exported
+    for (``fallback`` findings); any other artifact is judged by its manifest's fallbacks
+    alone. Its sha256 is checked against its manifest first, unless ``verify_hash`` is
+    False."""
 
-    rules = checkable_target(target)
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise EdgepruneError(f"{path} does not exist")
+    onnx_file = path.suffix.lower() == ".onnx"
+    rules = checkable_target(target) if onnx_file else None
     verify_artifact(path, verify_hash)
+    found = read_manifest(path)
+    recorded = found[1].fallbacks if found else None
+    named = fallbacks.findings(recorded.model_dump() if recorded else None)
+    if not onnx_file:
+        if found is None:
+            raise EdgepruneError(
+                f"{path} is not an ONNX graph and has no manifest to check",
+                "check reads ONNX graphs, or the fallbacks an artifact's manifest names",
+            )
+        return named
+    if not path.is_file():
+        raise EdgepruneError(f"{path} is not a file")
     try:
         proto = onnx.load(str(path))
     except Exception as e:  # noqa: BLE001  (protobuf raises various errors)
         raise EdgepruneError(f"{path} is not an ONNX model ({type(e).__name__})") from None
-    return check_graph(proto, rules)
+    return check_graph(proto, rules) + named
 
 
 def default_out(name: str, target: str) -> Path:

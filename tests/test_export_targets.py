@@ -313,6 +313,9 @@ def test_ort_format_model_loads_and_matches(tmp_path, monkeypatch, dyvit, int8):
     make_session(out)
     p = man["parity"]
     assert p["status"] == "passed" and p["inputs"] == 4
+    # every node on the CPU provider it was checked for (int8's dynamic-quantization ops too)
+    fb = man["fallbacks"]
+    assert fb["requested"] == "CPUExecutionProvider" and fb["checked"] and fb["count"] == 0
     if int8:
         assert man["precision"] == "int8" and p["max_abs_diff"] > 1e-4
         # judged by KL(fp32 ‖ int8) (measured ~0.001; broken quantizations ≥ 0.15) and

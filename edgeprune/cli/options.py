@@ -127,8 +127,9 @@ DebugOpt = opt(bool, "--debug", help="Show full tracebacks on errors.")
 CheckTimeoutOpt = opt(float, "--timeout", help="Per-host check (s).", callback=positive_seconds)
 InfoJsonOpt = opt(bool, "--json", help="Print the validated table.")
 ValidateArg = arg(Path, "The latency table to validate.", **EXISTING)
-OnnxArg = arg(Path, "An ONNX model.", show_default=False, **EXISTING)
+OnnxArg = arg(Path, "An ONNX model, or an artifact (fallbacks).", show_default=False, **EXISTING)
 CheckTargetOpt = opt(str, "--target", "-t", help="trt | coreml | ort.")
+StrictOpt = opt(bool, "--strict", help="Fail on ops outside the delegate/provider too.")
 
 # ---- common -----------------------------------------------------------------------------
 JsonOpt = opt(bool, "--json", help="Print one JSON object.")
@@ -249,13 +250,9 @@ ArchOpt = opt(str, "--arch", help="deit_tiny, deit_small, deit_base.")
 SweepMethodOpt = opt(str | None, "--method", panel=SWEEP, help="Also time this method's selector.")
 BatchOpt = opt(int, "--batch", "-b", help="Batch size.")
 TableOutOpt = opt(Path | None, "--out", "-o", help="Output JSON (default: profile_*.json).")
-SweepRunsOpt = opt(
-    int | None, "--runs", panel=MEASURE, help="Timed runs per point (default: adaptive)."
-)
+SweepRunsOpt = opt(int | None, "--runs", panel=MEASURE, help="Timed runs per point (adaptive).")
 GridOpt = opt(str | None, "--grid", panel=SWEEP, help="Token counts: 1,8,16,197 or step:8.")
-CheckPointsOpt = opt(
-    int, "--check-points", panel=SWEEP, help="Off-grid points to check interpolation."
-)
+CheckPointsOpt = opt(int, "--check-points", panel=SWEEP, help="Off-grid points to check.")
 ChainOpt = opt(
     int,
     "--chain",

@@ -386,12 +386,15 @@ def table_lines(path, t) -> list[str]:
 
 
 def findings_table(model, target: str, findings) -> Table:
-    """``edgeprune check``: what in the graph the target rejects (error) or runs slowly."""
+    """``edgeprune check``: what in the graph the target rejects (error) or runs slowly,
+    and the ops run outside the delegate or provider (fallback)."""
     t = Table(title=f"{model} on {target}: {len(findings)} finding(s)", title_justify="left")
     for col in ("severity", "rule", "where", "detail"):
         t.add_column(col)
     for f in findings:
-        severity = "[red]error[/]" if f.severity == "error" else "[yellow]slow[/]"
+        severity = {"error": "[red]error[/]", "slow": "[yellow]slow[/]"}.get(
+            f.severity, f"[cyan]{f.severity}[/]"
+        )
         t.add_row(severity, f.rule, f.where, f.detail)
     return t
 

@@ -47,6 +47,7 @@ from edgeprune.core.backends.runner import get_runner
 from edgeprune.core.errors import EdgepruneError, MissingRuntimeError
 from edgeprune.core.methods.tokenops import edgeprune_kernels, prepare_trace, xnnpack_form
 from edgeprune.core.source import Source
+from edgeprune.export import fallbacks
 from edgeprune.export.executorch import xnnpack_patch
 from edgeprune.export.executorch.int8 import QUANTIZER, Calibration, calibration_for, quantize
 from edgeprune.export.executorch.lowering import fast_lowering
@@ -461,6 +462,7 @@ def _manifest(
             "backend": "XnnpackBackend",
             **io_spec(source, batch),
             "xnnpack": low.xnnpack_report(),
+            "fallbacks": fallbacks.executorch(low.buffer),
             "export_seconds": low.seconds,
             **checks,
         }
