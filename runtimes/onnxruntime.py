@@ -65,6 +65,19 @@ def make_session(
     return ort.InferenceSession(src, so, providers=providers or ["CPUExecutionProvider"])
 
 
+def run_checked(session, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """``session.run``; a graph that loaded but fails in a kernel (a damaged file: a
+    negative TopK k, a MatMul of scalars) is one line, not onnxruntime's exception."""
+    try:
+        return session.run(None, feeds)
+    except Exception as e:  # noqa: BLE001  (onnxruntime's Fail, InvalidArgument, ... types)
+        msg = " ".join(str(e).split())[:200]
+        raise EdgepruneError(
+            f"onnxruntime cannot run the model: {msg}",
+            "a damaged graph can load and still fail to run: re-export it",
+        ) from None
+
+
 def run(session, x: np.ndarray) -> np.ndarray:
     name = session.get_inputs()[0].name
     return session.run(None, {name: x})[0]
@@ -145,11 +158,12 @@ class OnnxRuntimeRunner(RunnerBase):
     def run(self, inputs: dict[str, np.ndarray] | np.ndarray) -> list[np.ndarray]:
         if isinstance(inputs, np.ndarray):
             inputs = {self.session.get_inputs()[0].name: inputs}
-        return self.session.run(None, inputs)
+        return run_checked(self.session, inputs)
 
     def time(self, policy: TimingPolicy | None = None) -> Timing:
         feeds = self._inputs()
         sess = self.session
+        run_checked(sess, feeds)  # a graph that loads but cannot run: one line, first
         samples = time_callable(lambda: sess.run(None, feeds), policy or TimingPolicy())
         return self.timing(samples, provider=self.provider)
 

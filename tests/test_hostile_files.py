@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 
 from edgeprune.accuracy.sensitivity import ResumeFile as SensitivityResumeFile
@@ -303,3 +304,57 @@ def test_a_malformed_sensitivity_resume_file_is_refused(tmp_path, points, needle
     p = tmp_path / "s.json.partial.json"
     p.write_text(json.dumps({"request": KEY, "points": points}))
     _refused(lambda: SensitivityResumeFile(p, KEY), f"resume file {p} is corrupt: ", needle)
+
+
+# ---- found by the 5,000-case fuzz run (benchmarks/fuzz.py) -----------------------------
+def test_a_denormal_measured_time_is_refused_not_divided(tmp_path):
+    """A latency of 1e-320 ms is > 0, but 1 / it is infinite: the measured error of the
+    table came out as inf. Times that divide are at least 1e-9 ms now."""
+    from tests.test_fuzz_files import use_table, valid_table
+
+    d = valid_table()
+    d["extra"]["e2e_fit"][0]["measured_ms"] = 1e-320
+    p = tmp_path / "t.json"
+    p.write_text(json.dumps(d))
+    with pytest.raises(EdgepruneError, match=r"e2e_fit\[0\]\.measured_ms"):
+        use_table(p)
+    d["extra"]["e2e_fit"][0]["measured_ms"] = 1e-9  # the smallest taken: finite error
+    p.write_text(json.dumps(d))
+    use_table(p)
+
+
+def test_predicted_accuracy_stays_a_percentage_when_the_dense_figure_is_below_the_stages():
+    """A file whose dense accuracy (0) is below its stages' (≈ 60-72): the additive model
+    predicted 204 % top-1. Accuracy is a percentage: [0, 100]."""
+    curves = {loc: ([0.3, 0.5, 1.0], [60.0, 66.0, 72.0]) for loc in (3, 6, 9)}
+    s = Sensitivity(0.0, {loc: tuple(map(tuple, c)) for loc, c in curves.items()}, "top1")
+    for sched in [(0.3, 0.3, 0.3), (1.0, 1.0, 1.0), (0.4, 0.7, 0.9)]:
+        acc = s.predict((3, 6, 9), sched)
+        assert 0.0 <= acc <= 100.0, (sched, acc)
+    assert s.predict((3, 6, 9), (1.0, 1.0, 1.0)) == 100.0  # 0 + 3 × 72, kept at 100
+
+
+def test_an_onnx_graph_that_loads_but_cannot_run_is_one_line(tmp_path, cli):
+    """Byte flips can leave a graph ONNX Runtime loads and then fails to run (a negative
+    TopK k): that was onnxruntime's own exception, through bench and evaluate."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from edgeprune.runtimes.onnxruntime import OnnxRuntimeRunner
+
+    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 10])
+    y = helper.make_tensor_value_info("values", TensorProto.FLOAT, [1, 1])
+    i = helper.make_tensor_value_info("indices", TensorProto.INT64, [1, 1])
+    k = helper.make_tensor("k", TensorProto.INT64, [1], [-1])
+    node = helper.make_node("TopK", ["input", "k"], ["values", "indices"])
+    graph = helper.make_graph([node], "g", [x], [y, i], initializer=[k])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    path = tmp_path / "m.onnx"
+    onnx.save(model, str(path))
+    runner = OnnxRuntimeRunner(threads=1)
+    runner.load(path)  # it loads
+    with pytest.raises(EdgepruneError, match="onnxruntime cannot run the model: .*k must not"):
+        runner.run(np.ones((1, 10), np.float32))
+    code, _, err = cli("bench", path, "--device", "cpu", "--max-time", "1")
+    lines = err.strip().splitlines()
+    assert code == 2 and lines[-1].startswith("error: onnxruntime cannot run the model"), err

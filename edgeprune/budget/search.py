@@ -106,8 +106,9 @@ class Sensitivity:
         """Predicted accuracy of many schedules at once (each curve held constant past
         its ends; with ``extrapolate``, below its lowest ratio, its first segment
         extended down, capped at the lowest point's value). The additive model can fall
-        below 0 for aggressive schedules; accuracy and agreement cannot, so the
-        prediction is floored at 0."""
+        below 0 for aggressive schedules, and rise above 100 when a file's stages beat its
+        dense figure; accuracy and agreement are percentages, so the prediction is kept
+        within [0, 100]."""
         r = torch.tensor(schedules, dtype=torch.float64).reshape(len(schedules), len(locs))
         acc = torch.full((len(schedules),), float(self.dense), dtype=torch.float64)
         for j, loc in enumerate(locs):
@@ -122,7 +123,7 @@ class Sensitivity:
                 "the sensitivity curves predict a non-finite accuracy",
                 "check the sensitivity file: its accuracies must be finite numbers",
             )
-        return acc.clamp(min=0.0).tolist()
+        return acc.clamp(min=0.0, max=100.0).tolist()
 
     def covers(self, locs: tuple[int, ...], ratios: tuple[float, ...]) -> bool:
         """Whether every stage's keep ratio is at or above the lowest one measured there."""

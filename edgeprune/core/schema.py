@@ -34,8 +34,9 @@ M = TypeVar("M", bound=BaseModel)
 Finite = Annotated[float, Field(allow_inf_nan=False)]
 #: a finite float ≥ 0 (times, shares)
 NonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False)]
-#: a finite float > 0 (latencies that divide, scales)
-Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+#: a float > 0 that divides (latencies, scales): within [1e-9, 1e12], no denormal whose
+#: inverse is infinite and no ratio of two of them that overflows
+Positive = Annotated[float, Field(ge=1e-9, le=1e12, allow_inf_nan=False)]
 #: a token count: a ViT has at most a few thousand tokens
 Tokens = Annotated[int, Field(ge=0, le=1_000_000)]
 #: a thread count

@@ -239,7 +239,10 @@ HINT = "re-measure it with 'edgeprune profile'"
 #: pieces times the end-to-end scale stays finite
 MAX_MS = 1e9
 Millis = Annotated[float, Field(ge=0, le=MAX_MS, allow_inf_nan=False)]
-PositiveMillis = Annotated[float, Field(gt=0, le=MAX_MS, allow_inf_nan=False)]
+#: a latency that divides (an error, a ratio): at least 1 ps, no denormal 1e-320 whose
+#: inverse is infinite
+MIN_MS = 1e-9
+PositiveMillis = Annotated[float, Field(ge=MIN_MS, le=MAX_MS, allow_inf_nan=False)]
 #: a token list: one entry per grid point or per block
 TokenList = Annotated[list[Tokens], Field(max_length=100_000)]
 Count = Annotated[int, Field(ge=0, le=1_000_000_000)]
