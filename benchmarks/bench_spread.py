@@ -13,6 +13,11 @@ how many runs converged within the tolerance and how many warned of a busy machi
 - wait-quiet: the same load, ended ``--load-end`` s after each bench started, which is
   given ``--wait-quiet``: it should wait the load out, then measure as on a quiet machine.
 
+With the quiet setting, each bench is followed by a *reference*: a fixed workload with
+no edgeprune in it (a 256×256 float32 matmul loop in numpy, one thread, a fresh process,
+pinned as the bench is, timed for as long as a bench measures). Its spread is the
+machine's own from one process to the next: a bench cannot be steadier than that.
+
 Without ``--artifact`` a ``deit_tiny`` ExecuTorch program (random weights) is exported to
 a temporary folder first. Writes benchmarks/results/<name>.json and .md. Not part of the
 test run; never run it beside other work unless that is what is measured.
@@ -36,9 +41,28 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from timing import host_meta, write_results  # noqa: E402
 
-from edgeprune.runtimes.conditions import OTHERS_MAX_PCT, others_pct, read_ticks  # noqa: E402
+from edgeprune.runtimes.conditions import (  # noqa: E402
+    OTHERS_MAX_PCT,
+    others_pct,
+    parse_cpus,
+    read_ticks,
+)
 
 SPREAD_GOAL = 0.02  # (max − min) / median of the repeated medians, on a quiet machine
+REFERENCE = """
+import os, statistics, sys, time
+import numpy as np
+if {cpus!r}:
+    os.sched_setaffinity(0, {cpus!r})
+a = np.random.default_rng(0).random((256, 256), dtype=np.float32)
+times, end = [], time.monotonic() + {seconds}
+while time.monotonic() < end:
+    t = time.perf_counter()
+    for _ in range(20):
+        a @ a
+    times.append(time.perf_counter() - t)
+print(statistics.median(times) * 1e3, len(times))
+"""
 BURN = "import time\nend = time.monotonic() + {seconds}\nwhile time.monotonic() < end:\n    pass\n"
 
 
@@ -90,6 +114,20 @@ def bench_once(artifact: Path, extra: list[str]) -> dict:
     }
 
 
+def reference_once(args) -> dict:
+    """The reference workload (``REFERENCE``) in a fresh process, one thread."""
+    cpus = sorted(parse_cpus(args.pin)) if args.pin else []
+    code = REFERENCE.format(cpus=cpus, seconds=args.max_time)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
+           "MKL_NUM_THREADS": "1"}  # fmt: skip
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    if res.returncode != 0:
+        raise SystemExit(f"reference failed ({res.returncode}): {res.stderr.strip()}")
+    median_ms, runs = res.stdout.split()
+    return {"median_ms": float(median_ms), "runs": int(runs), "ci_halfwidth": None,
+            "converged": None, "warning": None}  # fmt: skip
+
+
 def bench_after_load(artifact: Path, args, extra: list[str]) -> dict:
     """``bench --wait-quiet`` started under the load, which ends ``args.load_end`` s later."""
     with cpu_load(args.load_end + 5) as procs:
@@ -101,12 +139,17 @@ def bench_after_load(artifact: Path, args, extra: list[str]) -> dict:
             stop.cancel()
 
 
-def run_setting(name: str, artifact: Path, args, extra: list[str]) -> list[dict]:
-    """``args.repeats`` benches in one setting (quiet, load, wait-quiet)."""
+def run_setting(
+    name: str, artifact: Path, args, extra: list[str], refs: list[dict] | None = None
+) -> list[dict]:
+    """``args.repeats`` benches in one setting (quiet, load, wait-quiet); quiet ones each
+    followed by the reference workload, appended to ``refs`` (unless None)."""
     rows = []
     for i in range(args.repeats):
         if name == "quiet":
             rows.append(bench_once(artifact, extra))
+            if refs is not None:
+                refs.append(reference_once(args))
         elif name == "load":
             with cpu_load(args.max_time + 60):
                 rows.append(bench_once(artifact, extra))
@@ -128,6 +171,7 @@ def summarize(rows: list[dict]) -> dict:
         "ci_halfwidth_median": statistics.median(widths) if widths else None,
         "converged": sum(bool(r["converged"]) for r in rows),
         "warned": sum(r["warning"] is not None for r in rows),
+        "reference": rows[0]["converged"] is None,
         "repeats": len(rows),
     }
 
@@ -147,10 +191,20 @@ def report_lines(data: dict) -> list[str]:
     ]
     for name, s in data["summary"].items():
         ci = "—" if s["ci_halfwidth_median"] is None else f"{s['ci_halfwidth_median']:.1%}"
-        lines.append(
-            f"| {name} | {s['median_of_medians_ms']:.3f} ms | {s['spread']:.1%} | {ci} | "
-            f"{s['converged']}/{s['repeats']} | {s['warned']}/{s['repeats']} |"
+        counts = (
+            "— | —"
+            if s.get("reference")
+            else f"{s['converged']}/{s['repeats']} | {s['warned']}/{s['repeats']}"
         )
+        lines.append(
+            f"| {name} | {s['median_of_medians_ms']:.3f} ms | {s['spread']:.1%} | {ci} | {counts} |"
+        )
+    if "reference" in data["summary"]:
+        lines += [
+            "",
+            "reference: a numpy matmul loop (no edgeprune), a fresh process after each quiet "
+            "bench, timed as long: the machine's own spread from one process to the next.",
+        ]
     return lines
 
 
@@ -166,6 +220,7 @@ def main() -> None:
     ap.add_argument("--wait-quiet", type=float, default=60.0, help="bench --wait-quiet (s)")
     ap.add_argument("--pin", help="bench --pin CPUS (default: not pinned)")
     ap.add_argument("--settings", default="quiet,load,wait-quiet")
+    ap.add_argument("--no-reference", action="store_true", help="quiet: no reference runs")
     ap.add_argument("--name", default="bench_spread")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = ap.parse_args()
@@ -182,7 +237,10 @@ def main() -> None:
         print(f"note: others use {others:.0f} % CPU now: not a quiet machine", file=sys.stderr)
     with tempfile.TemporaryDirectory() as tmp:
         artifact = args.artifact or export_default(Path(tmp))
-        rows = {s: run_setting(s, artifact, args, extra) for s in args.settings.split(",")}
+        refs = None if args.no_reference else []
+        rows = {s: run_setting(s, artifact, args, extra, refs) for s in args.settings.split(",")}
+        if refs:
+            rows["reference"] = refs
     meta = host_meta() | {
         "artifact": str(args.artifact or "deit_tiny.pte (random weights)"),
         "repeats": args.repeats,
