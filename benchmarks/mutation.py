@@ -279,11 +279,6 @@ EXPLAINED: dict[str, tuple[str, str]] = {
     ),
     "edgeprune.budget.search.xǁ_Spaceǁfree__mutmut_4": ("None,", _STEP_FITS),
     "edgeprune.budget.search.xǁ_Spaceǁfree__mutmut_6": (")", _STEP_FITS),
-    "edgeprune.budget.search.xǁ_Spaceǁfree__mutmut_8": (
-        "(0.02, 1.025,",
-        "0.025 is never the finest step within the limit (0.02 fits up to 3 cumulative or "
-        "2 per-stage ratios; at 4 and 3, 0.025 does not fit either)",
-    ),
     "edgeprune.budget.search.xǁ_Spaceǁfree__mutmut_24": (
         "< MAX_FREE_CANDIDATES",
         "no grid of these steps has exactly 25 000 schedules",
@@ -301,11 +296,6 @@ EXPLAINED: dict[str, tuple[str, str]] = {
         "9**n < MAX_FREE_CANDIDATES",
         "9ⁿ is never exactly 25 000",
     ),
-    "edgeprune.budget.search.xǁ_Spaceǁ_around__mutmut_6": (
-        "round(r - k * fine, 6) for k in range(-4, 5)",
-        "k runs over -4..4: r − k·fine and r + k·fine give the same set of ratios",
-    ),
-    "edgeprune.budget.search.xǁ_Spaceǁ_around__mutmut_22": ("round(r - k * fine, 6) <= 1", _ABOVE),
     "edgeprune.budget.search.xǁ_Spaceǁ_around__mutmut_25": (
         "k * fine, 6) < 1]",
         "ratio 1.0 is on every coarse grid: its plan is known already",

@@ -17,6 +17,7 @@ BENCHMARKS = (
     "bench_spread",
     "ceiling",
     "export_time",
+    "fuzz",
     "kernels_ab",
     "latency_model",
     "mutation",

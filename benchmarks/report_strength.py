@@ -1,4 +1,5 @@
-"""REPORT.md's section on how strong the tests are: mutation.py's scores (report.py)."""
+"""REPORT.md's section on how strong the tests are: mutation.py's scores and fuzz.py's
+cases per file format (report.py)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from report_data import Run, Section, table
 
 def strength(runs: dict[str, list[Run]]) -> Section:
     sec = Section("8. How strong the tests are")
+    _fuzz(sec, runs)
     if not runs["mutation"]:
         sec.add("No result file covers the tests' strength (mutation.py) yet.")
         return sec
@@ -58,3 +60,32 @@ def strength(runs: dict[str, list[Run]]) -> Section:
         ),
     )
     return sec
+
+
+def _fuzz(sec: Section, runs: dict[str, list[Run]]) -> None:
+    """fuzz.py's newest run: per file format, the hostile cases tried and how many ended
+    in anything but a load or one clear error."""
+    if not runs["fuzz"]:
+        sec.add("No result file covers the fuzz tests at scale (fuzz.py) yet.", "")
+        return
+    run = max(runs["fuzz"], key=lambda r: (r.date, r.name))
+    m, total = run.meta, run.data["total"]
+    sec.add(
+        f"fuzz.py: every `test_fuzz_*` test (and the property tests that take their case "
+        f"count from it) at {m['cases_per_test']} cases per test, where CI runs 200; the "
+        "slowest kinds (a checkpoint through the CLI, a `.pte` loaded by the runner, "
+        "`predict` on a file) scale theirs down, as the tests say. A *failure* is a case "
+        "that ended in anything but a load or one clear error (an internal error, a "
+        f"traceback, a half-written file). {total['cases']} cases, {total['failures']} "
+        f"failed, {m['seconds']:.0f} s, torch {m.get('torch')}, onnxruntime "
+        f"{m.get('onnxruntime')}:",
+        "",
+        *table(
+            ["file format", "cases", "failures", "seconds", "run"],
+            (
+                [fmt, str(r["cases"]), str(r["failures"]), f"{r['seconds']:.1f}", sec.cite(run)]
+                for fmt, r in sorted(run.data["formats"].items())
+            ),
+        ),
+        "",
+    )

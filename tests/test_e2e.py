@@ -93,7 +93,7 @@ def test_table_round_trip_and_bad_e2e():
         ({**good, "anchors": [{**anchor.to_dict(), "attn_tokens": [197]}]}, "12 token counts"),
         (
             {**good, "anchors": [{**anchor.to_dict(), "median_ms": -1}]},
-            r"anchors\[0\].median_ms: Input should be greater than 0",
+            r"anchors\[0\].median_ms: Input should be greater than or equal to 0.000000001",
         ),
     ):
         with pytest.raises(EdgepruneError, match=needle) as e:

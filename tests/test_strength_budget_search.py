@@ -481,3 +481,63 @@ def test_extrapolated_accuracy_is_the_first_segment_extended(schedule):
     assert r0 < 0.5 and r.chosen.accuracy == pytest.approx(60.0 - 40.0 * (0.5 - r0))
     assert all(c.accuracy == pytest.approx(60.0 - 40.0 * (0.5 - c.keep_ratios[0]))
                for c in r.candidates if c.keep_ratios[0] < 0.5)  # fmt: skip
+
+
+def test_refinement_never_weighs_a_keep_rate_of_zero():
+    """EViT at block 2 of DeiT-T, aimed at the grid's lowest rate (0.02, 4 of 196 patches):
+    the quarter steps below it stop at 0.005. A rate of 0 is outside (0, 1]; EViT would
+    take it as keeping no patch token, a plan no valid rate gives."""
+    m = LatencyModel(table(TINY, method=None))
+    space = _Space(m, get_method("evit"), (2,), None)
+    aim = next(iter(space.evaluated([(0.02,)]).values())).predicted_ms
+    cands = space.free(aim)
+    assert all(0 < r <= 1 for c in cands for r in c.keep_ratios)
+    # tokens after block 2: CLS + fused + ceil(196 r) patches, by hand
+    low = {c.keep_ratios: c.plan.mlp_tokens[2] for c in cands if c.keep_ratios[0] < 0.02}
+    assert low == {(0.005,): 3, (0.01,): 4, (0.015,): 5}  # 0.98, 1.96, 2.94 patches
+    assert min(c.plan.mlp_tokens[2] for c in cands) == 3
+
+
+def test_refinement_weighs_equal_neighbouring_ratios_of_a_cumulative_method():
+    """DynamicViT at blocks 4 and 8 of DeiT-T, aimed at (0.5, 0.5) (98 patches twice; no
+    grid point keeps more within it): the quarter steps around it, non-increasing, include
+    the pairs of equal ratios. Patches kept (int(196 r)) for 0.48, 0.485 … 0.52: 94, 95,
+    96, 97, 98, 98, 99, 100, 101; every non-increasing pair of them is weighed."""
+    m = LatencyModel(table(TINY))
+    space = _Space(m, get_method("dynamicvit"), (4, 8), None)
+    aim = 1.0 + 0.1 * (4 * 197 + 4 * 99 + 4 * 99) + 0.01 * (197 + 99) + 1e-9
+    cands = space.free(aim)
+    assert _best(cands, aim).keep_ratios == (0.5, 0.5)
+    near = {
+        (c.plan.attn_tokens[4] - 1, c.plan.attn_tokens[8] - 1)
+        for c in cands
+        if 94 <= c.plan.attn_tokens[8] - 1 <= c.plan.attn_tokens[4] - 1 <= 101
+    }
+    assert near == {(a, b) for a in range(94, 102) for b in range(94, a + 1)}  # 36 pairs
+
+
+def test_refined_candidates_are_extrapolated_like_the_grid():
+    """DeiT-T at block 2 (196 patches, so the quarter steps give new plans) with a curve
+    measured from 0.5 up: every candidate, refined or not, reads the line 40 + 40 r,
+    extended below 0.5. Keeping k patches costs 43.37 + k ms: within 100 ms k = 56, which
+    r = 0.29 keeps (off the 0.02 grid)."""
+    m = LatencyModel(table(TINY))
+    sens = Sensitivity(80.0, {2: ((0.5, 1.0), (60.0, 80.0))})
+    r = search(m, 100.0, "dynamicvit", "free", locs=(2,), sensitivity=sens, extrapolate=True)
+    assert r.chosen.keep_ratios == (0.29,) and r.chosen.plan.attn_tokens[-1] == 57
+    assert r.chosen.predicted_ms == pytest.approx(43.37 + 56)
+    assert r.chosen.accuracy == pytest.approx(40.0 + 40.0 * 0.29)
+    assert all(c.accuracy == pytest.approx(40.0 + 40.0 * c.keep_ratios[0]) for c in r.candidates)
+
+
+@pytest.mark.parametrize("n", [7, 8])
+def test_free_grid_of_a_per_stage_method_at_many_locations(n):
+    """EViT at 7 locations: 5⁷ = 78 125 > 25 000 ≥ 4⁷ = 16 384 schedules, steps of 0.25;
+    at 8, 4⁸ = 65 536 > 25 000 ≥ 2⁸, steps of 0.5. EViT refuses the rate 1.0 (it would
+    keep every token): at 8 locations one schedule is left."""
+    m = LatencyModel(table(TINY, method=None))
+    cands = _Space(m, get_method("evit"), tuple(range(1, n + 1)), None).free(0.0)
+    if n == 7:
+        assert {r for c in cands for r in c.keep_ratios} == {0.25, 0.5, 0.75}
+    else:
+        assert [c.keep_ratios for c in cands] == [(0.5,) * 8]
