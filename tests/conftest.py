@@ -123,3 +123,16 @@ def need_tool(name: str, *paths: str) -> str:
     if found is None:
         tool_unavailable(f"'{name}' is not installed")
     return found
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``quiet`` time the machine under a load they make themselves and wait
+    for it to end: beside another test process the machine is never quiet. A run on
+    several processes (``pytest -n 2``) leaves them out; the test command runs them
+    after it, alone (``pytest -m quiet``); plain ``pytest`` runs them in line."""
+    if not (config.getoption("numprocesses", None) or os.environ.get("PYTEST_XDIST_WORKER")):
+        return
+    quiet = [i for i in items if i.get_closest_marker("quiet")]
+    if quiet:
+        config.hook.pytest_deselected(items=quiet)
+        items[:] = [i for i in items if not i.get_closest_marker("quiet")]

@@ -395,6 +395,7 @@ WARNING = re.compile(
 )
 
 
+@pytest.mark.quiet
 @pytest.mark.skipif(not HAS_PROC, reason="others' CPU use is read from /proc")
 def test_bench_under_load_reports_the_interval_and_warns(cli, model):
     with cpu_load():
@@ -419,6 +420,7 @@ def test_bench_under_load_reports_the_interval_and_warns(cli, model):
     assert WARNING.match(warning) and re.search(r"; not quiet after waiting \d+ s\)$", warning)
 
 
+@pytest.mark.quiet
 @pytest.mark.skipif(not HAS_PROC, reason="others' CPU use is read from /proc")
 def test_wait_quiet_waits_for_the_load_to_end_then_measures(cli, model):
     if others_now() > cond.OTHERS_MAX_PCT:
@@ -438,6 +440,12 @@ def test_wait_quiet_waits_for_the_load_to_end_then_measures(cli, model):
     if c["busy"] and others_now() > cond.OTHERS_MAX_PCT:
         pytest.skip("other work started on this machine while timing")
     assert not c["busy"] and c["warning"] is None and "warning:" not in err, err
+    # and it agrees with a quiet run made right after: each median within its tolerance
+    # (±2 %) of one value, i.e. at most 2 % + 2 % apart
+    code, out_q, err_q = cli("bench", model, "--max-time", "1.5", "--json")
+    assert code == 0, err_q
+    waited, quiet = json.loads(out)["median_ms"], json.loads(out_q)["median_ms"]
+    assert abs(waited - quiet) <= 0.02 * (waited + quiet), (waited, quiet)
 
 
 @pytest.mark.skipif(not CAN_PIN, reason="this system cannot set CPU affinity")
