@@ -128,7 +128,7 @@ def need_tool(name: str, *paths: str) -> str:
 def pytest_collection_modifyitems(config, items):
     """Tests marked ``quiet`` time the machine under a load they make themselves and wait
     for it to end: beside another test process the machine is never quiet. A run on
-    several processes (``pytest -n 2``) leaves them out; the test command runs them
+    several processes (``pytest -n 3``) leaves them out; the test command runs them
     after it, alone (``pytest -m quiet``); plain ``pytest`` runs them in line."""
     if not (config.getoption("numprocesses", None) or os.environ.get("PYTEST_XDIST_WORKER")):
         return

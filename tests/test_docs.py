@@ -325,11 +325,11 @@ def test_readme_is_short_and_sets_up_as_ci_does():
     lines = bash_lines(text)
     setup = 'pip install -e ".[dev,executorch]"'
     assert any(shlex.split(line, comments=True) == shlex.split(setup) for line in lines)
-    test = ["pytest", "-n", "2", "&&", "pytest", "-m", "quiet"]
+    test = ["pytest", "-n", "3", "&&", "pytest", "-m", "quiet"]
     assert any(shlex.split(line, comments=True) == test for line in lines)
     ci = (ROOT / ".ci" / "run").read_text()
     assert 'python -m pip install -q -e ".[dev,executorch]"' in ci
-    assert re.search(r"^pytest -n 2 && pytest -m quiet$", ci, re.M)
+    assert re.search(r"^pytest -n 3 && pytest -m quiet$", ci, re.M)
 
 
 def test_readme_lists_every_command():
