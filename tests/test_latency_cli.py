@@ -309,7 +309,11 @@ def halved(profile, tmp_path_factory):
 def test_reanchor_scales_the_table_to_the_machine_and_prunes_harder(halved):
     re, table = halved["reanchor"], halved["table"]
     a = re.verification.reanchor
-    assert 1.5 < a.scale < 3, a  # the table says twice as fast as the machine is
+    # the table says twice as fast as the machine is: a scale of 2, moved by what else runs
+    # beside the table's sweep and beside this measurement (a CI run on three processes
+    # over two cores measured 1.44); above 1.2 the target (1.2 × the table's dense) is
+    # below the measured dense, which is what the rest checks
+    assert 1.25 < a.scale < 3, a
     r = re.verification.refined  # set when the re-anchored pick measured outside the band
     assert re.result.scale == pytest.approx(r["scale"] if r else a.scale)
     assert table.result.status == "dense"  # 1.2 × the table's dense: dense "meets" it
