@@ -13,7 +13,13 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from edgeprune.core.atomic import Output, atomic_path, check_outputs, write_json_atomic
+from edgeprune.core.atomic import (
+    Output,
+    atomic_path,
+    check_outputs,
+    sha256_file,
+    write_json_atomic,
+)
 from edgeprune.core.errors import EdgepruneError
 from edgeprune.core.schema import Finite, Positive, Strict, Tokens, load_json, validate
 
@@ -48,14 +54,6 @@ def prepare_outputs(
     outputs.update({f"the file {p.name} beside --out": p for p in side_files})
     check_outputs(outputs, force=force)
     return mpath
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def versions(*extra: str) -> dict[str, str]:

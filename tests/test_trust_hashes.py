@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from edgeprune.core.atomic import sha256_file
 from edgeprune.core.errors import EdgepruneError, MissingRuntimeError
 from tests.conftest import need_tool
 
@@ -95,7 +96,7 @@ def _load_in_a_new_process(cache: Path, marker: Path, **env) -> subprocess.Compl
 def test_built_library_has_its_sha256_recorded_in_a_private_folder(kernels):
     k, cache, lib = kernels
     record = json.loads(k.record_path(lib).read_text())
-    assert record["sha256"] == k._sha256(lib) and k.verified(lib)
+    assert record["sha256"] == sha256_file(lib) and k.verified(lib)
     for folder in (cache, lib.parent.parent, lib.parent):
         assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder
 

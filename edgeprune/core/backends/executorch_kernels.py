@@ -40,7 +40,7 @@ from typing import Annotated
 
 from pydantic import Field
 
-from edgeprune.core.atomic import write_json_atomic
+from edgeprune.core.atomic import sha256_file, write_json_atomic
 from edgeprune.core.backends.optional import import_executorch
 from edgeprune.core.backends.process import run_killable
 from edgeprune.core.errors import EdgepruneError, MissingRuntimeError
@@ -165,14 +165,6 @@ def record_path(library: Path) -> Path:
     return library.with_name(library.name + RECORD_SUFFIX)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def verified(library: Path) -> bool:
     """Whether ``library`` is the one built here: its sha256, recomputed now, equals the
     one recorded beside it when it was built (False when either is missing)."""
@@ -181,7 +173,7 @@ def verified(library: Path) -> bool:
         return False
     try:
         want = validate(_Record, load_json(record, "record"), "record").sha256
-        return hmac.compare_digest(want, _sha256(library))
+        return hmac.compare_digest(want, sha256_file(library))
     except (EdgepruneError, OSError):
         return False
 
@@ -297,7 +289,7 @@ def _compile(cxx: list[str], out: Path) -> None:
                 f"the compiler was {' '.join(cxx)}; the sources are in {SOURCES}",
                 exit_code=1,
             )
-        digest = _sha256(Path(tmp))
+        digest = sha256_file(Path(tmp))
         os.replace(tmp, out)
         write_json_atomic(record_path(out), {"sha256": digest, "library": out.name})
     finally:
