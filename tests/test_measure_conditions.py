@@ -440,12 +440,14 @@ def test_wait_quiet_waits_for_the_load_to_end_then_measures(cli, model):
     if c["busy"] and others_now() > cond.OTHERS_MAX_PCT:
         pytest.skip("other work started on this machine while timing")
     assert not c["busy"] and c["warning"] is None and "warning:" not in err, err
-    # and it agrees with a quiet run made right after: each median within its tolerance
-    # (±2 %) of one value, i.e. at most 2 % + 2 % apart
+    # and it agrees with a quiet run made right after, within what this kind of machine
+    # moves by itself between two timing windows: benchmarks/results/bench_spread.md's
+    # reference (no edgeprune in it) spreads 7-11 % on the 2-core VM; a clean-clone CI run
+    # measured 14.57 against 13.77 ms (5.6 %), so ±2 % each was a flaky bound
     code, out_q, err_q = cli("bench", model, "--max-time", "1.5", "--json")
     assert code == 0, err_q
     waited, quiet = json.loads(out)["median_ms"], json.loads(out_q)["median_ms"]
-    assert abs(waited - quiet) <= 0.02 * (waited + quiet), (waited, quiet)
+    assert abs(waited - quiet) <= 0.12 * quiet, (waited, quiet)
 
 
 @pytest.mark.skipif(not CAN_PIN, reason="this system cannot set CPU affinity")
