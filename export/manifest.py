@@ -97,6 +97,8 @@ def base_manifest(source, target: str, artifact: Path, batch: int, *extra_versio
         "versions": versions(*extra_versions),
         "notes": list(source.notes),
         "method_report": source.method.report(source.config),
+        # the budget and device a fine-tuned checkpoint was trained for (its record)
+        "trained_for": getattr(source, "trained_for", None),
     }
 
 

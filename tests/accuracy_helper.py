@@ -36,8 +36,9 @@ def write_dynamicvit(path: Path, seed: int = 0) -> Path:
     return path
 
 
-def tiny_table() -> LatencyTable:
-    """Made-up latencies (measured: false) for TINY: block a + b·n ms."""
+def tiny_table(method: str = "dynamicvit") -> LatencyTable:
+    """Made-up latencies (measured: false) for TINY: block a + b·n ms; ``method``'s
+    selector (or merge) a small a + b·n too."""
     ns = (1, 5, 9, 13, 17)
 
     def cv(a: float, b: float) -> Curve:
@@ -46,18 +47,21 @@ def tiny_table() -> LatencyTable:
     return LatencyTable(
         device={"name": "synthetic", "runtime": "none", "threads": 1},
         arch=TINY,
-        method="dynamicvit",
+        method=method,
         batch=1,
         date="synthetic",
         measured=False,
         block=cv(0.1, 0.05),
         embed=Point(0.2, 0.22),
         head=Point(0.05, 0.06),
-        selectors={"dynamicvit": cv(0.01, 0.001)},
+        # a method that prunes inside a block (EViT, ToMe, A-ViT) needs attention and MLP apart
+        attn=cv(0.04, 0.02) if method in ("evit", "tome", "avit") else None,
+        mlp=cv(0.06, 0.03) if method in ("evit", "tome", "avit") else None,
+        selectors={method: cv(0.01, 0.001)},
         extra={"note": "synthetic numbers for tests, not a measurement"},
     )
 
 
-def write_profile(path: Path) -> Path:
-    tiny_table().save(path)
+def write_profile(path: Path, method: str = "dynamicvit") -> Path:
+    tiny_table(method).save(path)
     return path

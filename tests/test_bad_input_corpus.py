@@ -23,6 +23,24 @@ class _Evil:
         return (open, (self.marker, "w"))
 
 
+def _training_folders(d: Path) -> None:
+    """finetune's folders: ImageNet layout with 2 classes; one with no images, one with
+    one class, one with an unreadable file; and a budget made for deit_tiny."""
+    from edgeprune.core.images import write_demo_images
+
+    for split in ("train", "val"):
+        for top in ("ftdata", "ftbad"):
+            (d / top).mkdir(exist_ok=True)
+        write_demo_images(d / "ftdata" / split, classes=2, per_class=1, size=16)
+        write_demo_images(d / "ftbad" / split, classes=2, per_class=1, size=16)
+        (d / "ftempty" / split / "a").mkdir(parents=True)
+        (d / "ftone" / split / "a").mkdir(parents=True)
+        (d / "ftone" / split / "a" / "x.png").write_bytes(
+            (d / "ftdata" / split / "class_000" / "img_000.png").read_bytes()
+        )
+    (d / "ftbad" / "train" / "class_001" / "img_000.png").write_bytes(b"not a png at all")
+
+
 @pytest.fixture(scope="module")
 def corpus_dir(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("corpus")
@@ -79,11 +97,13 @@ def corpus_dir(tmp_path_factory) -> Path:
         "reanchor_scale": 0.0,
     }
     (d / "scale0_budget.json").write_text(json.dumps(budget))
+    (d / "tiny_budget.json").write_text(json.dumps({**budget, "reanchor_scale": 1.0}))
     from edgeprune.core.images import write_demo_images
 
     write_demo_images(d / "demo_imgs", classes=2, per_class=1, size=16)
     (d / "tiny.onnx").write_bytes(b"an artifact with no manifest beside it")
     (d / "noimages").mkdir()
+    _training_folders(d)
     (d / "noimages" / "readme.txt").write_text("no images here")
     (d / "demo").mkdir()
     (d / "demo" / "keep.txt").write_text("a folder that is not empty")
@@ -404,9 +424,9 @@ CASES: dict[str, tuple[list[str], str, int]] = {
         [
             "finetune",
             "deit_tiny",
-            "--images",
-            f"{P}/demo_imgs",
-            "--profile",
+            "--data",
+            f"{P}/ftdata",
+            "--table",
             f"{P}/profile.json",
             "--out",
             f"{P}/f.pth",
@@ -418,9 +438,9 @@ CASES: dict[str, tuple[list[str], str, int]] = {
         [
             "finetune",
             "deit_tiny",
-            "--images",
-            f"{P}/demo_imgs",
-            "--profile",
+            "--data",
+            f"{P}/ftdata",
+            "--table",
             f"{P}/nope.json",
             "--target-ms",
             "5",
@@ -434,9 +454,9 @@ CASES: dict[str, tuple[list[str], str, int]] = {
         [
             "finetune",
             "deit_tiny:evit",
-            "--images",
-            f"{P}/demo_imgs",
-            "--profile",
+            "--data",
+            f"{P}/ftdata",
+            "--table",
             f"{P}/profile.json",
             "--target-ms",
             "5",
@@ -450,12 +470,14 @@ CASES: dict[str, tuple[list[str], str, int]] = {
         [
             "finetune",
             "deit_tiny",
-            "--images",
-            f"{P}/noimages",
-            "--profile",
+            "--data",
+            f"{P}/ftempty",
+            "--method",
+            "dynamicvit",
+            "--table",
             f"{P}/profile.json",
             "--target-ms",
-            "5",
+            "50",
             "--out",
             f"{P}/f.pth",
         ],
@@ -491,27 +513,185 @@ CASES: dict[str, tuple[list[str], str, int]] = {
         2,
     ),
     "finetune negative latency weight": (
-        ["finetune", "deit_tiny", "--images", f"{P}/demo_imgs", "--profile", f"{P}/profile.json",
-         "--target-ms", "5", "--latency-weight", "-10", "--out", f"{P}/f.pth"],
+        [
+            "finetune",
+            "deit_tiny",
+            "--data",
+            f"{P}/ftdata",
+            "--table",
+            f"{P}/profile.json",
+            "--target-ms",
+            "5",
+            "--latency-weight",
+            "-10",
+            "--out",
+            f"{P}/f.pth",
+        ],
         "--latency-weight",
         2,
     ),  # fmt: skip
     "finetune NaN latency weight": (
-        ["finetune", "deit_tiny", "--images", f"{P}/demo_imgs", "--profile", f"{P}/profile.json",
-         "--target-ms", "5", "--latency-weight", "nan", "--out", f"{P}/f.pth"],
+        [
+            "finetune",
+            "deit_tiny",
+            "--data",
+            f"{P}/ftdata",
+            "--table",
+            f"{P}/profile.json",
+            "--target-ms",
+            "5",
+            "--latency-weight",
+            "nan",
+            "--out",
+            f"{P}/f.pth",
+        ],
         "--latency-weight",
         2,
     ),  # fmt: skip
     "finetune negative backbone lr scale": (
-        ["finetune", "deit_tiny", "--images", f"{P}/demo_imgs", "--profile", f"{P}/profile.json",
-         "--target-ms", "5", "--backbone-lr-scale", "-1", "--out", f"{P}/f.pth"],
+        [
+            "finetune",
+            "deit_tiny",
+            "--data",
+            f"{P}/ftdata",
+            "--table",
+            f"{P}/profile.json",
+            "--target-ms",
+            "5",
+            "--backbone-lr-scale",
+            "-1",
+            "--out",
+            f"{P}/f.pth",
+        ],
         "--backbone-lr-scale",
         2,
     ),  # fmt: skip
     "finetune --device tpu": (
-        ["finetune", "deit_tiny", "--images", f"{P}/demo_imgs", "--profile", f"{P}/profile.json",
-         "--target-ms", "5", "--device", "tpu", "--out", f"{P}/f.pth"],
+        [
+            "finetune",
+            "deit_tiny",
+            "--data",
+            f"{P}/ftdata",
+            "--table",
+            f"{P}/profile.json",
+            "--target-ms",
+            "5",
+            "--device",
+            "tpu",
+            "--out",
+            f"{P}/f.pth",
+        ],
         "tpu",
+        2,
+    ),  # fmt: skip
+    "finetune: a folder of one class": (
+        [
+            "finetune",
+            "deit_tiny",
+            "--data",
+            f"{P}/ftone",
+            "--table",
+            f"{P}/profile.json",
+            "--method",
+            "dynamicvit",
+            "--target-ms",
+            "50",
+            "--out",
+            f"{P}/f.pth",
+        ],
+        "one class",
+        2,
+    ),  # fmt: skip
+    "finetune: an unreadable image": (
+        [
+            "finetune",
+            "deit_tiny",
+            "--data",
+            f"{P}/ftbad",
+            "--table",
+            f"{P}/profile.json",
+            "--method",
+            "dynamicvit",
+            "--target-ms",
+            "50",
+            "--batch",
+            "2",
+            "--out",
+            f"{P}/f.pth",
+        ],
+        "cannot read image",
+        2,
+    ),  # fmt: skip
+    "finetune: a budget for another arch": (
+        [
+            "finetune",
+            "deit_small",
+            "--data",
+            f"{P}/ftdata",
+            "--budget",
+            f"{P}/tiny_budget.json",
+            "--out",
+            f"{P}/f.pth",
+        ],
+        "deit_tiny",
+        2,
+    ),  # fmt: skip
+    "finetune: an unreachable target": (
+        [
+            "finetune",
+            "deit_tiny",
+            "--data",
+            f"{P}/ftdata",
+            "--table",
+            f"{P}/profile.json",
+            "--method",
+            "dynamicvit",
+            "--target-ms",
+            "0.001",
+            "--out",
+            f"{P}/f.pth",
+        ],
+        "no dynamicvit schedule reaches",
+        2,
+    ),  # fmt: skip
+    "finetune: --resume of a checkpoint no run wrote": (
+        [
+            "finetune",
+            "deit_tiny",
+            "--data",
+            f"{P}/ftdata",
+            "--table",
+            f"{P}/profile.json",
+            "--method",
+            "dynamicvit",
+            "--target-ms",
+            "50",
+            "--resume",
+            f"{P}/dyvit.pth",
+            "--out",
+            f"{P}/f.pth",
+        ],
+        "no training state",
+        2,
+    ),  # fmt: skip
+    "finetune: --batch not divisible": (
+        [
+            "finetune",
+            "deit_tiny",
+            "--data",
+            f"{P}/ftdata",
+            "--table",
+            f"{P}/profile.json",
+            "--method",
+            "dynamicvit",
+            "--target-ms",
+            "50",
+            "--epochs",
+            "0",
+            "--out",
+            f"{P}/f.pth",
+        ],
+        "--epochs",
         2,
     ),  # fmt: skip
     # outputs never collide, images bounded (issue 33)
@@ -523,14 +703,31 @@ CASES: dict[str, tuple[list[str], str, int]] = {
         2,
     ),
     "budget --out and --plot one file": (
-        ["budget", "--table", f"{P}/profile.json", "--target-ms", "10", "--out", f"{P}/b.json",
-         "--plot", f"{P}/b.json"],
+        [
+            "budget",
+            "--table",
+            f"{P}/profile.json",
+            "--target-ms",
+            "10",
+            "--out",
+            f"{P}/b.json",
+            "--plot",
+            f"{P}/b.json",
+        ],
         "should end in .png",
         2,
     ),  # fmt: skip
     "budget --out over its table": (
-        ["budget", "--table", f"{P}/profile.json", "--target-ms", "10", "--out",
-         f"{P}/profile.json", "--force"],
+        [
+            "budget",
+            "--table",
+            f"{P}/profile.json",
+            "--target-ms",
+            "10",
+            "--out",
+            f"{P}/profile.json",
+            "--force",
+        ],
         "is the input --table",
         2,
     ),  # fmt: skip

@@ -30,7 +30,7 @@ rules of ``RULES`` (each named, applied to every command it matches and to nothi
 - ``few-runs``: fewer inputs, runs, points and steps (``FEW_RUNS``): ``export
   --parity-inputs 2``, ``bench --runs 5``, ``validate --configs 2 --rounds 3``,
   ``calibrate --random 2``, ``evaluate --limit 4``, ``sensitivity --limit 4 --grid 0.5,1``,
-  ``finetune --steps 1 --batch 2 --limit 2``.
+  ``finetune --epochs 1 --batch 2 --limit 4 --steps-per-epoch 1``.
 
 Lines that are not edgeprune commands are skipped by their first word (``NOT_EDGEPRUNE``);
 any other line fails the test.
@@ -76,7 +76,7 @@ FEW_RUNS = {
     "calibrate": {"--random": "2"},
     "evaluate": {"--limit": "4"},
     "sensitivity": {"--limit": "4", "--grid": "0.5,1"},
-    "finetune": {"--steps": "1", "--batch": "2", "--limit": "2"},
+    "finetune": {"--epochs": "1", "--batch": "2", "--limit": "4", "--steps-per-epoch": "1"},
 }
 EXITS = re.compile(r"#\s*exits (\d+)( without TensorRT)?")
 # what the output of a command announced to exit 2 without TensorRT must say
@@ -323,12 +323,12 @@ def test_readme_is_short_and_sets_up_as_ci_does():
     text = README.read_text()
     assert len(text.splitlines()) <= 200
     lines = bash_lines(text)
-    setup = 'pip install -e ".[dev,executorch]"'
+    setup = 'pip install -e ".[dev,executorch,train]"'
     assert any(shlex.split(line, comments=True) == shlex.split(setup) for line in lines)
     test = ["pytest", "-n", "3", "&&", "pytest", "-m", "quiet"]
     assert any(shlex.split(line, comments=True) == test for line in lines)
     ci = (ROOT / ".ci" / "run").read_text()
-    assert 'python -m pip install -q -e ".[dev,executorch]"' in ci
+    assert 'python -m pip install -q -e ".[dev,executorch,train]"' in ci
     assert re.search(r"^pytest -n 3 && pytest -m quiet$", ci, re.M)
 
 

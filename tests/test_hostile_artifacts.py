@@ -390,34 +390,48 @@ def test_evaluate_refuses_a_reference_of_another_architecture(tiny_onnx, cli):
         ("latency_weight", -10.0, "--latency-weight"),
         ("latency_weight", math.nan, "--latency-weight"),
         ("latency_weight", math.inf, "--latency-weight"),
-        ("backbone_lr_scale", -0.5, "--backbone-lr-scale"),
-        ("lr", 0.0, "--lr"),
-        ("lr", -1e-3, "--lr"),
-        ("steps", 0, "--steps"),
+        ("distill_weight", -1.0, "--distill-weight"),
+        ("epochs", 0, "--epochs"),
         ("batch", -1, "--batch"),
         ("limit", 0, "--limit"),
-        ("tau", 0.0, "tau"),
-        ("distill_weight", -1.0, "distill_weight"),
+        ("steps_per_epoch", 0, "--steps-per-epoch"),
+        ("workers", -1, "--workers"),
         ("seed", -1, "--seed"),
         ("seed", 2**64, "--seed"),
         ("device", "tpu", "tpu"),
         ("device", "cuda:x", "cuda:x"),
         ("device", "cpu:1", "cpu:1"),
+        ("optim.lr", 0.0, "--lr"),
+        ("optim.lr", -1e-3, "--lr"),
+        ("optim.backbone_lr_scale", -0.5, "--backbone-lr-scale"),
+        ("optim.weight_decay", math.nan, "--weight-decay"),
+        ("optim.mixup", -1.0, "--mixup"),
+        ("optim.smoothing", 1.0, "--smoothing"),
+        ("optim.ema_decay", 1.0, "--ema"),
+        ("optim.amp", "fp8", "--amp"),
+        ("data_recipe.reprob", 2.0, "--reprob"),
     ],
 )
 def test_finetune_refuses_out_of_range_settings_before_training(tmp_path, field, value, needle):
-    from edgeprune.training.finetune import FinetuneRequest, finetune
+    from edgeprune.training.finetune import FinetuneRequest, finetune_to_file
 
-    req = FinetuneRequest(src="deit_tiny", images=tmp_path / "nope", target_ms=5.0)
-    setattr(req, field, value)
+    req = FinetuneRequest(src="deit_tiny", data=tmp_path / "nope", profile=tmp_path / "t.json",
+                          target_ms=5.0)  # fmt: skip
+    obj, name = (
+        (req, field)
+        if "." not in field
+        else (getattr(req, field.split(".")[0]), field.split(".")[1])
+    )
+    setattr(obj, name, value)
     with pytest.raises(EdgepruneError) as e:
-        finetune(req)
+        finetune_to_file(req, tmp_path / "out.pth")
     assert needle in e.value.one_line() and "nope" not in e.value.one_line()
+    assert not (tmp_path / "out.pth").exists()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
 def test_finetune_on_cuda_without_a_gpu_is_one_line():
-    from edgeprune.training.finetune import train_device
+    from edgeprune.training.device import train_device
 
     assert train_device("cpu") == torch.device("cpu")
     with pytest.raises(EdgepruneError, match="no CUDA GPU here"):

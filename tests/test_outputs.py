@@ -17,7 +17,7 @@ import edgeprune.profiling.measure as measure
 import edgeprune.profiling.validate as validate
 from edgeprune.core.atomic import Output, check_outputs
 from edgeprune.core.errors import EdgepruneError
-from edgeprune.core.images import scan, write_demo_images
+from edgeprune.core.images import scan, write_demo_dataset, write_demo_images
 from edgeprune.profiling.validate import ConfigResult, ValidationReport
 from tests.conftest import make_state_dict
 from tests.profile_helper import synthetic_table
@@ -200,10 +200,10 @@ def test_validate_default_plot_lands_beside_the_table(cli, table, tmp_path, fake
 def test_finetune_over_its_own_checkpoint_is_refused_before_training(cli, tmp_path, table):
     ckpt = tmp_path / "ck.pth"
     torch.save({"model": make_state_dict("deit_tiny:dynamicvit@0.7")}, ckpt)
-    write_demo_images(tmp_path / "imgs", classes=2, per_class=1, size=16)
+    write_demo_dataset(tmp_path / "data", classes=2, per_class=1, val_per_class=1, size=16)
     before = _snapshot(tmp_path)
-    _refused(cli("finetune", ckpt, "--images", tmp_path / "imgs", "--table", table,
-                 "--target-ms", TARGET, "--steps", "1", "--batch", "2", "--out", ckpt,
+    _refused(cli("finetune", ckpt, "--data", tmp_path / "data", "--table", table,
+                 "--target-ms", TARGET, "--epochs", "1", "--batch", "2", "--out", ckpt,
                  "--force"), "is the input SRC")  # fmt: skip
     assert _snapshot(tmp_path) == before
 

@@ -23,9 +23,10 @@ from edgeprune.latency.model import LatencyModel
 from edgeprune.latency.table import load
 from edgeprune.profiling.validate import ConfigResult, ValidationReport, record_verdict
 from edgeprune.runtimes.timing import Timing
-from edgeprune.training.finetune import FinetuneRequest, finetune
+from edgeprune.training.finetune import FinetuneRequest, finetune_to_file
 from tests.accuracy_helper import HEADS, LOCS, tiny_table, write_dense
 from tests.profile_helper import synthetic_table
+from tests.training_helper import write_imagenet
 
 TARGET = 10.0  # ms; the synthetic table's dense model predicts 15.06 ms
 
@@ -156,17 +157,17 @@ def test_finetunes_loss_on_an_untrusted_table_says_so(cli, tmp_path):
     _table(p, table=tiny_table())
     record_verdict(_report([0.3, 0.3, 0.3]), p)
     write_dense(tmp_path / "dense.pth")
-    write_demo_images(tmp_path / "imgs", classes=4, per_class=2, size=40)
+    write_imagenet(tmp_path / "data", train=2, val=1)
     req = FinetuneRequest(
-        src=str(tmp_path / "dense.pth"), images=tmp_path / "imgs", profile=p, target_ms=3.0,
-        steps=1, batch=4, locs=LOCS, heads=HEADS, threads=1,
+        src=str(tmp_path / "dense.pth"), data=tmp_path / "data", profile=p, target_ms=3.0,
+        method="dynamicvit", epochs=1, batch=4, locs=LOCS, heads=HEADS, threads=1,
     )  # fmt: skip
-    res, _ = finetune(req)
+    res = finetune_to_file(req, tmp_path / "lib.pth")
     (w,) = res.warnings
     assert "is UNTRUSTED" in w and "30.0%" in w and res.to_dict()["warnings"] == [w]
-    code, _, err = cli("finetune", tmp_path / "dense.pth", "--images", tmp_path / "imgs",
-                       "--table", p, "--target-ms", 3, "--steps", 1, "--batch", 4,
-                       "--locs", "1,2,3", "--heads", HEADS, "--threads", 1,
+    code, _, err = cli("finetune", tmp_path / "dense.pth", "--data", tmp_path / "data",
+                       "--table", p, "--target-ms", 3, "--method", "dynamicvit", "--epochs", 1,
+                       "--batch", 4, "--locs", "1,2,3", "--heads", HEADS, "--threads", 1,
                        "--out", tmp_path / "ft.pth")  # fmt: skip
     assert code == 0 and "30.0%" in _one_warning(err), err
 

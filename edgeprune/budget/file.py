@@ -59,6 +59,9 @@ def _budget_dict(result: BudgetResult, model: LatencyModel, profile_path: str | 
         "arch": result.arch.name,
         "locs": list(c.plan.prune_locs),
         "keep_ratios": list(c.keep_ratios),
+        # ToMe: the tokens merged per block (what export/predict --budget build); null
+        # for a method with keep ratios
+        "r_schedule": list(c.r_schedule) if c.r_schedule is not None else None,
         "schedule": result.schedule,
         "objective": result.objective,
         "status": result.status,
@@ -105,6 +108,8 @@ class Budget:
     data: dict
     # the table's predictions × this met the target (budget --verify re-anchored it)
     reanchor_scale: float = 1.0
+    # ToMe: the tokens merged per block (locs and keep_ratios are what that keeps)
+    r_schedule: tuple[int, ...] | None = None
 
     @property
     def table_target_ms(self) -> float:
@@ -141,6 +146,9 @@ class BudgetFile(Strict):
     target_ms: Annotated[float, Field(gt=0, le=MAX_MS, allow_inf_nan=False)]
     predicted_ms: Ms
     reanchor_scale: Annotated[float, Field(gt=0, le=1e6, allow_inf_nan=False)] = 1.0
+    r_schedule: (
+        Annotated[list[Annotated[int, Field(ge=0, le=100_000)]], Field(max_length=10_000)] | None
+    ) = None
     profile: BudgetProfileFile | None = None
     profile_table: dict | None = None
 
@@ -148,6 +156,10 @@ class BudgetFile(Strict):
     def _same_length(self) -> BudgetFile:
         if len(self.locs) != len(self.keep_ratios):
             raise PydanticCustomError("budget_shape", "locs and keep_ratios differ in length")
+        if (self.r_schedule is not None) != (self.method == "tome"):
+            raise PydanticCustomError(
+                "budget_shape", "r_schedule is given for ToMe budgets, and only for them"
+            )
         return self
 
 
@@ -175,6 +187,7 @@ def load_budget(path: str | Path) -> Budget:
         predicted_ms=f.predicted_ms,
         data=d,
         reanchor_scale=f.reanchor_scale,
+        r_schedule=tuple(f.r_schedule) if f.r_schedule is not None else None,
     )
 
 
@@ -188,21 +201,27 @@ def resolve_with_budget(
     heads: int | None = None,
     method_options: dict[str, object] | None = None,
 ) -> Source:
-    """SRC at the budget's method, keep ratios and locations (refusing --keep/--locs,
-    a contradicting --method, and a budget made for another arch)."""
+    """SRC at the budget's method, keep ratios and locations, or ToMe's r schedule
+    (refusing --keep/--locs, --tome-r with a ToMe budget, a contradicting --method, and a
+    budget made for another arch)."""
     b = load_budget(budget_path)
     if keep is not None or locs is not None:
         raise EdgepruneError("--budget sets the keep ratios and locations", "drop --keep/--locs")
     if method is not None and method != b.method:
         raise EdgepruneError(f"--method {method} contradicts the budget's method {b.method}")
-    pruned = bool(b.locs)
+    pruned = bool(b.locs) and b.r_schedule is None
+    opts = dict(method_options or {})
+    if b.r_schedule is not None:
+        if "r" in opts:
+            raise EdgepruneError("--budget sets ToMe's r schedule", "drop --tome-r")
+        opts["r"] = b.r_schedule
     source = resolve(
         src,
         method=b.method,
         keep=b.keep_ratios if pruned else None,
         locs=b.locs if pruned else None,
         heads=heads,
-        method_options=method_options,
+        method_options=opts or None,
     )
     if source.arch.name != b.arch:
         raise EdgepruneError(

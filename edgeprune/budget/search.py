@@ -9,6 +9,13 @@ the highest objective:
   proxy the papers use; for pre-block methods simply the sum of tokens per block);
 * with a sensitivity file: the predicted accuracy (see ``Sensitivity``).
 
+ToMe (``--method tome``) has no keep ratios: its schedules are over r, the tokens merged
+per block (``_tome_candidates``): ``geometric`` weighs a constant r (1 … (N − 1) // 2,
+clamped per block as ToMe clamps it), ``free`` ToMe's own schedule shapes over r and an
+inflection (tome/utils.py ``parse_r``: -1 the paper's decreasing schedule, 0 constant,
++1 increasing; INFLECTIONS), each predicted from the tokens entering every block (N − Σ
+earlier r) and the merge's own time at those counts (the table's ``selectors.tome``).
+
 Schedules: ``geometric`` is DynamicViT's ``[r, r², r³…]`` for cumulative methods (and
 ``[r, r, r…]`` for methods whose ratios are relative to each stage's input), ``r`` on
 a 0.001 grid; ``free`` searches every stage on a grid (non-increasing ratios for
@@ -43,6 +50,7 @@ from edgeprune.core.errors import EdgepruneError
 from edgeprune.core.flops import plan_flops
 from edgeprune.core.methods import Method, MethodConfig, get_method
 from edgeprune.core.methods.base import geometric
+from edgeprune.core.methods.tome import clamp_schedule, inflected
 from edgeprune.core.plan import TokenPlan, dense_plan
 from edgeprune.core.schema import Strict, load_json, validate
 from edgeprune.latency.model import LatencyModel, measured_error
@@ -55,6 +63,8 @@ MAX_MARGIN = 0.5  # --margin above this is refused
 # --margin auto absorbs a measured error up to this; a table whose error is larger is
 # refused (a better table, or an explicit --margin), not capped silently
 MAX_AUTO_MARGIN = 0.10
+# ToMe's ``free`` schedules: its inflection (tome/utils.py parse_r) from -1 to 1 by 0.1
+INFLECTIONS = tuple(round(-1 + 0.1 * i, 1) for i in range(21))
 
 
 # ---- targets ---------------------------------------------------------------------------
@@ -251,9 +261,26 @@ class Candidate:
     predicted_ms: float = math.nan
     kept_tokens: float = 0.0
     accuracy: float | None = None
+    # ToMe: the tokens merged per block (its keep_ratios are what that keeps per stage)
+    r_schedule: tuple[int, ...] | None = None
 
     def objective(self) -> float:
         return self.accuracy if self.accuracy is not None else self.kept_tokens
+
+    @property
+    def key(self) -> tuple:
+        """What tells two schedules apart (a ToMe schedule is its r per block)."""
+        return ("r", self.r_schedule) if self.r_schedule is not None else self.keep_ratios
+
+    def method_options(self) -> dict:
+        """The method options that build this schedule (ToMe: ``{"r": r_schedule}``)."""
+        return {"r": self.r_schedule} if self.r_schedule is not None else {}
+
+    def describe(self) -> str:
+        """The schedule in words: ``r [..]`` (ToMe) or ``keep ratios [..]``."""
+        if self.r_schedule is not None:
+            return f"r {list(self.r_schedule)}"
+        return f"keep ratios {[round(r, 4) for r in self.keep_ratios]}"
 
 
 def kept_tokens(plan: TokenPlan) -> float:
@@ -301,6 +328,36 @@ def _evaluate(
         c.kept_tokens = kept_tokens(c.plan)
         if acc is not None:
             c.accuracy = acc[i]
+
+
+def tome_schedules(arch: Arch, schedule: str) -> list[tuple[int, ...]]:
+    """ToMe's r schedules a search weighs (``geometric``: constant r; ``free``: ToMe's
+    shapes at every INFLECTIONS), each clamped as ToMe runs it, distinct, none all 0."""
+    n0, depth = arch.num_tokens, arch.depth
+    bends = (0.0,) if schedule == "geometric" else INFLECTIONS
+    out: dict[tuple[int, ...], None] = {}
+    for r in range(1, (n0 - 1) // 2 + 1):
+        for bend in bends:
+            rs = tuple(clamp_schedule(n0, inflected(r, bend, depth)))
+            if any(rs):
+                out.setdefault(rs, None)
+    return list(out)
+
+
+def _tome_candidates(model: LatencyModel, meth: Method, schedule: str) -> list[Candidate]:
+    """ToMe's schedules (``tome_schedules``) as candidates, evaluated on the table."""
+    arch = model.arch
+    cands = []
+    for rs in tome_schedules(arch, schedule):
+        cfg = meth.config_for(rs, arch)
+        cands.append(Candidate(cfg.keep_ratios, meth.token_plan(arch, cfg), r_schedule=rs))
+    _evaluate(model, cands, (), None)
+    return cands
+
+
+def merges_tokens(meth: Method) -> bool:
+    """Whether the method's schedule is r tokens merged per block (ToMe), not keep ratios."""
+    return meth.name == "tome"
 
 
 def _best(cands: list[Candidate], target: float) -> Candidate | None:
@@ -430,13 +487,10 @@ def search(
     _check_search(target_ms, margin, scale, schedule)
     aim = target_ms * (1 - margin) / scale  # in the table's own terms
     arch = model.arch
-    meth, locs = _method_at(method, locs, arch)
-    if sensitivity is not None:
-        sensitivity.check_locs(locs, sensitivity_path)
-    space = _Space(model, meth, locs, sensitivity, extrapolate)
-    cands = space.geometric() if schedule == "geometric" else space.free(aim)
-    if not cands:
-        raise EdgepruneError(f"no valid keep schedule of {method} at locations {list(locs)}")
+    meth, locs, cands, within = _candidates(
+        model, method, schedule, locs, sensitivity, sensitivity_path=sensitivity_path,
+        extrapolate=extrapolate, aim=aim,
+    )  # fmt: skip
 
     dense_ms = float(model.predict(dense_plan(arch)).total_ms)
     fastest = min(cands, key=lambda c: c.predicted_ms)
@@ -452,11 +506,46 @@ def search(
     if best is None:
         raise _unreachable(
             method, aim, locs=locs, target_ms=target_ms, dense_ms=dense_ms, fastest=fastest,
-            margin=margin, scale=scale, within=space.within(),
+            margin=margin, scale=scale, within=within,
         )  # fmt: skip
-    meth.validate(MethodConfig(locs, best.keep_ratios), arch)
+    meth.validate(MethodConfig(best.plan.prune_locs, best.keep_ratios, best.method_options()), arch)
     out = sensitivity.outside(locs, best.keep_ratios) if sensitivity else ()
     return BudgetResult(chosen=best, status="ok", extrapolated=out, **common)
+
+
+def _candidates(
+    model: LatencyModel,
+    method: str,
+    schedule: str,
+    locs,
+    sensitivity,
+    *,
+    sensitivity_path: str,
+    extrapolate: bool,
+    aim: float,
+) -> tuple[Method, tuple[int, ...], list[Candidate], str]:
+    """The method, its locations, the candidates evaluated on the table, and what the
+    search kept to (for the unreachable error)."""  # fmt: skip
+    meth = get_method(method)
+    if merges_tokens(meth):
+        if locs is not None:
+            raise EdgepruneError(
+                "ToMe merges in every block: it has no --locs", "drop --locs for --method tome"
+            )
+        if sensitivity is not None:
+            raise EdgepruneError(
+                "a sensitivity file measures keep ratios; ToMe's schedules are over r",
+                "drop --sensitivity for --method tome (its schedules are weighed by kept tokens)",
+            )
+        return meth, (), _tome_candidates(model, meth, schedule), ""
+    meth, locs = _method_at(method, locs, model.arch)
+    if sensitivity is not None:
+        sensitivity.check_locs(locs, sensitivity_path)
+    space = _Space(model, meth, locs, sensitivity, extrapolate)
+    cands = space.geometric() if schedule == "geometric" else space.free(aim)
+    if not cands:
+        raise EdgepruneError(f"no valid keep schedule of {method} at locations {list(locs)}")
+    return meth, locs, cands, space.within()
 
 
 def _check_search(target_ms: float, margin: float, scale: float, schedule: str) -> None:
@@ -598,11 +687,18 @@ def _unreachable(
         )
     return UnreachableTarget(
         f"target {target_ms:.3f} ms{less} is unreachable {where}: the fastest "
-        f"{method} schedule ({fmt_ratios(fastest.keep_ratios)} at {list(locs)}) predicts "
+        f"{method} schedule ({_schedule_text(fastest, locs)}) predicts "
         f"{fast:.3f} ms (dense {dense_ms * scale:.3f} ms)",
-        f"ask for at least {fast:.3f} ms, or prune at more locations"
+        f"ask for at least {fast:.3f} ms"
+        + (", or prune at more locations" if fastest.r_schedule is None else "")
         + (", or measure lower keep ratios (or --extrapolate)" if within else ""),
     )
+
+
+def _schedule_text(c: Candidate, locs: tuple[int, ...]) -> str:
+    if c.r_schedule is not None:
+        return c.describe()
+    return f"{fmt_ratios(c.keep_ratios)} at {list(locs)}"
 
 
 def fmt_ratios(ratios) -> str:

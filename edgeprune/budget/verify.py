@@ -102,6 +102,7 @@ def choice(result: BudgetResult | None) -> dict | None:
     return {
         "status": result.status,
         "keep_ratios": list(result.chosen.keep_ratios),
+        **({"r_schedule": list(r)} if (r := result.chosen.r_schedule) is not None else {}),
         "table_predicted_ms": result.chosen.predicted_ms,
         "predicted_ms": result.predicted_ms,
     }
@@ -345,8 +346,7 @@ class _Check:
 
     def time_pick(self, result: BudgetResult, what: str) -> tuple[Timing, Timing]:
         """Load the schedule ``result`` chose and time it and dense interleaved."""
-        keep = list(result.chosen.keep_ratios)
-        pruned = self.here.load(_source(result), f"the {what} schedule {keep}")
+        pruned = self.here.load(_source(result), f"the {what} schedule, {result.chosen.describe()}")
         t_pruned, t_dense = self.here.time([pruned, self.dense], self.rounds, self.burst)
         return t_pruned, t_dense
 
@@ -446,8 +446,8 @@ class _Aim:
 
     def _new(self, again: BudgetResult | None) -> BudgetResult | None:
         """``again``, unless it is a schedule measured already (or None)."""
-        known = {t.result.chosen.keep_ratios for t in self.tried}
-        return None if again is None or again.chosen.keep_ratios in known else again
+        known = {t.result.chosen.key for t in self.tried}
+        return None if again is None or again.chosen.key in known else again
 
     def _bisect(self, lo_ms: float, hi_ms: float, step) -> BudgetResult | None:
         """The search's pick at the midpoint of table predictions ``lo_ms`` (measured
@@ -485,7 +485,10 @@ def _source(result: BudgetResult):
     arch = result.arch.name
     if result.status == "dense":
         return resolve(arch)
-    return resolve(f"{arch}:{result.method}", keep=result.chosen.keep_ratios, locs=result.locs)
+    c = result.chosen
+    if c.r_schedule is not None:  # ToMe: its r per block
+        return resolve(f"{arch}:{result.method}", method_options=c.method_options())
+    return resolve(f"{arch}:{result.method}", keep=c.keep_ratios, locs=result.locs)
 
 
 def _refine(
@@ -502,6 +505,6 @@ def _refine(
         again = choose(scale=scale, margin=margin, margin_source="refine")
     except UnreachableTarget:
         return None
-    if again.status == "dense" or again.chosen.keep_ratios == result.chosen.keep_ratios:
+    if again.status == "dense" or again.chosen.key == result.chosen.key:
         return None
     return again

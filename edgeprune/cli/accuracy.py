@@ -3,11 +3,15 @@ artifact on images, ``sensitivity`` (top-1 per pruning stage and keep ratio)."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from edgeprune.cli import groups as g
 from edgeprune.cli import options as o
 from edgeprune.cli.console import err, out, print_json, progress
+from edgeprune.core.errors import EdgepruneError
 from edgeprune.render.tables import print_evaluation, sensitivity_lines
 
 
@@ -18,12 +22,20 @@ def demo_images(
     per_class: o.PerClassOpt = 8,
     size: o.SizeOpt = 256,
     seed: o.DemoSeedOpt = 0,
+    val_per_class: o.ValPerClassOpt = None,
 ) -> None:
-    """Write a small ImageNet-style folder of synthetic images (no dataset download)."""
-    from edgeprune.core.images import write_demo_images
+    """Write a small ImageNet-style folder of synthetic images (no dataset download);
+    with --val-per-class, FOLDER/train and FOLDER/val for finetune --data."""
+    from edgeprune.core.images import write_demo_dataset, write_demo_images
 
-    imgs = write_demo_images(folder, classes, per_class, size, seed)
-    out.print(f"[green]wrote[/] {len(imgs.files)} images in {len(imgs.classes)} classes: {folder}")
+    if val_per_class is None:
+        imgs = write_demo_images(folder, classes, per_class, size, seed)
+        out.print(
+            f"[green]wrote[/] {len(imgs.files)} images in {len(imgs.classes)} classes: {folder}"
+        )
+        return
+    tr, va = write_demo_dataset(folder, classes, per_class, val_per_class, size, seed)
+    out.print(f"[green]wrote[/] {len(tr.files)} + {len(va.files)} images in {folder}/train, /val")
 
 
 @g.grouped
@@ -47,14 +59,16 @@ def evaluate(
     from edgeprune.accuracy.evaluate import EvalRequest
     from edgeprune.accuracy.evaluate import evaluate as run_evaluate
 
-    req = EvalRequest(
-        model=model, images=images, reference=reference, limit=limit, batch=batch,
-        runtime=runtime, threads=threads, heads=pruning.heads, method=pruning.method,
-        keep=pruning.keep, locs=pruning.locs, verify_hash=not no_verify_hash,
-    )  # fmt: skip
-    pre.into(req)
-    with progress("evaluating", bar=True) as step:
-        rep = run_evaluate(req, lambda i, n: step("evaluating", i, n))
+    with _rank_zero("evaluating") as step:
+        req = EvalRequest(
+            model=model, images=images, reference=reference, limit=limit, batch=batch,
+            runtime=runtime, threads=threads, heads=pruning.heads, method=pruning.method,
+            keep=pruning.keep, locs=pruning.locs, verify_hash=not no_verify_hash,
+        )  # fmt: skip
+        pre.into(req)
+        rep = run_evaluate(req, step and (lambda i, n: step("evaluating", i, n)))
+    if not _main_rank():  # under torchrun, rank 0 alone prints
+        return
     if as_json:
         print_json(rep.to_dict())
         return
@@ -87,19 +101,22 @@ def sensitivity(
     from edgeprune.core.parsing import parse_ints
     from edgeprune.profiling.resume import resume_path
 
-    req = SensitivityRequest(
-        src=src, images=images, grid=parse_grid(grid), limit=limit, batch=batch, heads=heads,
-        method=method, locs=parse_ints(locs, "--locs"), metric=metric, threads=threads,
-    )  # fmt: skip
-    pre.into(req)
     try:
-        with progress("sensitivity", bar=True) as step:
+        with _rank_zero("sensitivity") as step:
+            req = SensitivityRequest(
+                src=src, images=images, grid=parse_grid(grid), limit=limit, batch=batch,
+                heads=heads, method=method, locs=parse_ints(locs, "--locs"), metric=metric,
+                threads=threads,
+            )  # fmt: skip
+            pre.into(req)
             data = measure_to_file(req, out_path, force, resume, step)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # rank 0 only (see _rank_zero)
         if resume and resume_path(out_path).exists():
             kept = resume_path(out_path)
             err.print(f"note: progress kept in {kept}; rerun with --resume", markup=False)
         raise
+    if not _main_rank():
+        return
     for n in data["notes"]:
         err.print(f"[yellow]note:[/] {n}")
     if data.get("indistinct"):
@@ -110,6 +127,29 @@ def sensitivity(
         )  # fmt: skip
     for line in sensitivity_lines(out_path, data):
         out.print(line)
+
+
+def _main_rank() -> bool:
+    """Not one of torchrun's processes other than rank 0 (which alone prints)."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+@contextlib.contextmanager
+def _rank_zero(label: str) -> Iterator[Callable[..., None] | None]:
+    """A progress bar on rank 0 (or the one process); on torchrun's other processes
+    none, and their refusals and interruptions silent (exit codes kept): every process
+    meets the same ones (before its share of the images, or after the gather), so
+    rank 0's line says it once."""
+    if _main_rank():
+        with progress(label, bar=True) as step:
+            yield step
+        return
+    try:
+        yield None
+    except EdgepruneError as e:  # SystemExit: past the app's handler, which would print
+        raise SystemExit(e.exit_code) from None
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
 
 
 COMMANDS = {

@@ -135,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
             msg = " ".join(str(e.format_message()).split())
             if type(e).__name__ == "NoArgsIsHelpError":
                 return 2
+            if os.environ.get("RANK", "0") != "0":  # torchrun: every process has the same argv
+                return 2  # and rank 0 says it
             err.print(f"error: {msg} (see 'edgeprune{cmd} --help')", markup=False, soft_wrap=True)
             return 2
         msg = " ".join(str(e).split())[:300]

@@ -414,6 +414,9 @@ ClassesOpt = opt(int, "--classes", help="Class sub-folders.", min=1, max=1000)
 PerClassOpt = opt(int, "--per-class", help="Images per class.", min=1, max=100_000)
 SizeOpt = opt(int, "--size", help="Image side in pixels.", min=8, max=2048)
 DemoSeedOpt = opt(int, "--seed", help="Seed of the synthetic images.")
+ValPerClassOpt = opt(
+    int | None, "--val-per-class", help="Also a val/ split: FOLDER/train, FOLDER/val.", min=1
+)
 ModelArg = arg(str, "SRC, or an exported artifact (.onnx, .ort, …).", show_default=False)
 ReferenceOpt = opt(
     str | None, "--reference", help="Compare with this SRC (default: the artifact's source)."
@@ -423,24 +426,3 @@ SensOutOpt = opt(Path, "--out", "-o", help="Sensitivity JSON to write.")
 SensGridOpt = opt(str | None, "--grid", help="Keep ratios per stage (0.1,0.2,…,1.0).")
 MetricOpt = opt(str | None, "--metric", help="top1 | agreement (default: top1 when labelled).")
 SensResumeOpt = opt(bool, "--resume", help="Keep progress in <out>.partial.json; continue it.")
-CkptOutOpt = opt(Path, "--out", "-o", help="Checkpoint to write (.pth).")
-FtTableOpt = opt(
-    Path | None,
-    "--table",
-    "-p",
-    panel=TRAINING,
-    help="A latency table (with --target-ms).",
-    **EXISTING,
-)
-StepsOpt = opt(int, "--steps", panel=TRAINING, help="Optimizer steps.")
-StepBatchOpt = opt(int, "--batch", "-b", panel=TRAINING, help="Images per step.")
-LrOpt = opt(float, "--lr", panel=TRAINING, help="Predictor learning rate (cosine).")
-BackboneLrOpt = opt(
-    float, "--backbone-lr-scale", panel=TRAINING, help="Backbone lr = lr × this (0: frozen)."
-)
-LatWeightOpt = opt(
-    float, "--latency-weight", panel=TRAINING, help="Weight of the latency-aware loss (≥ 0)."
-)
-ShapeOpt = opt(str, "--shape", panel=TRAINING, help="Loss shape: squared | hinge | squared_hinge.")
-TrainDeviceOpt = opt(str, "--device", panel=TRAINING, help="cpu, cuda, cuda:N or mps.")
-TrainSeedOpt = opt(int, "--seed", panel=TRAINING, help="Training seed.")

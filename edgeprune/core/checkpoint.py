@@ -20,6 +20,12 @@ REQUIRED = ("cls_token", "pos_embed", "patch_embed.proj.weight", "head.weight", 
 
 def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Load a checkpoint file into a flat state_dict, refusing anything but tensors."""
+    return load_checkpoint(path)[0]
+
+
+def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict | None]:
+    """A checkpoint's flat state_dict and, where edgeprune's training wrote one, its
+    ``edgeprune`` record (the schedule it was trained to; validated by the reader)."""
     path = Path(path)
     if not path.exists():
         raise EdgepruneError(f"checkpoint {path} does not exist")
@@ -52,7 +58,8 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
             f"{path} is not a readable PyTorch checkpoint (truncated or corrupt: {msg})",
             "expected a file written by torch.save",
         ) from None
-    return unwrap(obj, path)
+    record = obj.get("edgeprune") if isinstance(obj, Mapping) else None
+    return unwrap(obj, path), dict(record) if isinstance(record, Mapping) else None
 
 
 def _weights_only_detail(message: str) -> str:

@@ -338,6 +338,27 @@ def write_demo_images(
     return scan(root)
 
 
+def write_demo_dataset(
+    folder: str | Path,
+    classes: int = 4,
+    per_class: int = 8,
+    val_per_class: int = 2,
+    size: int = 256,
+    seed: int = 0,
+) -> tuple[ImageSet, ImageSet]:
+    """``folder/train`` and ``folder/val`` of synthetic images (ImageNet layout, the
+    same classes, other images in each), for training (``finetune --data``); written
+    under a temporary name and renamed into place, like ``write_demo_images``."""
+    root = Path(folder)
+    _check_demo(root, classes, per_class + val_per_class, size)
+    if val_per_class < 1:
+        raise EdgepruneError("demo images need val-per-class ≥ 1")
+    with atomic_dir(root) as tmp:
+        write_demo_images(tmp / "train", classes, per_class, size, seed)
+        write_demo_images(tmp / "val", classes, val_per_class, size, seed + 1)
+    return scan(root / "train"), scan(root / "val")
+
+
 def _check_demo(root: Path, classes: int, per_class: int, size: int) -> None:
     """The demo folder's counts within bounds, and ``root`` new (or an empty folder)."""
     if classes < 1 or per_class < 1 or not 8 <= size <= DEMO_MAX_SIZE:

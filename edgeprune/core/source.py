@@ -15,8 +15,8 @@ import torch
 from edgeprune.core.arch import ARCHS, Arch, get_arch
 from edgeprune.core.checkpoint import (
     arch_from_state_dict,
+    load_checkpoint,
     load_into,
-    load_state_dict,
     non_finite_tensors,
 )
 from edgeprune.core.errors import EdgepruneError
@@ -25,6 +25,7 @@ from edgeprune.core.methods import Method, MethodConfig, detect_method, get_meth
 from edgeprune.core.methods.avit import released_name_gates
 from edgeprune.core.parsing import parse_floats, parse_ints
 from edgeprune.core.plan import TokenPlan
+from edgeprune.core.record import read_record
 
 BUILTIN_RE = re.compile(r"^(?P<arch>[a-z_0-9]+)(?::(?P<method>[a-z_0-9]+)(?:@(?P<param>.+))?)?$")
 BUILTIN_SEED = 0
@@ -43,6 +44,8 @@ class Source:
     state_dict: dict[str, torch.Tensor] | None = None
     notes: list[str] = field(default_factory=list)
     seed: int = BUILTIN_SEED  # of the random weights of a built-in spec
+    # what edgeprune's training recorded it was trained for (budget, device, aim)
+    trained_for: dict | None = None
     _model: torch.nn.Module | None = None
 
     @property
@@ -197,9 +200,12 @@ def _from_checkpoint(
     method_options: dict[str, object] | None,
 ) -> Source:
     path = Path(src)
-    sd = load_state_dict(path)
+    sd, raw_record = load_checkpoint(path)
     arch = arch_from_state_dict(sd, heads)
     detected = detect_method(list(sd))
+    record = read_record(raw_record, path) if raw_record is not None else None
+    if method is None and record is not None:
+        method = record.method
     if method is not None:
         meth = get_method(method)
         if meth.name != detected.name and (meth.key_prefix is not None or detected.key_prefix):
@@ -220,9 +226,13 @@ def _from_checkpoint(
         )
     _check_options(meth, method_options)
     cfg = meth.config_from_checkpoint(sd, arch, path)
+    if record is not None and record.method == meth.name:
+        cfg = record.config(cfg)
+        notes = [*notes, record.note(path)]
     cfg.options.update(method_options or {})
     cfg = meth.with_overrides(cfg, arch, keep, locs)
     plan = meth.token_plan(arch, cfg)
     src_obj = Source(src, "checkpoint", arch, meth, cfg, plan, state_dict=sd, notes=notes)
+    src_obj.trained_for = record.trained_for if record is not None else None
     src_obj.model()  # load now, so a layout/shape problem is reported before any work
     return src_obj

@@ -189,12 +189,20 @@ class LatencyModel:
         return attn, mlp, sel
 
     def predict_many(self, plans: list[TokenPlan]) -> torch.Tensor:
-        """Predicted ms of many plans of one method at once (float64 tensor [K])."""
+        """Predicted ms of many plans of one method at once (float64 tensor [K]); plans
+        with different numbers of selectors (ToMe's r schedules: a merge in every block
+        whose r is not 0) are predicted a group per number, in one call each."""
         if not plans:
             return torch.zeros(0, dtype=torch.float64)
         self.check_plan(plans[0])
-        attn, mlp, sel = self.plan_tensors(plans)
-        return self.predict_tokens(attn, mlp, sel, plans[0].method)
+        groups: dict[int, list[int]] = {}
+        for i, p in enumerate(plans):
+            groups.setdefault(len(p.selectors), []).append(i)
+        out = torch.zeros(len(plans), dtype=torch.float64)
+        for idx in groups.values():
+            attn, mlp, sel = self.plan_tensors([plans[i] for i in idx])
+            out[idx] = self.predict_tokens(attn, mlp, sel, plans[0].method)
+        return out
 
     def predict(self, plan: TokenPlan) -> Prediction:
         self.check_plan(plan)
@@ -352,6 +360,7 @@ def predict_source(
         "arch": source.arch.name,
         "keep_ratios": list(source.config.keep_ratios),
         "prune_locs": list(source.config.prune_locs),
+        **_r_schedule(source),
         "profile": str(profile),
         "device": model.table.device.get("name"),
         "measured": model.table.measured,
@@ -361,6 +370,14 @@ def predict_source(
         "expected": expected_from_table(model, pred.total_ms, rescale).to_dict(),
     }
     return model, pred, info
+
+
+def _r_schedule(source) -> dict:
+    """ToMe: ``{"r_schedule": tokens merged per block}``; {} for other methods."""
+    if source.method.name != "tome":
+        return {}
+    plan = source.plan
+    return {"r_schedule": [a - m for a, m in zip(plan.attn_tokens, plan.mlp_tokens, strict=True)]}
 
 
 def measured_error(table) -> tuple[float, dict]:

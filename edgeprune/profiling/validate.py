@@ -28,6 +28,7 @@ from edgeprune.core.errors import EdgepruneError
 from edgeprune.core.methods import get_method
 from edgeprune.core.methods.base import geometric
 from edgeprune.core.methods.tokenops import edgeprune_kernels
+from edgeprune.core.methods.tome import clamp_schedule, inflected
 from edgeprune.core.records import record
 from edgeprune.core.source import resolve
 from edgeprune.export.manifest import now_utc
@@ -48,6 +49,7 @@ class ConfigResult:
     predicted_ms: float
     measured_ms: float
     measured_p90_ms: float
+    r_schedule: tuple[int, ...] | None = None  # ToMe: the tokens merged per block
 
     @property
     def rel_error(self) -> float:
@@ -55,6 +57,7 @@ class ConfigResult:
 
     def to_dict(self) -> dict:
         return {
+            **({"r_schedule": list(self.r_schedule)} if self.r_schedule is not None else {}),
             "keep_ratios": list(self.keep_ratios),
             "predicted_ms": self.predicted_ms,
             "measured_ms": self.measured_ms,
@@ -158,6 +161,36 @@ def random_schedules(method, n_stages: int, count: int, seed: int = 0) -> list[t
             r = np.sort(r)[::-1]
         out.append(tuple(round(float(x), 3) for x in r))
     return out
+
+
+def random_r_schedules(arch, count: int, seed: int = 0) -> list[tuple[int, ...]]:
+    """``count`` random ToMe r schedules (tokens merged per block) of ToMe's own shapes
+    (``tome.inflected``: r and an inflection in [-1, 1]), clamped as ToMe runs them;
+    a light constant r (~N / (10·depth)) and a heavy one (N / depth) first, so the range
+    is always covered; r otherwise up to 1.5 N / depth."""
+    rng = np.random.default_rng(seed)
+    n0, depth = arch.num_tokens, arch.depth
+    heavy = max(1, n0 // depth)
+    out: list[tuple[int, ...]] = []
+    for i in range(count):
+        if i < 2:
+            r, bend = (max(1, round(0.1 * heavy)), heavy)[i], 0.0
+        else:
+            r = int(rng.integers(1, max(2, round(1.5 * heavy)) + 1))
+            bend = round(float(rng.uniform(-1.0, 1.0)), 2)
+        out.append(tuple(clamp_schedule(n0, inflected(r, bend, depth))))
+    return out
+
+
+def _schedules(meth, arch, configs: int, seed: int) -> tuple[list, list]:
+    """The schedules validate-profile times, and their sources: keep ratios at the
+    method's locations, or (ToMe) r schedules."""
+    spec = f"{arch.name}:{meth.name}"
+    if meth.name == "tome":
+        used = random_r_schedules(arch, configs, seed)
+        return used, [resolve(spec, method_options={"r": r}) for r in used]
+    used = random_schedules(meth, len(meth.default_locs), configs, seed)
+    return used, [resolve(spec, keep=r) for r in used]
 
 
 def check_local_runtime(model: LatencyModel, what: str) -> str:
@@ -297,10 +330,11 @@ def validate_profile(
     runtime = check_local_runtime(model, "validate-profile")
     meth = _profiled_method(model)
     threads = threads or int(tb.device.get("threads") or 1)
-    used = random_schedules(meth, len(meth.default_locs), configs, seed)
-    sources = [resolve(f"{tb.arch.name}:{meth.name}", keep=r) for r in used]
+    used, sources = _schedules(meth, tb.arch, configs, seed)
+    tome = meth.name == "tome"
     preds = [model.predict(src.plan).total_ms for src in sources]
-    labels = [f"{i + 1}/{len(used)} keep {list(r)}" for i, r in enumerate(used)]
+    what = "r" if tome else "keep"
+    labels = [f"{i + 1}/{len(used)} {what} {list(r)}" for i, r in enumerate(used)]
     # the profile's anchors, timed alongside (not part of the error): machine drift
     anchors = tb.e2e.anchors if tb.e2e is not None else ()
     for (spec, keep), a in zip(anchor_specs(tb.arch, tb.method), anchors, strict=False):
@@ -313,9 +347,15 @@ def validate_profile(
     )  # fmt: skip
     results = tuple(
         ConfigResult(
-            keep_ratios=r, predicted_ms=p, measured_ms=t.median_ms, measured_p90_ms=t.p90_ms
+            keep_ratios=src.config.keep_ratios,
+            predicted_ms=p,
+            measured_ms=t.median_ms,
+            measured_p90_ms=t.p90_ms,
+            r_schedule=r if tome else None,
+        )  # fmt: skip
+        for r, src, p, t in zip(
+            used, sources[: len(used)], preds, timings[: len(used)], strict=True
         )
-        for r, p, t in zip(used, preds, timings[: len(used)], strict=True)
     )
     again = tuple(
         (a.label, a.median_ms, t.median_ms)

@@ -95,13 +95,17 @@ def plot_pareto(result, path: Path) -> None:
     fig, ax = _pyplot().subplots(figsize=(7, 4.5))
     _candidates_and_front(ax, result, "0.75", f"{result.schedule} schedules")
     ch = result.chosen
-    ratios = "[" + ", ".join(f"{r:.4g}" for r in ch.keep_ratios) + "]"
+    if ch.r_schedule is not None:  # ToMe
+        ratios = "r [" + ", ".join(map(str, ch.r_schedule)) + "]"
+    else:
+        ratios = "[" + ", ".join(f"{r:.4g}" for r in ch.keep_ratios) + "]"
     _chosen(ax, ch, 14, f"chosen {ratios}: {ch.predicted_ms:.2f} ms")
     _target_line(ax, result)
     ax.axvline(result.dense_ms, ls=":", c="0.4", label=f"dense {result.dense_ms:.2f} ms")
     ax.set_xlabel("predicted latency (ms)")
     ax.set_ylabel(result.objective.replace("_", " "))
-    ax.set_title(f"{result.arch.name} / {result.method}, locs {list(result.locs)}")
+    where = "r per block" if ch.r_schedule is not None else f"locs {list(result.locs)}"
+    ax.set_title(f"{result.arch.name} / {result.method}, {where}")
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     _save(fig, path, dpi=110)

@@ -92,14 +92,15 @@ def budget_lines(run, verbose: bool = False) -> list[str]:
     if res.status == "dense":
         what = (
             f"the dense model already meets the target of {res.target_ms:.3f} ms: no pruning "
-            f"needed (the fastest {res.method} schedule "
-            f"{[round(r, 4) for r in res.fastest.keep_ratios]} would take "
+            f"needed (the fastest {res.method} schedule, "
+            f"{res.fastest.describe()}, would take "
             f"{res.fastest.predicted_ms * res.scale:.3f} ms)"
         )
     else:
+        where = "" if c.r_schedule is not None else f" at blocks {list(res.locs)}"
         what = (
-            f"keep ratios {[round(r, 4) for r in c.keep_ratios]} at blocks {list(res.locs)} "
-            f"({res.method}, {res.schedule}) for a target of {res.target_ms:.3f} ms"
+            f"{c.describe()}{where} ({res.method}, {res.schedule}) for a target of "
+            f"{res.target_ms:.3f} ms"
         )
     extra = f", predicted {run.metric} {c.accuracy:.2f}" if c.accuracy is not None else ""
     lines = [
@@ -136,7 +137,12 @@ def prediction_lines(res) -> list[str]:
 def _choice_text(ch: dict | None) -> str:
     if ch is None:
         return "nothing (the target is unreachable on it)"
-    what = "dense" if ch["status"] == "dense" else str([round(r, 4) for r in ch["keep_ratios"]])
+    if ch["status"] == "dense":
+        what = "dense"
+    elif ch.get("r_schedule") is not None:
+        what = f"r {ch['r_schedule']}"
+    else:
+        what = str([round(r, 4) for r in ch["keep_ratios"]])
     return f"{what} ({ch['table_predicted_ms']:.3f} ms in the table)"
 
 
@@ -212,11 +218,13 @@ def moved_lines(v) -> list[str]:
 def validation_table(profile, rep) -> Table:
     """``rep``: a ``profiling.validate.ValidationReport``."""
     t = Table(title=f"{profile}: {rep.method}, {rep.threads} thread(s)", title_justify="left")
-    for col in ("keep ratios", "predicted ms", "measured ms", "error"):
+    tome = any(r.r_schedule is not None for r in rep.results)
+    for col in ("r per block" if tome else "keep ratios", "predicted ms", "measured ms", "error"):
         t.add_column(col, justify="right")
     for r in rep.results:
+        sched = r.r_schedule if r.r_schedule is not None else r.keep_ratios
         t.add_row(
-            ", ".join(f"{x:g}" for x in r.keep_ratios),
+            ", ".join(f"{x:g}" for x in sched),
             f"{r.predicted_ms:.3f}",
             f"{r.measured_ms:.3f}",
             f"{r.rel_error:.1%}",
@@ -498,29 +506,57 @@ def sensitivity_lines(path, data: dict) -> list[str]:
 
 
 def finetune_lines(res, path) -> list[str]:
-    keep = ",".join(f"{r:g}" for r in res.keep_ratios)
-    return [
-        f"predicted {res.start_ms:.3f} ms at the start (dense {res.dense_ms:.3f}) → "
-        f"{res.final_ms:.3f} ms for the learned keep ratios {list(res.keep_ratios)} "
-        f"(target {res.target_ms:.3f} ms; {len(res.steps)} steps in {res.seconds:.1f} s)",
-        f"[green]wrote[/] {path}; export it with: edgeprune export {path} "
-        f"--keep {keep} --locs {','.join(map(str, res.locs))}",
+    """``finetune``'s report: one line per epoch, then where the predicted latency went
+    against the aim, and how to export."""
+    lines = [
+        f"{res.method} {res.arch} on {res.processes} process(es), {res.device}"
+        + (f", resumed after epoch {res.resumed_from}" if res.resumed_from else "")
     ]
+    for e in res.epochs:
+        keep = ", ".join(f"{r:.3f}" for r in e.schedule["keep_ratios"])
+        lines.append(
+            f"epoch {e.epoch:>3}  loss {e.loss:.4f}  top-1 {e.top1:5.1f} %  "
+            f"predicted {e.predicted_ms:.3f} ms  keep [{keep}]  "
+            f"{e.images_per_s:.1f} img/s"
+        )
+    off = 100.0 * (res.final_ms - res.aim_ms) / res.aim_ms
+    lines += [
+        f"predicted {res.start_ms:.3f} ms at the start (dense {res.dense_ms:.3f}) → "
+        f"{res.final_ms:.3f} ms, aim {res.aim_ms:.3f} ms ({off:+.1f} %; target "
+        f"{res.target_ms:.3f} ms, in the table's terms)",
+        f"[green]wrote[/] {path} (and its .jsonl log and .png); export it with: "
+        f"edgeprune export {path} --target onnx",
+    ]
+    return lines
 
 
-def step_logger(out, steps: int) -> Callable:
-    """``finetune``'s log: the predicted ms (and the losses) every steps/20 steps and at
-    the end."""
-    every = max(1, steps // 20)
+def print_finetune(res, path, out, err) -> None:
+    """``finetune``'s report: notes and warnings on stderr, then one line an epoch."""
+    for n in res.notes:
+        err.print(f"[yellow]note:[/] {n}")
+    for w in res.warnings:
+        err.print(f"warning: {w}", markup=False, style="yellow")
+    for line in finetune_lines(res, path):
+        out.print(line, soft_wrap=True)
 
-    def log(st, n: int) -> None:
-        if st.step % every == 0 or st.step == n - 1:
-            ce = f" ce {st.ce:.3f}" if st.ce is not None else ""
-            out.print(
-                f"step {st.step + 1:>4}/{n}  predicted {st.predicted_ms:.3f} ms  keep "
-                f"{[round(k, 2) for k in st.keep]}  kl {st.distill:.4f} tok {st.token_distill:.4f}"
-                f"{ce} lat {st.latency_loss:.4f}",
-                soft_wrap=True,
-            )
 
-    return log
+@contextmanager
+def training_progress(console) -> Iterator[Callable[..., None] | None]:
+    """A progress bar over each epoch's steps on ``console`` (None: no display);
+    yields ``update(epoch, step, steps, line)`` or None."""
+    if console is None:
+        yield None
+        return
+    with rp.Progress(
+        rp.TextColumn("{task.description}"), rp.BarColumn(), rp.MofNCompleteColumn(),
+        rp.TimeElapsedColumn(), console=console, transient=True,
+        disable=not console.is_terminal,
+    ) as prog:  # fmt: skip
+        task = prog.add_task("training", total=None)
+
+        def update(epoch: int, step: int, steps: int, line: dict) -> None:
+            ms = f"  {line['predicted_ms']:.2f} ms" if "predicted_ms" in line else ""
+            desc = f"epoch {epoch + 1}  loss {line['loss']:.3f}{ms}"
+            prog.update(task, description=desc, completed=step + 1, total=steps)
+
+        yield update

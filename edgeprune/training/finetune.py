@@ -1,476 +1,485 @@
-"""``edgeprune finetune``: DynamicViT's training loop with the latency-aware sparsity loss.
+"""``edgeprune finetune``: train a pruned model to a device budget, on one process or
+under ``torchrun``, with the field's recipe and the latency-aware sparsity loss.
 
-What DynamicViT's ``main.py`` + ``DistillDiffPruningLoss_dynamic`` do, with one change:
-the keep-ratio MSE is replaced by ``LatencyAwareSparsityLoss`` (a device profile and a
-target in ms, or a budget file), so the masks are pushed to the token counts whose
-*predicted latency on that device* meets the target.
+Every method trains in its own training form (``edgeprune.training.forms``) over the
+static model's parameters, with what its authors train with, except that the ratio or
+depth target is replaced by the budget: DynamicViT, SPViT and A-ViT learn their schedule
+under ``LatencyAwareSparsityLoss`` (aiming at the budget's aim, target minus margin);
+EViT and ToMe train at the budget's keep rate / r (EViT's keep rate warmed up from 1).
+After every epoch: top-1 on ``val/`` of the static model at the schedule read off the
+trained form, that schedule's predicted latency, and a checkpoint (the method's key
+layout, the schedule, the training state), written atomically; a JSONL log and a PNG.
 
-    loss = clf_weight · CE(logits, labels)              (labelled folders only)
-         + distill_weight · KL(student ‖ dense teacher)  (logits, batchmean)
-         + distill_weight · KL(kept tokens ‖ teacher's)  (final patch features)
-         + LatencyAwareSparsityLoss(keep masks)          (in place of ratio_weight · MSE)
-
-The student is the static DynamicViT model's parameters run in training mode
-(``edgeprune.training.forms``: Gumbel-hard keep masks with a straight-through gradient,
-masked attention); the teacher is the dense backbone (frozen). From a dense SRC (or a
-built-in spec) the predictors are new and start by keeping every token, so the
-predicted latency starts at the dense value; a DynamicViT checkpoint continues from its
-own predictors. Predictors train at ``lr``, the backbone at ``lr · backbone_lr_scale``.
-
-At the end the keep ratios are read off the trained predictors (the mean noiseless
-keep decision per stage over the folder, cumulative), the static plan at those ratios
-gives the deployed model's predicted latency, and the checkpoint is saved as
-``{"model": state_dict}`` in DynamicViT's key layout (plus an ``edgeprune`` record),
-which ``edgeprune export CKPT --keep r1,r2,r3`` takes.
+    torchrun --nproc-per-node 8 -m edgeprune finetune deit_small.pth \
+        --data imagenet/ --budget s20.json --epochs 30 --batch 1024 --out ft.pth
 """
 
 from __future__ import annotations
 
-import math
-import re
+import json
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Subset
 
 from edgeprune.accuracy.evaluate import dense_backbone, torch_threads
-from edgeprune.budget.file import load_budget
-from edgeprune.core.atomic import atomic_path, check_outputs
+from edgeprune.core import distributed
+from edgeprune.core.atomic import check_outputs, write_text_atomic
+from edgeprune.core.distributed import World
 from edgeprune.core.errors import EdgepruneError
-from edgeprune.core.images import ImageSet, Preprocess, batches, preprocess_for, scan
-from edgeprune.core.methods import MethodConfig, get_method
-from edgeprune.core.models.deit import init_random_
+from edgeprune.core.methods import MethodConfig
+from edgeprune.core.parsing import parse_ints
 from edgeprune.core.plan import dense_plan
-from edgeprune.core.source import Source, resolve
 from edgeprune.latency.table import untrusted_warning
-from edgeprune.training.forms import (
-    DynamicViTTraining,
-    distillation_losses,
-    init_keep_all_,
-    teacher_forward,
-)
+from edgeprune.render.training import plot_training
+from edgeprune.training import recipe, state
+from edgeprune.training.data import Data, Recipe, load_data
+from edgeprune.training.device import train_device
+from edgeprune.training.loop import Parts, sample_keys, step
 from edgeprune.training.loss import LatencyAwareSparsityLoss
+from edgeprune.training.target import Target, check_reachable, from_budget, from_table, student
 
 
 @dataclass(kw_only=True)
 class FinetuneRequest:
-    """What ``edgeprune finetune`` trains: the SRC, the images, the latency target (a
-    profile with ``target_ms``, or a budget file) and the training's settings."""
+    """What to train (SRC, images in ImageNet layout, a budget or a table with a target)
+    and how (epochs, global batch, the recipe's settings)."""
 
     src: str
-    images: Path
-    profile: Path | None = None  # a profile (with target_ms) or a budget file
+    data: Path
     budget: Path | None = None
+    profile: Path | None = None  # a latency table, with target_ms
     target_ms: float | None = None
-    steps: int = 100
-    batch: int = 8
-    lr: float = 1e-3
-    backbone_lr_scale: float = 0.01
+    method: str | None = None  # with --profile, for a dense SRC
+    locs: tuple[int, ...] | None = None
+    epochs: int = 30
+    batch: int = 64  # global: split over the processes
+    steps_per_epoch: int | None = None  # at most this many steps an epoch (quick runs)
+    optim: recipe.Optim = field(default_factory=recipe.Optim)
+    data_recipe: Recipe = field(default_factory=Recipe)
     latency_weight: float = 10.0
     shape: str = "squared"
     distill_weight: float = 0.5
-    clf_weight: float = 1.0
-    tau: float = 1.0
-    locs: tuple[int, ...] | None = None
+    schedule_images: int = 1000  # val images the schedule is read from (every process)
+    limit: int | None = None  # at most this many images of train/ and of val/
     device: str = "cpu"
     seed: int = 0
-    limit: int | None = None
+    workers: int = 0
     heads: int | None = None
-    resize: int | None = None
-    flip: bool = True
-    threads: int | None = None  # torch intra-op threads (None: torch's default)
+    threads: int | None = None
+    resume: Path | None = None
+
+    def fingerprint(self) -> dict:
+        """The settings a resumed run must share with the run it continues."""
+        keep = (
+            "src",
+            "budget",
+            "profile",
+            "target_ms",
+            "method",
+            "locs",
+            "epochs",
+            "batch",
+            "steps_per_epoch",
+            "limit",
+            "latency_weight",
+            "shape",
+            "distill_weight",
+            "seed",
+        )
+        d = {k: _plain(getattr(self, k)) for k in keep}
+        d["data"] = str(Path(self.data).resolve())
+        d.update({f"optim.{k}": v for k, v in asdict(self.optim).items()})
+        d.update({f"recipe.{k}": v for k, v in asdict(self.data_recipe).items()})
+        return d
+
+
+def finetune_request(**o) -> FinetuneRequest:
+    """The request from ``finetune``'s flat command-line options (their names)."""
+    optim = recipe.Optim(
+        lr=o["lr"], backbone_lr_scale=o["backbone_lr_scale"], weight_decay=o["weight_decay"],
+        warmup_epochs=o["warmup_epochs"], min_lr=o["min_lr"], clip_grad=o["clip_grad"],
+        mixup=o["mixup"], cutmix=o["cutmix"], smoothing=o["smoothing"], ema_decay=o["ema"],
+        amp=o["amp"],
+    )  # fmt: skip
+    aa = o["aa"]
+    data_recipe = Recipe(auto_augment=None if aa.lower() == "none" else aa, reprob=o["reprob"],
+                         augment=not o["no_augment"])  # fmt: skip
+    keys = ("src", "data", "budget", "profile", "target_ms", "method", "epochs", "batch",
+            "steps_per_epoch", "latency_weight", "shape", "distill_weight", "device", "seed",
+            "workers", "limit", "heads", "threads", "resume")  # fmt: skip
+    return FinetuneRequest(
+        **{k: o[k] for k in keys}, locs=parse_ints(o["locs"], "--locs"), optim=optim,
+        data_recipe=data_recipe,
+    )  # fmt: skip
+
+
+def _plain(v: object) -> object:
+    return str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v
 
 
 @dataclass(kw_only=True)
-class Step:
-    """One training step's losses and the latency its masks predict."""
+class Epoch:
+    """One epoch's summary (a line of the JSONL log with ``"epoch_end": true``)."""
 
-    step: int
+    epoch: int
     loss: float
-    distill: float
-    token_distill: float
-    ce: float | None
-    latency_loss: float
-    predicted_ms: float
-    keep: list[float]  # mean keep fraction per stage (cumulative)
+    top1: float
+    schedule: dict  # locs, keep_ratios, options: what the checkpoint records
+    predicted_ms: float  # of the static plan at that schedule
+    train_predicted_ms: float | None  # of the training masks (mean over the epoch)
+    seconds: float
+    images_per_s: float
 
 
 @dataclass(kw_only=True)
 class FinetuneResult:
-    """What a fine-tuning run ended with: the keep ratios and their predicted latency."""
-
     method: str
     arch: str
-    locs: tuple[int, ...]
+    aim_ms: float
     target_ms: float
     dense_ms: float
-    start_ms: float  # predicted from the first step's masks
-    keep_ratios: tuple[float, ...]  # read off the trained predictors
-    final_ms: float  # predicted for the static plan at keep_ratios
-    steps: list[Step] = field(default_factory=list)
-    seconds: float = 0.0
-    device: str = "cpu"
-    images: int = 0
-    labelled: bool = False
+    start_ms: float  # predicted for the schedule before training
+    epochs: list[Epoch]
+    processes: int
+    device: str
+    checkpoint: str
+    resumed_from: int = 0
     notes: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)  # the loss's table is untrusted
+    warnings: list[str] = field(default_factory=list)
+    main: bool = True  # rank 0 (the process that prints)
+
+    @property
+    def final_ms(self) -> float:
+        return self.epochs[-1].predicted_ms if self.epochs else self.start_ms
 
     def to_dict(self) -> dict:
-        last = self.steps[-1] if self.steps else None
-        return {
-            "method": self.method,
-            "arch": self.arch,
-            "locs": list(self.locs),
-            "target_ms": self.target_ms,
-            "dense_ms": self.dense_ms,
-            "start_predicted_ms": self.start_ms,
-            "end_predicted_ms_training_masks": last.predicted_ms if last else None,
-            "keep_ratios": list(self.keep_ratios),
-            "end_predicted_ms": self.final_ms,
-            "steps": len(self.steps),
-            "seconds": self.seconds,
-            "device": self.device,
-            "images": self.images,
-            "labelled": self.labelled,
-            "final_distill_loss": last.distill if last else None,
-            "notes": self.notes,
-            "warnings": self.warnings,
-        }
+        d = asdict(self)
+        d["final_ms"] = self.final_ms
+        d["within_aim"] = abs(self.final_ms - self.aim_ms) / self.aim_ms
+        return d
 
 
-def _student(
-    source: Source, locs: tuple[int, ...] | None, seed: int
-) -> tuple[torch.nn.Module, bool]:
-    """The DynamicViT static model to train and whether its predictors are new."""
-
-    meth = get_method("dynamicvit")
-    if source.method.name == "dynamicvit" and source.kind == "checkpoint":
-        if locs is not None and tuple(locs) != tuple(source.config.prune_locs):
-            raise EdgepruneError(
-                f"--locs {list(locs)} differs from the checkpoint's "
-                f"{list(source.config.prune_locs)}"
-            )
-        return source.model(), False
-    if source.method.name not in ("dense", "dynamicvit"):
-        raise EdgepruneError(
-            f"finetune trains DynamicViT; {source.text} is {source.method.name}",
-            "give a dense or DynamicViT SRC",
-        )
-    locs = tuple(locs) if locs is not None else meth.default_locs
-    keep = tuple(1.0 for _ in locs)
-    cfg = MethodConfig(locs, keep, {})
-    meth.validate(cfg, source.arch)
-    model = meth.build(source.arch, meth.token_plan(source.arch, cfg))
-    init_random_(model.score_predictor, seed)
-    missing = model.load_state_dict(
-        {k: v for k, v in source.model().state_dict().items() if not k.startswith("score_")},
-        strict=False,
-    ).missing_keys
-    assert all(k.startswith("score_predictor.") for k in missing), missing
-    init_keep_all_(model, seed=seed)
-    return model, True
+def outputs(out: Path) -> dict[str, Path]:
+    """The run's files: the checkpoint, its JSONL log and its PNG."""
+    out = Path(out)
+    return {"--out": out, "log": out.with_suffix(".jsonl"), "plot": out.with_suffix(".png")}
 
 
-def _latency_loss(req: FinetuneRequest, locs: tuple[int, ...]):
-    if (req.profile is None) == (req.budget is None):
-        raise EdgepruneError("give exactly one of --profile (with --target-ms) or --budget")
-    if req.profile is not None and req.target_ms is None:
-        raise EdgepruneError("--profile needs --target-ms", "or give --budget FILE")
-    what = req.profile or req.budget
-    if not Path(what).exists():
-        raise EdgepruneError(f"{'profile' if req.profile else 'budget'} file {what} does not exist")
-    return LatencyAwareSparsityLoss(
-        what,
-        target_ms=req.target_ms,
-        method="dynamicvit",
-        locs=locs,
-        weight=req.latency_weight,
-        shape=req.shape,
-    )
+Progress = Callable[[int, int, int, dict], None]  # (epoch, step, steps per epoch, line)
 
 
-def _loader(images: ImageSet, pre: Preprocess, batch: int, seed: int) -> Iterator:
-    """Endless shuffled batches (x, labels or None); decodes the folder once."""
-    parts = list(batches(images, pre, 64))
-    if not parts:
-        raise EdgepruneError(f"none of the images in {images.root} could be read")
-    x = torch.cat([p.images for p in parts])
-    y = torch.cat([p.labels for p in parts]) if images.labelled else None
-    g = torch.Generator().manual_seed(seed)
-    while True:
-        order = torch.randperm(len(x), generator=g)
-        for i in range(0, len(order), batch):
-            idx = order[i : i + batch]
-            if len(idx) < min(batch, len(x)):
-                break
-            yield x[idx], (y[idx] if y is not None else None)
+def finetune_to_file(
+    req: FinetuneRequest, out: Path, force: bool = False, progress: Progress | None = None
+) -> FinetuneResult:
+    """Train and write the checkpoint (after every epoch), its log and its PNG; under
+    torchrun, on every process (rank 0 alone writes and reports)."""
+    check_request(req)
+    world = distributed.start(train_device(req.device))
+    try:
+        with torch_threads(req.threads):
+            return _run(req, Path(out), force, progress, world)
+    finally:
+        distributed.stop(world)
 
 
-def finetune(
-    req: FinetuneRequest, progress: Callable[[Step, int], None] | None = None
-) -> tuple[FinetuneResult, torch.nn.Module]:
-    """Train; returns the result and the trained static model (DynamicViT layout)."""
-
-    with torch_threads(req.threads):
-        return _finetune(req, progress)
-
-
-def _finetune(
-    req: FinetuneRequest, progress: Callable[[Step, int], None] | None
-) -> tuple[FinetuneResult, torch.nn.Module]:
-    _check_request(req)
-    device = train_device(req.device)
-    images = scan(req.images).limit(req.limit)
-    source = resolve(req.src, heads=req.heads)
-    torch.manual_seed(req.seed)
-    locs = req.locs
-    if locs is None and req.budget is not None:
-        locs = load_budget(req.budget).locs or None  # train the stages the budget names
-    student, fresh = _student(source, locs, req.seed)
-    locs = tuple(student.plan.prune_locs)
-    crit = _latency_loss(req, locs)
-    crit.latency.check_arch(source.arch)
-    loop = _Loop.start(req, student, _frozen_teacher(source, device), crit, device)
-    pre = preprocess_for(source.arch.img_size, req.resize)
-    data = _loader(images, pre, req.batch, req.seed)
-
-    dense_ms = float(crit.latency.predict(dense_plan(source.arch)).total_ms)
-    steps: list[Step] = []
-    t0 = time.perf_counter()
-    for i in range(req.steps):
-        steps.append(loop.step(i, data))
-        if progress is not None:
-            progress(steps[-1], req.steps)
-    secs = time.perf_counter() - t0
-    keep = read_keep_ratios(loop.train, images, pre, req.batch, device)
-    meth = get_method("dynamicvit")
-    plan = meth.token_plan(source.arch, MethodConfig(locs, keep, {}))
-    res = FinetuneResult(
-        method="dynamicvit",
-        arch=source.arch.name,
-        locs=locs,
-        target_ms=crit.target_ms,
-        dense_ms=dense_ms,
-        start_ms=steps[0].predicted_ms,
-        keep_ratios=keep,
-        final_ms=float(crit.latency.predict(plan).total_ms),
-        steps=steps,
-        seconds=secs,
-        device=str(device),
-        images=len(images.files),
-        labelled=images.labelled,
-        notes=_notes(source, fresh, images),
-        warnings=[w for w in [untrusted_warning(crit.latency.table, crit.latency.source)] if w],
-    )
-    return res, loop.train.model.cpu().eval()
-
-
-def _check_request(req: FinetuneRequest) -> None:
-    """Refuse every number out of range before any work: counts below 1, a learning
-    rate or temperature that is not positive, a negative or non-finite weight (a
-    negative latency weight would reward exceeding the target)."""
-    for flag, n in (("--steps", req.steps), ("--batch", req.batch), ("--limit", req.limit)):
+def check_request(req: FinetuneRequest) -> None:
+    """Refuse every number out of range before any work."""
+    counts = {
+        "--epochs": req.epochs,
+        "--batch": req.batch,
+        "--steps-per-epoch": req.steps_per_epoch,
+        "--schedule-images": req.schedule_images,
+        "--limit": req.limit,
+    }
+    for flag, n in counts.items():
         if n is not None and not 1 <= n <= 10**9:
             raise EdgepruneError(f"{flag} {n} must be at least 1")
-    positive = {"--lr": req.lr, "tau": req.tau, "--target-ms": req.target_ms}
-    for flag, x in positive.items():
+    if not 0 <= req.workers <= 256:
+        raise EdgepruneError(f"--workers {req.workers} must be between 0 and 256")
+    o = req.optim
+    for flag, x in {"--lr": o.lr, "--target-ms": req.target_ms}.items():
         if x is not None and not (_finite(x) and x > 0):
             raise EdgepruneError(f"{flag} {x} is not a positive number")
     weights = {
         "--latency-weight": req.latency_weight,
-        "--backbone-lr-scale": req.backbone_lr_scale,
-        "distill_weight": req.distill_weight,
-        "clf_weight": req.clf_weight,
+        "--backbone-lr-scale": o.backbone_lr_scale,
+        "--distill-weight": req.distill_weight,
+        "--weight-decay": o.weight_decay,
+        "--warmup-epochs": o.warmup_epochs,
+        "--min-lr": o.min_lr,
+        "--mixup": o.mixup,
+        "--cutmix": o.cutmix,
+        "--clip-grad": o.clip_grad or 0.0,
+        "--reprob": req.data_recipe.reprob,
     }
     for flag, x in weights.items():
         if not (_finite(x) and x >= 0):
             raise EdgepruneError(f"{flag} {x} must be a finite number ≥ 0")
+    if not 0 <= o.smoothing < 1 or not 0 <= req.data_recipe.reprob <= 1:
+        raise EdgepruneError("--smoothing must be in [0, 1) and --reprob in [0, 1]")
+    if o.ema_decay is not None and not (_finite(o.ema_decay) and 0 < o.ema_decay < 1):
+        raise EdgepruneError(f"--ema {o.ema_decay} must be between 0 and 1")
+    if o.amp not in recipe.AMP:
+        raise EdgepruneError(f"--amp {o.amp} is not one of {', '.join(recipe.AMP)}")
+    if (req.profile is None) == (req.budget is None):
+        raise EdgepruneError("give exactly one of --budget or --table (with --target-ms)")
+    if req.profile is not None and req.target_ms is None:
+        raise EdgepruneError("--table needs --target-ms", "or give --budget FILE")
     if not 0 <= req.seed < 2**63:
         raise EdgepruneError(f"--seed {req.seed} must be between 0 and 2^63 - 1")
 
 
 def _finite(x: object) -> bool:
-    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+    return (
+        isinstance(x, int | float) and not isinstance(x, bool) and x == x and abs(x) != float("inf")
+    )
 
 
-DEVICE_HINT = "expected cpu, cuda, cuda:N or mps"
+def _target(req: FinetuneRequest) -> Target:
+    if req.budget is not None:
+        if req.locs is not None or req.method is not None:
+            raise EdgepruneError("--budget sets the method and locations", "drop --method/--locs")
+        return from_budget(req.src, req.budget, req.heads)
+    return from_table(req.src, req.profile, req.target_ms, req.method, req.locs, req.heads)
 
 
-def train_device(name: str) -> torch.device:
-    """``--device``: cpu, cuda, cuda:N or mps, and only one this machine has."""
-    m = re.fullmatch(r"(cpu|mps|cuda)(?::([0-9]{1,3}))?", str(name).strip())
-    if m is None or (m[2] is not None and m[1] != "cuda"):
-        raise EdgepruneError(f"--device {name} is not a training device", DEVICE_HINT)
-    if m[1] == "cuda":
-        if not torch.cuda.is_available():
-            raise EdgepruneError(f"--device {name}: no CUDA GPU here", "use --device cpu")
-        index = int(m[2] or 0)
-        if index >= torch.cuda.device_count():
-            count = torch.cuda.device_count()
-            raise EdgepruneError(f"--device {name}: this machine has {count} CUDA GPU(s)")
-    if m[1] == "mps" and not torch.backends.mps.is_available():
-        raise EdgepruneError(f"--device {name}: no Apple GPU (MPS) here", "use --device cpu")
-    return torch.device(m[0])
+def _criterion(req: FinetuneRequest, target: Target, form) -> LatencyAwareSparsityLoss | None:
+    """The latency-aware sparsity loss at the aim (learned schedules), the unreachable
+    aim refused; None for a fixed schedule."""
+    if not form.learns_schedule:
+        return None
+    crit = LatencyAwareSparsityLoss(
+        target.latency,
+        target_ms=target.aim_ms,
+        method=target.method.name,
+        locs=target.config.prune_locs,
+        weight=req.latency_weight,
+        shape=req.shape,
+        extra_tokens=form.extra_tokens(),
+    )
+    crit.latency.check_arch(target.source.arch)
+    one = torch.zeros(1, target.source.arch.num_patches)
+    one[0, 0] = 1.0  # one patch token kept at every stage
+    floor = crit.predicted_ms([one for _ in range(crit.n_stages)])
+    check_reachable(target, float(floor))
+    return crit
 
 
-def _frozen_teacher(source: Source, device: torch.device) -> torch.nn.Module:
-    """The dense backbone, frozen, in eval mode on ``device``."""
-    teacher = dense_backbone(source).to(device).eval()
-    for p in teacher.parameters():
-        p.requires_grad_(False)
-    return teacher
+def _parts(req: FinetuneRequest, target: Target, form, crit, data: Data, world: World) -> Parts:
+    """The form's optimiser, EMA, teacher and losses on this process's device."""
+    model = form.model
+    iters = _iters(req, data)
+    opt, sched = recipe.optimizer(
+        model, form.selector_parameters(), req.optim, epochs=req.epochs, iters=iters
+    )
+    teacher = None
+    if form.distills:
+        teacher = dense_backbone(target.source).to(world.device).eval()
+        teacher.requires_grad_(False)
+    ddp = DistributedDataParallel(form) if world.distributed else form
+    parts = Parts(
+        form=form,
+        ddp=ddp,
+        teacher=teacher,
+        crit=crit,
+        criterion=recipe.criterion(req.optim),
+        mixup=recipe.mixup(req.optim, len(data.classes)),
+        opt=opt,
+        sched=sched,
+        ema=recipe.ema(model, req.optim),
+        scaler=recipe.scaler(req.optim.amp, world.device),
+        autocast=recipe.autocast(req.optim.amp, world.device),
+        clip_grad=req.optim.clip_grad,
+        distill_weight=req.distill_weight,
+        world=world,
+    )
+    return parts
 
 
-def _optimizer(student: torch.nn.Module, req: FinetuneRequest):
-    """AdamW with the predictors at ``lr`` and the backbone at ``lr ·
-    backbone_lr_scale`` (frozen at 0), and DynamicViT's schedule: cosine decay of every
-    group's learning rate over the run."""
-    pred_params = list(student.score_predictor.parameters())
-    ids = {id(p) for p in pred_params}
-    back = [p for p in student.parameters() if id(p) not in ids]
-    groups = [{"params": pred_params, "lr": req.lr}]
-    if req.backbone_lr_scale > 0:
-        groups.append({"params": back, "lr": req.lr * req.backbone_lr_scale})
-    else:
-        for p in back:
-            p.requires_grad_(False)
-    opt = torch.optim.AdamW(groups, weight_decay=0.0)
-    return opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=req.steps)
+def _iters(req: FinetuneRequest, data: Data) -> int:
+    n = len(data.train_loader)
+    return min(n, req.steps_per_epoch) if req.steps_per_epoch else n
 
 
-@dataclass(kw_only=True)
-class _Loop:
-    """The moving parts of one run: the student in training form, the frozen teacher,
-    the latency loss and the optimiser, on one device."""
+def _run(req: FinetuneRequest, out: Path, force: bool, progress: Progress | None, world: World):
+    files = outputs(out)
+    ins = {"SRC": req.src, "--data": req.data, "--budget": req.budget, "--table": req.profile}
+    if req.resume is None or Path(req.resume).resolve() != out.resolve():
+        check_outputs(files, ins, force or req.resume is not None)
+    resumed = _resume_state(req)  # another run's checkpoint: refused before any work
+    target = _target(req)
+    torch.manual_seed(req.seed)
+    model, fresh = student(target, req.seed)
+    form = target.form(model).to(world.device).train()
+    crit = _criterion(req, target, form)  # an unreachable budget: refused here
+    data = _data(req, target, world)
+    parts = _parts(req, target, form, crit, data, world)
+    history, start = _resume(resumed, parts)
+    arch = target.source.arch
+    meth = target.method
+    start_cfg = target.form.start_config(target.config, target.source.arch.num_patches)
+    res = FinetuneResult(
+        method=meth.name,
+        arch=arch.name,
+        aim_ms=target.aim_ms,
+        target_ms=target.target_ms,
+        dense_ms=float(target.latency.predict(dense_plan(arch)).total_ms),
+        start_ms=float(target.latency.predict(meth.token_plan(arch, start_cfg)).total_ms),
+        epochs=[_epoch_of(e) for e in history if e.get("epoch_end")],
+        processes=world.size,
+        device=str(world.device),
+        checkpoint=str(out),
+        resumed_from=start,
+        notes=_notes(target, fresh),
+        main=world.main,
+        warnings=[w for w in [untrusted_warning(target.latency.table, target.latency.source)] if w],
+    )
+    for epoch in range(start, req.epochs):
+        ep, lines = _epoch(req, target, parts, data, epoch, progress)
+        history += lines
+        res.epochs.append(ep)
+        _save(req, target, parts, out, ep, history)
+    return res
 
-    req: FinetuneRequest
-    train: DynamicViTTraining
-    teacher: torch.nn.Module
-    crit: LatencyAwareSparsityLoss
-    opt: torch.optim.Optimizer
-    sched: torch.optim.lr_scheduler.LRScheduler
-    device: torch.device
 
-    @classmethod
-    def start(cls, req: FinetuneRequest, student, teacher, crit, device) -> _Loop:
-        """The student moved to ``device`` in training mode, and its optimiser."""
-        student = student.to(device).train()
-        train = DynamicViTTraining(student, req.tau)
-        opt, sched = _optimizer(student, req)
-        return cls(
-            req=req, train=train, teacher=teacher, crit=crit, opt=opt, sched=sched, device=device
+def _recipe(req: FinetuneRequest, img_size: int) -> Recipe:
+    return Recipe(**{**asdict(req.data_recipe), "img_size": img_size})
+
+
+def _resume_state(req: FinetuneRequest) -> state.Resume | None:
+    """``--resume``'s checkpoint, checked to be this run's (None without it)."""
+    if req.resume is None:
+        return None
+    r = state.load(Path(req.resume))
+    state.check_same_run(r, req.fingerprint(), Path(req.resume))
+    return r
+
+
+def _resume(r: state.Resume | None, parts: Parts) -> tuple[list[dict], int]:
+    """(history, first epoch to run): the resumed run's state loaded, or a fresh start."""
+    if r is None:
+        return [], 0
+    parts.form.model.load_state_dict(r.model)
+    parts.opt.load_state_dict(r.optimizer)
+    if parts.ema is not None and r.ema is not None:
+        parts.ema.load_state_dict(r.ema)
+    if parts.scaler is not None and r.scaler is not None:
+        parts.scaler.load_state_dict(r.scaler)
+    return list(r.history), r.epoch
+
+
+def _data(req: FinetuneRequest, target: Target, world: World) -> Data:
+    """The images, checked, sharded; as many classes as the model has outputs."""
+    arch = target.source.arch
+    data = load_data(Path(req.data), _recipe(req, arch.img_size), batch=req.batch, world=world,
+                     seed=req.seed, workers=req.workers, max_images=req.limit)  # fmt: skip
+    if len(data.classes) != arch.num_classes:
+        raise EdgepruneError(
+            f"{req.data} has {len(data.classes)} classes; {req.src} classifies {arch.num_classes}"
         )
-
-    def batch(self, data: Iterator) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The next batch, half of it flipped (with ``flip``), on the device."""
-        x, y = next(data)
-        if self.req.flip:
-            flip = torch.rand(x.shape[0]) < 0.5
-            x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
-        return x.to(self.device), y
-
-    def step(self, i: int, data: Iterator) -> Step:
-        """One optimisation step on the next batch: its losses and predicted latency."""
-        req, device = self.req, self.device
-        x, y = self.batch(data)
-        logits, feats, masks = self.train(x)
-        with torch.no_grad():
-            t_logits, t_feats = teacher_forward(self.teacher, x)
-        cls_kl, tok_kl = distillation_losses(logits, feats, masks[-1], t_logits, t_feats)
-        lat = self.crit([m.cpu() if m.device.type != "cpu" else m for m in masks]).to(device)
-        ce = F.cross_entropy(logits, y.to(device)) if y is not None else None
-        loss = req.distill_weight * (cls_kl + tok_kl) + lat
-        if ce is not None:
-            loss = loss + req.clf_weight * ce
-        if not torch.isfinite(loss):
-            raise EdgepruneError(f"the loss became non-finite at step {i}", "lower --lr")
-        self.opt.zero_grad()
-        loss.backward()
-        self.opt.step()
-        self.sched.step()
-        with torch.no_grad():
-            cpu_masks = [m.detach().cpu() for m in masks]
-            return Step(
-                step=i,
-                loss=float(loss),
-                distill=float(cls_kl),
-                token_distill=float(tok_kl),
-                ce=float(ce) if ce is not None else None,
-                latency_loss=float(lat),
-                predicted_ms=float(self.crit.predicted_ms(cpu_masks)),
-                keep=[float(m.mean()) for m in cpu_masks],
-            )
+    return data
 
 
-def _notes(source: Source, fresh: bool, images: ImageSet) -> list[str]:
-    """The result's notes: the source's, new predictors, no labels."""
-    notes = list(source.notes)
+def _notes(target: Target, fresh: bool) -> list[str]:
+    notes = list(target.source.notes)
     if fresh:
-        notes.append("new predictors, initialised to keep every token")
-    if not images.labelled:
-        notes.append("unlabelled folder: no cross-entropy term, distillation only")
+        notes.append(f"new {target.method.name} selectors, initialised to keep every token")
     return notes
 
 
-def read_keep_ratios(
-    train, images: ImageSet, pre: Preprocess, batch: int, device, draws: int = 4
-) -> tuple:
-    """The keep ratios the trained predictors stand for, as DynamicViT relates training
-    to inference (its ratio loss holds the mean *sampled* mask at ρ, inference keeps
-    int(N·ρ)): the mean Gumbel-hard keep decision per stage over the folder (``draws``
-    noise draws per image), cumulative, non-increasing, at least one token."""
-    was = train.training
-    train.eval()
-    sums, n = None, 0
-    g = torch.random.get_rng_state()
-    torch.manual_seed(1234)
-    with torch.no_grad():
-        for b in batches(images, pre, batch):
-            for _ in range(draws):
-                _, _, masks = train(b.images.to(device))
-                means = torch.stack([m.float().mean(1).sum() for m in masks]).cpu()
-                sums = means if sums is None else sums + means
-                n += b.images.shape[0]
-    torch.random.set_rng_state(g)
-    train.train(was)
-    n_patches = train.model.arch.num_patches
-    out, prev = [], 1.0
-    for v in (sums / n).tolist():
-        r = min(prev, max(1.0 / n_patches, round(v, 4)))
-        out.append(r)
-        prev = r
-    return tuple(out)
-
-
-def save_checkpoint(model: torch.nn.Module, result: FinetuneResult, path: Path) -> None:
-    data = {
-        "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-        "edgeprune": {
-            "method": result.method,
-            "prune_locs": list(result.locs),
-            "keep_ratios": list(result.keep_ratios),
-            "target_ms": result.target_ms,
-            "predicted_ms": result.final_ms,
-            "steps": len(result.steps),
+def _epoch(req, target: Target, parts: Parts, data: Data, epoch: int, progress):
+    """Train one epoch, then evaluate: (its summary, its log lines)."""
+    data.set_epoch(epoch)
+    torch.manual_seed(req.seed * 1_000_003 + epoch)  # Mixup's draws and anything else
+    iters = _iters(req, data)
+    lines: list[dict] = []
+    t0 = time.perf_counter()
+    for i, (x, y, index) in enumerate(data.train_loader):
+        if i >= iters:
+            break
+        parts.form.set_progress((epoch * iters + i) / (req.epochs * iters))
+        parts.sched.step_update(epoch * iters + i)
+        keys = sample_keys(req.seed, epoch, index)
+        x, y = x.to(parts.world.device), y.to(parts.world.device)
+        line = step(parts, x, y, keys, f"epoch {epoch + 1}, step {i + 1}")
+        line = {"epoch": epoch + 1, "step": epoch * iters + i + 1, **line}
+        lines.append(line)
+        if progress is not None and parts.world.main:
+            progress(epoch, i, iters, line)
+    secs = time.perf_counter() - t0
+    cfg, top1, ms = _evaluate(req, target, parts, data)
+    pm = [ln["predicted_ms"] for ln in lines if "predicted_ms" in ln]
+    ep = Epoch(
+        epoch=epoch + 1,
+        loss=sum(ln["loss"] for ln in lines) / max(1, len(lines)),
+        top1=top1,
+        schedule={
+            "locs": list(cfg.prune_locs),
+            "keep_ratios": list(cfg.keep_ratios),
+            "options": state.record("", cfg, {}, 0, 0.0)["options"],
         },
-    }
-    with atomic_path(Path(path)) as tmp:
-        torch.save(data, tmp)
+        predicted_ms=ms,
+        train_predicted_ms=sum(pm) / len(pm) if pm else None,
+        seconds=secs,
+        images_per_s=iters * req.batch / secs if secs > 0 else 0.0,
+    )
+    return ep, [*lines, {**asdict(ep), "epoch_end": True}]
 
 
-def finetune_to_file(
-    req: FinetuneRequest,
-    out: Path,
-    force: bool = False,
-    progress: Callable[[Step, int], None] | None = None,
-) -> FinetuneResult:
-    """``edgeprune finetune``: train and write the checkpoint to ``out``."""
+def _epoch_of(line: dict) -> Epoch:
+    return Epoch(**{k: v for k, v in line.items() if k != "epoch_end"})
 
-    ins = {"SRC": req.src, "--images": req.images, "--table": req.profile, "--budget": req.budget}
-    check_outputs({"--out": out}, ins, force)
-    res, model = finetune(req, progress)
-    save_checkpoint(model, res, out)
-    return res
+
+def _evaluate(req, target: Target, parts: Parts, data: Data):
+    """The schedule read off the trained form, the top-1 on ``val/`` of the static model
+    at that schedule (what ``export`` deploys), and its predicted latency."""
+    form, world = parts.form, parts.world
+    form.sample_keys = None
+    n = min(len(data.val), req.schedule_images)
+    # the global batch's size on every process: the same noise draws at any world size
+    subset = DataLoader(Subset(data.val, range(n)), batch_size=req.batch)
+    cfg = form.read_schedule(x.to(world.device) for x, _ in subset)
+    meth, arch = target.method, target.source.arch
+    plan = meth.token_plan(arch, cfg)
+    static = meth.build(arch, plan)
+    static.load_state_dict(form.model.state_dict())
+    static = static.to(world.device).eval()
+    hits = torch.zeros(2, dtype=torch.float64)
+    with torch.no_grad():
+        for x, y in data.val_loader:
+            pred = static(x.to(world.device)).argmax(-1).cpu()
+            hits += torch.tensor([float((pred == y).sum()), float(len(y))], dtype=torch.float64)
+    hits = world.sum(hits.to(world.device)).cpu()
+    top1 = 100.0 * float(hits[0]) / max(1.0, float(hits[1]))
+    return cfg, top1, float(target.latency.predict(plan).total_ms)
+
+
+def _save(req, target: Target, parts: Parts, out: Path, ep: Epoch, history: list[dict]) -> None:
+    """Rank 0 writes the epoch's checkpoint, the log and the PNG (each atomically); the
+    others wait for it."""
+    world = parts.world
+    if world.main:
+        cfg = MethodConfig(
+            tuple(ep.schedule["locs"]),
+            tuple(ep.schedule["keep_ratios"]),
+            dict(ep.schedule["options"]),
+        )
+        rec = state.record(target.method.name, cfg, target.trained_for, ep.epoch, ep.predicted_ms)
+        resume = {
+            "epoch": ep.epoch,
+            "optimizer": parts.opt.state_dict(),
+            "ema": parts.ema.state_dict() if parts.ema is not None else None,
+            "scaler": parts.scaler.state_dict() if parts.scaler is not None else None,
+            "fingerprint": req.fingerprint(),
+            "history": history,
+        }
+        state.save(out, model=parts.form.model.state_dict(), rec=rec, resume=resume)
+        files = outputs(out)
+        write_text_atomic(files["log"], "".join(json.dumps(ln) + "\n" for ln in history))
+        plot_training(history, target.aim_ms, files["plot"])
+    world.barrier()

@@ -125,7 +125,10 @@ PTE_HINT = "give a .pte file exported with 'edgeprune export --target executorch
 # the bytes kept alive: the program points into them)
 _PROBE = """
 import sys
-from executorch.extension.pybindings import _portable_lib as pl
+try:  # the runtime's binding alone: 1.5 names it _C, 1.4 _portable_lib
+    from executorch.extension.pybindings import _C as pl
+except ImportError:
+    from executorch.extension.pybindings import _portable_lib as pl
 data = sys.stdin.buffer.read()
 program = pl._load_program_from_buffer(
     data, program_verification=pl.Verification.InternalConsistency

@@ -100,7 +100,9 @@ def _wheel() -> tuple[Path, Path]:
     """The executorch wheel's header folder and the runtime library the kernels link to."""
     root = Path(next(iter(import_executorch().__path__)))  # a namespace package: no __file__
     pyb = root / "extension" / "pybindings"
-    libs = sorted(pyb.glob("_portable_lib*.so"))
+    # 1.4: the runtime (with its kernel registry) is inside the pybindings module;
+    # 1.5: it is lib/libexecutorch.so, which the pybindings module links to
+    libs = sorted(pyb.glob("_portable_lib*.so")) + sorted((root / "lib").glob("libexecutorch.so"))
     include = root / "include"
     if not libs or not (include / "executorch").is_dir():
         raise MissingRuntimeError(

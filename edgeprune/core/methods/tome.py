@@ -36,6 +36,7 @@ PyTorch reference is ``merge_scored``, the index form).
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -64,12 +65,53 @@ DEFAULT_R = 16
 
 def merge_plan(n_tokens: int, depth: int, r: int) -> list[int]:
     """Tokens merged in each block, clamped as ToMe does ((N - 1) // 2, CLS protected)."""
+    return clamp_schedule(n_tokens, [r] * depth)
+
+
+def clamp_schedule(n_tokens: int, rs: Sequence[int]) -> list[int]:
+    """A per-block r schedule as ToMe runs it: each block's r clamped to (N - 1) // 2 of
+    the N tokens entering it (CLS protected; tome/merge.py ``min(r, (t - protected) // 2)``)."""
     out, n = [], n_tokens
-    for _ in range(depth):
-        rb = max(0, min(r, (n - 1) // 2))
+    for r in rs:
+        rb = max(0, min(int(r), (n - 1) // 2))
         out.append(rb)
         n -= rb
     return out
+
+
+def inflected(r: int, inflect: float, depth: int) -> list[int]:
+    """ToMe's own r schedule shapes (tome/utils.py ``parse_r`` with ``(r, inflect)``): r
+    per block on a line from ``int(r·(1 − inflect))`` to ``2r`` minus that, truncated;
+    inflect 0 is a constant r, -1 the paper's "decreasing schedule" (2r down to 0), +1
+    increasing (0 up to 2r). Not clamped (``clamp_schedule``)."""
+    lo = int(r * (1.0 - inflect))
+    hi = 2 * r - lo
+    step = (hi - lo) / (depth - 1) if depth > 1 else 0.0
+    return [int(lo + step * i) for i in range(depth)]
+
+
+def check_schedule(rs: Sequence[int], arch: Arch) -> tuple[int, ...]:
+    """A per-block r schedule (one merge count per block), refused unless every block
+    merges at most (N - 1) // 2 of the N tokens entering it (what ToMe can merge)."""
+    rs = tuple(rs)
+    if len(rs) != arch.depth:
+        raise EdgepruneError(
+            f"ToMe r schedule {list(rs)} has {len(rs)} entries, {arch.name} has {arch.depth} "
+            "blocks",
+            "give one merge count per block",
+        )
+    n = arch.num_tokens
+    for b, r in enumerate(rs):
+        if not (isinstance(r, int) and not isinstance(r, bool) and r >= 0):
+            raise EdgepruneError(f"ToMe r schedule {list(rs)}: block {b}'s r {r!r} is not a count")
+        if r > (n - 1) // 2:
+            raise EdgepruneError(
+                f"ToMe r schedule {list(rs)} merges {r} tokens in block {b}, where only "
+                f"{(n - 1) // 2} of its {n} can merge",
+                "each block merges at most (N - 1) // 2 of the N tokens entering it",
+            )
+        n -= r
+    return rs
 
 
 def head_sum(k: torch.Tensor) -> torch.Tensor:
@@ -277,9 +319,13 @@ class _ToMeSelector(nn.Module):
         return out
 
 
-def parse_r(text: str | int | None) -> int:
+def parse_r(text: str | int | Sequence[int] | None) -> int | tuple[int, ...]:
+    """``r``: a token count (``16``, ``"r16"``) or a per-block schedule (a sequence of
+    counts, as a budget file holds it)."""
     if isinstance(text, int) and not isinstance(text, bool):
         return text
+    if isinstance(text, list | tuple):
+        return tuple(text)
     m = re.fullmatch(r"r?(\d+)", str(text).strip())
     if not m:
         raise EdgepruneError(f"ToMe r '{text}' is not a token count", "e.g. deit_small:tome@r16")
@@ -293,17 +339,24 @@ class ToMe(Method):
     static_model = ToMeStatic
 
     def default_config(self, arch: Arch) -> MethodConfig:
-        return self.config_for(DEFAULT_R, arch)
+        """r = 16, or as many as a short sequence can merge (a small custom arch)."""
+        return self.config_for(min(DEFAULT_R, max(1, (arch.num_tokens - 1) // 2)), arch)
 
-    def config_for(self, r: int, arch: Arch) -> MethodConfig:
+    def config_for(self, r: int | Sequence[int], arch: Arch) -> MethodConfig:
+        """A constant ``r`` (clamped per block as ToMe does) or a per-block schedule
+        (``check_schedule``: refused where a block merges more than it can)."""
         n0 = arch.num_tokens
-        max_r = (n0 - 1) // 2
-        if not 1 <= r <= max_r:
-            raise EdgepruneError(
-                f"ToMe r={r} does not fit a sequence of {n0} tokens",
-                f"r merges tokens in every block: use 1 ≤ r ≤ {max_r} for {arch.name}",
-            )
-        rs = merge_plan(n0, arch.depth, r)
+        if isinstance(r, list | tuple):
+            rs = list(check_schedule(r, arch))
+            r = tuple(rs)
+        else:
+            max_r = (n0 - 1) // 2
+            if not 1 <= r <= max_r:
+                raise EdgepruneError(
+                    f"ToMe r={r} does not fit a sequence of {n0} tokens",
+                    f"r merges tokens in every block: use 1 ≤ r ≤ {max_r} for {arch.name}",
+                )
+            rs = merge_plan(n0, arch.depth, r)
         locs, ratios, n = [], [], n0
         for b, rb in enumerate(rs):
             if rb:
@@ -326,7 +379,7 @@ class ToMe(Method):
         self.config_for(parse_r(cfg.options.get("r", DEFAULT_R)), arch)
 
     def token_plan(self, arch: Arch, cfg: MethodConfig) -> TokenPlan:
-        rs = merge_plan(arch.num_tokens, arch.depth, parse_r(cfg.options.get("r", DEFAULT_R)))
+        rs = self.r_per_block(cfg, arch)
         attn, mlp, stages, n = [], [], [], arch.num_tokens
         for b, rb in enumerate(rs):
             attn.append(n)
@@ -335,6 +388,14 @@ class ToMe(Method):
                 n -= rb
             mlp.append(n)
         return self.make_plan(arch, cfg, attn, mlp, stages)
+
+    def r_per_block(self, cfg: MethodConfig, arch: Arch) -> list[int]:
+        """Tokens merged in each block: a constant r clamped as ToMe does, or the
+        per-block schedule ``cfg.options["r"]`` as given (checked)."""
+        r = parse_r(cfg.options.get("r", DEFAULT_R))
+        if isinstance(r, tuple):
+            return list(check_schedule(r, arch))
+        return merge_plan(arch.num_tokens, arch.depth, r)
 
     def selector_module(self, arch: Arch, stage: SelectorStage) -> nn.Module:
         return _ToMeSelector(arch, stage.tokens_in - stage.tokens_out)

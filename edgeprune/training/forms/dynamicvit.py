@@ -21,11 +21,15 @@ trained weights are the static model's, in DynamicViT's key layout, ready for
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edgeprune.core.methods import MethodConfig
 from edgeprune.core.models.deit import Block
+from edgeprune.training.forms.base import FormOutput, TrainingForm, gumbel_softmax_hard
 
 
 def softmax_with_policy(attn: torch.Tensor, policy: torch.Tensor, eps: float = 1e-6):
@@ -53,20 +57,44 @@ def block_with_policy(blk: Block, x: torch.Tensor, policy: torch.Tensor | None) 
     return x + blk.mlp(blk.norm2(x))
 
 
-class DynamicViTTraining(nn.Module):
+class DynamicViTTraining(TrainingForm):
     """The training forward of a ``DynamicViTStatic`` (parameters shared, not copied).
 
-    ``forward(img)`` -> (logits, patch features B×N×C, keep masks: one B×N per stage).
+    ``forward(img)`` -> FormOutput: logits, keep masks (one B×N per stage), the final
+    patch features B×N×C and the last mask (token distillation).
     ``noise=False``: deterministic decisions (keep where the keep score wins), as a
-    noiseless version of training's sampling; used to read off the keep ratios."""
+    noiseless version of training's sampling."""
+
+    method = "dynamicvit"
+    learns_schedule = True
+    distills = True
 
     def __init__(self, model: nn.Module, tau: float = 1.0):
-        super().__init__()
-        self.model = model
+        super().__init__(model)
         self.tau = tau
         self.stage_of_block = dict(model.stage_of_block)
 
-    def forward(self, img: torch.Tensor, noise: bool = True):
+    @classmethod
+    def start_config(cls, target: MethodConfig, num_patches: int = 196) -> MethodConfig:
+        return MethodConfig(tuple(target.prune_locs), tuple(1.0 for _ in target.prune_locs), {})
+
+    @classmethod
+    def init_selectors_(cls, model: nn.Module, seed: int) -> None:
+        init_keep_all_(model, seed=seed)
+
+    def selector_parameters(self) -> list[nn.Parameter]:
+        return list(self.model.score_predictor.parameters())
+
+    def read_schedule(self, images: Iterable[torch.Tensor], draws: int = 4) -> MethodConfig:
+        """The keep ratios the trained predictors stand for, as DynamicViT relates
+        training to inference (its ratio loss holds the mean *sampled* mask at ρ,
+        inference keeps int(N·ρ)): the mean Gumbel-hard keep decision per stage over
+        ``images`` (``draws`` noise draws per image), cumulative, non-increasing, at
+        least one token."""
+        ratios = mean_keep_decisions(self, images, draws)
+        return MethodConfig(tuple(self.model.plan.prune_locs), ratios, {})
+
+    def forward(self, img: torch.Tensor, noise: bool = True) -> FormOutput:
         m = self.model
         x = m.embed(img)
         b, n = x.shape[0], x.shape[1] - 1
@@ -78,7 +106,8 @@ class DynamicViTTraining(nn.Module):
             if s is not None:
                 score = m.score_predictor[s](x[:, 1:], prev)  # B×N×2 log-probabilities
                 if noise:
-                    keep = F.gumbel_softmax(score, tau=self.tau, hard=True)[:, :, 0:1]
+                    g = self.gumbel(s, score)
+                    keep = gumbel_softmax_hard(score, g, self.tau)[:, :, 0:1]
                 else:
                     keep = (score[:, :, 0:1] > score[:, :, 1:2]).to(x.dtype)
                 keep = keep * prev
@@ -88,7 +117,43 @@ class DynamicViTTraining(nn.Module):
                 prev = keep
             x = block_with_policy(blk, x, policy)
         x = m.norm(x)
-        return m.head(x[:, 0]), x[:, 1:], masks
+        return FormOutput(
+            logits=m.head(x[:, 0]),
+            masks=masks,
+            features=x[:, 1:],
+            feature_mask=masks[-1] if masks else None,
+        )
+
+
+def mean_keep_decisions(
+    form: TrainingForm, images: Iterable[torch.Tensor], draws: int = 4, seed: int = 1234
+) -> tuple[float, ...]:
+    """Cumulative keep ratios from a form's sampled masks: the mean keep decision per
+    stage over ``images`` (``draws`` noise draws each, the noise seeded and the global
+    generator restored), non-increasing, at least one patch token."""
+    was = form.training
+    form.eval()
+    sums, n = None, 0
+    state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for x in images:
+            for _ in range(draws):
+                masks = form(x).masks
+                means = torch.stack([mk.float().mean(1).sum() for mk in masks]).cpu()
+                sums = means if sums is None else sums + means
+                n += x.shape[0]
+    torch.random.set_rng_state(state)
+    form.train(was)
+    if sums is None:
+        raise ValueError("no images to read the schedule from")
+    n_patches = form.model.arch.num_patches
+    out, prev = [], 1.0
+    for v in (sums / n).tolist():
+        r = min(prev, max(1.0 / n_patches, round(v, 4)))
+        out.append(r)
+        prev = r
+    return tuple(out)
 
 
 def _at_least_one(keep: torch.Tensor, score: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
@@ -151,3 +216,6 @@ def init_keep_all_(model: nn.Module, logit: float = 3.0, seed: int = 0) -> None:
             last = pred.out_conv[4]
             last.weight.copy_(0.01 * torch.randn(last.weight.shape, generator=g))
             last.bias.copy_(torch.tensor([logit, -logit]))
+
+
+FORM = DynamicViTTraining
