@@ -31,6 +31,7 @@ from report_sections import (  # noqa: E402
 )
 from report_speed import speedups  # noqa: E402
 from report_strength import strength  # noqa: E402
+from report_training import training  # noqa: E402
 
 from edgeprune.core.atomic import write_text_atomic  # noqa: E402
 
@@ -50,7 +51,8 @@ HEADER = [
     "",
     "- **One section per question**: fidelity to each method's code, speedups per runtime "
     "and thread count, the latency model's error, budgets met, export times, accuracy, and "
-    "how far one measured number moves when measured again, and how strong the tests are.",
+    "how far one measured number moves when measured again, how strong the tests are, and "
+    "training to a budget.",
     "- **Which run**: where a benchmark ran several times, each row comes from the newest "
     "run (by the date the file records) that measured its configuration; each section says "
     "what a configuration is. Runs are never averaged.",
@@ -73,6 +75,7 @@ def sections(results: Path, golden: Path, golden_tests: Path) -> list[Section]:
         accuracy(runs),
         repeatability(runs),
         strength(runs),
+        training(runs),
     ]
 
 

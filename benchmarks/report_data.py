@@ -17,6 +17,7 @@ BENCHMARKS = (
     "bench_spread",
     "ceiling",
     "export_time",
+    "finetune_methods",
     "fuzz",
     "kernels_ab",
     "latency_model",
@@ -24,6 +25,7 @@ BENCHMARKS = (
     "reproduce",
     "speedup",
     "switch_cost",
+    "train_step",
     "xnnpack",
 )
 COMPANIONS = (".json", ".md", ".png")  # what one run of a script writes

@@ -96,9 +96,12 @@ def test_fast_lowering_gives_the_same_program_byte_for_byte(monkeypatch, method)
     from executorch.exir.passes.sym_to_tensor_pass import SymToTensorPass
     from torch.fx.traceback import NodeSource
 
+    from edgeprune.export.executorch import xnnpack_patch
     from edgeprune.export.executorch.lowering import APPLIES
     from edgeprune.export.executorch.target import lower
 
+    monkeypatch.delenv("EDGEPRUNE_XNNPACK_ALL_PASSES", raising=False)
+    assert xnnpack_patch.active(), xnnpack_patch.unsupported()  # else nothing is compared
     src = tiny_source(method, locs=(1,), keep=(0.5,), arch=TINY2)
     model, x = src.model(), torch.zeros(1, 3, 64, 64)
     init, call = NodeSource.__init__, SymToTensorPass.__call__

@@ -19,17 +19,20 @@ import torch
 et = pytest.importorskip("executorch", reason='needs pip install "edgeprune[executorch]"')
 
 # sha256 (first 16 hex digits) of the source of every function and class the patches,
-# and the checks of export/executorch/lowering.py, were written from: executorch 1.4.1,
-# torch 2.13.0 (a dict: its sorted items). When one changes, re-read it, check that the
+# and the checks of export/executorch/lowering.py, were written from: executorch 1.5.1,
+# torch 2.14.1 (a dict: its sorted items). When one changes, re-read it, check that the
 # patch or the check still holds, and only then update the hash here (and WRITTEN_FOR).
 PINNED = {
     "torch.fx.traceback.NodeSource.__init__": "99395e7f40a4a049",
     "torch.export.exported_program.ExportedProgram.run_decompositions": "c74cbc17d3874021",
     "executorch.backends.xnnpack._passes.XNNPACKPassManager": "7fcec85f18a3016d",
     "executorch.backends.xnnpack.xnnpack_preprocess.XnnpackBackend.preprocess": "62f7dc915f1ef40c",
-    "executorch.exir.program._program._gen_edge_manager_for_partitioners": "1165268e5782bf8f",
+    "executorch.exir.program._program._gen_edge_manager_for_partitioners": "14a2b38bd338a215",
     "executorch.exir.program._program._generate_edge_program": "231b0ef63ff582cb",
     "executorch.exir.program._program._remove_invalid_ops_for_not_decompose": "3e17892fc8dbf7d8",
+    "executorch.exir.backend.partitioner.Partitioner.transform_for_pre_decomposition": (
+        "b67ff9fbd18d67a1"
+    ),
     "executorch.exir.tracer._default_decomposition_table": "e59f18ff03bf06dc",
     "executorch.exir.passes.replace_aten_with_edge_pass.OpReplacePass": "a31a8cccd25a9fc6",
     "executorch.exir.passes.dim_order_ops_registry.DimOrderOpsMap": "9c6e97f0fab866c5",
@@ -50,7 +53,7 @@ PINNED = {
     "executorch.backends.xnnpack._passes.ConstPropPass": "e157eae245386b5c",
     "executorch.backends.xnnpack._passes.FuseBatchNormPass": "d20f5c6a6f37a9b1",
     "executorch.backends.xnnpack._passes.DecomposeBatchNorm": "aa0abaea1b71743d",
-    "executorch.backends.xnnpack._passes.Conv1dUnsqueezePass": "e77fb6e9fc466db7",
+    "executorch.backends.xnnpack._passes.Conv1dUnsqueezePass": "6e235a5ac754089d",
     "executorch.backends.xnnpack._passes.PReLUReshapePass": "063a4ac4abd8944f",
     "executorch.backends.xnnpack._passes.RemoveGetItemPass": "c58434b5a108e03d",
     "executorch.backends.xnnpack._passes.DecomposeConcatenate": "03f83199646f7226",
@@ -61,7 +64,7 @@ PINNED = {
     "executorch.backends.xnnpack._passes.InsertPadQDQPass": "3b29387c0a22b31d",
 }
 
-# XNNPACK's default pass list in executorch 1.4 (what the backend runs on every segment)
+# XNNPACK's default pass list in executorch 1.5 (what the backend runs on every segment)
 XNNPACK_PASSES = [
     "XNNPACKRemoveCloneOpsTransform",
     "DimOrderOpsRevertPass",
@@ -115,7 +118,9 @@ def test_the_library_under_the_patches_is_the_one_they_were_written_for():
 
 def test_the_backend_runs_the_pass_list_the_checks_were_written_for():
     from executorch.backends.xnnpack._passes import XNNPACKPassManager
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.backends.xnnpack.xnnpack_preprocess import XnnpackBackend
+    from executorch.exir.backend.partitioner import Partitioner
 
     from edgeprune.export.executorch.lowering import APPLIES
 
@@ -124,6 +129,11 @@ def test_the_backend_runs_the_pass_list_the_checks_were_written_for():
     assert set(APPLIES) < set(names)  # each check belongs to a pass that runs
     # patch 2 replaces the name the backend builds its pass manager by
     assert "XNNPACKPassManager(ep, passes=passes)" in inspect.getsource(XnnpackBackend.preprocess)
+    # patch 3 recognises the program our decompositions made: XNNPACK's partitioner
+    # keeps the pre-decomposition hook (executorch 1.5) that hands it back as it is
+    assert XnnpackPartitioner.transform_for_pre_decomposition is (
+        Partitioner.transform_for_pre_decomposition
+    )
 
 
 def _targets() -> dict[str, object]:
@@ -194,10 +204,10 @@ def test_on_another_executorch_nothing_is_patched_and_lower_says_so(monkeypatch)
     assert xnnpack_patch.unsupported() is None  # the versions installed here
     real = metadata.version
     monkeypatch.setattr(
-        xnnpack_patch, "_version", lambda p: "1.5.0" if p == "executorch" else real(p)
+        xnnpack_patch, "_version", lambda p: "1.6.0" if p == "executorch" else real(p)
     )
     why = xnnpack_patch.unsupported()
-    assert why == "executorch 1.5.0; they were written for executorch 1.4.x"
+    assert why == "executorch 1.6.0; they were written for executorch 1.5.x"
     before = _targets()
     with xnnpack_patch.patched(lambda _pass, _graph: True) as on:
         assert not on

@@ -18,6 +18,10 @@ References: ``--reference SRC`` if given; for an artifact, otherwise the PyTorch
 of the source its manifest records (``<artifact>.manifest.json``, or the older
 ``<stem>.manifest.json``); and for a pruned model, also its **dense backbone** (the same
 weights with no token pruning). A PyTorch SRC is not compared with itself.
+
+Under ``torchrun`` each process runs its share of the images (``files[rank::size]``)
+and the answers are gathered to every process in the folder's order, so the report is
+the one process's (``core.distributed.gather_rows``); the CLI prints on rank 0 alone.
 """
 
 from __future__ import annotations
@@ -30,7 +34,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from edgeprune.core import distributed
 from edgeprune.core.backends.runner import get_runner
+from edgeprune.core.distributed import World
 from edgeprune.core.errors import EdgepruneError
 from edgeprune.core.images import ImageSet, Preprocess, batches, preprocess_for, scan
 from edgeprune.core.methods import get_method
@@ -373,33 +379,79 @@ def _evaluate(req: EvalRequest, progress: Callable[[int, int], None] | None) -> 
             f"{len(images.classes)} class folders for {src.arch.num_classes} outputs: label i "
             "is the i-th folder name in sorted order"
         )
-    batch = model.batch or req.batch
-    skipped: list[Path] = []
-    logits, read = [], []
-    ref_logits: dict[str, list[np.ndarray]] = {r.name: [] for r in refs}
-    total = len(images.files)
-    for b in batches(images, pre, batch, skipped):
-        logits.append(model(b.images))
-        for r in refs:
-            ref_logits[r.name].append(r(b.images))
-        read += b.indices
-        if progress is not None:
-            progress(len(read) + len(skipped), total)
-    if not read:
-        raise EdgepruneError(f"none of the {total} images in {req.images} could be read")
-    out = np.concatenate(logits)
-    if not np.isfinite(out).all():
+    world = distributed.start(torch.device("cpu"))
+    try:
+        run = _run_shard(
+            model, refs, images, pre, model.batch or req.batch, world=world, progress=progress
+        )
+    finally:
+        distributed.stop(world)
+    if not len(run.read):
+        raise EdgepruneError(
+            f"none of the {len(images.files)} images in {req.images} could be read"
+        )
+    if not np.isfinite(run.logits).all():
         notes.append("the model produced non-finite logits")
-    if skipped:
-        notes.append(f"{len(skipped)} unreadable image(s) skipped")
+    if len(run.skipped):
+        notes.append(f"{len(run.skipped)} unreadable image(s) skipped")
     return EvalReport(
         model=model.name,
         images=images,
         preprocess=pre,
-        logits=out,
-        read=read,
-        skipped=skipped,
-        references={k: np.concatenate(v) for k, v in ref_logits.items()},
+        logits=run.logits,
+        read=[int(i) for i in run.read],
+        skipped=[images.files[i] for i in run.skipped],
+        references=run.references,
         reference_names={r.name: r.what for r in refs},
         notes=notes,
+    )
+
+
+def shard_images(images: ImageSet, world: World) -> tuple[ImageSet, list[int]]:
+    """This process's share of ``images`` (``files[rank::size]``; all of them for one
+    process) and the positions of its images in ``images.files``."""
+    mine = distributed.shard(world, len(images.files))
+    labels = None if images.labels is None else [images.labels[i] for i in mine]
+    files = [images.files[i] for i in mine]
+    return ImageSet(images.root, files, labels, images.classes, images.ignored), mine
+
+
+@dataclass(kw_only=True)
+class _Run:
+    """The logits of the images read (positions ``read``), and the unreadable ones'
+    positions, in the folder's order: on every process, the whole folder's."""
+
+    logits: np.ndarray
+    references: dict[str, np.ndarray]
+    read: np.ndarray
+    skipped: np.ndarray
+
+
+def _run_shard(model, refs, images: ImageSet, pre, batch: int, *, world: World, progress) -> _Run:
+    """Run the model and references over this process's share of ``images`` (all of
+    them for one process), then gather every process's answers in the folder's order."""
+    part, mine = shard_images(images, world)
+    files = part.files
+    skipped: list[Path] = []
+    logits, read = [], []
+    ref_logits: dict[str, list[np.ndarray]] = {r.name: [] for r in refs}
+    for b in batches(part, pre, batch, skipped):
+        logits.append(model(b.images))
+        for r in refs:
+            ref_logits[r.name].append(r(b.images))
+        read += [mine[i] for i in b.indices]
+        if progress is not None:
+            progress(len(read) + len(skipped), len(files))
+    position = dict(zip(files, mine, strict=True))
+    lost = np.array([position[f] for f in skipped], dtype=np.int64)
+
+    def gather(parts: list[np.ndarray]) -> np.ndarray:
+        rows = np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
+        return distributed.gather_rows(world, rows, np.array(read, dtype=np.int64))
+
+    return _Run(
+        logits=gather(logits),
+        references={k: gather(v) for k, v in ref_logits.items()},
+        read=gather([np.array(read, dtype=np.int64)]),
+        skipped=distributed.gather_rows(world, lost, lost),
     )

@@ -23,6 +23,11 @@ the same request continues from it, and the file is removed when the result is w
 Measurements that cannot tell schedules apart (every value the same, as 0.0 on random
 weights, or every value at chance level) are recorded in the file's ``indistinct`` (the
 reason; None otherwise), which ``budget --sensitivity`` reads.
+
+Under ``torchrun`` each process runs the dense backbone and every point's model over its
+share of the images (``files[rank::size]``); the logits are gathered in the folder's
+order and the metric is computed on the whole set, as one process computes it. Rank 0
+alone writes the resume file and the output; the others wait for it.
 """
 
 from __future__ import annotations
@@ -38,9 +43,17 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from edgeprune.accuracy.evaluate import compare_logits, dense_backbone, topk_accuracy, torch_threads
+from edgeprune.accuracy.evaluate import (
+    compare_logits,
+    dense_backbone,
+    shard_images,
+    topk_accuracy,
+    torch_threads,
+)
 from edgeprune.budget.search import SENSITIVITY_SCHEMA, Accuracy, indistinct, stage_schedule
+from edgeprune.core import distributed
 from edgeprune.core.atomic import Output, check_outputs, write_json_atomic
+from edgeprune.core.distributed import World
 from edgeprune.core.errors import EdgepruneError
 from edgeprune.core.images import ImageSet, Preprocess, batches, preprocess_for, scan
 from edgeprune.core.parsing import parse_floats
@@ -110,21 +123,23 @@ class SensitivityResume(ResumeData):
 class ResumeFile:
     """Points measured so far, saved atomically after each one."""
 
-    def __init__(self, path: Path | None, key: dict):
+    def __init__(self, path: Path | None, key: dict, world: World | None = None):
+        """Read by every process; ``world``'s rank 0 alone writes (and removes) it."""
         self.path, self.key, self.points = path, key, {}
+        self.writes = world is None or world.main
         data = read_resume(path, key, "request", SensitivityResume)
         for p in data.points if data is not None else []:
             self.points[(p.stage, p.keep_ratio)] = p.model_dump()
 
     def put(self, point: dict) -> None:
         self.points[(point["stage"], point["keep_ratio"])] = point
-        if self.path is not None:
+        if self.path is not None and self.writes:
             write_json_atomic(
                 self.path, {"request": self.key, "points": list(self.points.values())}
             )
 
     def done(self) -> None:
-        if self.path is not None:
+        if self.path is not None and self.writes:
             self.path.unlink(missing_ok=True)
 
 
@@ -155,20 +170,26 @@ def _request_key(req: SensitivityRequest, source: Source, files: list[Path], pre
     }
 
 
-def _logits(model: torch.nn.Module, x: torch.Tensor, batch: int) -> np.ndarray:
+def _logits(model: torch.nn.Module, inp: _Inputs, batch: int) -> np.ndarray:
+    """``model``'s logits on every image read, in the folder's order: this process's
+    share computed here, the others' gathered."""
     with torch.no_grad():
-        return torch.cat([model(x[i : i + batch]) for i in range(0, len(x), batch)]).numpy()
+        parts = [model(inp.x[i : i + batch]) for i in range(0, len(inp.x), batch)]
+    rows = torch.cat(parts).numpy() if parts else np.zeros((0, 0), np.float32)
+    return distributed.gather_rows(inp.world, rows, inp.index)
 
 
 def measure(
     req: SensitivityRequest,
     resume: Path | None = None,
     progress: Callable[[str, int, int], None] | None = None,
+    world: World | None = None,
 ) -> dict:
-    """Measure the curves; returns the ``edgeprune.accuracy.sensitivity`` dict."""
+    """Measure the curves; returns the ``edgeprune.accuracy.sensitivity`` dict
+    (``world``: the processes sharing the images, see the module docstring)."""
 
     with torch_threads(req.threads):
-        return _measure(req, resume, progress)
+        return _measure(req, resume, progress, world or World())
 
 
 @dataclass(kw_only=True)
@@ -179,10 +200,13 @@ class _Inputs:
     locs: tuple[int, ...]
     images: ImageSet
     pre: Preprocess
-    x: torch.Tensor  # the images read, preprocessed
-    labels: np.ndarray | None  # their labels (None: an unlabelled folder)
-    skipped: list[Path]
-    dense_logits: np.ndarray  # the dense backbone's answers
+    world: World
+    x: torch.Tensor  # this process's share of the images read, preprocessed
+    index: np.ndarray  # their positions in ``images.files``
+    read: int  # how many images were read, by every process
+    labels: np.ndarray | None = None  # the labels of all read (None: an unlabelled folder)
+    skipped: int = 0  # unreadable images, on every process
+    dense_logits: np.ndarray | None = None  # the dense backbone's answers on all read
 
     def metric(self, logits: np.ndarray, labelled: bool) -> float:
         """Top-1 accuracy (``labelled``), else top-1 agreement with dense (%)."""
@@ -191,19 +215,21 @@ class _Inputs:
         return compare_logits(logits, self.dense_logits)["top1_agreement"]
 
 
-def _measure(req: SensitivityRequest, resume: Path | None, progress) -> dict:
-    inp = _inputs(req)
+def _measure(req: SensitivityRequest, resume: Path | None, progress, world: World) -> dict:
+    inp = _inputs(req, world)
     labelled = _labelled(req, inp.labels)
-    store = ResumeFile(resume, _request_key(req, inp.source, inp.images.files, inp.pre))
+    key = _request_key(req, inp.source, inp.images.files, inp.pre)
+    store = ResumeFile(resume, key, world)
+    world.barrier()  # every process has read the resume file before rank 0 adds to it
     _measure_points(req, inp, labelled, store, progress)
     result = _result(req, inp, labelled, _stage_curves(inp.locs, req.grid, store))
     store.done()
     return result
 
 
-def _inputs(req: SensitivityRequest) -> _Inputs:
-    """Resolve the SRC (refusing one that prunes nothing), read the images and run the
-    dense backbone over them."""
+def _inputs(req: SensitivityRequest, world: World) -> _Inputs:
+    """Resolve the SRC (refusing one that prunes nothing), read this process's share of
+    the images and run the dense backbone over all of them."""
     images = scan(req.images)
     source = resolve(req.src, method=req.method, locs=req.locs, heads=req.heads)
     locs = tuple(source.config.prune_locs)
@@ -214,18 +240,24 @@ def _inputs(req: SensitivityRequest) -> _Inputs:
         )
     pre = preprocess_for(source.arch.img_size, req.resize, req.mean, req.std)
     images = images.limit(req.limit)
+    part, mine = shard_images(images, world)
     skipped: list[Path] = []
-    parts = list(batches(images, pre, req.batch, skipped))
-    if not parts:
+    parts = list(batches(part, pre, req.batch, skipped))
+    index = np.array([mine[i] for b in parts for i in b.indices], dtype=np.int64)
+    read = distributed.gather_rows(world, index, index)  # every process's, in order
+    if not len(read):
         raise EdgepruneError(
             f"none of the {len(images.files)} images in {req.images} could be read"
         )
-    x = torch.cat([b.images for b in parts])
-    labels = np.concatenate([b.labels.numpy() for b in parts]) if images.labelled else None
-    return _Inputs(
-        source=source, locs=locs, images=images, pre=pre, x=x, labels=labels, skipped=skipped,
-        dense_logits=_logits(dense_backbone(source), x, req.batch),
+    labels = images.labels
+    inp = _Inputs(
+        source=source, locs=locs, images=images, pre=pre, world=world, index=index,
+        x=torch.cat([b.images for b in parts]) if parts else torch.empty(0), read=len(read),
+        labels=None if labels is None else np.array([labels[i] for i in read], np.int64),
+        skipped=int(world.sum(torch.tensor([len(skipped)])).item()),
     )  # fmt: skip
+    inp.dense_logits = _logits(dense_backbone(source), inp, req.batch)
+    return inp
 
 
 def _labelled(req: SensitivityRequest, labels: np.ndarray | None) -> bool:
@@ -250,7 +282,7 @@ def _measure_points(
         if (locs[s], r) in store.points:
             continue
         keep = stage_schedule(len(locs), s, r, cumulative)
-        logits = _logits(schedule_model(inp.source, keep), inp.x, req.batch)
+        logits = _logits(schedule_model(inp.source, keep), inp, req.batch)
         cmp = compare_logits(logits, inp.dense_logits)
         store.put(
             {
@@ -287,7 +319,7 @@ def _indistinct(inp: _Inputs, labelled: bool, dense: float, stages: dict) -> str
     values = [dense, *(a for st in stages.values() for a in st["accuracy"])]
     classes = len(inp.images.classes) if labelled else 0
     chance = 100 / classes if classes > 1 else None
-    return indistinct(values, chance, len(inp.x), "top-1" if labelled else "agreement")
+    return indistinct(values, chance, inp.read, "top-1" if labelled else "agreement")
 
 
 def _result(req: SensitivityRequest, inp: _Inputs, labelled: bool, stages: dict) -> dict:
@@ -319,8 +351,8 @@ def _result(req: SensitivityRequest, inp: _Inputs, labelled: bool, stages: dict)
         ),
         "images": {
             **inp.images.describe(),
-            "read": len(inp.x),
-            "skipped_unreadable": len(inp.skipped),
+            "read": inp.read,
+            "skipped_unreadable": inp.skipped,
         },
         "preprocess": inp.pre.to_dict(),
         "notes": list(source.notes),
@@ -335,7 +367,8 @@ def measure_to_file(
     progress: Callable[[str, int, int], None] | None = None,
 ) -> dict:
     """``edgeprune sensitivity``: measure the curves and write them to ``out`` (with
-    ``resume``, progress is kept in ``<out>.partial.json`` and a rerun continues it)."""
+    ``resume``, progress is kept in ``<out>.partial.json`` and a rerun continues it).
+    Under torchrun every process measures its share; rank 0 alone writes."""
 
     ins = {"SRC": req.src, "--images": req.images}
     partial = resume_path(Path(out)) if resume else None
@@ -344,6 +377,12 @@ def measure_to_file(
         "the resume file": partial and Output(partial, ".json", resumed=True),
     }
     check_outputs(outs, ins, force)
-    data = measure(req, partial, progress)
-    write_json_atomic(out, data)
+    world = distributed.start(torch.device("cpu"))  # under torchrun: share the images
+    try:
+        data = measure(req, partial, progress, world)
+        if world.main:
+            write_json_atomic(out, data)
+        world.barrier()  # the run ends together, the file written
+    finally:
+        distributed.stop(world)
     return data

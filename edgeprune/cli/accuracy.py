@@ -4,13 +4,13 @@ artifact on images, ``sensitivity`` (top-1 per pruning stage and keep ratio)."""
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from edgeprune.cli import groups as g
 from edgeprune.cli import options as o
 from edgeprune.cli.console import err, out, print_json, progress
+from edgeprune.core import ranks
 from edgeprune.core.errors import EdgepruneError
 from edgeprune.render.tables import print_evaluation, sensitivity_lines
 
@@ -67,7 +67,7 @@ def evaluate(
         )  # fmt: skip
         pre.into(req)
         rep = run_evaluate(req, step and (lambda i, n: step("evaluating", i, n)))
-    if not _main_rank():  # under torchrun, rank 0 alone prints
+    if ranks.other_rank():  # under torchrun, rank 0 alone prints
         return
     if as_json:
         print_json(rep.to_dict())
@@ -115,8 +115,11 @@ def sensitivity(
             kept = resume_path(out_path)
             err.print(f"note: progress kept in {kept}; rerun with --resume", markup=False)
         raise
-    if not _main_rank():
-        return
+    if not ranks.other_rank():  # under torchrun, rank 0 alone prints
+        _print_sensitivity(out_path, data)
+
+
+def _print_sensitivity(out_path: Path, data: dict) -> None:
     for n in data["notes"]:
         err.print(f"[yellow]note:[/] {n}")
     if data.get("indistinct"):
@@ -129,27 +132,22 @@ def sensitivity(
         out.print(line)
 
 
-def _main_rank() -> bool:
-    """Not one of torchrun's processes other than rank 0 (which alone prints)."""
-    return os.environ.get("RANK", "0") == "0"
-
-
 @contextlib.contextmanager
 def _rank_zero(label: str) -> Iterator[Callable[..., None] | None]:
     """A progress bar on rank 0 (or the one process); on torchrun's other processes
     none, and their refusals and interruptions silent (exit codes kept): every process
     meets the same ones (before its share of the images, or after the gather), so
     rank 0's line says it once."""
-    if _main_rank():
+    if not ranks.other_rank():
         with progress(label, bar=True) as step:
             yield step
         return
     try:
         yield None
     except EdgepruneError as e:  # SystemExit: past the app's handler, which would print
-        raise SystemExit(e.exit_code) from None
+        ranks.quiet_exit(e.exit_code)
     except KeyboardInterrupt:
-        raise SystemExit(130) from None
+        ranks.quiet_exit(130, linger_s=0)
 
 
 COMMANDS = {

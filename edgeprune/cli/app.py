@@ -15,6 +15,7 @@ import typer
 from edgeprune.cli import accuracy, budget, devices, model, training
 from edgeprune.cli import options as o
 from edgeprune.cli.console import err
+from edgeprune.core import ranks
 from edgeprune.core.errors import EdgepruneError
 
 
@@ -121,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     except EdgepruneError as e:
         if _state["debug"]:
             raise
+        if ranks.other_rank():  # torchrun: a refusal every process meets; rank 0 says it
+            ranks.quiet_exit(e.exit_code)
         err.print(f"error: {e.one_line()}", markup=False, soft_wrap=True)
         return e.exit_code
     except (KeyboardInterrupt, typer.Abort):
@@ -135,8 +138,8 @@ def main(argv: list[str] | None = None) -> int:
             msg = " ".join(str(e.format_message()).split())
             if type(e).__name__ == "NoArgsIsHelpError":
                 return 2
-            if os.environ.get("RANK", "0") != "0":  # torchrun: every process has the same argv
-                return 2  # and rank 0 says it
+            if ranks.other_rank():  # torchrun: every process has the same argv
+                ranks.quiet_exit(2)  # and rank 0 says it
             err.print(f"error: {msg} (see 'edgeprune{cmd} --help')", markup=False, soft_wrap=True)
             return 2
         msg = " ".join(str(e).split())[:300]

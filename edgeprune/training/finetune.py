@@ -273,6 +273,12 @@ def _criterion(req: FinetuneRequest, target: Target, form) -> LatencyAwareSparsi
 def _parts(req: FinetuneRequest, target: Target, form, crit, data: Data, world: World) -> Parts:
     """The form's optimiser, EMA, teacher and losses on this process's device."""
     model = form.model
+    mixing = req.optim.mixup > 0 or req.optim.cutmix > 0
+    if mixing and (req.batch // world.size) % 2:
+        raise EdgepruneError(
+            f"Mixup/CutMix pair the images of a batch: {req.batch // world.size} a process is odd",
+            "give an even --batch per process, or --mixup 0 --cutmix 0",
+        )
     iters = _iters(req, data)
     opt, sched = recipe.optimizer(
         model, form.selector_parameters(), req.optim, epochs=req.epochs, iters=iters
@@ -386,7 +392,8 @@ def _data(req: FinetuneRequest, target: Target, world: World) -> Data:
 
 
 def _notes(target: Target, fresh: bool) -> list[str]:
-    notes = list(target.source.notes)
+    # a dense SRC is read as dense; the method to train is named (--method, the budget)
+    notes = [n for n in target.source.notes if "holds no pruning-method keys" not in n]
     if fresh:
         notes.append(f"new {target.method.name} selectors, initialised to keep every token")
     return notes

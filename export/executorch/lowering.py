@@ -63,7 +63,8 @@ def _has(*fragments: str) -> Callable[[torch.fx.Graph], bool]:
 
 
 def _conv1d(graph: torch.fx.Graph) -> bool:
-    """A convolution on a 3-D input (or one whose input shape is unknown)."""
+    """A convolution on a 3-D input (or one whose input shape is unknown): for a valid
+    convolution the same as a 3-D weight, which is how the pass tells 1-D ones."""
     for n, name in _calls(graph):
         if "convolution" in name:
             val = n.args[0].meta.get("val") if isinstance(n.args[0], torch.fx.Node) else None
