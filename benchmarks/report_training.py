@@ -21,10 +21,11 @@ def _methods(sec: Section, runs: dict[str, list[Run]]) -> None:
     run = max(runs["finetune_methods"], key=lambda r: (r.date, r.name))
     sec.add(
         f"finetune_methods.py: each method fine-tuned for {run.meta.get('epochs')} epochs on "
-        "the tests' tiny model (16 patches, depth 4) toward a budget at 3 ms (5 % margin) on "
+        "the tests' tiny model (16 patches, depth 4) toward a budget at 3 ms (5 % margin; "
+        "for EViT and ToMe the nearest target below whose pick is within 5 % of its aim) on "
         "a synthetic table; *end* is the predicted latency of the static model at the "
         "schedule read off the trained form (learned: DynamicViT, SPViT, A-ViT) or the "
-        "budget's own (EViT's keep rate, ToMe's r, which a 17-token sequence makes coarse).",
+        "budget's own (EViT's keep rate, ToMe's r).",
         "",
         *table(
             ["method", "schedule", "start ms", "end ms", "aim ms", "end vs aim", "run"],
