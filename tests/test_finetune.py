@@ -173,3 +173,30 @@ def test_a_nan_loss_stops_the_run_keeping_the_last_good_checkpoint(setup, tmp_pa
     ck = torch.load(out, weights_only=True)
     assert ck["resume"]["epoch"] == 1
     assert all(torch.isfinite(v).all() for v in ck["model"].values())
+
+
+def test_the_loops_token_terms_are_the_methods():
+    """DynamicViT distils the kept tokens by their mean squared difference (its main.py,
+    mse_token=True for DeiT), SPViT by KL: the loop's term equals each, computed here
+    the way their loss classes do."""
+    from types import SimpleNamespace
+
+    import torch.nn.functional as F
+
+    from edgeprune.core.distributed import World
+    from edgeprune.training.forms import FormOutput, get_form
+    from edgeprune.training.loop import token_distill
+
+    torch.manual_seed(0)
+    feats, t = torch.randn(3, 16, 8), torch.randn(3, 16, 8)
+    mask = (torch.rand(3, 16) > 0.4).float()
+    keep = mask.reshape(-1) > 0.5
+    out = FormOutput(logits=torch.zeros(3, 4), features=feats, feature_mask=mask)
+    for method, want in (
+        ("dynamicvit", (feats.reshape(-1, 8)[keep] - t.reshape(-1, 8)[keep]).pow(2).mean()),
+        ("spvit", F.kl_div(F.log_softmax(feats.reshape(-1, 8)[keep], -1),
+                           F.log_softmax(t.reshape(-1, 8)[keep], -1),
+                           reduction="batchmean", log_target=True)),
+    ):  # fmt: skip
+        p = SimpleNamespace(world=World(), form=get_form(method))
+        torch.testing.assert_close(token_distill(p, out, t), want)

@@ -63,18 +63,22 @@ def token_counts(p: Parts, masks: list[torch.Tensor]) -> torch.Tensor:
 
 
 def token_distill(p: Parts, out: FormOutput, t_feats: torch.Tensor) -> torch.Tensor:
-    """KL of the kept tokens' features to the teacher's (softmax over channels), over
-    the kept tokens of the *global* batch (DynamicViT's term at any number of processes)."""
+    """The kept tokens' features against the teacher's, over the kept tokens of the
+    *global* batch (the method's term at any number of processes): KL with a softmax over
+    channels, or (``token_distill == "mse"``) the mean squared difference."""
     b, n, c = out.features.shape
     keep = out.feature_mask.reshape(b * n) > 0.5
-    kl = F.kl_div(
-        F.log_softmax(out.features.reshape(b * n, c)[keep].float(), dim=-1),
-        F.log_softmax(t_feats.reshape(b * n, c)[keep].float(), dim=-1),
-        reduction="sum",
-        log_target=True,
-    )
-    total = p.world.sum(keep.sum().to(kl.dtype).detach().reshape(1))
-    return kl * p.world.size / total.clamp(min=1.0).squeeze(0)
+    f = out.features.reshape(b * n, c)[keep].float()
+    t = t_feats.reshape(b * n, c)[keep].float()
+    if p.form.token_distill == "mse":
+        total = (f - t).pow(2).sum()
+        per = float(c)  # a mean over the kept tokens' channels
+    else:
+        total = F.kl_div(F.log_softmax(f, -1), F.log_softmax(t, -1), reduction="sum",
+                         log_target=True)  # fmt: skip
+        per = 1.0  # batchmean over the kept tokens
+    count = p.world.sum(keep.sum().to(total.dtype).detach().reshape(1)).squeeze(0)
+    return total * p.world.size / (count.clamp(min=1.0) * per)
 
 
 def losses(p: Parts, out: FormOutput, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:

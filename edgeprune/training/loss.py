@@ -161,8 +161,9 @@ class LatencyAwareSparsityLoss(nn.Module):
 
 
 def ratio_mse(masks: Sequence[torch.Tensor], ratios: Sequence[float]) -> torch.Tensor:
-    """DynamicViT/SPViT's plain keep-ratio loss: mean over stages of
-    mean_b (mask.mean(1) − ratio_s)², for comparison."""
+    """DynamicViT's keep-ratio loss as its main.py builds it for DeiT (``dynamic``
+    False): mean over stages of mean_b (mask.mean(1) − ratio_s)², for comparison (SPViT's,
+    and DynamicViT's ``dynamic=True``, square the batch mean: ``forms.spvit.ratio_loss``)."""
     if len(masks) != len(ratios):
         raise ValueError(f"{len(masks)} masks but {len(ratios)} ratios")
     total = 0.0

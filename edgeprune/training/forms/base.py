@@ -74,6 +74,9 @@ class TrainingForm(nn.Module):
     learns_schedule: ClassVar[bool] = True
     # trains against the frozen dense teacher (DynamicViT's and SPViT's losses)
     distills: ClassVar[bool] = False
+    # the kept tokens' distillation term: "kl" (softmax over channels, SPViT's) or "mse"
+    # (the mean squared difference, DynamicViT's for DeiT: ``mse_token=True``)
+    token_distill: ClassVar[str] = "kl"
 
     def __init__(self, model: nn.Module):
         super().__init__()

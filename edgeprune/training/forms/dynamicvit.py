@@ -21,7 +21,7 @@ trained weights are the static model's, in DynamicViT's key layout, ready for
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -63,11 +63,13 @@ class DynamicViTTraining(TrainingForm):
     ``forward(img)`` -> FormOutput: logits, keep masks (one B×N per stage), the final
     patch features B×N×C and the last mask (token distillation).
     ``noise=False``: deterministic decisions (keep where the keep score wins), as a
-    noiseless version of training's sampling."""
+    noiseless version of training's sampling; a sequence gives the Gumbel noise of each
+    stage (B×N×2, as ``F.gumbel_softmax`` adds it: the golden test's stored draws)."""
 
     method = "dynamicvit"
     learns_schedule = True
     distills = True
+    token_distill = "mse"  # main.py builds its loss with mse_token=True for DeiT
 
     def __init__(self, model: nn.Module, tau: float = 1.0):
         super().__init__(model)
@@ -94,7 +96,7 @@ class DynamicViTTraining(TrainingForm):
         ratios = mean_keep_decisions(self, images, draws)
         return MethodConfig(tuple(self.model.plan.prune_locs), ratios, {})
 
-    def forward(self, img: torch.Tensor, noise: bool = True) -> FormOutput:
+    def forward(self, img: torch.Tensor, noise: bool | Sequence[torch.Tensor] = True) -> FormOutput:
         m = self.model
         x = m.embed(img)
         b, n = x.shape[0], x.shape[1] - 1
@@ -105,11 +107,11 @@ class DynamicViTTraining(TrainingForm):
             s = self.stage_of_block.get(i)
             if s is not None:
                 score = m.score_predictor[s](x[:, 1:], prev)  # B×N×2 log-probabilities
-                if noise:
-                    g = self.gumbel(s, score)
-                    keep = gumbel_softmax_hard(score, g, self.tau)[:, :, 0:1]
-                else:
+                if noise is False:
                     keep = (score[:, :, 0:1] > score[:, :, 1:2]).to(x.dtype)
+                else:
+                    g = self.gumbel(s, score) if noise is True else noise[s]
+                    keep = gumbel_softmax_hard(score, g, self.tau)[:, :, 0:1]
                 keep = keep * prev
                 keep = _at_least_one(keep, score, prev)
                 masks.append(keep.reshape(b, n))

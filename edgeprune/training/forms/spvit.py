@@ -168,7 +168,8 @@ def gumbel_hard(logits: torch.Tensor, gumbels: torch.Tensor, tau: float = 1.0) -
 def ratio_loss(masks: Sequence[torch.Tensor], ratios: Sequence[float]) -> torch.Tensor:
     """SPViT's keep-ratio loss (``DistillDiffPruningLoss``, both of its branches): mean
     over stages of (mask_s.mean() − ratio_s)², the mean over the whole batch, squared
-    once (DynamicViT's dynamic loss, ``loss.ratio_mse``, squares each image's mean)."""
+    once; DynamicViT's ``dynamic=True`` loss is this one, its default (what main.py
+    builds for DeiT, ``loss.ratio_mse``) squares each image's mean."""
     if len(masks) != len(ratios):
         raise ValueError(f"{len(masks)} masks but {len(ratios)} ratios")
     total = sum((m.mean() - r) ** 2 for m, r in zip(masks, ratios, strict=True))
