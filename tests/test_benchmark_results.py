@@ -65,7 +65,7 @@ def test_every_result_file_is_cited_by_the_report():
 def test_report_has_one_section_per_question_and_no_session_narrative():
     text = (RESULTS / "REPORT.md").read_text()
     heads = re.findall(r"^## (\d)\. ", text, flags=re.M)
-    assert heads == ["1", "2", "3", "4", "5", "6", "7", "8"]
+    assert heads == ["1", "2", "3", "4", "5", "6", "7", "8", "9"]
     prose = LINK.sub("]", text)  # link targets are file names, not text
     assert not re.search(r"session|issue|#\d", prose, flags=re.I)
 
