@@ -116,6 +116,17 @@ class Budget:
         """The target in the table's own terms (what its predictions must meet)."""
         return self.target_ms / self.reanchor_scale
 
+    @property
+    def aim_ms(self) -> float:
+        """What the search aimed at: the target less its margin (the target itself in a
+        file that records no aim)."""
+        return float(self.data.get("aim_ms") or self.target_ms)
+
+    @property
+    def table_aim_ms(self) -> float:
+        """The aim in the table's own terms: what training pushes the latency to."""
+        return self.aim_ms / self.reanchor_scale
+
     def latency_model(self) -> LatencyModel:
         path = (self.data.get("profile") or {}).get("path")
         if self.data.get("profile_table") is not None:

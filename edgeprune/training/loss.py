@@ -9,7 +9,7 @@ layout (which blocks each stage feeds, pre- or mid-block), predicts the latency 
 the same differentiable model that ``edgeprune predict`` and ``edgeprune budget`` use,
 and penalises exceeding the target.
 
-    crit = LatencyAwareSparsityLoss("budget.json")            # target, method, locs from it
+    crit = LatencyAwareSparsityLoss("budget.json")            # aim, method, locs from it
     crit = LatencyAwareSparsityLoss("cpu.json", target_ms=8.0, method="dynamicvit")
     loss = ce + crit(masks)                                    # masks: list of B×N tensors
 """
@@ -50,7 +50,7 @@ def _open(obj, method, locs, target_ms):
             model,
             obj.method,
             tuple(locs) if locs is not None else obj.locs,
-            obj.table_target_ms if target_ms is None else target_ms,
+            obj.table_aim_ms if target_ms is None else target_ms,
         )
     if isinstance(obj, LatencyTable):
         obj = LatencyModel(obj)

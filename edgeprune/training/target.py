@@ -48,12 +48,12 @@ def from_budget(src: str, budget: Path, heads: int | None) -> Target:
     b = load_budget(budget)
     source, meth, config = _at_budget(src, Path(budget), b, heads)
     latency = b.latency_model()
-    aim = float(b.data.get("aim_ms") or b.target_ms)
+    aim = b.aim_ms
     where = {"budget": str(budget), "budget_sha256": sha256_file(Path(budget))}
     return Target(
         source=source, method=meth, config=config, latency=latency,
-        aim_ms=aim / b.reanchor_scale, target_ms=b.table_target_ms,
-        trained_for=_trained_for(where, latency, b.target_ms, aim, aim / b.reanchor_scale),
+        aim_ms=b.table_aim_ms, target_ms=b.table_target_ms,
+        trained_for=_trained_for(where, latency, b.target_ms, aim, b.table_aim_ms),
     )  # fmt: skip
 
 
