@@ -11,13 +11,10 @@ make its latency coarse at 16 patches)."""
 from __future__ import annotations
 
 import json
-import signal
-import time
 
 import pytest
-import torch
 
-from tests.test_finetune_distributed import finetune
+from tests.test_finetune_distributed import finetune, interrupt_after_epoch_1
 from tests.training_helper import budget_near_its_aim, setup_dir, write_budget
 
 # learning rate and global batch per method
@@ -36,24 +33,14 @@ def d(tmp_path_factory):
     return setup_dir(tmp_path_factory.mktemp("methods"), train=32)
 
 
-def _args(method: str, budget, out: str) -> list[str]:
+def _args(method: str, budget) -> list[str]:
     lr, batch = SETTINGS[method]
-    return ["--budget", str(budget), "--lr", lr, "--batch", batch, "--out", out]
+    return ["--budget", str(budget), "--lr", lr, "--batch", batch]
 
 
 def _interrupted_then_resumed(d, args: list[str], out: str) -> dict:
-    p = finetune(d, *args, procs=2, table=False)
-    try:
-        deadline = time.monotonic() + 240
-        while not (d / out).exists() and p.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        p.send_signal(signal.SIGINT)
-        p.communicate(timeout=60)
-    finally:
-        if p.poll() is None:
-            p.kill()
-    assert torch.load(d / out, weights_only=True)["resume"]["epoch"] == 1
-    p = finetune(d, *args, "--resume", out, "--json", procs=2, table=False)
+    interrupt_after_epoch_1(d, out, *args, procs=2, table=False)
+    p = finetune(d, *args, "--out", out, "--resume", out, "--json", procs=2, table=False)
     o, e = p.communicate(timeout=300)
     assert p.returncode == 0, e
     return json.loads(o)
@@ -65,7 +52,7 @@ def test_trains_on_two_processes_resumes_and_exports_without_keep(d, method, cli
     budget = write_budget(d, 3.0, method) if method in LEARNED else budget_near_its_aim(d, method)
     b = json.loads(budget.read_text())
     out = f"{method}.pth"
-    res = _interrupted_then_resumed(d, _args(method, budget, out), out)
+    res = _interrupted_then_resumed(d, _args(method, budget), out)
     assert res["processes"] == 2 and res["resumed_from"] == 1
     assert [e["epoch"] for e in res["epochs"]] == [1, 2]
     assert res["aim_ms"] == pytest.approx(b["aim_ms"])
