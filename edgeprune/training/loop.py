@@ -95,9 +95,9 @@ def losses(p: Parts, out: FormOutput, x: torch.Tensor, y: torch.Tensor) -> dict[
             terms["token_distill"] = p.distill_weight * token_distill(p, out, t_feats)
     terms.update({k: v.float() for k, v in out.aux.items()})
     if p.crit is not None and out.masks:
-        counts = token_counts(p, out.masks)
-        terms["latency"] = p.crit.penalty(p.crit.predicted_ms_from_counts(counts)).float()
-        terms["_predicted_ms"] = p.crit.predicted_ms_from_counts(counts.detach())
+        predicted = p.crit.predicted_ms_from_counts(token_counts(p, out.masks))
+        terms["latency"] = p.crit.penalty(predicted).float()
+        terms["_predicted_ms"] = predicted.detach()
     return terms
 
 

@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from edgeprune.core.methods import MethodConfig
-from edgeprune.training.forms.base import FormOutput, TrainingForm
+from edgeprune.training.forms.base import FormOutput, TrainingForm, gumbel_softmax_hard
 from edgeprune.training.forms.dynamicvit import block_with_policy, mean_keep_decisions
 
 # patch tokens of the architectures a training run takes by default (224 / 16)²
@@ -150,19 +150,10 @@ class SPViTTraining(TrainingForm):
     def _decide(self, s: int, score: torch.Tensor, noise: Noise) -> torch.Tensor:
         """The keep decision B×M×1 from the log-probabilities B×M×2."""
         if noise is True:  # the sample-keyed noise when the loop sets keys (base.gumbel)
-            return gumbel_hard(score, self.gumbel(s, score), self.tau)[..., 0:1]
+            return gumbel_softmax_hard(score, self.gumbel(s, score), self.tau)[..., 0:1]
         if noise is False:
             return (score[..., 0:1] > score[..., 1:2]).to(score.dtype)
-        return gumbel_hard(score, noise[s], self.tau)[..., 0:1]
-
-
-def gumbel_hard(logits: torch.Tensor, gumbels: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
-    """``F.gumbel_softmax(logits, tau, hard=True)`` with the Gumbel noise given: the
-    one-hot of the argmax forward, the softmax's gradient backward."""
-    y_soft = ((logits + gumbels) / tau).softmax(-1)
-    index = y_soft.max(-1, keepdim=True)[1]
-    y_hard = torch.zeros_like(logits).scatter_(-1, index, 1.0)
-    return y_hard - y_soft.detach() + y_soft
+        return gumbel_softmax_hard(score, noise[s], self.tau)[..., 0:1]
 
 
 def ratio_loss(masks: Sequence[torch.Tensor], ratios: Sequence[float]) -> torch.Tensor:
